@@ -1,0 +1,43 @@
+//! FlashAttention-2 kernels in Rust.
+//!
+//! The crate has two faces. Built for `nvptx64-nvidia-cuda` (by `cargo xtask build-ptx`) it is the
+//! GPU code: the forward and backward kernels with their `extern "gpu-kernel"` entry points. Built
+//! for the host it is the contract between host and kernels: the parameter block ([`params`]),
+//! the tile configurations ([`traits`]), the list of entry points ([`registry`]) and the index,
+//! tiling and masking math ([`tiling`]) that both sides use and that is unit-tested on the CPU.
+#![no_std]
+#![cfg_attr(
+    target_arch = "nvptx64",
+    feature(abi_gpu_kernel, stdarch_nvptx, asm_experimental_arch, core_intrinsics, gpu_intrinsics)
+)]
+#![cfg_attr(target_arch = "nvptx64", allow(internal_features))]
+
+#[cfg(not(target_arch = "nvptx64"))]
+extern crate std;
+
+pub mod params;
+pub mod registry;
+pub mod tiling;
+pub mod traits;
+
+#[cfg(not(target_arch = "nvptx64"))]
+pub mod fingerprint;
+
+#[cfg(target_arch = "nvptx64")]
+mod backward;
+#[cfg(target_arch = "nvptx64")]
+mod entry;
+#[cfg(target_arch = "nvptx64")]
+mod forward;
+#[cfg(target_arch = "nvptx64")]
+mod ptx;
+#[cfg(target_arch = "nvptx64")]
+mod tile;
+
+#[cfg(target_arch = "nvptx64")]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    // Kernels are written so that no bounds check survives optimization; if one did and failed,
+    // trapping makes the launch fail with CUDA_ERROR_LAUNCH_FAILED instead of writing garbage.
+    core::arch::nvptx::trap()
+}

@@ -1,0 +1,114 @@
+//! Every entry point in the PTX, with the launch shape the host must use for it.
+
+use crate::traits::{
+    BwdHdim128, BwdHdim64, BwdTraits, FwdHdim128, FwdHdim64, FwdTraits, ROW_KERNEL_THREADS,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    F16,
+    Bf16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Forward,
+    Backward,
+    BackwardPreprocess,
+    BackwardConvertDq,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelInfo {
+    pub name: &'static str,
+    pub role: Role,
+    pub dtype: Dtype,
+    /// 0 for kernels that work for any head dim.
+    pub head_dim: u32,
+    pub threads: u32,
+    pub dynamic_smem_bytes: u32,
+    /// Rows of the launch's tiled dimension one block covers (grid x = ceil(len / this)).
+    pub block_rows: u32,
+}
+
+const fn fwd<T: FwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
+    KernelInfo {
+        name,
+        role: Role::Forward,
+        dtype,
+        head_dim: T::HEAD_DIM,
+        threads: T::THREADS,
+        dynamic_smem_bytes: T::SMEM_BYTES,
+        block_rows: T::BLOCK_M,
+    }
+}
+
+const fn bwd<T: BwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
+    KernelInfo {
+        name,
+        role: Role::Backward,
+        dtype,
+        head_dim: T::HEAD_DIM,
+        threads: T::THREADS,
+        dynamic_smem_bytes: T::SMEM_BYTES,
+        block_rows: T::BLOCK_N,
+    }
+}
+
+const fn rows(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
+    KernelInfo {
+        name,
+        role,
+        dtype,
+        head_dim: 0,
+        threads: ROW_KERNEL_THREADS,
+        dynamic_smem_bytes: 0,
+        block_rows: ROW_KERNEL_THREADS / 32,
+    }
+}
+
+pub const KERNELS: &[KernelInfo] = &[
+    fwd::<FwdHdim64>("flash_fwd_bf16_hdim64", Dtype::Bf16),
+    fwd::<FwdHdim128>("flash_fwd_bf16_hdim128", Dtype::Bf16),
+    fwd::<FwdHdim64>("flash_fwd_f16_hdim64", Dtype::F16),
+    fwd::<FwdHdim128>("flash_fwd_f16_hdim128", Dtype::F16),
+    bwd::<BwdHdim64>("flash_bwd_bf16_hdim64", Dtype::Bf16),
+    bwd::<BwdHdim128>("flash_bwd_bf16_hdim128", Dtype::Bf16),
+    bwd::<BwdHdim64>("flash_bwd_f16_hdim64", Dtype::F16),
+    bwd::<BwdHdim128>("flash_bwd_f16_hdim128", Dtype::F16),
+    rows("flash_bwd_preprocess_bf16", Role::BackwardPreprocess, Dtype::Bf16),
+    rows("flash_bwd_preprocess_f16", Role::BackwardPreprocess, Dtype::F16),
+    rows("flash_bwd_convert_dq_bf16", Role::BackwardConvertDq, Dtype::Bf16),
+    rows("flash_bwd_convert_dq_f16", Role::BackwardConvertDq, Dtype::F16),
+];
+
+/// The kernel for a role, dtype and head dim (head dim ignored for the row kernels).
+pub fn find(role: Role, dtype: Dtype, head_dim: u32) -> Option<&'static KernelInfo> {
+    KERNELS.iter().find(|k| {
+        k.role == role && k.dtype == dtype && (k.head_dim == 0 || k.head_dim == head_dim)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_supported_head_dim_has_forward_and_backward_for_both_dtypes() {
+        for &d in &crate::traits::SUPPORTED_HEAD_DIMS {
+            for dtype in [Dtype::F16, Dtype::Bf16] {
+                for role in [Role::Forward, Role::Backward, Role::BackwardPreprocess, Role::BackwardConvertDq] {
+                    assert!(find(role, dtype, d).is_some(), "{role:?} {dtype:?} {d}");
+                }
+            }
+        }
+        assert!(find(Role::Forward, Dtype::Bf16, 80).is_none());
+    }
+
+    #[test]
+    fn names_are_unique() {
+        for (i, a) in KERNELS.iter().enumerate() {
+            assert!(KERNELS[i + 1..].iter().all(|b| b.name != a.name));
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Index, tiling and masking math shared by the kernels and the host.
+//!
+//! Everything here is plain integer arithmetic, compiled into the PTX and unit-tested on the CPU.
+
+use crate::params::AttnShape;
+
+#[inline(always)]
+pub const fn ceil_div(a: u32, b: u32) -> u32 {
+    a.div_ceil(b)
+}
+
+/// Which keys each query may attend to.
+///
+/// Queries and keys are aligned at the bottom-right corner (FlashAttention ≥ 2.1): query `i` sits
+/// on the diagonal at key `i + seqlen_k - seqlen_q`. Causal attention lets query `i` see keys up to
+/// that diagonal; when `seqlen_q > seqlen_k` the first `seqlen_q - seqlen_k` queries then see no
+/// key at all (their output is 0 and their LSE +inf).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mask {
+    pub seqlen_q: u32,
+    pub seqlen_k: u32,
+    /// Keys at most this far left of the diagonal; negative: unbounded.
+    pub window_left: i32,
+    /// Keys at most this far right of the diagonal; negative: unbounded. Causal is 0.
+    pub window_right: i32,
+}
+
+impl Mask {
+    #[inline(always)]
+    pub const fn of(shape: &AttnShape) -> Self {
+        Mask {
+            seqlen_q: shape.seqlen_q,
+            seqlen_k: shape.seqlen_k,
+            window_left: shape.window_left,
+            window_right: shape.window_right,
+        }
+    }
+
+    #[inline(always)]
+    const fn diagonal(&self, q: u32) -> i64 {
+        q as i64 + self.seqlen_k as i64 - self.seqlen_q as i64
+    }
+
+    /// Whether query `q` attends to key `k` (both in range is part of the answer).
+    #[inline(always)]
+    pub const fn allows(&self, q: u32, k: u32) -> bool {
+        if q >= self.seqlen_q || k >= self.seqlen_k {
+            return false;
+        }
+        let diag = self.diagonal(q);
+        let k = k as i64;
+        (self.window_left < 0 || k >= diag - self.window_left as i64)
+            && (self.window_right < 0 || k <= diag + self.window_right as i64)
+    }
+
+    /// The keys `[begin, end)` that some query of `[q_begin, q_end)` attends to (a superset per
+    /// query: tiles inside it may still need element masks). Empty ranges come back as `begin == end`.
+    #[inline(always)]
+    pub const fn key_range(&self, q_begin: u32, q_end: u32) -> (u32, u32) {
+        let q_end = if q_end > self.seqlen_q { self.seqlen_q } else { q_end };
+        if q_begin >= q_end {
+            return (0, 0);
+        }
+        let mut lo: i64 = 0;
+        let mut hi: i64 = self.seqlen_k as i64;
+        if self.window_left >= 0 {
+            let l = self.diagonal(q_begin) - self.window_left as i64;
+            if l > lo {
+                lo = l;
+            }
+        }
+        if self.window_right >= 0 {
+            let h = self.diagonal(q_end - 1) + self.window_right as i64 + 1;
+            if h < hi {
+                hi = h;
+            }
+        }
+        if hi <= lo { (0, 0) } else { (lo as u32, hi as u32) }
+    }
+
+    /// The queries `[begin, end)` that attend to some key of `[k_begin, k_end)`.
+    #[inline(always)]
+    pub const fn query_range(&self, k_begin: u32, k_end: u32) -> (u32, u32) {
+        let k_end = if k_end > self.seqlen_k { self.seqlen_k } else { k_end };
+        if k_begin >= k_end {
+            return (0, 0);
+        }
+        let offset = self.seqlen_k as i64 - self.seqlen_q as i64;
+        let mut lo: i64 = 0;
+        let mut hi: i64 = self.seqlen_q as i64;
+        if self.window_right >= 0 {
+            // q + offset + right >= k_begin
+            let l = k_begin as i64 - offset - self.window_right as i64;
+            if l > lo {
+                lo = l;
+            }
+        }
+        if self.window_left >= 0 {
+            // q + offset - left <= k_end - 1
+            let h = k_end as i64 - 1 - offset + self.window_left as i64 + 1;
+            if h < hi {
+                hi = h;
+            }
+        }
+        if hi <= lo { (0, 0) } else { (lo as u32, hi as u32) }
+    }
+
+    /// Whether every (query, key) pair of the tile is attended, so the kernel can skip the
+    /// per-element mask. Tiles that overhang the sequence ends always need the mask.
+    #[inline(always)]
+    pub const fn tile_is_unmasked(&self, q_begin: u32, q_end: u32, k_begin: u32, k_end: u32) -> bool {
+        if q_end > self.seqlen_q || k_end > self.seqlen_k || q_begin >= q_end || k_begin >= k_end {
+            return false;
+        }
+        let right_ok = self.window_right < 0
+            || (k_end - 1) as i64 <= self.diagonal(q_begin) + self.window_right as i64;
+        let left_ok = self.window_left < 0
+            || k_begin as i64 >= self.diagonal(q_end - 1) - self.window_left as i64;
+        right_ok && left_ok
+    }
+}
+
+/// Shared-memory tiles hold rows of 16-bit elements in 16-byte chunks (8 elements), the unit
+/// of `cp.async` and of one `ldmatrix` row. The chunk index is XOR-swizzled with the row so that
+/// the 8 rows one `ldmatrix` phase reads fall in 8 different 16-byte bank groups.
+#[inline(always)]
+pub const fn swizzle_chunk(row: u32, chunk: u32, chunks_per_row: u32) -> u32 {
+    if chunks_per_row >= 8 {
+        // Rows of ≥ 128 bytes all start in bank group 0: permute the low three chunk bits.
+        chunk ^ (row & 7)
+    } else if chunks_per_row == 4 {
+        // 64-byte rows: two rows share a 128-byte line; odd rows already sit in the other half.
+        chunk ^ ((row >> 1) & 3)
+    } else {
+        chunk
+    }
+}
+
+/// Byte offset of `(row, chunk)` in a swizzled tile with `chunks_per_row` chunks per row.
+#[inline(always)]
+pub const fn tile_byte_offset(row: u32, chunk: u32, chunks_per_row: u32) -> u32 {
+    (row * chunks_per_row + swizzle_chunk(row, chunk, chunks_per_row)) * 16
+}
+
+/// Grid dimension x of the forward: Q tiles, issued heaviest first for causal masks.
+#[inline(always)]
+pub const fn q_tile_of_block(block_x: u32, num_q_tiles: u32) -> u32 {
+    num_q_tiles - 1 - block_x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    fn masks() -> Vec<Mask> {
+        let mut out = Vec::new();
+        for &(sq, sk) in &[(1, 1), (1, 7), (7, 1), (5, 5), (13, 29), (29, 13), (64, 64), (3, 100)] {
+            for &(l, r) in &[(-1, -1), (-1, 0), (0, 0), (3, 2), (-1, 5), (4, -1)] {
+                out.push(Mask { seqlen_q: sq, seqlen_k: sk, window_left: l, window_right: r });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn causal_is_bottom_right_aligned() {
+        let m = Mask { seqlen_q: 2, seqlen_k: 5, window_left: -1, window_right: 0 };
+        // Last query sees every key; the first sees all but the last.
+        assert!((0..5).all(|k| m.allows(1, k)));
+        assert!((0..4).all(|k| m.allows(0, k)) && !m.allows(0, 4));
+        let tall = Mask { seqlen_q: 5, seqlen_k: 2, window_left: -1, window_right: 0 };
+        // seqlen_q > seqlen_k: the first three queries see nothing.
+        assert!((0..3).all(|q| (0..2).all(|k| !tall.allows(q, k))));
+        assert!(tall.allows(3, 0) && !tall.allows(3, 1) && tall.allows(4, 1));
+    }
+
+    #[test]
+    fn key_range_covers_exactly_the_attended_keys() {
+        for m in masks() {
+            for qb in 0..m.seqlen_q {
+                for qe in qb + 1..=m.seqlen_q.min(qb + 9) {
+                    let (lo, hi) = m.key_range(qb, qe);
+                    let attended: Vec<u32> =
+                        (0..m.seqlen_k).filter(|&k| (qb..qe).any(|q| m.allows(q, k))).collect();
+                    match (attended.first(), attended.last()) {
+                        (Some(&a), Some(&b)) => assert_eq!((lo, hi), (a, b + 1), "{m:?} q {qb}..{qe}"),
+                        _ => assert_eq!(lo, hi, "{m:?} q {qb}..{qe}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn query_range_covers_exactly_the_attending_queries() {
+        for m in masks() {
+            for kb in 0..m.seqlen_k {
+                for ke in kb + 1..=m.seqlen_k.min(kb + 9) {
+                    let (lo, hi) = m.query_range(kb, ke);
+                    let attending: Vec<u32> =
+                        (0..m.seqlen_q).filter(|&q| (kb..ke).any(|k| m.allows(q, k))).collect();
+                    match (attending.first(), attending.last()) {
+                        (Some(&a), Some(&b)) => assert_eq!((lo, hi), (a, b + 1), "{m:?} k {kb}..{ke}"),
+                        _ => assert_eq!(lo, hi, "{m:?} k {kb}..{ke}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unmasked_tiles_really_are() {
+        for m in masks() {
+            for qb in 0..m.seqlen_q + 2 {
+                for kb in 0..m.seqlen_k + 2 {
+                    for (qe, ke) in [(qb + 1, kb + 1), (qb + 4, kb + 3), (qb + 8, kb + 8)] {
+                        let all = (qb..qe).all(|q| (kb..ke).all(|k| m.allows(q, k)));
+                        assert_eq!(m.tile_is_unmasked(qb, qe, kb, ke), all, "{m:?} {qb}..{qe} x {kb}..{ke}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn swizzle_is_a_permutation_of_each_row() {
+        for cpr in [4u32, 8, 16, 32] {
+            for row in 0..64 {
+                let mut seen: Vec<u32> = (0..cpr).map(|c| swizzle_chunk(row, c, cpr)).collect();
+                seen.sort();
+                assert_eq!(seen, (0..cpr).collect::<Vec<_>>());
+            }
+        }
+    }
+
+    #[test]
+    fn ldmatrix_phases_are_free_of_bank_conflicts() {
+        // One ldmatrix phase reads one 16-byte chunk from each of 8 consecutive rows.
+        for cpr in [4u32, 8, 16, 32] {
+            for first in (0..64).step_by(8) {
+                for chunk in 0..cpr {
+                    let mut groups: Vec<u32> =
+                        (first..first + 8).map(|r| (tile_byte_offset(r, chunk, cpr) / 16) % 8).collect();
+                    groups.sort();
+                    groups.dedup();
+                    assert_eq!(groups.len(), 8, "cpr {cpr} rows {first}.. chunk {chunk}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn heaviest_q_tile_first() {
+        assert_eq!(q_tile_of_block(0, 5), 4);
+        assert_eq!(q_tile_of_block(4, 5), 0);
+    }
+}

@@ -1,0 +1,93 @@
+//! `cargo xtask build-ptx`: kernels crate → bitcode → (our linker) → PTX → ptxas check.
+
+use crate::{link, ptxas};
+use flash_attn_kernels::fingerprint;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const ARCHES: [&str; 2] = ["sm_80", "sm_90"];
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let mut arches: Vec<&str> = ARCHES.to_vec();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--arch" => {
+                let value = it.next().ok_or("--arch needs sm_80, sm_90 or all")?;
+                arches = match value.as_str() {
+                    "all" => ARCHES.to_vec(),
+                    a if ARCHES.contains(&a) => vec![ARCHES[ARCHES.iter().position(|x| *x == a).unwrap()]],
+                    other => return Err(format!("--arch {other}: expected sm_80, sm_90 or all")),
+                };
+            }
+            other => return Err(format!("build-ptx: unknown argument {other}")),
+        }
+    }
+    let root = workspace_root();
+    let out_dir = root.join("target/ptx");
+    std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
+    let print = fingerprint::of_directory(&root.join("kernels")).map_err(|e| e.to_string())?;
+
+    let mut reports = Vec::new();
+    for arch in &arches {
+        let ptx = build_one(&root, arch)?;
+        let dest = out_dir.join(format!("flash_attn.{arch}.ptx"));
+        std::fs::copy(&ptx, &dest).map_err(|e| format!("copy {}: {e}", ptx.display()))?;
+        println!("wrote {}", dest.display());
+        reports.push((arch.to_string(), dest));
+    }
+    // The fingerprint is written only after every PTX is in place, so a failed build never
+    // leaves PTX that the host would take for fresh.
+    std::fs::write(out_dir.join("fingerprint"), format!("{print:016x}\n")).map_err(|e| e.to_string())?;
+    ptxas::check(&root, &reports)
+}
+
+fn build_one(root: &Path, arch: &str) -> Result<PathBuf, String> {
+    let target_dir = root.join("target/ptx-build").join(arch);
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let status = Command::new("cargo")
+        .current_dir(root)
+        .env(link::LINKER_MODE_ENV, "1")
+        .env("CARGO_TARGET_NVPTX64_NVIDIA_CUDA_LINKER", &me)
+        .env_remove("RUSTFLAGS")
+        .args([
+            "rustc",
+            "--release",
+            "--package",
+            "flash-attn-kernels",
+            "--lib",
+            "--crate-type",
+            "cdylib",
+            "--target",
+            "nvptx64-nvidia-cuda",
+            "-Zbuild-std=core",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .args([
+            "--config",
+            "profile.release.lto=\"fat\"",
+            "--config",
+            "profile.release.codegen-units=1",
+            "--config",
+            "profile.release.opt-level=3",
+            "--config",
+            "profile.release.panic=\"abort\"",
+            "--config",
+        ])
+        .arg(format!("target.nvptx64-nvidia-cuda.rustflags=[\"-Ctarget-cpu={arch}\"]"))
+        .status()
+        .map_err(|e| format!("cannot start cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("kernel build for {arch} failed ({status})"));
+    }
+    let ptx = target_dir.join("nvptx64-nvidia-cuda/release/flash_attn_kernels.ptx");
+    if !ptx.exists() {
+        return Err(format!("expected PTX at {}", ptx.display()));
+    }
+    Ok(ptx)
+}
