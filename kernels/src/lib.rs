@@ -8,7 +8,7 @@
 #![no_std]
 #![cfg_attr(
     target_arch = "nvptx64",
-    feature(abi_gpu_kernel, stdarch_nvptx, asm_experimental_arch, core_intrinsics, gpu_intrinsics)
+    feature(abi_gpu_kernel, stdarch_nvptx, asm_experimental_arch, core_intrinsics, gpu_intrinsics, gpu_launch_sized_workgroup_mem)
 )]
 #![cfg_attr(target_arch = "nvptx64", allow(internal_features))]
 
@@ -39,5 +39,6 @@ mod tile;
 fn panic(_: &core::panic::PanicInfo) -> ! {
     // Kernels are written so that no bounds check survives optimization; if one did and failed,
     // trapping makes the launch fail with CUDA_ERROR_LAUNCH_FAILED instead of writing garbage.
-    core::arch::nvptx::trap()
+    // SAFETY: trapping aborts the kernel; nothing runs after it.
+    unsafe { core::arch::nvptx::trap() }
 }

@@ -1,5 +1,6 @@
 //! Every entry point in the PTX, with the launch shape the host must use for it.
 
+use crate::params::{BwdParams, FwdParams};
 use crate::traits::{
     BwdHdim128, BwdHdim64, BwdTraits, FwdHdim128, FwdHdim64, FwdTraits, ROW_KERNEL_THREADS,
 };
@@ -29,6 +30,8 @@ pub struct KernelInfo {
     pub dynamic_smem_bytes: u32,
     /// Rows of the launch's tiled dimension one block covers (grid x = ceil(len / this)).
     pub block_rows: u32,
+    /// Size of the by-value parameter block; `build-ptx` checks the PTX entry agrees.
+    pub param_bytes: u32,
 }
 
 const fn fwd<T: FwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
@@ -40,6 +43,7 @@ const fn fwd<T: FwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
         threads: T::THREADS,
         dynamic_smem_bytes: T::SMEM_BYTES,
         block_rows: T::BLOCK_M,
+        param_bytes: core::mem::size_of::<FwdParams>() as u32,
     }
 }
 
@@ -52,6 +56,7 @@ const fn bwd<T: BwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
         threads: T::THREADS,
         dynamic_smem_bytes: T::SMEM_BYTES,
         block_rows: T::BLOCK_N,
+        param_bytes: core::mem::size_of::<BwdParams>() as u32,
     }
 }
 
@@ -64,6 +69,7 @@ const fn rows(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
         threads: ROW_KERNEL_THREADS,
         dynamic_smem_bytes: 0,
         block_rows: ROW_KERNEL_THREADS / 32,
+        param_bytes: core::mem::size_of::<BwdParams>() as u32,
     }
 }
 

@@ -84,6 +84,16 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
         if !output.status.success() {
             return Err(format!("ptxas rejected {}:\n{text}", ptx.display()));
         }
+        let ptx_text = std::fs::read_to_string(ptx).map_err(|e| e.to_string())?;
+        for info in KERNELS {
+            let declared = format!(".param .align 8 .b8 {}_param_0[{}]", info.name, info.param_bytes);
+            if !ptx_text.contains(&declared) {
+                failures.push(format!(
+                    "{arch}: {} does not take exactly one {}-byte parameter block (expected `{declared}`)",
+                    info.name, info.param_bytes
+                ));
+            }
+        }
         let parsed = parse(&text);
         for info in KERNELS {
             if !parsed.iter().any(|(name, _)| name == info.name) {

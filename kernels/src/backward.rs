@@ -1,0 +1,265 @@
+//! FlashAttention-2 backward.
+//!
+//! Three launches: [`preprocess`] computes D = rowsum(dO ∘ O) and clears the f32 dQ accumulator;
+//! [`flash_bwd`] runs one block per K/V tile, looping over the query tiles that see it, with dK
+//! and dV accumulated in registers and dQ added to the accumulator with atomics; [`convert_dq`]
+//! writes dQ in the input dtype.
+//!
+//! Inside [`flash_bwd`] each warp owns 16 keys and works in the transposed orientation
+//! (Sᵀ = K·Qᵀ), so that Pᵀ and dSᵀ come out of the accumulators already shaped as the A operand
+//! of dV += Pᵀ·dO and dK += dSᵀ·Q, and a key's statistics never leave its warp.
+
+use crate::params::{row_stat_index, BwdParams};
+use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
+use crate::tile::{accumulators_as_a, warp_sum, Element, SmemTile, MAX_HEAD_DIM_TILES8, MAX_SEQ_TILES8};
+use crate::tiling::{ceil_div, Mask};
+use crate::traits::{BwdTraits, ROW_KERNEL_WARPS, WARP_ROWS};
+
+const LOG2_E: f32 = core::f32::consts::LOG2_E;
+
+/// # Safety
+/// Launched with `T::THREADS` threads, grid `(ceil(seqlen_k / BLOCK_N), heads, batch)` and
+/// `T::SMEM_BYTES` of dynamic shared memory, after [`preprocess`] on the same parameters.
+#[inline(always)]
+pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
+    let f = &p.fwd;
+    let shape = &f.shape;
+    let mask = Mask::of(shape);
+    let tid = ptx::thread_idx();
+    let (warp, lane) = (tid / 32, tid % 32);
+    let (block_x, head, batch) = ptx::block_idx();
+    let kv_head = head / (shape.heads / shape.heads_k);
+    let k_begin = block_x * T::BLOCK_N;
+    let warp_k0 = k_begin + warp * WARP_ROWS;
+
+    let d_tiles8 = (T::HEAD_DIM / 8) as usize;
+    let d_tiles16 = (T::HEAD_DIM / 16) as usize;
+    let m_tiles8 = (T::BLOCK_M / 8) as usize;
+
+    let smem = ptx::dynamic_smem_base();
+    let tile = |offset: u32| SmemTile { base: smem + offset, chunks_per_row: T::CHUNKS_PER_ROW };
+    let (k_s, v_s, q_s, do_s) = (tile(T::K_OFFSET), tile(T::V_OFFSET), tile(T::Q_OFFSET), tile(T::DO_OFFSET));
+    let ds_s = SmemTile { base: smem + T::DS_OFFSET, chunks_per_row: T::BLOCK_M / 8 };
+    let (lse_s, d_s) = (smem + T::LSE_OFFSET, smem + T::D_OFFSET);
+
+    let key_rows = shape.seqlen_k - k_begin;
+    // SAFETY: the host validated K and V (seqlen_k rows at these strides); rows past the end are
+    // zero-filled without being read.
+    unsafe {
+        let k_ptr = (f.k as *const u16).wrapping_offset(f.k_strides.offset(batch, k_begin, kv_head) as isize);
+        let v_ptr = (f.v as *const u16).wrapping_offset(f.v_strides.offset(batch, k_begin, kv_head) as isize);
+        k_s.load_async(T::BLOCK_N, k_ptr, f.k_strides.row, key_rows, tid, T::THREADS);
+        v_s.load_async(T::BLOCK_N, v_ptr, f.v_strides.row, key_rows, tid, T::THREADS);
+    }
+    cp_async_commit();
+
+    let mut dk = [[0f32; 4]; MAX_HEAD_DIM_TILES8];
+    let mut dv = [[0f32; 4]; MAX_HEAD_DIM_TILES8];
+    let (query_lo, query_hi) = mask.query_range(k_begin, k_begin + T::BLOCK_N);
+    let (first_tile, end_tile) = (query_lo / T::BLOCK_M, ceil_div(query_hi, T::BLOCK_M));
+
+    for q_tile in first_tile..end_tile {
+        let q_begin = q_tile * T::BLOCK_M;
+        let q_rows = shape.seqlen_q - q_begin;
+        // SAFETY: as for K and V; Q and dO hold seqlen_q rows, LSE and D batch·heads·seqlen_q.
+        unsafe {
+            let q_ptr = (f.q as *const u16).wrapping_offset(f.q_strides.offset(batch, q_begin, head) as isize);
+            let do_ptr = (p.d_o as *const u16).wrapping_offset(p.do_strides.offset(batch, q_begin, head) as isize);
+            q_s.load_async(T::BLOCK_M, q_ptr, f.q_strides.row, q_rows, tid, T::THREADS);
+            do_s.load_async(T::BLOCK_M, do_ptr, p.do_strides.row, q_rows, tid, T::THREADS);
+            if tid < T::BLOCK_M {
+                let row = q_begin + tid;
+                // Rows past the end get LSE = +inf, so P = exp2(s - inf) = 0 there.
+                let (lse, d) = if row < shape.seqlen_q {
+                    let at = row_stat_index(shape, batch, head, row) as isize;
+                    (*(f.lse as *const f32).wrapping_offset(at) * LOG2_E, *(p.softmax_d as *const f32).wrapping_offset(at))
+                } else {
+                    (f32::INFINITY, 0.0)
+                };
+                ptx::st_shared_f32(lse_s + 4 * tid, lse);
+                ptx::st_shared_f32(d_s + 4 * tid, d);
+            }
+        }
+        cp_async_commit();
+        cp_async_wait_all();
+        sync_threads();
+
+        // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ for this warp's 16 keys and the tile's BLOCK_M queries.
+        let mut s = [[0f32; 4]; MAX_SEQ_TILES8];
+        let mut dp = [[0f32; 4]; MAX_SEQ_TILES8];
+        for kk in 0..d_tiles16 {
+            let k_frag = k_s.a_fragment(warp * WARP_ROWS, kk as u32, lane);
+            let v_frag = v_s.a_fragment(warp * WARP_ROWS, kk as u32, lane);
+            for n in 0..m_tiles8 / 2 {
+                let q_b = q_s.b_fragments(16 * n as u32, kk as u32, lane);
+                E::mma(&mut s[2 * n], &k_frag, &q_b[0]);
+                E::mma(&mut s[2 * n + 1], &k_frag, &q_b[1]);
+                let do_b = do_s.b_fragments(16 * n as u32, kk as u32, lane);
+                E::mma(&mut dp[2 * n], &v_frag, &do_b[0]);
+                E::mma(&mut dp[2 * n + 1], &v_frag, &do_b[1]);
+            }
+        }
+
+        // Pᵀ = exp(scale·Sᵀ - LSE) recomputed from the forward's LSE; dSᵀ = Pᵀ ∘ (dPᵀ - D).
+        // `s` becomes Pᵀ and `dp` becomes dSᵀ, in place.
+        let unmasked = mask.tile_is_unmasked(q_begin, q_begin + T::BLOCK_M, warp_k0, warp_k0 + WARP_ROWS);
+        for t in 0..m_tiles8 {
+            for e in 0..4 {
+                let key = warp_k0 + lane / 4 + 8 * (e as u32 / 2);
+                let col = 8 * t as u32 + 2 * (lane % 4) + e as u32 % 2;
+                // SAFETY: col < BLOCK_M indexes the staged statistics.
+                let (lse, d) = unsafe { (ptx::ld_shared_f32(lse_s + 4 * col), ptx::ld_shared_f32(d_s + 4 * col)) };
+                let prob = if unmasked || mask.allows(q_begin + col, key) {
+                    ptx::exp2(s[t][e] * shape.scale_log2 - lse)
+                } else {
+                    0.0
+                };
+                s[t][e] = prob;
+                dp[t][e] = prob * (dp[t][e] - d);
+            }
+        }
+
+        // dV += Pᵀ·dO and dK += dSᵀ·Q (dK's scale is applied once at the end).
+        for kk in 0..m_tiles8 / 2 {
+            let p_a = accumulators_as_a::<E>(&s[2 * kk], &s[2 * kk + 1]);
+            let ds_a = accumulators_as_a::<E>(&dp[2 * kk], &dp[2 * kk + 1]);
+            for n in 0..d_tiles16 {
+                let do_b = do_s.b_fragments_transposed(16 * kk as u32, n as u32, lane);
+                E::mma(&mut dv[2 * n], &p_a, &do_b[0]);
+                E::mma(&mut dv[2 * n + 1], &p_a, &do_b[1]);
+                let q_b = q_s.b_fragments_transposed(16 * kk as u32, n as u32, lane);
+                E::mma(&mut dk[2 * n], &ds_a, &q_b[0]);
+                E::mma(&mut dk[2 * n + 1], &ds_a, &q_b[1]);
+            }
+        }
+
+        // dSᵀ to shared memory, so that dQ = dS·K can be split across warps by query rows.
+        for t in 0..m_tiles8 {
+            for half in 0..2 {
+                let row = warp * WARP_ROWS + lane / 4 + 8 * half as u32;
+                let col = 8 * t as u32 + 2 * (lane % 4);
+                let packed = E::pack(dp[t][2 * half], dp[t][2 * half + 1]);
+                // SAFETY: row < BLOCK_N and col < BLOCK_M lie inside the dSᵀ tile.
+                unsafe { ptx::st_shared_u32(ds_s.element(row, col), packed) };
+            }
+        }
+        sync_threads();
+
+        // dQ += scale · dS·K, in units of 16 queries × DQ_COLS columns spread over the warps.
+        let col_units = T::HEAD_DIM / T::DQ_COLS;
+        let mut unit = warp;
+        while unit < (T::BLOCK_M / 16) * col_units {
+            let (q16, c_unit) = (unit / col_units, unit % col_units);
+            let mut acc = [[0f32; 4]; MAX_HEAD_DIM_TILES8];
+            let acc_tiles16 = (T::DQ_COLS / 16) as usize;
+            for kk in 0..(T::BLOCK_N / 16) {
+                let ds_a = ds_s.a_fragment_transposed(16 * kk, q16, lane);
+                for n in 0..acc_tiles16 {
+                    let k_b = k_s.b_fragments_transposed(16 * kk, c_unit * T::DQ_COLS / 16 + n as u32, lane);
+                    E::mma(&mut acc[2 * n], &ds_a, &k_b[0]);
+                    E::mma(&mut acc[2 * n + 1], &ds_a, &k_b[1]);
+                }
+            }
+            for half in 0..2 {
+                let row = q_begin + 16 * q16 + lane / 4 + 8 * half as u32;
+                if row < shape.seqlen_q {
+                    let base = row_stat_index(shape, batch, head, row) * shape.head_dim as i64;
+                    for t in 0..2 * acc_tiles16 {
+                        let col = c_unit * T::DQ_COLS + 8 * t as u32 + 2 * (lane % 4);
+                        let at = (p.dq_accum as *mut f32).wrapping_offset((base + col as i64) as isize);
+                        // SAFETY: the accumulator holds batch·heads·seqlen_q·head_dim floats.
+                        unsafe {
+                            ptx::red_add_f32(at, acc[t][2 * half] * shape.scale);
+                            ptx::red_add_f32(at.wrapping_add(1), acc[t][2 * half + 1] * shape.scale);
+                        }
+                    }
+                }
+            }
+            unit += T::WARPS;
+        }
+        // The next iteration refills Q, dO, dSᵀ and the statistics.
+        sync_threads();
+    }
+    if first_tile >= end_tile {
+        // No query sees these keys: still wait for K/V copies before the block exits.
+        cp_async_wait_all();
+    }
+
+    for half in 0..2 {
+        let key = warp_k0 + lane / 4 + 8 * half as u32;
+        if key < shape.seqlen_k {
+            let dk_row = (p.dk as *mut u16).wrapping_offset(p.dk_strides.offset(batch, key, head) as isize);
+            let dv_row = (p.dv as *mut u16).wrapping_offset(p.dv_strides.offset(batch, key, head) as isize);
+            for t in 0..d_tiles8 {
+                let col = (8 * t as u32 + 2 * (lane % 4)) as isize;
+                let dk_pair = E::pack(dk[t][2 * half] * shape.scale, dk[t][2 * half + 1] * shape.scale);
+                let dv_pair = E::pack(dv[t][2 * half], dv[t][2 * half + 1]);
+                // SAFETY: key < seqlen_k, col + 1 < head_dim; rows are 16-byte aligned (host-checked).
+                unsafe {
+                    *(dk_row.wrapping_offset(col) as *mut u32) = dk_pair;
+                    *(dv_row.wrapping_offset(col) as *mut u32) = dv_pair;
+                }
+            }
+        }
+    }
+}
+
+/// D = rowsum(dO ∘ O) per query row, and a cleared dQ accumulator row. One warp per row.
+///
+/// # Safety
+/// Launched with `ROW_KERNEL_THREADS` threads and grid `(ceil(seqlen_q / ROW_KERNEL_WARPS), heads,
+/// batch)` on a validated parameter block.
+#[inline(always)]
+pub unsafe fn preprocess<E: Element>(p: &BwdParams) {
+    let shape = &p.fwd.shape;
+    let tid = ptx::thread_idx();
+    let (block_x, head, batch) = ptx::block_idx();
+    let row = block_x * ROW_KERNEL_WARPS + tid / 32;
+    if row >= shape.seqlen_q {
+        return;
+    }
+    let lane = tid % 32;
+    let o = (p.fwd.o as *const u16).wrapping_offset(p.fwd.o_strides.offset(batch, row, head) as isize);
+    let d_o = (p.d_o as *const u16).wrapping_offset(p.do_strides.offset(batch, row, head) as isize);
+    let stat = row_stat_index(shape, batch, head, row);
+    let accum = (p.dq_accum as *mut f32).wrapping_offset((stat * shape.head_dim as i64) as isize);
+    let mut sum = 0.0f32;
+    let mut col = lane;
+    while col < shape.head_dim {
+        // SAFETY: row < seqlen_q and col < head_dim are inside O, dO and the accumulator.
+        unsafe {
+            sum += E::to_f32(*o.wrapping_add(col as usize)) * E::to_f32(*d_o.wrapping_add(col as usize));
+            *accum.wrapping_add(col as usize) = 0.0;
+        }
+        col += 32;
+    }
+    let sum = warp_sum(sum);
+    if lane == 0 {
+        // SAFETY: D holds batch·heads·seqlen_q floats.
+        unsafe { *(p.softmax_d as *mut f32).wrapping_offset(stat as isize) = sum };
+    }
+}
+
+/// dQ (input dtype, caller's strides) from the f32 accumulator. One warp per row.
+///
+/// # Safety
+/// As [`preprocess`], after [`flash_bwd`] completed on the same parameters.
+#[inline(always)]
+pub unsafe fn convert_dq<E: Element>(p: &BwdParams) {
+    let shape = &p.fwd.shape;
+    let tid = ptx::thread_idx();
+    let (block_x, head, batch) = ptx::block_idx();
+    let row = block_x * ROW_KERNEL_WARPS + tid / 32;
+    if row >= shape.seqlen_q {
+        return;
+    }
+    let stat = row_stat_index(shape, batch, head, row);
+    let accum = (p.dq_accum as *const f32).wrapping_offset((stat * shape.head_dim as i64) as isize);
+    let dq = (p.dq as *mut u16).wrapping_offset(p.dq_strides.offset(batch, row, head) as isize);
+    let mut col = tid % 32;
+    while col < shape.head_dim {
+        // SAFETY: row < seqlen_q and col < head_dim are inside dQ and the accumulator.
+        unsafe { *dq.wrapping_add(col as usize) = E::from_f32(*accum.wrapping_add(col as usize)) };
+        col += 32;
+    }
+}

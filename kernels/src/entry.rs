@@ -1,0 +1,38 @@
+//! The `extern "gpu-kernel"` entry points: one per (kernel, dtype, configuration), each a thin
+//! call into the generic kernel. Names match [`crate::registry::KERNELS`].
+
+use crate::backward::{convert_dq, flash_bwd, preprocess};
+use crate::forward::flash_fwd;
+use crate::params::{BwdParams, FwdParams};
+use crate::tile::{Bf16, F16};
+use crate::traits::{BwdHdim128, BwdHdim64, FwdHdim128, FwdHdim64};
+
+macro_rules! entry {
+    ($name:ident, $params:ty, $body:path) => {
+        /// # Safety
+        /// The host launches this with the registry's block size and shared memory on a
+        /// parameter block it validated (see `flash_attn::launch`).
+        // The parameter block is `#[repr(C)]` plain data; nvptx passes it as one `.param .b8[N]`
+        // array, which is what the driver copies from the host. `build-ptx` checks N against
+        // `size_of` for every entry point, so a change in the ABI fails the build.
+        #[allow(improper_gpu_kernel_arg)]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "gpu-kernel" fn $name(params: $params) {
+            // SAFETY: forwarded from this entry point's contract.
+            unsafe { $body(&params) }
+        }
+    };
+}
+
+entry!(flash_fwd_bf16_hdim64, FwdParams, flash_fwd::<Bf16, FwdHdim64>);
+entry!(flash_fwd_bf16_hdim128, FwdParams, flash_fwd::<Bf16, FwdHdim128>);
+entry!(flash_fwd_f16_hdim64, FwdParams, flash_fwd::<F16, FwdHdim64>);
+entry!(flash_fwd_f16_hdim128, FwdParams, flash_fwd::<F16, FwdHdim128>);
+entry!(flash_bwd_bf16_hdim64, BwdParams, flash_bwd::<Bf16, BwdHdim64>);
+entry!(flash_bwd_bf16_hdim128, BwdParams, flash_bwd::<Bf16, BwdHdim128>);
+entry!(flash_bwd_f16_hdim64, BwdParams, flash_bwd::<F16, BwdHdim64>);
+entry!(flash_bwd_f16_hdim128, BwdParams, flash_bwd::<F16, BwdHdim128>);
+entry!(flash_bwd_preprocess_bf16, BwdParams, preprocess::<Bf16>);
+entry!(flash_bwd_preprocess_f16, BwdParams, preprocess::<F16>);
+entry!(flash_bwd_convert_dq_bf16, BwdParams, convert_dq::<Bf16>);
+entry!(flash_bwd_convert_dq_f16, BwdParams, convert_dq::<F16>);

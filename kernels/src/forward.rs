@@ -1,0 +1,190 @@
+//! FlashAttention-2 forward.
+//!
+//! One block per (Q tile, head, batch); each warp owns 16 query rows and keeps their Q fragments,
+//! their output accumulator and their softmax statistics in registers. K and V tiles stream through
+//! double-buffered shared memory. Scores never leave registers: S = Q·Kᵀ, the online softmax turns
+//! S into P in place, and O += P·V. Only O and the LSE are written.
+
+use crate::params::{row_stat_index, FwdParams};
+use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
+use crate::tile::{
+    accumulators_as_a, quad_max, quad_sum, Element, SmemTile, MAX_HEAD_DIM_TILES16,
+    MAX_HEAD_DIM_TILES8, MAX_SEQ_TILES8,
+};
+use crate::tiling::{ceil_div, q_tile_of_block, Mask};
+use crate::traits::{FwdTraits, WARP_ROWS};
+
+const LN_2: f32 = core::f32::consts::LN_2;
+
+/// Running max and sum of one lane's two rows (`lane / 4` and `lane / 4 + 8` of its warp).
+/// The sum is this lane's partial sum over its columns; the quad adds them up at the end.
+struct OnlineSoftmax {
+    max: [f32; 2],
+    sum: [f32; 2],
+}
+
+impl OnlineSoftmax {
+    /// Fold in a new tile of raw scores `s` (in place it becomes P, unnormalized) and rescale
+    /// the output accumulator `o` for the new running max.
+    #[inline(always)]
+    fn update(&mut self, s: &mut [[f32; 4]; MAX_SEQ_TILES8], n_tiles: usize, o: &mut [[f32; 4]; MAX_HEAD_DIM_TILES8], d_tiles: usize, scale_log2: f32) {
+        for half in 0..2 {
+            let mut tile_max = self.max[half];
+            for t in 0..n_tiles {
+                tile_max = tile_max.max(s[t][2 * half]).max(s[t][2 * half + 1]);
+            }
+            let new_max = quad_max(tile_max);
+            // A row that has seen only masked keys has max -inf; subtracting 0 keeps exp2 at 0
+            // instead of NaN.
+            let shift = if new_max == f32::NEG_INFINITY { 0.0 } else { new_max * scale_log2 };
+            let correction = ptx::exp2(self.max[half] * scale_log2 - shift);
+            self.max[half] = new_max;
+            let mut sum = 0.0;
+            for t in 0..n_tiles {
+                for j in 0..2 {
+                    let p = ptx::exp2(s[t][2 * half + j] * scale_log2 - shift);
+                    s[t][2 * half + j] = p;
+                    sum += p;
+                }
+            }
+            self.sum[half] = self.sum[half] * correction + sum;
+            for t in 0..d_tiles {
+                o[t][2 * half] *= correction;
+                o[t][2 * half + 1] *= correction;
+            }
+        }
+    }
+}
+
+/// # Safety
+/// Launched with `T::THREADS` threads, grid `(ceil(seqlen_q / BLOCK_M), heads, batch)` and
+/// `T::SMEM_BYTES` of dynamic shared memory, on a parameter block the host validated.
+#[inline(always)]
+pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
+    let shape = &p.shape;
+    let mask = Mask::of(shape);
+    let tid = ptx::thread_idx();
+    let (warp, lane) = (tid / 32, tid % 32);
+    let (block_x, head, batch) = ptx::block_idx();
+    let kv_head = head / (shape.heads / shape.heads_k);
+    let q_begin = q_tile_of_block(block_x, ceil_div(shape.seqlen_q, T::BLOCK_M)) * T::BLOCK_M;
+    let warp_q0 = q_begin + warp * WARP_ROWS;
+
+    let (d_tiles8, d_tiles16) = ((T::HEAD_DIM / 8) as usize, (T::HEAD_DIM / 16) as usize);
+    let n_tiles8 = (T::BLOCK_N / 8) as usize;
+
+    let smem = ptx::dynamic_smem_base();
+    let q_tile = SmemTile { base: smem + T::Q_OFFSET, chunks_per_row: T::CHUNKS_PER_ROW };
+    let k_tile = |stage: u32| SmemTile { base: smem + T::K_OFFSET + stage * T::KV_TILE_BYTES, chunks_per_row: T::CHUNKS_PER_ROW };
+    let v_tile = |stage: u32| SmemTile { base: smem + T::V_OFFSET + stage * T::KV_TILE_BYTES, chunks_per_row: T::CHUNKS_PER_ROW };
+
+    let q_ptr = (p.q as *const u16).wrapping_offset(p.q_strides.offset(batch, q_begin, head) as isize);
+    let k_ptr = (p.k as *const u16).wrapping_offset(p.k_strides.offset(batch, 0, kv_head) as isize);
+    let v_ptr = (p.v as *const u16).wrapping_offset(p.v_strides.offset(batch, 0, kv_head) as isize);
+    let load_kv = |tile: u32, stage: u32| {
+        let k_begin = tile * T::BLOCK_N;
+        let rows = shape.seqlen_k - k_begin;
+        // SAFETY: the host validated that K and V hold seqlen_k rows at these strides; rows past
+        // the end are zero-filled without being read.
+        unsafe {
+            k_tile(stage).load_async(T::BLOCK_N, k_ptr.wrapping_offset(k_begin as isize * p.k_strides.row as isize), p.k_strides.row, rows, tid, T::THREADS);
+            v_tile(stage).load_async(T::BLOCK_N, v_ptr.wrapping_offset(k_begin as isize * p.v_strides.row as isize), p.v_strides.row, rows, tid, T::THREADS);
+        }
+    };
+
+    let (key_lo, key_hi) = mask.key_range(q_begin, q_begin + T::BLOCK_M);
+    let (first_tile, end_tile) = (key_lo / T::BLOCK_N, ceil_div(key_hi, T::BLOCK_N));
+
+    // SAFETY: as for K and V above.
+    unsafe { q_tile.load_async(T::BLOCK_M, q_ptr, p.q_strides.row, shape.seqlen_q - q_begin, tid, T::THREADS) };
+    if first_tile < end_tile {
+        load_kv(first_tile, 0);
+    }
+    cp_async_commit();
+    cp_async_wait_all();
+    sync_threads();
+
+    let mut q_frag = [[0u32; 4]; MAX_HEAD_DIM_TILES16];
+    for kk in 0..d_tiles16 {
+        q_frag[kk] = q_tile.a_fragment(warp * WARP_ROWS, kk as u32, lane);
+    }
+    let mut o = [[0f32; 4]; MAX_HEAD_DIM_TILES8];
+    let mut softmax = OnlineSoftmax { max: [f32::NEG_INFINITY; 2], sum: [0.0; 2] };
+
+    for tile in first_tile..end_tile {
+        let stage = (tile - first_tile) % 2;
+        if tile + 1 < end_tile {
+            load_kv(tile + 1, 1 - stage);
+            cp_async_commit();
+        }
+        let (keys, values) = (k_tile(stage), v_tile(stage));
+
+        // S = Q·Kᵀ for this warp's 16 rows and the tile's BLOCK_N keys.
+        let mut s = [[0f32; 4]; MAX_SEQ_TILES8];
+        for kk in 0..d_tiles16 {
+            for n in 0..n_tiles8 / 2 {
+                let b = keys.b_fragments(16 * n as u32, kk as u32, lane);
+                E::mma(&mut s[2 * n], &q_frag[kk], &b[0]);
+                E::mma(&mut s[2 * n + 1], &q_frag[kk], &b[1]);
+            }
+        }
+
+        let k_begin = tile * T::BLOCK_N;
+        if !mask.tile_is_unmasked(warp_q0, warp_q0 + WARP_ROWS, k_begin, k_begin + T::BLOCK_N) {
+            for t in 0..n_tiles8 {
+                for e in 0..4 {
+                    let q = warp_q0 + lane / 4 + 8 * (e as u32 / 2);
+                    let k = k_begin + 8 * t as u32 + 2 * (lane % 4) + e as u32 % 2;
+                    if !mask.allows(q, k) {
+                        s[t][e] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+
+        softmax.update(&mut s, n_tiles8, &mut o, d_tiles8, shape.scale_log2);
+
+        // O += P·V, P taken straight from the score registers.
+        for kk in 0..n_tiles8 / 2 {
+            let a = accumulators_as_a::<E>(&s[2 * kk], &s[2 * kk + 1]);
+            for n in 0..d_tiles16 {
+                let b = values.b_fragments_transposed(16 * kk as u32, n as u32, lane);
+                E::mma(&mut o[2 * n], &a, &b[0]);
+                E::mma(&mut o[2 * n + 1], &a, &b[1]);
+            }
+        }
+
+        if tile + 1 < end_tile {
+            cp_async_wait_all();
+        }
+        // Everyone is done with this stage before the next iteration refills it.
+        sync_threads();
+    }
+
+    // Epilogue: normalize, write O and the LSE.
+    for half in 0..2 {
+        let row = warp_q0 + lane / 4 + 8 * half as u32;
+        let sum = quad_sum(softmax.sum[half]);
+        let empty = sum == 0.0;
+        let inv = if empty { 0.0 } else { 1.0 / sum };
+        if row < shape.seqlen_q {
+            let out = (p.o as *mut u16).wrapping_offset(p.o_strides.offset(batch, row, head) as isize);
+            for t in 0..d_tiles8 {
+                let col = 8 * t as u32 + 2 * (lane % 4);
+                let packed = E::pack(o[t][2 * half] * inv, o[t][2 * half + 1] * inv);
+                // SAFETY: row < seqlen_q and col + 1 < head_dim lie inside O, whose rows the host
+                // checked to be 16-byte aligned, so this pair is 4-byte aligned.
+                unsafe { *(out.wrapping_offset(col as isize) as *mut u32) = packed };
+            }
+            if lane % 4 == 0 {
+                let lse = if empty {
+                    f32::INFINITY
+                } else {
+                    (softmax.max[half] * shape.scale_log2 + ptx::log2(sum)) * LN_2
+                };
+                // SAFETY: the LSE buffer holds batch · heads · seqlen_q floats (host-checked).
+                unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index(shape, batch, head, row) as isize) = lse };
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Inline PTX, one small named function per instruction. Kernels call these, never `asm!`.
+//!
+//! Shared-memory operands are 32-bit `.shared` window addresses (see [`shared_address`]).
+
+use core::arch::asm;
+use core::arch::nvptx;
+
+#[inline(always)]
+pub fn thread_idx() -> u32 {
+    // SAFETY: reading a special register has no preconditions.
+    unsafe { nvptx::_thread_idx_x() }
+}
+
+#[inline(always)]
+pub fn block_idx() -> (u32, u32, u32) {
+    // SAFETY: reading special registers has no preconditions.
+    unsafe { (nvptx::_block_idx_x(), nvptx::_block_idx_y(), nvptx::_block_idx_z()) }
+}
+
+/// Barrier over the whole thread block. Every thread of the block must reach it.
+#[inline(always)]
+pub fn sync_threads() {
+    // SAFETY: the kernels call this in block-uniform control flow only.
+    unsafe { nvptx::_syncthreads() }
+}
+
+/// 32-bit shared-window address of the launch-sized dynamic shared memory.
+#[inline(always)]
+pub fn dynamic_smem_base() -> u32 {
+    let generic = core::intrinsics::gpu::gpu_launch_sized_workgroup_mem::<[u32; 4]>();
+    shared_address(generic as *const u8)
+}
+
+#[inline(always)]
+pub fn shared_address(generic: *const u8) -> u32 {
+    let shared: u64;
+    // SAFETY: `cvta.to.shared` only converts an address; the caller passes a shared-memory pointer.
+    unsafe { asm!("cvta.to.shared.u64 {0}, {1};", out(reg64) shared, in(reg64) generic as u64) };
+    shared as u32
+}
+
+/// `D += A·B` for one 16×8×16 tile: A row-major, B column-major, bf16 inputs, f32 accumulators.
+#[inline(always)]
+pub fn mma_m16n8k16_bf16(d: &mut [f32; 4], a: &[u32; 4], b: &[u32; 2]) {
+    // SAFETY: register-only warp-wide instruction; all 32 lanes execute it together.
+    unsafe {
+        asm!(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {{{0}, {1}, {2}, {3}}}, {{{4}, {5}, {6}, {7}}}, {{{8}, {9}}}, {{{0}, {1}, {2}, {3}}};",
+            inout(reg32) d[0], inout(reg32) d[1], inout(reg32) d[2], inout(reg32) d[3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg32) b[0], in(reg32) b[1],
+        )
+    }
+}
+
+/// As [`mma_m16n8k16_bf16`] with f16 inputs.
+#[inline(always)]
+pub fn mma_m16n8k16_f16(d: &mut [f32; 4], a: &[u32; 4], b: &[u32; 2]) {
+    // SAFETY: register-only warp-wide instruction; all 32 lanes execute it together.
+    unsafe {
+        asm!(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {{{0}, {1}, {2}, {3}}}, {{{4}, {5}, {6}, {7}}}, {{{8}, {9}}}, {{{0}, {1}, {2}, {3}}};",
+            inout(reg32) d[0], inout(reg32) d[1], inout(reg32) d[2], inout(reg32) d[3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg32) b[0], in(reg32) b[1],
+        )
+    }
+}
+
+/// Four 8×8 matrices of 16-bit elements from shared memory; lane `l` gives the row address for
+/// matrix `l / 8`, row `l % 8`.
+///
+/// # Safety
+/// `addr` is a 16-byte aligned shared address inside the block's allocation, in every lane.
+#[inline(always)]
+pub unsafe fn ldmatrix_x4(addr: u32) -> [u32; 4] {
+    let (r0, r1, r2, r3): (u32, u32, u32, u32);
+    // SAFETY: the caller guarantees the address is valid shared memory.
+    unsafe {
+        asm!(
+            "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{0}, {1}, {2}, {3}}}, [{4}];",
+            out(reg32) r0, out(reg32) r1, out(reg32) r2, out(reg32) r3, in(reg32) addr,
+            options(readonly, nostack),
+        )
+    };
+    [r0, r1, r2, r3]
+}
+
+/// As [`ldmatrix_x4`], each matrix transposed.
+///
+/// # Safety
+/// As [`ldmatrix_x4`].
+#[inline(always)]
+pub unsafe fn ldmatrix_x4_trans(addr: u32) -> [u32; 4] {
+    let (r0, r1, r2, r3): (u32, u32, u32, u32);
+    // SAFETY: the caller guarantees the address is valid shared memory.
+    unsafe {
+        asm!(
+            "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {{{0}, {1}, {2}, {3}}}, [{4}];",
+            out(reg32) r0, out(reg32) r1, out(reg32) r2, out(reg32) r3, in(reg32) addr,
+            options(readonly, nostack),
+        )
+    };
+    [r0, r1, r2, r3]
+}
+
+/// Asynchronous 16-byte copy global → shared, bypassing L1. Bytes past `src_bytes` (0 or 16)
+/// are zero-filled, so rows beyond a sequence's end arrive as zeros without a read.
+///
+/// # Safety
+/// `dst` is a 16-byte aligned shared address of this block; `src` is a 16-byte aligned global
+/// address, readable for `src_bytes` bytes.
+#[inline(always)]
+pub unsafe fn cp_async_16(dst: u32, src: *const u8, src_bytes: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!(
+            "cp.async.cg.shared.global [{0}], [{1}], 16, {2};",
+            in(reg32) dst, in(reg64) src as u64, in(reg32) src_bytes,
+            options(nostack),
+        )
+    }
+}
+
+/// Close the group of `cp.async` copies issued so far by this thread.
+#[inline(always)]
+pub fn cp_async_commit() {
+    // SAFETY: no operands.
+    unsafe { asm!("cp.async.commit_group;", options(nostack)) }
+}
+
+/// Wait until every `cp.async` group of this thread has landed. Other threads' copies become
+/// visible after a following [`sync_threads`].
+#[inline(always)]
+pub fn cp_async_wait_all() {
+    // SAFETY: no operands.
+    unsafe { asm!("cp.async.wait_group 0;", options(nostack)) }
+}
+
+/// 2^x, the hardware approximation (relative error about 2^-22), flushing denormals.
+#[inline(always)]
+pub fn exp2(x: f32) -> f32 {
+    let y: f32;
+    // SAFETY: register-only arithmetic.
+    unsafe { asm!("ex2.approx.ftz.f32 {0}, {1};", out(reg32) y, in(reg32) x, options(pure, nomem, nostack)) };
+    y
+}
+
+/// log2(x), the hardware approximation.
+#[inline(always)]
+pub fn log2(x: f32) -> f32 {
+    let y: f32;
+    // SAFETY: register-only arithmetic.
+    unsafe { asm!("lg2.approx.ftz.f32 {0}, {1};", out(reg32) y, in(reg32) x, options(pure, nomem, nostack)) };
+    y
+}
+
+/// Exchange with the lane whose index differs in the bits of `mask` (butterfly), whole warp.
+#[inline(always)]
+pub fn shfl_xor(x: f32, mask: u32) -> f32 {
+    let y: f32;
+    // SAFETY: all 32 lanes execute the shuffle together (full member mask).
+    unsafe {
+        asm!("shfl.sync.bfly.b32 {0}, {1}, {2}, 0x1f, 0xffffffff;", out(reg32) y, in(reg32) x, in(reg32) mask, options(nomem, nostack))
+    };
+    y
+}
+
+/// Two f32 → packed bf16x2 (round to nearest even); `lo` lands in the low half.
+#[inline(always)]
+pub fn pack_bf16x2(lo: f32, hi: f32) -> u32 {
+    let d: u32;
+    // SAFETY: register-only conversion.
+    unsafe { asm!("cvt.rn.bf16x2.f32 {0}, {1}, {2};", out(reg32) d, in(reg32) hi, in(reg32) lo, options(pure, nomem, nostack)) };
+    d
+}
+
+/// Two f32 → packed f16x2 (round to nearest even); `lo` lands in the low half.
+#[inline(always)]
+pub fn pack_f16x2(lo: f32, hi: f32) -> u32 {
+    let d: u32;
+    // SAFETY: register-only conversion.
+    unsafe { asm!("cvt.rn.f16x2.f32 {0}, {1}, {2};", out(reg32) d, in(reg32) hi, in(reg32) lo, options(pure, nomem, nostack)) };
+    d
+}
+
+/// f16 bits → f32.
+#[inline(always)]
+pub fn f16_to_f32(bits: u16) -> f32 {
+    let y: f32;
+    // SAFETY: register-only conversion.
+    unsafe { asm!("cvt.f32.f16 {0}, {1};", out(reg32) y, in(reg16) bits, options(pure, nomem, nostack)) };
+    y
+}
+
+/// 32-bit store to shared memory.
+///
+/// # Safety
+/// `addr` is a 4-byte aligned shared address of this block.
+#[inline(always)]
+pub unsafe fn st_shared_u32(addr: u32, value: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("st.shared.b32 [{0}], {1};", in(reg32) addr, in(reg32) value, options(nostack)) }
+}
+
+/// 32-bit float load from shared memory.
+///
+/// # Safety
+/// `addr` is a 4-byte aligned shared address of this block.
+#[inline(always)]
+pub unsafe fn ld_shared_f32(addr: u32) -> f32 {
+    let y: f32;
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("ld.shared.f32 {0}, [{1}];", out(reg32) y, in(reg32) addr, options(readonly, nostack)) };
+    y
+}
+
+/// 32-bit float store to shared memory.
+///
+/// # Safety
+/// `addr` is a 4-byte aligned shared address of this block.
+#[inline(always)]
+pub unsafe fn st_shared_f32(addr: u32, value: f32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("st.shared.f32 [{0}], {1};", in(reg32) addr, in(reg32) value, options(nostack)) }
+}
+
+/// `*addr += value` in global memory, without returning the old value.
+///
+/// # Safety
+/// `addr` is a 4-byte aligned, writable global f32.
+#[inline(always)]
+pub unsafe fn red_add_f32(addr: *mut f32, value: f32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("red.global.add.f32 [{0}], {1};", in(reg64) addr as u64, in(reg32) value, options(nostack)) }
+}

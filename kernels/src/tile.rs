@@ -1,0 +1,187 @@
+//! Tile primitives: the element types, shared-memory tiles, their async loads, the fragment
+//! loads that feed `mma.m16n8k16`, and the row operations of the online softmax.
+//!
+//! Fragment layouts follow the PTX ISA for `mma.m16n8k16`: a lane holds accumulator elements
+//! at rows `lane / 4` and `lane / 4 + 8`, columns `2 · (lane % 4)` and `+ 1` of each 8-wide tile.
+
+use crate::ptx;
+use crate::tiling::tile_byte_offset;
+
+/// Fragments are kept in fixed-size register arrays sized for the largest configuration;
+/// loops run to the configuration's count and unroll, so unused slots never exist.
+pub const MAX_HEAD_DIM_TILES8: usize = 32;
+pub const MAX_HEAD_DIM_TILES16: usize = 16;
+pub const MAX_SEQ_TILES8: usize = 16;
+
+/// A 16-bit floating-point element type of Q, K, V and the outputs.
+pub trait Element {
+    fn mma(d: &mut [f32; 4], a: &[u32; 4], b: &[u32; 2]);
+    /// Two f32 → packed pair, `lo` in the low half.
+    fn pack(lo: f32, hi: f32) -> u32;
+    fn to_f32(bits: u16) -> f32;
+    fn from_f32(x: f32) -> u16 {
+        Self::pack(x, 0.0) as u16
+    }
+}
+
+pub struct Bf16;
+impl Element for Bf16 {
+    #[inline(always)]
+    fn mma(d: &mut [f32; 4], a: &[u32; 4], b: &[u32; 2]) {
+        ptx::mma_m16n8k16_bf16(d, a, b)
+    }
+    #[inline(always)]
+    fn pack(lo: f32, hi: f32) -> u32 {
+        ptx::pack_bf16x2(lo, hi)
+    }
+    #[inline(always)]
+    fn to_f32(bits: u16) -> f32 {
+        f32::from_bits((bits as u32) << 16)
+    }
+}
+
+pub struct F16;
+impl Element for F16 {
+    #[inline(always)]
+    fn mma(d: &mut [f32; 4], a: &[u32; 4], b: &[u32; 2]) {
+        ptx::mma_m16n8k16_f16(d, a, b)
+    }
+    #[inline(always)]
+    fn pack(lo: f32, hi: f32) -> u32 {
+        ptx::pack_f16x2(lo, hi)
+    }
+    #[inline(always)]
+    fn to_f32(bits: u16) -> f32 {
+        ptx::f16_to_f32(bits)
+    }
+}
+
+/// A swizzled tile of 16-bit elements in shared memory.
+#[derive(Clone, Copy)]
+pub struct SmemTile {
+    pub base: u32,
+    pub chunks_per_row: u32,
+}
+
+impl SmemTile {
+    #[inline(always)]
+    pub fn chunk(&self, row: u32, chunk: u32) -> u32 {
+        self.base + tile_byte_offset(row, chunk, self.chunks_per_row)
+    }
+
+    #[inline(always)]
+    pub fn element(&self, row: u32, col: u32) -> u32 {
+        self.chunk(row, col / 8) + (col % 8) * 2
+    }
+
+    /// Start copying `rows` rows (of which the first `valid_rows` exist; the rest read as zeros)
+    /// from global memory. All `threads` threads of the block call this; completion is
+    /// [`ptx::cp_async_commit`] + [`ptx::cp_async_wait_all`] + a barrier.
+    ///
+    /// # Safety
+    /// `src` points at row 0 of a tensor whose rows are `row_stride` elements apart, 16-byte
+    /// aligned, with `valid_rows` rows of `8 · chunks_per_row` readable elements.
+    #[inline(always)]
+    pub unsafe fn load_async(
+        &self,
+        rows: u32,
+        src: *const u16,
+        row_stride: i64,
+        valid_rows: u32,
+        tid: u32,
+        threads: u32,
+    ) {
+        let chunks = rows * self.chunks_per_row;
+        let mut index = tid;
+        while index < chunks {
+            let row = index / self.chunks_per_row;
+            let chunk = index % self.chunks_per_row;
+            let in_range = row < valid_rows;
+            // Out-of-range rows copy zero bytes; their address is clamped to row 0 so that it
+            // still points into the tensor.
+            let src_row = if in_range { row } else { 0 };
+            // SAFETY: in-range rows are readable per the caller; the copy size is 16 bytes
+            // within one row of 8 · chunks_per_row elements.
+            unsafe {
+                let from = src.wrapping_offset(src_row as isize * row_stride as isize + chunk as isize * 8);
+                ptx::cp_async_16(self.chunk(row, chunk), from as *const u8, if in_range { 16 } else { 0 });
+            }
+            index += threads;
+        }
+    }
+
+    /// A fragment (m16 × k16) of a row-major operand whose rows are tile rows `row0..row0+16`
+    /// and whose k runs along the tile's columns from `k16 · 16`.
+    #[inline(always)]
+    pub fn a_fragment(&self, row0: u32, k16: u32, lane: u32) -> [u32; 4] {
+        let addr = self.chunk(row0 + lane % 16, 2 * k16 + lane / 16);
+        // SAFETY: the row and chunk lie inside the tile by the caller's loop bounds.
+        unsafe { ptx::ldmatrix_x4(addr) }
+    }
+
+    /// A fragment (m16 × k16) whose m runs along the tile's columns from `m16 · 16` and whose k
+    /// runs along tile rows `k0..k0+16`: the transpose of what is stored.
+    #[inline(always)]
+    pub fn a_fragment_transposed(&self, k0: u32, m16: u32, lane: u32) -> [u32; 4] {
+        let matrix = lane / 8;
+        let addr = self.chunk(k0 + (matrix / 2) * 8 + lane % 8, 2 * m16 + matrix % 2);
+        // SAFETY: as in `a_fragment`.
+        unsafe { ptx::ldmatrix_x4_trans(addr) }
+    }
+
+    /// B fragments (k16 × n8, two adjacent n tiles) where n runs along tile rows `n0..n0+16` and
+    /// k along the columns from `k16 · 16` (K in S = Q·Kᵀ). Returns `[tile n0, tile n0 + 8]`.
+    #[inline(always)]
+    pub fn b_fragments(&self, n0: u32, k16: u32, lane: u32) -> [[u32; 2]; 2] {
+        let matrix = lane / 8;
+        let addr = self.chunk(n0 + (matrix / 2) * 8 + lane % 8, 2 * k16 + matrix % 2);
+        // SAFETY: as in `a_fragment`.
+        let r = unsafe { ptx::ldmatrix_x4(addr) };
+        [[r[0], r[1]], [r[2], r[3]]]
+    }
+
+    /// B fragments (k16 × n8, two adjacent n tiles) where k runs along tile rows `k0..k0+16` and
+    /// n along the columns from `n16 · 16` (V in O = P·V). Returns `[tile n16·2, tile n16·2 + 1]`.
+    #[inline(always)]
+    pub fn b_fragments_transposed(&self, k0: u32, n16: u32, lane: u32) -> [[u32; 2]; 2] {
+        let matrix = lane / 8;
+        let addr = self.chunk(k0 + (matrix % 2) * 8 + lane % 8, 2 * n16 + matrix / 2);
+        // SAFETY: as in `a_fragment`.
+        let r = unsafe { ptx::ldmatrix_x4_trans(addr) };
+        [[r[0], r[1]], [r[2], r[3]]]
+    }
+}
+
+/// Accumulator tiles `2j` and `2j + 1` (16 × 16 of f32) as the A operand of the next mma.
+#[inline(always)]
+pub fn accumulators_as_a<E: Element>(left: &[f32; 4], right: &[f32; 4]) -> [u32; 4] {
+    [
+        E::pack(left[0], left[1]),
+        E::pack(left[2], left[3]),
+        E::pack(right[0], right[1]),
+        E::pack(right[2], right[3]),
+    ]
+}
+
+/// Row `lane / 4 + 8 · half` of an accumulator tile lives in the 4 lanes of a quad: combine.
+#[inline(always)]
+pub fn quad_max(x: f32) -> f32 {
+    let x = x.max(ptx::shfl_xor(x, 1));
+    x.max(ptx::shfl_xor(x, 2))
+}
+
+#[inline(always)]
+pub fn quad_sum(x: f32) -> f32 {
+    let x = x + ptx::shfl_xor(x, 1);
+    x + ptx::shfl_xor(x, 2)
+}
+
+#[inline(always)]
+pub fn warp_sum(mut x: f32) -> f32 {
+    let mut mask = 16;
+    while mask > 0 {
+        x += ptx::shfl_xor(x, mask);
+        mask /= 2;
+    }
+    x
+}
