@@ -1,1 +1,54 @@
+//! FlashAttention-2 on NVIDIA GPUs, kernels written in Rust and compiled to PTX.
+//!
+//! ```no_run
+//! use flash_attn::{AttentionParams, DeviceTensor, FlashAttention};
+//! use half::bf16;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let _context = cust::quick_init()?;
+//! let stream = cust::stream::Stream::new(cust::stream::StreamFlags::NON_BLOCKING, None)?;
+//! let attention = FlashAttention::new()?;
+//! let shape = [2, 1024, 16, 128]; // (batch, seqlen, heads, head_dim)
+//! let q = DeviceTensor::from_host(&vec![bf16::from_f32(0.1); 2 * 1024 * 16 * 128], shape)?;
+//! let (k, v) = (q.view(), q.view());
+//! let params = AttentionParams { causal: true, ..Default::default() };
+//! let out = attention.forward(&stream, q.view(), k, v, &params)?;
+//! let d_o = DeviceTensor::filled(shape, bf16::ONE)?;
+//! let grads = attention.backward(&stream, d_o.view(), q.view(), k, v, out.o.view(), &out.lse, &params)?;
+//! stream.synchronize()?;
+//! let dq = grads.dq.to_host()?;
+//! # Ok(()) }
+//! ```
+pub mod error;
+mod launch;
 pub mod reference;
+pub mod tensor;
+mod validate;
+
+pub use error::{Error, Result};
+pub use launch::{FlashAttention, ForwardOutput, Gradients};
+pub use tensor::{DeviceTensor, Element, Layout, TensorMut, TensorRef};
+
+pub use flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS;
+
+/// Options of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionParams {
+    /// Multiplies Q·Kᵀ before the softmax; `None` means `1 / sqrt(head_dim)`.
+    pub softmax_scale: Option<f32>,
+    /// Causal mask aligned at the bottom-right corner: query `i` sees keys
+    /// `0 ..= i + seqlen_k - seqlen_q` (FlashAttention ≥ 2.1). Queries that see no key output 0.
+    pub causal: bool,
+}
+
+impl Default for AttentionParams {
+    fn default() -> Self {
+        AttentionParams { softmax_scale: None, causal: false }
+    }
+}
+
+mod ptx_status {
+    include!(concat!(env!("OUT_DIR"), "/ptx_status.rs"));
+}
+pub(crate) const PTX_SM80: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attn.sm_80.ptx"));
+pub(crate) const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attn.sm_90.ptx"));
+pub(crate) use ptx_status::PTX_PROBLEM;

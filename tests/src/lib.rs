@@ -1,1 +1,333 @@
+//! The test kit shared by the GPU property tests, the demo and the benchmarks: random problems,
+//! padded (non-contiguous) device layouts with NaN in the gaps, NaN-poisoned outputs, and the
+//! comparison against the f64 reference under FlashAttention's tolerance rule.
 
+use cust::memory::{CopyDestination, DeviceBuffer};
+use cust::stream::Stream;
+use flash_attn::reference::{self, Problem};
+use flash_attn::{AttentionParams, Element, FlashAttention, Layout, TensorMut, TensorRef};
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// One random test case: the problem, the element type, extra padding of the head stride (0 is
+/// contiguous) and the seed of its inputs.
+#[derive(Clone, Copy, Debug)]
+pub struct Case {
+    pub batch: usize,
+    pub heads: usize,
+    pub seqlen_q: usize,
+    pub seqlen_k: usize,
+    pub head_dim: usize,
+    pub causal: bool,
+    pub bf16: bool,
+    pub pad: usize,
+    pub seed: u64,
+}
+
+impl Case {
+    pub fn problem(&self) -> Problem {
+        Problem {
+            batch: self.batch,
+            heads: self.heads,
+            seqlen_q: self.seqlen_q,
+            seqlen_k: self.seqlen_k,
+            head_dim: self.head_dim,
+            scale: 1.0 / (self.head_dim as f64).sqrt(),
+            causal: self.causal,
+        }
+    }
+}
+
+/// Sequence lengths that stress the tiling: 1, primes, tile sizes ± 1, and anything up to 300.
+fn seqlen() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        Just(1usize),
+        prop::sample::select(vec![2usize, 3, 7, 13, 17, 31, 61, 97, 127, 131, 251, 257]),
+        prop::sample::select(vec![63usize, 64, 65, 128, 129, 192]),
+        1usize..=300,
+    ]
+}
+
+pub fn case_strategy() -> impl Strategy<Value = Case> {
+    (
+        1usize..=3,
+        1usize..=4,
+        seqlen(),
+        seqlen(),
+        prop::sample::select(flash_attn::SUPPORTED_HEAD_DIMS.to_vec()),
+        any::<bool>(),
+        any::<bool>(),
+        prop::sample::select(vec![0usize, 0, 8, 24]),
+        any::<u64>(),
+    )
+        .prop_map(|(batch, heads, seqlen_q, seqlen_k, head_dim, causal, bf16, pad, seed)| Case {
+            batch,
+            heads,
+            seqlen_q,
+            seqlen_k,
+            head_dim: head_dim as usize,
+            causal,
+            bf16,
+            pad,
+            seed,
+        })
+}
+
+/// A layout whose heads sit `pad` elements apart beyond head_dim, and batches one extra head
+/// apart: the kernels must honour every stride.
+pub fn padded_layout(shape: [usize; 4], pad: usize) -> Layout {
+    let [_, s, h, d] = shape;
+    let head = d + pad;
+    let row = h * head;
+    let batch = s * row + if pad > 0 { head } else { 0 };
+    Layout { shape, strides: [batch, row, head] }
+}
+
+fn offset(layout: &Layout, b: usize, s: usize, h: usize) -> usize {
+    b * layout.strides[0] + s * layout.strides[1] + h * layout.strides[2]
+}
+
+/// Host image of a device buffer: `values` (row-major for `layout.shape`) scattered to the
+/// layout, every other element set to `fill`.
+pub fn scatter<T: Element>(values: &[T], layout: &Layout, fill: T) -> Vec<u16> {
+    let mut out = vec![bytemuck::cast::<T, u16>(fill); layout.span().unwrap()];
+    let [bs, ss, hs, d] = layout.shape;
+    let mut i = 0;
+    for b in 0..bs {
+        for s in 0..ss {
+            for h in 0..hs {
+                let at = offset(layout, b, s, h);
+                for c in 0..d {
+                    out[at + c] = bytemuck::cast(values[i]);
+                    i += 1;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Row-major f64 values of a device buffer image laid out as `layout`.
+pub fn gather<T: Element>(image: &[u16], layout: &Layout) -> Vec<f64> {
+    let [bs, ss, hs, d] = layout.shape;
+    let mut out = Vec::with_capacity(layout.element_count());
+    for b in 0..bs {
+        for s in 0..ss {
+            for h in 0..hs {
+                let at = offset(layout, b, s, h);
+                out.extend(image[at..at + d].iter().map(|&bits| bytemuck::cast::<u16, T>(bits).to_f64()));
+            }
+        }
+    }
+    out
+}
+
+/// Standard-normal inputs rounded to `T`, as f64 (what the GPU will see) and as `T`.
+pub fn random_inputs<T: Element>(rng: &mut StdRng, len: usize) -> (Vec<f64>, Vec<T>) {
+    let typed: Vec<T> = (0..len)
+        .map(|_| {
+            // Box-Muller: no extra dependency for a normal distribution.
+            let (u1, u2): (f64, f64) = (rng.r#gen::<f64>().max(1e-300), rng.r#gen());
+            T::from_f64((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos())
+        })
+        .collect();
+    (typed.iter().map(|x| x.to_f64()).collect(), typed)
+}
+
+/// Largest |a - b|; infinities must match exactly (LSE of rows that see no key), NaN never passes.
+pub fn max_abs_error(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| {
+            if w.is_infinite() || g.is_infinite() {
+                if g == w { 0.0 } else { f64::INFINITY }
+            } else if g.is_nan() {
+                f64::INFINITY
+            } else {
+                (g - w).abs()
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+/// One compared tensor: the kernel's error, the naive low-precision computation's error (both
+/// against the f64 reference) and the tolerance derived from them.
+#[derive(Clone, Copy, Debug)]
+pub struct Comparison {
+    pub name: &'static str,
+    pub error: f64,
+    pub naive_error: f64,
+    pub tolerance: f64,
+}
+
+/// FlashAttention's own rule: the kernel may be off the f64 reference by at most twice what a
+/// naive computation in the input dtype is off. The naive error measures the rounding the
+/// dtype forces on this very input (bf16 keeps 8 significant bits, f16 11), so the bound scales
+/// with dtype, shape and data instead of being a guessed constant. A floor of 1e-4 · max|ref|
+/// (far below one bf16/f16 ulp of the largest value) covers inputs where the naive computation
+/// happens to round exactly.
+pub fn compare(name: &'static str, got: &[f64], want: &[f64], naive: &[f64]) -> Comparison {
+    let error = max_abs_error(got, want);
+    let naive_error = max_abs_error(naive, want);
+    let scale = want.iter().filter(|x| x.is_finite()).fold(0.0f64, |m, x| m.max(x.abs()));
+    let tolerance = 2.0 * naive_error + 1e-4 * scale.max(1e-3);
+    // approx states the element-wise bound; the max above is the same bound, reported.
+    let within = got.iter().zip(want).all(|(g, w)| {
+        if w.is_infinite() { g == w } else { approx::abs_diff_eq!(*g, *w, epsilon = tolerance) }
+    });
+    assert_eq!(within, error <= tolerance);
+    Comparison { name, error, naive_error, tolerance }
+}
+
+impl Comparison {
+    pub fn passed(&self) -> bool {
+        self.error <= self.tolerance
+    }
+}
+
+pub type GpuResult<T> = Result<T, String>;
+
+fn cuda<T>(r: cust::error::CudaResult<T>) -> GpuResult<T> {
+    r.map_err(|e| format!("CUDA: {e:?}"))
+}
+
+fn lib<T>(r: flash_attn::Result<T>) -> GpuResult<T> {
+    r.map_err(|e| e.to_string())
+}
+
+pub struct CaseOutcome {
+    pub comparisons: Vec<Comparison>,
+}
+
+impl CaseOutcome {
+    pub fn check(&self) -> GpuResult<()> {
+        for c in &self.comparisons {
+            if !c.passed() {
+                return Err(format!(
+                    "{}: error {:.3e} exceeds tolerance {:.3e} (naive {:.3e})",
+                    c.name, c.error, c.tolerance, c.naive_error
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Run forward (and, if asked, backward) of one case on the GPU and compare with the reference.
+pub fn run_case<T: Element>(attention: &FlashAttention, stream: &Stream, case: &Case, backward: bool) -> GpuResult<CaseOutcome> {
+    let p = case.problem();
+    let mut rng = StdRng::seed_from_u64(case.seed);
+    let (q64, q) = random_inputs::<T>(&mut rng, p.q_len());
+    let (k64, k) = random_inputs::<T>(&mut rng, p.kv_len());
+    let (v64, v) = random_inputs::<T>(&mut rng, p.kv_len());
+    let (do64, d_o) = random_inputs::<T>(&mut rng, p.q_len());
+    let q_shape = [p.batch, p.seqlen_q, p.heads, p.head_dim];
+    let kv_shape = [p.batch, p.seqlen_k, p.heads, p.head_dim];
+    let (lq, lkv) = (padded_layout(q_shape, case.pad), padded_layout(kv_shape, case.pad));
+    // NaN in the gaps: a kernel that reads past a row or a head poisons its output.
+    let upload = |values: &[T], layout: &Layout| cuda(DeviceBuffer::from_slice(&scatter(values, layout, T::nan())));
+    let (qd, kd, vd, dod) = (upload(&q, &lq)?, upload(&k, &lkv)?, upload(&v, &lkv)?, upload(&d_o, &lq)?);
+    let nan_image = |layout: &Layout| cuda(DeviceBuffer::from_slice(&vec![bytemuck::cast::<T, u16>(T::nan()); layout.span().unwrap()]));
+    let mut od = nan_image(&lq)?;
+    let mut lse = cuda(DeviceBuffer::from_slice(&vec![f32::NAN; p.lse_len()]))?;
+    let params = AttentionParams { softmax_scale: None, causal: p.causal };
+
+    fn view<T: Element>(buf: &DeviceBuffer<u16>, layout: Layout) -> GpuResult<TensorRef<'_, T>> {
+        lib(TensorRef::<T>::from_slice(buf, 0, layout))
+    }
+    lib(attention.forward_into(
+        stream,
+        view(&qd, lq)?,
+        view(&kd, lkv)?,
+        view(&vd, lkv)?,
+        lib(TensorMut::<T>::from_slice(&mut od, 0, lq))?,
+        &mut lse,
+        &params,
+    ))?;
+    cuda(stream.synchronize())?;
+
+    let want = reference::forward(&p, &q64, &k64, &v64);
+    let round = |x: f64| T::from_f64(x).to_f64();
+    let naive = reference::forward_rounded(&p, &q64, &k64, &v64, &round);
+    let mut o_image = vec![0u16; od.len()];
+    cuda(od.copy_to(&mut o_image[..]))?;
+    let mut lse_host = vec![0f32; p.lse_len()];
+    cuda(lse.copy_to(&mut lse_host[..]))?;
+    let lse64: Vec<f64> = lse_host.iter().map(|&x| x as f64).collect();
+    let mut comparisons = vec![
+        compare("o", &gather::<T>(&o_image, &lq), &want.o, &naive.o),
+        compare("lse", &lse64, &want.lse, &naive.lse),
+    ];
+
+    if backward {
+        let (mut dqd, mut dkd, mut dvd) = (nan_image(&lq)?, nan_image(&lkv)?, nan_image(&lkv)?);
+        lib(attention.backward_into(
+            stream,
+            view(&dod, lq)?,
+            view(&qd, lq)?,
+            view(&kd, lkv)?,
+            view(&vd, lkv)?,
+            view(&od, lq)?,
+            &lse,
+            lib(TensorMut::<T>::from_slice(&mut dqd, 0, lq))?,
+            lib(TensorMut::<T>::from_slice(&mut dkd, 0, lkv))?,
+            lib(TensorMut::<T>::from_slice(&mut dvd, 0, lkv))?,
+            &params,
+        ))?;
+        cuda(stream.synchronize())?;
+        let want = reference::backward(&p, &q64, &k64, &v64, &do64);
+        let naive = reference::backward_rounded(&p, &q64, &k64, &v64, &do64, &round);
+        for (name, buf, layout, w, n) in [
+            ("dq", &dqd, lq, &want.dq, &naive.dq),
+            ("dk", &dkd, lkv, &want.dk, &naive.dk),
+            ("dv", &dvd, lkv, &want.dv, &naive.dv),
+        ] {
+            let mut image = vec![0u16; buf.len()];
+            cuda(buf.copy_to(&mut image[..]))?;
+            comparisons.push(compare(name, &gather::<T>(&image, &layout), w, n));
+        }
+    }
+    Ok(CaseOutcome { comparisons })
+}
+
+/// A CUDA context on device 0, or why there is none (no device, no driver).
+pub fn gpu_context() -> Result<cust::context::Context, String> {
+    cust::quick_init().map_err(|e| match e {
+        cust::error::CudaError::NoDevice => "no CUDA-capable device is present".to_string(),
+        other => format!("CUDA is unavailable: {other:?}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scatter_then_gather_round_trips_through_padding() {
+        let layout = padded_layout([2, 3, 2, 8], 8);
+        let values: Vec<half::bf16> = (0..96).map(|i| half::bf16::from_f32(i as f32)).collect();
+        let image = scatter(&values, &layout, half::bf16::NAN);
+        assert_eq!(image.len(), layout.span().unwrap());
+        let back = gather::<half::bf16>(&image, &layout);
+        assert_eq!(back, (0..96).map(|i| i as f64).collect::<Vec<_>>());
+        // The gaps hold NaN.
+        assert!(image.iter().filter(|&&b| half::bf16::from_bits(b).is_nan()).count() > 0);
+    }
+
+    #[test]
+    fn infinities_must_match_and_nan_never_passes() {
+        assert_eq!(max_abs_error(&[f64::INFINITY], &[f64::INFINITY]), 0.0);
+        assert_eq!(max_abs_error(&[1.0], &[f64::INFINITY]), f64::INFINITY);
+        assert_eq!(max_abs_error(&[f64::NAN], &[1.0]), f64::INFINITY);
+        assert!(!compare("x", &[f64::NAN], &[1.0], &[1.0]).passed());
+    }
+
+    #[test]
+    fn tolerance_follows_the_naive_error() {
+        let c = compare("x", &[1.01], &[1.0], &[1.006]);
+        assert!(c.passed() && (c.tolerance - (0.012 + 1e-4)).abs() < 1e-9);
+        assert!(!compare("x", &[1.02], &[1.0], &[1.006]).passed());
+    }
+}

@@ -1,3 +1,82 @@
-pub fn run(_args: &[String]) -> Result<(), String> {
-    Err("bundle: not written yet".into())
+//! `cargo xtask bundle`: the GPU test and bench binaries (PTX embedded) plus the PTX files and a
+//! script that runs them, in `bundle/`, for a GPU machine that has no Rust.
+
+use crate::build_ptx::workspace_root;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const RUN_SCRIPT: &str = r#"#!/usr/bin/env bash
+# Runs the bundled GPU binaries. Usage: run.sh [tests|demo|bench|all] (default: all).
+# Logs and JSON reports go to $OUT (or ./out beside this script).
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+out=${OUT:-$here/out}
+mkdir -p "$out"
+what=${1:-all}
+export FLASH_ATTN_TEST_REPORT="$out/test-report.jsonl"
+{ date -u +%FT%TZ; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } | tee "$out/device.txt"
+status=0
+run() { local name=$1; shift; echo "== $name"; "$@" 2>&1 | tee "$out/$name.log"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1; }
+case $what in tests|all) for t in "$here"/tests/*; do run "test-$(basename "$t")" "$t"; done ;; esac
+case $what in demo|all) run demo "$here/bin/demo" ;; esac
+case $what in bench|all) [ -x "$here/bin/bench" ] && run bench "$here/bin/bench" --out "$out/bench.jsonl" ;; esac
+exit $status
+"#;
+
+fn executables(root: &Path, args: &[&str]) -> Result<Vec<(String, PathBuf)>, String> {
+    let output = Command::new("cargo")
+        .current_dir(root)
+        .args(args)
+        .args(["--release", "--message-format=json"])
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("cargo {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr)));
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Some(exe) = json_string(line, "\"executable\":\"") else { continue };
+        let name = json_string(line, "\"name\":\"").unwrap_or_default();
+        found.push((name, PathBuf::from(exe)));
+    }
+    Ok(found)
+}
+
+/// The string value after `key` in one line of cargo's JSON (paths and names hold no quotes).
+fn json_string(line: &str, key: &str) -> Option<String> {
+    let start = line.find(key)? + key.len();
+    let end = line[start..].find('"')?;
+    Some(line[start..start + end].to_string())
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    if !args.is_empty() {
+        return Err(format!("bundle takes no arguments (got {args:?})"));
+    }
+    let root = workspace_root();
+    let bundle = root.join("bundle");
+    let _ = std::fs::remove_dir_all(&bundle);
+    for dir in ["tests", "bin", "ptx"] {
+        std::fs::create_dir_all(bundle.join(dir)).map_err(|e| e.to_string())?;
+    }
+    let copy = |from: &Path, to: PathBuf| -> Result<(), String> {
+        std::fs::copy(from, &to).map_err(|e| format!("copy {}: {e}", from.display()))?;
+        println!("bundled {}", to.strip_prefix(&root).unwrap_or(&to).display());
+        Ok(())
+    };
+    for (name, exe) in executables(&root, &["test", "-p", "flash-attn-tests", "--test", "gpu", "--no-run"])? {
+        copy(&exe, bundle.join("tests").join(name))?;
+    }
+    for (name, exe) in executables(&root, &["build", "-p", "flash-attn-benches", "--bins"])? {
+        copy(&exe, bundle.join("bin").join(name))?;
+    }
+    for entry in std::fs::read_dir(root.join("target/ptx")).map_err(|e| e.to_string())? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        copy(&path, bundle.join("ptx").join(path.file_name().unwrap()))?;
+    }
+    let script = bundle.join("run.sh");
+    std::fs::write(&script, RUN_SCRIPT).map_err(|e| e.to_string())?;
+    Command::new("chmod").arg("+x").arg(&script).status().map_err(|e| e.to_string())?;
+    println!("bundle ready: carry `bundle` and run `bash bundle/run.sh` on the GPU machine");
+    Ok(())
 }

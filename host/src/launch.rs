@@ -1,0 +1,243 @@
+//! Loading the PTX and launching the kernels.
+
+use crate::error::{check_raw, CudaContext, Error, Result};
+use crate::tensor::{DeviceTensor, Element, TensorMut, TensorRef};
+use crate::validate::{self, Arg};
+use crate::{AttentionParams, PTX_PROBLEM, PTX_SM80, PTX_SM90};
+use cust::context::CurrentContext;
+use cust::device::DeviceAttribute;
+use cust::memory::{DeviceBuffer, DeviceSlice};
+use cust::module::Module;
+use cust::stream::Stream;
+use flash_attn_kernels::params::{AttnShape, BwdParams, FwdParams};
+use flash_attn_kernels::registry::{self, KernelInfo, Role, KERNELS};
+use std::ffi::c_void;
+
+/// The loaded kernels, for the context that was current when [`FlashAttention::new`] ran.
+pub struct FlashAttention {
+    module: Module,
+}
+
+/// O (contiguous, the inputs' dtype) and the natural-log LSE, f32 (batch, heads, seqlen_q).
+pub struct ForwardOutput<T: Element> {
+    pub o: DeviceTensor<T>,
+    pub lse: DeviceBuffer<f32>,
+}
+
+pub struct Gradients<T: Element> {
+    pub dq: DeviceTensor<T>,
+    pub dk: DeviceTensor<T>,
+    pub dv: DeviceTensor<T>,
+}
+
+impl FlashAttention {
+    /// Load the PTX for the current context's device (sm_90 PTX on Hopper, sm_80 PTX on Ampere
+    /// and newer non-Hopper parts) and raise the kernels' shared-memory limits.
+    pub fn new() -> Result<Self> {
+        if let Some(problem) = PTX_PROBLEM {
+            return Err(Error::PtxUnavailable { problem: problem.to_string() });
+        }
+        let device = CurrentContext::get_device().during("cuCtxGetDevice")?;
+        let major = device.get_attribute(DeviceAttribute::ComputeCapabilityMajor).during("cuDeviceGetAttribute")?;
+        let minor = device.get_attribute(DeviceAttribute::ComputeCapabilityMinor).during("cuDeviceGetAttribute")?;
+        let ptx = match major {
+            9 => PTX_SM90,
+            m if m >= 8 => PTX_SM80,
+            _ => {
+                let name = device.name().unwrap_or_else(|_| "this device".into());
+                return Err(Error::UnsupportedDevice { name, compute_capability: (major, minor) });
+            }
+        };
+        let module = Module::from_ptx(ptx, &[]).during("cuModuleLoadData (PTX)")?;
+        for info in KERNELS.iter().filter(|k| k.dynamic_smem_bytes > 48 * 1024) {
+            let function = module.get_function(info.name).during("cuModuleGetFunction")?;
+            // SAFETY: `function` is a live handle of `module`; the attribute takes a byte count
+            // within the device's opt-in limit (227 KiB on Hopper, 163 KiB on A100; the kernel
+            // traits keep every configuration under the smaller).
+            let result = unsafe {
+                cust::sys::cuFuncSetAttribute(
+                    function.to_raw(),
+                    cust::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    info.dynamic_smem_bytes as i32,
+                )
+            };
+            check_raw(result, "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")?;
+        }
+        Ok(FlashAttention { module })
+    }
+
+    /// Forward into new tensors: O (contiguous) and the LSE. Queued on `stream`; no sync.
+    pub fn forward<T: Element>(
+        &self,
+        stream: &Stream,
+        q: TensorRef<'_, T>,
+        k: TensorRef<'_, T>,
+        v: TensorRef<'_, T>,
+        params: &AttentionParams,
+    ) -> Result<ForwardOutput<T>> {
+        let shape = validate::inputs(&Arg::of("q", &q), &Arg::of("k", &k), &Arg::of("v", &v), params)?;
+        let mut o = DeviceTensor::uninitialized(validate::q_shape(&shape))?;
+        let mut lse = lse_buffer(&shape)?;
+        self.forward_into(stream, q, k, v, o.view_mut(), &mut lse, params)?;
+        Ok(ForwardOutput { o, lse })
+    }
+
+    /// Forward into caller-provided O (any non-overlapping strides) and LSE.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_into<T: Element>(
+        &self,
+        stream: &Stream,
+        q: TensorRef<'_, T>,
+        k: TensorRef<'_, T>,
+        v: TensorRef<'_, T>,
+        o: TensorMut<'_, T>,
+        lse: &mut DeviceSlice<f32>,
+        params: &AttentionParams,
+    ) -> Result<()> {
+        let (qa, ka, va) = (Arg::of("q", &q), Arg::of("k", &k), Arg::of("v", &v));
+        let shape = validate::inputs(&qa, &ka, &va, params)?;
+        let o_ref = o.as_ref();
+        let oa = Arg::of("o", &o_ref);
+        validate::output(&oa, validate::q_shape(&shape))?;
+        validate::lse("lse", lse.len(), &shape)?;
+        let p = FwdParams {
+            shape,
+            q: qa.address,
+            k: ka.address,
+            v: va.address,
+            o: oa.address,
+            lse: lse.as_device_ptr().as_raw(),
+            q_strides: qa.strides(),
+            k_strides: ka.strides(),
+            v_strides: va.strides(),
+            o_strides: oa.strides(),
+        };
+        let info = kernel(Role::Forward, T::DTYPE, &shape)?;
+        self.launch(stream, info, shape.seqlen_q, &shape, &p)
+    }
+
+    /// Backward into new tensors dQ, dK, dV (contiguous). `o` and `lse` come from the forward
+    /// on the same inputs. Queued on `stream`; no sync.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<T: Element>(
+        &self,
+        stream: &Stream,
+        d_o: TensorRef<'_, T>,
+        q: TensorRef<'_, T>,
+        k: TensorRef<'_, T>,
+        v: TensorRef<'_, T>,
+        o: TensorRef<'_, T>,
+        lse: &DeviceSlice<f32>,
+        params: &AttentionParams,
+    ) -> Result<Gradients<T>> {
+        let shape = validate::inputs(&Arg::of("q", &q), &Arg::of("k", &k), &Arg::of("v", &v), params)?;
+        validate::same_shape(&Arg::of("o", &o), validate::q_shape(&shape))?;
+        validate::same_shape(&Arg::of("d_o", &d_o), validate::q_shape(&shape))?;
+        validate::lse("lse", lse.len(), &shape)?;
+        let mut dq = DeviceTensor::uninitialized(validate::q_shape(&shape))?;
+        let mut dk = DeviceTensor::uninitialized(validate::kv_shape(&shape))?;
+        let mut dv = DeviceTensor::uninitialized(validate::kv_shape(&shape))?;
+        self.backward_into(stream, d_o, q, k, v, o, lse, dq.view_mut(), dk.view_mut(), dv.view_mut(), params)?;
+        Ok(Gradients { dq, dk, dv })
+    }
+
+    /// Backward into caller-provided dQ, dK, dV (any non-overlapping strides).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_into<T: Element>(
+        &self,
+        stream: &Stream,
+        d_o: TensorRef<'_, T>,
+        q: TensorRef<'_, T>,
+        k: TensorRef<'_, T>,
+        v: TensorRef<'_, T>,
+        o: TensorRef<'_, T>,
+        lse: &DeviceSlice<f32>,
+        dq: TensorMut<'_, T>,
+        dk: TensorMut<'_, T>,
+        dv: TensorMut<'_, T>,
+        params: &AttentionParams,
+    ) -> Result<()> {
+        let (qa, ka, va) = (Arg::of("q", &q), Arg::of("k", &k), Arg::of("v", &v));
+        let shape = validate::inputs(&qa, &ka, &va, params)?;
+        let (oa, doa) = (Arg::of("o", &o), Arg::of("d_o", &d_o));
+        validate::same_shape(&oa, validate::q_shape(&shape))?;
+        validate::same_shape(&doa, validate::q_shape(&shape))?;
+        validate::lse("lse", lse.len(), &shape)?;
+        let (dq_ref, dk_ref, dv_ref) = (dq.as_ref(), dk.as_ref(), dv.as_ref());
+        let (dqa, dka, dva) = (Arg::of("dq", &dq_ref), Arg::of("dk", &dk_ref), Arg::of("dv", &dv_ref));
+        validate::output(&dqa, validate::q_shape(&shape))?;
+        validate::output(&dka, validate::kv_shape(&shape))?;
+        validate::output(&dva, validate::kv_shape(&shape))?;
+        let main = kernel(Role::Backward, T::DTYPE, &shape)?;
+        let pre = kernel(Role::BackwardPreprocess, T::DTYPE, &shape)?;
+        let convert = kernel(Role::BackwardConvertDq, T::DTYPE, &shape)?;
+
+        // O(seqlen) scratch: D = rowsum(dO∘O) and the f32 dQ accumulator, freed in stream order.
+        let rows = shape.batch as usize * shape.heads as usize * shape.seqlen_q as usize;
+        // SAFETY: f32 has no invalid bit patterns; the preprocess kernel writes both buffers
+        // before anything reads them.
+        let softmax_d = unsafe { DeviceBuffer::<f32>::uninitialized_async(rows, stream) }.during("cuMemAllocAsync")?;
+        let dq_accum = unsafe { DeviceBuffer::<f32>::uninitialized_async(rows * shape.head_dim as usize, stream) }
+            .during("cuMemAllocAsync")?;
+        let p = BwdParams {
+            fwd: FwdParams {
+                shape,
+                q: qa.address,
+                k: ka.address,
+                v: va.address,
+                o: oa.address,
+                lse: lse.as_device_ptr().as_raw(),
+                q_strides: qa.strides(),
+                k_strides: ka.strides(),
+                v_strides: va.strides(),
+                o_strides: oa.strides(),
+            },
+            d_o: doa.address,
+            dq: dqa.address,
+            dk: dka.address,
+            dv: dva.address,
+            dq_accum: dq_accum.as_device_ptr().as_raw(),
+            softmax_d: softmax_d.as_device_ptr().as_raw(),
+            do_strides: doa.strides(),
+            dq_strides: dqa.strides(),
+            dk_strides: dka.strides(),
+            dv_strides: dva.strides(),
+        };
+        let launched = self
+            .launch(stream, pre, shape.seqlen_q, &shape, &p)
+            .and_then(|()| self.launch(stream, main, shape.seqlen_k, &shape, &p))
+            .and_then(|()| self.launch(stream, convert, shape.seqlen_q, &shape, &p));
+        let freed = dq_accum.drop_async(stream).during("cuMemFreeAsync");
+        let freed_d = softmax_d.drop_async(stream).during("cuMemFreeAsync");
+        launched.and(freed).and(freed_d)
+    }
+
+    /// Launch one kernel over `(ceil(rows / block_rows), heads, batch)` blocks.
+    fn launch<P: Copy>(&self, stream: &Stream, info: &KernelInfo, rows: u32, shape: &AttnShape, params: &P) -> Result<()> {
+        assert_eq!(std::mem::size_of::<P>(), info.param_bytes as usize, "{}: wrong parameter block", info.name);
+        let function = self.module.get_function(info.name).during("cuModuleGetFunction")?;
+        let grid = (rows.div_ceil(info.block_rows), shape.heads, shape.batch);
+        let args = [params as *const P as *mut c_void];
+        // SAFETY: the parameter block has the size and layout the entry point declares (checked
+        // above and by `cargo xtask build-ptx`); every pointer in it was validated to address
+        // memory of the validated shape and strides; block size and dynamic shared memory come
+        // from the kernel's registry entry. The borrowed buffers outlive the call, and freeing
+        // device memory (cuMemFree) waits for queued kernels.
+        unsafe { stream.launch(&function, grid, info.threads, info.dynamic_smem_bytes, &args) }
+            .during("cuLaunchKernel")
+    }
+}
+
+fn kernel(role: Role, dtype: registry::Dtype, shape: &AttnShape) -> Result<&'static KernelInfo> {
+    registry::find(role, dtype, shape.head_dim).ok_or(Error::UnsupportedHeadDim {
+        argument: "q",
+        head_dim: shape.head_dim as usize,
+        supported: &flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS,
+    })
+}
+
+fn lse_buffer(shape: &AttnShape) -> Result<DeviceBuffer<f32>> {
+    let rows = shape.batch as usize * shape.heads as usize * shape.seqlen_q as usize;
+    // SAFETY: f32 has no invalid bit patterns; the forward writes every row's LSE.
+    unsafe { DeviceBuffer::uninitialized(rows) }.during("cuMemAlloc")
+}

@@ -1,0 +1,271 @@
+//! Device tensors of shape (batch, seqlen, heads, head_dim) with arbitrary outer strides and a
+//! contiguous last dimension.
+
+use crate::error::{CudaContext, Error, Result};
+use cust::memory::{CopyDestination, DeviceBuffer, DevicePointer, DeviceSlice};
+use flash_attn_kernels::registry::Dtype;
+use std::marker::PhantomData;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// The 16-bit floating-point types the kernels take: [`half::f16`] and [`half::bf16`].
+pub trait Element: sealed::Sealed + bytemuck::Pod + Copy + Send + Sync + std::fmt::Debug + 'static {
+    const DTYPE: Dtype;
+    fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+    /// A NaN, used to poison outputs in tests.
+    fn nan() -> Self;
+}
+
+impl Element for half::f16 {
+    const DTYPE: Dtype = Dtype::F16;
+    fn from_f64(x: f64) -> Self {
+        half::f16::from_f64(x)
+    }
+    fn to_f64(self) -> f64 {
+        half::f16::to_f64(self)
+    }
+    fn nan() -> Self {
+        half::f16::NAN
+    }
+}
+
+impl Element for half::bf16 {
+    const DTYPE: Dtype = Dtype::Bf16;
+    fn from_f64(x: f64) -> Self {
+        half::bf16::from_f64(x)
+    }
+    fn to_f64(self) -> f64 {
+        half::bf16::to_f64(self)
+    }
+    fn nan() -> Self {
+        half::bf16::NAN
+    }
+}
+
+/// Shape `(batch, seqlen, heads, head_dim)` and element strides of the three outer dimensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub shape: [usize; 4],
+    pub strides: [usize; 3],
+}
+
+impl Layout {
+    /// Row-major (batch, seqlen, heads, head_dim).
+    pub fn contiguous(shape: [usize; 4]) -> Self {
+        let [_, s, h, d] = shape;
+        Layout { shape, strides: [s * h * d, h * d, d] }
+    }
+
+    pub fn batch(&self) -> usize {
+        self.shape[0]
+    }
+    pub fn seqlen(&self) -> usize {
+        self.shape[1]
+    }
+    pub fn heads(&self) -> usize {
+        self.shape[2]
+    }
+    pub fn head_dim(&self) -> usize {
+        self.shape[3]
+    }
+
+    /// Elements from the first to one past the last addressed element, or None on overflow.
+    pub fn span(&self) -> Option<usize> {
+        if self.shape.contains(&0) {
+            return Some(0);
+        }
+        let mut last = self.shape[3] - 1;
+        for i in 0..3 {
+            last = last.checked_add((self.shape[i] - 1).checked_mul(self.strides[i])?)?;
+        }
+        last.checked_add(1)
+    }
+
+    /// Whether distinct indices address distinct elements (required of outputs).
+    pub fn is_non_overlapping(&self) -> bool {
+        let mut dims: Vec<(usize, usize)> =
+            (0..3).filter(|&i| self.shape[i] > 1).map(|i| (self.strides[i], self.shape[i])).collect();
+        dims.sort();
+        let mut extent = self.shape[3];
+        for (stride, size) in dims {
+            if stride < extent {
+                return false;
+            }
+            extent = stride * (size - 1) + extent;
+        }
+        true
+    }
+
+    pub fn element_count(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// An owned device tensor.
+pub struct DeviceTensor<T: Element> {
+    buffer: DeviceBuffer<u16>,
+    layout: Layout,
+    _element: PhantomData<T>,
+}
+
+impl<T: Element> DeviceTensor<T> {
+    /// Copy a row-major host array of shape `shape` to the device.
+    pub fn from_host(data: &[T], shape: [usize; 4]) -> Result<Self> {
+        let layout = Layout::contiguous(shape);
+        if data.len() != layout.element_count() {
+            return Err(Error::invalid(
+                "data",
+                format!("{} elements given for shape {shape:?} ({} expected)", data.len(), layout.element_count()),
+            ));
+        }
+        let buffer = DeviceBuffer::from_slice(bytemuck::cast_slice::<T, u16>(data)).during("copy to device")?;
+        Ok(DeviceTensor { buffer, layout, _element: PhantomData })
+    }
+
+    /// A contiguous tensor with every element set to `value`.
+    pub fn filled(shape: [usize; 4], value: T) -> Result<Self> {
+        let layout = Layout::contiguous(shape);
+        let host = vec![value; layout.element_count()];
+        Self::from_host(&host, shape)
+    }
+
+    /// A contiguous tensor whose contents are unspecified (outputs allocated by the library).
+    pub(crate) fn uninitialized(shape: [usize; 4]) -> Result<Self> {
+        let layout = Layout::contiguous(shape);
+        // SAFETY: u16 has no invalid bit patterns; every element is written by a kernel before
+        // the tensor is handed out.
+        let buffer = unsafe { DeviceBuffer::uninitialized(layout.element_count().max(1)) }.during("allocate")?;
+        Ok(DeviceTensor { buffer, layout, _element: PhantomData })
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Copy back to the host, row-major (blocks until the copy is done).
+    pub fn to_host(&self) -> Result<Vec<T>> {
+        let mut bits = vec![0u16; self.layout.element_count()];
+        self.buffer.index(..bits.len()).copy_to(&mut bits[..]).during("copy to host")?;
+        Ok(bytemuck::cast_slice(&bits).to_vec())
+    }
+
+    /// Overwrite every element (used to poison outputs in tests).
+    pub fn fill(&mut self, value: T) -> Result<()> {
+        let host = vec![value; self.layout.element_count()];
+        self.buffer.index(..host.len()).copy_from(bytemuck::cast_slice::<T, u16>(&host)).during("copy to device")
+    }
+
+    pub fn view(&self) -> TensorRef<'_, T> {
+        TensorRef { ptr: self.buffer.as_device_ptr(), layout: self.layout, _borrow: PhantomData }
+    }
+
+    pub fn view_mut(&mut self) -> TensorMut<'_, T> {
+        TensorMut { ptr: self.buffer.as_device_ptr(), layout: self.layout, _borrow: PhantomData }
+    }
+}
+
+use cust::memory::GpuBuffer as _;
+
+/// A borrowed tensor: any device memory holding elements of `T` at the given layout.
+#[derive(Clone, Copy)]
+pub struct TensorRef<'a, T: Element> {
+    pub(crate) ptr: DevicePointer<u16>,
+    pub(crate) layout: Layout,
+    _borrow: PhantomData<&'a T>,
+}
+
+/// A mutably borrowed tensor (outputs).
+pub struct TensorMut<'a, T: Element> {
+    pub(crate) ptr: DevicePointer<u16>,
+    pub(crate) layout: Layout,
+    _borrow: PhantomData<&'a mut T>,
+}
+
+fn check_extent(argument: &'static str, slice_len: usize, offset: usize, layout: &Layout) -> Result<()> {
+    let span = layout
+        .span()
+        .ok_or_else(|| Error::invalid(argument, format!("layout {layout:?} overflows the address space")))?;
+    let end = offset
+        .checked_add(span)
+        .ok_or_else(|| Error::invalid(argument, "offset plus extent overflows"))?;
+    if end > slice_len {
+        return Err(Error::invalid(
+            argument,
+            format!("layout {layout:?} at offset {offset} reaches element {end} of a {slice_len}-element buffer"),
+        ));
+    }
+    Ok(())
+}
+
+impl<'a, T: Element> TensorRef<'a, T> {
+    /// View `layout` inside `buffer` (16-bit elements), starting `offset` elements in.
+    pub fn from_slice(buffer: &'a DeviceSlice<u16>, offset: usize, layout: Layout) -> Result<Self> {
+        check_extent("buffer", buffer.len(), offset, &layout)?;
+        Ok(TensorRef {
+            ptr: buffer.as_device_ptr().wrapping_add(offset),
+            layout,
+            _borrow: PhantomData,
+        })
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+}
+
+impl<'a, T: Element> TensorMut<'a, T> {
+    /// View `layout` inside `buffer` (16-bit elements), starting `offset` elements in.
+    pub fn from_slice(buffer: &'a mut DeviceSlice<u16>, offset: usize, layout: Layout) -> Result<Self> {
+        check_extent("buffer", buffer.len(), offset, &layout)?;
+        Ok(TensorMut {
+            ptr: buffer.as_device_ptr().wrapping_add(offset),
+            layout,
+            _borrow: PhantomData,
+        })
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub(crate) fn as_ref(&self) -> TensorRef<'_, T> {
+        TensorRef { ptr: self.ptr, layout: self.layout, _borrow: PhantomData }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contiguous_layout_spans_its_elements() {
+        let l = Layout::contiguous([2, 3, 4, 8]);
+        assert_eq!(l.strides, [96, 32, 8]);
+        assert_eq!(l.span(), Some(192));
+        assert!(l.is_non_overlapping());
+    }
+
+    #[test]
+    fn packed_qkv_views_do_not_overlap_each_other_but_strides_are_checked() {
+        // Q, K, V interleaved per token: row stride 3·h·d, each a head-major slice.
+        let l = Layout { shape: [2, 5, 4, 64], strides: [5 * 3 * 4 * 64, 3 * 4 * 64, 64] };
+        assert!(l.is_non_overlapping());
+        assert_eq!(l.span(), Some((2 - 1) * 3840 + 4 * 768 + 3 * 64 + 64));
+        let broadcast = Layout { shape: [2, 5, 4, 64], strides: [0, 256, 64] };
+        assert!(!broadcast.is_non_overlapping());
+        let tangled = Layout { shape: [1, 5, 4, 64], strides: [0, 64, 64] };
+        assert!(!tangled.is_non_overlapping());
+    }
+
+    #[test]
+    fn overflowing_layouts_have_no_span() {
+        let l = Layout { shape: [usize::MAX, 2, 1, 1], strides: [2, 1, 1] };
+        assert_eq!(l.span(), None);
+        assert_eq!(Layout::contiguous([0, 3, 4, 8]).span(), Some(0));
+    }
+}

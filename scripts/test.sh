@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): set up, build and check the PTX, run every test.
+#
+# GPU tests self-skip without a CUDA device: cust::init fails with NoDevice on a machine without
+# one (the Debian libcuda.so.1 from scripts/setup.sh loads there but finds no GPU), and those tests
+# are reported as ignored. The CPU reference property tests always run. Extra arguments go to
+# `cargo test` (e.g. a test name filter, or `-- --nocapture`).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+# shellcheck source=scripts/setup.sh
+source "$ROOT/scripts/setup.sh"
+
+cargo xtask build-ptx
+# --release: the CPU reference property tests are far too slow unoptimized.
+cargo test --workspace --release "$@"

@@ -1,0 +1,185 @@
+//! GPU tests: property tests of forward and backward against the f64 reference, and bad-input
+//! checks through the public API. Without a CUDA device every test reports as ignored.
+//!
+//! Case counts: FLASH_ATTN_FWD_CASES (default 200) and FLASH_ATTN_BWD_CASES (default 100).
+//! FLASH_ATTN_TEST_REPORT=path appends one JSON line per property test with its largest errors.
+
+use cust::stream::{Stream, StreamFlags};
+use flash_attn::{AttentionParams, DeviceTensor, Error, FlashAttention, TensorRef};
+use flash_attn_tests::{case_strategy, gpu_context, run_case, Case, Comparison};
+use half::{bf16, f16};
+use libtest_mimic::{Arguments, Failed, Trial};
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use std::cell::RefCell;
+
+fn cases(var: &str, default: u32) -> u32 {
+    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+struct Gpu {
+    _context: cust::context::Context,
+    stream: Stream,
+    attention: FlashAttention,
+}
+
+fn gpu() -> Result<Gpu, Failed> {
+    let context = gpu_context().map_err(Failed::from)?;
+    let stream = Stream::new(StreamFlags::NON_BLOCKING, None).map_err(|e| format!("stream: {e:?}"))?;
+    let attention = FlashAttention::new().map_err(|e| e.to_string())?;
+    Ok(Gpu { _context: context, stream, attention })
+}
+
+/// Largest error / tolerance per compared tensor over all cases, for the summary.
+#[derive(Default)]
+struct Worst(Vec<(Comparison, Case)>);
+
+impl Worst {
+    fn add(&mut self, c: Comparison, case: Case) {
+        match self.0.iter_mut().find(|(w, _)| w.name == c.name) {
+            Some(entry) if c.error / c.tolerance > entry.0.error / entry.0.tolerance => *entry = (c, case),
+            Some(_) => {}
+            None => self.0.push((c, case)),
+        }
+    }
+}
+
+fn property(name: &'static str, count: u32, backward: bool) -> Result<(), Failed> {
+    let gpu = gpu()?;
+    let worst = RefCell::new(Worst::default());
+    let tally = RefCell::new((0u32, 0u32));
+    let mut runner = TestRunner::new(Config { cases: count, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&case_strategy(), |case| {
+        let outcome = if case.bf16 {
+            run_case::<bf16>(&gpu.attention, &gpu.stream, &case, backward)
+        } else {
+            run_case::<f16>(&gpu.attention, &gpu.stream, &case, backward)
+        }
+        .map_err(TestCaseError::fail)?;
+        outcome.check().map_err(TestCaseError::fail)?;
+        let mut t = tally.borrow_mut();
+        if case.bf16 { t.0 += 1 } else { t.1 += 1 }
+        for c in outcome.comparisons {
+            worst.borrow_mut().add(c, case);
+        }
+        Ok(())
+    });
+    let (n_bf16, n_f16) = *tally.borrow();
+    let mut lines = vec![format!("{name}: {} cases passed ({n_bf16} bf16, {n_f16} f16)", n_bf16 + n_f16)];
+    let mut json = format!(
+        "{{\"test\":\"{name}\",\"passed_cases\":{},\"bf16\":{n_bf16},\"f16\":{n_f16},\"ok\":{},\"worst\":[",
+        n_bf16 + n_f16,
+        result.is_ok()
+    );
+    for (i, (c, case)) in worst.borrow().0.iter().enumerate() {
+        lines.push(format!(
+            "  {:>3}: max error {:.3e}, tolerance {:.3e} (naive {:.3e}), ratio {:.2} at {:?}",
+            c.name, c.error, c.tolerance, c.naive_error, c.error / c.tolerance, case
+        ));
+        json += &format!(
+            "{}{{\"tensor\":\"{}\",\"error\":{:e},\"tolerance\":{:e},\"naive_error\":{:e},\"case\":\"{:?}\"}}",
+            if i > 0 { "," } else { "" },
+            c.name,
+            c.error,
+            c.tolerance,
+            c.naive_error,
+            case
+        );
+    }
+    json += "]}";
+    println!("{}", lines.join("\n"));
+    if let Ok(path) = std::env::var("FLASH_ATTN_TEST_REPORT") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{json}");
+        }
+    }
+    result.map_err(|e| Failed::from(format!("{e}")))
+}
+
+/// Bad input comes back as a typed error naming the argument, and nothing is launched: the
+/// poisoned output stays poisoned.
+fn bad_input() -> Result<(), Failed> {
+    let gpu = gpu()?;
+    let shape = [1, 16, 2, 64];
+    let q = DeviceTensor::filled(shape, bf16::ONE).map_err(|e| e.to_string())?;
+    let k = DeviceTensor::filled([1, 16, 2, 64], bf16::ONE).map_err(|e| e.to_string())?;
+    let params = AttentionParams::default();
+    let expect = |result: flash_attn::Result<()>, argument: &str| -> Result<(), Failed> {
+        match result {
+            Err(Error::InvalidArgument { argument: a, .. }) | Err(Error::UnsupportedHeadDim { argument: a, .. })
+                if a == argument =>
+            {
+                Ok(())
+            }
+            other => Err(format!("expected an error naming `{argument}`, got {other:?}").into()),
+        }
+    };
+    let mut o = DeviceTensor::filled(shape, bf16::NAN).map_err(|e| e.to_string())?;
+    let mut lse = cust::memory::DeviceBuffer::from_slice(&[f32::NAN; 32]).map_err(|e| format!("{e:?}"))?;
+    let a = &gpu.attention;
+    let s = &gpu.stream;
+
+    // Mismatched head_dim between q and k.
+    let k32 = DeviceTensor::filled([1, 16, 2, 32], bf16::ONE).map_err(|e| e.to_string())?;
+    expect(a.forward_into(s, q.view(), k32.view(), k32.view(), o.view_mut(), &mut lse, &params), "k")?;
+    // v differs from k.
+    let v_short = DeviceTensor::filled([1, 15, 2, 64], bf16::ONE).map_err(|e| e.to_string())?;
+    expect(a.forward_into(s, q.view(), k.view(), v_short.view(), o.view_mut(), &mut lse, &params), "v")?;
+    // Unsupported head_dim.
+    let q80 = DeviceTensor::filled([1, 16, 2, 80], bf16::ONE).map_err(|e| e.to_string())?;
+    expect(a.forward_into(s, q80.view(), q80.view(), q80.view(), o.view_mut(), &mut lse, &params), "q")?;
+    // Zero-sized dimension.
+    let empty = DeviceTensor::filled([1, 0, 2, 64], bf16::ONE).map_err(|e| e.to_string())?;
+    expect(a.forward_into(s, empty.view(), k.view(), k.view(), o.view_mut(), &mut lse, &params), "q")?;
+    // Misaligned pointer: a view one element into the buffer.
+    let raw = cust::memory::DeviceBuffer::from_slice(&vec![0u16; 16 * 2 * 64 + 8]).map_err(|e| format!("{e:?}"))?;
+    let shifted = TensorRef::<bf16>::from_slice(&raw, 1, flash_attn::Layout::contiguous(shape)).map_err(|e| e.to_string())?;
+    expect(a.forward_into(s, shifted, k.view(), k.view(), o.view_mut(), &mut lse, &params), "q")?;
+    // A row stride that is not a multiple of 8 elements.
+    let odd = flash_attn::Layout { shape: [1, 4, 1, 64], strides: [4 * 68, 68, 64] };
+    let odd_view = TensorRef::<bf16>::from_slice(&raw, 0, odd).map_err(|e| e.to_string())?;
+    let small_o = DeviceTensor::<bf16>::filled([1, 4, 1, 64], bf16::NAN).map_err(|e| e.to_string())?;
+    expect(a.forward_into(s, odd_view, odd_view, odd_view, o.view_mut(), &mut lse, &params), "q")?;
+    drop(small_o);
+    // Output of the wrong shape, LSE too short, bad scale.
+    let mut wrong_o = DeviceTensor::filled([1, 16, 2, 128], bf16::NAN).map_err(|e| e.to_string())?;
+    expect(a.forward_into(s, q.view(), k.view(), k.view(), wrong_o.view_mut(), &mut lse, &params), "o")?;
+    let mut short_lse = cust::memory::DeviceBuffer::from_slice(&[f32::NAN; 31]).map_err(|e| format!("{e:?}"))?;
+    expect(a.forward_into(s, q.view(), k.view(), k.view(), o.view_mut(), &mut short_lse, &params), "lse")?;
+    let bad_scale = AttentionParams { softmax_scale: Some(f32::NAN), causal: false };
+    expect(a.forward_into(s, q.view(), k.view(), k.view(), o.view_mut(), &mut lse, &bad_scale), "params.softmax_scale")?;
+    // Backward: dO of the wrong shape.
+    let d_o = DeviceTensor::filled([1, 15, 2, 64], bf16::ONE).map_err(|e| e.to_string())?;
+    match a.backward(s, d_o.view(), q.view(), k.view(), k.view(), o.view(), &lse, &params) {
+        Err(Error::InvalidArgument { argument: "d_o", .. }) => {}
+        other => return Err(format!("expected an error naming `d_o`, got {:?}", other.err()).into()),
+    }
+
+    s.synchronize().map_err(|e| format!("{e:?}"))?;
+    let untouched = o.to_host().map_err(|e| e.to_string())?;
+    if !untouched.iter().all(|x| x.is_nan()) {
+        return Err("an invalid call wrote to the output: a kernel was launched".into());
+    }
+    Ok(())
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // One CUDA context at a time: the trials run one after another.
+    args.test_threads = Some(1);
+    let no_gpu = gpu_context().err();
+    if let Some(why) = &no_gpu {
+        eprintln!("GPU tests ignored: {why}");
+    }
+    let trials = vec![
+        Trial::test("gpu::bad_input_is_rejected_before_launch", bad_input),
+        Trial::test("gpu::forward_matches_reference", || {
+            property("forward", cases("FLASH_ATTN_FWD_CASES", 200), false)
+        }),
+        Trial::test("gpu::backward_matches_reference", || {
+            property("backward", cases("FLASH_ATTN_BWD_CASES", 100), true)
+        }),
+    ];
+    let trials = trials.into_iter().map(|t| t.with_ignored_flag(no_gpu.is_some())).collect();
+    libtest_mimic::run(&args, trials).exit();
+}
