@@ -16,17 +16,18 @@ fn cases(var: &str, default: u32) -> u32 {
     std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+// Fields drop in order: the module and stream must go before the context that owns them.
 struct Gpu {
-    _context: cust::context::Context,
-    stream: Stream,
     attention: FlashAttention,
+    stream: Stream,
+    _context: cust::context::Context,
 }
 
 fn gpu() -> Result<Gpu, Failed> {
     let context = gpu_context().map_err(Failed::from)?;
     let stream = Stream::new(StreamFlags::NON_BLOCKING, None).map_err(|e| format!("stream: {e:?}"))?;
     let attention = FlashAttention::new().map_err(|e| e.to_string())?;
-    Ok(Gpu { _context: context, stream, attention })
+    Ok(Gpu { attention, stream, _context: context })
 }
 
 /// Largest error / tolerance per compared tensor over all cases, for the summary.

@@ -14,12 +14,19 @@ out=${OUT:-$here/out}
 mkdir -p "$out"
 what=${1:-all}
 export FLASH_ATTN_TEST_REPORT="$out/test-report.jsonl"
-{ date -u +%FT%TZ; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } | tee "$out/device.txt"
+{ date -u +%FT%TZ; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } | tee -a "$out/log.txt"
 status=0
-run() { local name=$1; shift; echo "== $name"; "$@" 2>&1 | tee "$out/$name.log"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1; }
+# Every step's output goes to the screen and to one log, so that few files come back.
+run() { local name=$1; shift; echo "== $name: $*" | tee -a "$out/log.txt"; "$@" 2>&1 | tee -a "$out/log.txt"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1; }
 case $what in tests|all) for t in "$here"/tests/*; do run "test-$(basename "$t")" "$t"; done ;; esac
 case $what in demo|all) run demo "$here/bin/demo" ;; esac
-case $what in bench|all) [ -x "$here/bin/bench" ] && run bench "$here/bin/bench" --out "$out/bench.jsonl" ;; esac
+case $what in bench|all)
+  run bench "$here/bin/bench" --out "$out/ours.jsonl"
+  run torch-anchors python3 "$here/torch_anchors.py" --out "$out/torch.jsonl"
+  driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
+  run report python3 "$here/report.py" "$out/ours.jsonl" "$out/torch.jsonl" --date "$(date -u +%F)" \
+      --driver "$driver" --out "$out/results.jsonl" --plot "$out/plot.png" --table "$out/table.md" ;;
+esac
 exit $status
 "#;
 
@@ -73,6 +80,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     for entry in std::fs::read_dir(root.join("target/ptx")).map_err(|e| e.to_string())? {
         let path = entry.map_err(|e| e.to_string())?.path();
         copy(&path, bundle.join("ptx").join(path.file_name().unwrap()))?;
+    }
+    for script in ["torch_anchors.py", "report.py"] {
+        copy(&root.join("benches").join(script), bundle.join(script))?;
     }
     let script = bundle.join("run.sh");
     std::fs::write(&script, RUN_SCRIPT).map_err(|e| e.to_string())?;

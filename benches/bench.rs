@@ -1,0 +1,172 @@
+//! Benchmark grid of issue 3 on the GPU: 16k tokens per batch, model dim 2048, seqlen 512 … 16k,
+//! head_dim 64 and 128, causal and not, bf16 and f16. Prints a table and writes JSON Lines.
+//!
+//! `bench [--out FILE] [--iters 10] [--head-dims 64,128] [--dtypes bf16,f16] [--seqlens 512,...]`
+//! FLOPs = 4 · batch · heads · seqlen² · head_dim, halved when causal; backward = 2.5 × forward.
+
+use cust::event::{Event, EventFlags};
+use cust::memory::DeviceBuffer;
+use cust::stream::{Stream, StreamFlags};
+use flash_attn::{AttentionParams, Element, FlashAttention, Layout, TensorRef};
+use flash_attn_tests::{gpu_context, random_inputs};
+use half::{bf16, f16};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::io::Write;
+
+const TOKENS: usize = 16 * 1024;
+const MODEL_DIM: usize = 2048;
+
+struct Options {
+    out: Option<String>,
+    iters: usize,
+    head_dims: Vec<usize>,
+    dtypes: Vec<String>,
+    seqlens: Vec<usize>,
+}
+
+fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
+    s.split(',').filter_map(|x| x.trim().parse().ok()).collect()
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        out: None,
+        iters: 10,
+        head_dims: vec![64, 128],
+        dtypes: vec!["bf16".into(), "f16".into()],
+        seqlens: vec![512, 1024, 2048, 4096, 8192, 16384],
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let v = args.next().unwrap_or_default();
+        match a.as_str() {
+            "--out" => o.out = Some(v),
+            "--iters" => o.iters = v.parse().unwrap_or(10),
+            "--head-dims" => o.head_dims = list(&v),
+            "--dtypes" => o.dtypes = list(&v),
+            "--seqlens" => o.seqlens = list(&v),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    o
+}
+
+fn median(mut v: Vec<f32>) -> f32 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn free_memory() -> usize {
+    cust::memory::mem_get_info().map(|(free, _)| free).unwrap_or(0)
+}
+
+fn main() {
+    let o = options();
+    let context = match gpu_context() {
+        Ok(c) => c,
+        Err(why) => {
+            println!("bench: no GPU ({why}); nothing to measure.");
+            return;
+        }
+    };
+    let device = cust::device::Device::get_device(0).unwrap();
+    let card = device.name().unwrap_or_default();
+    let mut out = o.out.as_ref().map(|p| std::fs::File::create(p).expect("cannot create --out file"));
+    println!("{:<5} {:>4} {:>6} {:>6} {:>4} | {:>9} {:>8} | {:>9} {:>8}", "dtype", "d", "causal", "seqlen", "b", "fwd ms", "TFLOP/s", "bwd ms", "TFLOP/s");
+    for dtype in &o.dtypes {
+        match dtype.as_str() {
+            "bf16" => grid::<bf16>(&o, &card, &mut out),
+            "f16" => grid::<f16>(&o, &card, &mut out),
+            other => panic!("unknown dtype {other}"),
+        }
+    }
+    memory_report::<bf16>();
+    drop(context);
+}
+
+fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
+    let stream = Stream::new(StreamFlags::NON_BLOCKING, None).unwrap();
+    let attention = FlashAttention::new().unwrap();
+    // Every grid point holds TOKENS × MODEL_DIM elements per tensor: one set of random inputs
+    // serves all of them, viewed with each point's shape.
+    let mut rng = StdRng::seed_from_u64(7);
+    let upload = |rng: &mut StdRng| {
+        let (_, host) = random_inputs::<T>(rng, TOKENS * MODEL_DIM);
+        DeviceBuffer::from_slice(bytemuck::cast_slice::<T, u16>(&host)).unwrap()
+    };
+    let (q, k, v, d_o) = (upload(&mut rng), upload(&mut rng), upload(&mut rng), upload(&mut rng));
+    let dtype = if T::DTYPE == flash_attn_kernels::registry::Dtype::Bf16 { "bf16" } else { "f16" };
+    for &d in &o.head_dims {
+        for causal in [false, true] {
+            for &s in &o.seqlens {
+                let (b, h) = (TOKENS / s, MODEL_DIM / d);
+                let layout = Layout::contiguous([b, s, h, d]);
+                let (qv, kv, vv, dov) = (
+                    TensorRef::<T>::from_slice(&q, 0, layout).unwrap(),
+                    TensorRef::<T>::from_slice(&k, 0, layout).unwrap(),
+                    TensorRef::<T>::from_slice(&v, 0, layout).unwrap(),
+                    TensorRef::<T>::from_slice(&d_o, 0, layout).unwrap(),
+                );
+                let params = AttentionParams { softmax_scale: None, causal };
+                let (start, end) = (Event::new(EventFlags::DEFAULT).unwrap(), Event::new(EventFlags::DEFAULT).unwrap());
+                let (mut f, mut g) = (Vec::new(), Vec::new());
+                for i in 0..o.iters + 3 {
+                    start.record(&stream).unwrap();
+                    let fwd = attention.forward(&stream, qv, kv, vv, &params).unwrap();
+                    end.record(&stream).unwrap();
+                    end.synchronize().unwrap();
+                    let fms = end.elapsed_time_f32(&start).unwrap();
+                    start.record(&stream).unwrap();
+                    let grads = attention
+                        .backward(&stream, dov, qv, kv, vv, fwd.o.view(), &fwd.lse, &params)
+                        .unwrap();
+                    end.record(&stream).unwrap();
+                    end.synchronize().unwrap();
+                    let bms = end.elapsed_time_f32(&start).unwrap();
+                    drop(grads);
+                    if i >= 3 {
+                        f.push(fms);
+                        g.push(bms);
+                    }
+                }
+                let (fms, bms) = (median(f), median(g));
+                let flops = 4.0 * (b * h * s * s * d) as f64 / if causal { 2.0 } else { 1.0 };
+                let (ft, bt) = (flops / fms as f64 / 1e9, 2.5 * flops / bms as f64 / 1e9);
+                println!("{dtype:<5} {d:>4} {causal:>6} {s:>6} {b:>4} | {fms:>9.3} {ft:>8.1} | {bms:>9.3} {bt:>8.1}");
+                if let Some(file) = out.as_mut() {
+                    for (dir, ms, tf) in [("fwd", fms, ft), ("bwd", bms, bt)] {
+                        writeln!(
+                            file,
+                            "{{\"direction\":\"{dir}\",\"dtype\":\"{dtype}\",\"head_dim\":{d},\"causal\":{causal},\"seqlen\":{s},\"batch\":{b},\"heads\":{h},\"ours_ms\":{ms:.4},\"ours_tflops\":{tf:.2},\"card\":\"{card}\",\"iters\":{}}}",
+                            o.iters
+                        )
+                        .unwrap();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Extra device memory of one forward at batch 4, 16 heads, seqlen 4096, head_dim 128: the
+/// difference in free memory with the outputs alive.
+fn memory_report<T: Element>() {
+    let stream = Stream::new(StreamFlags::NON_BLOCKING, None).unwrap();
+    let attention = FlashAttention::new().unwrap();
+    let shape = [4, 4096, 16, 128];
+    let n: usize = shape.iter().product();
+    let buf = DeviceBuffer::from_slice(&vec![0x3c00u16; n]).unwrap();
+    let view = TensorRef::<T>::from_slice(&buf, 0, Layout::contiguous(shape)).unwrap();
+    stream.synchronize().unwrap();
+    let before = free_memory();
+    let out = attention.forward(&stream, view, view, view, &AttentionParams::default()).unwrap();
+    stream.synchronize().unwrap();
+    let after = free_memory();
+    let expected = (n * 2 + 4 * 16 * 4096 * 4) as f64 / (1 << 20) as f64;
+    println!(
+        "extra device memory of one forward (b=4, h=16, s=4096, d=128): {:.1} MiB (O + LSE = {expected:.1} MiB)",
+        before.saturating_sub(after) as f64 / (1 << 20) as f64
+    );
+    drop(out);
+}
