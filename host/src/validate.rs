@@ -165,3 +165,407 @@ pub fn q_shape(shape: &AttnShape) -> [usize; 4] {
 pub fn kv_shape(shape: &AttnShape) -> [usize; 4] {
     [shape.batch as usize, shape.seqlen_k as usize, shape.heads_k as usize, shape.head_dim as usize]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 16-byte-aligned fake device address; nothing is dereferenced.
+    const ADDR: u64 = 0x1000_0000;
+    const SHAPE: [usize; 4] = [2, 5, 4, 64];
+
+    fn arg<'a>(name: &'static str, layout: &'a Layout) -> Arg<'a> {
+        Arg {
+            name,
+            address: ADDR,
+            layout,
+        }
+    }
+
+    /// Runs `inputs` on the given layouts for q, k and v.
+    fn check(q: &Layout, k: &Layout, v: &Layout, params: &AttentionParams) -> Result<AttnShape> {
+        inputs(&arg("q", q), &arg("k", k), &arg("v", v), params)
+    }
+
+    fn check_q(q: &Layout) -> Result<AttnShape> {
+        check(q, q, q, &AttentionParams::default())
+    }
+
+    /// The argument named by an `InvalidArgument` error, and its problem text.
+    #[track_caller]
+    fn invalid<T: std::fmt::Debug>(result: Result<T>) -> (&'static str, String) {
+        match result {
+            Err(Error::InvalidArgument { argument, problem }) => (argument, problem),
+            other => panic!("expected Error::InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn assert_invalid<T: std::fmt::Debug>(result: Result<T>, expected: &str) {
+        let (argument, problem) = invalid(result);
+        assert_eq!(argument, expected, "wrong argument named ({problem})");
+    }
+
+    fn valid_shape() -> AttnShape {
+        let l = Layout::contiguous(SHAPE);
+        check_q(&l).unwrap()
+    }
+
+    #[test]
+    fn contiguous_inputs_are_accepted() {
+        let s = valid_shape();
+        assert_eq!((s.batch, s.seqlen_q, s.heads, s.head_dim), (2, 5, 4, 64));
+        assert_eq!((s.seqlen_k, s.heads_k), (5, 4));
+    }
+
+    #[test]
+    fn zero_sized_dimensions_are_rejected_and_named() {
+        let good = Layout::contiguous(SHAPE);
+        for (i, dim) in DIMS.iter().enumerate() {
+            let mut shape = SHAPE;
+            shape[i] = 0;
+            let zero = Layout::contiguous(shape);
+            for (which, expected) in ["q", "k", "v"].iter().enumerate() {
+                let mut layouts = [good; 3];
+                layouts[which] = zero;
+                let [q, k, v] = &layouts;
+                let (argument, problem) = invalid(check(q, k, v, &AttentionParams::default()));
+                assert_eq!(argument, *expected);
+                assert!(problem.contains(dim), "{problem:?} should name {dim}");
+            }
+        }
+    }
+
+    #[test]
+    fn misaligned_addresses_are_rejected() {
+        let l = Layout::contiguous(SHAPE);
+        for offset in [2, 8, 14] {
+            let address = ADDR + offset;
+            let bad = |name| Arg {
+                name,
+                address,
+                layout: &l,
+            };
+            let p = AttentionParams::default();
+            assert_invalid(inputs(&bad("q"), &arg("k", &l), &arg("v", &l), &p), "q");
+            assert_invalid(inputs(&arg("q", &l), &bad("k"), &arg("v", &l), &p), "k");
+            assert_invalid(inputs(&arg("q", &l), &arg("k", &l), &bad("v"), &p), "v");
+            assert_invalid(output(&bad("o"), SHAPE), "o");
+        }
+        let p = AttentionParams::default();
+        let aligned = Arg {
+            name: "q",
+            address: ADDR + 16,
+            layout: &l,
+        };
+        assert!(inputs(&aligned, &arg("k", &l), &arg("v", &l), &p).is_ok());
+    }
+
+    #[test]
+    fn strides_must_be_multiples_of_8_elements() {
+        let good = Layout::contiguous(SHAPE);
+        for (i, dim) in DIMS[..3].iter().enumerate() {
+            let mut bad = good;
+            bad.strides[i] += 4;
+            let (argument, problem) = invalid(check_q(&bad));
+            assert_eq!(argument, "q");
+            assert!(problem.contains(dim), "{problem:?} should name {dim}");
+            assert_invalid(check(&good, &bad, &bad, &AttentionParams::default()), "k");
+            assert_invalid(check(&good, &good, &bad, &AttentionParams::default()), "v");
+        }
+    }
+
+    #[test]
+    fn stride_of_a_size_1_dimension_is_ignored() {
+        // Each outer dimension of size 1 in turn gets an odd stride; it is never multiplied by
+        // a nonzero index, so it does not matter.
+        for i in 0..3 {
+            let mut shape = SHAPE;
+            shape[i] = 1;
+            let mut l = Layout::contiguous(shape);
+            l.strides[i] = 3;
+            check_q(&l).unwrap();
+            output(&arg("o", &l), shape).unwrap();
+        }
+    }
+
+    #[test]
+    fn k_must_match_q_in_batch_heads_and_head_dim() {
+        let q = Layout::contiguous(SHAPE);
+        let [b, s, h, d] = SHAPE;
+        for k_shape in [
+            [b + 1, s, h, d],
+            [b, s, h + 1, d],
+            [b, s, h, 128],
+            [b, s, h / 2, d],
+        ] {
+            let k = Layout::contiguous(k_shape);
+            assert_invalid(check(&q, &k, &k, &AttentionParams::default()), "k");
+        }
+    }
+
+    #[test]
+    fn v_must_have_k_shape() {
+        let q = Layout::contiguous(SHAPE);
+        let [b, s, h, d] = SHAPE;
+        for v_shape in [
+            [b + 1, s, h, d],
+            [b, s + 1, h, d],
+            [b, s, h + 1, d],
+            [b, s, h, 128],
+        ] {
+            let v = Layout::contiguous(v_shape);
+            assert_invalid(check(&q, &q, &v, &AttentionParams::default()), "v");
+        }
+        // v is compared with k first, so a k that differs from q but equals v names k.
+        let k = Layout::contiguous([b, s, h, 128]);
+        assert_invalid(check(&q, &k, &k, &AttentionParams::default()), "k");
+        // Same shape with other (valid) strides is fine.
+        let v = Layout {
+            shape: SHAPE,
+            strides: [s * 3 * h * d, 3 * h * d, d],
+        };
+        check(&q, &q, &v, &AttentionParams::default()).unwrap();
+    }
+
+    #[test]
+    fn unsupported_head_dims_are_rejected() {
+        for head_dim in [8, 32, 80, 96, 192, 256] {
+            let l = Layout::contiguous([2, 5, 4, head_dim]);
+            match check_q(&l) {
+                Err(Error::UnsupportedHeadDim {
+                    argument,
+                    head_dim: got,
+                    supported,
+                }) => {
+                    assert_eq!(argument, "q");
+                    assert_eq!(got, head_dim);
+                    assert_eq!(supported, &SUPPORTED_HEAD_DIMS[..]);
+                }
+                other => panic!("head_dim {head_dim}: expected UnsupportedHeadDim, got {other:?}"),
+            }
+        }
+        for &head_dim in &SUPPORTED_HEAD_DIMS {
+            check_q(&Layout::contiguous([2, 5, 4, head_dim as usize])).unwrap();
+        }
+    }
+
+    #[test]
+    fn softmax_scale_must_be_positive_and_finite() {
+        let l = Layout::contiguous(SHAPE);
+        for scale in [
+            f32::NAN,
+            0.0,
+            -0.0,
+            -0.125,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ] {
+            for causal in [false, true] {
+                let params = AttentionParams {
+                    softmax_scale: Some(scale),
+                    causal,
+                };
+                assert_invalid(check(&l, &l, &l, &params), "params.softmax_scale");
+            }
+        }
+        let params = AttentionParams {
+            softmax_scale: Some(0.3),
+            causal: false,
+        };
+        let s = check(&l, &l, &l, &params).unwrap();
+        assert_eq!(s.scale, 0.3);
+        assert_eq!(s.scale_log2, 0.3 * std::f32::consts::LOG2_E);
+    }
+
+    #[test]
+    fn default_scale_is_inverse_sqrt_head_dim() {
+        for &head_dim in &SUPPORTED_HEAD_DIMS {
+            let l = Layout::contiguous([1, 3, 2, head_dim as usize]);
+            let s = check_q(&l).unwrap();
+            let expected = 1.0 / (head_dim as f32).sqrt();
+            assert_eq!(s.scale, expected);
+            assert_eq!(s.scale_log2, expected * std::f32::consts::LOG2_E);
+        }
+        assert_eq!(valid_shape().scale, 0.125);
+    }
+
+    #[test]
+    fn causal_sets_the_window() {
+        let l = Layout::contiguous(SHAPE);
+        let causal = check(
+            &l,
+            &l,
+            &l,
+            &AttentionParams {
+                causal: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((causal.window_left, causal.window_right), (-1, 0));
+        let full = check(
+            &l,
+            &l,
+            &l,
+            &AttentionParams {
+                causal: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((full.window_left, full.window_right), (-1, -1));
+    }
+
+    #[test]
+    fn seqlen_q_and_seqlen_k_may_differ() {
+        let q = Layout::contiguous([2, 7, 4, 64]);
+        let kv = Layout::contiguous([2, 300, 4, 64]);
+        for causal in [false, true] {
+            let params = AttentionParams {
+                causal,
+                ..Default::default()
+            };
+            let s = check(&q, &kv, &kv, &params).unwrap();
+            assert_eq!((s.seqlen_q, s.seqlen_k), (7, 300));
+            assert_eq!(q_shape(&s), [2, 7, 4, 64]);
+            assert_eq!(kv_shape(&s), [2, 300, 4, 64]);
+            // And the other way round (causal: queries past the last key see nothing).
+            let s = check(&kv, &q, &q, &params).unwrap();
+            assert_eq!((s.seqlen_q, s.seqlen_k), (300, 7));
+        }
+    }
+
+    #[test]
+    fn outputs_must_not_overlap() {
+        // Broadcast over batch, and heads aliasing rows.
+        let broadcast = Layout {
+            shape: SHAPE,
+            strides: [0, 256, 64],
+        };
+        let tangled = Layout {
+            shape: [1, 5, 4, 64],
+            strides: [0, 64, 64],
+        };
+        let short_head = Layout {
+            shape: SHAPE,
+            strides: [1280, 256, 32],
+        };
+        for (layout, name) in [(&broadcast, "o"), (&tangled, "dq"), (&short_head, "dv")] {
+            assert_invalid(output(&arg(name, layout), layout.shape), name);
+        }
+        // Inputs may overlap (broadcast K/V over the batch).
+        check(
+            &Layout::contiguous(SHAPE),
+            &broadcast,
+            &broadcast,
+            &AttentionParams::default(),
+        )
+        .unwrap();
+        // Padded, non-contiguous outputs are fine.
+        let padded = Layout {
+            shape: SHAPE,
+            strides: [4096, 512, 128],
+        };
+        output(&arg("o", &padded), SHAPE).unwrap();
+    }
+
+    #[test]
+    fn outputs_must_have_the_expected_shape() {
+        let s = valid_shape();
+        let expected = q_shape(&s);
+        output(&arg("o", &Layout::contiguous(expected)), expected).unwrap();
+        let [b, sq, h, d] = expected;
+        for wrong in [
+            [b + 1, sq, h, d],
+            [b, sq - 1, h, d],
+            [b, sq, h * 2, d],
+            [b, sq, h, 128],
+        ] {
+            assert_invalid(
+                output(&arg("dk", &Layout::contiguous(wrong)), expected),
+                "dk",
+            );
+            assert_invalid(
+                same_shape(&arg("do", &Layout::contiguous(wrong)), expected),
+                "do",
+            );
+        }
+        // same_shape (inputs O and dO) still runs the basic checks.
+        let mut odd = Layout::contiguous(expected);
+        odd.strides[1] = 65;
+        assert_invalid(same_shape(&arg("o", &odd), expected), "o");
+        same_shape(&arg("o", &Layout::contiguous(expected)), expected).unwrap();
+    }
+
+    #[test]
+    fn lse_must_hold_batch_heads_seqlen_q_floats() {
+        let q = Layout::contiguous([2, 7, 4, 64]);
+        let kv = Layout::contiguous([2, 300, 4, 64]);
+        let s = check(&q, &kv, &kv, &AttentionParams::default()).unwrap();
+        let needed = 2 * 4 * 7;
+        lse("lse", needed, &s).unwrap();
+        lse("lse", needed + 1, &s).unwrap();
+        assert_invalid(lse("lse", needed - 1, &s), "lse");
+        assert_invalid(lse("lse", 0, &s), "lse");
+    }
+
+    #[test]
+    fn grid_limits_on_batch_and_heads() {
+        let at_limit = Layout::contiguous([MAX_GRID_YZ, 1, 1, 64]);
+        check_q(&at_limit).unwrap();
+        let at_limit = Layout::contiguous([1, 1, MAX_GRID_YZ, 64]);
+        check_q(&at_limit).unwrap();
+        let batch = Layout::contiguous([MAX_GRID_YZ + 1, 1, 1, 64]);
+        let heads = Layout::contiguous([1, 1, MAX_GRID_YZ + 1, 64]);
+        for l in [&batch, &heads] {
+            assert_invalid(check_q(l), "q");
+            assert_invalid(output(&arg("o", l), l.shape), "o");
+        }
+        // K with too many heads is caught by its own checks before the comparison with q.
+        let q = Layout::contiguous([1, 1, 4, 64]);
+        assert_invalid(check(&q, &heads, &heads, &AttentionParams::default()), "k");
+    }
+
+    #[test]
+    fn seqlen_limit() {
+        let at_limit = Layout::contiguous([1, MAX_SEQLEN, 1, 64]);
+        check_q(&at_limit).unwrap();
+        let over = Layout::contiguous([1, MAX_SEQLEN + 1, 1, 64]);
+        assert_invalid(check_q(&over), "q");
+        let q = Layout::contiguous([1, 16, 1, 64]);
+        assert_invalid(check(&q, &over, &over, &AttentionParams::default()), "k");
+    }
+
+    #[test]
+    fn overflowing_spans_are_rejected() {
+        // (batch - 1) · stride overflows usize.
+        let overflow = Layout {
+            shape: [5, 1, 1, 64],
+            strides: [1 << 62, 64, 64],
+        };
+        assert_eq!(overflow.span(), None);
+        let (argument, problem) = invalid(check_q(&overflow));
+        assert_eq!(argument, "q");
+        assert!(problem.contains("address space"), "{problem}");
+        assert_invalid(output(&arg("o", &overflow), overflow.shape), "o");
+        // Fits usize but not the kernels' 63-bit byte offsets.
+        let huge = Layout {
+            shape: [2, 1, 1, 64],
+            strides: [1 << 62, 64, 64],
+        };
+        assert!(huge.span().is_some());
+        let (argument, problem) = invalid(check_q(&huge));
+        assert_eq!(argument, "q");
+        assert!(problem.contains("63-bit"), "{problem}");
+        // Each dimension within its limit, but b · h · s · d overflows the dQ accumulator's
+        // offsets (inputs broadcast, so their own spans are small).
+        let wide = Layout {
+            shape: [MAX_GRID_YZ, MAX_SEQLEN, MAX_GRID_YZ, 64],
+            strides: [0, 64, 0],
+        };
+        let (argument, problem) = invalid(check_q(&wide));
+        assert_eq!(argument, "q");
+        assert!(problem.contains("head_dim overflows"), "{problem}");
+    }
+}

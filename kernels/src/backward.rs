@@ -12,7 +12,7 @@
 use crate::params::{row_stat_index, BwdParams};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{accumulators_as_a, warp_sum, Element, SmemTile, MAX_HEAD_DIM_TILES8, MAX_SEQ_TILES8};
-use crate::tiling::{ceil_div, Mask};
+use crate::tiling::{ceil_div, kv_head_of, Mask};
 use crate::traits::{BwdTraits, ROW_KERNEL_WARPS, WARP_ROWS};
 
 const LOG2_E: f32 = core::f32::consts::LOG2_E;
@@ -28,7 +28,7 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
     let tid = ptx::thread_idx();
     let (warp, lane) = (tid / 32, tid % 32);
     let (block_x, head, batch) = ptx::block_idx();
-    let kv_head = head / (shape.heads / shape.heads_k);
+    let kv_head = kv_head_of(shape, head);
     let k_begin = block_x * T::BLOCK_N;
     let warp_k0 = k_begin + warp * WARP_ROWS;
 
@@ -83,6 +83,7 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
         cp_async_commit();
         cp_async_wait_all();
         sync_threads();
+        let lane = ptx::opaque(lane);
 
         // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ for this warp's 16 keys and the tile's BLOCK_M queries.
         let mut s = [[0f32; 4]; MAX_SEQ_TILES8];

@@ -11,7 +11,7 @@ use crate::tile::{
     accumulators_as_a, quad_max, quad_sum, Element, SmemTile, MAX_HEAD_DIM_TILES16,
     MAX_HEAD_DIM_TILES8, MAX_SEQ_TILES8,
 };
-use crate::tiling::{ceil_div, q_tile_of_block, Mask};
+use crate::tiling::{ceil_div, kv_head_of, q_tile_of_block, Mask};
 use crate::traits::{FwdTraits, WARP_ROWS};
 
 const LN_2: f32 = core::f32::consts::LN_2;
@@ -66,7 +66,7 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
     let tid = ptx::thread_idx();
     let (warp, lane) = (tid / 32, tid % 32);
     let (block_x, head, batch) = ptx::block_idx();
-    let kv_head = head / (shape.heads / shape.heads_k);
+    let kv_head = kv_head_of(shape, head);
     let q_begin = q_tile_of_block(block_x, ceil_div(shape.seqlen_q, T::BLOCK_M)) * T::BLOCK_M;
     let warp_q0 = q_begin + warp * WARP_ROWS;
 
@@ -105,8 +105,10 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
     sync_threads();
 
     let mut q_frag = [[0u32; 4]; MAX_HEAD_DIM_TILES16];
-    for kk in 0..d_tiles16 {
-        q_frag[kk] = q_tile.a_fragment(warp * WARP_ROWS, kk as u32, lane);
+    if T::Q_IN_REGISTERS {
+        for kk in 0..d_tiles16 {
+            q_frag[kk] = q_tile.a_fragment(warp * WARP_ROWS, kk as u32, lane);
+        }
     }
     let mut o = [[0f32; 4]; MAX_HEAD_DIM_TILES8];
     let mut softmax = OnlineSoftmax { max: [f32::NEG_INFINITY; 2], sum: [0.0; 2] };
@@ -118,14 +120,16 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
             cp_async_commit();
         }
         let (keys, values) = (k_tile(stage), v_tile(stage));
+        let lane = ptx::opaque(lane);
 
         // S = Q·Kᵀ for this warp's 16 rows and the tile's BLOCK_N keys.
         let mut s = [[0f32; 4]; MAX_SEQ_TILES8];
         for kk in 0..d_tiles16 {
+            let a = if T::Q_IN_REGISTERS { q_frag[kk] } else { q_tile.a_fragment(warp * WARP_ROWS, kk as u32, lane) };
             for n in 0..n_tiles8 / 2 {
                 let b = keys.b_fragments(16 * n as u32, kk as u32, lane);
-                E::mma(&mut s[2 * n], &q_frag[kk], &b[0]);
-                E::mma(&mut s[2 * n + 1], &q_frag[kk], &b[1]);
+                E::mma(&mut s[2 * n], &a, &b[0]);
+                E::mma(&mut s[2 * n + 1], &a, &b[1]);
             }
         }
 

@@ -80,7 +80,7 @@ pub unsafe fn ldmatrix_x4(addr: u32) -> [u32; 4] {
         asm!(
             "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{0}, {1}, {2}, {3}}}, [{4}];",
             out(reg32) r0, out(reg32) r1, out(reg32) r2, out(reg32) r3, in(reg32) addr,
-            options(readonly, nostack),
+            options(nostack),
         )
     };
     [r0, r1, r2, r3]
@@ -98,7 +98,7 @@ pub unsafe fn ldmatrix_x4_trans(addr: u32) -> [u32; 4] {
         asm!(
             "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {{{0}, {1}, {2}, {3}}}, [{4}];",
             out(reg32) r0, out(reg32) r1, out(reg32) r2, out(reg32) r3, in(reg32) addr,
-            options(readonly, nostack),
+            options(nostack),
         )
     };
     [r0, r1, r2, r3]
@@ -135,6 +135,18 @@ pub fn cp_async_commit() {
 pub fn cp_async_wait_all() {
     // SAFETY: no operands.
     unsafe { asm!("cp.async.wait_group 0;", options(nostack)) }
+}
+
+/// `x`, hidden from the optimizer. Fragment addresses derived from the lane index are cheap to
+/// recompute but, left visible, LLVM hoists every one of them out of the tile loop and keeps them
+/// all live (one register per fragment load); renewing the lane index through this once per tile
+/// keeps them local to the iteration.
+#[inline(always)]
+pub fn opaque(x: u32) -> u32 {
+    let y: u32;
+    // SAFETY: a register move.
+    unsafe { asm!("mov.b32 {0}, {1};", out(reg32) y, in(reg32) x, options(nomem, nostack)) };
+    y
 }
 
 /// 2^x, the hardware approximation (relative error about 2^-22), flushing denormals.

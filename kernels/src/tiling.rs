@@ -142,6 +142,18 @@ pub const fn tile_byte_offset(row: u32, chunk: u32, chunks_per_row: u32) -> u32 
     (row * chunks_per_row + swizzle_chunk(row, chunk, chunks_per_row)) * 16
 }
 
+/// The K/V head that query head `head` reads: heads are grouped evenly over `heads_k` (equal
+/// counts today; grouped-query attention later). Written without a panicking division: the host
+/// guarantees `heads_k` divides `heads`, and a zero would fall back to the head itself.
+#[inline(always)]
+pub const fn kv_head_of(shape: &AttnShape, head: u32) -> u32 {
+    let group = match shape.heads.checked_div(shape.heads_k) {
+        Some(g) if g > 0 => g,
+        _ => 1,
+    };
+    head / group
+}
+
 /// Grid dimension x of the forward: Q tiles, issued heaviest first for causal masks.
 #[inline(always)]
 pub const fn q_tile_of_block(block_x: u32, num_q_tiles: u32) -> u32 {
@@ -248,6 +260,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn kv_heads_are_grouped_evenly() {
+        let mut shape = AttnShape { heads: 8, heads_k: 2, ..AttnShape::default() };
+        assert_eq!((0..8).map(|h| kv_head_of(&shape, h)).collect::<Vec<_>>(), [0, 0, 0, 0, 1, 1, 1, 1]);
+        shape.heads_k = 8;
+        assert_eq!(kv_head_of(&shape, 5), 5);
+        shape.heads_k = 0;
+        assert_eq!(kv_head_of(&shape, 5), 5);
     }
 
     #[test]

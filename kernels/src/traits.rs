@@ -13,6 +13,9 @@ pub trait FwdTraits {
     /// Key/value rows per shared-memory tile.
     const BLOCK_N: u32;
     const WARPS: u32;
+    /// Keep each warp's Q fragments in registers for the whole block (saves one ldmatrix per
+    /// mma k-step) or reload them from shared memory every K tile (saves D/4 registers).
+    const Q_IN_REGISTERS: bool;
 
     /// Query rows per thread block.
     const BLOCK_M: u32 = Self::WARPS * WARP_ROWS;
@@ -62,6 +65,7 @@ impl FwdTraits for FwdHdim64 {
     const HEAD_DIM: u32 = 64;
     const BLOCK_N: u32 = 128;
     const WARPS: u32 = 8;
+    const Q_IN_REGISTERS: bool = true;
 }
 
 pub struct FwdHdim128;
@@ -69,6 +73,7 @@ impl FwdTraits for FwdHdim128 {
     const HEAD_DIM: u32 = 128;
     const BLOCK_N: u32 = 64;
     const WARPS: u32 = 8;
+    const Q_IN_REGISTERS: bool = false;
 }
 
 pub struct BwdHdim64;
@@ -82,7 +87,7 @@ impl BwdTraits for BwdHdim64 {
 pub struct BwdHdim128;
 impl BwdTraits for BwdHdim128 {
     const HEAD_DIM: u32 = 128;
-    const BLOCK_M: u32 = 64;
+    const BLOCK_M: u32 = 32;
     const WARPS: u32 = 4;
     const DQ_COLS: u32 = 32;
 }

@@ -49,6 +49,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
 fn build_one(root: &Path, arch: &str) -> Result<PathBuf, String> {
     let target_dir = root.join("target/ptx-build").join(arch);
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    // Cargo relinks only when the crate changes, not when our linker (this binary) does: remove
+    // the previous link outputs so that every build-ptx runs the current link step.
+    remove_link_outputs(&target_dir.join("nvptx64-nvidia-cuda"));
     let status = Command::new("cargo")
         .current_dir(root)
         .env(link::LINKER_MODE_ENV, "1")
@@ -90,4 +93,21 @@ fn build_one(root: &Path, arch: &str) -> Result<PathBuf, String> {
         return Err(format!("expected PTX at {}", ptx.display()));
     }
     Ok(ptx)
+}
+
+/// Delete every `flash_attn_kernels*.ptx` under `dir` (cargo keeps hard-linked copies in
+/// several places and restores the uplifted one from the others).
+fn remove_link_outputs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            remove_link_outputs(&path);
+        } else {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.starts_with("flash_attn_kernels") && name.ends_with(".ptx") {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
 }

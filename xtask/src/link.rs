@@ -14,6 +14,8 @@ use std::process::Command;
 pub const LINKER_MODE_ENV: &str = "FLASH_ATTN_XTASK_LINKER";
 /// PTX ISA features passed to llc; 8.0 is the first with all of sm_90's instructions.
 const PTX_FEATURES: &str = "+ptx80";
+/// Full-unroll budget for opt (see the call below).
+const UNROLL_THRESHOLD: &str = "-unroll-threshold=100000";
 
 struct LinkRequest {
     inputs: Vec<PathBuf>,
@@ -134,6 +136,10 @@ pub fn run(args: Vec<String>) -> Result<(), String> {
         &llvm_tool("opt")?,
         &[
             "-passes=internalize,globaldce,default<O3>".as_ref(),
+            // Register arrays (fragments, accumulators) stay in registers only if every loop
+            // that indexes them is fully unrolled; the default threshold gives up on the
+            // kernels' tile loops and leaves the arrays in local memory.
+            UNROLL_THRESHOLD.as_ref(),
             keep.as_ref(),
             merged.as_os_str(),
             "-o".as_ref(),
