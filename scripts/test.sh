@@ -3,7 +3,7 @@
 #
 # GPU tests self-skip without a CUDA device: cust::init fails with NoDevice on a machine without
 # one (the Debian libcuda.so.1 from scripts/setup.sh loads there but finds no GPU), and those tests
-# are reported as ignored. The CPU reference property tests always run. Extra arguments go to
+# are reported as ignored; the reference, tiling, validation and PTX checks still run. Extra arguments go to
 # `cargo test` (e.g. a test name filter, or `-- --nocapture`).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -110,13 +110,17 @@ pub fn inputs(q: &Arg, k: &Arg, v: &Arg, params: &AttentionParams) -> Result<Att
         return Err(Error::UnsupportedHeadDim { argument: "q", head_dim, supported: &SUPPORTED_HEAD_DIMS });
     }
     let scale = params.softmax_scale.unwrap_or(1.0 / (head_dim as f32).sqrt());
-    if !(scale.is_finite() && scale > 0.0) {
+    // The kernels use scale · log2(e); it must stay finite too.
+    if !(scale.is_finite() && scale > 0.0 && (scale * std::f32::consts::LOG2_E).is_finite()) {
         return Err(Error::invalid("params.softmax_scale", format!("{scale} is not a positive finite number")));
     }
     // b·h·seqlen_q·head_dim floats of dQ accumulator must be addressable with i64 offsets.
-    let rows = ql.batch() as u128 * ql.heads() as u128 * ql.seqlen() as u128;
-    if rows * head_dim as u128 > (i64::MAX / 8) as u128 {
-        return Err(Error::invalid("q", "batch · heads · seqlen · head_dim overflows the kernels' offsets"));
+    // Both the dQ accumulator and new dK, dV allocations must be addressable with i64 offsets.
+    for (name, layout) in [("q", ql), ("k", kl)] {
+        let elements = layout.batch() as u128 * layout.heads() as u128 * layout.seqlen() as u128 * head_dim as u128;
+        if elements > (i64::MAX / 8) as u128 {
+            return Err(Error::invalid(name, "batch · heads · seqlen · head_dim overflows the kernels' offsets"));
+        }
     }
     Ok(AttnShape {
         batch: ql.batch() as u32,
