@@ -38,9 +38,9 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
 
     let smem = ptx::dynamic_smem_base();
     let tile = |offset: u32| SmemTile { base: smem + offset, chunks_per_row: T::CHUNKS_PER_ROW };
-    let (k_s, v_s, q_s, do_s) = (tile(T::K_OFFSET), tile(T::V_OFFSET), tile(T::Q_OFFSET), tile(T::DO_OFFSET));
+    let (k_s, v_s) = (tile(T::K_OFFSET), tile(T::V_OFFSET));
     let ds_s = SmemTile { base: smem + T::DS_OFFSET, chunks_per_row: T::BLOCK_M / 8 };
-    let (lse_s, d_s) = (smem + T::LSE_OFFSET, smem + T::D_OFFSET);
+    let stage_base = |stage: u32| smem + T::STAGE_OFFSET + stage * T::STAGE_BYTES;
 
     let key_rows = shape.seqlen_k - k_begin;
     // SAFETY: the host validated K and V (seqlen_k rows at these strides); rows past the end are
@@ -51,38 +51,51 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
         k_s.load_async(T::BLOCK_N, k_ptr, f.k_strides.row, key_rows, tid, T::THREADS);
         v_s.load_async(T::BLOCK_N, v_ptr, f.v_strides.row, key_rows, tid, T::THREADS);
     }
-    cp_async_commit();
+
+    // Start copying query tile `q_tile` (Q, dO, LSE, D) into `stage`. Rows past seqlen_q arrive
+    // as zeros; the mask keeps them out of every product.
+    let load_queries = |q_tile: u32, stage: u32| {
+        let q_begin = q_tile * T::BLOCK_M;
+        let q_rows = shape.seqlen_q - q_begin;
+        let base = stage_base(stage);
+        // SAFETY: Q and dO hold seqlen_q rows at these strides; LSE and D hold
+        // batch · heads · seqlen_q floats; rows past the end are zero-filled without a read.
+        unsafe {
+            let q_ptr = (f.q as *const u16).wrapping_offset(f.q_strides.offset(batch, q_begin, head) as isize);
+            let do_ptr = (p.d_o as *const u16).wrapping_offset(p.do_strides.offset(batch, q_begin, head) as isize);
+            tile(base - smem + T::Q_IN_STAGE).load_async(T::BLOCK_M, q_ptr, f.q_strides.row, q_rows, tid, T::THREADS);
+            tile(base - smem + T::DO_IN_STAGE).load_async(T::BLOCK_M, do_ptr, p.do_strides.row, q_rows, tid, T::THREADS);
+            if tid < T::BLOCK_M {
+                let in_range = tid < q_rows;
+                let at = row_stat_index(shape, batch, head, if in_range { q_begin + tid } else { 0 }) as isize;
+                let bytes = if in_range { 4 } else { 0 };
+                ptx::cp_async_4(base + T::LSE_IN_STAGE + 4 * tid, (f.lse as *const f32).wrapping_offset(at) as *const u8, bytes);
+                ptx::cp_async_4(base + T::D_IN_STAGE + 4 * tid, (p.softmax_d as *const f32).wrapping_offset(at) as *const u8, bytes);
+            }
+        }
+    };
 
     let mut dk = [[0f32; 4]; MAX_HEAD_DIM_TILES8];
     let mut dv = [[0f32; 4]; MAX_HEAD_DIM_TILES8];
     let (query_lo, query_hi) = mask.query_range(k_begin, k_begin + T::BLOCK_N);
     let (first_tile, end_tile) = (query_lo / T::BLOCK_M, ceil_div(query_hi, T::BLOCK_M));
+    if first_tile < end_tile {
+        load_queries(first_tile, 0);
+    }
+    cp_async_commit();
+    cp_async_wait_all();
+    sync_threads();
 
     for q_tile in first_tile..end_tile {
-        let q_begin = q_tile * T::BLOCK_M;
-        let q_rows = shape.seqlen_q - q_begin;
-        // SAFETY: as for K and V; Q and dO hold seqlen_q rows, LSE and D batch·heads·seqlen_q.
-        unsafe {
-            let q_ptr = (f.q as *const u16).wrapping_offset(f.q_strides.offset(batch, q_begin, head) as isize);
-            let do_ptr = (p.d_o as *const u16).wrapping_offset(p.do_strides.offset(batch, q_begin, head) as isize);
-            q_s.load_async(T::BLOCK_M, q_ptr, f.q_strides.row, q_rows, tid, T::THREADS);
-            do_s.load_async(T::BLOCK_M, do_ptr, p.do_strides.row, q_rows, tid, T::THREADS);
-            if tid < T::BLOCK_M {
-                let row = q_begin + tid;
-                // Rows past the end get LSE = +inf, so P = exp2(s - inf) = 0 there.
-                let (lse, d) = if row < shape.seqlen_q {
-                    let at = row_stat_index(shape, batch, head, row) as isize;
-                    (*(f.lse as *const f32).wrapping_offset(at) * LOG2_E, *(p.softmax_d as *const f32).wrapping_offset(at))
-                } else {
-                    (f32::INFINITY, 0.0)
-                };
-                ptx::st_shared_f32(lse_s + 4 * tid, lse);
-                ptx::st_shared_f32(d_s + 4 * tid, d);
-            }
+        let stage = (q_tile - first_tile) % 2;
+        if q_tile + 1 < end_tile {
+            load_queries(q_tile + 1, 1 - stage);
+            cp_async_commit();
         }
-        cp_async_commit();
-        cp_async_wait_all();
-        sync_threads();
+        let q_begin = q_tile * T::BLOCK_M;
+        let base = stage_base(stage);
+        let (q_s, do_s) = (tile(base - smem + T::Q_IN_STAGE), tile(base - smem + T::DO_IN_STAGE));
+        let (lse_s, d_s) = (base + T::LSE_IN_STAGE, base + T::D_IN_STAGE);
         let lane = ptx::opaque(lane);
 
         // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ for this warp's 16 keys and the tile's BLOCK_M queries.
@@ -111,7 +124,7 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
                 // SAFETY: col < BLOCK_M indexes the staged statistics.
                 let (lse, d) = unsafe { (ptx::ld_shared_f32(lse_s + 4 * col), ptx::ld_shared_f32(d_s + 4 * col)) };
                 let prob = if unmasked || mask.allows(q_begin + col, key) {
-                    ptx::exp2(s[t][e] * shape.scale_log2 - lse)
+                    ptx::exp2(s[t][e] * shape.scale_log2 - lse * LOG2_E)
                 } else {
                     0.0
                 };
@@ -178,12 +191,11 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
             }
             unit += T::WARPS;
         }
-        // The next iteration refills Q, dO, dSᵀ and the statistics.
+        if q_tile + 1 < end_tile {
+            cp_async_wait_all();
+        }
+        // The next tile has landed, and everyone is done with this stage and with dSᵀ.
         sync_threads();
-    }
-    if first_tile >= end_tile {
-        // No query sees these keys: still wait for K/V copies before the block exits.
-        cp_async_wait_all();
     }
 
     for half in 0..2 {

@@ -1,7 +1,7 @@
 //! FlashAttention-2 forward.
 //!
-//! One block per (Q tile, head, batch); each warp owns 16 query rows and keeps their Q fragments,
-//! their output accumulator and their softmax statistics in registers. K and V tiles stream through
+//! One block per (Q tile, head, batch); each warp owns `M_TILES` × 16 query rows and keeps their
+//! output accumulator and softmax statistics in registers. K and V tiles stream through
 //! double-buffered shared memory. Scores never leave registers: S = Q·Kᵀ, the online softmax turns
 //! S into P in place, and O += P·V. Only O and the LSE are written.
 
@@ -12,12 +12,13 @@ use crate::tile::{
     MAX_HEAD_DIM_TILES8, MAX_SEQ_TILES8,
 };
 use crate::tiling::{ceil_div, kv_head_of, q_tile_of_block, Mask};
-use crate::traits::{FwdTraits, WARP_ROWS};
+use crate::traits::{FwdTraits, MAX_WARP_M_TILES};
 
 const LN_2: f32 = core::f32::consts::LN_2;
 
-/// Running max and sum of one lane's two rows (`lane / 4` and `lane / 4 + 8` of its warp).
+/// Running max and sum of one lane's two rows (`lane / 4` and `lane / 4 + 8` of a 16-row tile).
 /// The sum is this lane's partial sum over its columns; the quad adds them up at the end.
+#[derive(Clone, Copy)]
 struct OnlineSoftmax {
     max: [f32; 2],
     sum: [f32; 2],
@@ -27,7 +28,14 @@ impl OnlineSoftmax {
     /// Fold in a new tile of raw scores `s` (in place it becomes P, unnormalized) and rescale
     /// the output accumulator `o` for the new running max.
     #[inline(always)]
-    fn update(&mut self, s: &mut [[f32; 4]; MAX_SEQ_TILES8], n_tiles: usize, o: &mut [[f32; 4]; MAX_HEAD_DIM_TILES8], d_tiles: usize, scale_log2: f32) {
+    fn update(
+        &mut self,
+        s: &mut [[f32; 4]; MAX_SEQ_TILES8],
+        n_tiles: usize,
+        o: &mut [[f32; 4]; MAX_HEAD_DIM_TILES8],
+        d_tiles: usize,
+        scale_log2: f32,
+    ) {
         for half in 0..2 {
             let mut tile_max = self.max[half];
             for t in 0..n_tiles {
@@ -68,10 +76,12 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
     let (block_x, head, batch) = ptx::block_idx();
     let kv_head = kv_head_of(shape, head);
     let q_begin = q_tile_of_block(block_x, ceil_div(shape.seqlen_q, T::BLOCK_M)) * T::BLOCK_M;
-    let warp_q0 = q_begin + warp * WARP_ROWS;
+    let warp_row0 = warp * T::WARP_M;
+    let warp_q0 = q_begin + warp_row0;
 
     let (d_tiles8, d_tiles16) = ((T::HEAD_DIM / 8) as usize, (T::HEAD_DIM / 16) as usize);
     let n_tiles8 = (T::BLOCK_N / 8) as usize;
+    let m_tiles = T::M_TILES as usize;
 
     let smem = ptx::dynamic_smem_base();
     let q_tile = SmemTile { base: smem + T::Q_OFFSET, chunks_per_row: T::CHUNKS_PER_ROW };
@@ -104,14 +114,16 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
     cp_async_wait_all();
     sync_threads();
 
-    let mut q_frag = [[0u32; 4]; MAX_HEAD_DIM_TILES16];
+    let mut q_frag = [[[0u32; 4]; MAX_HEAD_DIM_TILES16]; MAX_WARP_M_TILES];
     if T::Q_IN_REGISTERS {
-        for kk in 0..d_tiles16 {
-            q_frag[kk] = q_tile.a_fragment(warp * WARP_ROWS, kk as u32, lane);
+        for m in 0..m_tiles {
+            for kk in 0..d_tiles16 {
+                q_frag[m][kk] = q_tile.a_fragment(warp_row0 + 16 * m as u32, kk as u32, lane);
+            }
         }
     }
-    let mut o = [[0f32; 4]; MAX_HEAD_DIM_TILES8];
-    let mut softmax = OnlineSoftmax { max: [f32::NEG_INFINITY; 2], sum: [0.0; 2] };
+    let mut o = [[[0f32; 4]; MAX_HEAD_DIM_TILES8]; MAX_WARP_M_TILES];
+    let mut softmax = [OnlineSoftmax { max: [f32::NEG_INFINITY; 2], sum: [0.0; 2] }; MAX_WARP_M_TILES];
 
     for tile in first_tile..end_tile {
         let stage = (tile - first_tile) % 2;
@@ -122,39 +134,59 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
         let (keys, values) = (k_tile(stage), v_tile(stage));
         let lane = ptx::opaque(lane);
 
-        // S = Q·Kᵀ for this warp's 16 rows and the tile's BLOCK_N keys.
-        let mut s = [[0f32; 4]; MAX_SEQ_TILES8];
+        // S = Q·Kᵀ for this warp's rows and the tile's BLOCK_N keys; each K fragment feeds
+        // every m tile.
+        let mut s = [[[0f32; 4]; MAX_SEQ_TILES8]; MAX_WARP_M_TILES];
         for kk in 0..d_tiles16 {
-            let a = if T::Q_IN_REGISTERS { q_frag[kk] } else { q_tile.a_fragment(warp * WARP_ROWS, kk as u32, lane) };
+            let mut a = [[0u32; 4]; MAX_WARP_M_TILES];
+            for m in 0..m_tiles {
+                a[m] = if T::Q_IN_REGISTERS {
+                    q_frag[m][kk]
+                } else {
+                    q_tile.a_fragment(warp_row0 + 16 * m as u32, kk as u32, lane)
+                };
+            }
             for n in 0..n_tiles8 / 2 {
                 let b = keys.b_fragments(16 * n as u32, kk as u32, lane);
-                E::mma(&mut s[2 * n], &a, &b[0]);
-                E::mma(&mut s[2 * n + 1], &a, &b[1]);
+                for m in 0..m_tiles {
+                    E::mma(&mut s[m][2 * n], &a[m], &b[0]);
+                    E::mma(&mut s[m][2 * n + 1], &a[m], &b[1]);
+                }
             }
         }
 
         let k_begin = tile * T::BLOCK_N;
-        if !mask.tile_is_unmasked(warp_q0, warp_q0 + WARP_ROWS, k_begin, k_begin + T::BLOCK_N) {
-            for t in 0..n_tiles8 {
-                for e in 0..4 {
-                    let q = warp_q0 + lane / 4 + 8 * (e as u32 / 2);
-                    let k = k_begin + 8 * t as u32 + 2 * (lane % 4) + e as u32 % 2;
-                    if !mask.allows(q, k) {
-                        s[t][e] = f32::NEG_INFINITY;
+        if !mask.tile_is_unmasked(warp_q0, warp_q0 + T::WARP_M, k_begin, k_begin + T::BLOCK_N) {
+            for m in 0..m_tiles {
+                for t in 0..n_tiles8 {
+                    for e in 0..4 {
+                        let q = warp_q0 + 16 * m as u32 + lane / 4 + 8 * (e as u32 / 2);
+                        let k = k_begin + 8 * t as u32 + 2 * (lane % 4) + e as u32 % 2;
+                        if !mask.allows(q, k) {
+                            s[m][t][e] = f32::NEG_INFINITY;
+                        }
                     }
                 }
             }
         }
 
-        softmax.update(&mut s, n_tiles8, &mut o, d_tiles8, shape.scale_log2);
+        for m in 0..m_tiles {
+            softmax[m].update(&mut s[m], n_tiles8, &mut o[m], d_tiles8, shape.scale_log2);
+        }
 
-        // O += P·V, P taken straight from the score registers.
+        // O += P·V, P taken straight from the score registers; each V fragment feeds every
+        // m tile.
         for kk in 0..n_tiles8 / 2 {
-            let a = accumulators_as_a::<E>(&s[2 * kk], &s[2 * kk + 1]);
+            let mut a = [[0u32; 4]; MAX_WARP_M_TILES];
+            for m in 0..m_tiles {
+                a[m] = accumulators_as_a::<E>(&s[m][2 * kk], &s[m][2 * kk + 1]);
+            }
             for n in 0..d_tiles16 {
                 let b = values.b_fragments_transposed(16 * kk as u32, n as u32, lane);
-                E::mma(&mut o[2 * n], &a, &b[0]);
-                E::mma(&mut o[2 * n + 1], &a, &b[1]);
+                for m in 0..m_tiles {
+                    E::mma(&mut o[m][2 * n], &a[m], &b[0]);
+                    E::mma(&mut o[m][2 * n + 1], &a[m], &b[1]);
+                }
             }
         }
 
@@ -166,28 +198,30 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
     }
 
     // Epilogue: normalize, write O and the LSE.
-    for half in 0..2 {
-        let row = warp_q0 + lane / 4 + 8 * half as u32;
-        let sum = quad_sum(softmax.sum[half]);
-        let empty = sum == 0.0;
-        let inv = if empty { 0.0 } else { 1.0 / sum };
-        if row < shape.seqlen_q {
-            let out = (p.o as *mut u16).wrapping_offset(p.o_strides.offset(batch, row, head) as isize);
-            for t in 0..d_tiles8 {
-                let col = 8 * t as u32 + 2 * (lane % 4);
-                let packed = E::pack(o[t][2 * half] * inv, o[t][2 * half + 1] * inv);
-                // SAFETY: row < seqlen_q and col + 1 < head_dim lie inside O, whose rows the host
-                // checked to be 16-byte aligned, so this pair is 4-byte aligned.
-                unsafe { *(out.wrapping_offset(col as isize) as *mut u32) = packed };
-            }
-            if lane % 4 == 0 {
-                let lse = if empty {
-                    f32::INFINITY
-                } else {
-                    (softmax.max[half] * shape.scale_log2 + ptx::log2(sum)) * LN_2
-                };
-                // SAFETY: the LSE buffer holds batch · heads · seqlen_q floats (host-checked).
-                unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index(shape, batch, head, row) as isize) = lse };
+    for m in 0..m_tiles {
+        for half in 0..2 {
+            let row = warp_q0 + 16 * m as u32 + lane / 4 + 8 * half as u32;
+            let sum = quad_sum(softmax[m].sum[half]);
+            let empty = sum == 0.0;
+            let inv = if empty { 0.0 } else { 1.0 / sum };
+            if row < shape.seqlen_q {
+                let out = (p.o as *mut u16).wrapping_offset(p.o_strides.offset(batch, row, head) as isize);
+                for t in 0..d_tiles8 {
+                    let col = 8 * t as u32 + 2 * (lane % 4);
+                    let packed = E::pack(o[m][t][2 * half] * inv, o[m][t][2 * half + 1] * inv);
+                    // SAFETY: row < seqlen_q and col + 1 < head_dim lie inside O, whose rows the
+                    // host checked to be 16-byte aligned, so this pair is 4-byte aligned.
+                    unsafe { *(out.wrapping_offset(col as isize) as *mut u32) = packed };
+                }
+                if lane % 4 == 0 {
+                    let lse = if empty {
+                        f32::INFINITY
+                    } else {
+                        (softmax[m].max[half] * shape.scale_log2 + ptx::log2(sum)) * LN_2
+                    };
+                    // SAFETY: the LSE buffer holds batch · heads · seqlen_q floats (host-checked).
+                    unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index(shape, batch, head, row) as isize) = lse };
+                }
             }
         }
     }

@@ -122,6 +122,22 @@ pub unsafe fn cp_async_16(dst: u32, src: *const u8, src_bytes: u32) {
     }
 }
 
+/// Asynchronous 4-byte copy global → shared (through L1); zero-filled when `src_bytes` is 0.
+///
+/// # Safety
+/// As [`cp_async_16`] with 4-byte alignment and size.
+#[inline(always)]
+pub unsafe fn cp_async_4(dst: u32, src: *const u8, src_bytes: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!(
+            "cp.async.ca.shared.global [{0}], [{1}], 4, {2};",
+            in(reg32) dst, in(reg64) src as u64, in(reg32) src_bytes,
+            options(nostack),
+        )
+    }
+}
+
 /// Close the group of `cp.async` copies issued so far by this thread.
 #[inline(always)]
 pub fn cp_async_commit() {

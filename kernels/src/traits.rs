@@ -4,8 +4,10 @@
 //! the backward), so the row statistics of the online softmax never leave a warp. Shared memory
 //! holds 16-bit tiles in swizzled 16-byte chunks (see [`crate::tiling::tile_byte_offset`]).
 
-/// Rows of one `mma.m16n8k16` tile, and so the rows one warp owns.
+/// Rows of one `mma.m16n8k16` tile: a warp owns a multiple of these.
 pub const WARP_ROWS: u32 = 16;
+/// Most 16-row tiles one warp of the forward owns (sizes its register arrays).
+pub const MAX_WARP_M_TILES: usize = 2;
 
 /// Forward tile configuration.
 pub trait FwdTraits {
@@ -16,9 +18,13 @@ pub trait FwdTraits {
     /// Keep each warp's Q fragments in registers for the whole block (saves one ldmatrix per
     /// mma k-step) or reload them from shared memory every K tile (saves D/4 registers).
     const Q_IN_REGISTERS: bool;
+    /// 16-row mma tiles per warp. Two let every K and V fragment read from shared memory feed
+    /// two mmas, halving shared-memory traffic per FLOP at the cost of registers.
+    const M_TILES: u32;
 
-    /// Query rows per thread block.
-    const BLOCK_M: u32 = Self::WARPS * WARP_ROWS;
+    /// Query rows per warp and per thread block.
+    const WARP_M: u32 = Self::M_TILES * WARP_ROWS;
+    const BLOCK_M: u32 = Self::WARPS * Self::WARP_M;
     const THREADS: u32 = Self::WARPS * 32;
     const CHUNKS_PER_ROW: u32 = Self::HEAD_DIM / 8;
     const Q_TILE_BYTES: u32 = Self::BLOCK_M * Self::HEAD_DIM * 2;
@@ -48,39 +54,44 @@ pub trait BwdTraits {
     const Q_TILE_BYTES: u32 = Self::BLOCK_M * Self::HEAD_DIM * 2;
     const K_OFFSET: u32 = 0;
     const V_OFFSET: u32 = Self::KV_TILE_BYTES;
-    const Q_OFFSET: u32 = 2 * Self::KV_TILE_BYTES;
-    const DO_OFFSET: u32 = Self::Q_OFFSET + Self::Q_TILE_BYTES;
     /// dSᵀ (BLOCK_N × BLOCK_M, 16-bit) goes through shared memory once per iteration so that
     /// dQ = dS·K can be split across warps by query rows.
-    const DS_OFFSET: u32 = Self::DO_OFFSET + Self::Q_TILE_BYTES;
+    const DS_OFFSET: u32 = 2 * Self::KV_TILE_BYTES;
     const DS_TILE_BYTES: u32 = Self::BLOCK_N * Self::BLOCK_M * 2;
-    /// LSE·log2(e) and D = rowsum(dO∘O) of the current queries, f32 each.
-    const LSE_OFFSET: u32 = Self::DS_OFFSET + Self::DS_TILE_BYTES;
-    const D_OFFSET: u32 = Self::LSE_OFFSET + Self::BLOCK_M * 4;
-    const SMEM_BYTES: u32 = Self::D_OFFSET + Self::BLOCK_M * 4;
+    /// Q, dO, LSE and D of the query tile are double-buffered: the next tile streams in while
+    /// this one is used. One stage holds Q, dO (16-bit tiles), LSE and D (f32 per query).
+    const STAGE_OFFSET: u32 = Self::DS_OFFSET + Self::DS_TILE_BYTES;
+    const STAGE_BYTES: u32 = 2 * Self::Q_TILE_BYTES + 2 * Self::BLOCK_M * 4;
+    const Q_IN_STAGE: u32 = 0;
+    const DO_IN_STAGE: u32 = Self::Q_TILE_BYTES;
+    const LSE_IN_STAGE: u32 = 2 * Self::Q_TILE_BYTES;
+    const D_IN_STAGE: u32 = Self::LSE_IN_STAGE + Self::BLOCK_M * 4;
+    const SMEM_BYTES: u32 = Self::STAGE_OFFSET + 2 * Self::STAGE_BYTES;
 }
 
 pub struct FwdHdim64;
 impl FwdTraits for FwdHdim64 {
     const HEAD_DIM: u32 = 64;
-    const BLOCK_N: u32 = 128;
-    const WARPS: u32 = 8;
+    const BLOCK_N: u32 = 64;
+    const WARPS: u32 = 4;
     const Q_IN_REGISTERS: bool = true;
+    const M_TILES: u32 = 2;
 }
 
 pub struct FwdHdim128;
 impl FwdTraits for FwdHdim128 {
     const HEAD_DIM: u32 = 128;
-    const BLOCK_N: u32 = 64;
-    const WARPS: u32 = 8;
+    const BLOCK_N: u32 = 32;
+    const WARPS: u32 = 4;
     const Q_IN_REGISTERS: bool = false;
+    const M_TILES: u32 = 2;
 }
 
 pub struct BwdHdim64;
 impl BwdTraits for BwdHdim64 {
     const HEAD_DIM: u32 = 64;
     const BLOCK_M: u32 = 64;
-    const WARPS: u32 = 4;
+    const WARPS: u32 = 8;
     const DQ_COLS: u32 = 32;
 }
 
@@ -88,7 +99,7 @@ pub struct BwdHdim128;
 impl BwdTraits for BwdHdim128 {
     const HEAD_DIM: u32 = 128;
     const BLOCK_M: u32 = 32;
-    const WARPS: u32 = 4;
+    const WARPS: u32 = 8;
     const DQ_COLS: u32 = 32;
 }
 
@@ -110,6 +121,7 @@ mod tests {
         assert_eq!((T::BLOCK_M * T::CHUNKS_PER_ROW) % T::THREADS, 0);
         assert_eq!((T::BLOCK_N * T::CHUNKS_PER_ROW) % T::THREADS, 0);
         assert!(T::SMEM_BYTES <= 227 * 1024);
+        assert!(T::M_TILES as usize <= MAX_WARP_M_TILES);
     }
 
     fn check_bwd<T: BwdTraits>() {
@@ -119,6 +131,7 @@ mod tests {
         assert_eq!((T::BLOCK_M * T::CHUNKS_PER_ROW) % T::THREADS, 0);
         assert_eq!((T::BLOCK_N * T::CHUNKS_PER_ROW) % T::THREADS, 0);
         assert!(T::BLOCK_M <= T::THREADS, "one thread stages each query's LSE and D");
+        assert_eq!(T::STAGE_BYTES % 16, 0, "stages keep 16-byte alignment");
         assert!(T::SMEM_BYTES <= 227 * 1024);
     }
 
