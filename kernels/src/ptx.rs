@@ -243,16 +243,6 @@ pub unsafe fn ld_shared_f32(addr: u32) -> f32 {
     y
 }
 
-/// 32-bit float store to shared memory.
-///
-/// # Safety
-/// `addr` is a 4-byte aligned shared address of this block.
-#[inline(always)]
-pub unsafe fn st_shared_f32(addr: u32, value: f32) {
-    // SAFETY: guaranteed by the caller.
-    unsafe { asm!("st.shared.f32 [{0}], {1};", in(reg32) addr, in(reg32) value, options(nostack)) }
-}
-
 /// `*addr += value` in global memory, without returning the old value.
 ///
 /// # Safety
