@@ -197,32 +197,47 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
         sync_threads();
     }
 
-    // Epilogue: normalize, write O and the LSE.
+    // Epilogue: normalize; stage O in this warp's own rows of the Q tile (no other warp reads
+    // them, and every read of Q is behind the loop's last barrier), then write whole 16-byte
+    // chunks to global memory; write the LSE.
+    let lane = ptx::opaque(lane);
     for m in 0..m_tiles {
         for half in 0..2 {
-            let row = warp_q0 + 16 * m as u32 + lane / 4 + 8 * half as u32;
+            let local_row = warp_row0 + 16 * m as u32 + lane / 4 + 8 * half as u32;
+            let row = q_begin + local_row;
             let sum = quad_sum(softmax[m].sum[half]);
             let empty = sum == 0.0;
             let inv = if empty { 0.0 } else { 1.0 / sum };
-            if row < shape.seqlen_q {
-                let out = (p.o as *mut u16).wrapping_offset(p.o_strides.offset(batch, row, head) as isize);
-                for t in 0..d_tiles8 {
-                    let col = 8 * t as u32 + 2 * (lane % 4);
-                    let packed = E::pack(o[m][t][2 * half] * inv, o[m][t][2 * half + 1] * inv);
-                    // SAFETY: row < seqlen_q and col + 1 < head_dim lie inside O, whose rows the
-                    // host checked to be 16-byte aligned, so this pair is 4-byte aligned.
-                    unsafe { *(out.wrapping_offset(col as isize) as *mut u32) = packed };
-                }
-                if lane % 4 == 0 {
-                    let lse = if empty {
-                        f32::INFINITY
-                    } else {
-                        (softmax[m].max[half] * shape.scale_log2 + ptx::log2(sum)) * LN_2
-                    };
-                    // SAFETY: the LSE buffer holds batch · heads · seqlen_q floats (host-checked).
-                    unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index(shape, batch, head, row) as isize) = lse };
-                }
+            for t in 0..d_tiles8 {
+                let packed = E::pack(o[m][t][2 * half] * inv, o[m][t][2 * half + 1] * inv);
+                // SAFETY: the element lies in this warp's rows of the Q tile.
+                unsafe { ptx::st_shared_u32(q_tile.element(local_row, 8 * t as u32 + 2 * (lane % 4)), packed) };
+            }
+            if lane % 4 == 0 && row < shape.seqlen_q {
+                let lse = if empty {
+                    f32::INFINITY
+                } else {
+                    (softmax[m].max[half] * shape.scale_log2 + ptx::log2(sum)) * LN_2
+                };
+                // SAFETY: the LSE buffer holds batch · heads · seqlen_q floats (host-checked).
+                unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index(shape, batch, head, row) as isize) = lse };
             }
         }
+    }
+    ptx::sync_warp();
+    let mut index = lane;
+    while index < T::WARP_M * T::CHUNKS_PER_ROW {
+        let (local, chunk) = (index / T::CHUNKS_PER_ROW, index % T::CHUNKS_PER_ROW);
+        let row = warp_q0 + local;
+        if row < shape.seqlen_q {
+            // SAFETY: the chunk lies in this warp's rows of the Q tile; the destination is inside
+            // row `row` of O, whose rows the host checked to be 16-byte aligned.
+            unsafe {
+                let v = ptx::ld_shared_v4(q_tile.chunk(warp_row0 + local, chunk));
+                let out = (p.o as *mut u16).wrapping_offset(p.o_strides.offset(batch, row, head) as isize + 8 * chunk as isize);
+                ptx::st_global_v4(out as *mut u8, v);
+            }
+        }
+        index += 32;
     }
 }

@@ -24,6 +24,13 @@ pub fn sync_threads() {
     unsafe { nvptx::_syncthreads() }
 }
 
+/// Barrier over the 32 lanes of this warp (orders their shared-memory accesses).
+#[inline(always)]
+pub fn sync_warp() {
+    // SAFETY: all lanes of the warp execute it (full member mask).
+    unsafe { asm!("bar.warp.sync 0xffffffff;", options(nostack)) }
+}
+
 /// 32-bit shared-window address of the launch-sized dynamic shared memory.
 #[inline(always)]
 pub fn dynamic_smem_base() -> u32 {
@@ -231,6 +238,32 @@ pub unsafe fn st_shared_u32(addr: u32, value: u32) {
     unsafe { asm!("st.shared.b32 [{0}], {1};", in(reg32) addr, in(reg32) value, options(nostack)) }
 }
 
+/// 16-byte load from shared memory.
+///
+/// # Safety
+/// `addr` is a 16-byte aligned shared address of this block.
+#[inline(always)]
+pub unsafe fn ld_shared_v4(addr: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!("ld.shared.v4.b32 {{{0}, {1}, {2}, {3}}}, [{4}];", out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg32) addr, options(nostack))
+    };
+    [a, b, c, d]
+}
+
+/// 16-byte store to global memory.
+///
+/// # Safety
+/// `ptr` is a 16-byte aligned, writable global address.
+#[inline(always)]
+pub unsafe fn st_global_v4(ptr: *mut u8, v: [u32; 4]) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!("st.global.v4.b32 [{0}], {{{1}, {2}, {3}, {4}}};", in(reg64) ptr as u64, in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3], options(nostack))
+    }
+}
+
 /// 32-bit float load from shared memory.
 ///
 /// # Safety
@@ -243,10 +276,32 @@ pub unsafe fn ld_shared_f32(addr: u32) -> f32 {
     y
 }
 
+/// `addr[0] += a; addr[1] += b` in global memory. On sm_90 one vector reduction covers both, so
+/// a quad's reductions fill whole 32-byte sectors; older targets issue two scalar ones.
+///
+/// # Safety
+/// `addr` is an 8-byte aligned pair of writable global f32.
+#[inline(always)]
+pub unsafe fn red_add_f32x2(addr: *mut f32, a: f32, b: f32) {
+    #[cfg(target_feature = "sm_90")]
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!("red.global.add.v2.f32 [{0}], {{{1}, {2}}};", in(reg64) addr as u64, in(reg32) a, in(reg32) b, options(nostack))
+    }
+    #[cfg(not(target_feature = "sm_90"))]
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        red_add_f32(addr, a);
+        red_add_f32(addr.wrapping_add(1), b);
+    }
+}
+
 /// `*addr += value` in global memory, without returning the old value.
+/// (The sm_90 build reaches only the vector form above.)
 ///
 /// # Safety
 /// `addr` is a 4-byte aligned, writable global f32.
+#[cfg_attr(target_feature = "sm_90", allow(dead_code))]
 #[inline(always)]
 pub unsafe fn red_add_f32(addr: *mut f32, value: f32) {
     // SAFETY: guaranteed by the caller.

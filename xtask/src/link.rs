@@ -12,8 +12,9 @@ use std::process::Command;
 
 /// Set by `build-ptx` in the environment of the nested cargo, so that this binary acts as linker.
 pub const LINKER_MODE_ENV: &str = "FLASH_ATTN_XTASK_LINKER";
-/// PTX ISA features passed to llc; 8.0 is the first with all of sm_90's instructions.
-const PTX_FEATURES: &str = "+ptx80";
+/// PTX ISA version passed to llc: 8.1 adds the vector reductions (`red.global.add.v2.f32`) the
+/// sm_90 backward uses; CUDA 12.1 and newer drivers load it.
+const PTX_FEATURES: &str = "+ptx81";
 /// Full-unroll budget for opt (see the call below).
 const UNROLL_THRESHOLD: &str = "-unroll-threshold=100000";
 
