@@ -16,8 +16,15 @@ use crate::traits::{FwdTraits, MAX_WARP_M_TILES};
 
 const LN_2: f32 = core::f32::consts::LN_2;
 
-/// Running max and sum of one lane's two rows (`lane / 4` and `lane / 4 + 8` of a 16-row tile).
-/// The sum is this lane's partial sum over its columns; the quad adds them up at the end.
+/// The running max may lag the true one by up to this much (log2 units) before the warp pays
+/// for rescaling its output accumulator: P entries then stay below 2^8, which bf16, f16 and the
+/// f32 sums hold without loss, and the final normalization uses the same max, so the result is
+/// exact. Most K tiles after the first few skip the rescale entirely.
+const RESCALE_THRESHOLD: f32 = 8.0;
+
+/// Running max (in log2 units, i.e. times `scale · log2 e`) and sum of one lane's two rows
+/// (`lane / 4` and `lane / 4 + 8` of a 16-row tile). The sum is this lane's partial sum over its
+/// columns; the quad adds them up at the end.
 #[derive(Clone, Copy)]
 struct OnlineSoftmax {
     max: [f32; 2],
@@ -25,41 +32,65 @@ struct OnlineSoftmax {
 }
 
 impl OnlineSoftmax {
-    /// Fold in a new tile of raw scores `s` (in place it becomes P, unnormalized) and rescale
-    /// the output accumulator `o` for the new running max.
+    /// Where exp2's argument is measured from: the running max, or 0 while a row has seen only
+    /// masked keys (max -inf), so that masked scores give exp2(-inf) = 0 rather than NaN.
     #[inline(always)]
-    fn update(
-        &mut self,
-        s: &mut [[f32; 4]; MAX_SEQ_TILES8],
-        n_tiles: usize,
-        o: &mut [[f32; 4]; MAX_HEAD_DIM_TILES8],
-        d_tiles: usize,
-        scale_log2: f32,
-    ) {
+    fn shift(&self, half: usize) -> f32 {
+        if self.max[half] == f32::NEG_INFINITY { 0.0 } else { self.max[half] }
+    }
+}
+
+/// Fold a new tile of raw scores into the warp's rows: update the running maxima (rescaling the
+/// output accumulators only when some row's max grew by more than [`RESCALE_THRESHOLD`]), then
+/// turn the scores into unnormalized probabilities in place and add them to the running sums.
+#[inline(always)]
+fn online_softmax(
+    state: &mut [OnlineSoftmax; MAX_WARP_M_TILES],
+    s: &mut [[[f32; 4]; MAX_SEQ_TILES8]; MAX_WARP_M_TILES],
+    o: &mut [[[f32; 4]; MAX_HEAD_DIM_TILES8]; MAX_WARP_M_TILES],
+    m_tiles: usize,
+    n_tiles: usize,
+    d_tiles: usize,
+    scale_log2: f32,
+) {
+    let mut tile_max = [[f32::NEG_INFINITY; 2]; MAX_WARP_M_TILES];
+    let mut grew = false;
+    for m in 0..m_tiles {
         for half in 0..2 {
-            let mut tile_max = self.max[half];
+            let mut x = f32::NEG_INFINITY;
             for t in 0..n_tiles {
-                tile_max = tile_max.max(s[t][2 * half]).max(s[t][2 * half + 1]);
+                x = x.max(s[m][t][2 * half]).max(s[m][t][2 * half + 1]);
             }
-            let new_max = quad_max(tile_max);
-            // A row that has seen only masked keys has max -inf; subtracting 0 keeps exp2 at 0
-            // instead of NaN.
-            let shift = if new_max == f32::NEG_INFINITY { 0.0 } else { new_max * scale_log2 };
-            let correction = ptx::exp2(self.max[half] * scale_log2 - shift);
-            self.max[half] = new_max;
+            tile_max[m][half] = quad_max(x) * scale_log2;
+            grew |= tile_max[m][half] > state[m].max[half] + RESCALE_THRESHOLD;
+        }
+    }
+    if ptx::warp_any(grew) {
+        for m in 0..m_tiles {
+            for half in 0..2 {
+                let old = state[m].max[half];
+                state[m].max[half] = old.max(tile_max[m][half]);
+                let correction = ptx::exp2(old - state[m].shift(half));
+                state[m].sum[half] *= correction;
+                for t in 0..d_tiles {
+                    o[m][t][2 * half] *= correction;
+                    o[m][t][2 * half + 1] *= correction;
+                }
+            }
+        }
+    }
+    for m in 0..m_tiles {
+        for half in 0..2 {
+            let shift = state[m].shift(half);
             let mut sum = 0.0;
             for t in 0..n_tiles {
                 for j in 0..2 {
-                    let p = ptx::exp2(s[t][2 * half + j] * scale_log2 - shift);
-                    s[t][2 * half + j] = p;
+                    let p = ptx::exp2(s[m][t][2 * half + j] * scale_log2 - shift);
+                    s[m][t][2 * half + j] = p;
                     sum += p;
                 }
             }
-            self.sum[half] = self.sum[half] * correction + sum;
-            for t in 0..d_tiles {
-                o[t][2 * half] *= correction;
-                o[t][2 * half + 1] *= correction;
-            }
+            state[m].sum[half] += sum;
         }
     }
 }
@@ -170,9 +201,7 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
             }
         }
 
-        for m in 0..m_tiles {
-            softmax[m].update(&mut s[m], n_tiles8, &mut o[m], d_tiles8, shape.scale_log2);
-        }
+        online_softmax(&mut softmax, &mut s, &mut o, m_tiles, n_tiles8, d_tiles8, shape.scale_log2);
 
         // O += P·V, P taken straight from the score registers; each V fragment feeds every
         // m tile.
@@ -217,7 +246,7 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
                 let lse = if empty {
                     f32::INFINITY
                 } else {
-                    (softmax[m].max[half] * shape.scale_log2 + ptx::log2(sum)) * LN_2
+                    (softmax[m].max[half] + ptx::log2(sum)) * LN_2
                 };
                 // SAFETY: the LSE buffer holds batch · heads · seqlen_q floats (host-checked).
                 unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index(shape, batch, head, row) as isize) = lse };

@@ -31,6 +31,20 @@ pub fn sync_warp() {
     unsafe { asm!("bar.warp.sync 0xffffffff;", options(nostack)) }
 }
 
+/// Whether `x` holds in any lane of the warp (all 32 lanes must call this together).
+#[inline(always)]
+pub fn warp_any(x: bool) -> bool {
+    let y: u32;
+    // SAFETY: register-only warp vote with the full member mask.
+    unsafe {
+        asm!(
+            "{{ .reg .pred p, q; setp.ne.u32 p, {1}, 0; vote.sync.any.pred q, p, 0xffffffff; selp.u32 {0}, 1, 0, q; }}",
+            out(reg32) y, in(reg32) x as u32, options(nomem, nostack)
+        )
+    };
+    y != 0
+}
+
 /// 32-bit shared-window address of the launch-sized dynamic shared memory.
 #[inline(always)]
 pub fn dynamic_smem_base() -> u32 {
