@@ -5,7 +5,7 @@ use crate::backward::{convert_dq, flash_bwd, preprocess};
 use crate::forward::flash_fwd;
 use crate::params::{BwdParams, FwdParams};
 use crate::tile::{Bf16, F16};
-use crate::traits::{BwdHdim128, BwdHdim64, FwdHdim128, FwdHdim64};
+use crate::traits::{BwdHdim128, BwdHdim32, BwdHdim64, FwdHdim128, FwdHdim32, FwdHdim64};
 
 macro_rules! entry {
     ($name:ident, $params:ty, $body:path) => {
@@ -24,6 +24,10 @@ macro_rules! entry {
     };
 }
 
+entry!(flash_fwd_bf16_hdim32, FwdParams, flash_fwd::<Bf16, FwdHdim32>);
+entry!(flash_fwd_f16_hdim32, FwdParams, flash_fwd::<F16, FwdHdim32>);
+entry!(flash_bwd_bf16_hdim32, BwdParams, flash_bwd::<Bf16, BwdHdim32>);
+entry!(flash_bwd_f16_hdim32, BwdParams, flash_bwd::<F16, BwdHdim32>);
 entry!(flash_fwd_bf16_hdim64, FwdParams, flash_fwd::<Bf16, FwdHdim64>);
 entry!(flash_fwd_bf16_hdim128, FwdParams, flash_fwd::<Bf16, FwdHdim128>);
 entry!(flash_fwd_f16_hdim64, FwdParams, flash_fwd::<F16, FwdHdim64>);

@@ -2,7 +2,7 @@
 
 use crate::params::{BwdParams, FwdParams};
 use crate::traits::{
-    BwdHdim128, BwdHdim64, BwdTraits, FwdHdim128, FwdHdim64, FwdTraits, ROW_KERNEL_THREADS,
+    BwdHdim128, BwdHdim32, BwdHdim64, BwdTraits, FwdHdim128, FwdHdim32, FwdHdim64, FwdTraits, ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +74,10 @@ const fn rows(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
 }
 
 pub const KERNELS: &[KernelInfo] = &[
+    fwd::<FwdHdim32>("flash_fwd_bf16_hdim32", Dtype::Bf16),
+    fwd::<FwdHdim32>("flash_fwd_f16_hdim32", Dtype::F16),
+    bwd::<BwdHdim32>("flash_bwd_bf16_hdim32", Dtype::Bf16),
+    bwd::<BwdHdim32>("flash_bwd_f16_hdim32", Dtype::F16),
     fwd::<FwdHdim64>("flash_fwd_bf16_hdim64", Dtype::Bf16),
     fwd::<FwdHdim128>("flash_fwd_bf16_hdim128", Dtype::Bf16),
     fwd::<FwdHdim64>("flash_fwd_f16_hdim64", Dtype::F16),

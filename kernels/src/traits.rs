@@ -69,6 +69,15 @@ pub trait BwdTraits {
     const SMEM_BYTES: u32 = Self::STAGE_OFFSET + 2 * Self::STAGE_BYTES;
 }
 
+pub struct FwdHdim32;
+impl FwdTraits for FwdHdim32 {
+    const HEAD_DIM: u32 = 32;
+    const BLOCK_N: u32 = 64;
+    const WARPS: u32 = 4;
+    const Q_IN_REGISTERS: bool = true;
+    const M_TILES: u32 = 2;
+}
+
 pub struct FwdHdim64;
 impl FwdTraits for FwdHdim64 {
     const HEAD_DIM: u32 = 64;
@@ -85,6 +94,14 @@ impl FwdTraits for FwdHdim128 {
     const WARPS: u32 = 4;
     const Q_IN_REGISTERS: bool = false;
     const M_TILES: u32 = 2;
+}
+
+pub struct BwdHdim32;
+impl BwdTraits for BwdHdim32 {
+    const HEAD_DIM: u32 = 32;
+    const BLOCK_M: u32 = 64;
+    const WARPS: u32 = 8;
+    const DQ_COLS: u32 = 32;
 }
 
 pub struct BwdHdim64;
@@ -108,7 +125,7 @@ pub const ROW_KERNEL_WARPS: u32 = 4;
 pub const ROW_KERNEL_THREADS: u32 = ROW_KERNEL_WARPS * 32;
 
 /// Head dims with a shipped configuration.
-pub const SUPPORTED_HEAD_DIMS: [u32; 2] = [64, 128];
+pub const SUPPORTED_HEAD_DIMS: [u32; 3] = [32, 64, 128];
 
 #[cfg(test)]
 mod tests {
@@ -137,8 +154,10 @@ mod tests {
 
     #[test]
     fn shipped_configurations_are_consistent() {
+        check_fwd::<FwdHdim32>();
         check_fwd::<FwdHdim64>();
         check_fwd::<FwdHdim128>();
+        check_bwd::<BwdHdim32>();
         check_bwd::<BwdHdim64>();
         check_bwd::<BwdHdim128>();
     }
