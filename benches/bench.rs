@@ -33,7 +33,7 @@ fn options() -> Options {
     let mut o = Options {
         out: None,
         iters: 10,
-        head_dims: vec![32, 64, 128],
+        head_dims: vec![32, 64, 96, 128, 192, 256],
         dtypes: vec!["bf16".into(), "f16".into()],
         seqlens: vec![512, 1024, 2048, 4096, 8192, 16384],
     };

@@ -52,7 +52,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--seqlens", default="512,1024,2048,4096,8192,16384")
-    ap.add_argument("--head-dims", default="32,64,128")
+    ap.add_argument("--head-dims", default="32,64,96,128,192,256")
     ap.add_argument("--dtypes", default="bf16,f16")
     a = ap.parse_args()
     with open(a.out, "w") as f:

@@ -30,10 +30,14 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
     let (block_x, head, batch) = ptx::block_idx();
     let kv_head = kv_head_of(shape, head);
     let k_begin = block_x * T::BLOCK_N;
-    let warp_k0 = k_begin + warp * WARP_ROWS;
+    // Warps `w` and `w + key_groups` share keys; `d_part` picks their slice of dK, dV columns.
+    let key_groups = T::WARPS / T::D_SPLIT;
+    let (key_warp, d_part) = (warp % key_groups, warp / key_groups);
+    let warp_k0 = k_begin + key_warp * WARP_ROWS;
 
-    let d_tiles8 = (T::HEAD_DIM / 8) as usize;
     let d_tiles16 = (T::HEAD_DIM / 16) as usize;
+    let slice_tiles16 = d_tiles16 / T::D_SPLIT as usize;
+    let slice16_0 = d_part * slice_tiles16 as u32;
     let m_tiles8 = (T::BLOCK_M / 8) as usize;
 
     let smem = ptx::dynamic_smem_base();
@@ -102,8 +106,8 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
         let mut s = [[0f32; 4]; MAX_SEQ_TILES8];
         let mut dp = [[0f32; 4]; MAX_SEQ_TILES8];
         for kk in 0..d_tiles16 {
-            let k_frag = k_s.a_fragment(warp * WARP_ROWS, kk as u32, lane);
-            let v_frag = v_s.a_fragment(warp * WARP_ROWS, kk as u32, lane);
+            let k_frag = k_s.a_fragment(key_warp * WARP_ROWS, kk as u32, lane);
+            let v_frag = v_s.a_fragment(key_warp * WARP_ROWS, kk as u32, lane);
             for n in 0..m_tiles8 / 2 {
                 let q_b = q_s.b_fragments(16 * n as u32, kk as u32, lane);
                 E::mma(&mut s[2 * n], &k_frag, &q_b[0]);
@@ -133,28 +137,32 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
             }
         }
 
-        // dV += Pᵀ·dO and dK += dSᵀ·Q (dK's scale is applied once at the end).
+        // dV += Pᵀ·dO and dK += dSᵀ·Q over this warp's column slice (dK's scale is applied once
+        // at the end).
         for kk in 0..m_tiles8 / 2 {
             let p_a = accumulators_as_a::<E>(&s[2 * kk], &s[2 * kk + 1]);
             let ds_a = accumulators_as_a::<E>(&dp[2 * kk], &dp[2 * kk + 1]);
-            for n in 0..d_tiles16 {
-                let do_b = do_s.b_fragments_transposed(16 * kk as u32, n as u32, lane);
+            for n in 0..slice_tiles16 {
+                let do_b = do_s.b_fragments_transposed(16 * kk as u32, slice16_0 + n as u32, lane);
                 E::mma(&mut dv[2 * n], &p_a, &do_b[0]);
                 E::mma(&mut dv[2 * n + 1], &p_a, &do_b[1]);
-                let q_b = q_s.b_fragments_transposed(16 * kk as u32, n as u32, lane);
+                let q_b = q_s.b_fragments_transposed(16 * kk as u32, slice16_0 + n as u32, lane);
                 E::mma(&mut dk[2 * n], &ds_a, &q_b[0]);
                 E::mma(&mut dk[2 * n + 1], &ds_a, &q_b[1]);
             }
         }
 
-        // dSᵀ to shared memory, so that dQ = dS·K can be split across warps by query rows.
-        for t in 0..m_tiles8 {
-            for half in 0..2 {
-                let row = warp * WARP_ROWS + lane / 4 + 8 * half as u32;
-                let col = 8 * t as u32 + 2 * (lane % 4);
-                let packed = E::pack(dp[t][2 * half], dp[t][2 * half + 1]);
-                // SAFETY: row < BLOCK_N and col < BLOCK_M lie inside the dSᵀ tile.
-                unsafe { ptx::st_shared_u32(ds_s.element(row, col), packed) };
+        // dSᵀ to shared memory, so that dQ = dS·K can be split across warps by query rows. The
+        // warps of a key group hold the same dSᵀ; the first writes it.
+        if d_part == 0 {
+            for t in 0..m_tiles8 {
+                for half in 0..2 {
+                    let row = key_warp * WARP_ROWS + lane / 4 + 8 * half as u32;
+                    let col = 8 * t as u32 + 2 * (lane % 4);
+                    let packed = E::pack(dp[t][2 * half], dp[t][2 * half + 1]);
+                    // SAFETY: row < BLOCK_N and col < BLOCK_M lie inside the dSᵀ tile.
+                    unsafe { ptx::st_shared_u32(ds_s.element(row, col), packed) };
+                }
             }
         }
         sync_threads();
@@ -201,8 +209,8 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
         if key < shape.seqlen_k {
             let dk_row = (p.dk as *mut u16).wrapping_offset(p.dk_strides.offset(batch, key, head) as isize);
             let dv_row = (p.dv as *mut u16).wrapping_offset(p.dv_strides.offset(batch, key, head) as isize);
-            for t in 0..d_tiles8 {
-                let col = (8 * t as u32 + 2 * (lane % 4)) as isize;
+            for t in 0..2 * slice_tiles16 {
+                let col = (16 * slice16_0 + 8 * t as u32 + 2 * (lane % 4)) as isize;
                 let dk_pair = E::pack(dk[t][2 * half] * shape.scale, dk[t][2 * half + 1] * shape.scale);
                 let dv_pair = E::pack(dv[t][2 * half], dv[t][2 * half + 1]);
                 // SAFETY: key < seqlen_k, col + 1 < head_dim; rows are 16-byte aligned (host-checked).

@@ -5,7 +5,10 @@ use crate::backward::{convert_dq, flash_bwd, preprocess};
 use crate::forward::flash_fwd;
 use crate::params::{BwdParams, FwdParams};
 use crate::tile::{Bf16, F16};
-use crate::traits::{BwdHdim128, BwdHdim32, BwdHdim64, FwdHdim128, FwdHdim32, FwdHdim64};
+use crate::traits::{
+    BwdHdim128, BwdHdim192, BwdHdim256, BwdHdim32, BwdHdim64, BwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256,
+    FwdHdim32, FwdHdim64, FwdHdim96,
+};
 
 macro_rules! entry {
     ($name:ident, $params:ty, $body:path) => {
@@ -24,6 +27,18 @@ macro_rules! entry {
     };
 }
 
+entry!(flash_fwd_bf16_hdim96, FwdParams, flash_fwd::<Bf16, FwdHdim96>);
+entry!(flash_bwd_bf16_hdim96, BwdParams, flash_bwd::<Bf16, BwdHdim96>);
+entry!(flash_fwd_f16_hdim96, FwdParams, flash_fwd::<F16, FwdHdim96>);
+entry!(flash_bwd_f16_hdim96, BwdParams, flash_bwd::<F16, BwdHdim96>);
+entry!(flash_fwd_bf16_hdim192, FwdParams, flash_fwd::<Bf16, FwdHdim192>);
+entry!(flash_bwd_bf16_hdim192, BwdParams, flash_bwd::<Bf16, BwdHdim192>);
+entry!(flash_fwd_f16_hdim192, FwdParams, flash_fwd::<F16, FwdHdim192>);
+entry!(flash_bwd_f16_hdim192, BwdParams, flash_bwd::<F16, BwdHdim192>);
+entry!(flash_fwd_bf16_hdim256, FwdParams, flash_fwd::<Bf16, FwdHdim256>);
+entry!(flash_bwd_bf16_hdim256, BwdParams, flash_bwd::<Bf16, BwdHdim256>);
+entry!(flash_fwd_f16_hdim256, FwdParams, flash_fwd::<F16, FwdHdim256>);
+entry!(flash_bwd_f16_hdim256, BwdParams, flash_bwd::<F16, BwdHdim256>);
 entry!(flash_fwd_bf16_hdim32, FwdParams, flash_fwd::<Bf16, FwdHdim32>);
 entry!(flash_fwd_f16_hdim32, FwdParams, flash_fwd::<F16, FwdHdim32>);
 entry!(flash_bwd_bf16_hdim32, BwdParams, flash_bwd::<Bf16, BwdHdim32>);

@@ -2,7 +2,8 @@
 
 use crate::params::{BwdParams, FwdParams};
 use crate::traits::{
-    BwdHdim128, BwdHdim32, BwdHdim64, BwdTraits, FwdHdim128, FwdHdim32, FwdHdim64, FwdTraits, ROW_KERNEL_THREADS,
+    BwdHdim128, BwdHdim192, BwdHdim256, BwdHdim32, BwdHdim64, BwdHdim96, BwdTraits, FwdHdim128,
+    FwdHdim192, FwdHdim256, FwdHdim32, FwdHdim64, FwdHdim96, FwdTraits, ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +75,18 @@ const fn rows(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
 }
 
 pub const KERNELS: &[KernelInfo] = &[
+    fwd::<FwdHdim96>("flash_fwd_bf16_hdim96", Dtype::Bf16),
+    bwd::<BwdHdim96>("flash_bwd_bf16_hdim96", Dtype::Bf16),
+    fwd::<FwdHdim96>("flash_fwd_f16_hdim96", Dtype::F16),
+    bwd::<BwdHdim96>("flash_bwd_f16_hdim96", Dtype::F16),
+    fwd::<FwdHdim192>("flash_fwd_bf16_hdim192", Dtype::Bf16),
+    bwd::<BwdHdim192>("flash_bwd_bf16_hdim192", Dtype::Bf16),
+    fwd::<FwdHdim192>("flash_fwd_f16_hdim192", Dtype::F16),
+    bwd::<BwdHdim192>("flash_bwd_f16_hdim192", Dtype::F16),
+    fwd::<FwdHdim256>("flash_fwd_bf16_hdim256", Dtype::Bf16),
+    bwd::<BwdHdim256>("flash_bwd_bf16_hdim256", Dtype::Bf16),
+    fwd::<FwdHdim256>("flash_fwd_f16_hdim256", Dtype::F16),
+    bwd::<BwdHdim256>("flash_bwd_f16_hdim256", Dtype::F16),
     fwd::<FwdHdim32>("flash_fwd_bf16_hdim32", Dtype::Bf16),
     fwd::<FwdHdim32>("flash_fwd_f16_hdim32", Dtype::F16),
     bwd::<BwdHdim32>("flash_bwd_bf16_hdim32", Dtype::Bf16),

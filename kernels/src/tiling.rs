@@ -125,11 +125,13 @@ impl Mask {
 /// the 8 rows one `ldmatrix` phase reads fall in 8 different 16-byte bank groups.
 #[inline(always)]
 pub const fn swizzle_chunk(row: u32, chunk: u32, chunks_per_row: u32) -> u32 {
-    if chunks_per_row >= 8 {
-        // Rows of ≥ 128 bytes all start in bank group 0: permute the low three chunk bits.
+    if chunks_per_row % 8 == 0 {
+        // Rows of a multiple of 128 bytes all start in bank group 0: permute the low three
+        // chunk bits.
         chunk ^ (row & 7)
-    } else if chunks_per_row == 4 {
-        // 64-byte rows: two rows share a 128-byte line; odd rows already sit in the other half.
+    } else if chunks_per_row % 4 == 0 {
+        // Rows of 64 bytes plus a multiple of 128 (head_dim 32, 96): odd rows start half a
+        // line over, so permuting the low two chunk bits by the row pair covers all 8 groups.
         chunk ^ ((row >> 1) & 3)
     } else {
         chunk
@@ -237,7 +239,7 @@ mod tests {
 
     #[test]
     fn swizzle_is_a_permutation_of_each_row() {
-        for cpr in [4u32, 8, 16, 32] {
+        for cpr in [4u32, 8, 12, 16, 24, 32] {
             for row in 0..64 {
                 let mut seen: Vec<u32> = (0..cpr).map(|c| swizzle_chunk(row, c, cpr)).collect();
                 seen.sort();
@@ -249,7 +251,7 @@ mod tests {
     #[test]
     fn ldmatrix_phases_are_free_of_bank_conflicts() {
         // One ldmatrix phase reads one 16-byte chunk from each of 8 consecutive rows.
-        for cpr in [4u32, 8, 16, 32] {
+        for cpr in [4u32, 8, 12, 16, 24, 32] {
             for first in (0..64).step_by(8) {
                 for chunk in 0..cpr {
                     let mut groups: Vec<u32> =

@@ -45,9 +45,13 @@ pub trait BwdTraits {
     const WARPS: u32;
     /// Columns of dQ one warp accumulates per step (bounds the live registers).
     const DQ_COLS: u32;
+    /// Warps that share the same 16 keys, each accumulating its own slice of dK and dV's
+    /// columns (head_dim / D_SPLIT). Large head dims need it: 16 keys × 256 columns of dK and dV
+    /// are 256 registers a thread. The warps of a group recompute the same Sᵀ and dPᵀ.
+    const D_SPLIT: u32 = 1;
 
-    /// Key rows per thread block: each warp owns 16 keys and their dK, dV rows.
-    const BLOCK_N: u32 = Self::WARPS * WARP_ROWS;
+    /// Key rows per thread block: each group of D_SPLIT warps owns 16 keys.
+    const BLOCK_N: u32 = Self::WARPS / Self::D_SPLIT * WARP_ROWS;
     const THREADS: u32 = Self::WARPS * 32;
     const CHUNKS_PER_ROW: u32 = Self::HEAD_DIM / 8;
     const KV_TILE_BYTES: u32 = Self::BLOCK_N * Self::HEAD_DIM * 2;
@@ -78,6 +82,33 @@ impl FwdTraits for FwdHdim32 {
     const M_TILES: u32 = 2;
 }
 
+pub struct FwdHdim96;
+impl FwdTraits for FwdHdim96 {
+    const HEAD_DIM: u32 = 96;
+    const BLOCK_N: u32 = 64;
+    const WARPS: u32 = 4;
+    const Q_IN_REGISTERS: bool = false;
+    const M_TILES: u32 = 2;
+}
+
+pub struct FwdHdim192;
+impl FwdTraits for FwdHdim192 {
+    const HEAD_DIM: u32 = 192;
+    const BLOCK_N: u32 = 64;
+    const WARPS: u32 = 8;
+    const Q_IN_REGISTERS: bool = false;
+    const M_TILES: u32 = 1;
+}
+
+pub struct FwdHdim256;
+impl FwdTraits for FwdHdim256 {
+    const HEAD_DIM: u32 = 256;
+    const BLOCK_N: u32 = 32;
+    const WARPS: u32 = 8;
+    const Q_IN_REGISTERS: bool = false;
+    const M_TILES: u32 = 1;
+}
+
 pub struct FwdHdim64;
 impl FwdTraits for FwdHdim64 {
     const HEAD_DIM: u32 = 64;
@@ -104,6 +135,32 @@ impl BwdTraits for BwdHdim32 {
     const DQ_COLS: u32 = 32;
 }
 
+pub struct BwdHdim96;
+impl BwdTraits for BwdHdim96 {
+    const HEAD_DIM: u32 = 96;
+    const BLOCK_M: u32 = 64;
+    const WARPS: u32 = 8;
+    const DQ_COLS: u32 = 32;
+}
+
+pub struct BwdHdim192;
+impl BwdTraits for BwdHdim192 {
+    const HEAD_DIM: u32 = 192;
+    const BLOCK_M: u32 = 32;
+    const WARPS: u32 = 8;
+    const DQ_COLS: u32 = 64;
+    const D_SPLIT: u32 = 2;
+}
+
+pub struct BwdHdim256;
+impl BwdTraits for BwdHdim256 {
+    const HEAD_DIM: u32 = 256;
+    const BLOCK_M: u32 = 32;
+    const WARPS: u32 = 8;
+    const DQ_COLS: u32 = 32;
+    const D_SPLIT: u32 = 2;
+}
+
 pub struct BwdHdim64;
 impl BwdTraits for BwdHdim64 {
     const HEAD_DIM: u32 = 64;
@@ -125,7 +182,7 @@ pub const ROW_KERNEL_WARPS: u32 = 4;
 pub const ROW_KERNEL_THREADS: u32 = ROW_KERNEL_WARPS * 32;
 
 /// Head dims with a shipped configuration.
-pub const SUPPORTED_HEAD_DIMS: [u32; 3] = [32, 64, 128];
+pub const SUPPORTED_HEAD_DIMS: [u32; 6] = [32, 64, 96, 128, 192, 256];
 
 #[cfg(test)]
 mod tests {
@@ -143,6 +200,8 @@ mod tests {
 
     fn check_bwd<T: BwdTraits>() {
         assert_eq!(T::HEAD_DIM % T::DQ_COLS, 0);
+        assert_eq!(T::WARPS % T::D_SPLIT, 0);
+        assert_eq!((T::HEAD_DIM / T::D_SPLIT) % 16, 0, "each warp's dK, dV slice is whole 16-column tiles");
         assert_eq!(T::DQ_COLS % 16, 0);
         assert_eq!(T::BLOCK_M % 16, 0);
         assert_eq!((T::BLOCK_M * T::CHUNKS_PER_ROW) % T::THREADS, 0);
@@ -156,9 +215,15 @@ mod tests {
     fn shipped_configurations_are_consistent() {
         check_fwd::<FwdHdim32>();
         check_fwd::<FwdHdim64>();
+        check_fwd::<FwdHdim96>();
         check_fwd::<FwdHdim128>();
+        check_fwd::<FwdHdim192>();
+        check_fwd::<FwdHdim256>();
         check_bwd::<BwdHdim32>();
         check_bwd::<BwdHdim64>();
+        check_bwd::<BwdHdim96>();
         check_bwd::<BwdHdim128>();
+        check_bwd::<BwdHdim192>();
+        check_bwd::<BwdHdim256>();
     }
 }
