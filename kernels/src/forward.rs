@@ -95,6 +95,16 @@ fn online_softmax(
     }
 }
 
+/// Wait for every K/V group but the newest (with 3 stages) or for all of them (with 2).
+#[inline(always)]
+fn wait_for_older_tiles<T: FwdTraits>() {
+    if T::STAGES == 3 {
+        ptx::cp_async_wait_all_but_one();
+    } else {
+        cp_async_wait_all();
+    }
+}
+
 /// # Safety
 /// Launched with `T::THREADS` threads, grid `(ceil(seqlen_q / BLOCK_M), heads, batch)` and
 /// `T::SMEM_BYTES` of dynamic shared memory, on a parameter block the host validated.
@@ -142,7 +152,13 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
         load_kv(first_tile, 0);
     }
     cp_async_commit();
-    cp_async_wait_all();
+    if T::STAGES == 3 {
+        if first_tile + 1 < end_tile {
+            load_kv(first_tile + 1, 1);
+        }
+        cp_async_commit();
+    }
+    wait_for_older_tiles::<T>();
     sync_threads();
 
     let mut q_frag = [[[0u32; 4]; MAX_HEAD_DIM_TILES16]; MAX_WARP_M_TILES];
@@ -157,11 +173,15 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
     let mut softmax = [OnlineSoftmax { max: [f32::NEG_INFINITY; 2], sum: [0.0; 2] }; MAX_WARP_M_TILES];
 
     for tile in first_tile..end_tile {
-        let stage = (tile - first_tile) % 2;
-        if tile + 1 < end_tile {
-            load_kv(tile + 1, 1 - stage);
-            cp_async_commit();
+        let step = tile - first_tile;
+        let stage = step % T::STAGES;
+        // Refill the stage the previous iteration used (behind its closing barrier) with the
+        // tile STAGES - 1 ahead. Every iteration commits one group, empty or not, so that
+        // "all but the newest group" always means "up to the next tile".
+        if tile + T::STAGES - 1 < end_tile {
+            load_kv(tile + T::STAGES - 1, (step + T::STAGES - 1) % T::STAGES);
         }
+        cp_async_commit();
         let (keys, values) = (k_tile(stage), v_tile(stage));
         let lane = ptx::opaque(lane);
 
@@ -219,10 +239,8 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
             }
         }
 
-        if tile + 1 < end_tile {
-            cp_async_wait_all();
-        }
-        // Everyone is done with this stage before the next iteration refills it.
+        // The next tile has landed, and everyone is done with this stage.
+        wait_for_older_tiles::<T>();
         sync_threads();
     }
 

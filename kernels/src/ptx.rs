@@ -186,6 +186,13 @@ pub fn opaque(x: u32) -> u32 {
     y
 }
 
+/// Wait until at most one `cp.async` group of this thread is still in flight (the newest).
+#[inline(always)]
+pub fn cp_async_wait_all_but_one() {
+    // SAFETY: no operands.
+    unsafe { asm!("cp.async.wait_group 1;", options(nostack)) }
+}
+
 /// 2^x, the hardware approximation (relative error about 2^-22), flushing denormals.
 #[inline(always)]
 pub fn exp2(x: f32) -> f32 {
