@@ -10,8 +10,8 @@ use cust::stream::{Stream, StreamFlags};
 use flash_attn::{AttentionParams, Element, FlashAttention, Layout, TensorRef};
 use flash_attn_tests::{gpu_context, random_inputs};
 use half::{bf16, f16};
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use std::io::Write;
 
 const TOKENS: usize = 16 * 1024;
@@ -73,7 +73,10 @@ fn main() {
     let device = cust::device::Device::get_device(0).unwrap();
     let card = device.name().unwrap_or_default();
     let mut out = o.out.as_ref().map(|p| std::fs::File::create(p).expect("cannot create --out file"));
-    println!("{:<5} {:>4} {:>6} {:>6} {:>4} | {:>9} {:>8} | {:>9} {:>8}", "dtype", "d", "causal", "seqlen", "b", "fwd ms", "TFLOP/s", "bwd ms", "TFLOP/s");
+    println!(
+        "{:<5} {:>4} {:>6} {:>6} {:>4} | {:>9} {:>8} | {:>9} {:>8}",
+        "dtype", "d", "causal", "seqlen", "b", "fwd ms", "TFLOP/s", "bwd ms", "TFLOP/s"
+    );
     for dtype in &o.dtypes {
         match dtype.as_str() {
             "bf16" => grid::<bf16>(&o, &card, &mut out),
@@ -118,9 +121,7 @@ fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
                     end.synchronize().unwrap();
                     let fms = end.elapsed_time_f32(&start).unwrap();
                     start.record(&stream).unwrap();
-                    let grads = attention
-                        .backward(&stream, dov, qv, kv, vv, fwd.o.view(), &fwd.lse, &params)
-                        .unwrap();
+                    let grads = attention.backward(&stream, dov, qv, kv, vv, fwd.o.view(), &fwd.lse, &params).unwrap();
                     end.record(&stream).unwrap();
                     end.synchronize().unwrap();
                     let bms = end.elapsed_time_f32(&start).unwrap();

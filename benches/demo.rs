@@ -8,10 +8,10 @@ use cust::memory::CopyDestination;
 use cust::stream::{Stream, StreamFlags};
 use flash_attn::reference::{self, Problem};
 use flash_attn::{AttentionParams, DeviceTensor, Element, FlashAttention};
-use flash_attn_tests::{compare, gpu_context, random_inputs, Comparison};
+use flash_attn_tests::{Comparison, compare, gpu_context, random_inputs};
 use half::{bf16, f16};
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use std::time::Instant;
 
 struct Options {
@@ -74,7 +74,15 @@ fn cpu_only(why: &str) {
     println!("No GPU here ({why}).");
     println!("The kernels were compiled to PTX and checked by ptxas (`cargo xtask build-ptx` above);");
     println!("running the f64 CPU reference on a small problem instead.");
-    let p = Problem { batch: 1, heads: 2, seqlen_q: 256, seqlen_k: 256, head_dim: 128, scale: 1.0 / 128f64.sqrt(), causal: true };
+    let p = Problem {
+        batch: 1,
+        heads: 2,
+        seqlen_q: 256,
+        seqlen_k: 256,
+        head_dim: 128,
+        scale: 1.0 / 128f64.sqrt(),
+        causal: true,
+    };
     let mut rng = StdRng::seed_from_u64(1);
     let (q, _) = random_inputs::<bf16>(&mut rng, p.q_len());
     let (k, _) = random_inputs::<bf16>(&mut rng, p.kv_len());
@@ -125,7 +133,11 @@ fn run<T: Element>(o: &Options) -> Result<(), String> {
     let dtype = if o.f16 { "f16" } else { "bf16" };
     println!(
         "flash-attn demo: batch {}, heads {}, seqlen {}, head_dim {}, {}, {dtype}",
-        o.batch, o.heads, o.seqlen, o.head_dim, if o.causal { "causal" } else { "not causal" }
+        o.batch,
+        o.heads,
+        o.seqlen,
+        o.head_dim,
+        if o.causal { "causal" } else { "not causal" }
     );
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let (q64, q) = random_inputs::<T>(&mut rng, n);
@@ -163,7 +175,11 @@ fn run<T: Element>(o: &Options) -> Result<(), String> {
     let (fwd, bwd) = (median(fwd_ms[2..].to_vec()), median(bwd_ms[2..].to_vec()));
     let flops = 4.0 * (o.batch * o.heads * o.seqlen * o.seqlen * o.head_dim) as f64 / if o.causal { 2.0 } else { 1.0 };
     println!("forward : {fwd:8.3} ms  {:6.1} TFLOP/s  (median of {})", flops / fwd as f64 / 1e9, o.iters);
-    println!("backward: {bwd:8.3} ms  {:6.1} TFLOP/s  (median of {}; FLOPs = 2.5 x forward)", 2.5 * flops / bwd as f64 / 1e9, o.iters);
+    println!(
+        "backward: {bwd:8.3} ms  {:6.1} TFLOP/s  (median of {}; FLOPs = 2.5 x forward)",
+        2.5 * flops / bwd as f64 / 1e9,
+        o.iters
+    );
 
     // Check a slice against the f64 reference: the last 64 queries of the first and last
     // (batch, head). For those rows O, LSE and dQ depend only on the rows themselves and all of

@@ -10,9 +10,7 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap();
     let kernels = root.join("kernels");
-    let ptx_dir = std::env::var_os("FLASH_ATTN_PTX_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/ptx"));
+    let ptx_dir = std::env::var_os("FLASH_ATTN_PTX_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target/ptx"));
     println!("cargo:rerun-if-env-changed=FLASH_ATTN_PTX_DIR");
     println!("cargo:rerun-if-changed={}", kernels.join("src").display());
     println!("cargo:rerun-if-changed={}", kernels.join("Cargo.toml").display());

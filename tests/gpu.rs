@@ -6,7 +6,7 @@
 
 use cust::stream::{Stream, StreamFlags};
 use flash_attn::{AttentionParams, DeviceTensor, Error, FlashAttention, TensorRef};
-use flash_attn_tests::{case_strategy, gpu_context, run_case, Case, Comparison};
+use flash_attn_tests::{Case, Comparison, case_strategy, gpu_context, run_case};
 use half::{bf16, f16};
 use libtest_mimic::{Arguments, Failed, Trial};
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -58,7 +58,11 @@ fn property(name: &'static str, count: u32, backward: bool) -> Result<(), Failed
         .map_err(TestCaseError::fail)?;
         outcome.check().map_err(TestCaseError::fail)?;
         let mut t = tally.borrow_mut();
-        if case.bf16 { t.0 += 1 } else { t.1 += 1 }
+        if case.bf16 {
+            t.0 += 1
+        } else {
+            t.1 += 1
+        }
         for c in outcome.comparisons {
             worst.borrow_mut().add(c, case);
         }
@@ -74,7 +78,12 @@ fn property(name: &'static str, count: u32, backward: bool) -> Result<(), Failed
     for (i, (c, case)) in worst.borrow().0.iter().enumerate() {
         lines.push(format!(
             "  {:>3}: max error {:.3e}, tolerance {:.3e} (naive {:.3e}), ratio {:.2} at {:?}",
-            c.name, c.error, c.tolerance, c.naive_error, c.error / c.tolerance, case
+            c.name,
+            c.error,
+            c.tolerance,
+            c.naive_error,
+            c.error / c.tolerance,
+            case
         ));
         json += &format!(
             "{}{{\"tensor\":\"{}\",\"error\":{:e},\"tolerance\":{:e},\"naive_error\":{:e},\"case\":\"{:?}\"}}",
@@ -134,7 +143,8 @@ fn bad_input() -> Result<(), Failed> {
     expect(a.forward_into(s, empty.view(), k.view(), k.view(), o.view_mut(), &mut lse, &params), "q")?;
     // Misaligned pointer: a view one element into the buffer.
     let raw = cust::memory::DeviceBuffer::from_slice(&vec![0u16; 16 * 2 * 64 + 8]).map_err(|e| format!("{e:?}"))?;
-    let shifted = TensorRef::<bf16>::from_slice(&raw, 1, flash_attn::Layout::contiguous(shape)).map_err(|e| e.to_string())?;
+    let shifted =
+        TensorRef::<bf16>::from_slice(&raw, 1, flash_attn::Layout::contiguous(shape)).map_err(|e| e.to_string())?;
     expect(a.forward_into(s, shifted, k.view(), k.view(), o.view_mut(), &mut lse, &params), "q")?;
     // A row stride that is not a multiple of 8 elements.
     let odd = flash_attn::Layout { shape: [1, 4, 1, 64], strides: [4 * 68, 68, 64] };
@@ -148,7 +158,10 @@ fn bad_input() -> Result<(), Failed> {
     let mut short_lse = cust::memory::DeviceBuffer::from_slice(&[f32::NAN; 31]).map_err(|e| format!("{e:?}"))?;
     expect(a.forward_into(s, q.view(), k.view(), k.view(), o.view_mut(), &mut short_lse, &params), "lse")?;
     let bad_scale = AttentionParams { softmax_scale: Some(f32::NAN), causal: false };
-    expect(a.forward_into(s, q.view(), k.view(), k.view(), o.view_mut(), &mut lse, &bad_scale), "params.softmax_scale")?;
+    expect(
+        a.forward_into(s, q.view(), k.view(), k.view(), o.view_mut(), &mut lse, &bad_scale),
+        "params.softmax_scale",
+    )?;
     // Backward: dO of the wrong shape.
     let d_o = DeviceTensor::filled([1, 15, 2, 64], bf16::ONE).map_err(|e| e.to_string())?;
     match a.backward(s, d_o.view(), q.view(), k.view(), k.view(), o.view(), &lse, &params) {

@@ -38,7 +38,10 @@ impl fmt::Display for Error {
         match self {
             Error::InvalidArgument { argument, problem } => write!(f, "invalid argument `{argument}`: {problem}"),
             Error::UnsupportedHeadDim { argument, head_dim, supported } => {
-                write!(f, "invalid argument `{argument}`: head_dim {head_dim} is not supported (supported: {supported:?})")
+                write!(
+                    f,
+                    "invalid argument `{argument}`: head_dim {head_dim} is not supported (supported: {supported:?})"
+                )
             }
             Error::UnsupportedDevice { name, compute_capability: (major, minor) } => {
                 write!(f, "{name} (compute capability {major}.{minor}) is not supported: the kernels need 8.0 or newer")

@@ -1,6 +1,6 @@
 //! Loading the PTX and launching the kernels.
 
-use crate::error::{check_raw, CudaContext, Error, Result};
+use crate::error::{CudaContext, Error, Result, check_raw};
 use crate::tensor::{DeviceTensor, Element, TensorMut, TensorRef};
 use crate::validate::{self, Arg};
 use crate::{AttentionParams, PTX_PROBLEM, PTX_SM80, PTX_SM90};
@@ -10,7 +10,7 @@ use cust::memory::{DeviceBuffer, DeviceSlice};
 use cust::module::Module;
 use cust::stream::Stream;
 use flash_attn_kernels::params::{AttnShape, BwdParams, FwdParams};
-use flash_attn_kernels::registry::{self, KernelInfo, Role, KERNELS};
+use flash_attn_kernels::registry::{self, KERNELS, KernelInfo, Role};
 use std::ffi::c_void;
 
 /// The loaded kernels, for the context that was current when [`FlashAttention::new`] ran.
@@ -213,7 +213,14 @@ impl FlashAttention {
     }
 
     /// Launch one kernel over `(ceil(rows / block_rows), heads, batch)` blocks.
-    fn launch<P: Copy>(&self, stream: &Stream, info: &KernelInfo, rows: u32, shape: &AttnShape, params: &P) -> Result<()> {
+    fn launch<P: Copy>(
+        &self,
+        stream: &Stream,
+        info: &KernelInfo,
+        rows: u32,
+        shape: &AttnShape,
+        params: &P,
+    ) -> Result<()> {
         assert_eq!(std::mem::size_of::<P>(), info.param_bytes as usize, "{}: wrong parameter block", info.name);
         let function = self.module.get_function(info.name).during("cuModuleGetFunction")?;
         let grid = (rows.div_ceil(info.block_rows), shape.heads, shape.batch);
@@ -223,8 +230,7 @@ impl FlashAttention {
         // memory of the validated shape and strides; block size and dynamic shared memory come
         // from the kernel's registry entry. The borrowed buffers outlive the call, and freeing
         // device memory (cuMemFree) waits for queued kernels.
-        unsafe { stream.launch(&function, grid, info.threads, info.dynamic_smem_bytes, &args) }
-            .during("cuLaunchKernel")
+        unsafe { stream.launch(&function, grid, info.threads, info.dynamic_smem_bytes, &args) }.during("cuLaunchKernel")
     }
 }
 

@@ -60,9 +60,7 @@ impl Problem {
     /// `0..visible_keys(i)`, which the reference exploits to skip masked entries entirely.
     pub fn visible_keys(&self, i: usize) -> usize {
         if self.causal {
-            (i + self.seqlen_k + 1)
-                .saturating_sub(self.seqlen_q)
-                .min(self.seqlen_k)
+            (i + self.seqlen_k + 1).saturating_sub(self.seqlen_q).min(self.seqlen_k)
         } else {
             self.seqlen_k
         }
@@ -114,13 +112,7 @@ pub fn backward(p: &Problem, q: &[f64], k: &[f64], v: &[f64], d_o: &[f64]) -> Gr
 /// rounded because FlashAttention keeps it in f32.
 ///
 /// With `round` the identity this is bit-identical to [`forward`].
-pub fn forward_rounded(
-    p: &Problem,
-    q: &[f64],
-    k: &[f64],
-    v: &[f64],
-    round: &dyn Fn(f64) -> f64,
-) -> Forward {
+pub fn forward_rounded(p: &Problem, q: &[f64], k: &[f64], v: &[f64], round: &dyn Fn(f64) -> f64) -> Forward {
     forward_impl(p, q, k, v, &|x| round(x))
 }
 
@@ -142,10 +134,7 @@ pub fn backward_rounded(
 }
 
 fn check_len(name: &str, got: usize, want: usize, p: &Problem) {
-    assert!(
-        got == want,
-        "reference attention: {name} has {got} elements, expected {want} for {p:?}"
-    );
+    assert!(got == want, "reference attention: {name} has {got} elements, expected {want} for {p:?}");
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -196,12 +185,7 @@ impl Head<'_> {
 
     /// Writes the softmax probabilities of query `i` into `probs[..n]` and returns `(n, lse)`,
     /// where `n` is the number of visible keys. Uses the stable form `exp(s - max)`.
-    fn softmax_row<R: Fn(f64) -> f64>(
-        &self,
-        i: usize,
-        probs: &mut [f64],
-        round: &R,
-    ) -> (usize, f64) {
+    fn softmax_row<R: Fn(f64) -> f64>(&self, i: usize, probs: &mut [f64], round: &R) -> (usize, f64) {
         let n = self.p.visible_keys(i);
         if n == 0 {
             return (0, f64::INFINITY);
@@ -240,21 +224,11 @@ fn round_all<R: Fn(f64) -> f64>(x: &[f64], round: &R) -> Vec<f64> {
     x.iter().map(|&v| round(v)).collect()
 }
 
-fn forward_impl<R: Fn(f64) -> f64>(
-    p: &Problem,
-    q: &[f64],
-    k: &[f64],
-    v: &[f64],
-    round: &R,
-) -> Forward {
+fn forward_impl<R: Fn(f64) -> f64>(p: &Problem, q: &[f64], k: &[f64], v: &[f64], round: &R) -> Forward {
     check_len("q", q.len(), p.q_len(), p);
     check_len("k", k.len(), p.kv_len(), p);
     check_len("v", v.len(), p.kv_len(), p);
-    let (q, k, v) = (
-        round_all(q, round),
-        round_all(k, round),
-        round_all(v, round),
-    );
+    let (q, k, v) = (round_all(q, round), round_all(k, round), round_all(v, round));
     let d = p.head_dim;
     let mut o = vec![0.0; p.q_len()];
     let mut lse = vec![0.0; p.lse_len()];
@@ -262,14 +236,7 @@ fn forward_impl<R: Fn(f64) -> f64>(
     let mut acc = vec![0.0; d];
     for b in 0..p.batch {
         for h in 0..p.heads {
-            let head = Head {
-                p,
-                q: &q,
-                k: &k,
-                v: &v,
-                b,
-                h,
-            };
+            let head = Head { p, q: &q, k: &k, v: &v, b, h };
             for i in 0..p.seqlen_q {
                 let (n, l) = head.softmax_row(i, &mut probs, round);
                 lse[head.lse_off(i)] = l;
@@ -282,23 +249,12 @@ fn forward_impl<R: Fn(f64) -> f64>(
     Forward { o, lse }
 }
 
-fn backward_impl<R: Fn(f64) -> f64>(
-    p: &Problem,
-    q: &[f64],
-    k: &[f64],
-    v: &[f64],
-    d_o: &[f64],
-    round: &R,
-) -> Gradients {
+fn backward_impl<R: Fn(f64) -> f64>(p: &Problem, q: &[f64], k: &[f64], v: &[f64], d_o: &[f64], round: &R) -> Gradients {
     check_len("q", q.len(), p.q_len(), p);
     check_len("k", k.len(), p.kv_len(), p);
     check_len("v", v.len(), p.kv_len(), p);
     check_len("d_o", d_o.len(), p.q_len(), p);
-    let (q, k, v) = (
-        round_all(q, round),
-        round_all(k, round),
-        round_all(v, round),
-    );
+    let (q, k, v) = (round_all(q, round), round_all(k, round), round_all(v, round));
     let d_o = round_all(d_o, round);
     let (d, sk) = (p.head_dim, p.seqlen_k);
     let mut dq = vec![0.0; p.q_len()];
@@ -313,14 +269,7 @@ fn backward_impl<R: Fn(f64) -> f64>(
     let mut dv_acc = vec![0.0; sk * d];
     for b in 0..p.batch {
         for h in 0..p.heads {
-            let head = Head {
-                p,
-                q: &q,
-                k: &k,
-                v: &v,
-                b,
-                h,
-            };
+            let head = Head { p, q: &q, k: &k, v: &v, b, h };
             dk_acc.fill(0.0);
             dv_acc.fill(0.0);
             for i in 0..p.seqlen_q {
@@ -390,23 +339,8 @@ mod tests {
         }
     }
 
-    fn problem(
-        batch: usize,
-        heads: usize,
-        sq: usize,
-        sk: usize,
-        d: usize,
-        causal: bool,
-    ) -> Problem {
-        Problem {
-            batch,
-            heads,
-            seqlen_q: sq,
-            seqlen_k: sk,
-            head_dim: d,
-            scale: 1.0 / (d as f64).sqrt(),
-            causal,
-        }
+    fn problem(batch: usize, heads: usize, sq: usize, sk: usize, d: usize, causal: bool) -> Problem {
+        Problem { batch, heads, seqlen_q: sq, seqlen_k: sk, head_dim: d, scale: 1.0 / (d as f64).sqrt(), causal }
     }
 
     struct Inputs {
@@ -418,20 +352,12 @@ mod tests {
 
     fn inputs(p: &Problem, seed: u64) -> Inputs {
         let mut rng = Rng::new(seed);
-        Inputs {
-            q: rng.vec(p.q_len()),
-            k: rng.vec(p.kv_len()),
-            v: rng.vec(p.kv_len()),
-            d_o: rng.vec(p.q_len()),
-        }
+        Inputs { q: rng.vec(p.q_len()), k: rng.vec(p.kv_len()), v: rng.vec(p.kv_len()), d_o: rng.vec(p.q_len()) }
     }
 
     fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
         assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max)
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
     }
 
     /// O row offset in Q layout.
@@ -489,12 +415,7 @@ mod tests {
     }
 
     fn loss(p: &Problem, q: &[f64], k: &[f64], v: &[f64], d_o: &[f64]) -> f64 {
-        forward(p, q, k, v)
-            .o
-            .iter()
-            .zip(d_o)
-            .map(|(o, g)| o * g)
-            .sum()
+        forward(p, q, k, v).o.iter().zip(d_o).map(|(o, g)| o * g).sum()
     }
 
     /// Checks every entry of `grad` against a central finite difference of `L = sum(O ∘ dO)`
@@ -547,11 +468,7 @@ mod tests {
         let x = inputs(&p, 4);
         let f = forward(&p, &x.q, &x.k, &x.v);
         let full = forward(&Problem { causal: false, ..p }, &x.q, &x.k, &x.v);
-        let trunc_p = Problem {
-            seqlen_k: 4,
-            causal: false,
-            ..p
-        };
+        let trunc_p = Problem { seqlen_k: 4, causal: false, ..p };
         let kv4 = 4 * p.heads * p.head_dim;
         let trunc = forward(&trunc_p, &x.q, &x.k[..kv4], &x.v[..kv4]);
         let d = p.head_dim;
@@ -567,10 +484,7 @@ mod tests {
     #[test]
     fn causal_queries_beyond_keys_see_nothing() {
         let p = problem(2, 2, 5, 2, 4, true);
-        assert_eq!(
-            (0..5).map(|i| p.visible_keys(i)).collect::<Vec<_>>(),
-            [0, 0, 0, 1, 2]
-        );
+        assert_eq!((0..5).map(|i| p.visible_keys(i)).collect::<Vec<_>>(), [0, 0, 0, 1, 2]);
         let x = inputs(&p, 5);
         let f = forward(&p, &x.q, &x.k, &x.v);
         let g = backward(&p, &x.q, &x.k, &x.v, &x.d_o);
@@ -585,9 +499,7 @@ mod tests {
                     assert!(f.o[off..off + d].iter().all(|&o| o == 0.0));
                     assert_eq!(f.lse[lse_off(&p, b, h, i)], f64::INFINITY);
                     assert!(g.dq[off..off + d].iter().all(|&v| v == 0.0));
-                    d_o2[off..off + d]
-                        .iter_mut()
-                        .for_each(|v| *v = rng.next() * 10.0);
+                    d_o2[off..off + d].iter_mut().for_each(|v| *v = rng.next() * 10.0);
                 }
                 for i in 3..5 {
                     assert!(f.lse[lse_off(&p, b, h, i)].is_finite());
@@ -638,10 +550,7 @@ mod tests {
             max_abs_diff(&rg.dv, &exact_g.dv),
         ];
         for e in errs {
-            assert!(
-                e > 0.0 && e < 3e-2,
-                "bf16 error {e} out of range ({errs:?})"
-            );
+            assert!(e > 0.0 && e < 3e-2, "bf16 error {e} out of range ({errs:?})");
         }
         // Rounded outputs are representable in the rounded type.
         assert!(rf.o.iter().chain(&rg.dq).all(|&v| bf16(v) == v));

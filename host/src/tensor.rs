@@ -190,9 +190,7 @@ fn check_extent(argument: &'static str, slice_len: usize, offset: usize, layout:
     let span = layout
         .span()
         .ok_or_else(|| Error::invalid(argument, format!("layout {layout:?} overflows the address space")))?;
-    let end = offset
-        .checked_add(span)
-        .ok_or_else(|| Error::invalid(argument, "offset plus extent overflows"))?;
+    let end = offset.checked_add(span).ok_or_else(|| Error::invalid(argument, "offset plus extent overflows"))?;
     if end > slice_len {
         return Err(Error::invalid(
             argument,
@@ -206,11 +204,7 @@ impl<'a, T: Element> TensorRef<'a, T> {
     /// View `layout` inside `buffer` (16-bit elements), starting `offset` elements in.
     pub fn from_slice(buffer: &'a DeviceSlice<u16>, offset: usize, layout: Layout) -> Result<Self> {
         check_extent("buffer", buffer.len(), offset, &layout)?;
-        Ok(TensorRef {
-            ptr: buffer.as_device_ptr().wrapping_add(offset),
-            layout,
-            _borrow: PhantomData,
-        })
+        Ok(TensorRef { ptr: buffer.as_device_ptr().wrapping_add(offset), layout, _borrow: PhantomData })
     }
 
     pub fn layout(&self) -> Layout {
@@ -222,11 +216,7 @@ impl<'a, T: Element> TensorMut<'a, T> {
     /// View `layout` inside `buffer` (16-bit elements), starting `offset` elements in.
     pub fn from_slice(buffer: &'a mut DeviceSlice<u16>, offset: usize, layout: Layout) -> Result<Self> {
         check_extent("buffer", buffer.len(), offset, &layout)?;
-        Ok(TensorMut {
-            ptr: buffer.as_device_ptr().wrapping_add(offset),
-            layout,
-            _borrow: PhantomData,
-        })
+        Ok(TensorMut { ptr: buffer.as_device_ptr().wrapping_add(offset), layout, _borrow: PhantomData })
     }
 
     pub fn layout(&self) -> Layout {

@@ -1,9 +1,9 @@
 //! Argument checks. Everything here runs before any allocation or launch; each failure names
 //! the argument and what is wrong with it.
 
+use crate::AttentionParams;
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Layout, TensorRef};
-use crate::AttentionParams;
 use flash_attn_kernels::params::{AttnShape, Strides};
 use flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS;
 
@@ -50,7 +50,10 @@ impl<'a> Arg<'a> {
         }
         let span = self.layout.span().ok_or_else(|| Error::invalid(self.name, "layout overflows the address space"))?;
         if span > i64::MAX as usize / 2 {
-            return Err(Error::invalid(self.name, format!("spans {span} elements, beyond the kernels' 63-bit offsets")));
+            return Err(Error::invalid(
+                self.name,
+                format!("spans {span} elements, beyond the kernels' 63-bit offsets"),
+            ));
         }
         if self.layout.batch() > MAX_GRID_YZ {
             return Err(Error::invalid(self.name, format!("batch {} exceeds {MAX_GRID_YZ}", self.layout.batch())));
@@ -102,7 +105,11 @@ pub fn inputs(q: &Arg, k: &Arg, v: &Arg, params: &AttentionParams) -> Result<Att
     if kl.heads() != ql.heads() {
         return Err(Error::invalid(
             "k",
-            format!("heads {} differs from q's {} (grouped-query attention is not supported yet)", kl.heads(), ql.heads()),
+            format!(
+                "heads {} differs from q's {} (grouped-query attention is not supported yet)",
+                kl.heads(),
+                ql.heads()
+            ),
         ));
     }
     let head_dim = ql.head_dim();
@@ -179,11 +186,7 @@ mod tests {
     const SHAPE: [usize; 4] = [2, 5, 4, 64];
 
     fn arg<'a>(name: &'static str, layout: &'a Layout) -> Arg<'a> {
-        Arg {
-            name,
-            address: ADDR,
-            layout,
-        }
+        Arg { name, address: ADDR, layout }
     }
 
     /// Runs `inputs` on the given layouts for q, k and v.
@@ -245,11 +248,7 @@ mod tests {
         let l = Layout::contiguous(SHAPE);
         for offset in [2, 8, 14] {
             let address = ADDR + offset;
-            let bad = |name| Arg {
-                name,
-                address,
-                layout: &l,
-            };
+            let bad = |name| Arg { name, address, layout: &l };
             let p = AttentionParams::default();
             assert_invalid(inputs(&bad("q"), &arg("k", &l), &arg("v", &l), &p), "q");
             assert_invalid(inputs(&arg("q", &l), &bad("k"), &arg("v", &l), &p), "k");
@@ -257,11 +256,7 @@ mod tests {
             assert_invalid(output(&bad("o"), SHAPE), "o");
         }
         let p = AttentionParams::default();
-        let aligned = Arg {
-            name: "q",
-            address: ADDR + 16,
-            layout: &l,
-        };
+        let aligned = Arg { name: "q", address: ADDR + 16, layout: &l };
         assert!(inputs(&aligned, &arg("k", &l), &arg("v", &l), &p).is_ok());
     }
 
@@ -297,12 +292,7 @@ mod tests {
     fn k_must_match_q_in_batch_heads_and_head_dim() {
         let q = Layout::contiguous(SHAPE);
         let [b, s, h, d] = SHAPE;
-        for k_shape in [
-            [b + 1, s, h, d],
-            [b, s, h + 1, d],
-            [b, s, h, 128],
-            [b, s, h / 2, d],
-        ] {
+        for k_shape in [[b + 1, s, h, d], [b, s, h + 1, d], [b, s, h, 128], [b, s, h / 2, d]] {
             let k = Layout::contiguous(k_shape);
             assert_invalid(check(&q, &k, &k, &AttentionParams::default()), "k");
         }
@@ -312,12 +302,7 @@ mod tests {
     fn v_must_have_k_shape() {
         let q = Layout::contiguous(SHAPE);
         let [b, s, h, d] = SHAPE;
-        for v_shape in [
-            [b + 1, s, h, d],
-            [b, s + 1, h, d],
-            [b, s, h + 1, d],
-            [b, s, h, 128],
-        ] {
+        for v_shape in [[b + 1, s, h, d], [b, s + 1, h, d], [b, s, h + 1, d], [b, s, h, 128]] {
             let v = Layout::contiguous(v_shape);
             assert_invalid(check(&q, &q, &v, &AttentionParams::default()), "v");
         }
@@ -325,10 +310,7 @@ mod tests {
         let k = Layout::contiguous([b, s, h, 128]);
         assert_invalid(check(&q, &k, &k, &AttentionParams::default()), "k");
         // Same shape with other (valid) strides is fine.
-        let v = Layout {
-            shape: SHAPE,
-            strides: [s * 3 * h * d, 3 * h * d, d],
-        };
+        let v = Layout { shape: SHAPE, strides: [s * 3 * h * d, 3 * h * d, d] };
         check(&q, &q, &v, &AttentionParams::default()).unwrap();
     }
 
@@ -337,11 +319,7 @@ mod tests {
         for head_dim in [8, 16, 48, 80, 160, 320] {
             let l = Layout::contiguous([2, 5, 4, head_dim]);
             match check_q(&l) {
-                Err(Error::UnsupportedHeadDim {
-                    argument,
-                    head_dim: got,
-                    supported,
-                }) => {
+                Err(Error::UnsupportedHeadDim { argument, head_dim: got, supported }) => {
                     assert_eq!(argument, "q");
                     assert_eq!(got, head_dim);
                     assert_eq!(supported, &SUPPORTED_HEAD_DIMS[..]);
@@ -357,26 +335,13 @@ mod tests {
     #[test]
     fn softmax_scale_must_be_positive_and_finite() {
         let l = Layout::contiguous(SHAPE);
-        for scale in [
-            f32::NAN,
-            0.0,
-            -0.0,
-            -0.125,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-        ] {
+        for scale in [f32::NAN, 0.0, -0.0, -0.125, f32::INFINITY, f32::NEG_INFINITY] {
             for causal in [false, true] {
-                let params = AttentionParams {
-                    softmax_scale: Some(scale),
-                    causal,
-                };
+                let params = AttentionParams { softmax_scale: Some(scale), causal };
                 assert_invalid(check(&l, &l, &l, &params), "params.softmax_scale");
             }
         }
-        let params = AttentionParams {
-            softmax_scale: Some(0.3),
-            causal: false,
-        };
+        let params = AttentionParams { softmax_scale: Some(0.3), causal: false };
         let s = check(&l, &l, &l, &params).unwrap();
         assert_eq!(s.scale, 0.3);
         assert_eq!(s.scale_log2, 0.3 * std::f32::consts::LOG2_E);
@@ -397,27 +362,9 @@ mod tests {
     #[test]
     fn causal_sets_the_window() {
         let l = Layout::contiguous(SHAPE);
-        let causal = check(
-            &l,
-            &l,
-            &l,
-            &AttentionParams {
-                causal: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let causal = check(&l, &l, &l, &AttentionParams { causal: true, ..Default::default() }).unwrap();
         assert_eq!((causal.window_left, causal.window_right), (-1, 0));
-        let full = check(
-            &l,
-            &l,
-            &l,
-            &AttentionParams {
-                causal: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let full = check(&l, &l, &l, &AttentionParams { causal: false, ..Default::default() }).unwrap();
         assert_eq!((full.window_left, full.window_right), (-1, -1));
     }
 
@@ -426,10 +373,7 @@ mod tests {
         let q = Layout::contiguous([2, 7, 4, 64]);
         let kv = Layout::contiguous([2, 300, 4, 64]);
         for causal in [false, true] {
-            let params = AttentionParams {
-                causal,
-                ..Default::default()
-            };
+            let params = AttentionParams { causal, ..Default::default() };
             let s = check(&q, &kv, &kv, &params).unwrap();
             assert_eq!((s.seqlen_q, s.seqlen_k), (7, 300));
             assert_eq!(q_shape(&s), [2, 7, 4, 64]);
@@ -443,34 +387,16 @@ mod tests {
     #[test]
     fn outputs_must_not_overlap() {
         // Broadcast over batch, and heads aliasing rows.
-        let broadcast = Layout {
-            shape: SHAPE,
-            strides: [0, 256, 64],
-        };
-        let tangled = Layout {
-            shape: [1, 5, 4, 64],
-            strides: [0, 64, 64],
-        };
-        let short_head = Layout {
-            shape: SHAPE,
-            strides: [1280, 256, 32],
-        };
+        let broadcast = Layout { shape: SHAPE, strides: [0, 256, 64] };
+        let tangled = Layout { shape: [1, 5, 4, 64], strides: [0, 64, 64] };
+        let short_head = Layout { shape: SHAPE, strides: [1280, 256, 32] };
         for (layout, name) in [(&broadcast, "o"), (&tangled, "dq"), (&short_head, "dv")] {
             assert_invalid(output(&arg(name, layout), layout.shape), name);
         }
         // Inputs may overlap (broadcast K/V over the batch).
-        check(
-            &Layout::contiguous(SHAPE),
-            &broadcast,
-            &broadcast,
-            &AttentionParams::default(),
-        )
-        .unwrap();
+        check(&Layout::contiguous(SHAPE), &broadcast, &broadcast, &AttentionParams::default()).unwrap();
         // Padded, non-contiguous outputs are fine.
-        let padded = Layout {
-            shape: SHAPE,
-            strides: [4096, 512, 128],
-        };
+        let padded = Layout { shape: SHAPE, strides: [4096, 512, 128] };
         output(&arg("o", &padded), SHAPE).unwrap();
     }
 
@@ -480,20 +406,9 @@ mod tests {
         let expected = q_shape(&s);
         output(&arg("o", &Layout::contiguous(expected)), expected).unwrap();
         let [b, sq, h, d] = expected;
-        for wrong in [
-            [b + 1, sq, h, d],
-            [b, sq - 1, h, d],
-            [b, sq, h * 2, d],
-            [b, sq, h, 128],
-        ] {
-            assert_invalid(
-                output(&arg("dk", &Layout::contiguous(wrong)), expected),
-                "dk",
-            );
-            assert_invalid(
-                same_shape(&arg("do", &Layout::contiguous(wrong)), expected),
-                "do",
-            );
+        for wrong in [[b + 1, sq, h, d], [b, sq - 1, h, d], [b, sq, h * 2, d], [b, sq, h, 128]] {
+            assert_invalid(output(&arg("dk", &Layout::contiguous(wrong)), expected), "dk");
+            assert_invalid(same_shape(&arg("do", &Layout::contiguous(wrong)), expected), "do");
         }
         // same_shape (inputs O and dO) still runs the basic checks.
         let mut odd = Layout::contiguous(expected);
@@ -544,30 +459,21 @@ mod tests {
     #[test]
     fn overflowing_spans_are_rejected() {
         // (batch - 1) · stride overflows usize.
-        let overflow = Layout {
-            shape: [5, 1, 1, 64],
-            strides: [1 << 62, 64, 64],
-        };
+        let overflow = Layout { shape: [5, 1, 1, 64], strides: [1 << 62, 64, 64] };
         assert_eq!(overflow.span(), None);
         let (argument, problem) = invalid(check_q(&overflow));
         assert_eq!(argument, "q");
         assert!(problem.contains("address space"), "{problem}");
         assert_invalid(output(&arg("o", &overflow), overflow.shape), "o");
         // Fits usize but not the kernels' 63-bit byte offsets.
-        let huge = Layout {
-            shape: [2, 1, 1, 64],
-            strides: [1 << 62, 64, 64],
-        };
+        let huge = Layout { shape: [2, 1, 1, 64], strides: [1 << 62, 64, 64] };
         assert!(huge.span().is_some());
         let (argument, problem) = invalid(check_q(&huge));
         assert_eq!(argument, "q");
         assert!(problem.contains("63-bit"), "{problem}");
         // Each dimension within its limit, but b · h · s · d overflows the dQ accumulator's
         // offsets (inputs broadcast, so their own spans are small).
-        let wide = Layout {
-            shape: [MAX_GRID_YZ, MAX_SEQLEN, MAX_GRID_YZ, 64],
-            strides: [0, 64, 0],
-        };
+        let wide = Layout { shape: [MAX_GRID_YZ, MAX_SEQLEN, MAX_GRID_YZ, 64], strides: [0, 64, 0] };
         let (argument, problem) = invalid(check_q(&wide));
         assert_eq!(argument, "q");
         assert!(problem.contains("head_dim overflows"), "{problem}");

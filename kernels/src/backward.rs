@@ -9,10 +9,10 @@
 //! (Sᵀ = K·Qᵀ), so that Pᵀ and dSᵀ come out of the accumulators already shaped as the A operand
 //! of dV += Pᵀ·dO and dK += dSᵀ·Q, and a key's statistics never leave its warp.
 
-use crate::params::{row_stat_index, BwdParams};
+use crate::params::{BwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
-use crate::tile::{accumulators_as_a, warp_sum, Element, SmemTile, MAX_HEAD_DIM_TILES8, MAX_SEQ_TILES8};
-use crate::tiling::{ceil_div, kv_head_of, Mask};
+use crate::tile::{Element, MAX_HEAD_DIM_TILES8, MAX_SEQ_TILES8, SmemTile, accumulators_as_a, warp_sum};
+use crate::tiling::{Mask, ceil_div, kv_head_of};
 use crate::traits::{BwdTraits, ROW_KERNEL_WARPS, WARP_ROWS};
 
 const LOG2_E: f32 = core::f32::consts::LOG2_E;
@@ -68,13 +68,28 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
             let q_ptr = (f.q as *const u16).wrapping_offset(f.q_strides.offset(batch, q_begin, head) as isize);
             let do_ptr = (p.d_o as *const u16).wrapping_offset(p.do_strides.offset(batch, q_begin, head) as isize);
             tile(base - smem + T::Q_IN_STAGE).load_async(T::BLOCK_M, q_ptr, f.q_strides.row, q_rows, tid, T::THREADS);
-            tile(base - smem + T::DO_IN_STAGE).load_async(T::BLOCK_M, do_ptr, p.do_strides.row, q_rows, tid, T::THREADS);
+            tile(base - smem + T::DO_IN_STAGE).load_async(
+                T::BLOCK_M,
+                do_ptr,
+                p.do_strides.row,
+                q_rows,
+                tid,
+                T::THREADS,
+            );
             if tid < T::BLOCK_M {
                 let in_range = tid < q_rows;
                 let at = row_stat_index(shape, batch, head, if in_range { q_begin + tid } else { 0 }) as isize;
                 let bytes = if in_range { 4 } else { 0 };
-                ptx::cp_async_4(base + T::LSE_IN_STAGE + 4 * tid, (f.lse as *const f32).wrapping_offset(at) as *const u8, bytes);
-                ptx::cp_async_4(base + T::D_IN_STAGE + 4 * tid, (p.softmax_d as *const f32).wrapping_offset(at) as *const u8, bytes);
+                ptx::cp_async_4(
+                    base + T::LSE_IN_STAGE + 4 * tid,
+                    (f.lse as *const f32).wrapping_offset(at) as *const u8,
+                    bytes,
+                );
+                ptx::cp_async_4(
+                    base + T::D_IN_STAGE + 4 * tid,
+                    (p.softmax_d as *const f32).wrapping_offset(at) as *const u8,
+                    bytes,
+                );
             }
         }
     };
@@ -191,7 +206,9 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
                         let at = (p.dq_accum as *mut f32).wrapping_offset((base + col as i64) as isize);
                         // SAFETY: the accumulator holds batch·heads·seqlen_q·head_dim floats; col is
                         // even and rows start at multiples of head_dim, so the pair is 8-byte aligned.
-                        unsafe { ptx::red_add_f32x2(at, acc[t][2 * half] * shape.scale, acc[t][2 * half + 1] * shape.scale) };
+                        unsafe {
+                            ptx::red_add_f32x2(at, acc[t][2 * half] * shape.scale, acc[t][2 * half + 1] * shape.scale)
+                        };
                     }
                 }
             }

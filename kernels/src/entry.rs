@@ -6,8 +6,8 @@ use crate::forward::flash_fwd;
 use crate::params::{BwdParams, FwdParams};
 use crate::tile::{Bf16, F16};
 use crate::traits::{
-    BwdHdim128, BwdHdim192, BwdHdim256, BwdHdim32, BwdHdim64, BwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256,
-    FwdHdim32, FwdHdim64, FwdHdim96,
+    BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128,
+    FwdHdim192, FwdHdim256,
 };
 
 macro_rules! entry {

@@ -5,13 +5,12 @@
 //! double-buffered shared memory. Scores never leave registers: S = Q·Kᵀ, the online softmax turns
 //! S into P in place, and O += P·V. Only O and the LSE are written.
 
-use crate::params::{row_stat_index, FwdParams};
+use crate::params::{FwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{
-    accumulators_as_a, quad_max, quad_sum, Element, SmemTile, MAX_HEAD_DIM_TILES16,
-    MAX_HEAD_DIM_TILES8, MAX_SEQ_TILES8,
+    Element, MAX_HEAD_DIM_TILES8, MAX_HEAD_DIM_TILES16, MAX_SEQ_TILES8, SmemTile, accumulators_as_a, quad_max, quad_sum,
 };
-use crate::tiling::{ceil_div, kv_head_of, q_tile_of_block, Mask};
+use crate::tiling::{Mask, ceil_div, kv_head_of, q_tile_of_block};
 use crate::traits::{FwdTraits, MAX_WARP_M_TILES};
 
 const LN_2: f32 = core::f32::consts::LN_2;
@@ -126,8 +125,14 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
 
     let smem = ptx::dynamic_smem_base();
     let q_tile = SmemTile { base: smem + T::Q_OFFSET, chunks_per_row: T::CHUNKS_PER_ROW };
-    let k_tile = |stage: u32| SmemTile { base: smem + T::K_OFFSET + stage * T::KV_TILE_BYTES, chunks_per_row: T::CHUNKS_PER_ROW };
-    let v_tile = |stage: u32| SmemTile { base: smem + T::V_OFFSET + stage * T::KV_TILE_BYTES, chunks_per_row: T::CHUNKS_PER_ROW };
+    let k_tile = |stage: u32| SmemTile {
+        base: smem + T::K_OFFSET + stage * T::KV_TILE_BYTES,
+        chunks_per_row: T::CHUNKS_PER_ROW,
+    };
+    let v_tile = |stage: u32| SmemTile {
+        base: smem + T::V_OFFSET + stage * T::KV_TILE_BYTES,
+        chunks_per_row: T::CHUNKS_PER_ROW,
+    };
 
     let q_ptr = (p.q as *const u16).wrapping_offset(p.q_strides.offset(batch, q_begin, head) as isize);
     let k_ptr = (p.k as *const u16).wrapping_offset(p.k_strides.offset(batch, 0, kv_head) as isize);
@@ -138,8 +143,22 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
         // SAFETY: the host validated that K and V hold seqlen_k rows at these strides; rows past
         // the end are zero-filled without being read.
         unsafe {
-            k_tile(stage).load_async(T::BLOCK_N, k_ptr.wrapping_offset(k_begin as isize * p.k_strides.row as isize), p.k_strides.row, rows, tid, T::THREADS);
-            v_tile(stage).load_async(T::BLOCK_N, v_ptr.wrapping_offset(k_begin as isize * p.v_strides.row as isize), p.v_strides.row, rows, tid, T::THREADS);
+            k_tile(stage).load_async(
+                T::BLOCK_N,
+                k_ptr.wrapping_offset(k_begin as isize * p.k_strides.row as isize),
+                p.k_strides.row,
+                rows,
+                tid,
+                T::THREADS,
+            );
+            v_tile(stage).load_async(
+                T::BLOCK_N,
+                v_ptr.wrapping_offset(k_begin as isize * p.v_strides.row as isize),
+                p.v_strides.row,
+                rows,
+                tid,
+                T::THREADS,
+            );
         }
     };
 
@@ -261,11 +280,7 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
                 unsafe { ptx::st_shared_u32(q_tile.element(local_row, 8 * t as u32 + 2 * (lane % 4)), packed) };
             }
             if lane % 4 == 0 && row < shape.seqlen_q {
-                let lse = if empty {
-                    f32::INFINITY
-                } else {
-                    (softmax[m].max[half] + ptx::log2(sum)) * LN_2
-                };
+                let lse = if empty { f32::INFINITY } else { (softmax[m].max[half] + ptx::log2(sum)) * LN_2 };
                 // SAFETY: the LSE buffer holds batch · heads · seqlen_q floats (host-checked).
                 unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index(shape, batch, head, row) as isize) = lse };
             }
@@ -281,7 +296,8 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
             // row `row` of O, whose rows the host checked to be 16-byte aligned.
             unsafe {
                 let v = ptx::ld_shared_v4(q_tile.chunk(warp_row0 + local, chunk));
-                let out = (p.o as *mut u16).wrapping_offset(p.o_strides.offset(batch, row, head) as isize + 8 * chunk as isize);
+                let out = (p.o as *mut u16)
+                    .wrapping_offset(p.o_strides.offset(batch, row, head) as isize + 8 * chunk as isize);
                 ptx::st_global_v4(out as *mut u8, v);
             }
         }

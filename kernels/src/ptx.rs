@@ -227,7 +227,9 @@ pub fn shfl_xor(x: f32, mask: u32) -> f32 {
 pub fn pack_bf16x2(lo: f32, hi: f32) -> u32 {
     let d: u32;
     // SAFETY: register-only conversion.
-    unsafe { asm!("cvt.rn.bf16x2.f32 {0}, {1}, {2};", out(reg32) d, in(reg32) hi, in(reg32) lo, options(pure, nomem, nostack)) };
+    unsafe {
+        asm!("cvt.rn.bf16x2.f32 {0}, {1}, {2};", out(reg32) d, in(reg32) hi, in(reg32) lo, options(pure, nomem, nostack))
+    };
     d
 }
 
@@ -236,7 +238,9 @@ pub fn pack_bf16x2(lo: f32, hi: f32) -> u32 {
 pub fn pack_f16x2(lo: f32, hi: f32) -> u32 {
     let d: u32;
     // SAFETY: register-only conversion.
-    unsafe { asm!("cvt.rn.f16x2.f32 {0}, {1}, {2};", out(reg32) d, in(reg32) hi, in(reg32) lo, options(pure, nomem, nostack)) };
+    unsafe {
+        asm!("cvt.rn.f16x2.f32 {0}, {1}, {2};", out(reg32) d, in(reg32) hi, in(reg32) lo, options(pure, nomem, nostack))
+    };
     d
 }
 

@@ -2,8 +2,8 @@
 
 use crate::params::{BwdParams, FwdParams};
 use crate::traits::{
-    BwdHdim128, BwdHdim192, BwdHdim256, BwdHdim32, BwdHdim64, BwdHdim96, BwdTraits, FwdHdim128,
-    FwdHdim192, FwdHdim256, FwdHdim32, FwdHdim64, FwdHdim96, FwdTraits, ROW_KERNEL_THREADS,
+    BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, FwdHdim32, FwdHdim64, FwdHdim96,
+    FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,9 +107,7 @@ pub const KERNELS: &[KernelInfo] = &[
 
 /// The kernel for a role, dtype and head dim (head dim ignored for the row kernels).
 pub fn find(role: Role, dtype: Dtype, head_dim: u32) -> Option<&'static KernelInfo> {
-    KERNELS.iter().find(|k| {
-        k.role == role && k.dtype == dtype && (k.head_dim == 0 || k.head_dim == head_dim)
-    })
+    KERNELS.iter().find(|k| k.role == role && k.dtype == dtype && (k.head_dim == 0 || k.head_dim == head_dim))
 }
 
 #[cfg(test)]

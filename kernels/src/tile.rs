@@ -155,12 +155,7 @@ impl SmemTile {
 /// Accumulator tiles `2j` and `2j + 1` (16 × 16 of f32) as the A operand of the next mma.
 #[inline(always)]
 pub fn accumulators_as_a<E: Element>(left: &[f32; 4], right: &[f32; 4]) -> [u32; 4] {
-    [
-        E::pack(left[0], left[1]),
-        E::pack(left[2], left[3]),
-        E::pack(right[0], right[1]),
-        E::pack(right[2], right[3]),
-    ]
+    [E::pack(left[0], left[1]), E::pack(left[2], left[3]), E::pack(right[0], right[1]), E::pack(right[2], right[3])]
 }
 
 /// Row `lane / 4 + 8 · half` of an accumulator tile lives in the 4 lanes of a quad: combine.

@@ -112,10 +112,8 @@ impl Mask {
         if q_end > self.seqlen_q || k_end > self.seqlen_k || q_begin >= q_end || k_begin >= k_end {
             return false;
         }
-        let right_ok = self.window_right < 0
-            || (k_end - 1) as i64 <= self.diagonal(q_begin) + self.window_right as i64;
-        let left_ok = self.window_left < 0
-            || k_begin as i64 >= self.diagonal(q_end - 1) - self.window_left as i64;
+        let right_ok = self.window_right < 0 || (k_end - 1) as i64 <= self.diagonal(q_begin) + self.window_right as i64;
+        let left_ok = self.window_left < 0 || k_begin as i64 >= self.diagonal(q_end - 1) - self.window_left as i64;
         right_ok && left_ok
     }
 }
@@ -195,8 +193,7 @@ mod tests {
             for qb in 0..m.seqlen_q {
                 for qe in qb + 1..=m.seqlen_q.min(qb + 9) {
                     let (lo, hi) = m.key_range(qb, qe);
-                    let attended: Vec<u32> =
-                        (0..m.seqlen_k).filter(|&k| (qb..qe).any(|q| m.allows(q, k))).collect();
+                    let attended: Vec<u32> = (0..m.seqlen_k).filter(|&k| (qb..qe).any(|q| m.allows(q, k))).collect();
                     match (attended.first(), attended.last()) {
                         (Some(&a), Some(&b)) => assert_eq!((lo, hi), (a, b + 1), "{m:?} q {qb}..{qe}"),
                         _ => assert_eq!(lo, hi, "{m:?} q {qb}..{qe}"),
@@ -212,8 +209,7 @@ mod tests {
             for kb in 0..m.seqlen_k {
                 for ke in kb + 1..=m.seqlen_k.min(kb + 9) {
                     let (lo, hi) = m.query_range(kb, ke);
-                    let attending: Vec<u32> =
-                        (0..m.seqlen_q).filter(|&q| (kb..ke).any(|k| m.allows(q, k))).collect();
+                    let attending: Vec<u32> = (0..m.seqlen_q).filter(|&q| (kb..ke).any(|k| m.allows(q, k))).collect();
                     match (attending.first(), attending.last()) {
                         (Some(&a), Some(&b)) => assert_eq!((lo, hi), (a, b + 1), "{m:?} k {kb}..{ke}"),
                         _ => assert_eq!(lo, hi, "{m:?} k {kb}..{ke}"),

@@ -174,9 +174,10 @@ pub fn compare(name: &'static str, got: &[f64], want: &[f64], naive: &[f64]) -> 
     let scale = want.iter().filter(|x| x.is_finite()).fold(0.0f64, |m, x| m.max(x.abs()));
     let tolerance = 2.0 * naive_error + 1e-4 * scale.max(1e-3);
     // approx states the element-wise bound; the max above is the same bound, reported.
-    let within = got.iter().zip(want).all(|(g, w)| {
-        if w.is_infinite() { g == w } else { approx::abs_diff_eq!(*g, *w, epsilon = tolerance) }
-    });
+    let within = got
+        .iter()
+        .zip(want)
+        .all(|(g, w)| if w.is_infinite() { g == w } else { approx::abs_diff_eq!(*g, *w, epsilon = tolerance) });
     assert_eq!(within, error <= tolerance);
     Comparison { name, error, naive_error, tolerance }
 }
@@ -216,7 +217,12 @@ impl CaseOutcome {
 }
 
 /// Run forward (and, if asked, backward) of one case on the GPU and compare with the reference.
-pub fn run_case<T: Element>(attention: &FlashAttention, stream: &Stream, case: &Case, backward: bool) -> GpuResult<CaseOutcome> {
+pub fn run_case<T: Element>(
+    attention: &FlashAttention,
+    stream: &Stream,
+    case: &Case,
+    backward: bool,
+) -> GpuResult<CaseOutcome> {
     let p = case.problem();
     let mut rng = StdRng::seed_from_u64(case.seed);
     let (q64, q) = random_inputs::<T>(&mut rng, p.q_len());
@@ -229,7 +235,9 @@ pub fn run_case<T: Element>(attention: &FlashAttention, stream: &Stream, case: &
     // NaN in the gaps: a kernel that reads past a row or a head poisons its output.
     let upload = |values: &[T], layout: &Layout| cuda(DeviceBuffer::from_slice(&scatter(values, layout, T::nan())));
     let (qd, kd, vd, dod) = (upload(&q, &lq)?, upload(&k, &lkv)?, upload(&v, &lkv)?, upload(&d_o, &lq)?);
-    let nan_image = |layout: &Layout| cuda(DeviceBuffer::from_slice(&vec![bytemuck::cast::<T, u16>(T::nan()); layout.span().unwrap()]));
+    let nan_image = |layout: &Layout| {
+        cuda(DeviceBuffer::from_slice(&vec![bytemuck::cast::<T, u16>(T::nan()); layout.span().unwrap()]))
+    };
     let mut od = nan_image(&lq)?;
     let mut lse = cuda(DeviceBuffer::from_slice(&vec![f32::NAN; p.lse_len()]))?;
     let params = AttentionParams { softmax_scale: None, causal: p.causal };

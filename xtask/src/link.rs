@@ -77,15 +77,8 @@ pub fn llvm_tool(name: &str) -> Result<PathBuf, String> {
 }
 
 fn run_tool(tool: &Path, args: &[&std::ffi::OsStr]) -> Result<(), String> {
-    let status = Command::new(tool)
-        .args(args)
-        .status()
-        .map_err(|e| format!("cannot start {}: {e}", tool.display()))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{} failed with {status}", tool.display()))
-    }
+    let status = Command::new(tool).args(args).status().map_err(|e| format!("cannot start {}: {e}", tool.display()))?;
+    if status.success() { Ok(()) } else { Err(format!("{} failed with {status}", tool.display())) }
 }
 
 pub fn run(args: Vec<String>) -> Result<(), String> {

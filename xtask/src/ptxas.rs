@@ -20,9 +20,7 @@ pub fn find_ptxas(root: &Path) -> Result<PathBuf, String> {
             return Ok(dir.join("ptxas"));
         }
     }
-    Err(format!(
-        "ptxas not found: run scripts/setup.sh (installs it under {CACHED_PTXAS}) or set PTXAS"
-    ))
+    Err(format!("ptxas not found: run scripts/setup.sh (installs it under {CACHED_PTXAS}) or set PTXAS"))
 }
 
 #[derive(Default, Debug, PartialEq)]
@@ -86,11 +84,7 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
             .args(["-o", "/dev/null"])
             .output()
             .map_err(|e| format!("cannot run {}: {e}", ptxas.display()))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         if !output.status.success() {
             return Err(format!("ptxas rejected {}:\n{text}", ptx.display()));
         }
@@ -108,8 +102,10 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
         // A call that survived optimization (a panic path, an outlined helper) costs a stack
         // frame and registers on every path; the kernels are meant to be fully inlined.
         if ptx_text.contains(".func ") {
-            failures.push(format!("{arch}: the PTX still contains device functions (calls): {}",
-                ptx_text.lines().filter(|l| l.starts_with(".func ")).collect::<Vec<_>>().join(", ")));
+            failures.push(format!(
+                "{arch}: the PTX still contains device functions (calls): {}",
+                ptx_text.lines().filter(|l| l.starts_with(".func ")).collect::<Vec<_>>().join(", ")
+            ));
         }
         for info in KERNELS {
             if !parsed.iter().any(|(name, _)| name == info.name) {
