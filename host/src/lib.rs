@@ -30,8 +30,8 @@ pub use tensor::{DeviceTensor, Element, Layout, TensorMut, TensorRef};
 
 pub use flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS;
 
-/// Options of one attention call.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Options of one attention call. The default is non-causal with scale 1/sqrt(head_dim).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct AttentionParams {
     /// Multiplies Q·Kᵀ before the softmax; `None` means `1 / sqrt(head_dim)`.
     pub softmax_scale: Option<f32>,
@@ -40,11 +40,6 @@ pub struct AttentionParams {
     pub causal: bool,
 }
 
-impl Default for AttentionParams {
-    fn default() -> Self {
-        AttentionParams { softmax_scale: None, causal: false }
-    }
-}
 
 mod ptx_status {
     include!(concat!(env!("OUT_DIR"), "/ptx_status.rs"));

@@ -96,7 +96,7 @@ impl Layout {
             if stride < extent {
                 return false;
             }
-            extent = stride * (size - 1) + extent;
+            extent = extent.saturating_add(stride.saturating_mul(size - 1));
         }
         true
     }
@@ -245,7 +245,7 @@ mod tests {
         // Q, K, V interleaved per token: row stride 3·h·d, each a head-major slice.
         let l = Layout { shape: [2, 5, 4, 64], strides: [5 * 3 * 4 * 64, 3 * 4 * 64, 64] };
         assert!(l.is_non_overlapping());
-        assert_eq!(l.span(), Some((2 - 1) * 3840 + 4 * 768 + 3 * 64 + 64));
+        assert_eq!(l.span(), Some(3840 + 4 * 768 + 3 * 64 + 64));
         let broadcast = Layout { shape: [2, 5, 4, 64], strides: [0, 256, 64] };
         assert!(!broadcast.is_non_overlapping());
         let tangled = Layout { shape: [1, 5, 4, 64], strides: [0, 64, 64] };

@@ -40,10 +40,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
         println!("wrote {}", dest.display());
         reports.push((arch.to_string(), dest));
     }
-    // The fingerprint is written only after every PTX is in place, so a failed build never
-    // leaves PTX that the host would take for fresh.
-    std::fs::write(out_dir.join("fingerprint"), format!("{print:016x}\n")).map_err(|e| e.to_string())?;
-    ptxas::check(&root, &reports)
+    // The fingerprint is written only after every PTX is in place and has passed ptxas, so a
+    // failed build or a kernel that spills never leaves PTX that the host would take for fresh.
+    let fingerprint_file = out_dir.join("fingerprint");
+    let _ = std::fs::remove_file(&fingerprint_file);
+    ptxas::check(&root, &reports)?;
+    std::fs::write(fingerprint_file, format!("{print:016x}\n")).map_err(|e| e.to_string())
 }
 
 fn build_one(root: &Path, arch: &str) -> Result<PathBuf, String> {
