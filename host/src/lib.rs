@@ -40,7 +40,6 @@ pub struct AttentionParams {
     pub causal: bool,
 }
 
-
 mod ptx_status {
     include!(concat!(env!("OUT_DIR"), "/ptx_status.rs"));
 }
