@@ -42,7 +42,7 @@ fn options() -> Options {
         let v = args.next().unwrap_or_default();
         match a.as_str() {
             "--out" => o.out = Some(v),
-            "--iters" => o.iters = v.parse().unwrap_or(10),
+            "--iters" => o.iters = v.parse().unwrap_or(10usize).max(1),
             "--head-dims" => o.head_dims = list(&v),
             "--dtypes" => o.dtypes = list(&v),
             "--seqlens" => o.seqlens = list(&v),

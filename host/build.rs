@@ -1,7 +1,9 @@
-//! Embeds the PTX that `cargo xtask build-ptx` wrote, but only if it was built from the kernel
-//! sources as they are now. Otherwise the library still builds (so CPU-only machines can run the
-//! reference and validation tests) and `FlashAttention::new` reports what to run.
+//! Embeds the PTX that `cargo xtask build-ptx` wrote, each arch only if it was built from the
+//! sources as they are now (see `flash_attn_kernels::fingerprint`). Otherwise the library still
+//! builds (so CPU-only machines can run the reference and validation tests) and
+//! `FlashAttention::new` reports what to run.
 
+use flash_attn_kernels::fingerprint;
 use std::path::{Path, PathBuf};
 
 const ARCHES: [&str; 2] = ["sm_80", "sm_90"];
@@ -9,48 +11,41 @@ const ARCHES: [&str; 2] = ["sm_80", "sm_90"];
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap();
-    let kernels = root.join("kernels");
     let ptx_dir = std::env::var_os("FLASH_ATTN_PTX_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target/ptx"));
     println!("cargo:rerun-if-env-changed=FLASH_ATTN_PTX_DIR");
-    println!("cargo:rerun-if-changed={}", kernels.join("src").display());
-    println!("cargo:rerun-if-changed={}", kernels.join("Cargo.toml").display());
-    println!("cargo:rerun-if-changed={}", ptx_dir.join("fingerprint").display());
-    for arch in ARCHES {
-        println!("cargo:rerun-if-changed={}", ptx_dir.join(format!("flash_attn.{arch}.ptx")).display());
+    println!("cargo:rerun-if-changed={}", root.join("kernels/src").display());
+    for file in fingerprint::inputs(root).unwrap_or_default() {
+        println!("cargo:rerun-if-changed={}", file.display());
     }
+    let current = fingerprint::of_workspace(root).map_err(|e| format!("cannot read the kernel sources: {e}"));
 
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let status = match check(&kernels, &ptx_dir) {
-        Ok(()) => "None".to_string(),
-        Err(reason) => {
-            println!("cargo:warning=flash-attn: {reason}; GPU entry points will return Error::PtxUnavailable");
-            format!("Some({reason:?})")
-        }
-    };
+    let mut status = String::from("/// Why each arch's embedded PTX is unusable, if it is.\n");
     for arch in ARCHES {
-        let source = ptx_dir.join(format!("flash_attn.{arch}.ptx"));
-        let text = if status == "None" { std::fs::read_to_string(&source).unwrap() } else { String::new() };
+        println!("cargo:rerun-if-changed={}", ptx_dir.join(format!("flash_attn.{arch}.ptx")).display());
+        println!("cargo:rerun-if-changed={}", ptx_dir.join(fingerprint::file_name(arch)).display());
+        let (text, problem) = match check(&current, &ptx_dir, arch) {
+            Ok(text) => (text, "None".to_string()),
+            Err(reason) => {
+                println!(
+                    "cargo:warning=flash-attn: {reason}; on such GPUs `FlashAttention::new` returns Error::PtxUnavailable"
+                );
+                (String::new(), format!("Some({reason:?})"))
+            }
+        };
         std::fs::write(out.join(format!("flash_attn.{arch}.ptx")), text).unwrap();
+        status += &format!("pub const {}_PROBLEM: Option<&str> = {problem};\n", arch.to_uppercase());
     }
-    std::fs::write(
-        out.join("ptx_status.rs"),
-        format!("/// Why the embedded PTX is unusable, if it is.\npub const PTX_PROBLEM: Option<&str> = {status};\n"),
-    )
-    .unwrap();
+    std::fs::write(out.join("ptx_status.rs"), status).unwrap();
 }
 
-fn check(kernels: &Path, ptx_dir: &Path) -> Result<(), String> {
-    let expected = flash_attn_kernels::fingerprint::of_directory(kernels)
-        .map_err(|e| format!("cannot read the kernel sources: {e}"))?;
-    let recorded = std::fs::read_to_string(ptx_dir.join("fingerprint"))
-        .map_err(|_| format!("no PTX in {}: run `cargo xtask build-ptx`", ptx_dir.display()))?;
-    if recorded.trim() != format!("{expected:016x}") {
-        return Err("the PTX is older than the kernel sources: run `cargo xtask build-ptx`".into());
+fn check(current: &Result<u64, String>, ptx_dir: &Path, arch: &str) -> Result<String, String> {
+    let current = current.clone()?;
+    let recorded = std::fs::read_to_string(ptx_dir.join(fingerprint::file_name(arch)))
+        .map_err(|_| format!("no checked {arch} PTX in {}: run `cargo xtask build-ptx`", ptx_dir.display()))?;
+    if recorded.trim() != format!("{current:016x}") {
+        return Err(format!("the {arch} PTX is older than the kernel sources: run `cargo xtask build-ptx`"));
     }
-    for arch in ARCHES {
-        if !ptx_dir.join(format!("flash_attn.{arch}.ptx")).exists() {
-            return Err(format!("no {arch} PTX: run `cargo xtask build-ptx`"));
-        }
-    }
-    Ok(())
+    std::fs::read_to_string(ptx_dir.join(format!("flash_attn.{arch}.ptx")))
+        .map_err(|e| format!("cannot read the {arch} PTX: {e}: run `cargo xtask build-ptx`"))
 }

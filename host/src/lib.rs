@@ -45,4 +45,4 @@ mod ptx_status {
 }
 pub(crate) const PTX_SM80: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attn.sm_80.ptx"));
 pub(crate) const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attn.sm_90.ptx"));
-pub(crate) use ptx_status::PTX_PROBLEM;
+pub(crate) use ptx_status::{SM_80_PROBLEM, SM_90_PROBLEM};

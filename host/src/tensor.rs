@@ -55,10 +55,11 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// Row-major (batch, seqlen, heads, head_dim).
+    /// Row-major (batch, seqlen, heads, head_dim). Strides that would overflow saturate, and
+    /// such a layout then has no [`span`](Self::span) and is rejected wherever it is used.
     pub fn contiguous(shape: [usize; 4]) -> Self {
         let [_, s, h, d] = shape;
-        Layout { shape, strides: [s * h * d, h * d, d] }
+        Layout { shape, strides: [s.saturating_mul(h).saturating_mul(d), h.saturating_mul(d), d] }
     }
 
     pub fn batch(&self) -> usize {
@@ -101,8 +102,18 @@ impl Layout {
         true
     }
 
+    /// Number of elements, saturating on overflow.
     pub fn element_count(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().fold(1usize, |n, &x| n.saturating_mul(x))
+    }
+
+    /// A contiguous layout whose elements can all be addressed, or an error naming `argument`.
+    fn checked_contiguous(argument: &'static str, shape: [usize; 4]) -> Result<Self> {
+        let layout = Layout::contiguous(shape);
+        match shape.iter().try_fold(1usize, |n, &x| n.checked_mul(x)) {
+            Some(n) if n <= isize::MAX as usize / 2 => Ok(layout),
+            _ => Err(Error::invalid(argument, format!("shape {shape:?} has too many elements"))),
+        }
     }
 }
 
@@ -116,7 +127,7 @@ pub struct DeviceTensor<T: Element> {
 impl<T: Element> DeviceTensor<T> {
     /// Copy a row-major host array of shape `shape` to the device.
     pub fn from_host(data: &[T], shape: [usize; 4]) -> Result<Self> {
-        let layout = Layout::contiguous(shape);
+        let layout = Layout::checked_contiguous("shape", shape)?;
         if data.len() != layout.element_count() {
             return Err(Error::invalid(
                 "data",
@@ -127,16 +138,16 @@ impl<T: Element> DeviceTensor<T> {
         Ok(DeviceTensor { buffer, layout, _element: PhantomData })
     }
 
-    /// A contiguous tensor with every element set to `value`.
+    /// A contiguous tensor with every element set to `value` (filled on the device).
     pub fn filled(shape: [usize; 4], value: T) -> Result<Self> {
-        let layout = Layout::contiguous(shape);
-        let host = vec![value; layout.element_count()];
-        Self::from_host(&host, shape)
+        let mut tensor = Self::uninitialized(shape)?;
+        tensor.fill(value)?;
+        Ok(tensor)
     }
 
     /// A contiguous tensor whose contents are unspecified (outputs allocated by the library).
     pub(crate) fn uninitialized(shape: [usize; 4]) -> Result<Self> {
-        let layout = Layout::contiguous(shape);
+        let layout = Layout::checked_contiguous("shape", shape)?;
         // SAFETY: u16 has no invalid bit patterns; every element is written by a kernel before
         // the tensor is handed out.
         let buffer = unsafe { DeviceBuffer::uninitialized(layout.element_count().max(1)) }.during("allocate")?;
@@ -147,17 +158,19 @@ impl<T: Element> DeviceTensor<T> {
         self.layout
     }
 
-    /// Copy back to the host, row-major (blocks until the copy is done).
+    /// Copy back to the host, row-major (blocks until the copy is done). The copy is ordered with
+    /// the legacy default stream only: synchronize the stream that wrote the tensor first.
     pub fn to_host(&self) -> Result<Vec<T>> {
         let mut bits = vec![0u16; self.layout.element_count()];
         self.buffer.index(..bits.len()).copy_to(&mut bits[..]).during("copy to host")?;
         Ok(bytemuck::cast_slice(&bits).to_vec())
     }
 
-    /// Overwrite every element (used to poison outputs in tests).
+    /// Overwrite every element (used to poison outputs in tests). Like [`to_host`](Self::to_host)
+    /// this is ordered with the legacy default stream only: synchronize the streams that use the
+    /// tensor first.
     pub fn fill(&mut self, value: T) -> Result<()> {
-        let host = vec![value; self.layout.element_count()];
-        self.buffer.index(..host.len()).copy_from(bytemuck::cast_slice::<T, u16>(&host)).during("copy to device")
+        self.buffer.set_16(bytemuck::cast::<T, u16>(value)).during("cuMemsetD16")
     }
 
     pub fn view(&self) -> TensorRef<'_, T> {

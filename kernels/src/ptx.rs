@@ -45,10 +45,15 @@ pub fn warp_any(x: bool) -> bool {
     y != 0
 }
 
+/// One 16-byte chunk: `cp.async`, `ldmatrix` rows and vector accesses need 16-byte alignment, and
+/// typing the dynamic shared memory with it declares that alignment in the PTX.
+#[repr(C, align(16))]
+pub struct Chunk([u32; 4]);
+
 /// 32-bit shared-window address of the launch-sized dynamic shared memory.
 #[inline(always)]
 pub fn dynamic_smem_base() -> u32 {
-    let generic = core::intrinsics::gpu::gpu_launch_sized_workgroup_mem::<[u32; 4]>();
+    let generic = core::intrinsics::gpu::gpu_launch_sized_workgroup_mem::<Chunk>();
     shared_address(generic as *const u8)
 }
 

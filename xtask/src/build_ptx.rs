@@ -30,22 +30,30 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let root = workspace_root();
     let out_dir = root.join("target/ptx");
     std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
-    let print = fingerprint::of_directory(&root.join("kernels")).map_err(|e| e.to_string())?;
+    let before = fingerprint::of_workspace(&root).map_err(|e| e.to_string())?;
 
     let mut reports = Vec::new();
     for arch in &arches {
+        // Forget the old record first: if anything below fails, this arch reads as stale.
+        let _ = std::fs::remove_file(out_dir.join(fingerprint::file_name(arch)));
         let ptx = build_one(&root, arch)?;
         let dest = out_dir.join(format!("flash_attn.{arch}.ptx"));
         std::fs::copy(&ptx, &dest).map_err(|e| format!("copy {}: {e}", ptx.display()))?;
         println!("wrote {}", dest.display());
         reports.push((arch.to_string(), dest));
     }
-    // The fingerprint is written only after every PTX is in place and has passed ptxas, so a
-    // failed build or a kernel that spills never leaves PTX that the host would take for fresh.
-    let fingerprint_file = out_dir.join("fingerprint");
-    let _ = std::fs::remove_file(&fingerprint_file);
     ptxas::check(&root, &reports)?;
-    std::fs::write(fingerprint_file, format!("{print:016x}\n")).map_err(|e| e.to_string())
+    // Each PTX is stamped with the fingerprint of the sources it was built from, only once it
+    // passed ptxas, and only if no input changed while it was being built.
+    let after = fingerprint::of_workspace(&root).map_err(|e| e.to_string())?;
+    if after != before {
+        return Err("the kernel sources changed during the build: run `cargo xtask build-ptx` again".into());
+    }
+    for arch in &arches {
+        std::fs::write(out_dir.join(fingerprint::file_name(arch)), format!("{before:016x}\n"))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 fn build_one(root: &Path, arch: &str) -> Result<PathBuf, String> {
