@@ -48,7 +48,7 @@ impl FlashAttention {
         if let Some(problem) = problem {
             return Err(Error::PtxUnavailable { problem: problem.to_string() });
         }
-        let module = Module::from_ptx(ptx, &[]).during("cuModuleLoadData (PTX)")?;
+        let module = Module::from_ptx(ptx, &[]).map_err(|error| module_load_error(ptx, error))?;
         for info in KERNELS.iter().filter(|k| k.dynamic_smem_bytes > 48 * 1024) {
             let function = module.get_function(info.name).during("cuModuleGetFunction")?;
             // SAFETY: `function` is a live handle of `module`; the attribute takes a byte count
@@ -232,8 +232,42 @@ impl FlashAttention {
         // memory of the validated shape and strides; block size and dynamic shared memory come
         // from the kernel's registry entry. The borrowed buffers outlive the call, and freeing
         // device memory (cuMemFree) waits for queued kernels.
-        unsafe { stream.launch(&function, grid, info.threads, info.dynamic_smem_bytes, &args) }.during("cuLaunchKernel")
+        let result = unsafe {
+            cust::sys::cuLaunchKernel(
+                function.to_raw(),
+                grid.0,
+                grid.1,
+                grid.2,
+                info.threads,
+                1,
+                1,
+                info.dynamic_smem_bytes,
+                stream.as_inner(),
+                args.as_ptr() as *mut *mut c_void,
+                std::ptr::null_mut(),
+            )
+        };
+        // Straight through the driver API, so that every failure keeps CUDA's own error name.
+        check_raw(result, "cuLaunchKernel")
     }
+}
+
+/// cust reports driver results it does not list (`CUDA_ERROR_UNSUPPORTED_PTX_VERSION` from a
+/// driver older than the PTX, for one) as `UnknownError`. Loading once more through the driver
+/// API recovers CUDA's own error; this runs only after a failure.
+fn module_load_error(ptx: &str, error: cust::error::CudaError) -> Error {
+    let fallback = Err::<(), _>(error).during("cuModuleLoadData (PTX)").unwrap_err();
+    let Ok(image) = std::ffi::CString::new(ptx) else { return fallback };
+    let mut module: cust::sys::CUmodule = std::ptr::null_mut();
+    // SAFETY: `image` is a NUL-terminated PTX string that outlives the call; on success the
+    // module handle is unloaded right away and never used.
+    let result = unsafe { cust::sys::cuModuleLoadData(&mut module, image.as_ptr() as *const c_void) };
+    if result == cust::sys::CUresult::CUDA_SUCCESS {
+        // SAFETY: `module` was just loaded by this function and nothing else refers to it.
+        unsafe { cust::sys::cuModuleUnload(module) };
+        return fallback;
+    }
+    check_raw(result, "cuModuleLoadData (PTX)").err().unwrap_or(fallback)
 }
 
 fn kernel(role: Role, dtype: registry::Dtype, shape: &AttnShape) -> Result<&'static KernelInfo> {
