@@ -167,7 +167,47 @@ fn bad_input() -> Result<(), Failed> {
         other => return Err(format!("expected an error naming `d_o`, got {:?}", other.err()).into()),
     }
 
+    // Backward into outputs of the wrong shape or layout.
+    let mut dq_wrong = DeviceTensor::filled([1, 16, 2, 128], bf16::NAN).map_err(|e| e.to_string())?;
+    let mut dk = DeviceTensor::filled([1, 16, 2, 64], bf16::NAN).map_err(|e| e.to_string())?;
+    let mut dv = DeviceTensor::filled([1, 16, 2, 64], bf16::NAN).map_err(|e| e.to_string())?;
+    let d_o = DeviceTensor::filled(shape, bf16::ONE).map_err(|e| e.to_string())?;
+    let result = a.backward_into(
+        s,
+        d_o.view(),
+        q.view(),
+        k.view(),
+        k.view(),
+        o.view(),
+        &lse,
+        dq_wrong.view_mut(),
+        dk.view_mut(),
+        dv.view_mut(),
+        &params,
+    );
+    expect(result, "dq")?;
+    let mut dq = DeviceTensor::filled(shape, bf16::NAN).map_err(|e| e.to_string())?;
+    let result = a.backward_into(
+        s,
+        d_o.view(),
+        q.view(),
+        k.view(),
+        k.view(),
+        o.view(),
+        &short_lse,
+        dq.view_mut(),
+        dk.view_mut(),
+        dv.view_mut(),
+        &params,
+    );
+    expect(result, "lse")?;
+
     s.synchronize().map_err(|e| format!("{e:?}"))?;
+    for (name, t) in [("dq", &dq), ("dk", &dk), ("dv", &dv)] {
+        if !t.to_host().map_err(|e| e.to_string())?.iter().all(|x| x.is_nan()) {
+            return Err(format!("an invalid backward call wrote to {name}: a kernel was launched").into());
+        }
+    }
     let untouched = o.to_host().map_err(|e| e.to_string())?;
     if !untouched.iter().all(|x| x.is_nan()) {
         return Err("an invalid call wrote to the output: a kernel was launched".into());

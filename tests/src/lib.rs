@@ -23,6 +23,9 @@ pub struct Case {
     pub bf16: bool,
     pub pad: usize,
     pub seed: u64,
+    /// An explicit softmax scale, or None for the default 1/sqrt(head_dim). Large scales make
+    /// the row maxima jump between K tiles, which drives the forward's rescaling path.
+    pub scale: Option<f32>,
 }
 
 impl Case {
@@ -33,7 +36,7 @@ impl Case {
             seqlen_q: self.seqlen_q,
             seqlen_k: self.seqlen_k,
             head_dim: self.head_dim,
-            scale: 1.0 / (self.head_dim as f64).sqrt(),
+            scale: self.scale.map_or(1.0 / (self.head_dim as f64).sqrt(), f64::from),
             causal: self.causal,
         }
     }
@@ -60,8 +63,9 @@ pub fn case_strategy() -> impl Strategy<Value = Case> {
         any::<bool>(),
         prop::sample::select(vec![0usize, 0, 8, 24]),
         any::<u64>(),
+        prop_oneof![3 => Just(None), 1 => (0.05f32..1.5).prop_map(Some)],
     )
-        .prop_map(|(batch, heads, seqlen_q, seqlen_k, head_dim, causal, bf16, pad, seed)| Case {
+        .prop_map(|(batch, heads, seqlen_q, seqlen_k, head_dim, causal, bf16, pad, seed, scale)| Case {
             batch,
             heads,
             seqlen_q,
@@ -71,6 +75,7 @@ pub fn case_strategy() -> impl Strategy<Value = Case> {
             bf16,
             pad,
             seed,
+            scale,
         })
 }
 
@@ -240,7 +245,7 @@ pub fn run_case<T: Element>(
     };
     let mut od = nan_image(&lq)?;
     let mut lse = cuda(DeviceBuffer::from_slice(&vec![f32::NAN; p.lse_len()]))?;
-    let params = AttentionParams { softmax_scale: None, causal: p.causal };
+    let params = AttentionParams { softmax_scale: case.scale, causal: p.causal };
 
     fn view<T: Element>(buf: &DeviceBuffer<u16>, layout: Layout) -> GpuResult<TensorRef<'_, T>> {
         lib(TensorRef::<T>::from_slice(buf, 0, layout))
