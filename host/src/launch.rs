@@ -100,18 +100,7 @@ impl FlashAttention {
         let oa = Arg::of("o", &o_ref);
         validate::output(&oa, validate::q_shape(&shape))?;
         validate::lse("lse", lse.len(), &shape)?;
-        let p = FwdParams {
-            shape,
-            q: qa.address,
-            k: ka.address,
-            v: va.address,
-            o: oa.address,
-            lse: lse.as_device_ptr().as_raw(),
-            q_strides: qa.strides(),
-            k_strides: ka.strides(),
-            v_strides: va.strides(),
-            o_strides: oa.strides(),
-        };
+        let p = forward_params(shape, [&qa, &ka, &va, &oa], lse);
         let info = kernel(Role::Forward, T::DTYPE, &shape)?;
         self.launch(stream, info, shape.seqlen_q, &shape, &p)
     }
@@ -180,18 +169,7 @@ impl FlashAttention {
         let dq_accum = unsafe { DeviceBuffer::<f32>::uninitialized_async(rows * shape.head_dim as usize, stream) }
             .during("cuMemAllocAsync")?;
         let p = BwdParams {
-            fwd: FwdParams {
-                shape,
-                q: qa.address,
-                k: ka.address,
-                v: va.address,
-                o: oa.address,
-                lse: lse.as_device_ptr().as_raw(),
-                q_strides: qa.strides(),
-                k_strides: ka.strides(),
-                v_strides: va.strides(),
-                o_strides: oa.strides(),
-            },
+            fwd: forward_params(shape, [&qa, &ka, &va, &oa], lse),
             d_o: doa.address,
             dq: dqa.address,
             dk: dka.address,
@@ -268,6 +246,23 @@ fn module_load_error(ptx: &str, error: cust::error::CudaError) -> Error {
         return fallback;
     }
     check_raw(result, "cuModuleLoadData (PTX)").err().unwrap_or(fallback)
+}
+
+/// The forward's parameter block from validated Q, K, V, O and the LSE buffer (the backward
+/// carries the same block).
+fn forward_params(shape: AttnShape, [q, k, v, o]: [&Arg; 4], lse: &DeviceSlice<f32>) -> FwdParams {
+    FwdParams {
+        shape,
+        q: q.address,
+        k: k.address,
+        v: v.address,
+        o: o.address,
+        lse: lse.as_device_ptr().as_raw(),
+        q_strides: q.strides(),
+        k_strides: k.strides(),
+        v_strides: v.strides(),
+        o_strides: o.strides(),
+    }
 }
 
 fn kernel(role: Role, dtype: registry::Dtype, shape: &AttnShape) -> Result<&'static KernelInfo> {

@@ -2,8 +2,9 @@
 //!
 //! One block per (Q tile, head, batch); each warp owns `M_TILES` × 16 query rows and keeps their
 //! output accumulator and softmax statistics in registers. K and V tiles stream through
-//! double-buffered shared memory. Scores never leave registers: S = Q·Kᵀ, the online softmax turns
-//! S into P in place, and O += P·V. Only O and the LSE are written.
+//! `STAGES` shared-memory buffers (two tiles in flight where shared memory allows). Scores never
+//! leave registers: S = Q·Kᵀ, the online softmax turns S into P in place, and O += P·V. Only O
+//! and the LSE are written.
 
 use crate::params::{FwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
