@@ -2,6 +2,8 @@
 //! padded (non-contiguous) device layouts with NaN in the gaps, NaN-poisoned outputs, and the
 //! comparison against the f64 reference under FlashAttention's tolerance rule.
 
+pub mod emulate;
+
 use cust::memory::{CopyDestination, DeviceBuffer};
 use cust::stream::Stream;
 use flash_attn::reference::{self, Problem};

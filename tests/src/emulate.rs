@@ -1,0 +1,154 @@
+//! A CPU model of the kernels' arithmetic, for reasoning about tolerances without a GPU.
+//!
+//! It follows the kernels' numerics, not their tiling: scores and every product accumulate in
+//! f32; the forward rounds the unnormalized probabilities to the element type for P·V, divides by
+//! the f32 sum of the unrounded ones and rounds O; the backward takes D = rowsum(dO ∘ O) from that
+//! rounded O, recomputes P from the f32 LSE, rounds P for dV and dS for dK and dQ, and rounds the
+//! outputs. Summation order within a row differs from the tensor cores', which moves results by
+//! f32 rounding only. On the case the H100 failed in the v7 property run it reproduces the GPU's
+//! dQ error to four digits (tests/results/2026-11-25-h100-property-tests-v7.md).
+
+use flash_attn::Element;
+use flash_attn::reference::Problem;
+
+/// Outputs in the layouts of [`flash_attn::reference`].
+pub struct Emulated {
+    pub o: Vec<f64>,
+    pub lse: Vec<f64>,
+    pub dq: Vec<f64>,
+    pub dk: Vec<f64>,
+    pub dv: Vec<f64>,
+}
+
+/// Forward and backward of `p` as the kernels compute them, with softmax scale `scale` in f32.
+pub fn kernels<T: Element>(p: &Problem, scale: f32, q: &[f64], k: &[f64], v: &[f64], d_o: &[f64]) -> Emulated {
+    let round = |x: f32| T::from_f64(x as f64).to_f64() as f32;
+    let (h, d, sq, sk) = (p.heads, p.head_dim, p.seqlen_q, p.seqlen_k);
+    let mut out = Emulated {
+        o: vec![0.0; p.q_len()],
+        lse: vec![0.0; p.lse_len()],
+        dq: vec![0.0; p.q_len()],
+        dk: vec![0.0; p.kv_len()],
+        dv: vec![0.0; p.kv_len()],
+    };
+    for b in 0..p.batch {
+        for hh in 0..h {
+            let q_at = |i: usize| ((b * sq + i) * h + hh) * d;
+            let k_at = |j: usize| ((b * sk + j) * h + hh) * d;
+            let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(&a, &b)| a as f32 * b as f32).sum::<f32>();
+            let (mut dk, mut dv) = (vec![0f32; sk * d], vec![0f32; sk * d]);
+            for i in 0..sq {
+                let (qi, doi) = (&q[q_at(i)..q_at(i) + d], &d_o[q_at(i)..q_at(i) + d]);
+                let scores: Vec<Option<f32>> =
+                    (0..sk).map(|j| p.allows(i, j).then(|| dot(qi, &k[k_at(j)..k_at(j) + d]) * scale)).collect();
+                let max = scores.iter().flatten().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                out.lse[(b * h + hh) * sq + i] = f64::INFINITY;
+                if max == f32::NEG_INFINITY {
+                    continue; // no visible key: O = 0, LSE = +inf, no gradient
+                }
+                let unnormalized: Vec<f32> = scores.iter().map(|s| s.map_or(0.0, |s| (s - max).exp())).collect();
+                let sum: f32 = unnormalized.iter().sum();
+                let lse = max + sum.ln();
+                let o: Vec<f32> = (0..d)
+                    .map(|c| {
+                        let acc: f32 = (0..sk).map(|j| round(unnormalized[j]) * v[k_at(j) + c] as f32).sum();
+                        round(acc / sum)
+                    })
+                    .collect();
+                let big_d: f32 = (0..d).map(|c| doi[c] as f32 * o[c]).sum();
+                let mut dq = vec![0f32; d];
+                for j in 0..sk {
+                    let Some(s) = scores[j] else { continue };
+                    let prob = (s - lse).exp();
+                    let dp = dot(doi, &v[k_at(j)..k_at(j) + d]);
+                    let ds = round(prob * (dp - big_d));
+                    for c in 0..d {
+                        dv[j * d + c] += round(prob) * doi[c] as f32;
+                        dk[j * d + c] += ds * qi[c] as f32;
+                        dq[c] += ds * k[k_at(j) + c] as f32;
+                    }
+                }
+                for c in 0..d {
+                    out.o[q_at(i) + c] = o[c] as f64;
+                    out.dq[q_at(i) + c] = round(dq[c] * scale) as f64;
+                }
+                out.lse[(b * h + hh) * sq + i] = lse as f64;
+            }
+            for j in 0..sk {
+                for c in 0..d {
+                    out.dk[k_at(j) + c] = round(dk[j * d + c] * scale) as f64;
+                    out.dv[k_at(j) + c] = round(dv[j * d + c]) as f64;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Case, F32_UNIT_ROUNDOFF, compare, random_inputs, unit_roundoff};
+    use flash_attn::reference;
+    use half::bf16;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    /// The one case the H100 failed (v7 run, old bound 2.433e-3): the model reproduces the
+    /// GPU's 2.683e-3, and the current bound admits it.
+    #[test]
+    fn the_recorded_h100_failure_is_kernel_arithmetic_and_fits_the_bound() {
+        let case = Case {
+            batch: 1,
+            heads: 2,
+            seqlen_q: 1,
+            seqlen_k: 3,
+            head_dim: 32,
+            causal: false,
+            bf16: true,
+            pad: 0,
+            seed: 17175172606630142381,
+            scale: None,
+        };
+        let p = case.problem();
+        let mut rng = StdRng::seed_from_u64(case.seed);
+        let (q, _) = random_inputs::<bf16>(&mut rng, p.q_len());
+        let (k, _) = random_inputs::<bf16>(&mut rng, p.kv_len());
+        let (v, _) = random_inputs::<bf16>(&mut rng, p.kv_len());
+        let (d_o, _) = random_inputs::<bf16>(&mut rng, p.q_len());
+        let model = kernels::<bf16>(&p, 1.0 / 32f32.sqrt(), &q, &k, &v, &d_o);
+        let round = |x: f64| bf16::from_f64(x).to_f64();
+        let exact = reference::backward(&p, &q, &k, &v, &d_o);
+        let naive = reference::backward_rounded(&p, &q, &k, &v, &d_o, &round);
+        let c = compare("dq", &model.dq, &exact.dq, &naive.dq, unit_roundoff::<bf16>());
+        assert!((c.error - 2.683e-3).abs() < 5e-7, "model error {:.4e}", c.error);
+        assert!((c.naive_error - 1.206e-3).abs() < 5e-7, "naive error {:.4e}", c.naive_error);
+        assert!(c.passed(), "{c:?}");
+    }
+
+    /// The model agrees with the exact reference to within the bound on ordinary inputs.
+    #[test]
+    fn the_model_is_close_to_the_reference() {
+        let p = Problem { batch: 1, heads: 2, seqlen_q: 37, seqlen_k: 53, head_dim: 64, scale: 0.125, causal: true };
+        let mut rng = StdRng::seed_from_u64(3);
+        let (q, _) = random_inputs::<bf16>(&mut rng, p.q_len());
+        let (k, _) = random_inputs::<bf16>(&mut rng, p.kv_len());
+        let (v, _) = random_inputs::<bf16>(&mut rng, p.kv_len());
+        let (d_o, _) = random_inputs::<bf16>(&mut rng, p.q_len());
+        let model = kernels::<bf16>(&p, 0.125, &q, &k, &v, &d_o);
+        let round = |x: f64| bf16::from_f64(x).to_f64();
+        let (fwd, nfwd) = (reference::forward(&p, &q, &k, &v), reference::forward_rounded(&p, &q, &k, &v, &round));
+        let (bwd, nbwd) =
+            (reference::backward(&p, &q, &k, &v, &d_o), reference::backward_rounded(&p, &q, &k, &v, &d_o, &round));
+        let u = unit_roundoff::<bf16>();
+        for c in [
+            compare("o", &model.o, &fwd.o, &nfwd.o, u),
+            compare("lse", &model.lse, &fwd.lse, &nfwd.lse, F32_UNIT_ROUNDOFF),
+            compare("dq", &model.dq, &bwd.dq, &nbwd.dq, u),
+            compare("dk", &model.dk, &bwd.dk, &nbwd.dk, u),
+            compare("dv", &model.dv, &bwd.dv, &nbwd.dv, u),
+        ] {
+            assert!(c.passed(), "{c:?}");
+        }
+    }
+}
