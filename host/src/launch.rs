@@ -119,10 +119,9 @@ impl FlashAttention {
         lse: &DeviceSlice<f32>,
         params: &AttentionParams,
     ) -> Result<Gradients<T>> {
-        let shape = validate::inputs(&Arg::of("q", &q), &Arg::of("k", &k), &Arg::of("v", &v), params)?;
-        validate::same_shape(&Arg::of("o", &o), validate::q_shape(&shape))?;
-        validate::same_shape(&Arg::of("d_o", &d_o), validate::q_shape(&shape))?;
-        validate::lse("lse", lse.len(), &shape)?;
+        let [qa, ka, va, oa, doa] =
+            [("q", &q), ("k", &k), ("v", &v), ("o", &o), ("d_o", &d_o)].map(|(n, t)| Arg::of(n, t));
+        let shape = validate::backward_inputs([&qa, &ka, &va, &oa, &doa], lse.len(), params)?;
         let mut dq = DeviceTensor::uninitialized(validate::q_shape(&shape))?;
         let mut dk = DeviceTensor::uninitialized(validate::kv_shape(&shape))?;
         let mut dv = DeviceTensor::uninitialized(validate::kv_shape(&shape))?;
@@ -146,12 +145,9 @@ impl FlashAttention {
         dv: TensorMut<'_, T>,
         params: &AttentionParams,
     ) -> Result<()> {
-        let (qa, ka, va) = (Arg::of("q", &q), Arg::of("k", &k), Arg::of("v", &v));
-        let shape = validate::inputs(&qa, &ka, &va, params)?;
-        let (oa, doa) = (Arg::of("o", &o), Arg::of("d_o", &d_o));
-        validate::same_shape(&oa, validate::q_shape(&shape))?;
-        validate::same_shape(&doa, validate::q_shape(&shape))?;
-        validate::lse("lse", lse.len(), &shape)?;
+        let [qa, ka, va, oa, doa] =
+            [("q", &q), ("k", &k), ("v", &v), ("o", &o), ("d_o", &d_o)].map(|(n, t)| Arg::of(n, t));
+        let shape = validate::backward_inputs([&qa, &ka, &va, &oa, &doa], lse.len(), params)?;
         let (dq_ref, dk_ref, dv_ref) = (dq.as_ref(), dk.as_ref(), dv.as_ref());
         let (dqa, dka, dva) = (Arg::of("dq", &dq_ref), Arg::of("dk", &dk_ref), Arg::of("dv", &dv_ref));
         validate::output(&dqa, validate::q_shape(&shape))?;

@@ -160,6 +160,15 @@ pub fn same_shape(arg: &Arg, expected: [usize; 4]) -> Result<()> {
     Ok(())
 }
 
+/// The backward's inputs: Q, K, V as for the forward, O and dO of Q's shape, and the LSE.
+pub fn backward_inputs([q, k, v, o, d_o]: [&Arg; 5], lse_len: usize, params: &AttentionParams) -> Result<AttnShape> {
+    let shape = inputs(q, k, v, params)?;
+    same_shape(o, q_shape(&shape))?;
+    same_shape(d_o, q_shape(&shape))?;
+    lse("lse", lse_len, &shape)?;
+    Ok(shape)
+}
+
 /// The LSE buffer holds batch · heads · seqlen_q f32.
 pub fn lse(name: &'static str, len: usize, shape: &AttnShape) -> Result<()> {
     let needed = shape.batch as usize * shape.heads as usize * shape.seqlen_q as usize;
