@@ -172,35 +172,24 @@ fn bad_input() -> Result<(), Failed> {
     let mut dk = DeviceTensor::filled([1, 16, 2, 64], bf16::NAN).map_err(|e| e.to_string())?;
     let mut dv = DeviceTensor::filled([1, 16, 2, 64], bf16::NAN).map_err(|e| e.to_string())?;
     let d_o = DeviceTensor::filled(shape, bf16::ONE).map_err(|e| e.to_string())?;
-    let result = a.backward_into(
-        s,
-        d_o.view(),
-        q.view(),
-        k.view(),
-        k.view(),
-        o.view(),
-        &lse,
-        dq_wrong.view_mut(),
-        dk.view_mut(),
-        dv.view_mut(),
-        &params,
-    );
-    expect(result, "dq")?;
+    let mut backward_into = |dq: &mut DeviceTensor<bf16>, lse: &cust::memory::DeviceBuffer<f32>| {
+        a.backward_into(
+            s,
+            d_o.view(),
+            q.view(),
+            k.view(),
+            k.view(),
+            o.view(),
+            lse,
+            dq.view_mut(),
+            dk.view_mut(),
+            dv.view_mut(),
+            &params,
+        )
+    };
+    expect(backward_into(&mut dq_wrong, &lse), "dq")?;
     let mut dq = DeviceTensor::filled(shape, bf16::NAN).map_err(|e| e.to_string())?;
-    let result = a.backward_into(
-        s,
-        d_o.view(),
-        q.view(),
-        k.view(),
-        k.view(),
-        o.view(),
-        &short_lse,
-        dq.view_mut(),
-        dk.view_mut(),
-        dv.view_mut(),
-        &params,
-    );
-    expect(result, "lse")?;
+    expect(backward_into(&mut dq, &short_lse), "lse")?;
 
     s.synchronize().map_err(|e| format!("{e:?}"))?;
     for (name, t) in [("dq", &dq), ("dk", &dk), ("dv", &dv)] {
