@@ -1,7 +1,8 @@
 //! Benchmark grid of issue 3 on the GPU: 16k tokens per batch, model dim 2048, seqlen 512 … 16k,
 //! head_dim 64 and 128, causal and not, bf16 and f16. Prints a table and writes JSON Lines.
 //!
-//! `bench [--out FILE] [--iters 10] [--head-dims 64,128] [--dtypes bf16,f16] [--seqlens 512,...]`
+//! `bench [--out FILE] [--iters 10] [--head-dims 64,128] [--dtypes bf16,f16] [--seqlens 512,...]
+//! [--kernels portable]`
 //! FLOPs = 4 · batch · heads · seqlen² · head_dim, halved when causal; backward = 2.5 × forward.
 
 use cust::event::{Event, EventFlags};
@@ -23,6 +24,7 @@ struct Options {
     head_dims: Vec<usize>,
     dtypes: Vec<String>,
     seqlens: Vec<usize>,
+    portable: bool,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
@@ -36,6 +38,7 @@ fn options() -> Options {
         head_dims: vec![32, 64, 96, 128, 192, 256],
         dtypes: vec!["bf16".into(), "f16".into()],
         seqlens: vec![512, 1024, 2048, 4096, 8192, 16384],
+        portable: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -46,6 +49,8 @@ fn options() -> Options {
             "--head-dims" => o.head_dims = list(&v),
             "--dtypes" => o.dtypes = list(&v),
             "--seqlens" => o.seqlens = list(&v),
+            // `portable`: the mma.sync kernels also on Hopper, to compare with the wgmma ones.
+            "--kernels" => o.portable = v == "portable",
             other => panic!("unknown argument {other}"),
         }
     }
@@ -90,7 +95,10 @@ fn main() {
 
 fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
     let stream = Stream::new(StreamFlags::NON_BLOCKING, None).unwrap();
-    let attention = FlashAttention::new().unwrap();
+    let mut attention = FlashAttention::new().unwrap();
+    if o.portable {
+        attention = attention.portable_kernels_only();
+    }
     // Every grid point holds TOKENS × MODEL_DIM elements per tensor: one set of random inputs
     // serves all of them, viewed with each point's shape.
     let mut rng = StdRng::seed_from_u64(7);

@@ -22,10 +22,11 @@ struct Options {
     causal: bool,
     f16: bool,
     iters: usize,
+    portable: bool,
 }
 
 fn options() -> Result<Options, String> {
-    let mut o = Options { batch: 4, heads: 16, seqlen: 4096, head_dim: 128, causal: false, f16: false, iters: 20 };
+    let mut o = Options { batch: 4, heads: 16, seqlen: 4096, head_dim: 128, causal: false, f16: false, iters: 20, portable: false };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| -> Result<usize, String> {
@@ -39,6 +40,7 @@ fn options() -> Result<Options, String> {
             "--iters" => o.iters = value("--iters")?.max(1),
             "--causal" => o.causal = true,
             "--f16" => o.f16 = true,
+            "--portable" => o.portable = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -127,7 +129,10 @@ fn slice(values: &[f64], shape: [usize; 4], b: usize, h: usize, rows: std::ops::
 fn run<T: Element>(o: &Options) -> Result<(), String> {
     let lib = |e: flash_attn::Error| e.to_string();
     let stream = cuda(Stream::new(StreamFlags::NON_BLOCKING, None))?;
-    let attention = FlashAttention::new().map_err(lib)?;
+    let mut attention = FlashAttention::new().map_err(lib)?;
+    if o.portable {
+        attention = attention.portable_kernels_only();
+    }
     let shape = [o.batch, o.seqlen, o.heads, o.head_dim];
     let n = shape.iter().product::<usize>();
     let dtype = if o.f16 { "f16" } else { "bf16" };
@@ -139,6 +144,7 @@ fn run<T: Element>(o: &Options) -> Result<(), String> {
         o.head_dim,
         if o.causal { "causal" } else { "not causal" }
     );
+    println!("forward kernel: {}", attention.forward_kernel_name::<T>(o.head_dim).unwrap_or("none"));
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let (q64, q) = random_inputs::<T>(&mut rng, n);
     let (k64, k) = random_inputs::<T>(&mut rng, n);

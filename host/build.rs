@@ -6,7 +6,7 @@
 use flash_attn_kernels::fingerprint;
 use std::path::{Path, PathBuf};
 
-const ARCHES: [&str; 2] = ["sm_80", "sm_90"];
+const ARCHES: [&str; 2] = ["sm_80", "sm_90a"];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -3,19 +3,21 @@
 use crate::error::{CudaContext, Error, Result, check_raw};
 use crate::tensor::{DeviceTensor, Element, TensorMut, TensorRef};
 use crate::validate::{self, Arg};
-use crate::{AttentionParams, PTX_SM80, PTX_SM90, SM_80_PROBLEM, SM_90_PROBLEM};
+use crate::{AttentionParams, PTX_SM80, PTX_SM90A, SM_80_PROBLEM, SM_90A_PROBLEM};
 use cust::context::CurrentContext;
 use cust::device::DeviceAttribute;
 use cust::memory::{DeviceBuffer, DeviceSlice};
 use cust::module::Module;
 use cust::stream::Stream;
 use flash_attn_kernels::params::{AttnShape, BwdParams, FwdParams};
-use flash_attn_kernels::registry::{self, KERNELS, KernelInfo, Role};
+use flash_attn_kernels::registry::{self, KernelInfo, Role};
 use std::ffi::c_void;
 
 /// The loaded kernels, for the context that was current when [`FlashAttention::new`] ran.
 pub struct FlashAttention {
     module: Module,
+    /// The sm_90a PTX is loaded, and its Hopper-only kernels are used where they exist.
+    hopper_kernels: bool,
 }
 
 /// O (contiguous, the inputs' dtype) and the natural-log LSE, f32 (batch, heads, seqlen_q).
@@ -31,15 +33,16 @@ pub struct Gradients<T: Element> {
 }
 
 impl FlashAttention {
-    /// Load the PTX for the current context's device (sm_90 PTX on Hopper, sm_80 PTX on Ampere
-    /// and newer non-Hopper parts) and raise the kernels' shared-memory limits.
+    /// Load the PTX for the current context's device (sm_90a PTX, with the `wgmma` kernels, on
+    /// Hopper; sm_80 PTX on Ampere and newer non-Hopper parts) and raise the kernels'
+    /// shared-memory limits.
     pub fn new() -> Result<Self> {
         let device = CurrentContext::get_device().during("cuCtxGetDevice")?;
         let major = device.get_attribute(DeviceAttribute::ComputeCapabilityMajor).during("cuDeviceGetAttribute")?;
         let minor = device.get_attribute(DeviceAttribute::ComputeCapabilityMinor).during("cuDeviceGetAttribute")?;
-        let (ptx, problem) = match major {
-            9 => (PTX_SM90, SM_90_PROBLEM),
-            m if m >= 8 => (PTX_SM80, SM_80_PROBLEM),
+        let (arch, ptx, problem) = match (major, minor) {
+            (9, 0) => ("sm_90a", PTX_SM90A, SM_90A_PROBLEM),
+            (m, _) if m >= 8 => ("sm_80", PTX_SM80, SM_80_PROBLEM),
             _ => {
                 let name = device.name().unwrap_or_else(|_| "this device".into());
                 return Err(Error::UnsupportedDevice { name, compute_capability: (major, minor) });
@@ -49,7 +52,7 @@ impl FlashAttention {
             return Err(Error::PtxUnavailable { problem: problem.to_string() });
         }
         let module = Module::from_ptx(ptx, &[]).map_err(|error| module_load_error(ptx, error))?;
-        for info in KERNELS.iter().filter(|k| k.dynamic_smem_bytes > 48 * 1024) {
+        for info in registry::in_ptx_for(arch).filter(|k| k.dynamic_smem_bytes > 48 * 1024) {
             let function = module.get_function(info.name).during("cuModuleGetFunction")?;
             // SAFETY: `function` is a live handle of `module`; the attribute takes a byte count
             // within the device's opt-in limit (227 KiB on Hopper, 163 KiB on A100; the kernel
@@ -63,7 +66,19 @@ impl FlashAttention {
             };
             check_raw(result, "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")?;
         }
-        Ok(FlashAttention { module })
+        Ok(FlashAttention { module, hopper_kernels: arch == "sm_90a" })
+    }
+
+    /// Use only the portable `mma.sync` kernels, also on Hopper (for comparisons and for
+    /// bisecting a problem to one kernel family).
+    pub fn portable_kernels_only(mut self) -> Self {
+        self.hopper_kernels = false;
+        self
+    }
+
+    /// Name of the forward kernel that runs for this dtype and head dim, if any.
+    pub fn forward_kernel_name<T: Element>(&self, head_dim: usize) -> Option<&'static str> {
+        registry::find(Role::Forward, T::DTYPE, head_dim as u32, self.hopper_kernels).map(|k| k.name)
     }
 
     /// Forward into new tensors: O (contiguous) and the LSE. Queued on `stream`; no sync.
@@ -101,7 +116,7 @@ impl FlashAttention {
         validate::output(&oa, validate::q_shape(&shape))?;
         validate::lse("lse", lse.len(), &shape)?;
         let p = forward_params(shape, [&qa, &ka, &va, &oa], lse);
-        let info = kernel(Role::Forward, T::DTYPE, &shape)?;
+        let info = self.kernel(Role::Forward, T::DTYPE, &shape)?;
         self.launch(stream, info, shape.seqlen_q, &shape, &p)
     }
 
@@ -153,9 +168,9 @@ impl FlashAttention {
         validate::output(&dqa, validate::q_shape(&shape))?;
         validate::output(&dka, validate::kv_shape(&shape))?;
         validate::output(&dva, validate::kv_shape(&shape))?;
-        let main = kernel(Role::Backward, T::DTYPE, &shape)?;
-        let pre = kernel(Role::BackwardPreprocess, T::DTYPE, &shape)?;
-        let convert = kernel(Role::BackwardConvertDq, T::DTYPE, &shape)?;
+        let main = self.kernel(Role::Backward, T::DTYPE, &shape)?;
+        let pre = self.kernel(Role::BackwardPreprocess, T::DTYPE, &shape)?;
+        let convert = self.kernel(Role::BackwardConvertDq, T::DTYPE, &shape)?;
 
         // O(seqlen) scratch: D = rowsum(dO∘O) and the f32 dQ accumulator, freed in stream order.
         let rows = shape.batch as usize * shape.heads as usize * shape.seqlen_q as usize;
@@ -187,6 +202,14 @@ impl FlashAttention {
     }
 
     /// Launch one kernel over `(ceil(rows / block_rows), heads, batch)` blocks.
+    fn kernel(&self, role: Role, dtype: registry::Dtype, shape: &AttnShape) -> Result<&'static KernelInfo> {
+        registry::find(role, dtype, shape.head_dim, self.hopper_kernels).ok_or(Error::UnsupportedHeadDim {
+            argument: "q",
+            head_dim: shape.head_dim as usize,
+            supported: &flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS,
+        })
+    }
+
     fn launch<P: Copy>(
         &self,
         stream: &Stream,
@@ -261,13 +284,6 @@ fn forward_params(shape: AttnShape, [q, k, v, o]: [&Arg; 4], lse: &DeviceSlice<f
     }
 }
 
-fn kernel(role: Role, dtype: registry::Dtype, shape: &AttnShape) -> Result<&'static KernelInfo> {
-    registry::find(role, dtype, shape.head_dim).ok_or(Error::UnsupportedHeadDim {
-        argument: "q",
-        head_dim: shape.head_dim as usize,
-        supported: &flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS,
-    })
-}
 
 fn lse_buffer(shape: &AttnShape) -> Result<DeviceBuffer<f32>> {
     let rows = shape.batch as usize * shape.heads as usize * shape.seqlen_q as usize;

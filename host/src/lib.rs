@@ -44,5 +44,5 @@ mod ptx_status {
     include!(concat!(env!("OUT_DIR"), "/ptx_status.rs"));
 }
 pub(crate) const PTX_SM80: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attn.sm_80.ptx"));
-pub(crate) const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attn.sm_90.ptx"));
-pub(crate) use ptx_status::{SM_80_PROBLEM, SM_90_PROBLEM};
+pub(crate) const PTX_SM90A: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attn.sm_90a.ptx"));
+pub(crate) use ptx_status::{SM_80_PROBLEM, SM_90A_PROBLEM};

@@ -51,6 +51,18 @@ entry!(flash_bwd_bf16_hdim64, BwdParams, flash_bwd::<Bf16, BwdHdim64>);
 entry!(flash_bwd_bf16_hdim128, BwdParams, flash_bwd::<Bf16, BwdHdim128>);
 entry!(flash_bwd_f16_hdim64, BwdParams, flash_bwd::<F16, BwdHdim64>);
 entry!(flash_bwd_f16_hdim128, BwdParams, flash_bwd::<F16, BwdHdim128>);
+#[cfg(target_feature = "sm_90a")]
+mod hopper {
+    use super::*;
+    use crate::forward_wgmma::flash_fwd_wgmma;
+    use crate::traits::{FwdWgmmaHdim64, FwdWgmmaHdim128};
+
+    entry!(flash_fwd_wgmma_bf16_hdim64, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim64>);
+    entry!(flash_fwd_wgmma_f16_hdim64, FwdParams, flash_fwd_wgmma::<F16, FwdWgmmaHdim64>);
+    entry!(flash_fwd_wgmma_bf16_hdim128, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128>);
+    entry!(flash_fwd_wgmma_f16_hdim128, FwdParams, flash_fwd_wgmma::<F16, FwdWgmmaHdim128>);
+}
+
 entry!(flash_bwd_preprocess_bf16, BwdParams, preprocess::<Bf16>);
 entry!(flash_bwd_preprocess_f16, BwdParams, preprocess::<F16>);
 entry!(flash_bwd_convert_dq_bf16, BwdParams, convert_dq::<Bf16>);

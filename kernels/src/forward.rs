@@ -14,7 +14,7 @@ use crate::tile::{
 use crate::tiling::{Mask, ceil_div, kv_head_of, q_tile_of_block};
 use crate::traits::{FwdTraits, MAX_WARP_M_TILES};
 
-const LN_2: f32 = core::f32::consts::LN_2;
+pub(crate) const LN_2: f32 = core::f32::consts::LN_2;
 
 /// The running max may lag the true one by up to this much (log2 units) before the warp pays
 /// for rescaling its output accumulator: P entries then stay below 2^8, which bf16, f16 and the
@@ -26,14 +26,16 @@ const RESCALE_THRESHOLD: f32 = 8.0;
 /// (`lane / 4` and `lane / 4 + 8` of a 16-row tile). The sum is this lane's partial sum over its
 /// columns; the quad adds them up at the end.
 #[derive(Clone, Copy)]
-struct OnlineSoftmax {
-    max: [f32; 2],
-    sum: [f32; 2],
+pub(crate) struct OnlineSoftmax {
+    pub(crate) max: [f32; 2],
+    pub(crate) sum: [f32; 2],
 }
 
 impl OnlineSoftmax {
     /// Where exp2's argument is measured from: the running max, or 0 while a row has seen only
     /// masked keys (max -inf), so that masked scores give exp2(-inf) = 0 rather than NaN.
+    pub(crate) const EMPTY: Self = OnlineSoftmax { max: [f32::NEG_INFINITY; 2], sum: [0.0; 2] };
+
     #[inline(always)]
     fn shift(&self, half: usize) -> f32 {
         if self.max[half] == f32::NEG_INFINITY { 0.0 } else { self.max[half] }
@@ -44,16 +46,16 @@ impl OnlineSoftmax {
 /// output accumulators only when some row's max grew by more than [`RESCALE_THRESHOLD`]), then
 /// turn the scores into unnormalized probabilities in place and add them to the running sums.
 #[inline(always)]
-fn online_softmax(
-    state: &mut [OnlineSoftmax; MAX_WARP_M_TILES],
-    s: &mut [[[f32; 4]; MAX_SEQ_TILES8]; MAX_WARP_M_TILES],
-    o: &mut [[[f32; 4]; MAX_HEAD_DIM_TILES8]; MAX_WARP_M_TILES],
+pub(crate) fn online_softmax<const M: usize, const NS: usize, const ND: usize>(
+    state: &mut [OnlineSoftmax; M],
+    s: &mut [[[f32; 4]; NS]; M],
+    o: &mut [[[f32; 4]; ND]; M],
     m_tiles: usize,
     n_tiles: usize,
     d_tiles: usize,
     scale_log2: f32,
 ) {
-    let mut tile_max = [[f32::NEG_INFINITY; 2]; MAX_WARP_M_TILES];
+    let mut tile_max = [[f32::NEG_INFINITY; 2]; M];
     let mut grew = false;
     for m in 0..m_tiles {
         for half in 0..2 {
@@ -190,7 +192,7 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
         }
     }
     let mut o = [[[0f32; 4]; MAX_HEAD_DIM_TILES8]; MAX_WARP_M_TILES];
-    let mut softmax = [OnlineSoftmax { max: [f32::NEG_INFINITY; 2], sum: [0.0; 2] }; MAX_WARP_M_TILES];
+    let mut softmax = [OnlineSoftmax::EMPTY; MAX_WARP_M_TILES];
 
     for tile in first_tile..end_tile {
         let step = tile - first_tile;

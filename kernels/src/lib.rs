@@ -36,6 +36,8 @@ mod backward;
 mod entry;
 #[cfg(target_arch = "nvptx64")]
 mod forward;
+#[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]
+mod forward_wgmma;
 #[cfg(target_arch = "nvptx64")]
 mod ptx;
 #[cfg(target_arch = "nvptx64")]

@@ -5,6 +5,9 @@
 use core::arch::asm;
 use core::arch::nvptx;
 
+#[cfg(target_feature = "sm_90a")]
+pub mod wgmma;
+
 #[inline(always)]
 pub fn thread_idx() -> u32 {
     // SAFETY: reading a special register has no preconditions.
@@ -189,6 +192,16 @@ pub fn opaque(x: u32) -> u32 {
     // SAFETY: a register move.
     unsafe { asm!("mov.b32 {0}, {1};", out(reg32) y, in(reg32) x, options(nomem, nostack)) };
     y
+}
+
+/// Make this thread's completed shared-memory writes (plain stores and `cp.async`) visible to
+/// the async proxy, which `wgmma` reads shared memory through; a barrier after it extends that
+/// to the other threads' reads.
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub fn fence_proxy_async_shared() {
+    // SAFETY: a memory fence; no operands.
+    unsafe { asm!("fence.proxy.async.shared::cta;", options(nostack)) }
 }
 
 /// Wait until at most one `cp.async` group of this thread is still in flight (the newest).

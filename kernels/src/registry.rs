@@ -2,7 +2,7 @@
 
 use crate::params::{BwdParams, FwdParams};
 use crate::traits::{
-    BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, FwdHdim32, FwdHdim64, FwdHdim96,
+    BwdHdim32, BwdHdim64, FwdWgmmaHdim64, FwdWgmmaHdim128, FwdWgmmaTraits, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, FwdHdim32, FwdHdim64, FwdHdim96,
     FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, ROW_KERNEL_THREADS,
 };
 
@@ -33,6 +33,8 @@ pub struct KernelInfo {
     pub block_rows: u32,
     /// Size of the by-value parameter block; `build-ptx` checks the PTX entry agrees.
     pub param_bytes: u32,
+    /// Only in the sm_90a PTX (Hopper's `wgmma`); preferred there over the portable kernel.
+    pub requires_sm90a: bool,
 }
 
 const fn fwd<T: FwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
@@ -45,6 +47,21 @@ const fn fwd<T: FwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
         dynamic_smem_bytes: T::SMEM_BYTES,
         block_rows: T::BLOCK_M,
         param_bytes: core::mem::size_of::<FwdParams>() as u32,
+        requires_sm90a: false,
+    }
+}
+
+const fn fwd_wgmma<T: FwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
+    KernelInfo {
+        name,
+        role: Role::Forward,
+        dtype,
+        head_dim: T::HEAD_DIM,
+        threads: T::THREADS,
+        dynamic_smem_bytes: T::SMEM_BYTES,
+        block_rows: T::BLOCK_M,
+        param_bytes: core::mem::size_of::<FwdParams>() as u32,
+        requires_sm90a: true,
     }
 }
 
@@ -58,6 +75,7 @@ const fn bwd<T: BwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
         dynamic_smem_bytes: T::SMEM_BYTES,
         block_rows: T::BLOCK_N,
         param_bytes: core::mem::size_of::<BwdParams>() as u32,
+        requires_sm90a: false,
     }
 }
 
@@ -71,10 +89,15 @@ const fn rows(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
         dynamic_smem_bytes: 0,
         block_rows: ROW_KERNEL_THREADS / 32,
         param_bytes: core::mem::size_of::<BwdParams>() as u32,
+        requires_sm90a: false,
     }
 }
 
 pub const KERNELS: &[KernelInfo] = &[
+    fwd_wgmma::<FwdWgmmaHdim64>("flash_fwd_wgmma_bf16_hdim64", Dtype::Bf16),
+    fwd_wgmma::<FwdWgmmaHdim64>("flash_fwd_wgmma_f16_hdim64", Dtype::F16),
+    fwd_wgmma::<FwdWgmmaHdim128>("flash_fwd_wgmma_bf16_hdim128", Dtype::Bf16),
+    fwd_wgmma::<FwdWgmmaHdim128>("flash_fwd_wgmma_f16_hdim128", Dtype::F16),
     fwd::<FwdHdim96>("flash_fwd_bf16_hdim96", Dtype::Bf16),
     bwd::<BwdHdim96>("flash_bwd_bf16_hdim96", Dtype::Bf16),
     fwd::<FwdHdim96>("flash_fwd_f16_hdim96", Dtype::F16),
@@ -105,9 +128,17 @@ pub const KERNELS: &[KernelInfo] = &[
     rows("flash_bwd_convert_dq_f16", Role::BackwardConvertDq, Dtype::F16),
 ];
 
-/// The kernel for a role, dtype and head dim (head dim ignored for the row kernels).
-pub fn find(role: Role, dtype: Dtype, head_dim: u32) -> Option<&'static KernelInfo> {
-    KERNELS.iter().find(|k| k.role == role && k.dtype == dtype && (k.head_dim == 0 || k.head_dim == head_dim))
+/// The kernel for a role, dtype and head dim (head dim ignored for the row kernels): with the
+/// sm_90a PTX loaded, a Hopper-only kernel where one exists, else the portable one.
+pub fn find(role: Role, dtype: Dtype, head_dim: u32, sm90a: bool) -> Option<&'static KernelInfo> {
+    let fits = |k: &&KernelInfo| k.role == role && k.dtype == dtype && (k.head_dim == 0 || k.head_dim == head_dim);
+    let hopper = KERNELS.iter().filter(fits).find(|k| k.requires_sm90a && sm90a);
+    hopper.or_else(|| KERNELS.iter().filter(fits).find(|k| !k.requires_sm90a))
+}
+
+/// The kernels a PTX built for `arch` holds.
+pub fn in_ptx_for(arch: &str) -> impl Iterator<Item = &'static KernelInfo> + '_ {
+    KERNELS.iter().filter(move |k| !k.requires_sm90a || arch == "sm_90a")
 }
 
 #[cfg(test)]
@@ -119,11 +150,15 @@ mod tests {
         for &d in &crate::traits::SUPPORTED_HEAD_DIMS {
             for dtype in [Dtype::F16, Dtype::Bf16] {
                 for role in [Role::Forward, Role::Backward, Role::BackwardPreprocess, Role::BackwardConvertDq] {
-                    assert!(find(role, dtype, d).is_some(), "{role:?} {dtype:?} {d}");
+                    for sm90a in [false, true] {
+                        let k = find(role, dtype, d, sm90a).unwrap_or_else(|| panic!("{role:?} {dtype:?} {d}"));
+                        assert!(sm90a || !k.requires_sm90a);
+                    }
                 }
             }
         }
-        assert!(find(Role::Forward, Dtype::Bf16, 80).is_none());
+        assert!(find(Role::Forward, Dtype::Bf16, 80, true).is_none());
+        assert!(find(Role::Forward, Dtype::Bf16, 128, true).unwrap().requires_sm90a);
     }
 
     #[test]

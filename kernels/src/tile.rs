@@ -5,7 +5,7 @@
 //! at rows `lane / 4` and `lane / 4 + 8`, columns `2 · (lane % 4)` and `+ 1` of each 8-wide tile.
 
 use crate::ptx;
-use crate::tiling::tile_byte_offset;
+use crate::tiling::{sw128_byte_offset, tile_byte_offset};
 
 /// Fragments are kept in fixed-size register arrays sized for the largest configuration;
 /// loops run to the configuration's count and unroll, so unused slots never exist.
@@ -149,6 +149,53 @@ impl SmemTile {
         // SAFETY: as in `a_fragment`.
         let r = unsafe { ptx::ldmatrix_x4_trans(addr) };
         [[r[0], r[1]], [r[2], r[3]]]
+    }
+}
+
+/// A tile of 16-bit elements in shared memory in the 128-byte-swizzled layout that `wgmma`
+/// reads (see [`sw128_byte_offset`]); `base` is 1024-byte aligned.
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[derive(Clone, Copy)]
+pub struct Sw128Tile {
+    pub base: u32,
+    pub rows: u32,
+    pub chunks_per_row: u32,
+}
+
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+impl Sw128Tile {
+    #[inline(always)]
+    pub fn chunk(&self, row: u32, chunk: u32) -> u32 {
+        self.base + sw128_byte_offset(row, chunk, self.rows)
+    }
+
+    /// Shared address of 64-column panel `panel`, from row `row` (a multiple of 8).
+    #[inline(always)]
+    pub fn panel(&self, panel: u32, row: u32) -> u32 {
+        self.base + panel * self.rows * 128 + row * 128
+    }
+
+    /// Start copying all `rows` rows (the first `valid_rows` exist; the rest read as zeros) from
+    /// global memory; all `threads` threads call this. Completion as for [`SmemTile::load_async`].
+    ///
+    /// # Safety
+    /// As [`SmemTile::load_async`].
+    #[inline(always)]
+    pub unsafe fn load_async(&self, src: *const u16, row_stride: i64, valid_rows: u32, tid: u32, threads: u32) {
+        let chunks = self.rows * self.chunks_per_row;
+        let mut index = tid;
+        while index < chunks {
+            let row = index / self.chunks_per_row;
+            let chunk = index % self.chunks_per_row;
+            let in_range = row < valid_rows;
+            let src_row = if in_range { row } else { 0 };
+            // SAFETY: as in `SmemTile::load_async`.
+            unsafe {
+                let from = src.wrapping_offset(src_row as isize * row_stride as isize + chunk as isize * 8);
+                ptx::cp_async_16(self.chunk(row, chunk), from as *const u8, if in_range { 16 } else { 0 });
+            }
+            index += threads;
+        }
     }
 }
 

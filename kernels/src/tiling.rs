@@ -142,6 +142,34 @@ pub const fn tile_byte_offset(row: u32, chunk: u32, chunks_per_row: u32) -> u32 
     (row * chunks_per_row + swizzle_chunk(row, chunk, chunks_per_row)) * 16
 }
 
+/// Hopper's tensor-core layout ("128-byte swizzle"): a tile of `rows` rows is cut into panels of
+/// 64 columns (128 bytes a row); a panel stores its rows 128 bytes apart, and the 16-byte chunk
+/// `c` of row `r` sits at chunk position `c ^ (r % 8)`. `wgmma` reads this layout straight from
+/// shared memory through a [`wgmma_descriptor`]; the XOR acts on address bits 4–6 against bits
+/// 7–9, so every panel must start on a 1024-byte boundary.
+#[inline(always)]
+pub const fn sw128_byte_offset(row: u32, chunk: u32, rows: u32) -> u32 {
+    (chunk / 8) * rows * 128 + row * 128 + ((chunk % 8) ^ (row % 8)) * 16
+}
+
+/// Bytes of one 8-row group of a 128-byte-swizzled panel: the stride between row groups.
+pub const SW128_ROW_GROUP_BYTES: u32 = 1024;
+
+/// A `wgmma` shared-memory matrix descriptor for a 128-byte-swizzled operand at shared address
+/// `addr`: bits 0–13 the address, 16–29 the leading-dimension byte offset, 32–45 the
+/// stride-dimension byte offset (all three in 16-byte units), 62–63 the swizzle mode (1 = 128 B).
+/// For an operand stored K-major (rows along M or N, the reduction dimension along a row) the
+/// stride offset steps from one 8-row group to the next and the leading offset is unused; for an
+/// MN-major operand (rows along K) the stride offset steps between 8-row groups along K and the
+/// leading offset between 64-column panels along N.
+#[inline(always)]
+pub const fn wgmma_descriptor(addr: u32, leading_bytes: u32, stride_bytes: u32) -> u64 {
+    ((addr as u64 >> 4) & 0x3fff)
+        | (((leading_bytes as u64 >> 4) & 0x3fff) << 16)
+        | (((stride_bytes as u64 >> 4) & 0x3fff) << 32)
+        | (1u64 << 62)
+}
+
 /// The K/V head that query head `head` reads: heads are grouped evenly over `heads_k` (equal
 /// counts today; grouped-query attention later). Written without a panicking division: the host
 /// guarantees `heads_k` divides `heads`, and a zero would fall back to the head itself.
@@ -258,6 +286,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn sw128_layout_is_a_permutation_of_whole_panels() {
+        for (rows, chunks) in [(64u32, 8u32), (128, 16), (128, 8), (192, 32)] {
+            let mut seen: Vec<u32> = (0..rows)
+                .flat_map(|r| (0..chunks).map(move |c| sw128_byte_offset(r, c, rows)))
+                .collect();
+            seen.sort();
+            assert_eq!(seen, (0..rows * chunks).map(|i| i * 16).collect::<Vec<_>>());
+            // Panel p of every row lies inside [p·rows·128, (p+1)·rows·128).
+            for r in 0..rows {
+                for c in 0..chunks {
+                    let panel = sw128_byte_offset(r, c, rows) / (rows * 128);
+                    assert_eq!(panel, c / 8);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sw128_matches_the_hardware_address_swizzle() {
+        // With 1024-byte aligned panels the layout is "XOR address bits 4-6 with bits 7-9" of
+        // the unswizzled row-major panel address.
+        for row in 0..64u32 {
+            for chunk in 0..8u32 {
+                let linear = row * 128 + chunk * 16;
+                let hw = linear ^ (((linear >> 7) & 7) << 4);
+                assert_eq!(sw128_byte_offset(row, chunk, 64), hw);
+            }
+        }
+    }
+
+    #[test]
+    fn wgmma_descriptor_fields() {
+        let d = wgmma_descriptor(0x1_2340, 16384, 1024);
+        assert_eq!(d & 0x3fff, 0x1234);
+        assert_eq!((d >> 16) & 0x3fff, 1024);
+        assert_eq!((d >> 32) & 0x3fff, 64);
+        assert_eq!(d >> 62, 1);
+        // Adding a byte offset to the address is adding offset / 16 to the descriptor while the
+        // address stays below 256 KiB.
+        assert_eq!(wgmma_descriptor(0x1_2340 + 32, 16384, 1024), d + 2);
     }
 
     #[test]

@@ -73,6 +73,47 @@ pub trait BwdTraits {
     const SMEM_BYTES: u32 = Self::STAGE_OFFSET + 2 * Self::STAGE_BYTES;
 }
 
+/// Hopper forward (sm_90a, `wgmma`) tile configuration. Each warpgroup (4 warps) owns 64 query
+/// rows: one `wgmma` computes its 64 × BLOCK_N scores straight from the Q and K tiles in shared
+/// memory, a second adds P·V with P from registers. Tiles use the 128-byte-swizzled layout
+/// (`tiling::sw128_byte_offset`), so head_dim is a multiple of 64.
+pub trait FwdWgmmaTraits {
+    const HEAD_DIM: u32;
+    /// Keys per K/V tile: the N of the score GEMM (64 or 128).
+    const BLOCK_N: u32;
+    const WARPGROUPS: u32;
+    /// K/V shared-memory buffers (2 or 3).
+    const STAGES: u32 = 2;
+
+    const BLOCK_M: u32 = 64 * Self::WARPGROUPS;
+    const THREADS: u32 = 128 * Self::WARPGROUPS;
+    const CHUNKS_PER_ROW: u32 = Self::HEAD_DIM / 8;
+    const Q_TILE_BYTES: u32 = Self::BLOCK_M * Self::HEAD_DIM * 2;
+    const KV_TILE_BYTES: u32 = Self::BLOCK_N * Self::HEAD_DIM * 2;
+    const Q_OFFSET: u32 = 0;
+    const K_OFFSET: u32 = Self::Q_TILE_BYTES;
+    const V_OFFSET: u32 = Self::K_OFFSET + Self::STAGES * Self::KV_TILE_BYTES;
+    /// The kernel rounds its shared-memory base up to 1024 bytes (the swizzle's period): the
+    /// extra kilobyte pays for that.
+    const SMEM_BYTES: u32 = Self::V_OFFSET + Self::STAGES * Self::KV_TILE_BYTES + 1024;
+}
+
+pub struct FwdWgmmaHdim64;
+impl FwdWgmmaTraits for FwdWgmmaHdim64 {
+    const HEAD_DIM: u32 = 64;
+    const BLOCK_N: u32 = 128;
+    const WARPGROUPS: u32 = 3;
+    const STAGES: u32 = 2;
+}
+
+pub struct FwdWgmmaHdim128;
+impl FwdWgmmaTraits for FwdWgmmaHdim128 {
+    const HEAD_DIM: u32 = 128;
+    const BLOCK_N: u32 = 128;
+    const WARPGROUPS: u32 = 2;
+    const STAGES: u32 = 2;
+}
+
 pub struct FwdHdim32;
 impl FwdTraits for FwdHdim32 {
     const HEAD_DIM: u32 = 32;
@@ -215,8 +256,22 @@ mod tests {
         assert!(T::SMEM_BYTES <= 163 * 1024, "{} bytes", T::SMEM_BYTES);
     }
 
+    fn check_fwd_wgmma<T: FwdWgmmaTraits>() {
+        // Whole 128-byte panels, and the GEMM shapes `scripts/gen_wgmma.py` generates.
+        assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128);
+        assert!(T::BLOCK_N == 64 || T::BLOCK_N == 128);
+        assert!(T::STAGES == 2 || T::STAGES == 3);
+        // Every panel starts on a 1024-byte boundary of the aligned base.
+        assert_eq!(T::Q_TILE_BYTES % 1024, 0);
+        assert_eq!(T::KV_TILE_BYTES % 1024, 0);
+        // Hopper's opt-in limit per block: 227 KiB.
+        assert!(T::SMEM_BYTES <= 227 * 1024, "{} bytes", T::SMEM_BYTES);
+    }
+
     #[test]
     fn shipped_configurations_are_consistent() {
+        check_fwd_wgmma::<FwdWgmmaHdim64>();
+        check_fwd_wgmma::<FwdWgmmaHdim128>();
         check_fwd::<FwdHdim32>();
         check_fwd::<FwdHdim64>();
         check_fwd::<FwdHdim96>();

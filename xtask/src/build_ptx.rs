@@ -5,7 +5,7 @@ use flash_attn_kernels::fingerprint;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub const ARCHES: [&str; 2] = ["sm_80", "sm_90"];
+pub const ARCHES: [&str; 2] = ["sm_80", "sm_90a"];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
@@ -17,11 +17,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--arch" => {
-                let value = it.next().ok_or("--arch needs sm_80, sm_90 or all")?;
+                let value = it.next().ok_or("--arch needs sm_80, sm_90a or all")?;
                 arches = match value.as_str() {
                     "all" => ARCHES.to_vec(),
                     a if ARCHES.contains(&a) => vec![ARCHES[ARCHES.iter().position(|x| *x == a).unwrap()]],
-                    other => return Err(format!("--arch {other}: expected sm_80, sm_90 or all")),
+                    other => return Err(format!("--arch {other}: expected sm_80, sm_90a or all")),
                 };
             }
             other => return Err(format!("build-ptx: unknown argument {other}")),

@@ -1,6 +1,6 @@
 //! Project automation: `cargo xtask <command>`.
 //!
-//! - `build-ptx [--arch sm_80|sm_90|all]`: compile `kernels/` with rustc's nvptx64 backend, link
+//! - `build-ptx [--arch sm_80|sm_90a|all]`: compile `kernels/` with rustc's nvptx64 backend, link
 //!   the bitcode ourselves (llvm-link, opt, llc from the llvm-tools component), write the PTX to
 //!   `target/ptx/`, then assemble it with ptxas and fail on spills or stack frames.
 //! - `bundle`: gather the GPU test and bench binaries with the PTX into `bundle/` together with
@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         Some("build-ptx") => build_ptx::run(&args[1..]),
         Some("bundle") => bundle::run(&args[1..]),
         _ => Err(format!(
-            "usage: cargo xtask build-ptx [--arch sm_80|sm_90|all]\n       cargo xtask bundle\n(got {args:?})"
+            "usage: cargo xtask build-ptx [--arch sm_80|sm_90a|all]\n       cargo xtask bundle\n(got {args:?})"
         )),
     };
     report(result)

@@ -1,6 +1,6 @@
 //! Assemble PTX with ptxas and report per-kernel resources; spills and stack frames fail.
 
-use flash_attn_kernels::registry::KERNELS;
+use flash_attn_kernels::registry::{self, KERNELS};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -89,7 +89,7 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
             return Err(format!("ptxas rejected {}:\n{text}", ptx.display()));
         }
         let ptx_text = std::fs::read_to_string(ptx).map_err(|e| e.to_string())?;
-        for info in KERNELS {
+        for info in registry::in_ptx_for(arch) {
             let declared = format!(".param .align 8 .b8 {}_param_0[{}]", info.name, info.param_bytes);
             if !ptx_text.contains(&declared) {
                 failures.push(format!(
@@ -107,7 +107,7 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
                 ptx_text.lines().filter(|l| l.starts_with(".func ")).collect::<Vec<_>>().join(", ")
             ));
         }
-        for info in KERNELS {
+        for info in registry::in_ptx_for(arch) {
             if !parsed.iter().any(|(name, _)| name == info.name) {
                 failures.push(format!("{}: kernel {} missing from the PTX", arch, info.name));
             }

@@ -1,0 +1,265 @@
+//! FlashAttention-2 forward on Hopper's warpgroup tensor cores (sm_90a).
+//!
+//! The algorithm is the one of [`crate::forward`]; what changes is who feeds the tensor cores.
+//! Each warpgroup owns 64 query rows. Per K/V tile it issues one `wgmma` GEMM for S = Q·Kᵀ that
+//! reads Q and K straight from shared memory (no `ldmatrix`, no operand registers), runs the
+//! online softmax on the scores in registers (same fragment layout as `mma.sync`), and issues a
+//! second GEMM for O += P·V with P from registers and V from shared memory. Warpgroups of one
+//! block, and blocks on one SM, overlap one's softmax with another's GEMMs.
+
+use crate::forward::{LN_2, OnlineSoftmax, online_softmax};
+use crate::params::{FwdParams, row_stat_index};
+use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads, wgmma};
+use crate::tile::{Bf16, Element, F16, Sw128Tile, accumulators_as_a, quad_sum};
+use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, kv_head_of, q_tile_of_block, wgmma_descriptor};
+use crate::traits::FwdWgmmaTraits;
+
+/// Score tiles: 8 columns each, BLOCK_N ≤ 128.
+const SEQ_TILES8: usize = 16;
+/// Output tiles: 8 columns each, head_dim ≤ 256.
+const HEAD_DIM_TILES8: usize = 32;
+
+/// The element types' warpgroup GEMMs, for the shapes `scripts/gen_wgmma.py` generates.
+pub trait WgmmaElement: Element {
+    /// # Safety
+    /// See [`wgmma::wgmma_qk_n64_p1_bf16`].
+    unsafe fn qk<T: FwdWgmmaTraits>(s: &mut [[f32; 4]; SEQ_TILES8], q: [u64; 2], k: [u64; 2]);
+    /// # Safety
+    /// See [`wgmma::wgmma_pv_n64_k4_bf16`].
+    unsafe fn pv<T: FwdWgmmaTraits>(o: &mut [[f32; 4]; HEAD_DIM_TILES8], p: &[[u32; 4]; 8], v: u64);
+}
+
+macro_rules! wgmma_element {
+    ($ty:ty, $qk64_1:ident, $qk64_2:ident, $qk128_1:ident, $qk128_2:ident,
+     $pv64_4:ident, $pv64_8:ident, $pv128_4:ident, $pv128_8:ident) => {
+        impl WgmmaElement for $ty {
+            #[inline(always)]
+            unsafe fn qk<T: FwdWgmmaTraits>(s: &mut [[f32; 4]; SEQ_TILES8], q: [u64; 2], k: [u64; 2]) {
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    match (T::BLOCK_N, T::HEAD_DIM) {
+                        (64, 64) => wgmma::$qk64_1(s, [q[0]], [k[0]]),
+                        (64, _) => wgmma::$qk64_2(s, q, k),
+                        (128, 64) => wgmma::$qk128_1(s, [q[0]], [k[0]]),
+                        _ => wgmma::$qk128_2(s, q, k),
+                    }
+                }
+            }
+            #[inline(always)]
+            unsafe fn pv<T: FwdWgmmaTraits>(o: &mut [[f32; 4]; HEAD_DIM_TILES8], p: &[[u32; 4]; 8], v: u64) {
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    match (T::HEAD_DIM, T::BLOCK_N) {
+                        (64, 64) => wgmma::$pv64_4(o, p, v),
+                        (64, _) => wgmma::$pv64_8(o, p, v),
+                        (_, 64) => wgmma::$pv128_4(o, p, v),
+                        _ => wgmma::$pv128_8(o, p, v),
+                    }
+                }
+            }
+        }
+    };
+}
+
+wgmma_element!(
+    Bf16,
+    wgmma_qk_n64_p1_bf16,
+    wgmma_qk_n64_p2_bf16,
+    wgmma_qk_n128_p1_bf16,
+    wgmma_qk_n128_p2_bf16,
+    wgmma_pv_n64_k4_bf16,
+    wgmma_pv_n64_k8_bf16,
+    wgmma_pv_n128_k4_bf16,
+    wgmma_pv_n128_k8_bf16
+);
+wgmma_element!(
+    F16,
+    wgmma_qk_n64_p1_f16,
+    wgmma_qk_n64_p2_f16,
+    wgmma_qk_n128_p1_f16,
+    wgmma_qk_n128_p2_f16,
+    wgmma_pv_n64_k4_f16,
+    wgmma_pv_n64_k8_f16,
+    wgmma_pv_n128_k4_f16,
+    wgmma_pv_n128_k8_f16
+);
+
+/// Wait for the K/V tile this iteration uses next, make every thread's copies visible to the
+/// tensor cores, and close the stage: after this barrier the previous stage may be refilled.
+#[inline(always)]
+fn tiles_ready<T: FwdWgmmaTraits>() {
+    if T::STAGES == 3 {
+        ptx::cp_async_wait_all_but_one();
+    } else {
+        cp_async_wait_all();
+    }
+    ptx::fence_proxy_async_shared();
+    sync_threads();
+}
+
+/// # Safety
+/// Launched with `T::THREADS` threads, grid `(ceil(seqlen_q / BLOCK_M), heads, batch)` and
+/// `T::SMEM_BYTES` of dynamic shared memory, on a parameter block the host validated, on an
+/// sm_90a device.
+#[inline(always)]
+pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams) {
+    const { assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128) };
+    const { assert!(T::BLOCK_N == 64 || T::BLOCK_N == 128) };
+    let shape = &p.shape;
+    let mask = Mask::of(shape);
+    let tid = ptx::thread_idx();
+    let (warpgroup, warp, lane) = (tid / 128, tid / 32, tid % 32);
+    let (block_x, head, batch) = ptx::block_idx();
+    let kv_head = kv_head_of(shape, head);
+    let q_begin = q_tile_of_block(block_x, ceil_div(shape.seqlen_q, T::BLOCK_M)) * T::BLOCK_M;
+    // Warp w of the block owns query rows 16w..16w+16 (warpgroup g: rows 64g..64g+64).
+    let warp_row0 = 16 * warp;
+    let warp_q0 = q_begin + warp_row0;
+    let panels = T::HEAD_DIM / 64;
+
+    let smem = ptx::dynamic_smem_base().next_multiple_of(1024);
+    let tile = |offset: u32, rows: u32| Sw128Tile { base: smem + offset, rows, chunks_per_row: T::CHUNKS_PER_ROW };
+    let q_tile = tile(T::Q_OFFSET, T::BLOCK_M);
+    let k_tile = |stage: u32| tile(T::K_OFFSET + stage * T::KV_TILE_BYTES, T::BLOCK_N);
+    let v_tile = |stage: u32| tile(T::V_OFFSET + stage * T::KV_TILE_BYTES, T::BLOCK_N);
+
+    let q_ptr = (p.q as *const u16).wrapping_offset(p.q_strides.offset(batch, q_begin, head) as isize);
+    let k_ptr = (p.k as *const u16).wrapping_offset(p.k_strides.offset(batch, 0, kv_head) as isize);
+    let v_ptr = (p.v as *const u16).wrapping_offset(p.v_strides.offset(batch, 0, kv_head) as isize);
+    let load_kv = |tile: u32, stage: u32| {
+        let k_begin = tile * T::BLOCK_N;
+        let rows = shape.seqlen_k - k_begin;
+        // SAFETY: the host validated that K and V hold seqlen_k rows at these strides; rows past
+        // the end are zero-filled without being read.
+        unsafe {
+            k_tile(stage).load_async(
+                k_ptr.wrapping_offset(k_begin as isize * p.k_strides.row as isize),
+                p.k_strides.row,
+                rows,
+                tid,
+                T::THREADS,
+            );
+            v_tile(stage).load_async(
+                v_ptr.wrapping_offset(k_begin as isize * p.v_strides.row as isize),
+                p.v_strides.row,
+                rows,
+                tid,
+                T::THREADS,
+            );
+        }
+    };
+
+    let (key_lo, key_hi) = mask.key_range(q_begin, q_begin + T::BLOCK_M);
+    let (first_tile, end_tile) = (key_lo / T::BLOCK_N, ceil_div(key_hi, T::BLOCK_N));
+
+    // SAFETY: as for K and V above.
+    unsafe { q_tile.load_async(q_ptr, p.q_strides.row, shape.seqlen_q - q_begin, tid, T::THREADS) };
+    if first_tile < end_tile {
+        load_kv(first_tile, 0);
+    }
+    cp_async_commit();
+    if T::STAGES == 3 {
+        if first_tile + 1 < end_tile {
+            load_kv(first_tile + 1, 1);
+        }
+        cp_async_commit();
+    }
+    tiles_ready::<T>();
+
+    // Descriptors: Q and K are K-major (head_dim along a row), one per 64-column panel; V is
+    // MN-major (its rows run along the keys, the GEMM's k), panels BLOCK_N · 128 bytes apart.
+    let q_desc = |panel: u32| {
+        wgmma_descriptor(q_tile.panel(panel, 64 * warpgroup), 16, SW128_ROW_GROUP_BYTES)
+    };
+    let q_descs = [q_desc(0), q_desc(panels - 1)];
+
+    let mut o = [[[0f32; 4]; HEAD_DIM_TILES8]; 1];
+    let mut softmax = [OnlineSoftmax::EMPTY];
+    let (n_tiles8, d_tiles8) = ((T::BLOCK_N / 8) as usize, (T::HEAD_DIM / 8) as usize);
+
+    for tile in first_tile..end_tile {
+        let step = tile - first_tile;
+        let stage = step % T::STAGES;
+        // Refill the stage the previous iteration used (behind its closing barrier) with the
+        // tile STAGES - 1 ahead; one group per iteration, empty or not (see `forward`).
+        if tile + T::STAGES - 1 < end_tile {
+            load_kv(tile + T::STAGES - 1, (step + T::STAGES - 1) % T::STAGES);
+        }
+        cp_async_commit();
+        let lane = ptx::opaque(lane);
+
+        let keys = k_tile(stage);
+        let k_desc = |panel: u32| wgmma_descriptor(keys.panel(panel, 0), 16, SW128_ROW_GROUP_BYTES);
+        let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
+        // SAFETY: the whole warpgroup is here (block-uniform loop); the Q and K tiles landed
+        // and were fenced for the async proxy before the last barrier.
+        unsafe { E::qk::<T>(&mut s[0], q_descs, [k_desc(0), k_desc(panels - 1)]) };
+
+        let k_begin = tile * T::BLOCK_N;
+        if !mask.tile_is_unmasked(warp_q0, warp_q0 + 16, k_begin, k_begin + T::BLOCK_N) {
+            for t in 0..n_tiles8 {
+                for e in 0..4 {
+                    let q = warp_q0 + lane / 4 + 8 * (e as u32 / 2);
+                    let k = k_begin + 8 * t as u32 + 2 * (lane % 4) + e as u32 % 2;
+                    if !mask.allows(q, k) {
+                        s[0][t][e] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+
+        online_softmax(&mut softmax, &mut s, &mut o, 1, n_tiles8, d_tiles8, shape.scale_log2);
+
+        let mut probabilities = [[0u32; 4]; 8];
+        #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
+        for kk in 0..n_tiles8 / 2 {
+            probabilities[kk] = accumulators_as_a::<E>(&s[0][2 * kk], &s[0][2 * kk + 1]);
+        }
+        let v_desc = wgmma_descriptor(v_tile(stage).panel(0, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
+        // SAFETY: as for the score GEMM.
+        unsafe { E::pv::<T>(&mut o[0], &probabilities, v_desc) };
+
+        // The next tile has landed, and everyone is done with this stage.
+        tiles_ready::<T>();
+    }
+
+    // Epilogue: normalize; stage O in this warp's own rows of the Q tile (the tensor cores'
+    // reads of Q finished inside the last GEMM), then write whole 16-byte chunks; write the LSE.
+    ptx::fence_proxy_async_shared();
+    let lane = ptx::opaque(lane);
+    for half in 0..2 {
+        let local_row = warp_row0 + lane / 4 + 8 * half as u32;
+        let row = q_begin + local_row;
+        let sum = quad_sum(softmax[0].sum[half]);
+        let empty = sum == 0.0;
+        let inv = if empty { 0.0 } else { 1.0 / sum };
+        for t in 0..d_tiles8 {
+            let packed = E::pack(o[0][t][2 * half] * inv, o[0][t][2 * half + 1] * inv);
+            let col = 8 * t as u32 + 2 * (lane % 4);
+            // SAFETY: the element lies in this warp's rows of the Q tile.
+            unsafe { ptx::st_shared_u32(q_tile.chunk(local_row, col / 8) + (col % 8) * 2, packed) };
+        }
+        if lane % 4 == 0 && row < shape.seqlen_q {
+            let lse = if empty { f32::INFINITY } else { (softmax[0].max[half] + ptx::log2(sum)) * LN_2 };
+            // SAFETY: the LSE buffer holds batch · heads · seqlen_q floats (host-checked).
+            unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index(shape, batch, head, row) as isize) = lse };
+        }
+    }
+    ptx::sync_warp();
+    let mut index = lane;
+    while index < 16 * T::CHUNKS_PER_ROW {
+        let (local, chunk) = (index / T::CHUNKS_PER_ROW, index % T::CHUNKS_PER_ROW);
+        let row = warp_q0 + local;
+        if row < shape.seqlen_q {
+            // SAFETY: the chunk lies in this warp's rows of the Q tile; the destination is inside
+            // row `row` of O, whose rows the host checked to be 16-byte aligned.
+            unsafe {
+                let v = ptx::ld_shared_v4(q_tile.chunk(warp_row0 + local, chunk));
+                let out = (p.o as *mut u16)
+                    .wrapping_offset(p.o_strides.offset(batch, row, head) as isize + 8 * chunk as isize);
+                ptx::st_global_v4(out as *mut u8, v);
+            }
+        }
+        index += 32;
+    }
+}
