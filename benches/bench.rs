@@ -25,6 +25,7 @@ struct Options {
     dtypes: Vec<String>,
     seqlens: Vec<usize>,
     portable: bool,
+    forward_kernel: Option<String>,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
@@ -39,6 +40,7 @@ fn options() -> Options {
         dtypes: vec!["bf16".into(), "f16".into()],
         seqlens: vec![512, 1024, 2048, 4096, 8192, 16384],
         portable: false,
+        forward_kernel: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -51,6 +53,8 @@ fn options() -> Options {
             "--seqlens" => o.seqlens = list(&v),
             // `portable`: the mma.sync kernels also on Hopper, to compare with the wgmma ones.
             "--kernels" => o.portable = v == "portable",
+            // A forward kernel by name (a measurement variant from the registry).
+            "--forward-kernel" => o.forward_kernel = Some(v),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -98,6 +102,10 @@ fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
     let mut attention = FlashAttention::new().unwrap();
     if o.portable {
         attention = attention.portable_kernels_only();
+    }
+    if let Some(name) = &o.forward_kernel {
+        attention = attention.with_forward_kernel(name).expect("--forward-kernel: no such forward kernel here");
+        println!("forward kernel {name}");
     }
     // Every grid point holds TOKENS × MODEL_DIM elements per tensor: one set of random inputs
     // serves all of them, viewed with each point's shape.

@@ -9,6 +9,7 @@ functions spell out their operand lists; this script writes them. Run it after c
 TYPES = [("bf16", "bf16"), ("f16", "f16")]
 QK = [(n, p) for n in (64, 128) for p in (1, 2)]      # (keys per tile, 64-column panels of head_dim)
 PV = [(n, k) for n in (64, 128) for k in (4, 8)]      # (head_dim, 16-key steps per tile)
+DQ = [(32, 8), (64, 8)]                               # (dQ columns per warpgroup, 16-key steps)
 
 def acc(count, first=0):
     return "{{" + ", ".join("{%d}" % (first + i) for i in range(count)) + "}}"
@@ -103,6 +104,41 @@ pub unsafe fn wgmma_pv_n{n}_k{ksteps}_{ty}(o: &mut [[f32; 4]; 32], p: &[[u32; 4]
             {operands("inout", count, "o", n // 8)},
             {pops},
             v = in(reg64) desc_v,
+            options(nostack),
+        )
+    }}
+}}''')
+
+    for n, ksteps in DQ:
+        count = n // 2
+        lines = ["{{", ".reg .b64 da, kb;", ".reg .pred p;", "setp.ne.u32 p, {zero}, 0;", "wgmma.fence.sync.aligned;"]
+        for step in range(ksteps):
+            lines.append(f"add.s64 da, {{ds}}, {128 * step};")
+            lines.append(f"add.s64 kb, {{k}}, {128 * step};")
+            scale = "p" if step == 0 else "1"
+            lines.append(f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptxty}.{ptxty} {acc(count)}, da, kb, {scale}, 1, 1, 1, 1;")
+        lines.append("wgmma.commit_group.sync.aligned;")
+        lines.append("wgmma.wait_group.sync.aligned 0;")
+        lines.append("}}")
+        template = "\n".join(f'            "{l}",' for l in lines)
+        out.append(f'''
+/// `dQ = dS·K` for one warpgroup: 64 query rows × {n} columns over {16 * ksteps} keys, f32 out
+/// (tiles `0..{n // 8}` of `acc`). Both operands come from shared memory with their rows along the
+/// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
+/// from this warpgroup's first column.
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`].
+#[inline(always)]
+pub unsafe fn wgmma_dq_n{n}_k{ksteps}_{ty}(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k: u64) {{
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {{
+        asm!(
+{template}
+            {operands("out", count, "acc", n // 8)},
+            ds = in(reg64) desc_ds,
+            k = in(reg64) desc_k,
+            zero = in(reg32) 0u32,
             options(nostack),
         )
     }}

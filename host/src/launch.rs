@@ -18,6 +18,8 @@ pub struct FlashAttention {
     module: Module,
     /// The sm_90a PTX is loaded, and its Hopper-only kernels are used where they exist.
     hopper_kernels: bool,
+    /// A forward kernel chosen by name, for its dtype and head dim (see `with_forward_kernel`).
+    forward_override: Option<&'static KernelInfo>,
 }
 
 /// O (contiguous, the inputs' dtype) and the natural-log LSE, f32 (batch, heads, seqlen_q).
@@ -66,7 +68,7 @@ impl FlashAttention {
             };
             check_raw(result, "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")?;
         }
-        Ok(FlashAttention { module, hopper_kernels: arch == "sm_90a" })
+        Ok(FlashAttention { module, hopper_kernels: arch == "sm_90a", forward_override: None })
     }
 
     /// Use only the portable `mma.sync` kernels, also on Hopper (for comparisons and for
@@ -76,9 +78,24 @@ impl FlashAttention {
         self
     }
 
+    /// Run the forward kernel `name` (from `flash_attn_kernels::registry::KERNELS`) for its dtype
+    /// and head dim instead of the default: for measuring tile configurations against each other.
+    #[doc(hidden)]
+    pub fn with_forward_kernel(mut self, name: &str) -> Option<Self> {
+        let info = registry::by_name(name).filter(|k| k.role == Role::Forward)?;
+        if info.requires_sm90a && !self.hopper_kernels {
+            return None;
+        }
+        self.forward_override = Some(info);
+        Some(self)
+    }
+
     /// Name of the forward kernel that runs for this dtype and head dim, if any.
     pub fn forward_kernel_name<T: Element>(&self, head_dim: usize) -> Option<&'static str> {
-        registry::find(Role::Forward, T::DTYPE, head_dim as u32, self.hopper_kernels).map(|k| k.name)
+        self.forward_override
+            .filter(|k| k.dtype == T::DTYPE && k.head_dim == head_dim as u32)
+            .or_else(|| registry::find(Role::Forward, T::DTYPE, head_dim as u32, self.hopper_kernels))
+            .map(|k| k.name)
     }
 
     /// Forward into new tensors: O (contiguous) and the LSE. Queued on `stream`; no sync.
@@ -203,7 +220,8 @@ impl FlashAttention {
 
     /// Launch one kernel over `(ceil(rows / block_rows), heads, batch)` blocks.
     fn kernel(&self, role: Role, dtype: registry::Dtype, shape: &AttnShape) -> Result<&'static KernelInfo> {
-        registry::find(role, dtype, shape.head_dim, self.hopper_kernels).ok_or(Error::UnsupportedHeadDim {
+        let chosen = self.forward_override.filter(|k| k.role == role && k.dtype == dtype && k.head_dim == shape.head_dim);
+        chosen.or_else(|| registry::find(role, dtype, shape.head_dim, self.hopper_kernels)).ok_or(Error::UnsupportedHeadDim {
             argument: "q",
             head_dim: shape.head_dim as usize,
             supported: &flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS,

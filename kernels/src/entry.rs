@@ -54,13 +54,19 @@ entry!(flash_bwd_f16_hdim128, BwdParams, flash_bwd::<F16, BwdHdim128>);
 #[cfg(target_feature = "sm_90a")]
 mod hopper {
     use super::*;
+    use crate::backward_wgmma::flash_bwd_wgmma;
     use crate::forward_wgmma::flash_fwd_wgmma;
-    use crate::traits::{FwdWgmmaHdim64, FwdWgmmaHdim128};
+    use crate::traits::*;
 
     entry!(flash_fwd_wgmma_bf16_hdim64, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim64>);
     entry!(flash_fwd_wgmma_f16_hdim64, FwdParams, flash_fwd_wgmma::<F16, FwdWgmmaHdim64>);
     entry!(flash_fwd_wgmma_bf16_hdim128, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128>);
     entry!(flash_fwd_wgmma_f16_hdim128, FwdParams, flash_fwd_wgmma::<F16, FwdWgmmaHdim128>);
+    entry!(flash_bwd_wgmma_bf16_hdim64, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim64>);
+    entry!(flash_bwd_wgmma_f16_hdim64, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaHdim64>);
+    entry!(flash_bwd_wgmma_bf16_hdim128, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128>);
+    entry!(flash_bwd_wgmma_f16_hdim128, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaHdim128>);
+    entry!(flash_fwd_wgmma_bf16_hdim128_b, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128B>);
 }
 
 entry!(flash_bwd_preprocess_bf16, BwdParams, preprocess::<Bf16>);

@@ -9,8 +9,9 @@
 
 use crate::forward::{LN_2, OnlineSoftmax, online_softmax};
 use crate::params::{FwdParams, row_stat_index};
-use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads, wgmma};
-use crate::tile::{Bf16, Element, F16, Sw128Tile, accumulators_as_a, quad_sum};
+use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
+use crate::warpgroup::WgmmaElement;
+use crate::tile::{Sw128Tile, accumulators_as_a, quad_sum};
 use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, kv_head_of, q_tile_of_block, wgmma_descriptor};
 use crate::traits::FwdWgmmaTraits;
 
@@ -18,71 +19,6 @@ use crate::traits::FwdWgmmaTraits;
 const SEQ_TILES8: usize = 16;
 /// Output tiles: 8 columns each, head_dim ≤ 256.
 const HEAD_DIM_TILES8: usize = 32;
-
-/// The element types' warpgroup GEMMs, for the shapes `scripts/gen_wgmma.py` generates.
-pub trait WgmmaElement: Element {
-    /// # Safety
-    /// See [`wgmma::wgmma_qk_n64_p1_bf16`].
-    unsafe fn qk<T: FwdWgmmaTraits>(s: &mut [[f32; 4]; SEQ_TILES8], q: [u64; 2], k: [u64; 2]);
-    /// # Safety
-    /// See [`wgmma::wgmma_pv_n64_k4_bf16`].
-    unsafe fn pv<T: FwdWgmmaTraits>(o: &mut [[f32; 4]; HEAD_DIM_TILES8], p: &[[u32; 4]; 8], v: u64);
-}
-
-macro_rules! wgmma_element {
-    ($ty:ty, $qk64_1:ident, $qk64_2:ident, $qk128_1:ident, $qk128_2:ident,
-     $pv64_4:ident, $pv64_8:ident, $pv128_4:ident, $pv128_8:ident) => {
-        impl WgmmaElement for $ty {
-            #[inline(always)]
-            unsafe fn qk<T: FwdWgmmaTraits>(s: &mut [[f32; 4]; SEQ_TILES8], q: [u64; 2], k: [u64; 2]) {
-                // SAFETY: forwarded from the caller.
-                unsafe {
-                    match (T::BLOCK_N, T::HEAD_DIM) {
-                        (64, 64) => wgmma::$qk64_1(s, [q[0]], [k[0]]),
-                        (64, _) => wgmma::$qk64_2(s, q, k),
-                        (128, 64) => wgmma::$qk128_1(s, [q[0]], [k[0]]),
-                        _ => wgmma::$qk128_2(s, q, k),
-                    }
-                }
-            }
-            #[inline(always)]
-            unsafe fn pv<T: FwdWgmmaTraits>(o: &mut [[f32; 4]; HEAD_DIM_TILES8], p: &[[u32; 4]; 8], v: u64) {
-                // SAFETY: forwarded from the caller.
-                unsafe {
-                    match (T::HEAD_DIM, T::BLOCK_N) {
-                        (64, 64) => wgmma::$pv64_4(o, p, v),
-                        (64, _) => wgmma::$pv64_8(o, p, v),
-                        (_, 64) => wgmma::$pv128_4(o, p, v),
-                        _ => wgmma::$pv128_8(o, p, v),
-                    }
-                }
-            }
-        }
-    };
-}
-
-wgmma_element!(
-    Bf16,
-    wgmma_qk_n64_p1_bf16,
-    wgmma_qk_n64_p2_bf16,
-    wgmma_qk_n128_p1_bf16,
-    wgmma_qk_n128_p2_bf16,
-    wgmma_pv_n64_k4_bf16,
-    wgmma_pv_n64_k8_bf16,
-    wgmma_pv_n128_k4_bf16,
-    wgmma_pv_n128_k8_bf16
-);
-wgmma_element!(
-    F16,
-    wgmma_qk_n64_p1_f16,
-    wgmma_qk_n64_p2_f16,
-    wgmma_qk_n128_p1_f16,
-    wgmma_qk_n128_p2_f16,
-    wgmma_pv_n64_k4_f16,
-    wgmma_pv_n64_k8_f16,
-    wgmma_pv_n128_k4_f16,
-    wgmma_pv_n128_k8_f16
-);
 
 /// Wait for the K/V tile this iteration uses next, make every thread's copies visible to the
 /// tensor cores, and close the stage: after this barrier the previous stage may be refilled.
@@ -193,7 +129,7 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
         let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
         // SAFETY: the whole warpgroup is here (block-uniform loop); the Q and K tiles landed
         // and were fenced for the async proxy before the last barrier.
-        unsafe { E::qk::<T>(&mut s[0], q_descs, [k_desc(0), k_desc(panels - 1)]) };
+        unsafe { E::qk(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, [k_desc(0), k_desc(panels - 1)]) };
 
         let k_begin = tile * T::BLOCK_N;
         if !mask.tile_is_unmasked(warp_q0, warp_q0 + 16, k_begin, k_begin + T::BLOCK_N) {
@@ -217,7 +153,7 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
         }
         let v_desc = wgmma_descriptor(v_tile(stage).panel(0, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
         // SAFETY: as for the score GEMM.
-        unsafe { E::pv::<T>(&mut o[0], &probabilities, v_desc) };
+        unsafe { E::pv(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &probabilities, v_desc) };
 
         // The next tile has landed, and everyone is done with this stage.
         tiles_ready::<T>();

@@ -37,7 +37,11 @@ mod entry;
 #[cfg(target_arch = "nvptx64")]
 mod forward;
 #[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]
+mod backward_wgmma;
+#[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]
 mod forward_wgmma;
+#[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]
+mod warpgroup;
 #[cfg(target_arch = "nvptx64")]
 mod ptx;
 #[cfg(target_arch = "nvptx64")]

@@ -2,7 +2,8 @@
 
 use crate::params::{BwdParams, FwdParams};
 use crate::traits::{
-    BwdHdim32, BwdHdim64, FwdWgmmaHdim64, FwdWgmmaHdim128, FwdWgmmaTraits, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, FwdHdim32, FwdHdim64, FwdHdim96,
+    BwdHdim32, BwdHdim64, FwdWgmmaHdim64, FwdWgmmaHdim128, FwdWgmmaHdim128B, FwdWgmmaTraits, BwdWgmmaHdim64, BwdWgmmaHdim128,
+    BwdWgmmaTraits, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, FwdHdim32, FwdHdim64, FwdHdim96,
     FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, ROW_KERNEL_THREADS,
 };
 
@@ -79,6 +80,20 @@ const fn bwd<T: BwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
     }
 }
 
+const fn bwd_wgmma<T: BwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
+    KernelInfo {
+        name,
+        role: Role::Backward,
+        dtype,
+        head_dim: T::HEAD_DIM,
+        threads: T::THREADS,
+        dynamic_smem_bytes: T::SMEM_BYTES,
+        block_rows: T::BLOCK_N,
+        param_bytes: core::mem::size_of::<BwdParams>() as u32,
+        requires_sm90a: true,
+    }
+}
+
 const fn rows(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
     KernelInfo {
         name,
@@ -98,6 +113,10 @@ pub const KERNELS: &[KernelInfo] = &[
     fwd_wgmma::<FwdWgmmaHdim64>("flash_fwd_wgmma_f16_hdim64", Dtype::F16),
     fwd_wgmma::<FwdWgmmaHdim128>("flash_fwd_wgmma_bf16_hdim128", Dtype::Bf16),
     fwd_wgmma::<FwdWgmmaHdim128>("flash_fwd_wgmma_f16_hdim128", Dtype::F16),
+    bwd_wgmma::<BwdWgmmaHdim64>("flash_bwd_wgmma_bf16_hdim64", Dtype::Bf16),
+    bwd_wgmma::<BwdWgmmaHdim64>("flash_bwd_wgmma_f16_hdim64", Dtype::F16),
+    bwd_wgmma::<BwdWgmmaHdim128>("flash_bwd_wgmma_bf16_hdim128", Dtype::Bf16),
+    bwd_wgmma::<BwdWgmmaHdim128>("flash_bwd_wgmma_f16_hdim128", Dtype::F16),
     fwd::<FwdHdim96>("flash_fwd_bf16_hdim96", Dtype::Bf16),
     bwd::<BwdHdim96>("flash_bwd_bf16_hdim96", Dtype::Bf16),
     fwd::<FwdHdim96>("flash_fwd_f16_hdim96", Dtype::F16),
@@ -126,7 +145,14 @@ pub const KERNELS: &[KernelInfo] = &[
     rows("flash_bwd_preprocess_f16", Role::BackwardPreprocess, Dtype::F16),
     rows("flash_bwd_convert_dq_bf16", Role::BackwardConvertDq, Dtype::Bf16),
     rows("flash_bwd_convert_dq_f16", Role::BackwardConvertDq, Dtype::F16),
+    // Measurement variants: after the defaults, so `find` never picks them.
+    fwd_wgmma::<FwdWgmmaHdim128B>("flash_fwd_wgmma_bf16_hdim128_b", Dtype::Bf16),
 ];
+
+/// The kernel called `name`, if the registry has one.
+pub fn by_name(name: &str) -> Option<&'static KernelInfo> {
+    KERNELS.iter().find(|k| k.name == name)
+}
 
 /// The kernel for a role, dtype and head dim (head dim ignored for the row kernels): with the
 /// sm_90a PTX loaded, a Hopper-only kernel where one exists, else the portable one.

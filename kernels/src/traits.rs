@@ -98,21 +98,57 @@ pub trait FwdWgmmaTraits {
     const SMEM_BYTES: u32 = Self::V_OFFSET + Self::STAGES * Self::KV_TILE_BYTES + 1024;
 }
 
-pub struct FwdWgmmaHdim64;
-impl FwdWgmmaTraits for FwdWgmmaHdim64 {
-    const HEAD_DIM: u32 = 64;
-    const BLOCK_N: u32 = 128;
-    const WARPGROUPS: u32 = 3;
-    const STAGES: u32 = 2;
+/// A Hopper forward configuration: head_dim, warpgroups per block, keys per tile, K/V stages.
+pub struct FwdWgmma<const D: u32, const WARPGROUPS: u32, const BLOCK_N: u32, const STAGES: u32>;
+impl<const D: u32, const W: u32, const N: u32, const S: u32> FwdWgmmaTraits for FwdWgmma<D, W, N, S> {
+    const HEAD_DIM: u32 = D;
+    const BLOCK_N: u32 = N;
+    const WARPGROUPS: u32 = W;
+    const STAGES: u32 = S;
 }
 
-pub struct FwdWgmmaHdim128;
-impl FwdWgmmaTraits for FwdWgmmaHdim128 {
-    const HEAD_DIM: u32 = 128;
-    const BLOCK_N: u32 = 128;
+/// The shipped Hopper configurations (benches/NOTES.md, v8, lists the variants measured).
+/// head_dim 64: one warpgroup and 64-key tiles, so four blocks share an SM and one block's
+/// softmax overlaps another's GEMMs; head_dim 128: two warpgroups on 128-key tiles.
+pub type FwdWgmmaHdim64 = FwdWgmma<64, 1, 64, 2>;
+pub type FwdWgmmaHdim128 = FwdWgmma<128, 2, 128, 2>;
+/// A measurement variant (`bench --forward-kernel flash_fwd_wgmma_bf16_hdim128_b`).
+pub type FwdWgmmaHdim128B = FwdWgmma<128, 1, 64, 2>;
+
+/// Hopper backward (sm_90a, `wgmma`) tile configuration: two warpgroups of 64 keys each, 64
+/// queries per iteration (one 128-byte panel of dSᵀ). Every GEMM reads its shared-memory
+/// operands in the 128-byte-swizzled layout; head_dim is 64 or 128.
+pub trait BwdWgmmaTraits {
+    const HEAD_DIM: u32;
     const WARPGROUPS: u32 = 2;
-    const STAGES: u32 = 2;
+    const BLOCK_M: u32 = 64;
+    const BLOCK_N: u32 = 64 * Self::WARPGROUPS;
+    const THREADS: u32 = 128 * Self::WARPGROUPS;
+    const CHUNKS_PER_ROW: u32 = Self::HEAD_DIM / 8;
+    const KV_TILE_BYTES: u32 = Self::BLOCK_N * Self::HEAD_DIM * 2;
+    const Q_TILE_BYTES: u32 = Self::BLOCK_M * Self::HEAD_DIM * 2;
+    const K_OFFSET: u32 = 0;
+    const V_OFFSET: u32 = Self::KV_TILE_BYTES;
+    const DS_OFFSET: u32 = 2 * Self::KV_TILE_BYTES;
+    const DS_TILE_BYTES: u32 = Self::BLOCK_N * Self::BLOCK_M * 2;
+    const STAGE_OFFSET: u32 = Self::DS_OFFSET + Self::DS_TILE_BYTES;
+    /// Q, dO (16-bit tiles) and LSE, D (f32 per query), padded to keep the next stage's tiles
+    /// on 1024-byte boundaries.
+    const STAGE_BYTES: u32 = 2 * Self::Q_TILE_BYTES + 1024;
+    const Q_IN_STAGE: u32 = 0;
+    const DO_IN_STAGE: u32 = Self::Q_TILE_BYTES;
+    const LSE_IN_STAGE: u32 = 2 * Self::Q_TILE_BYTES;
+    const D_IN_STAGE: u32 = Self::LSE_IN_STAGE + Self::BLOCK_M * 4;
+    /// Plus 1024 for rounding the base up to the swizzle's period.
+    const SMEM_BYTES: u32 = Self::STAGE_OFFSET + 2 * Self::STAGE_BYTES + 1024;
 }
+
+pub struct BwdWgmma<const D: u32>;
+impl<const D: u32> BwdWgmmaTraits for BwdWgmma<D> {
+    const HEAD_DIM: u32 = D;
+}
+pub type BwdWgmmaHdim64 = BwdWgmma<64>;
+pub type BwdWgmmaHdim128 = BwdWgmma<128>;
 
 pub struct FwdHdim32;
 impl FwdTraits for FwdHdim32 {
@@ -268,10 +304,24 @@ mod tests {
         assert!(T::SMEM_BYTES <= 227 * 1024, "{} bytes", T::SMEM_BYTES);
     }
 
+    fn check_bwd_wgmma<T: BwdWgmmaTraits>() {
+        assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128);
+        // dQ = dS·K is split by columns over the warpgroups: generated widths 32 and 64.
+        assert!(T::WARPGROUPS == 2 && T::BLOCK_M == 64);
+        for offset in [T::V_OFFSET, T::DS_OFFSET, T::STAGE_OFFSET, T::STAGE_BYTES, T::DO_IN_STAGE] {
+            assert_eq!(offset % 1024, 0);
+        }
+        assert!(2 * T::BLOCK_M * 4 <= 1024, "LSE and D fit the stage's padding");
+        assert!(T::SMEM_BYTES <= 227 * 1024, "{} bytes", T::SMEM_BYTES);
+    }
+
     #[test]
     fn shipped_configurations_are_consistent() {
+        check_bwd_wgmma::<BwdWgmmaHdim64>();
+        check_bwd_wgmma::<BwdWgmmaHdim128>();
         check_fwd_wgmma::<FwdWgmmaHdim64>();
         check_fwd_wgmma::<FwdWgmmaHdim128>();
+        check_fwd_wgmma::<FwdWgmmaHdim128B>();
         check_fwd::<FwdHdim32>();
         check_fwd::<FwdHdim64>();
         check_fwd::<FwdHdim96>();

@@ -344,6 +344,112 @@ pub unsafe fn wgmma_pv_n128_k8_bf16(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], d
     }
 }
 
+/// `dQ = dS·K` for one warpgroup: 64 query rows × 32 columns over 128 keys, f32 out
+/// (tiles `0..4` of `acc`). Both operands come from shared memory with their rows along the
+/// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
+/// from this warpgroup's first column.
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`].
+#[inline(always)]
+pub unsafe fn wgmma_dq_n32_k8_bf16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 da, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 da, {ds}, 0;",
+            "add.s64 kb, {k}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, p, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 128;",
+            "add.s64 kb, {k}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 256;",
+            "add.s64 kb, {k}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 384;",
+            "add.s64 kb, {k}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 512;",
+            "add.s64 kb, {k}, 512;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 640;",
+            "add.s64 kb, {k}, 640;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 768;",
+            "add.s64 kb, {k}, 768;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 896;",
+            "add.s64 kb, {k}, 896;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "wgmma.wait_group.sync.aligned 0;",
+            "}}",
+            out(reg32) acc[0][0], out(reg32) acc[0][1], out(reg32) acc[0][2], out(reg32) acc[0][3], out(reg32) acc[1][0], out(reg32) acc[1][1], out(reg32) acc[1][2], out(reg32) acc[1][3], out(reg32) acc[2][0], out(reg32) acc[2][1], out(reg32) acc[2][2], out(reg32) acc[2][3], out(reg32) acc[3][0], out(reg32) acc[3][1], out(reg32) acc[3][2], out(reg32) acc[3][3],
+            ds = in(reg64) desc_ds,
+            k = in(reg64) desc_k,
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
+/// `dQ = dS·K` for one warpgroup: 64 query rows × 64 columns over 128 keys, f32 out
+/// (tiles `0..8` of `acc`). Both operands come from shared memory with their rows along the
+/// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
+/// from this warpgroup's first column.
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`].
+#[inline(always)]
+pub unsafe fn wgmma_dq_n64_k8_bf16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 da, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 da, {ds}, 0;",
+            "add.s64 kb, {k}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, p, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 128;",
+            "add.s64 kb, {k}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 256;",
+            "add.s64 kb, {k}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 384;",
+            "add.s64 kb, {k}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 512;",
+            "add.s64 kb, {k}, 512;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 640;",
+            "add.s64 kb, {k}, 640;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 768;",
+            "add.s64 kb, {k}, 768;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 896;",
+            "add.s64 kb, {k}, 896;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "wgmma.wait_group.sync.aligned 0;",
+            "}}",
+            out(reg32) acc[0][0], out(reg32) acc[0][1], out(reg32) acc[0][2], out(reg32) acc[0][3], out(reg32) acc[1][0], out(reg32) acc[1][1], out(reg32) acc[1][2], out(reg32) acc[1][3], out(reg32) acc[2][0], out(reg32) acc[2][1], out(reg32) acc[2][2], out(reg32) acc[2][3], out(reg32) acc[3][0], out(reg32) acc[3][1], out(reg32) acc[3][2], out(reg32) acc[3][3], out(reg32) acc[4][0], out(reg32) acc[4][1], out(reg32) acc[4][2], out(reg32) acc[4][3], out(reg32) acc[5][0], out(reg32) acc[5][1], out(reg32) acc[5][2], out(reg32) acc[5][3], out(reg32) acc[6][0], out(reg32) acc[6][1], out(reg32) acc[6][2], out(reg32) acc[6][3], out(reg32) acc[7][0], out(reg32) acc[7][1], out(reg32) acc[7][2], out(reg32) acc[7][3],
+            ds = in(reg64) desc_ds,
+            k = in(reg64) desc_k,
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
 /// `S = Q·Kᵀ` for one warpgroup: 64 query rows × 64 keys, head_dim 64 (1 panel(s) of
 /// 64 columns), f16 inputs, f32 out (tiles `0..8` of `s`; the rest untouched). `desc_q[p]` and
 /// `desc_k[p]` describe panel `p` of the 128-byte-swizzled Q and K tiles (K-major both).
@@ -671,6 +777,112 @@ pub unsafe fn wgmma_pv_n128_k8_f16(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], de
             inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3],
             in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3], in(reg32) p[2][0], in(reg32) p[2][1], in(reg32) p[2][2], in(reg32) p[2][3], in(reg32) p[3][0], in(reg32) p[3][1], in(reg32) p[3][2], in(reg32) p[3][3], in(reg32) p[4][0], in(reg32) p[4][1], in(reg32) p[4][2], in(reg32) p[4][3], in(reg32) p[5][0], in(reg32) p[5][1], in(reg32) p[5][2], in(reg32) p[5][3], in(reg32) p[6][0], in(reg32) p[6][1], in(reg32) p[6][2], in(reg32) p[6][3], in(reg32) p[7][0], in(reg32) p[7][1], in(reg32) p[7][2], in(reg32) p[7][3],
             v = in(reg64) desc_v,
+            options(nostack),
+        )
+    }
+}
+
+/// `dQ = dS·K` for one warpgroup: 64 query rows × 32 columns over 128 keys, f32 out
+/// (tiles `0..4` of `acc`). Both operands come from shared memory with their rows along the
+/// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
+/// from this warpgroup's first column.
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`].
+#[inline(always)]
+pub unsafe fn wgmma_dq_n32_k8_f16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 da, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 da, {ds}, 0;",
+            "add.s64 kb, {k}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, p, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 128;",
+            "add.s64 kb, {k}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 256;",
+            "add.s64 kb, {k}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 384;",
+            "add.s64 kb, {k}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 512;",
+            "add.s64 kb, {k}, 512;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 640;",
+            "add.s64 kb, {k}, 640;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 768;",
+            "add.s64 kb, {k}, 768;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 896;",
+            "add.s64 kb, {k}, 896;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "wgmma.wait_group.sync.aligned 0;",
+            "}}",
+            out(reg32) acc[0][0], out(reg32) acc[0][1], out(reg32) acc[0][2], out(reg32) acc[0][3], out(reg32) acc[1][0], out(reg32) acc[1][1], out(reg32) acc[1][2], out(reg32) acc[1][3], out(reg32) acc[2][0], out(reg32) acc[2][1], out(reg32) acc[2][2], out(reg32) acc[2][3], out(reg32) acc[3][0], out(reg32) acc[3][1], out(reg32) acc[3][2], out(reg32) acc[3][3],
+            ds = in(reg64) desc_ds,
+            k = in(reg64) desc_k,
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
+/// `dQ = dS·K` for one warpgroup: 64 query rows × 64 columns over 128 keys, f32 out
+/// (tiles `0..8` of `acc`). Both operands come from shared memory with their rows along the
+/// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
+/// from this warpgroup's first column.
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`].
+#[inline(always)]
+pub unsafe fn wgmma_dq_n64_k8_f16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 da, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 da, {ds}, 0;",
+            "add.s64 kb, {k}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, p, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 128;",
+            "add.s64 kb, {k}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 256;",
+            "add.s64 kb, {k}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 384;",
+            "add.s64 kb, {k}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 512;",
+            "add.s64 kb, {k}, 512;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 640;",
+            "add.s64 kb, {k}, 640;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 768;",
+            "add.s64 kb, {k}, 768;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 896;",
+            "add.s64 kb, {k}, 896;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "wgmma.wait_group.sync.aligned 0;",
+            "}}",
+            out(reg32) acc[0][0], out(reg32) acc[0][1], out(reg32) acc[0][2], out(reg32) acc[0][3], out(reg32) acc[1][0], out(reg32) acc[1][1], out(reg32) acc[1][2], out(reg32) acc[1][3], out(reg32) acc[2][0], out(reg32) acc[2][1], out(reg32) acc[2][2], out(reg32) acc[2][3], out(reg32) acc[3][0], out(reg32) acc[3][1], out(reg32) acc[3][2], out(reg32) acc[3][3], out(reg32) acc[4][0], out(reg32) acc[4][1], out(reg32) acc[4][2], out(reg32) acc[4][3], out(reg32) acc[5][0], out(reg32) acc[5][1], out(reg32) acc[5][2], out(reg32) acc[5][3], out(reg32) acc[6][0], out(reg32) acc[6][1], out(reg32) acc[6][2], out(reg32) acc[6][3], out(reg32) acc[7][0], out(reg32) acc[7][1], out(reg32) acc[7][2], out(reg32) acc[7][3],
+            ds = in(reg64) desc_ds,
+            k = in(reg64) desc_k,
+            zero = in(reg32) 0u32,
             options(nostack),
         )
     }

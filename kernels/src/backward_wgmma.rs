@@ -1,0 +1,229 @@
+//! FlashAttention-2 backward on Hopper's warpgroup tensor cores (sm_90a).
+//!
+//! Same algorithm and launches as [`crate::backward`] (preprocess, this kernel, convert_dq);
+//! the main kernel's GEMMs become warpgroup GEMMs. A block owns 128 keys, 64 per warpgroup,
+//! in the transposed orientation: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ read K, V, Q and dO straight from
+//! shared memory; Pᵀ and dSᵀ are formed in registers and feed dV += Pᵀ·dO and dK += dSᵀ·Q as
+//! register operands; dSᵀ goes to shared memory once, and dQ = dS·K is split by columns over
+//! the two warpgroups and added to the f32 accumulator with vector reductions.
+
+use crate::params::{BwdParams, row_stat_index};
+use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
+use crate::tile::{Sw128Tile, accumulators_as_a};
+use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, kv_head_of, wgmma_descriptor};
+use crate::traits::BwdWgmmaTraits;
+use crate::warpgroup::WgmmaElement;
+
+const LOG2_E: f32 = core::f32::consts::LOG2_E;
+
+/// Make every thread's completed copies and stores visible to the tensor cores, block-wide.
+#[inline(always)]
+fn shared_writes_done() {
+    ptx::fence_proxy_async_shared();
+    sync_threads();
+}
+
+/// # Safety
+/// Launched with `T::THREADS` threads, grid `(ceil(seqlen_k / BLOCK_N), heads, batch)` and
+/// `T::SMEM_BYTES` of dynamic shared memory, after `preprocess` on the same parameters, on an
+/// sm_90a device.
+#[inline(always)]
+pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams) {
+    let f = &p.fwd;
+    let shape = &f.shape;
+    let mask = Mask::of(shape);
+    let tid = ptx::thread_idx();
+    let (warpgroup, warp, lane) = (tid / 128, tid / 32, tid % 32);
+    let (block_x, head, batch) = ptx::block_idx();
+    let kv_head = kv_head_of(shape, head);
+    let k_begin = block_x * T::BLOCK_N;
+    // Warp w owns keys 16w..16w+16 of the block (warpgroup g: keys 64g..64g+64).
+    let warp_k0 = k_begin + 16 * warp;
+    let panels = T::HEAD_DIM / 64;
+    let m_tiles8 = (T::BLOCK_M / 8) as usize;
+    let d_tiles8 = (T::HEAD_DIM / 8) as usize;
+
+    let smem = ptx::dynamic_smem_base().next_multiple_of(1024);
+    let tile =
+        |offset: u32, rows: u32, chunks_per_row: u32| Sw128Tile { base: smem + offset, rows, chunks_per_row };
+    let k_s = tile(T::K_OFFSET, T::BLOCK_N, T::CHUNKS_PER_ROW);
+    let v_s = tile(T::V_OFFSET, T::BLOCK_N, T::CHUNKS_PER_ROW);
+    let ds_s = tile(T::DS_OFFSET, T::BLOCK_N, T::BLOCK_M / 8);
+    let stage_offset = |stage: u32| T::STAGE_OFFSET + stage * T::STAGE_BYTES;
+    let q_tile = |stage: u32| tile(stage_offset(stage) + T::Q_IN_STAGE, T::BLOCK_M, T::CHUNKS_PER_ROW);
+    let do_tile = |stage: u32| tile(stage_offset(stage) + T::DO_IN_STAGE, T::BLOCK_M, T::CHUNKS_PER_ROW);
+
+    let key_rows = shape.seqlen_k - k_begin;
+    // SAFETY: the host validated K and V (seqlen_k rows at these strides); rows past the end are
+    // zero-filled without being read.
+    unsafe {
+        let k_ptr = (f.k as *const u16).wrapping_offset(f.k_strides.offset(batch, k_begin, kv_head) as isize);
+        let v_ptr = (f.v as *const u16).wrapping_offset(f.v_strides.offset(batch, k_begin, kv_head) as isize);
+        k_s.load_async(k_ptr, f.k_strides.row, key_rows, tid, T::THREADS);
+        v_s.load_async(v_ptr, f.v_strides.row, key_rows, tid, T::THREADS);
+    }
+
+    // Start copying query tile `q_tile` (Q, dO, LSE, D) into `stage`. Rows past seqlen_q arrive
+    // as zeros; the mask keeps them out of every product.
+    let load_queries = |tile_index: u32, stage: u32| {
+        let q_begin = tile_index * T::BLOCK_M;
+        let q_rows = shape.seqlen_q - q_begin;
+        let stats = smem + stage_offset(stage);
+        // SAFETY: Q and dO hold seqlen_q rows at these strides; LSE and D hold
+        // batch · heads · seqlen_q floats; rows past the end are zero-filled without a read.
+        unsafe {
+            let q_ptr = (f.q as *const u16).wrapping_offset(f.q_strides.offset(batch, q_begin, head) as isize);
+            let do_ptr = (p.d_o as *const u16).wrapping_offset(p.do_strides.offset(batch, q_begin, head) as isize);
+            q_tile(stage).load_async(q_ptr, f.q_strides.row, q_rows, tid, T::THREADS);
+            do_tile(stage).load_async(do_ptr, p.do_strides.row, q_rows, tid, T::THREADS);
+            if tid < T::BLOCK_M {
+                let in_range = tid < q_rows;
+                let at = row_stat_index(shape, batch, head, if in_range { q_begin + tid } else { 0 }) as isize;
+                let bytes = if in_range { 4 } else { 0 };
+                ptx::cp_async_4(
+                    stats + T::LSE_IN_STAGE + 4 * tid,
+                    (f.lse as *const f32).wrapping_offset(at) as *const u8,
+                    bytes,
+                );
+                ptx::cp_async_4(
+                    stats + T::D_IN_STAGE + 4 * tid,
+                    (p.softmax_d as *const f32).wrapping_offset(at) as *const u8,
+                    bytes,
+                );
+            }
+        }
+    };
+
+    let mut dk = [[0f32; 4]; 32];
+    let mut dv = [[0f32; 4]; 32];
+    let (query_lo, query_hi) = mask.query_range(k_begin, k_begin + T::BLOCK_N);
+    let (first_tile, end_tile) = (query_lo / T::BLOCK_M, ceil_div(query_hi, T::BLOCK_M));
+    if first_tile < end_tile {
+        load_queries(first_tile, 0);
+    }
+    cp_async_commit();
+    cp_async_wait_all();
+    shared_writes_done();
+
+    // K-major descriptors of this warpgroup's 64 keys of K and V (A of the score GEMMs).
+    let kv_desc = |t: Sw128Tile, panel: u32| wgmma_descriptor(t.panel(panel, 64 * warpgroup), 16, SW128_ROW_GROUP_BYTES);
+    let k_descs = [kv_desc(k_s, 0), kv_desc(k_s, panels - 1)];
+    let v_descs = [kv_desc(v_s, 0), kv_desc(v_s, panels - 1)];
+    // dQ = dS·K: this warpgroup's columns of K (MN-major: rows along the keys, the GEMM's k).
+    let dq_cols = T::HEAD_DIM / T::WARPGROUPS;
+    let dq_col0 = warpgroup * dq_cols;
+    let k_for_dq =
+        wgmma_descriptor(k_s.panel(dq_col0 / 64, 0) + (dq_col0 % 64) * 2, T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
+    let ds_desc = wgmma_descriptor(ds_s.panel(0, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
+
+    for q_tile_index in first_tile..end_tile {
+        let stage = (q_tile_index - first_tile) % 2;
+        if q_tile_index + 1 < end_tile {
+            load_queries(q_tile_index + 1, 1 - stage);
+            cp_async_commit();
+        }
+        let q_begin = q_tile_index * T::BLOCK_M;
+        let (q_s, do_s) = (q_tile(stage), do_tile(stage));
+        let stats = smem + stage_offset(stage);
+        let (lse_s, d_s) = (stats + T::LSE_IN_STAGE, stats + T::D_IN_STAGE);
+        let lane = ptx::opaque(lane);
+
+        // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ for this warpgroup's 64 keys and the tile's 64 queries.
+        let q_desc = |t: Sw128Tile, panel: u32| wgmma_descriptor(t.panel(panel, 0), 16, SW128_ROW_GROUP_BYTES);
+        let mut s = [[0f32; 4]; 16];
+        let mut dp = [[0f32; 4]; 16];
+        // SAFETY: the whole warpgroup is here (block-uniform loop); every tile landed and was
+        // fenced for the async proxy before the last barrier.
+        unsafe {
+            E::qk(T::BLOCK_M, T::HEAD_DIM, &mut s, k_descs, [q_desc(q_s, 0), q_desc(q_s, panels - 1)]);
+            E::qk(T::BLOCK_M, T::HEAD_DIM, &mut dp, v_descs, [q_desc(do_s, 0), q_desc(do_s, panels - 1)]);
+        }
+
+        // Pᵀ = exp(scale·Sᵀ - LSE) recomputed from the forward's LSE; dSᵀ = Pᵀ ∘ (dPᵀ - D).
+        let unmasked = mask.tile_is_unmasked(q_begin, q_begin + T::BLOCK_M, warp_k0, warp_k0 + 16);
+        for t in 0..m_tiles8 {
+            for e in 0..4 {
+                let key = warp_k0 + lane / 4 + 8 * (e as u32 / 2);
+                let col = 8 * t as u32 + 2 * (lane % 4) + e as u32 % 2;
+                // SAFETY: col < BLOCK_M indexes the staged statistics.
+                let (lse, d) = unsafe { (ptx::ld_shared_f32(lse_s + 4 * col), ptx::ld_shared_f32(d_s + 4 * col)) };
+                let prob = if unmasked || mask.allows(q_begin + col, key) {
+                    ptx::exp2(s[t][e] * shape.scale_log2 - lse * LOG2_E)
+                } else {
+                    0.0
+                };
+                s[t][e] = prob;
+                dp[t][e] = prob * (dp[t][e] - d);
+            }
+        }
+
+        // dV += Pᵀ·dO and dK += dSᵀ·Q (dK's scale is applied once at the end); dO and Q are
+        // MN-major here: their rows run along the queries, the GEMMs' k.
+        let mut p_frags = [[0u32; 4]; 8];
+        let mut ds_frags = [[0u32; 4]; 8];
+        #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
+        for kk in 0..m_tiles8 / 2 {
+            p_frags[kk] = accumulators_as_a::<E>(&s[2 * kk], &s[2 * kk + 1]);
+            ds_frags[kk] = accumulators_as_a::<E>(&dp[2 * kk], &dp[2 * kk + 1]);
+        }
+        let mn_desc = |t: Sw128Tile| wgmma_descriptor(t.panel(0, 0), T::BLOCK_M * 128, SW128_ROW_GROUP_BYTES);
+        // SAFETY: as for the score GEMMs.
+        unsafe {
+            E::pv(T::HEAD_DIM, T::BLOCK_M, &mut dv, &p_frags, mn_desc(do_s));
+            E::pv(T::HEAD_DIM, T::BLOCK_M, &mut dk, &ds_frags, mn_desc(q_s));
+        }
+
+        // dSᵀ to shared memory (keys × queries), so that dQ = dS·K can be split by columns.
+        for t in 0..m_tiles8 {
+            for half in 0..2 {
+                let row = 16 * warp + lane / 4 + 8 * half as u32;
+                let col = 8 * t as u32 + 2 * (lane % 4);
+                let packed = E::pack(dp[t][2 * half], dp[t][2 * half + 1]);
+                // SAFETY: row < BLOCK_N and col < BLOCK_M lie inside the dSᵀ tile.
+                unsafe { ptx::st_shared_u32(ds_s.chunk(row, col / 8) + (col % 8) * 2, packed) };
+            }
+        }
+        shared_writes_done();
+
+        // dQ += scale · dS·K for the tile's 64 queries and this warpgroup's columns.
+        let mut acc = [[0f32; 4]; 16];
+        // SAFETY: as for the score GEMMs; dSᵀ was fenced and published by the barrier above.
+        unsafe { E::dq(dq_cols, &mut acc, ds_desc, k_for_dq) };
+        for half in 0..2 {
+            let row = q_begin + 16 * (warp % 4) + lane / 4 + 8 * half as u32;
+            if row < shape.seqlen_q {
+                let base = row_stat_index(shape, batch, head, row) * shape.head_dim as i64;
+                for t in 0..(dq_cols / 8) as usize {
+                    let col = dq_col0 + 8 * t as u32 + 2 * (lane % 4);
+                    let at = (p.dq_accum as *mut f32).wrapping_offset((base + col as i64) as isize);
+                    // SAFETY: the accumulator holds batch·heads·seqlen_q·head_dim floats; col is
+                    // even and rows start at multiples of head_dim, so the pair is 8-byte aligned.
+                    unsafe { ptx::red_add_f32x2(at, acc[t][2 * half] * shape.scale, acc[t][2 * half + 1] * shape.scale) };
+                }
+            }
+        }
+        if q_tile_index + 1 < end_tile {
+            cp_async_wait_all();
+        }
+        // The next tile has landed, and everyone is done with this stage and with dSᵀ.
+        shared_writes_done();
+    }
+
+    for half in 0..2 {
+        let key = warp_k0 + lane / 4 + 8 * half as u32;
+        if key < shape.seqlen_k {
+            let dk_row = (p.dk as *mut u16).wrapping_offset(p.dk_strides.offset(batch, key, head) as isize);
+            let dv_row = (p.dv as *mut u16).wrapping_offset(p.dv_strides.offset(batch, key, head) as isize);
+            for t in 0..d_tiles8 {
+                let col = (8 * t as u32 + 2 * (lane % 4)) as isize;
+                let dk_pair = E::pack(dk[t][2 * half] * shape.scale, dk[t][2 * half + 1] * shape.scale);
+                let dv_pair = E::pack(dv[t][2 * half], dv[t][2 * half + 1]);
+                // SAFETY: key < seqlen_k, col + 1 < head_dim; rows are 16-byte aligned (host-checked).
+                unsafe {
+                    *(dk_row.wrapping_offset(col) as *mut u32) = dk_pair;
+                    *(dv_row.wrapping_offset(col) as *mut u32) = dv_pair;
+                }
+            }
+        }
+    }
+}
