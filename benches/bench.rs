@@ -127,7 +127,7 @@ fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
                     TensorRef::<T>::from_slice(&v, 0, layout).unwrap(),
                     TensorRef::<T>::from_slice(&d_o, 0, layout).unwrap(),
                 );
-                let params = AttentionParams { softmax_scale: None, causal };
+                let params = AttentionParams { softmax_scale: None, causal, deterministic: false };
                 let (start, end) = (Event::new(EventFlags::DEFAULT).unwrap(), Event::new(EventFlags::DEFAULT).unwrap());
                 let (mut f, mut g) = (Vec::new(), Vec::new());
                 // Outputs are allocated once, outside the timed region, as a caching allocator

@@ -156,7 +156,7 @@ fn run<T: Element>(o: &Options) -> Result<(), String> {
         DeviceTensor::from_host(&v, shape).map_err(lib)?,
         DeviceTensor::from_host(&d_o, shape).map_err(lib)?,
     );
-    let params = AttentionParams { softmax_scale: None, causal: o.causal };
+    let params = AttentionParams { softmax_scale: None, causal: o.causal, deterministic: false };
 
     let (start, end) = (cuda(Event::new(EventFlags::DEFAULT))?, cuda(Event::new(EventFlags::DEFAULT))?);
     let mut fwd_ms = Vec::new();

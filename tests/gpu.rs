@@ -6,10 +6,11 @@
 
 use cust::stream::{Stream, StreamFlags};
 use flash_attn::{AttentionParams, DeviceTensor, Error, FlashAttention, TensorRef};
-use flash_attn_tests::{Case, Comparison, case_strategy, gpu_context, run_case};
+use flash_attn_tests::{Case, Comparison, case_strategy, gpu_context, random_inputs, run_case};
 use half::{bf16, f16};
 use libtest_mimic::{Arguments, Failed, Trial};
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use rand::SeedableRng;
 use std::cell::RefCell;
 
 fn cases(var: &str, default: u32) -> u32 {
@@ -155,7 +156,7 @@ fn bad_input() -> Result<(), Failed> {
     expect(a.forward_into(s, q.view(), k.view(), k.view(), wrong_o.view_mut(), &mut lse, &params), "o")?;
     let mut short_lse = cust::memory::DeviceBuffer::from_slice(&[f32::NAN; 31]).map_err(|e| format!("{e:?}"))?;
     expect(a.forward_into(s, q.view(), k.view(), k.view(), o.view_mut(), &mut short_lse, &params), "lse")?;
-    let bad_scale = AttentionParams { softmax_scale: Some(f32::NAN), causal: false };
+    let bad_scale = AttentionParams { softmax_scale: Some(f32::NAN), causal: false, deterministic: false };
     expect(
         a.forward_into(s, q.view(), k.view(), k.view(), o.view_mut(), &mut lse, &bad_scale),
         "params.softmax_scale",
@@ -204,6 +205,55 @@ fn bad_input() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Deterministic mode: dQ (and dK, dV) bitwise equal over repeated runs, on shapes where many
+/// key blocks add into each query tile; also reports whether the default mode happened to vary.
+fn deterministic_backward() -> Result<(), Failed> {
+    let gpu = gpu()?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xde7e);
+    for (seqlen_q, seqlen_k, head_dim, causal) in [(1000, 1100, 128, true), (777, 2048, 64, false)] {
+        let shape_q = [2, seqlen_q, 4, head_dim];
+        let shape_k = [2, seqlen_k, 4, head_dim];
+        let draw = |n: usize, rng: &mut rand::rngs::StdRng| -> Vec<bf16> { random_inputs::<bf16>(rng, n).1 };
+        let nq: usize = shape_q.iter().product();
+        let nk: usize = shape_k.iter().product();
+        let lib = |e: Error| Failed::from(e.to_string());
+        let q = DeviceTensor::from_host(&draw(nq, &mut rng), shape_q).map_err(lib)?;
+        let k = DeviceTensor::from_host(&draw(nk, &mut rng), shape_k).map_err(lib)?;
+        let v = DeviceTensor::from_host(&draw(nk, &mut rng), shape_k).map_err(lib)?;
+        let d_o = DeviceTensor::from_host(&draw(nq, &mut rng), shape_q).map_err(lib)?;
+        let runs = |deterministic: bool| -> Result<Vec<Vec<bf16>>, Failed> {
+            let params = AttentionParams { softmax_scale: None, causal, deterministic };
+            let fwd = gpu.attention.forward(&gpu.stream, q.view(), k.view(), v.view(), &params).map_err(lib)?;
+            let mut images = Vec::new();
+            for _ in 0..3 {
+                let g = gpu
+                    .attention
+                    .backward(&gpu.stream, d_o.view(), q.view(), k.view(), v.view(), fwd.o.view(), &fwd.lse, &params)
+                    .map_err(lib)?;
+                gpu.stream.synchronize().map_err(|e| format!("{e:?}"))?;
+                let mut all = g.dq.to_host().map_err(lib)?;
+                all.extend(g.dk.to_host().map_err(lib)?);
+                all.extend(g.dv.to_host().map_err(lib)?);
+                images.push(all);
+            }
+            Ok(images)
+        };
+        let ordered = runs(true)?;
+        let bits = |x: &Vec<bf16>| x.iter().map(|v| v.to_bits()).collect::<Vec<u16>>();
+        if ordered.iter().any(|run| bits(run) != bits(&ordered[0])) {
+            return Err(format!("deterministic backward differed between runs (seqlen_q {seqlen_q}, head_dim {head_dim})").into());
+        }
+        let free = runs(false)?;
+        let varied = free.iter().any(|run| bits(run) != bits(&free[0]));
+        eprintln!(
+            "deterministic: seqlen_q {seqlen_q} seqlen_k {seqlen_k} head_dim {head_dim} causal {causal}: 3 runs identical \
+             (default mode {} between its 3 runs)",
+            if varied { "differed" } else { "happened to agree" }
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     let mut args = Arguments::from_args();
     // One CUDA context at a time: the trials run one after another.
@@ -220,6 +270,7 @@ fn main() {
         Trial::test("gpu::backward_matches_reference", || {
             property("backward", cases("FLASH_ATTN_BWD_CASES", 100), true)
         }),
+        Trial::test("gpu::deterministic_backward_is_reproducible", deterministic_backward),
     ];
     let trials = trials.into_iter().map(|t| t.with_ignored_flag(no_gpu.is_some())).collect();
     libtest_mimic::run(&args, trials).exit();

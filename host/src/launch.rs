@@ -196,6 +196,19 @@ impl FlashAttention {
         let softmax_d = unsafe { DeviceBuffer::<f32>::uninitialized_async(rows, stream) }.during("cuMemAllocAsync")?;
         let dq_accum = unsafe { DeviceBuffer::<f32>::uninitialized_async(rows * shape.head_dim as usize, stream) }
             .during("cuMemAllocAsync")?;
+        // Deterministic mode: one zeroed turn counter per (batch, head, query tile).
+        let semaphores = if params.deterministic {
+            let tiles = shape.seqlen_q.div_ceil(main.query_tile_rows) as usize;
+            let count = shape.batch as usize * shape.heads as usize * tiles;
+            // SAFETY: u32 has no invalid bit patterns, and the buffer is zeroed in stream order
+            // before the main kernel reads it.
+            let mut buffer = unsafe { DeviceBuffer::<u32>::uninitialized_async(count, stream) }.during("cuMemAllocAsync")?;
+            // SAFETY: the buffer is ours and nothing else uses it until the launches below.
+            unsafe { buffer.set_zero_async(stream) }.during("cuMemsetD8Async")?;
+            Some(buffer)
+        } else {
+            None
+        };
         let p = BwdParams {
             fwd: forward_params(shape, [&qa, &ka, &va, &oa], lse),
             d_o: doa.address,
@@ -208,6 +221,7 @@ impl FlashAttention {
             dq_strides: dqa.strides(),
             dk_strides: dka.strides(),
             dv_strides: dva.strides(),
+            dq_semaphore: semaphores.as_ref().map_or(0, |s| s.as_device_ptr().as_raw()),
         };
         let launched = self
             .launch(stream, pre, shape.seqlen_q, &shape, &p)
@@ -215,7 +229,8 @@ impl FlashAttention {
             .and_then(|()| self.launch(stream, convert, shape.seqlen_q, &shape, &p));
         let freed = dq_accum.drop_async(stream).during("cuMemFreeAsync");
         let freed_d = softmax_d.drop_async(stream).during("cuMemFreeAsync");
-        launched.and(freed).and(freed_d)
+        let freed_s = semaphores.map_or(Ok(()), |s| s.drop_async(stream).during("cuMemFreeAsync"));
+        launched.and(freed).and(freed_d).and(freed_s)
     }
 
     /// Launch one kernel over `(ceil(rows / block_rows), heads, batch)` blocks.

@@ -38,6 +38,10 @@ pub struct AttentionParams {
     /// Causal mask aligned at the bottom-right corner: query `i` sees keys
     /// `0 ..= i + seqlen_k - seqlen_q` (FlashAttention ≥ 2.1). Queries that see no key output 0.
     pub causal: bool,
+    /// Backward only: add the key blocks' dQ contributions in a fixed order, so that dQ is
+    /// bitwise the same on every run (dK and dV always are). Costs some speed: a key block may
+    /// wait for its predecessor at each query tile.
+    pub deterministic: bool,
 }
 
 mod ptx_status {

@@ -346,11 +346,11 @@ mod tests {
         let l = Layout::contiguous(SHAPE);
         for scale in [f32::NAN, 0.0, -0.0, -0.125, f32::INFINITY, f32::NEG_INFINITY] {
             for causal in [false, true] {
-                let params = AttentionParams { softmax_scale: Some(scale), causal };
+                let params = AttentionParams { softmax_scale: Some(scale), causal, deterministic: false };
                 assert_invalid(check(&l, &l, &l, &params), "params.softmax_scale");
             }
         }
-        let params = AttentionParams { softmax_scale: Some(0.3), causal: false };
+        let params = AttentionParams { softmax_scale: Some(0.3), causal: false, deterministic: false };
         let s = check(&l, &l, &l, &params).unwrap();
         assert_eq!(s.scale, 0.3);
         assert_eq!(s.scale_log2, 0.3 * std::f32::consts::LOG2_E);

@@ -12,7 +12,7 @@
 use crate::params::{BwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Element, MAX_HEAD_DIM_TILES8, MAX_SEQ_TILES8, SmemTile, accumulators_as_a, warp_sum};
-use crate::tiling::{Mask, ceil_div, kv_head_of};
+use crate::tiling::{Mask, ceil_div, dq_semaphore_index, dq_turn, kv_head_of};
 use crate::traits::{BwdTraits, ROW_KERNEL_WARPS, WARP_ROWS};
 
 const LOG2_E: f32 = core::f32::consts::LOG2_E;
@@ -182,6 +182,7 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
         }
         sync_threads();
 
+        wait_for_dq_turn(p, block_x, q_tile, T::BLOCK_M, T::BLOCK_N, tid);
         // dQ += scale · dS·K, in units of 16 queries × DQ_COLS columns spread over the warps.
         let col_units = T::HEAD_DIM / T::DQ_COLS;
         let mut unit = warp;
@@ -219,6 +220,7 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
         }
         // The next tile has landed, and everyone is done with this stage and with dSᵀ.
         sync_threads();
+        pass_dq_turn(p, q_tile, T::BLOCK_M, tid);
     }
 
     for half in 0..2 {
@@ -237,6 +239,45 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
                 }
             }
         }
+    }
+}
+
+/// The turn counter of query tile `q_tile` in deterministic mode (null otherwise).
+#[inline(always)]
+fn dq_semaphore(p: &BwdParams, batch: u32, head: u32, q_tile: u32, block_m: u32) -> *mut u32 {
+    if p.dq_semaphore == 0 {
+        return core::ptr::null_mut();
+    }
+    let index = dq_semaphore_index(&p.fwd.shape, batch, head, q_tile, block_m);
+    (p.dq_semaphore as *mut u32).wrapping_offset(index as isize)
+}
+
+/// Deterministic mode: before this block adds its part of query tile `q_tile`'s dQ, wait until
+/// the key blocks before it have added theirs. Every thread of the block calls this.
+#[inline(always)]
+pub(crate) fn wait_for_dq_turn(p: &BwdParams, key_block: u32, q_tile: u32, block_m: u32, block_n: u32, tid: u32) {
+    let (_, head, batch) = ptx::block_idx();
+    let counter = dq_semaphore(p, batch, head, q_tile, block_m);
+    if counter.is_null() {
+        return;
+    }
+    if tid == 0 {
+        let turn = dq_turn(&Mask::of(&p.fwd.shape), key_block, q_tile, block_m, block_n);
+        // SAFETY: the host allocated one zeroed counter per (batch, head, query tile).
+        while unsafe { ptx::ld_acquire_gpu_u32(counter) } != turn {}
+    }
+    sync_threads();
+}
+
+/// Deterministic mode: hand query tile `q_tile` to the next key block. Called by every thread
+/// after a barrier that follows all of this block's dQ reductions for the tile.
+#[inline(always)]
+pub(crate) fn pass_dq_turn(p: &BwdParams, q_tile: u32, block_m: u32, tid: u32) {
+    let (_, head, batch) = ptx::block_idx();
+    let counter = dq_semaphore(p, batch, head, q_tile, block_m);
+    if tid == 0 && !counter.is_null() {
+        // SAFETY: as in `wait_for_dq_turn`.
+        unsafe { ptx::fence_and_release_increment(counter) };
     }
 }
 

@@ -7,6 +7,7 @@
 //! register operands; dSᵀ goes to shared memory once, and dQ = dS·K is split by columns over
 //! the two warpgroups and added to the f32 accumulator with vector reductions.
 
+use crate::backward::{pass_dq_turn, wait_for_dq_turn};
 use crate::params::{BwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, accumulators_as_a};
@@ -189,6 +190,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
         let mut acc = [[0f32; 4]; 16];
         // SAFETY: as for the score GEMMs; dSᵀ was fenced and published by the barrier above.
         unsafe { E::dq(dq_cols, &mut acc, ds_desc, k_for_dq) };
+        wait_for_dq_turn(p, block_x, q_tile_index, T::BLOCK_M, T::BLOCK_N, tid);
         for half in 0..2 {
             let row = q_begin + 16 * (warp % 4) + lane / 4 + 8 * half as u32;
             if row < shape.seqlen_q {
@@ -207,6 +209,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
         }
         // The next tile has landed, and everyone is done with this stage and with dSᵀ.
         shared_writes_done();
+        pass_dq_turn(p, q_tile_index, T::BLOCK_M, tid);
     }
 
     for half in 0..2 {

@@ -79,6 +79,10 @@ pub struct BwdParams {
     pub dq_strides: Strides,
     pub dk_strides: Strides,
     pub dv_strides: Strides,
+    /// Deterministic mode: u32 (batch, heads, ceil(seqlen_q / BLOCK_M)), zeroed, one turn counter
+    /// per query tile that makes the key blocks add their dQ parts in key-block order
+    /// (see [`crate::tiling::dq_turn`]). 0: reductions in any order (faster).
+    pub dq_semaphore: u64,
 }
 
 /// Index of `(batch, head, row)` in the contiguous (batch, heads, seqlen_q) LSE / D arrays.

@@ -204,6 +204,37 @@ pub fn fence_proxy_async_shared() {
     unsafe { asm!("fence.proxy.async.shared::cta;", options(nostack)) }
 }
 
+/// `*addr` read with acquire semantics at GPU scope (sees everything the releasing writer saw).
+///
+/// # Safety
+/// `addr` is a valid, 4-byte aligned global address.
+#[inline(always)]
+pub unsafe fn ld_acquire_gpu_u32(addr: *const u32) -> u32 {
+    let v: u32;
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("ld.acquire.gpu.global.u32 {0}, [{1}];", out(reg32) v, in(reg64) addr as u64, options(nostack)) };
+    v
+}
+
+/// `*addr += 1` with release semantics at GPU scope, after a GPU-scope fence: everything this
+/// thread wrote or saw (through a preceding barrier, everything its block wrote) is visible to
+/// whoever acquires the new value.
+///
+/// # Safety
+/// `addr` is a valid, 4-byte aligned global address.
+#[inline(always)]
+pub unsafe fn fence_and_release_increment(addr: *mut u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!(
+            "fence.acq_rel.gpu;",
+            "red.release.gpu.global.add.u32 [{0}], 1;",
+            in(reg64) addr as u64,
+            options(nostack),
+        )
+    }
+}
+
 /// Wait until at most one `cp.async` group of this thread is still in flight (the newest).
 #[inline(always)]
 pub fn cp_async_wait_all_but_one() {

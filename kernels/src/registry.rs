@@ -34,6 +34,9 @@ pub struct KernelInfo {
     pub block_rows: u32,
     /// Size of the by-value parameter block; `build-ptx` checks the PTX entry agrees.
     pub param_bytes: u32,
+    /// Backward main kernels: query rows per inner iteration (sizes the deterministic mode's
+    /// turn counters); 0 for the others.
+    pub query_tile_rows: u32,
     /// Only in the sm_90a PTX (Hopper's `wgmma`); preferred there over the portable kernel.
     pub requires_sm90a: bool,
 }
@@ -48,6 +51,7 @@ const fn fwd<T: FwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
         dynamic_smem_bytes: T::SMEM_BYTES,
         block_rows: T::BLOCK_M,
         param_bytes: core::mem::size_of::<FwdParams>() as u32,
+        query_tile_rows: 0,
         requires_sm90a: false,
     }
 }
@@ -62,6 +66,7 @@ const fn fwd_wgmma<T: FwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> Kerne
         dynamic_smem_bytes: T::SMEM_BYTES,
         block_rows: T::BLOCK_M,
         param_bytes: core::mem::size_of::<FwdParams>() as u32,
+        query_tile_rows: 0,
         requires_sm90a: true,
     }
 }
@@ -76,6 +81,7 @@ const fn bwd<T: BwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
         dynamic_smem_bytes: T::SMEM_BYTES,
         block_rows: T::BLOCK_N,
         param_bytes: core::mem::size_of::<BwdParams>() as u32,
+        query_tile_rows: T::BLOCK_M,
         requires_sm90a: false,
     }
 }
@@ -90,6 +96,7 @@ const fn bwd_wgmma<T: BwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> Kerne
         dynamic_smem_bytes: T::SMEM_BYTES,
         block_rows: T::BLOCK_N,
         param_bytes: core::mem::size_of::<BwdParams>() as u32,
+        query_tile_rows: T::BLOCK_M,
         requires_sm90a: true,
     }
 }
@@ -104,6 +111,7 @@ const fn rows(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
         dynamic_smem_bytes: 0,
         block_rows: ROW_KERNEL_THREADS / 32,
         param_bytes: core::mem::size_of::<BwdParams>() as u32,
+        query_tile_rows: 0,
         requires_sm90a: false,
     }
 }

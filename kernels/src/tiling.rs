@@ -142,6 +142,23 @@ pub const fn tile_byte_offset(row: u32, chunk: u32, chunks_per_row: u32) -> u32 
     (row * chunks_per_row + swizzle_chunk(row, chunk, chunks_per_row)) * 16
 }
 
+/// Deterministic backward: the turn of key block `key_block` at query tile `q_tile`, i.e. how
+/// many key blocks add their part of that tile's dQ before it. The key blocks that visit a query
+/// tile (those whose `query_range` reaches it) are consecutive and start at the block holding
+/// the tile's first visible key, so waiting for `counter == turn` and then incrementing the
+/// counter fixes the order of the f32 additions, whatever the blocks' timing.
+#[inline(always)]
+pub const fn dq_turn(mask: &Mask, key_block: u32, q_tile: u32, block_m: u32, block_n: u32) -> u32 {
+    let (key_lo, _) = mask.key_range(q_tile * block_m, (q_tile + 1) * block_m);
+    key_block - key_lo / block_n
+}
+
+/// Index of the turn counter of `(batch, head, q_tile)` in the deterministic-mode array.
+#[inline(always)]
+pub const fn dq_semaphore_index(shape: &AttnShape, batch: u32, head: u32, q_tile: u32, block_m: u32) -> i64 {
+    (batch as i64 * shape.heads as i64 + head as i64) * ceil_div(shape.seqlen_q, block_m) as i64 + q_tile as i64
+}
+
 /// Hopper's tensor-core layout ("128-byte swizzle"): a tile of `rows` rows is cut into panels of
 /// 64 columns (128 bytes a row); a panel stores its rows 128 bytes apart, and the 16-byte chunk
 /// `c` of row `r` sits at chunk position `c ^ (r % 8)`. `wgmma` reads this layout straight from
@@ -191,6 +208,7 @@ pub const fn q_tile_of_block(block_x: u32, num_q_tiles: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::vec;
     use std::vec::Vec;
 
     fn masks() -> Vec<Mask> {
@@ -283,6 +301,31 @@ mod tests {
                     groups.sort();
                     groups.dedup();
                     assert_eq!(groups.len(), 8, "cpr {cpr} rows {first}.. chunk {chunk}");
+                }
+            }
+        }
+    }
+
+    /// The key blocks that visit each query tile (by the backward's loop bounds) are exactly
+    /// turns 0, 1, 2, … in key-block order.
+    #[test]
+    fn dq_turns_number_the_visiting_key_blocks_in_order() {
+        for (seqlen_q, seqlen_k) in [(1u32, 1u32), (64, 64), (100, 300), (300, 100), (257, 129), (1000, 1000)] {
+            for (window_left, window_right) in [(-1, -1), (-1, 0), (5, 0), (70, 3), (-1, 40), (0, 0)] {
+                let mask = Mask { seqlen_q, seqlen_k, window_left, window_right };
+                for (block_m, block_n) in [(64u32, 128u32), (32, 128), (64, 64), (16, 32)] {
+                    let mut visitors: Vec<Vec<u32>> = vec![Vec::new(); ceil_div(seqlen_q, block_m) as usize];
+                    for n in 0..ceil_div(seqlen_k, block_n) {
+                        let (lo, hi) = mask.query_range(n * block_n, (n + 1) * block_n);
+                        for m in lo / block_m..ceil_div(hi, block_m) {
+                            visitors[m as usize].push(n);
+                        }
+                    }
+                    for (m, blocks) in visitors.iter().enumerate() {
+                        let turns: Vec<u32> =
+                            blocks.iter().map(|&n| dq_turn(&mask, n, m as u32, block_m, block_n)).collect();
+                        assert_eq!(turns, (0..blocks.len() as u32).collect::<Vec<_>>(), "{mask:?} {block_m}x{block_n} tile {m}");
+                    }
                 }
             }
         }

@@ -109,6 +109,7 @@ mod tests {
             pad: 0,
             seed: 17175172606630142381,
             scale: None,
+            deterministic: false,
         };
         let p = case.problem();
         let mut rng = StdRng::seed_from_u64(case.seed);

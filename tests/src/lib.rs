@@ -28,6 +28,8 @@ pub struct Case {
     /// An explicit softmax scale, or None for the default 1/sqrt(head_dim). Large scales make
     /// the row maxima jump between K tiles, which drives the forward's rescaling path.
     pub scale: Option<f32>,
+    /// Backward in deterministic mode (ordered dQ reductions).
+    pub deterministic: bool,
 }
 
 impl Case {
@@ -66,8 +68,9 @@ pub fn case_strategy() -> impl Strategy<Value = Case> {
         prop::sample::select(vec![0usize, 0, 8, 24]),
         any::<u64>(),
         prop_oneof![3 => Just(None), 1 => (0.05f32..1.5).prop_map(Some)],
+        any::<bool>(),
     )
-        .prop_map(|(batch, heads, seqlen_q, seqlen_k, head_dim, causal, bf16, pad, seed, scale)| Case {
+        .prop_map(|(batch, heads, seqlen_q, seqlen_k, head_dim, causal, bf16, pad, seed, scale, deterministic)| Case {
             batch,
             heads,
             seqlen_q,
@@ -78,6 +81,7 @@ pub fn case_strategy() -> impl Strategy<Value = Case> {
             pad,
             seed,
             scale,
+            deterministic,
         })
 }
 
@@ -264,7 +268,7 @@ pub fn run_case<T: Element>(
     };
     let mut od = nan_image(&lq)?;
     let mut lse = cuda(DeviceBuffer::from_slice(&vec![f32::NAN; p.lse_len()]))?;
-    let params = AttentionParams { softmax_scale: case.scale, causal: p.causal };
+    let params = AttentionParams { softmax_scale: case.scale, causal: p.causal, deterministic: case.deterministic };
 
     fn view<T: Element>(buf: &DeviceBuffer<u16>, layout: Layout) -> GpuResult<TensorRef<'_, T>> {
         lib(TensorRef::<T>::from_slice(buf, 0, layout))
