@@ -2,7 +2,7 @@
 //! head_dim 64 and 128, causal and not, bf16 and f16. Prints a table and writes JSON Lines.
 //!
 //! `bench [--out FILE] [--iters 10] [--head-dims 64,128] [--dtypes bf16,f16] [--seqlens 512,...]
-//! [--kernels portable]`
+//! [--kernels portable] [--kernel NAME,...]`
 //! FLOPs = 4 · batch · heads · seqlen² · head_dim, halved when causal; backward = 2.5 × forward.
 
 use cust::event::{Event, EventFlags};
@@ -25,7 +25,7 @@ struct Options {
     dtypes: Vec<String>,
     seqlens: Vec<usize>,
     portable: bool,
-    forward_kernel: Option<String>,
+    kernels: Vec<String>,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
@@ -40,7 +40,7 @@ fn options() -> Options {
         dtypes: vec!["bf16".into(), "f16".into()],
         seqlens: vec![512, 1024, 2048, 4096, 8192, 16384],
         portable: false,
-        forward_kernel: None,
+        kernels: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -53,8 +53,8 @@ fn options() -> Options {
             "--seqlens" => o.seqlens = list(&v),
             // `portable`: the mma.sync kernels also on Hopper, to compare with the wgmma ones.
             "--kernels" => o.portable = v == "portable",
-            // A forward kernel by name (a measurement variant from the registry).
-            "--forward-kernel" => o.forward_kernel = Some(v),
+            // Kernels by name, comma-separated (measurement variants from the registry).
+            "--kernel" => o.kernels = list(&v),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -103,9 +103,9 @@ fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
     if o.portable {
         attention = attention.portable_kernels_only();
     }
-    if let Some(name) = &o.forward_kernel {
-        attention = attention.with_forward_kernel(name).expect("--forward-kernel: no such forward kernel here");
-        println!("forward kernel {name}");
+    for name in &o.kernels {
+        attention = attention.with_kernel(name).expect("--kernel: no such kernel here");
+        println!("kernel {name}");
     }
     // Every grid point holds TOKENS × MODEL_DIM elements per tensor: one set of random inputs
     // serves all of them, viewed with each point's shape.

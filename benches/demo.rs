@@ -26,7 +26,16 @@ struct Options {
 }
 
 fn options() -> Result<Options, String> {
-    let mut o = Options { batch: 4, heads: 16, seqlen: 4096, head_dim: 128, causal: false, f16: false, iters: 20, portable: false };
+    let mut o = Options {
+        batch: 4,
+        heads: 16,
+        seqlen: 4096,
+        head_dim: 128,
+        causal: false,
+        f16: false,
+        iters: 20,
+        portable: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| -> Result<usize, String> {

@@ -3,13 +3,13 @@
 
 `asm!` templates must be literal strings, and a wgmma names every accumulator register, so the
 functions spell out their operand lists; this script writes them. Run it after changing a shape:
-    python3 scripts/gen_wgmma.py > kernels/src/ptx/wgmma.rs
+    python3 scripts/gen_wgmma.py > kernels/src/ptx/wgmma.rs && cargo fmt
 """
 
 TYPES = [("bf16", "bf16"), ("f16", "f16")]
 QK = [(n, p) for n in (64, 128) for p in (1, 2)]      # (keys per tile, 64-column panels of head_dim)
 PV = [(n, k) for n in (64, 128) for k in (4, 8)]      # (head_dim, 16-key steps per tile)
-DQ = [(32, 8), (64, 8)]                               # (dQ columns per warpgroup, 16-key steps)
+DQ = [(32, 8), (64, 8), (64, 4), (128, 4)]           # (dQ columns per warpgroup, 16-key steps)
 
 def acc(count, first=0):
     return "{{" + ", ".join("{%d}" % (first + i) for i in range(count)) + "}}"

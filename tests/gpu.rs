@@ -241,7 +241,10 @@ fn deterministic_backward() -> Result<(), Failed> {
         let ordered = runs(true)?;
         let bits = |x: &Vec<bf16>| x.iter().map(|v| v.to_bits()).collect::<Vec<u16>>();
         if ordered.iter().any(|run| bits(run) != bits(&ordered[0])) {
-            return Err(format!("deterministic backward differed between runs (seqlen_q {seqlen_q}, head_dim {head_dim})").into());
+            return Err(format!(
+                "deterministic backward differed between runs (seqlen_q {seqlen_q}, head_dim {head_dim})"
+            )
+            .into());
         }
         let free = runs(false)?;
         let varied = free.iter().any(|run| bits(run) != bits(&free[0]));

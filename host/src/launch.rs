@@ -18,8 +18,8 @@ pub struct FlashAttention {
     module: Module,
     /// The sm_90a PTX is loaded, and its Hopper-only kernels are used where they exist.
     hopper_kernels: bool,
-    /// A forward kernel chosen by name, for its dtype and head dim (see `with_forward_kernel`).
-    forward_override: Option<&'static KernelInfo>,
+    /// Kernels chosen by name, each for its role, dtype and head dim (see `with_kernel`).
+    overrides: Vec<&'static KernelInfo>,
 }
 
 /// O (contiguous, the inputs' dtype) and the natural-log LSE, f32 (batch, heads, seqlen_q).
@@ -68,7 +68,7 @@ impl FlashAttention {
             };
             check_raw(result, "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")?;
         }
-        Ok(FlashAttention { module, hopper_kernels: arch == "sm_90a", forward_override: None })
+        Ok(FlashAttention { module, hopper_kernels: arch == "sm_90a", overrides: Vec::new() })
     }
 
     /// Use only the portable `mma.sync` kernels, also on Hopper (for comparisons and for
@@ -78,22 +78,24 @@ impl FlashAttention {
         self
     }
 
-    /// Run the forward kernel `name` (from `flash_attn_kernels::registry::KERNELS`) for its dtype
-    /// and head dim instead of the default: for measuring tile configurations against each other.
+    /// Run kernel `name` (from `flash_attn_kernels::registry::KERNELS`) for its role, dtype and
+    /// head dim instead of the default: for measuring tile configurations against each other.
     #[doc(hidden)]
-    pub fn with_forward_kernel(mut self, name: &str) -> Option<Self> {
-        let info = registry::by_name(name).filter(|k| k.role == Role::Forward)?;
+    pub fn with_kernel(mut self, name: &str) -> Option<Self> {
+        let info = registry::by_name(name)?;
         if info.requires_sm90a && !self.hopper_kernels {
             return None;
         }
-        self.forward_override = Some(info);
+        self.overrides.push(info);
         Some(self)
     }
 
     /// Name of the forward kernel that runs for this dtype and head dim, if any.
     pub fn forward_kernel_name<T: Element>(&self, head_dim: usize) -> Option<&'static str> {
-        self.forward_override
-            .filter(|k| k.dtype == T::DTYPE && k.head_dim == head_dim as u32)
+        self.overrides
+            .iter()
+            .copied()
+            .find(|k| k.role == Role::Forward && k.dtype == T::DTYPE && k.head_dim == head_dim as u32)
             .or_else(|| registry::find(Role::Forward, T::DTYPE, head_dim as u32, self.hopper_kernels))
             .map(|k| k.name)
     }
@@ -202,7 +204,8 @@ impl FlashAttention {
             let count = shape.batch as usize * shape.heads as usize * tiles;
             // SAFETY: u32 has no invalid bit patterns, and the buffer is zeroed in stream order
             // before the main kernel reads it.
-            let mut buffer = unsafe { DeviceBuffer::<u32>::uninitialized_async(count, stream) }.during("cuMemAllocAsync")?;
+            let mut buffer =
+                unsafe { DeviceBuffer::<u32>::uninitialized_async(count, stream) }.during("cuMemAllocAsync")?;
             // SAFETY: the buffer is ours and nothing else uses it until the launches below.
             unsafe { buffer.set_zero_async(stream) }.during("cuMemsetD8Async")?;
             Some(buffer)
@@ -235,12 +238,15 @@ impl FlashAttention {
 
     /// Launch one kernel over `(ceil(rows / block_rows), heads, batch)` blocks.
     fn kernel(&self, role: Role, dtype: registry::Dtype, shape: &AttnShape) -> Result<&'static KernelInfo> {
-        let chosen = self.forward_override.filter(|k| k.role == role && k.dtype == dtype && k.head_dim == shape.head_dim);
-        chosen.or_else(|| registry::find(role, dtype, shape.head_dim, self.hopper_kernels)).ok_or(Error::UnsupportedHeadDim {
-            argument: "q",
-            head_dim: shape.head_dim as usize,
-            supported: &flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS,
-        })
+        let chosen =
+            self.overrides.iter().copied().find(|k| k.role == role && k.dtype == dtype && k.head_dim == shape.head_dim);
+        chosen.or_else(|| registry::find(role, dtype, shape.head_dim, self.hopper_kernels)).ok_or(
+            Error::UnsupportedHeadDim {
+                argument: "q",
+                head_dim: shape.head_dim as usize,
+                supported: &flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS,
+            },
+        )
     }
 
     fn launch<P: Copy>(
@@ -316,7 +322,6 @@ fn forward_params(shape: AttnShape, [q, k, v, o]: [&Arg; 4], lse: &DeviceSlice<f
         o_strides: o.strides(),
     }
 }
-
 
 fn lse_buffer(shape: &AttnShape) -> Result<DeviceBuffer<f32>> {
     let rows = shape.batch as usize * shape.heads as usize * shape.seqlen_q as usize;

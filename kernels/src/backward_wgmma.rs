@@ -45,8 +45,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
     let d_tiles8 = (T::HEAD_DIM / 8) as usize;
 
     let smem = ptx::dynamic_smem_base().next_multiple_of(1024);
-    let tile =
-        |offset: u32, rows: u32, chunks_per_row: u32| Sw128Tile { base: smem + offset, rows, chunks_per_row };
+    let tile = |offset: u32, rows: u32, chunks_per_row: u32| Sw128Tile { base: smem + offset, rows, chunks_per_row };
     let k_s = tile(T::K_OFFSET, T::BLOCK_N, T::CHUNKS_PER_ROW);
     let v_s = tile(T::V_OFFSET, T::BLOCK_N, T::CHUNKS_PER_ROW);
     let ds_s = tile(T::DS_OFFSET, T::BLOCK_N, T::BLOCK_M / 8);
@@ -107,7 +106,8 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
     shared_writes_done();
 
     // K-major descriptors of this warpgroup's 64 keys of K and V (A of the score GEMMs).
-    let kv_desc = |t: Sw128Tile, panel: u32| wgmma_descriptor(t.panel(panel, 64 * warpgroup), 16, SW128_ROW_GROUP_BYTES);
+    let kv_desc =
+        |t: Sw128Tile, panel: u32| wgmma_descriptor(t.panel(panel, 64 * warpgroup), 16, SW128_ROW_GROUP_BYTES);
     let k_descs = [kv_desc(k_s, 0), kv_desc(k_s, panels - 1)];
     let v_descs = [kv_desc(v_s, 0), kv_desc(v_s, panels - 1)];
     // dQ = dS·K: this warpgroup's columns of K (MN-major: rows along the keys, the GEMM's k).
@@ -189,7 +189,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
         // dQ += scale · dS·K for the tile's 64 queries and this warpgroup's columns.
         let mut acc = [[0f32; 4]; 16];
         // SAFETY: as for the score GEMMs; dSᵀ was fenced and published by the barrier above.
-        unsafe { E::dq(dq_cols, &mut acc, ds_desc, k_for_dq) };
+        unsafe { E::dq(dq_cols, T::BLOCK_N, &mut acc, ds_desc, k_for_dq) };
         wait_for_dq_turn(p, block_x, q_tile_index, T::BLOCK_M, T::BLOCK_N, tid);
         for half in 0..2 {
             let row = q_begin + 16 * (warp % 4) + lane / 4 + 8 * half as u32;
@@ -200,7 +200,9 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
                     let at = (p.dq_accum as *mut f32).wrapping_offset((base + col as i64) as isize);
                     // SAFETY: the accumulator holds batch·heads·seqlen_q·head_dim floats; col is
                     // even and rows start at multiples of head_dim, so the pair is 8-byte aligned.
-                    unsafe { ptx::red_add_f32x2(at, acc[t][2 * half] * shape.scale, acc[t][2 * half + 1] * shape.scale) };
+                    unsafe {
+                        ptx::red_add_f32x2(at, acc[t][2 * half] * shape.scale, acc[t][2 * half + 1] * shape.scale)
+                    };
                 }
             }
         }

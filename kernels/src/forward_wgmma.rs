@@ -10,10 +10,10 @@
 use crate::forward::{LN_2, OnlineSoftmax, online_softmax};
 use crate::params::{FwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
-use crate::warpgroup::WgmmaElement;
 use crate::tile::{Sw128Tile, accumulators_as_a, quad_sum};
 use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, kv_head_of, q_tile_of_block, wgmma_descriptor};
 use crate::traits::FwdWgmmaTraits;
+use crate::warpgroup::WgmmaElement;
 
 /// Score tiles: 8 columns each, BLOCK_N ≤ 128.
 const SEQ_TILES8: usize = 16;
@@ -104,9 +104,7 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
 
     // Descriptors: Q and K are K-major (head_dim along a row), one per 64-column panel; V is
     // MN-major (its rows run along the keys, the GEMM's k), panels BLOCK_N · 128 bytes apart.
-    let q_desc = |panel: u32| {
-        wgmma_descriptor(q_tile.panel(panel, 64 * warpgroup), 16, SW128_ROW_GROUP_BYTES)
-    };
+    let q_desc = |panel: u32| wgmma_descriptor(q_tile.panel(panel, 64 * warpgroup), 16, SW128_ROW_GROUP_BYTES);
     let q_descs = [q_desc(0), q_desc(panels - 1)];
 
     let mut o = [[[0f32; 4]; HEAD_DIM_TILES8]; 1];

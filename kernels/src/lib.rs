@@ -32,20 +32,20 @@ pub mod fingerprint;
 
 #[cfg(target_arch = "nvptx64")]
 mod backward;
+#[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]
+mod backward_wgmma;
 #[cfg(target_arch = "nvptx64")]
 mod entry;
 #[cfg(target_arch = "nvptx64")]
 mod forward;
 #[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]
-mod backward_wgmma;
-#[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]
 mod forward_wgmma;
-#[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]
-mod warpgroup;
 #[cfg(target_arch = "nvptx64")]
 mod ptx;
 #[cfg(target_arch = "nvptx64")]
 mod tile;
+#[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]
+mod warpgroup;
 
 #[cfg(target_arch = "nvptx64")]
 #[panic_handler]

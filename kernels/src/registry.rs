@@ -2,9 +2,9 @@
 
 use crate::params::{BwdParams, FwdParams};
 use crate::traits::{
-    BwdHdim32, BwdHdim64, FwdWgmmaHdim64, FwdWgmmaHdim128, FwdWgmmaHdim128B, FwdWgmmaTraits, BwdWgmmaHdim64, BwdWgmmaHdim128,
-    BwdWgmmaTraits, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, FwdHdim32, FwdHdim64, FwdHdim96,
-    FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, ROW_KERNEL_THREADS,
+    BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim64, BwdWgmmaHdim128,
+    BwdWgmmaTraits, FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64,
+    FwdWgmmaHdim128, FwdWgmmaHdim128B, FwdWgmmaTraits, ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +37,8 @@ pub struct KernelInfo {
     /// Backward main kernels: query rows per inner iteration (sizes the deterministic mode's
     /// turn counters); 0 for the others.
     pub query_tile_rows: u32,
+    /// Blocks that should share an SM: above 1, `build-ptx` asks ptxas for registers to match.
+    pub min_blocks_per_sm: u32,
     /// Only in the sm_90a PTX (Hopper's `wgmma`); preferred there over the portable kernel.
     pub requires_sm90a: bool,
 }
@@ -52,6 +54,7 @@ const fn fwd<T: FwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
         block_rows: T::BLOCK_M,
         param_bytes: core::mem::size_of::<FwdParams>() as u32,
         query_tile_rows: 0,
+        min_blocks_per_sm: 1,
         requires_sm90a: false,
     }
 }
@@ -67,6 +70,7 @@ const fn fwd_wgmma<T: FwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> Kerne
         block_rows: T::BLOCK_M,
         param_bytes: core::mem::size_of::<FwdParams>() as u32,
         query_tile_rows: 0,
+        min_blocks_per_sm: 1,
         requires_sm90a: true,
     }
 }
@@ -82,6 +86,7 @@ const fn bwd<T: BwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
         block_rows: T::BLOCK_N,
         param_bytes: core::mem::size_of::<BwdParams>() as u32,
         query_tile_rows: T::BLOCK_M,
+        min_blocks_per_sm: 1,
         requires_sm90a: false,
     }
 }
@@ -97,6 +102,7 @@ const fn bwd_wgmma<T: BwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> Kerne
         block_rows: T::BLOCK_N,
         param_bytes: core::mem::size_of::<BwdParams>() as u32,
         query_tile_rows: T::BLOCK_M,
+        min_blocks_per_sm: T::MIN_BLOCKS_PER_SM,
         requires_sm90a: true,
     }
 }
@@ -112,6 +118,7 @@ const fn rows(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
         block_rows: ROW_KERNEL_THREADS / 32,
         param_bytes: core::mem::size_of::<BwdParams>() as u32,
         query_tile_rows: 0,
+        min_blocks_per_sm: 1,
         requires_sm90a: false,
     }
 }

@@ -324,7 +324,11 @@ mod tests {
                     for (m, blocks) in visitors.iter().enumerate() {
                         let turns: Vec<u32> =
                             blocks.iter().map(|&n| dq_turn(&mask, n, m as u32, block_m, block_n)).collect();
-                        assert_eq!(turns, (0..blocks.len() as u32).collect::<Vec<_>>(), "{mask:?} {block_m}x{block_n} tile {m}");
+                        assert_eq!(
+                            turns,
+                            (0..blocks.len() as u32).collect::<Vec<_>>(),
+                            "{mask:?} {block_m}x{block_n} tile {m}"
+                        );
                     }
                 }
             }
@@ -334,9 +338,8 @@ mod tests {
     #[test]
     fn sw128_layout_is_a_permutation_of_whole_panels() {
         for (rows, chunks) in [(64u32, 8u32), (128, 16), (128, 8), (192, 32)] {
-            let mut seen: Vec<u32> = (0..rows)
-                .flat_map(|r| (0..chunks).map(move |c| sw128_byte_offset(r, c, rows)))
-                .collect();
+            let mut seen: Vec<u32> =
+                (0..rows).flat_map(|r| (0..chunks).map(move |c| sw128_byte_offset(r, c, rows))).collect();
             seen.sort();
             assert_eq!(seen, (0..rows * chunks).map(|i| i * 16).collect::<Vec<_>>());
             // Panel p of every row lies inside [p·rows·128, (p+1)·rows·128).

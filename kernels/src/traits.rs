@@ -141,14 +141,21 @@ pub trait BwdWgmmaTraits {
     const D_IN_STAGE: u32 = Self::LSE_IN_STAGE + Self::BLOCK_M * 4;
     /// Plus 1024 for rounding the base up to the swizzle's period.
     const SMEM_BYTES: u32 = Self::STAGE_OFFSET + 2 * Self::STAGE_BYTES + 1024;
+    /// Blocks per SM to budget registers for: two let one block's softmax and barriers
+    /// overlap the other's GEMMs.
+    const MIN_BLOCKS_PER_SM: u32 = 1;
 }
 
-pub struct BwdWgmma<const D: u32>;
-impl<const D: u32> BwdWgmmaTraits for BwdWgmma<D> {
+/// A Hopper backward configuration: head_dim, warpgroups per block (64 keys each), blocks per
+/// SM to budget registers for.
+pub struct BwdWgmma<const D: u32, const WARPGROUPS: u32, const MIN_BLOCKS: u32>;
+impl<const D: u32, const W: u32, const B: u32> BwdWgmmaTraits for BwdWgmma<D, W, B> {
     const HEAD_DIM: u32 = D;
+    const WARPGROUPS: u32 = W;
+    const MIN_BLOCKS_PER_SM: u32 = B;
 }
-pub type BwdWgmmaHdim64 = BwdWgmma<64>;
-pub type BwdWgmmaHdim128 = BwdWgmma<128>;
+pub type BwdWgmmaHdim64 = BwdWgmma<64, 2, 1>;
+pub type BwdWgmmaHdim128 = BwdWgmma<128, 2, 1>;
 
 pub struct FwdHdim32;
 impl FwdTraits for FwdHdim32 {
@@ -307,7 +314,7 @@ mod tests {
     fn check_bwd_wgmma<T: BwdWgmmaTraits>() {
         assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128);
         // dQ = dS·K is split by columns over the warpgroups: generated widths 32 and 64.
-        assert!(T::WARPGROUPS == 2 && T::BLOCK_M == 64);
+        assert!((T::WARPGROUPS == 1 || T::WARPGROUPS == 2) && T::BLOCK_M == 64);
         for offset in [T::V_OFFSET, T::DS_OFFSET, T::STAGE_OFFSET, T::STAGE_BYTES, T::DO_IN_STAGE] {
             assert_eq!(offset % 1024, 0);
         }
@@ -319,6 +326,8 @@ mod tests {
     fn shipped_configurations_are_consistent() {
         check_bwd_wgmma::<BwdWgmmaHdim64>();
         check_bwd_wgmma::<BwdWgmmaHdim128>();
+        check_bwd_wgmma::<BwdWgmma<64, 1, 2>>();
+        check_bwd_wgmma::<BwdWgmma<128, 1, 2>>();
         check_fwd_wgmma::<FwdWgmmaHdim64>();
         check_fwd_wgmma::<FwdWgmmaHdim128>();
         check_fwd_wgmma::<FwdWgmmaHdim128B>();

@@ -20,16 +20,18 @@ pub trait WgmmaElement: Element {
     /// # Safety
     /// See [`wgmma::wgmma_pv_n64_k4_bf16`].
     unsafe fn pv(n: u32, k_dim: u32, o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], b: u64);
-    /// `acc = A·B` for 64 rows × `n` (32 or 64) columns over 128, both operands MN-major.
+    /// `acc = A·B` for 64 rows × `n` columns over `k_dim` (n × k_dim: 32 × 128, 64 × 128,
+    /// 64 × 64, 128 × 64), both operands MN-major.
     ///
     /// # Safety
     /// See [`wgmma::wgmma_dq_n32_k8_bf16`].
-    unsafe fn dq(n: u32, acc: &mut [[f32; 4]; 16], a: u64, b: u64);
+    unsafe fn dq(n: u32, k_dim: u32, acc: &mut [[f32; 4]; 16], a: u64, b: u64);
 }
 
 macro_rules! wgmma_element {
     ($ty:ty, $qk64_1:ident, $qk64_2:ident, $qk128_1:ident, $qk128_2:ident,
-     $pv64_4:ident, $pv64_8:ident, $pv128_4:ident, $pv128_8:ident, $dq32:ident, $dq64:ident) => {
+     $pv64_4:ident, $pv64_8:ident, $pv128_4:ident, $pv128_8:ident, $dq32_8:ident, $dq64_8:ident,
+     $dq64_4:ident, $dq128_4:ident) => {
         impl WgmmaElement for $ty {
             #[inline(always)]
             unsafe fn qk(n: u32, k_dim: u32, s: &mut [[f32; 4]; 16], a: [u64; 2], b: [u64; 2]) {
@@ -58,12 +60,14 @@ macro_rules! wgmma_element {
                 }
             }
             #[inline(always)]
-            unsafe fn dq(n: u32, acc: &mut [[f32; 4]; 16], a: u64, b: u64) {
+            unsafe fn dq(n: u32, k_dim: u32, acc: &mut [[f32; 4]; 16], a: u64, b: u64) {
                 // SAFETY: forwarded from the caller.
                 unsafe {
-                    match n {
-                        32 => wgmma::$dq32(acc, a, b),
-                        64 => wgmma::$dq64(acc, a, b),
+                    match (n, k_dim) {
+                        (32, 128) => wgmma::$dq32_8(acc, a, b),
+                        (64, 128) => wgmma::$dq64_8(acc, a, b),
+                        (64, 64) => wgmma::$dq64_4(acc, a, b),
+                        (128, 64) => wgmma::$dq128_4(acc, a, b),
                         _ => core::arch::nvptx::trap(),
                     }
                 }
@@ -83,7 +87,9 @@ wgmma_element!(
     wgmma_pv_n128_k4_bf16,
     wgmma_pv_n128_k8_bf16,
     wgmma_dq_n32_k8_bf16,
-    wgmma_dq_n64_k8_bf16
+    wgmma_dq_n64_k8_bf16,
+    wgmma_dq_n64_k4_bf16,
+    wgmma_dq_n128_k4_bf16
 );
 wgmma_element!(
     F16,
@@ -96,5 +102,7 @@ wgmma_element!(
     wgmma_pv_n128_k4_f16,
     wgmma_pv_n128_k8_f16,
     wgmma_dq_n32_k8_f16,
-    wgmma_dq_n64_k8_f16
+    wgmma_dq_n64_k8_f16,
+    wgmma_dq_n64_k4_f16,
+    wgmma_dq_n128_k4_f16
 );

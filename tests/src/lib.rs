@@ -70,18 +70,20 @@ pub fn case_strategy() -> impl Strategy<Value = Case> {
         prop_oneof![3 => Just(None), 1 => (0.05f32..1.5).prop_map(Some)],
         any::<bool>(),
     )
-        .prop_map(|(batch, heads, seqlen_q, seqlen_k, head_dim, causal, bf16, pad, seed, scale, deterministic)| Case {
-            batch,
-            heads,
-            seqlen_q,
-            seqlen_k,
-            head_dim: head_dim as usize,
-            causal,
-            bf16,
-            pad,
-            seed,
-            scale,
-            deterministic,
+        .prop_map(|(batch, heads, seqlen_q, seqlen_k, head_dim, causal, bf16, pad, seed, scale, deterministic)| {
+            Case {
+                batch,
+                heads,
+                seqlen_q,
+                seqlen_k,
+                head_dim: head_dim as usize,
+                causal,
+                bf16,
+                pad,
+                seed,
+                scale,
+                deterministic,
+            }
         })
 }
 

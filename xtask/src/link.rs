@@ -7,6 +7,7 @@
 //! `llvm-link` merges the bitcode, `opt` internalizes everything but the kernels and optimizes,
 //! `llc` lowers to PTX for the requested `--target-cpu`.
 
+use flash_attn_kernels::registry;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -156,5 +157,30 @@ pub fn run(args: Vec<String>) -> Result<(), String> {
         ],
     )?;
     let _ = std::fs::remove_dir_all(&work);
-    Ok(())
+    add_occupancy_directives(&request.output)
+}
+
+/// Rust has no attribute for PTX's per-entry performance directives, so the link step adds them:
+/// for a kernel the registry wants resident `min_blocks_per_sm` times per SM, `.maxntid` and
+/// `.minnctapersm` let ptxas budget registers for that occupancy (and `build-ptx` then fails if
+/// that budget spills).
+fn add_occupancy_directives(ptx: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(ptx).map_err(|e| e.to_string())?;
+    let mut out = String::with_capacity(text.len() + 1024);
+    let mut pending: Option<String> = None;
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix(".visible .entry ").and_then(|l| l.strip_suffix('(')) {
+            pending = registry::by_name(name)
+                .filter(|k| k.min_blocks_per_sm > 1)
+                .map(|k| format!(".maxntid {}, 1, 1\n.minnctapersm {}\n", k.threads, k.min_blocks_per_sm));
+        }
+        out.push_str(line);
+        out.push('\n');
+        if line.starts_with(')')
+            && let Some(directives) = pending.take()
+        {
+            out.push_str(&directives);
+        }
+    }
+    std::fs::write(ptx, out).map_err(|e| e.to_string())
 }
