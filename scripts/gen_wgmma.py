@@ -33,7 +33,43 @@ out.append('''//! Warpgroup GEMMs (`wgmma.mma_async`, sm_90a) of the Hopper forw
 use core::arch::asm;
 ''')
 
+def wait_fn(group, name, arrays, count, tiles):
+    """wgmma.wait_group `group`, naming `count` f32 registers of each array so that the compiler
+    orders every later use of them after the wait."""
+    ops = []
+    index = 0
+    for a in arrays:
+        for i in range(count):
+            ops.append(f"inout(reg32) {a}[{i // 4}][{i % 4}]")
+    args = ", ".join(f"{a}: &mut [[f32; 4]; {tiles}]" for a in arrays)
+    return f'''
+/// `wgmma.wait_group {group}`: at most {group} GEMM group(s) of this warpgroup still in flight. Names
+/// the first {count} accumulators of {", ".join("`" + a + "`" for a in arrays)}, which the waited-for GEMMs write, so
+/// that no use of them moves above the wait.
+#[inline(always)]
+pub fn {name}({args}) {{
+    // SAFETY: a wait; registers are the only operands.
+    unsafe {{
+        asm!(
+            "wgmma.wait_group.sync.aligned {group};",
+            "// waited for: {" ".join("{%d}" % i for i in range(len(ops)))}",
+            {", ".join(ops)},
+            options(nostack),
+        )
+    }}
+}}'''
+
+for group in (0, 1):
+    for count in (32, 64):
+        out.append(wait_fn(group, f"wgmma_wait{group}_s{count}", ["s"], count, 16))
+        out.append(wait_fn(group, f"wgmma_wait{group}_o{count}", ["o"], count, 32))
+for count in (32, 64):
+    out.append(wait_fn(0, f"wgmma_wait0_oo{count}", ["a", "b"], count, 32))
+
 for ty, ptxty in TYPES:
+  for issue_only in (False, True):
+    suffix = "_issue" if issue_only else ""
+    waits = [] if issue_only else ["wgmma.wait_group.sync.aligned 0;"]
     for n, panels in QK:
         count = n // 2
         lines = []
@@ -51,7 +87,7 @@ for ty, ptxty in TYPES:
                 first = False
                 lines.append(f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptxty}.{ptxty} {acc(count)}, qa, kb, {scale}, 1, 1, 0, 0;")
         lines.append("wgmma.commit_group.sync.aligned;")
-        lines.append("wgmma.wait_group.sync.aligned 0;")
+        lines.extend(waits)
         lines.append("}}")
         template = "\n".join(f'            "{l}",' for l in lines)
         descs = ", ".join(f"q{i} = in(reg64) desc_q[{i}], k{i} = in(reg64) desc_k[{i}]" for i in range(panels))
@@ -64,7 +100,7 @@ for ty, ptxty in TYPES:
 /// All 128 threads of a warpgroup call this together with the same descriptors; they describe
 /// shared memory holding the tiles, written before the call and fenced for the async proxy.
 #[inline(always)]
-pub unsafe fn wgmma_qk_n{n}_p{panels}_{ty}(s: &mut [[f32; 4]; 16], desc_q: [u64; {panels}], desc_k: [u64; {panels}]) {{
+pub unsafe fn wgmma_qk{suffix}_n{n}_p{panels}_{ty}(s: &mut [[f32; 4]; 16], desc_q: [u64; {panels}], desc_k: [u64; {panels}]) {{
     // SAFETY: guaranteed by the caller; registers are the only other operands.
     unsafe {{
         asm!(
@@ -84,7 +120,7 @@ pub unsafe fn wgmma_qk_n{n}_p{panels}_{ty}(s: &mut [[f32; 4]; 16], desc_q: [u64;
             a = "{{" + ", ".join("{%d}" % (count + 4 * step + j) for j in range(4)) + "}}"
             lines.append(f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptxty}.{ptxty} {acc(count)}, {a}, vb, 1, 1, 1, 1;")
         lines.append("wgmma.commit_group.sync.aligned;")
-        lines.append("wgmma.wait_group.sync.aligned 0;")
+        lines.extend(waits)
         lines.append("}}")
         template = "\n".join(f'            "{l}",' for l in lines)
         pops = ", ".join(f"in(reg32) p[{i // 4}][{i % 4}]" for i in range(4 * ksteps))
@@ -96,7 +132,7 @@ pub unsafe fn wgmma_qk_n{n}_p{panels}_{ty}(s: &mut [[f32; 4]; 16], desc_q: [u64;
 /// # Safety
 /// As [`wgmma_qk_n64_p1_bf16`].
 #[inline(always)]
-pub unsafe fn wgmma_pv_n{n}_k{ksteps}_{ty}(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], desc_v: u64) {{
+pub unsafe fn wgmma_pv{suffix}_n{n}_k{ksteps}_{ty}(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], desc_v: u64) {{
     // SAFETY: guaranteed by the caller; registers are the only other operands.
     unsafe {{
         asm!(
@@ -109,7 +145,7 @@ pub unsafe fn wgmma_pv_n{n}_k{ksteps}_{ty}(o: &mut [[f32; 4]; 32], p: &[[u32; 4]
     }}
 }}''')
 
-    for n, ksteps in DQ:
+  for n, ksteps in DQ:
         count = n // 2
         lines = ["{{", ".reg .b64 da, kb;", ".reg .pred p;", "setp.ne.u32 p, {zero}, 0;", "wgmma.fence.sync.aligned;"]
         for step in range(ksteps):

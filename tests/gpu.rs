@@ -2,6 +2,7 @@
 //! checks through the public API. Without a CUDA device every test reports as ignored.
 //!
 //! Case counts: FLASH_ATTN_FWD_CASES (default 200) and FLASH_ATTN_BWD_CASES (default 100).
+//! FLASH_ATTN_KERNELS=name,... tests those registry kernels instead of the defaults.
 //! FLASH_ATTN_TEST_REPORT=path appends one JSON line per property test with its largest errors.
 
 use cust::stream::{Stream, StreamFlags};
@@ -27,7 +28,12 @@ struct Gpu {
 fn gpu() -> Result<Gpu, Failed> {
     let context = gpu_context().map_err(Failed::from)?;
     let stream = Stream::new(StreamFlags::NON_BLOCKING, None).map_err(|e| format!("stream: {e:?}"))?;
-    let attention = FlashAttention::new().map_err(|e| e.to_string())?;
+    let mut attention = FlashAttention::new().map_err(|e| e.to_string())?;
+    // FLASH_ATTN_KERNELS=name,name: test these registry kernels in place of the defaults for
+    // their role, dtype and head dim (measurement variants before they become defaults).
+    for name in std::env::var("FLASH_ATTN_KERNELS").unwrap_or_default().split(',').filter(|n| !n.is_empty()) {
+        attention = attention.with_kernel(name).ok_or(format!("FLASH_ATTN_KERNELS: no kernel {name} here"))?;
+    }
     Ok(Gpu { attention, stream, _context: context })
 }
 

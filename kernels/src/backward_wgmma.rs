@@ -13,7 +13,7 @@ use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, accumulators_as_a};
 use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, kv_head_of, wgmma_descriptor};
 use crate::traits::BwdWgmmaTraits;
-use crate::warpgroup::WgmmaElement;
+use crate::warpgroup::{Waited, WgmmaElement, wait};
 
 const LOG2_E: f32 = core::f32::consts::LOG2_E;
 
@@ -131,58 +131,101 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
 
         // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ for this warpgroup's 64 keys and the tile's 64 queries.
         let q_desc = |t: Sw128Tile, panel: u32| wgmma_descriptor(t.panel(panel, 0), 16, SW128_ROW_GROUP_BYTES);
+        let (s_descs, dp_descs) =
+            ([q_desc(q_s, 0), q_desc(q_s, panels - 1)], [q_desc(do_s, 0), q_desc(do_s, panels - 1)]);
+        // dO and Q in dV += Pᵀ·dO and dK += dSᵀ·Q are MN-major: their rows run along the queries,
+        // the GEMMs' k. (dK's scale is applied once at the end.)
+        let mn_desc = |t: Sw128Tile| wgmma_descriptor(t.panel(0, 0), T::BLOCK_M * 128, SW128_ROW_GROUP_BYTES);
         let mut s = [[0f32; 4]; 16];
         let mut dp = [[0f32; 4]; 16];
-        // SAFETY: the whole warpgroup is here (block-uniform loop); every tile landed and was
-        // fenced for the async proxy before the last barrier.
-        unsafe {
-            E::qk(T::BLOCK_M, T::HEAD_DIM, &mut s, k_descs, [q_desc(q_s, 0), q_desc(q_s, panels - 1)]);
-            E::qk(T::BLOCK_M, T::HEAD_DIM, &mut dp, v_descs, [q_desc(do_s, 0), q_desc(do_s, panels - 1)]);
-        }
 
-        // Pᵀ = exp(scale·Sᵀ - LSE) recomputed from the forward's LSE; dSᵀ = Pᵀ ∘ (dPᵀ - D).
+        // Pᵀ = exp(scale·Sᵀ - LSE) recomputed from the forward's LSE, in place.
         let unmasked = mask.tile_is_unmasked(q_begin, q_begin + T::BLOCK_M, warp_k0, warp_k0 + 16);
-        for t in 0..m_tiles8 {
-            for e in 0..4 {
-                let key = warp_k0 + lane / 4 + 8 * (e as u32 / 2);
-                let col = 8 * t as u32 + 2 * (lane % 4) + e as u32 % 2;
-                // SAFETY: col < BLOCK_M indexes the staged statistics.
-                let (lse, d) = unsafe { (ptx::ld_shared_f32(lse_s + 4 * col), ptx::ld_shared_f32(d_s + 4 * col)) };
-                let prob = if unmasked || mask.allows(q_begin + col, key) {
-                    ptx::exp2(s[t][e] * shape.scale_log2 - lse * LOG2_E)
-                } else {
-                    0.0
-                };
-                s[t][e] = prob;
-                dp[t][e] = prob * (dp[t][e] - d);
+        let probabilities = |s: &mut [[f32; 4]; 16]| {
+            for t in 0..m_tiles8 {
+                for e in 0..4 {
+                    let key = warp_k0 + lane / 4 + 8 * (e as u32 / 2);
+                    let col = 8 * t as u32 + 2 * (lane % 4) + e as u32 % 2;
+                    // SAFETY: col < BLOCK_M indexes the staged statistics.
+                    let lse = unsafe { ptx::ld_shared_f32(lse_s + 4 * col) };
+                    s[t][e] = if unmasked || mask.allows(q_begin + col, key) {
+                        ptx::exp2(s[t][e] * shape.scale_log2 - lse * LOG2_E)
+                    } else {
+                        0.0
+                    };
+                }
             }
-        }
-
-        // dV += Pᵀ·dO and dK += dSᵀ·Q (dK's scale is applied once at the end); dO and Q are
-        // MN-major here: their rows run along the queries, the GEMMs' k.
-        let mut p_frags = [[0u32; 4]; 8];
-        let mut ds_frags = [[0u32; 4]; 8];
-        #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
-        for kk in 0..m_tiles8 / 2 {
-            p_frags[kk] = accumulators_as_a::<E>(&s[2 * kk], &s[2 * kk + 1]);
-            ds_frags[kk] = accumulators_as_a::<E>(&dp[2 * kk], &dp[2 * kk + 1]);
-        }
-        let mn_desc = |t: Sw128Tile| wgmma_descriptor(t.panel(0, 0), T::BLOCK_M * 128, SW128_ROW_GROUP_BYTES);
-        // SAFETY: as for the score GEMMs.
-        unsafe {
-            E::pv(T::HEAD_DIM, T::BLOCK_M, &mut dv, &p_frags, mn_desc(do_s));
-            E::pv(T::HEAD_DIM, T::BLOCK_M, &mut dk, &ds_frags, mn_desc(q_s));
-        }
-
+        };
+        // dSᵀ = Pᵀ ∘ (dPᵀ - D), in place.
+        let score_gradients = |dp: &mut [[f32; 4]; 16], s: &[[f32; 4]; 16]| {
+            for t in 0..m_tiles8 {
+                for e in 0..4 {
+                    let col = 8 * t as u32 + 2 * (lane % 4) + e as u32 % 2;
+                    // SAFETY: as above.
+                    let d = unsafe { ptx::ld_shared_f32(d_s + 4 * col) };
+                    dp[t][e] = s[t][e] * (dp[t][e] - d);
+                }
+            }
+        };
+        let fragments = |x: &[[f32; 4]; 16]| {
+            let mut a = [[0u32; 4]; 8];
+            #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
+            for kk in 0..m_tiles8 / 2 {
+                a[kk] = accumulators_as_a::<E>(&x[2 * kk], &x[2 * kk + 1]);
+            }
+            a
+        };
         // dSᵀ to shared memory (keys × queries), so that dQ = dS·K can be split by columns.
-        for t in 0..m_tiles8 {
-            for half in 0..2 {
-                let row = 16 * warp + lane / 4 + 8 * half as u32;
-                let col = 8 * t as u32 + 2 * (lane % 4);
-                let packed = E::pack(dp[t][2 * half], dp[t][2 * half + 1]);
-                // SAFETY: row < BLOCK_N and col < BLOCK_M lie inside the dSᵀ tile.
-                unsafe { ptx::st_shared_u32(ds_s.chunk(row, col / 8) + (col % 8) * 2, packed) };
+        let store_ds = |dp: &[[f32; 4]; 16]| {
+            for t in 0..m_tiles8 {
+                for half in 0..2 {
+                    let row = 16 * warp + lane / 4 + 8 * half as u32;
+                    let col = 8 * t as u32 + 2 * (lane % 4);
+                    let packed = E::pack(dp[t][2 * half], dp[t][2 * half + 1]);
+                    // SAFETY: row < BLOCK_N and col < BLOCK_M lie inside the dSᵀ tile.
+                    unsafe { ptx::st_shared_u32(ds_s.chunk(row, col / 8) + (col % 8) * 2, packed) };
+                }
             }
+        };
+
+        if T::PIPELINED {
+            // Each elementwise step runs while the tensor cores finish the GEMM issued before it:
+            // Pᵀ under dPᵀ = V·dOᵀ, dSᵀ under dV += Pᵀ·dO, the dSᵀ store under dK += dSᵀ·Q.
+            // SAFETY: the whole warpgroup is here (block-uniform loop); every tile landed and was
+            // fenced for the async proxy before the last barrier; each accumulator and fragment
+            // array is left alone until a wait names it.
+            unsafe {
+                E::qk_issue(T::BLOCK_M, T::HEAD_DIM, &mut s, k_descs, s_descs);
+                E::qk_issue(T::BLOCK_M, T::HEAD_DIM, &mut dp, v_descs, dp_descs);
+            }
+            wait(1, Waited::Scores(T::BLOCK_M, &mut s));
+            probabilities(&mut s);
+            let p_frags = fragments(&s);
+            // SAFETY: as above.
+            unsafe { E::pv_issue(T::HEAD_DIM, T::BLOCK_M, &mut dv, &p_frags, mn_desc(do_s)) };
+            wait(1, Waited::Scores(T::BLOCK_M, &mut dp));
+            score_gradients(&mut dp, &s);
+            let ds_frags = fragments(&dp);
+            // SAFETY: as above.
+            unsafe { E::pv_issue(T::HEAD_DIM, T::BLOCK_M, &mut dk, &ds_frags, mn_desc(q_s)) };
+            store_ds(&dp);
+            wait(0, Waited::Outputs(T::HEAD_DIM, &mut dv, &mut dk));
+        } else {
+            // SAFETY: the whole warpgroup is here (block-uniform loop); every tile landed and was
+            // fenced for the async proxy before the last barrier.
+            unsafe {
+                E::qk(T::BLOCK_M, T::HEAD_DIM, &mut s, k_descs, s_descs);
+                E::qk(T::BLOCK_M, T::HEAD_DIM, &mut dp, v_descs, dp_descs);
+            }
+            probabilities(&mut s);
+            score_gradients(&mut dp, &s);
+            let (p_frags, ds_frags) = (fragments(&s), fragments(&dp));
+            // SAFETY: as for the score GEMMs.
+            unsafe {
+                E::pv(T::HEAD_DIM, T::BLOCK_M, &mut dv, &p_frags, mn_desc(do_s));
+                E::pv(T::HEAD_DIM, T::BLOCK_M, &mut dk, &ds_frags, mn_desc(q_s));
+            }
+            store_ds(&dp);
         }
         shared_writes_done();
 

@@ -55,6 +55,22 @@ pub(crate) fn online_softmax<const M: usize, const NS: usize, const ND: usize>(
     d_tiles: usize,
     scale_log2: f32,
 ) {
+    if let Some(correction) = online_softmax_deferred(state, s, m_tiles, n_tiles, scale_log2) {
+        rescale(o, &correction, m_tiles, d_tiles);
+    }
+}
+
+/// [`online_softmax`] without touching the output accumulators: returns the per-row factor
+/// they must be multiplied by, if any row's max moved (for kernels whose O is still being
+/// written by the tensor cores at this point).
+#[inline(always)]
+pub(crate) fn online_softmax_deferred<const M: usize, const NS: usize>(
+    state: &mut [OnlineSoftmax; M],
+    s: &mut [[[f32; 4]; NS]; M],
+    m_tiles: usize,
+    n_tiles: usize,
+    scale_log2: f32,
+) -> Option<[[f32; 2]; M]> {
     let mut tile_max = [[f32::NEG_INFINITY; 2]; M];
     let mut grew = false;
     for m in 0..m_tiles {
@@ -67,19 +83,18 @@ pub(crate) fn online_softmax<const M: usize, const NS: usize, const ND: usize>(
             grew |= tile_max[m][half] > state[m].max[half] + RESCALE_THRESHOLD;
         }
     }
+    let mut correction = None;
     if ptx::warp_any(grew) {
+        let mut factors = [[1.0f32; 2]; M];
         for m in 0..m_tiles {
             for half in 0..2 {
                 let old = state[m].max[half];
                 state[m].max[half] = old.max(tile_max[m][half]);
-                let correction = ptx::exp2(old - state[m].shift(half));
-                state[m].sum[half] *= correction;
-                for t in 0..d_tiles {
-                    o[m][t][2 * half] *= correction;
-                    o[m][t][2 * half + 1] *= correction;
-                }
+                factors[m][half] = ptx::exp2(old - state[m].shift(half));
+                state[m].sum[half] *= factors[m][half];
             }
         }
+        correction = Some(factors);
     }
     for m in 0..m_tiles {
         for half in 0..2 {
@@ -93,6 +108,25 @@ pub(crate) fn online_softmax<const M: usize, const NS: usize, const ND: usize>(
                 }
             }
             state[m].sum[half] += sum;
+        }
+    }
+    correction
+}
+
+/// Multiply each row of the output accumulators by its correction factor.
+#[inline(always)]
+pub(crate) fn rescale<const M: usize, const ND: usize>(
+    o: &mut [[[f32; 4]; ND]; M],
+    correction: &[[f32; 2]; M],
+    m_tiles: usize,
+    d_tiles: usize,
+) {
+    for m in 0..m_tiles {
+        for half in 0..2 {
+            for t in 0..d_tiles {
+                o[m][t][2 * half] *= correction[m][half];
+                o[m][t][2 * half + 1] *= correction[m][half];
+            }
         }
     }
 }

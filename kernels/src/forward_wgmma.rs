@@ -7,13 +7,13 @@
 //! second GEMM for O += P·V with P from registers and V from shared memory. Warpgroups of one
 //! block, and blocks on one SM, overlap one's softmax with another's GEMMs.
 
-use crate::forward::{LN_2, OnlineSoftmax, online_softmax};
+use crate::forward::{LN_2, OnlineSoftmax, online_softmax, online_softmax_deferred, rescale};
 use crate::params::{FwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, accumulators_as_a, quad_sum};
 use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, kv_head_of, q_tile_of_block, wgmma_descriptor};
 use crate::traits::FwdWgmmaTraits;
-use crate::warpgroup::WgmmaElement;
+use crate::warpgroup::{Waited, WgmmaElement, wait};
 
 /// Score tiles: 8 columns each, BLOCK_N ≤ 128.
 const SEQ_TILES8: usize = 16;
@@ -24,7 +24,8 @@ const HEAD_DIM_TILES8: usize = 32;
 /// tensor cores, and close the stage: after this barrier the previous stage may be refilled.
 #[inline(always)]
 fn tiles_ready<T: FwdWgmmaTraits>() {
-    if T::STAGES == 3 {
+    // The pipelined loop keeps one tile in flight, so "the next tile" is every group.
+    if T::STAGES == 3 && !T::PIPELINED {
         ptx::cp_async_wait_all_but_one();
     } else {
         cp_async_wait_all();
@@ -94,7 +95,7 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
         load_kv(first_tile, 0);
     }
     cp_async_commit();
-    if T::STAGES == 3 {
+    if T::STAGES == 3 && !T::PIPELINED {
         if first_tile + 1 < end_tile {
             load_kv(first_tile + 1, 1);
         }
@@ -106,29 +107,18 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
     // MN-major (its rows run along the keys, the GEMM's k), panels BLOCK_N · 128 bytes apart.
     let q_desc = |panel: u32| wgmma_descriptor(q_tile.panel(panel, 64 * warpgroup), 16, SW128_ROW_GROUP_BYTES);
     let q_descs = [q_desc(0), q_desc(panels - 1)];
+    let k_descs = |stage: u32| {
+        let keys = k_tile(stage);
+        let k_desc = |panel: u32| wgmma_descriptor(keys.panel(panel, 0), 16, SW128_ROW_GROUP_BYTES);
+        [k_desc(0), k_desc(panels - 1)]
+    };
+    let v_desc = |stage: u32| wgmma_descriptor(v_tile(stage).panel(0, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
 
     let mut o = [[[0f32; 4]; HEAD_DIM_TILES8]; 1];
     let mut softmax = [OnlineSoftmax::EMPTY];
     let (n_tiles8, d_tiles8) = ((T::BLOCK_N / 8) as usize, (T::HEAD_DIM / 8) as usize);
-
-    for tile in first_tile..end_tile {
-        let step = tile - first_tile;
-        let stage = step % T::STAGES;
-        // Refill the stage the previous iteration used (behind its closing barrier) with the
-        // tile STAGES - 1 ahead; one group per iteration, empty or not (see `forward`).
-        if tile + T::STAGES - 1 < end_tile {
-            load_kv(tile + T::STAGES - 1, (step + T::STAGES - 1) % T::STAGES);
-        }
-        cp_async_commit();
-        let lane = ptx::opaque(lane);
-
-        let keys = k_tile(stage);
-        let k_desc = |panel: u32| wgmma_descriptor(keys.panel(panel, 0), 16, SW128_ROW_GROUP_BYTES);
-        let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
-        // SAFETY: the whole warpgroup is here (block-uniform loop); the Q and K tiles landed
-        // and were fenced for the async proxy before the last barrier.
-        unsafe { E::qk(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, [k_desc(0), k_desc(panels - 1)]) };
-
+    // Scores of keys the mask hides become -inf; tiles wholly inside the mask skip this.
+    let apply_mask = |s: &mut [[[f32; 4]; SEQ_TILES8]; 1], tile: u32, lane: u32| {
         let k_begin = tile * T::BLOCK_N;
         if !mask.tile_is_unmasked(warp_q0, warp_q0 + 16, k_begin, k_begin + T::BLOCK_N) {
             for t in 0..n_tiles8 {
@@ -141,20 +131,85 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
                 }
             }
         }
-
-        online_softmax(&mut softmax, &mut s, &mut o, 1, n_tiles8, d_tiles8, shape.scale_log2);
-
-        let mut probabilities = [[0u32; 4]; 8];
+    };
+    let probabilities_of = |s: &[[[f32; 4]; SEQ_TILES8]; 1]| {
+        let mut a = [[0u32; 4]; 8];
         #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
         for kk in 0..n_tiles8 / 2 {
-            probabilities[kk] = accumulators_as_a::<E>(&s[0][2 * kk], &s[0][2 * kk + 1]);
+            a[kk] = accumulators_as_a::<E>(&s[0][2 * kk], &s[0][2 * kk + 1]);
         }
-        let v_desc = wgmma_descriptor(v_tile(stage).panel(0, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
-        // SAFETY: as for the score GEMM.
-        unsafe { E::pv(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &probabilities, v_desc) };
+        a
+    };
 
-        // The next tile has landed, and everyone is done with this stage.
+    if !T::PIPELINED {
+        for tile in first_tile..end_tile {
+            let step = tile - first_tile;
+            let stage = step % T::STAGES;
+            // Refill the stage the previous iteration used (behind its closing barrier) with the
+            // tile STAGES - 1 ahead; one group per iteration, empty or not (see `forward`).
+            if tile + T::STAGES - 1 < end_tile {
+                load_kv(tile + T::STAGES - 1, (step + T::STAGES - 1) % T::STAGES);
+            }
+            cp_async_commit();
+            let lane = ptx::opaque(lane);
+            let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
+            // SAFETY: the whole warpgroup is here (block-uniform loop); the Q and K tiles landed
+            // and were fenced for the async proxy before the last barrier.
+            unsafe { E::qk(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(stage)) };
+            apply_mask(&mut s, tile, lane);
+            online_softmax(&mut softmax, &mut s, &mut o, 1, n_tiles8, d_tiles8, shape.scale_log2);
+            let probabilities = probabilities_of(&s);
+            // SAFETY: as for the score GEMM.
+            unsafe { E::pv(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &probabilities, v_desc(stage)) };
+            // The next tile has landed, and everyone is done with this stage.
+            tiles_ready::<T>();
+        }
+    } else if first_tile < end_tile {
+        // Software pipeline (three stages): while tile j's softmax runs on the CUDA cores, the
+        // tensor cores finish O += P·V of tile j - 1. Tile t's stage is read by S = Q·Kₜᵀ in
+        // iteration t and by P·Vₜ in iteration t + 1, so the refill at iteration j goes to the
+        // stage of tile j - 2, released by the barrier that closed iteration j - 1.
+        if first_tile + 1 < end_tile {
+            load_kv(first_tile + 1, 1);
+        }
+        cp_async_commit();
+        let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
+        // SAFETY: as in the loop above.
+        unsafe { E::qk(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(0)) };
+        apply_mask(&mut s, first_tile, lane);
+        // O is still zero: no correction to apply.
+        let _ = online_softmax_deferred(&mut softmax, &mut s, 1, n_tiles8, shape.scale_log2);
+        let mut previous = probabilities_of(&s);
+        let mut previous_stage = 0;
         tiles_ready::<T>();
+        for tile in first_tile + 1..end_tile {
+            let step = tile - first_tile;
+            let stage = step % 3;
+            if tile + 1 < end_tile {
+                load_kv(tile + 1, (step + 1) % 3);
+            }
+            cp_async_commit();
+            let lane = ptx::opaque(lane);
+            let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
+            // SAFETY: as in the loop above; the accumulators and `previous` are left alone until
+            // the waits below name them.
+            unsafe {
+                E::qk_issue(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(stage));
+                E::pv_issue(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(previous_stage));
+            }
+            wait(1, Waited::Scores(T::BLOCK_N, &mut s[0]));
+            apply_mask(&mut s, tile, lane);
+            let correction = online_softmax_deferred(&mut softmax, &mut s, 1, n_tiles8, shape.scale_log2);
+            wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
+            if let Some(correction) = correction {
+                rescale(&mut o, &correction, 1, d_tiles8);
+            }
+            previous = probabilities_of(&s);
+            previous_stage = stage;
+            tiles_ready::<T>();
+        }
+        // SAFETY: as for the score GEMM.
+        unsafe { E::pv(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(previous_stage)) };
     }
 
     // Epilogue: normalize; stage O in this warp's own rows of the Q tile (the tensor cores'

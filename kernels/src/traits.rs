@@ -84,6 +84,8 @@ pub trait FwdWgmmaTraits {
     const WARPGROUPS: u32;
     /// K/V shared-memory buffers (2 or 3).
     const STAGES: u32 = 2;
+    /// Overlap each tile's softmax with the previous tile's P·V GEMM (needs 3 stages).
+    const PIPELINED: bool = false;
 
     const BLOCK_M: u32 = 64 * Self::WARPGROUPS;
     const THREADS: u32 = 128 * Self::WARPGROUPS;
@@ -107,13 +109,24 @@ impl<const D: u32, const W: u32, const N: u32, const S: u32> FwdWgmmaTraits for 
     const STAGES: u32 = S;
 }
 
+/// A software-pipelined Hopper forward configuration (three stages).
+pub struct FwdWgmmaPipelined<const D: u32, const WARPGROUPS: u32, const BLOCK_N: u32>;
+impl<const D: u32, const W: u32, const N: u32> FwdWgmmaTraits for FwdWgmmaPipelined<D, W, N> {
+    const HEAD_DIM: u32 = D;
+    const BLOCK_N: u32 = N;
+    const WARPGROUPS: u32 = W;
+    const STAGES: u32 = 3;
+    const PIPELINED: bool = true;
+}
+
 /// The shipped Hopper configurations (benches/NOTES.md, v8, lists the variants measured).
 /// head_dim 64: one warpgroup and 64-key tiles, so four blocks share an SM and one block's
 /// softmax overlaps another's GEMMs; head_dim 128: two warpgroups on 128-key tiles.
 pub type FwdWgmmaHdim64 = FwdWgmma<64, 1, 64, 2>;
 pub type FwdWgmmaHdim128 = FwdWgmma<128, 2, 128, 2>;
-/// A measurement variant (`bench --forward-kernel flash_fwd_wgmma_bf16_hdim128_b`).
-pub type FwdWgmmaHdim128B = FwdWgmma<128, 1, 64, 2>;
+/// Measurement variants (`bench --kernel NAME`): software-pipelined forwards.
+pub type FwdWgmmaHdim64P = FwdWgmmaPipelined<64, 1, 64>;
+pub type FwdWgmmaHdim128P = FwdWgmmaPipelined<128, 2, 128>;
 
 /// Hopper backward (sm_90a, `wgmma`) tile configuration: two warpgroups of 64 keys each, 64
 /// queries per iteration (one 128-byte panel of dSᵀ). Every GEMM reads its shared-memory
@@ -144,6 +157,8 @@ pub trait BwdWgmmaTraits {
     /// Blocks per SM to budget registers for: two let one block's softmax and barriers
     /// overlap the other's GEMMs.
     const MIN_BLOCKS_PER_SM: u32 = 1;
+    /// Overlap each elementwise step with the GEMM issued before it.
+    const PIPELINED: bool = false;
 }
 
 /// A Hopper backward configuration: head_dim, warpgroups per block (64 keys each), blocks per
@@ -156,6 +171,13 @@ impl<const D: u32, const W: u32, const B: u32> BwdWgmmaTraits for BwdWgmma<D, W,
 }
 pub type BwdWgmmaHdim64 = BwdWgmma<64, 2, 1>;
 pub type BwdWgmmaHdim128 = BwdWgmma<128, 2, 1>;
+
+/// The software-pipelined Hopper backward (two warpgroups).
+pub struct BwdWgmmaPipelined<const D: u32>;
+impl<const D: u32> BwdWgmmaTraits for BwdWgmmaPipelined<D> {
+    const HEAD_DIM: u32 = D;
+    const PIPELINED: bool = true;
+}
 
 pub struct FwdHdim32;
 impl FwdTraits for FwdHdim32 {
@@ -304,6 +326,7 @@ mod tests {
         assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128);
         assert!(T::BLOCK_N == 64 || T::BLOCK_N == 128);
         assert!(T::STAGES == 2 || T::STAGES == 3);
+        assert!(!T::PIPELINED || T::STAGES == 3);
         // Every panel starts on a 1024-byte boundary of the aligned base.
         assert_eq!(T::Q_TILE_BYTES % 1024, 0);
         assert_eq!(T::KV_TILE_BYTES % 1024, 0);
@@ -327,10 +350,13 @@ mod tests {
         check_bwd_wgmma::<BwdWgmmaHdim64>();
         check_bwd_wgmma::<BwdWgmmaHdim128>();
         check_bwd_wgmma::<BwdWgmma<64, 1, 2>>();
+        check_bwd_wgmma::<BwdWgmmaPipelined<64>>();
+        check_bwd_wgmma::<BwdWgmmaPipelined<128>>();
         check_bwd_wgmma::<BwdWgmma<128, 1, 2>>();
         check_fwd_wgmma::<FwdWgmmaHdim64>();
         check_fwd_wgmma::<FwdWgmmaHdim128>();
-        check_fwd_wgmma::<FwdWgmmaHdim128B>();
+        check_fwd_wgmma::<FwdWgmmaHdim64P>();
+        check_fwd_wgmma::<FwdWgmmaHdim128P>();
         check_fwd::<FwdHdim32>();
         check_fwd::<FwdHdim64>();
         check_fwd::<FwdHdim96>();

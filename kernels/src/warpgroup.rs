@@ -26,12 +26,50 @@ pub trait WgmmaElement: Element {
     /// # Safety
     /// See [`wgmma::wgmma_dq_n32_k8_bf16`].
     unsafe fn dq(n: u32, k_dim: u32, acc: &mut [[f32; 4]; 16], a: u64, b: u64);
+    /// [`WgmmaElement::qk`] without the wait: the GEMM runs on while the warpgroup goes on;
+    /// its result may be read only after a [`wait`] that names `s`.
+    ///
+    /// # Safety
+    /// As [`WgmmaElement::qk`]; also, nothing touches `s` before that wait.
+    unsafe fn qk_issue(n: u32, k_dim: u32, s: &mut [[f32; 4]; 16], a: [u64; 2], b: [u64; 2]);
+    /// [`WgmmaElement::pv`] without the wait.
+    ///
+    /// # Safety
+    /// As [`WgmmaElement::pv`]; also, nothing touches `o` or `p` before a [`wait`] that names `o`.
+    unsafe fn pv_issue(n: u32, k_dim: u32, o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], b: u64);
+}
+
+/// Which accumulators a wait covers: the first `n / 2` registers of score-shaped (16 tiles) or
+/// output-shaped (32 tiles) arrays, for a GEMM of `n` columns.
+pub enum Waited<'a> {
+    Scores(u32, &'a mut [[f32; 4]; 16]),
+    Output(u32, &'a mut [[f32; 4]; 32]),
+    Outputs(u32, &'a mut [[f32; 4]; 32], &'a mut [[f32; 4]; 32]),
+}
+
+/// Wait until at most `pending` (1, or else 0) of this warpgroup's issued GEMM groups are in flight,
+/// ordering every later use of the named accumulators after the wait. All 128 threads call it.
+#[inline(always)]
+pub fn wait(pending: u32, waited: Waited<'_>) {
+    match (pending, waited) {
+        (1, Waited::Scores(64, s)) => wgmma::wgmma_wait1_s32(s),
+        (1, Waited::Scores(_, s)) => wgmma::wgmma_wait1_s64(s),
+        (_, Waited::Scores(64, s)) => wgmma::wgmma_wait0_s32(s),
+        (_, Waited::Scores(_, s)) => wgmma::wgmma_wait0_s64(s),
+        (1, Waited::Output(64, o)) => wgmma::wgmma_wait1_o32(o),
+        (1, Waited::Output(_, o)) => wgmma::wgmma_wait1_o64(o),
+        (_, Waited::Output(64, o)) => wgmma::wgmma_wait0_o32(o),
+        (_, Waited::Output(_, o)) => wgmma::wgmma_wait0_o64(o),
+        (_, Waited::Outputs(64, a, b)) => wgmma::wgmma_wait0_oo32(a, b),
+        (_, Waited::Outputs(_, a, b)) => wgmma::wgmma_wait0_oo64(a, b),
+    }
 }
 
 macro_rules! wgmma_element {
     ($ty:ty, $qk64_1:ident, $qk64_2:ident, $qk128_1:ident, $qk128_2:ident,
      $pv64_4:ident, $pv64_8:ident, $pv128_4:ident, $pv128_8:ident, $dq32_8:ident, $dq64_8:ident,
-     $dq64_4:ident, $dq128_4:ident) => {
+     $dq64_4:ident, $dq128_4:ident, $qki64_1:ident, $qki64_2:ident, $qki128_1:ident, $qki128_2:ident,
+     $pvi64_4:ident, $pvi64_8:ident, $pvi128_4:ident, $pvi128_8:ident) => {
         impl WgmmaElement for $ty {
             #[inline(always)]
             unsafe fn qk(n: u32, k_dim: u32, s: &mut [[f32; 4]; 16], a: [u64; 2], b: [u64; 2]) {
@@ -55,6 +93,32 @@ macro_rules! wgmma_element {
                         (64, 128) => wgmma::$pv64_8(o, p, b),
                         (128, 64) => wgmma::$pv128_4(o, p, b),
                         (128, 128) => wgmma::$pv128_8(o, p, b),
+                        _ => core::arch::nvptx::trap(),
+                    }
+                }
+            }
+            #[inline(always)]
+            unsafe fn qk_issue(n: u32, k_dim: u32, s: &mut [[f32; 4]; 16], a: [u64; 2], b: [u64; 2]) {
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    match (n, k_dim) {
+                        (64, 64) => wgmma::$qki64_1(s, [a[0]], [b[0]]),
+                        (64, 128) => wgmma::$qki64_2(s, a, b),
+                        (128, 64) => wgmma::$qki128_1(s, [a[0]], [b[0]]),
+                        (128, 128) => wgmma::$qki128_2(s, a, b),
+                        _ => core::arch::nvptx::trap(),
+                    }
+                }
+            }
+            #[inline(always)]
+            unsafe fn pv_issue(n: u32, k_dim: u32, o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], b: u64) {
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    match (n, k_dim) {
+                        (64, 64) => wgmma::$pvi64_4(o, p, b),
+                        (64, 128) => wgmma::$pvi64_8(o, p, b),
+                        (128, 64) => wgmma::$pvi128_4(o, p, b),
+                        (128, 128) => wgmma::$pvi128_8(o, p, b),
                         _ => core::arch::nvptx::trap(),
                     }
                 }
@@ -89,7 +153,15 @@ wgmma_element!(
     wgmma_dq_n32_k8_bf16,
     wgmma_dq_n64_k8_bf16,
     wgmma_dq_n64_k4_bf16,
-    wgmma_dq_n128_k4_bf16
+    wgmma_dq_n128_k4_bf16,
+    wgmma_qk_issue_n64_p1_bf16,
+    wgmma_qk_issue_n64_p2_bf16,
+    wgmma_qk_issue_n128_p1_bf16,
+    wgmma_qk_issue_n128_p2_bf16,
+    wgmma_pv_issue_n64_k4_bf16,
+    wgmma_pv_issue_n64_k8_bf16,
+    wgmma_pv_issue_n128_k4_bf16,
+    wgmma_pv_issue_n128_k8_bf16
 );
 wgmma_element!(
     F16,
@@ -104,5 +176,13 @@ wgmma_element!(
     wgmma_dq_n32_k8_f16,
     wgmma_dq_n64_k8_f16,
     wgmma_dq_n64_k4_f16,
-    wgmma_dq_n128_k4_f16
+    wgmma_dq_n128_k4_f16,
+    wgmma_qk_issue_n64_p1_f16,
+    wgmma_qk_issue_n64_p2_f16,
+    wgmma_qk_issue_n128_p1_f16,
+    wgmma_qk_issue_n128_p2_f16,
+    wgmma_pv_issue_n64_k4_f16,
+    wgmma_pv_issue_n64_k8_f16,
+    wgmma_pv_issue_n128_k4_f16,
+    wgmma_pv_issue_n128_k8_f16
 );

@@ -81,7 +81,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let path = entry.map_err(|e| e.to_string())?.path();
         copy(&path, bundle.join("ptx").join(path.file_name().unwrap()))?;
     }
-    for script in ["torch_anchors.py", "report.py"] {
+    for script in ["torch_anchors.py", "report.py", "choose_variants.py", "compare_variants.sh"] {
         copy(&root.join("benches").join(script), bundle.join(script))?;
     }
     let script = bundle.join("run.sh");

@@ -11,6 +11,166 @@
 
 use core::arch::asm;
 
+/// `wgmma.wait_group 0`: at most 0 GEMM group(s) of this warpgroup still in flight. Names
+/// the first 32 accumulators of `s`, which the waited-for GEMMs write, so
+/// that no use of them moves above the wait.
+#[inline(always)]
+pub fn wgmma_wait0_s32(s: &mut [[f32; 4]; 16]) {
+    // SAFETY: a wait; registers are the only operands.
+    unsafe {
+        asm!(
+            "wgmma.wait_group.sync.aligned 0;",
+            "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31}",
+            inout(reg32) s[0][0], inout(reg32) s[0][1], inout(reg32) s[0][2], inout(reg32) s[0][3], inout(reg32) s[1][0], inout(reg32) s[1][1], inout(reg32) s[1][2], inout(reg32) s[1][3], inout(reg32) s[2][0], inout(reg32) s[2][1], inout(reg32) s[2][2], inout(reg32) s[2][3], inout(reg32) s[3][0], inout(reg32) s[3][1], inout(reg32) s[3][2], inout(reg32) s[3][3], inout(reg32) s[4][0], inout(reg32) s[4][1], inout(reg32) s[4][2], inout(reg32) s[4][3], inout(reg32) s[5][0], inout(reg32) s[5][1], inout(reg32) s[5][2], inout(reg32) s[5][3], inout(reg32) s[6][0], inout(reg32) s[6][1], inout(reg32) s[6][2], inout(reg32) s[6][3], inout(reg32) s[7][0], inout(reg32) s[7][1], inout(reg32) s[7][2], inout(reg32) s[7][3],
+            options(nostack),
+        )
+    }
+}
+
+/// `wgmma.wait_group 0`: at most 0 GEMM group(s) of this warpgroup still in flight. Names
+/// the first 32 accumulators of `o`, which the waited-for GEMMs write, so
+/// that no use of them moves above the wait.
+#[inline(always)]
+pub fn wgmma_wait0_o32(o: &mut [[f32; 4]; 32]) {
+    // SAFETY: a wait; registers are the only operands.
+    unsafe {
+        asm!(
+            "wgmma.wait_group.sync.aligned 0;",
+            "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31}",
+            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3],
+            options(nostack),
+        )
+    }
+}
+
+/// `wgmma.wait_group 0`: at most 0 GEMM group(s) of this warpgroup still in flight. Names
+/// the first 64 accumulators of `s`, which the waited-for GEMMs write, so
+/// that no use of them moves above the wait.
+#[inline(always)]
+pub fn wgmma_wait0_s64(s: &mut [[f32; 4]; 16]) {
+    // SAFETY: a wait; registers are the only operands.
+    unsafe {
+        asm!(
+            "wgmma.wait_group.sync.aligned 0;",
+            "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31} {32} {33} {34} {35} {36} {37} {38} {39} {40} {41} {42} {43} {44} {45} {46} {47} {48} {49} {50} {51} {52} {53} {54} {55} {56} {57} {58} {59} {60} {61} {62} {63}",
+            inout(reg32) s[0][0], inout(reg32) s[0][1], inout(reg32) s[0][2], inout(reg32) s[0][3], inout(reg32) s[1][0], inout(reg32) s[1][1], inout(reg32) s[1][2], inout(reg32) s[1][3], inout(reg32) s[2][0], inout(reg32) s[2][1], inout(reg32) s[2][2], inout(reg32) s[2][3], inout(reg32) s[3][0], inout(reg32) s[3][1], inout(reg32) s[3][2], inout(reg32) s[3][3], inout(reg32) s[4][0], inout(reg32) s[4][1], inout(reg32) s[4][2], inout(reg32) s[4][3], inout(reg32) s[5][0], inout(reg32) s[5][1], inout(reg32) s[5][2], inout(reg32) s[5][3], inout(reg32) s[6][0], inout(reg32) s[6][1], inout(reg32) s[6][2], inout(reg32) s[6][3], inout(reg32) s[7][0], inout(reg32) s[7][1], inout(reg32) s[7][2], inout(reg32) s[7][3], inout(reg32) s[8][0], inout(reg32) s[8][1], inout(reg32) s[8][2], inout(reg32) s[8][3], inout(reg32) s[9][0], inout(reg32) s[9][1], inout(reg32) s[9][2], inout(reg32) s[9][3], inout(reg32) s[10][0], inout(reg32) s[10][1], inout(reg32) s[10][2], inout(reg32) s[10][3], inout(reg32) s[11][0], inout(reg32) s[11][1], inout(reg32) s[11][2], inout(reg32) s[11][3], inout(reg32) s[12][0], inout(reg32) s[12][1], inout(reg32) s[12][2], inout(reg32) s[12][3], inout(reg32) s[13][0], inout(reg32) s[13][1], inout(reg32) s[13][2], inout(reg32) s[13][3], inout(reg32) s[14][0], inout(reg32) s[14][1], inout(reg32) s[14][2], inout(reg32) s[14][3], inout(reg32) s[15][0], inout(reg32) s[15][1], inout(reg32) s[15][2], inout(reg32) s[15][3],
+            options(nostack),
+        )
+    }
+}
+
+/// `wgmma.wait_group 0`: at most 0 GEMM group(s) of this warpgroup still in flight. Names
+/// the first 64 accumulators of `o`, which the waited-for GEMMs write, so
+/// that no use of them moves above the wait.
+#[inline(always)]
+pub fn wgmma_wait0_o64(o: &mut [[f32; 4]; 32]) {
+    // SAFETY: a wait; registers are the only operands.
+    unsafe {
+        asm!(
+            "wgmma.wait_group.sync.aligned 0;",
+            "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31} {32} {33} {34} {35} {36} {37} {38} {39} {40} {41} {42} {43} {44} {45} {46} {47} {48} {49} {50} {51} {52} {53} {54} {55} {56} {57} {58} {59} {60} {61} {62} {63}",
+            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3],
+            options(nostack),
+        )
+    }
+}
+
+/// `wgmma.wait_group 1`: at most 1 GEMM group(s) of this warpgroup still in flight. Names
+/// the first 32 accumulators of `s`, which the waited-for GEMMs write, so
+/// that no use of them moves above the wait.
+#[inline(always)]
+pub fn wgmma_wait1_s32(s: &mut [[f32; 4]; 16]) {
+    // SAFETY: a wait; registers are the only operands.
+    unsafe {
+        asm!(
+            "wgmma.wait_group.sync.aligned 1;",
+            "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31}",
+            inout(reg32) s[0][0], inout(reg32) s[0][1], inout(reg32) s[0][2], inout(reg32) s[0][3], inout(reg32) s[1][0], inout(reg32) s[1][1], inout(reg32) s[1][2], inout(reg32) s[1][3], inout(reg32) s[2][0], inout(reg32) s[2][1], inout(reg32) s[2][2], inout(reg32) s[2][3], inout(reg32) s[3][0], inout(reg32) s[3][1], inout(reg32) s[3][2], inout(reg32) s[3][3], inout(reg32) s[4][0], inout(reg32) s[4][1], inout(reg32) s[4][2], inout(reg32) s[4][3], inout(reg32) s[5][0], inout(reg32) s[5][1], inout(reg32) s[5][2], inout(reg32) s[5][3], inout(reg32) s[6][0], inout(reg32) s[6][1], inout(reg32) s[6][2], inout(reg32) s[6][3], inout(reg32) s[7][0], inout(reg32) s[7][1], inout(reg32) s[7][2], inout(reg32) s[7][3],
+            options(nostack),
+        )
+    }
+}
+
+/// `wgmma.wait_group 1`: at most 1 GEMM group(s) of this warpgroup still in flight. Names
+/// the first 32 accumulators of `o`, which the waited-for GEMMs write, so
+/// that no use of them moves above the wait.
+#[inline(always)]
+pub fn wgmma_wait1_o32(o: &mut [[f32; 4]; 32]) {
+    // SAFETY: a wait; registers are the only operands.
+    unsafe {
+        asm!(
+            "wgmma.wait_group.sync.aligned 1;",
+            "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31}",
+            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3],
+            options(nostack),
+        )
+    }
+}
+
+/// `wgmma.wait_group 1`: at most 1 GEMM group(s) of this warpgroup still in flight. Names
+/// the first 64 accumulators of `s`, which the waited-for GEMMs write, so
+/// that no use of them moves above the wait.
+#[inline(always)]
+pub fn wgmma_wait1_s64(s: &mut [[f32; 4]; 16]) {
+    // SAFETY: a wait; registers are the only operands.
+    unsafe {
+        asm!(
+            "wgmma.wait_group.sync.aligned 1;",
+            "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31} {32} {33} {34} {35} {36} {37} {38} {39} {40} {41} {42} {43} {44} {45} {46} {47} {48} {49} {50} {51} {52} {53} {54} {55} {56} {57} {58} {59} {60} {61} {62} {63}",
+            inout(reg32) s[0][0], inout(reg32) s[0][1], inout(reg32) s[0][2], inout(reg32) s[0][3], inout(reg32) s[1][0], inout(reg32) s[1][1], inout(reg32) s[1][2], inout(reg32) s[1][3], inout(reg32) s[2][0], inout(reg32) s[2][1], inout(reg32) s[2][2], inout(reg32) s[2][3], inout(reg32) s[3][0], inout(reg32) s[3][1], inout(reg32) s[3][2], inout(reg32) s[3][3], inout(reg32) s[4][0], inout(reg32) s[4][1], inout(reg32) s[4][2], inout(reg32) s[4][3], inout(reg32) s[5][0], inout(reg32) s[5][1], inout(reg32) s[5][2], inout(reg32) s[5][3], inout(reg32) s[6][0], inout(reg32) s[6][1], inout(reg32) s[6][2], inout(reg32) s[6][3], inout(reg32) s[7][0], inout(reg32) s[7][1], inout(reg32) s[7][2], inout(reg32) s[7][3], inout(reg32) s[8][0], inout(reg32) s[8][1], inout(reg32) s[8][2], inout(reg32) s[8][3], inout(reg32) s[9][0], inout(reg32) s[9][1], inout(reg32) s[9][2], inout(reg32) s[9][3], inout(reg32) s[10][0], inout(reg32) s[10][1], inout(reg32) s[10][2], inout(reg32) s[10][3], inout(reg32) s[11][0], inout(reg32) s[11][1], inout(reg32) s[11][2], inout(reg32) s[11][3], inout(reg32) s[12][0], inout(reg32) s[12][1], inout(reg32) s[12][2], inout(reg32) s[12][3], inout(reg32) s[13][0], inout(reg32) s[13][1], inout(reg32) s[13][2], inout(reg32) s[13][3], inout(reg32) s[14][0], inout(reg32) s[14][1], inout(reg32) s[14][2], inout(reg32) s[14][3], inout(reg32) s[15][0], inout(reg32) s[15][1], inout(reg32) s[15][2], inout(reg32) s[15][3],
+            options(nostack),
+        )
+    }
+}
+
+/// `wgmma.wait_group 1`: at most 1 GEMM group(s) of this warpgroup still in flight. Names
+/// the first 64 accumulators of `o`, which the waited-for GEMMs write, so
+/// that no use of them moves above the wait.
+#[inline(always)]
+pub fn wgmma_wait1_o64(o: &mut [[f32; 4]; 32]) {
+    // SAFETY: a wait; registers are the only operands.
+    unsafe {
+        asm!(
+            "wgmma.wait_group.sync.aligned 1;",
+            "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31} {32} {33} {34} {35} {36} {37} {38} {39} {40} {41} {42} {43} {44} {45} {46} {47} {48} {49} {50} {51} {52} {53} {54} {55} {56} {57} {58} {59} {60} {61} {62} {63}",
+            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3],
+            options(nostack),
+        )
+    }
+}
+
+/// `wgmma.wait_group 0`: at most 0 GEMM group(s) of this warpgroup still in flight. Names
+/// the first 32 accumulators of `a`, `b`, which the waited-for GEMMs write, so
+/// that no use of them moves above the wait.
+#[inline(always)]
+pub fn wgmma_wait0_oo32(a: &mut [[f32; 4]; 32], b: &mut [[f32; 4]; 32]) {
+    // SAFETY: a wait; registers are the only operands.
+    unsafe {
+        asm!(
+            "wgmma.wait_group.sync.aligned 0;",
+            "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31} {32} {33} {34} {35} {36} {37} {38} {39} {40} {41} {42} {43} {44} {45} {46} {47} {48} {49} {50} {51} {52} {53} {54} {55} {56} {57} {58} {59} {60} {61} {62} {63}",
+            inout(reg32) a[0][0], inout(reg32) a[0][1], inout(reg32) a[0][2], inout(reg32) a[0][3], inout(reg32) a[1][0], inout(reg32) a[1][1], inout(reg32) a[1][2], inout(reg32) a[1][3], inout(reg32) a[2][0], inout(reg32) a[2][1], inout(reg32) a[2][2], inout(reg32) a[2][3], inout(reg32) a[3][0], inout(reg32) a[3][1], inout(reg32) a[3][2], inout(reg32) a[3][3], inout(reg32) a[4][0], inout(reg32) a[4][1], inout(reg32) a[4][2], inout(reg32) a[4][3], inout(reg32) a[5][0], inout(reg32) a[5][1], inout(reg32) a[5][2], inout(reg32) a[5][3], inout(reg32) a[6][0], inout(reg32) a[6][1], inout(reg32) a[6][2], inout(reg32) a[6][3], inout(reg32) a[7][0], inout(reg32) a[7][1], inout(reg32) a[7][2], inout(reg32) a[7][3], inout(reg32) b[0][0], inout(reg32) b[0][1], inout(reg32) b[0][2], inout(reg32) b[0][3], inout(reg32) b[1][0], inout(reg32) b[1][1], inout(reg32) b[1][2], inout(reg32) b[1][3], inout(reg32) b[2][0], inout(reg32) b[2][1], inout(reg32) b[2][2], inout(reg32) b[2][3], inout(reg32) b[3][0], inout(reg32) b[3][1], inout(reg32) b[3][2], inout(reg32) b[3][3], inout(reg32) b[4][0], inout(reg32) b[4][1], inout(reg32) b[4][2], inout(reg32) b[4][3], inout(reg32) b[5][0], inout(reg32) b[5][1], inout(reg32) b[5][2], inout(reg32) b[5][3], inout(reg32) b[6][0], inout(reg32) b[6][1], inout(reg32) b[6][2], inout(reg32) b[6][3], inout(reg32) b[7][0], inout(reg32) b[7][1], inout(reg32) b[7][2], inout(reg32) b[7][3],
+            options(nostack),
+        )
+    }
+}
+
+/// `wgmma.wait_group 0`: at most 0 GEMM group(s) of this warpgroup still in flight. Names
+/// the first 64 accumulators of `a`, `b`, which the waited-for GEMMs write, so
+/// that no use of them moves above the wait.
+#[inline(always)]
+pub fn wgmma_wait0_oo64(a: &mut [[f32; 4]; 32], b: &mut [[f32; 4]; 32]) {
+    // SAFETY: a wait; registers are the only operands.
+    unsafe {
+        asm!(
+            "wgmma.wait_group.sync.aligned 0;",
+            "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31} {32} {33} {34} {35} {36} {37} {38} {39} {40} {41} {42} {43} {44} {45} {46} {47} {48} {49} {50} {51} {52} {53} {54} {55} {56} {57} {58} {59} {60} {61} {62} {63} {64} {65} {66} {67} {68} {69} {70} {71} {72} {73} {74} {75} {76} {77} {78} {79} {80} {81} {82} {83} {84} {85} {86} {87} {88} {89} {90} {91} {92} {93} {94} {95} {96} {97} {98} {99} {100} {101} {102} {103} {104} {105} {106} {107} {108} {109} {110} {111} {112} {113} {114} {115} {116} {117} {118} {119} {120} {121} {122} {123} {124} {125} {126} {127}",
+            inout(reg32) a[0][0], inout(reg32) a[0][1], inout(reg32) a[0][2], inout(reg32) a[0][3], inout(reg32) a[1][0], inout(reg32) a[1][1], inout(reg32) a[1][2], inout(reg32) a[1][3], inout(reg32) a[2][0], inout(reg32) a[2][1], inout(reg32) a[2][2], inout(reg32) a[2][3], inout(reg32) a[3][0], inout(reg32) a[3][1], inout(reg32) a[3][2], inout(reg32) a[3][3], inout(reg32) a[4][0], inout(reg32) a[4][1], inout(reg32) a[4][2], inout(reg32) a[4][3], inout(reg32) a[5][0], inout(reg32) a[5][1], inout(reg32) a[5][2], inout(reg32) a[5][3], inout(reg32) a[6][0], inout(reg32) a[6][1], inout(reg32) a[6][2], inout(reg32) a[6][3], inout(reg32) a[7][0], inout(reg32) a[7][1], inout(reg32) a[7][2], inout(reg32) a[7][3], inout(reg32) a[8][0], inout(reg32) a[8][1], inout(reg32) a[8][2], inout(reg32) a[8][3], inout(reg32) a[9][0], inout(reg32) a[9][1], inout(reg32) a[9][2], inout(reg32) a[9][3], inout(reg32) a[10][0], inout(reg32) a[10][1], inout(reg32) a[10][2], inout(reg32) a[10][3], inout(reg32) a[11][0], inout(reg32) a[11][1], inout(reg32) a[11][2], inout(reg32) a[11][3], inout(reg32) a[12][0], inout(reg32) a[12][1], inout(reg32) a[12][2], inout(reg32) a[12][3], inout(reg32) a[13][0], inout(reg32) a[13][1], inout(reg32) a[13][2], inout(reg32) a[13][3], inout(reg32) a[14][0], inout(reg32) a[14][1], inout(reg32) a[14][2], inout(reg32) a[14][3], inout(reg32) a[15][0], inout(reg32) a[15][1], inout(reg32) a[15][2], inout(reg32) a[15][3], inout(reg32) b[0][0], inout(reg32) b[0][1], inout(reg32) b[0][2], inout(reg32) b[0][3], inout(reg32) b[1][0], inout(reg32) b[1][1], inout(reg32) b[1][2], inout(reg32) b[1][3], inout(reg32) b[2][0], inout(reg32) b[2][1], inout(reg32) b[2][2], inout(reg32) b[2][3], inout(reg32) b[3][0], inout(reg32) b[3][1], inout(reg32) b[3][2], inout(reg32) b[3][3], inout(reg32) b[4][0], inout(reg32) b[4][1], inout(reg32) b[4][2], inout(reg32) b[4][3], inout(reg32) b[5][0], inout(reg32) b[5][1], inout(reg32) b[5][2], inout(reg32) b[5][3], inout(reg32) b[6][0], inout(reg32) b[6][1], inout(reg32) b[6][2], inout(reg32) b[6][3], inout(reg32) b[7][0], inout(reg32) b[7][1], inout(reg32) b[7][2], inout(reg32) b[7][3], inout(reg32) b[8][0], inout(reg32) b[8][1], inout(reg32) b[8][2], inout(reg32) b[8][3], inout(reg32) b[9][0], inout(reg32) b[9][1], inout(reg32) b[9][2], inout(reg32) b[9][3], inout(reg32) b[10][0], inout(reg32) b[10][1], inout(reg32) b[10][2], inout(reg32) b[10][3], inout(reg32) b[11][0], inout(reg32) b[11][1], inout(reg32) b[11][2], inout(reg32) b[11][3], inout(reg32) b[12][0], inout(reg32) b[12][1], inout(reg32) b[12][2], inout(reg32) b[12][3], inout(reg32) b[13][0], inout(reg32) b[13][1], inout(reg32) b[13][2], inout(reg32) b[13][3], inout(reg32) b[14][0], inout(reg32) b[14][1], inout(reg32) b[14][2], inout(reg32) b[14][3], inout(reg32) b[15][0], inout(reg32) b[15][1], inout(reg32) b[15][2], inout(reg32) b[15][3],
+            options(nostack),
+        )
+    }
+}
+
 /// `S = Q·Kᵀ` for one warpgroup: 64 query rows × 64 keys, head_dim 64 (1 panel(s) of
 /// 64 columns), bf16 inputs, f32 out (tiles `0..8` of `s`; the rest untouched). `desc_q[p]` and
 /// `desc_k[p]` describe panel `p` of the 128-byte-swizzled Q and K tiles (K-major both).
@@ -334,6 +494,330 @@ pub unsafe fn wgmma_pv_n128_k8_bf16(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], d
             "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{92}, {93}, {94}, {95}}}, vb, 1, 1, 1, 1;",
             "wgmma.commit_group.sync.aligned;",
             "wgmma.wait_group.sync.aligned 0;",
+            "}}",
+            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3],
+            in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3], in(reg32) p[2][0], in(reg32) p[2][1], in(reg32) p[2][2], in(reg32) p[2][3], in(reg32) p[3][0], in(reg32) p[3][1], in(reg32) p[3][2], in(reg32) p[3][3], in(reg32) p[4][0], in(reg32) p[4][1], in(reg32) p[4][2], in(reg32) p[4][3], in(reg32) p[5][0], in(reg32) p[5][1], in(reg32) p[5][2], in(reg32) p[5][3], in(reg32) p[6][0], in(reg32) p[6][1], in(reg32) p[6][2], in(reg32) p[6][3], in(reg32) p[7][0], in(reg32) p[7][1], in(reg32) p[7][2], in(reg32) p[7][3],
+            v = in(reg64) desc_v,
+            options(nostack),
+        )
+    }
+}
+
+/// `S = Q·Kᵀ` for one warpgroup: 64 query rows × 64 keys, head_dim 64 (1 panel(s) of
+/// 64 columns), bf16 inputs, f32 out (tiles `0..8` of `s`; the rest untouched). `desc_q[p]` and
+/// `desc_k[p]` describe panel `p` of the 128-byte-swizzled Q and K tiles (K-major both).
+///
+/// # Safety
+/// All 128 threads of a warpgroup call this together with the same descriptors; they describe
+/// shared memory holding the tiles, written before the call and fenced for the async proxy.
+#[inline(always)]
+pub unsafe fn wgmma_qk_issue_n64_p1_bf16(s: &mut [[f32; 4]; 16], desc_q: [u64; 1], desc_k: [u64; 1]) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 qa, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 qa, {q0}, 0;",
+            "add.s64 kb, {k0}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, p, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 2;",
+            "add.s64 kb, {k0}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 4;",
+            "add.s64 kb, {k0}, 4;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 6;",
+            "add.s64 kb, {k0}, 6;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            out(reg32) s[0][0], out(reg32) s[0][1], out(reg32) s[0][2], out(reg32) s[0][3], out(reg32) s[1][0], out(reg32) s[1][1], out(reg32) s[1][2], out(reg32) s[1][3], out(reg32) s[2][0], out(reg32) s[2][1], out(reg32) s[2][2], out(reg32) s[2][3], out(reg32) s[3][0], out(reg32) s[3][1], out(reg32) s[3][2], out(reg32) s[3][3], out(reg32) s[4][0], out(reg32) s[4][1], out(reg32) s[4][2], out(reg32) s[4][3], out(reg32) s[5][0], out(reg32) s[5][1], out(reg32) s[5][2], out(reg32) s[5][3], out(reg32) s[6][0], out(reg32) s[6][1], out(reg32) s[6][2], out(reg32) s[6][3], out(reg32) s[7][0], out(reg32) s[7][1], out(reg32) s[7][2], out(reg32) s[7][3],
+            q0 = in(reg64) desc_q[0], k0 = in(reg64) desc_k[0],
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
+/// `S = Q·Kᵀ` for one warpgroup: 64 query rows × 64 keys, head_dim 128 (2 panel(s) of
+/// 64 columns), bf16 inputs, f32 out (tiles `0..8` of `s`; the rest untouched). `desc_q[p]` and
+/// `desc_k[p]` describe panel `p` of the 128-byte-swizzled Q and K tiles (K-major both).
+///
+/// # Safety
+/// All 128 threads of a warpgroup call this together with the same descriptors; they describe
+/// shared memory holding the tiles, written before the call and fenced for the async proxy.
+#[inline(always)]
+pub unsafe fn wgmma_qk_issue_n64_p2_bf16(s: &mut [[f32; 4]; 16], desc_q: [u64; 2], desc_k: [u64; 2]) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 qa, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 qa, {q0}, 0;",
+            "add.s64 kb, {k0}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, p, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 2;",
+            "add.s64 kb, {k0}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 4;",
+            "add.s64 kb, {k0}, 4;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 6;",
+            "add.s64 kb, {k0}, 6;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q1}, 0;",
+            "add.s64 kb, {k1}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q1}, 2;",
+            "add.s64 kb, {k1}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q1}, 4;",
+            "add.s64 kb, {k1}, 4;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q1}, 6;",
+            "add.s64 kb, {k1}, 6;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            out(reg32) s[0][0], out(reg32) s[0][1], out(reg32) s[0][2], out(reg32) s[0][3], out(reg32) s[1][0], out(reg32) s[1][1], out(reg32) s[1][2], out(reg32) s[1][3], out(reg32) s[2][0], out(reg32) s[2][1], out(reg32) s[2][2], out(reg32) s[2][3], out(reg32) s[3][0], out(reg32) s[3][1], out(reg32) s[3][2], out(reg32) s[3][3], out(reg32) s[4][0], out(reg32) s[4][1], out(reg32) s[4][2], out(reg32) s[4][3], out(reg32) s[5][0], out(reg32) s[5][1], out(reg32) s[5][2], out(reg32) s[5][3], out(reg32) s[6][0], out(reg32) s[6][1], out(reg32) s[6][2], out(reg32) s[6][3], out(reg32) s[7][0], out(reg32) s[7][1], out(reg32) s[7][2], out(reg32) s[7][3],
+            q0 = in(reg64) desc_q[0], k0 = in(reg64) desc_k[0], q1 = in(reg64) desc_q[1], k1 = in(reg64) desc_k[1],
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
+/// `S = Q·Kᵀ` for one warpgroup: 64 query rows × 128 keys, head_dim 64 (1 panel(s) of
+/// 64 columns), bf16 inputs, f32 out (tiles `0..16` of `s`; the rest untouched). `desc_q[p]` and
+/// `desc_k[p]` describe panel `p` of the 128-byte-swizzled Q and K tiles (K-major both).
+///
+/// # Safety
+/// All 128 threads of a warpgroup call this together with the same descriptors; they describe
+/// shared memory holding the tiles, written before the call and fenced for the async proxy.
+#[inline(always)]
+pub unsafe fn wgmma_qk_issue_n128_p1_bf16(s: &mut [[f32; 4]; 16], desc_q: [u64; 1], desc_k: [u64; 1]) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 qa, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 qa, {q0}, 0;",
+            "add.s64 kb, {k0}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, p, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 2;",
+            "add.s64 kb, {k0}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 4;",
+            "add.s64 kb, {k0}, 4;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 6;",
+            "add.s64 kb, {k0}, 6;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            out(reg32) s[0][0], out(reg32) s[0][1], out(reg32) s[0][2], out(reg32) s[0][3], out(reg32) s[1][0], out(reg32) s[1][1], out(reg32) s[1][2], out(reg32) s[1][3], out(reg32) s[2][0], out(reg32) s[2][1], out(reg32) s[2][2], out(reg32) s[2][3], out(reg32) s[3][0], out(reg32) s[3][1], out(reg32) s[3][2], out(reg32) s[3][3], out(reg32) s[4][0], out(reg32) s[4][1], out(reg32) s[4][2], out(reg32) s[4][3], out(reg32) s[5][0], out(reg32) s[5][1], out(reg32) s[5][2], out(reg32) s[5][3], out(reg32) s[6][0], out(reg32) s[6][1], out(reg32) s[6][2], out(reg32) s[6][3], out(reg32) s[7][0], out(reg32) s[7][1], out(reg32) s[7][2], out(reg32) s[7][3], out(reg32) s[8][0], out(reg32) s[8][1], out(reg32) s[8][2], out(reg32) s[8][3], out(reg32) s[9][0], out(reg32) s[9][1], out(reg32) s[9][2], out(reg32) s[9][3], out(reg32) s[10][0], out(reg32) s[10][1], out(reg32) s[10][2], out(reg32) s[10][3], out(reg32) s[11][0], out(reg32) s[11][1], out(reg32) s[11][2], out(reg32) s[11][3], out(reg32) s[12][0], out(reg32) s[12][1], out(reg32) s[12][2], out(reg32) s[12][3], out(reg32) s[13][0], out(reg32) s[13][1], out(reg32) s[13][2], out(reg32) s[13][3], out(reg32) s[14][0], out(reg32) s[14][1], out(reg32) s[14][2], out(reg32) s[14][3], out(reg32) s[15][0], out(reg32) s[15][1], out(reg32) s[15][2], out(reg32) s[15][3],
+            q0 = in(reg64) desc_q[0], k0 = in(reg64) desc_k[0],
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
+/// `S = Q·Kᵀ` for one warpgroup: 64 query rows × 128 keys, head_dim 128 (2 panel(s) of
+/// 64 columns), bf16 inputs, f32 out (tiles `0..16` of `s`; the rest untouched). `desc_q[p]` and
+/// `desc_k[p]` describe panel `p` of the 128-byte-swizzled Q and K tiles (K-major both).
+///
+/// # Safety
+/// All 128 threads of a warpgroup call this together with the same descriptors; they describe
+/// shared memory holding the tiles, written before the call and fenced for the async proxy.
+#[inline(always)]
+pub unsafe fn wgmma_qk_issue_n128_p2_bf16(s: &mut [[f32; 4]; 16], desc_q: [u64; 2], desc_k: [u64; 2]) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 qa, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 qa, {q0}, 0;",
+            "add.s64 kb, {k0}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, p, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 2;",
+            "add.s64 kb, {k0}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 4;",
+            "add.s64 kb, {k0}, 4;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 6;",
+            "add.s64 kb, {k0}, 6;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q1}, 0;",
+            "add.s64 kb, {k1}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q1}, 2;",
+            "add.s64 kb, {k1}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q1}, 4;",
+            "add.s64 kb, {k1}, 4;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q1}, 6;",
+            "add.s64 kb, {k1}, 6;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            out(reg32) s[0][0], out(reg32) s[0][1], out(reg32) s[0][2], out(reg32) s[0][3], out(reg32) s[1][0], out(reg32) s[1][1], out(reg32) s[1][2], out(reg32) s[1][3], out(reg32) s[2][0], out(reg32) s[2][1], out(reg32) s[2][2], out(reg32) s[2][3], out(reg32) s[3][0], out(reg32) s[3][1], out(reg32) s[3][2], out(reg32) s[3][3], out(reg32) s[4][0], out(reg32) s[4][1], out(reg32) s[4][2], out(reg32) s[4][3], out(reg32) s[5][0], out(reg32) s[5][1], out(reg32) s[5][2], out(reg32) s[5][3], out(reg32) s[6][0], out(reg32) s[6][1], out(reg32) s[6][2], out(reg32) s[6][3], out(reg32) s[7][0], out(reg32) s[7][1], out(reg32) s[7][2], out(reg32) s[7][3], out(reg32) s[8][0], out(reg32) s[8][1], out(reg32) s[8][2], out(reg32) s[8][3], out(reg32) s[9][0], out(reg32) s[9][1], out(reg32) s[9][2], out(reg32) s[9][3], out(reg32) s[10][0], out(reg32) s[10][1], out(reg32) s[10][2], out(reg32) s[10][3], out(reg32) s[11][0], out(reg32) s[11][1], out(reg32) s[11][2], out(reg32) s[11][3], out(reg32) s[12][0], out(reg32) s[12][1], out(reg32) s[12][2], out(reg32) s[12][3], out(reg32) s[13][0], out(reg32) s[13][1], out(reg32) s[13][2], out(reg32) s[13][3], out(reg32) s[14][0], out(reg32) s[14][1], out(reg32) s[14][2], out(reg32) s[14][3], out(reg32) s[15][0], out(reg32) s[15][1], out(reg32) s[15][2], out(reg32) s[15][3],
+            q0 = in(reg64) desc_q[0], k0 = in(reg64) desc_k[0], q1 = in(reg64) desc_q[1], k1 = in(reg64) desc_k[1],
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
+/// `O += P·V` for one warpgroup: 64 rows × head_dim 64, over 64 keys; P from registers
+/// (`p[k]` is the A fragment of keys `16k..16k+16`, the `mma.m16n8k16` layout), V from shared
+/// memory described by `desc_v` (128-byte swizzle, rows along the keys: MN-major, transposed).
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`].
+#[inline(always)]
+pub unsafe fn wgmma_pv_issue_n64_k4_bf16(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], desc_v: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 vb;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 vb, {v}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{32}, {33}, {34}, {35}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{36}, {37}, {38}, {39}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{40}, {41}, {42}, {43}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{44}, {45}, {46}, {47}}}, vb, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3],
+            in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3], in(reg32) p[2][0], in(reg32) p[2][1], in(reg32) p[2][2], in(reg32) p[2][3], in(reg32) p[3][0], in(reg32) p[3][1], in(reg32) p[3][2], in(reg32) p[3][3],
+            v = in(reg64) desc_v,
+            options(nostack),
+        )
+    }
+}
+
+/// `O += P·V` for one warpgroup: 64 rows × head_dim 64, over 128 keys; P from registers
+/// (`p[k]` is the A fragment of keys `16k..16k+16`, the `mma.m16n8k16` layout), V from shared
+/// memory described by `desc_v` (128-byte swizzle, rows along the keys: MN-major, transposed).
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`].
+#[inline(always)]
+pub unsafe fn wgmma_pv_issue_n64_k8_bf16(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], desc_v: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 vb;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 vb, {v}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{32}, {33}, {34}, {35}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{36}, {37}, {38}, {39}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{40}, {41}, {42}, {43}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{44}, {45}, {46}, {47}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 512;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{48}, {49}, {50}, {51}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 640;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{52}, {53}, {54}, {55}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 768;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{56}, {57}, {58}, {59}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 896;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{60}, {61}, {62}, {63}}}, vb, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3],
+            in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3], in(reg32) p[2][0], in(reg32) p[2][1], in(reg32) p[2][2], in(reg32) p[2][3], in(reg32) p[3][0], in(reg32) p[3][1], in(reg32) p[3][2], in(reg32) p[3][3], in(reg32) p[4][0], in(reg32) p[4][1], in(reg32) p[4][2], in(reg32) p[4][3], in(reg32) p[5][0], in(reg32) p[5][1], in(reg32) p[5][2], in(reg32) p[5][3], in(reg32) p[6][0], in(reg32) p[6][1], in(reg32) p[6][2], in(reg32) p[6][3], in(reg32) p[7][0], in(reg32) p[7][1], in(reg32) p[7][2], in(reg32) p[7][3],
+            v = in(reg64) desc_v,
+            options(nostack),
+        )
+    }
+}
+
+/// `O += P·V` for one warpgroup: 64 rows × head_dim 128, over 64 keys; P from registers
+/// (`p[k]` is the A fragment of keys `16k..16k+16`, the `mma.m16n8k16` layout), V from shared
+/// memory described by `desc_v` (128-byte swizzle, rows along the keys: MN-major, transposed).
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`].
+#[inline(always)]
+pub unsafe fn wgmma_pv_issue_n128_k4_bf16(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], desc_v: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 vb;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 vb, {v}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{64}, {65}, {66}, {67}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{68}, {69}, {70}, {71}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{72}, {73}, {74}, {75}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{76}, {77}, {78}, {79}}}, vb, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3],
+            in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3], in(reg32) p[2][0], in(reg32) p[2][1], in(reg32) p[2][2], in(reg32) p[2][3], in(reg32) p[3][0], in(reg32) p[3][1], in(reg32) p[3][2], in(reg32) p[3][3],
+            v = in(reg64) desc_v,
+            options(nostack),
+        )
+    }
+}
+
+/// `O += P·V` for one warpgroup: 64 rows × head_dim 128, over 128 keys; P from registers
+/// (`p[k]` is the A fragment of keys `16k..16k+16`, the `mma.m16n8k16` layout), V from shared
+/// memory described by `desc_v` (128-byte swizzle, rows along the keys: MN-major, transposed).
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`].
+#[inline(always)]
+pub unsafe fn wgmma_pv_issue_n128_k8_bf16(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], desc_v: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 vb;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 vb, {v}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{64}, {65}, {66}, {67}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{68}, {69}, {70}, {71}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{72}, {73}, {74}, {75}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{76}, {77}, {78}, {79}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 512;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{80}, {81}, {82}, {83}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 640;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{84}, {85}, {86}, {87}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 768;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{88}, {89}, {90}, {91}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 896;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{92}, {93}, {94}, {95}}}, vb, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
             "}}",
             inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3],
             in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3], in(reg32) p[2][0], in(reg32) p[2][1], in(reg32) p[2][2], in(reg32) p[2][3], in(reg32) p[3][0], in(reg32) p[3][1], in(reg32) p[3][2], in(reg32) p[3][3], in(reg32) p[4][0], in(reg32) p[4][1], in(reg32) p[4][2], in(reg32) p[4][3], in(reg32) p[5][0], in(reg32) p[5][1], in(reg32) p[5][2], in(reg32) p[5][3], in(reg32) p[6][0], in(reg32) p[6][1], in(reg32) p[6][2], in(reg32) p[6][3], in(reg32) p[7][0], in(reg32) p[7][1], in(reg32) p[7][2], in(reg32) p[7][3],
@@ -854,6 +1338,330 @@ pub unsafe fn wgmma_pv_n128_k8_f16(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], de
             "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{92}, {93}, {94}, {95}}}, vb, 1, 1, 1, 1;",
             "wgmma.commit_group.sync.aligned;",
             "wgmma.wait_group.sync.aligned 0;",
+            "}}",
+            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3],
+            in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3], in(reg32) p[2][0], in(reg32) p[2][1], in(reg32) p[2][2], in(reg32) p[2][3], in(reg32) p[3][0], in(reg32) p[3][1], in(reg32) p[3][2], in(reg32) p[3][3], in(reg32) p[4][0], in(reg32) p[4][1], in(reg32) p[4][2], in(reg32) p[4][3], in(reg32) p[5][0], in(reg32) p[5][1], in(reg32) p[5][2], in(reg32) p[5][3], in(reg32) p[6][0], in(reg32) p[6][1], in(reg32) p[6][2], in(reg32) p[6][3], in(reg32) p[7][0], in(reg32) p[7][1], in(reg32) p[7][2], in(reg32) p[7][3],
+            v = in(reg64) desc_v,
+            options(nostack),
+        )
+    }
+}
+
+/// `S = Q·Kᵀ` for one warpgroup: 64 query rows × 64 keys, head_dim 64 (1 panel(s) of
+/// 64 columns), f16 inputs, f32 out (tiles `0..8` of `s`; the rest untouched). `desc_q[p]` and
+/// `desc_k[p]` describe panel `p` of the 128-byte-swizzled Q and K tiles (K-major both).
+///
+/// # Safety
+/// All 128 threads of a warpgroup call this together with the same descriptors; they describe
+/// shared memory holding the tiles, written before the call and fenced for the async proxy.
+#[inline(always)]
+pub unsafe fn wgmma_qk_issue_n64_p1_f16(s: &mut [[f32; 4]; 16], desc_q: [u64; 1], desc_k: [u64; 1]) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 qa, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 qa, {q0}, 0;",
+            "add.s64 kb, {k0}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, p, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 2;",
+            "add.s64 kb, {k0}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 4;",
+            "add.s64 kb, {k0}, 4;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 6;",
+            "add.s64 kb, {k0}, 6;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            out(reg32) s[0][0], out(reg32) s[0][1], out(reg32) s[0][2], out(reg32) s[0][3], out(reg32) s[1][0], out(reg32) s[1][1], out(reg32) s[1][2], out(reg32) s[1][3], out(reg32) s[2][0], out(reg32) s[2][1], out(reg32) s[2][2], out(reg32) s[2][3], out(reg32) s[3][0], out(reg32) s[3][1], out(reg32) s[3][2], out(reg32) s[3][3], out(reg32) s[4][0], out(reg32) s[4][1], out(reg32) s[4][2], out(reg32) s[4][3], out(reg32) s[5][0], out(reg32) s[5][1], out(reg32) s[5][2], out(reg32) s[5][3], out(reg32) s[6][0], out(reg32) s[6][1], out(reg32) s[6][2], out(reg32) s[6][3], out(reg32) s[7][0], out(reg32) s[7][1], out(reg32) s[7][2], out(reg32) s[7][3],
+            q0 = in(reg64) desc_q[0], k0 = in(reg64) desc_k[0],
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
+/// `S = Q·Kᵀ` for one warpgroup: 64 query rows × 64 keys, head_dim 128 (2 panel(s) of
+/// 64 columns), f16 inputs, f32 out (tiles `0..8` of `s`; the rest untouched). `desc_q[p]` and
+/// `desc_k[p]` describe panel `p` of the 128-byte-swizzled Q and K tiles (K-major both).
+///
+/// # Safety
+/// All 128 threads of a warpgroup call this together with the same descriptors; they describe
+/// shared memory holding the tiles, written before the call and fenced for the async proxy.
+#[inline(always)]
+pub unsafe fn wgmma_qk_issue_n64_p2_f16(s: &mut [[f32; 4]; 16], desc_q: [u64; 2], desc_k: [u64; 2]) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 qa, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 qa, {q0}, 0;",
+            "add.s64 kb, {k0}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, p, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 2;",
+            "add.s64 kb, {k0}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 4;",
+            "add.s64 kb, {k0}, 4;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 6;",
+            "add.s64 kb, {k0}, 6;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q1}, 0;",
+            "add.s64 kb, {k1}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q1}, 2;",
+            "add.s64 kb, {k1}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q1}, 4;",
+            "add.s64 kb, {k1}, 4;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q1}, 6;",
+            "add.s64 kb, {k1}, 6;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            out(reg32) s[0][0], out(reg32) s[0][1], out(reg32) s[0][2], out(reg32) s[0][3], out(reg32) s[1][0], out(reg32) s[1][1], out(reg32) s[1][2], out(reg32) s[1][3], out(reg32) s[2][0], out(reg32) s[2][1], out(reg32) s[2][2], out(reg32) s[2][3], out(reg32) s[3][0], out(reg32) s[3][1], out(reg32) s[3][2], out(reg32) s[3][3], out(reg32) s[4][0], out(reg32) s[4][1], out(reg32) s[4][2], out(reg32) s[4][3], out(reg32) s[5][0], out(reg32) s[5][1], out(reg32) s[5][2], out(reg32) s[5][3], out(reg32) s[6][0], out(reg32) s[6][1], out(reg32) s[6][2], out(reg32) s[6][3], out(reg32) s[7][0], out(reg32) s[7][1], out(reg32) s[7][2], out(reg32) s[7][3],
+            q0 = in(reg64) desc_q[0], k0 = in(reg64) desc_k[0], q1 = in(reg64) desc_q[1], k1 = in(reg64) desc_k[1],
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
+/// `S = Q·Kᵀ` for one warpgroup: 64 query rows × 128 keys, head_dim 64 (1 panel(s) of
+/// 64 columns), f16 inputs, f32 out (tiles `0..16` of `s`; the rest untouched). `desc_q[p]` and
+/// `desc_k[p]` describe panel `p` of the 128-byte-swizzled Q and K tiles (K-major both).
+///
+/// # Safety
+/// All 128 threads of a warpgroup call this together with the same descriptors; they describe
+/// shared memory holding the tiles, written before the call and fenced for the async proxy.
+#[inline(always)]
+pub unsafe fn wgmma_qk_issue_n128_p1_f16(s: &mut [[f32; 4]; 16], desc_q: [u64; 1], desc_k: [u64; 1]) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 qa, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 qa, {q0}, 0;",
+            "add.s64 kb, {k0}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, p, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 2;",
+            "add.s64 kb, {k0}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 4;",
+            "add.s64 kb, {k0}, 4;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 6;",
+            "add.s64 kb, {k0}, 6;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            out(reg32) s[0][0], out(reg32) s[0][1], out(reg32) s[0][2], out(reg32) s[0][3], out(reg32) s[1][0], out(reg32) s[1][1], out(reg32) s[1][2], out(reg32) s[1][3], out(reg32) s[2][0], out(reg32) s[2][1], out(reg32) s[2][2], out(reg32) s[2][3], out(reg32) s[3][0], out(reg32) s[3][1], out(reg32) s[3][2], out(reg32) s[3][3], out(reg32) s[4][0], out(reg32) s[4][1], out(reg32) s[4][2], out(reg32) s[4][3], out(reg32) s[5][0], out(reg32) s[5][1], out(reg32) s[5][2], out(reg32) s[5][3], out(reg32) s[6][0], out(reg32) s[6][1], out(reg32) s[6][2], out(reg32) s[6][3], out(reg32) s[7][0], out(reg32) s[7][1], out(reg32) s[7][2], out(reg32) s[7][3], out(reg32) s[8][0], out(reg32) s[8][1], out(reg32) s[8][2], out(reg32) s[8][3], out(reg32) s[9][0], out(reg32) s[9][1], out(reg32) s[9][2], out(reg32) s[9][3], out(reg32) s[10][0], out(reg32) s[10][1], out(reg32) s[10][2], out(reg32) s[10][3], out(reg32) s[11][0], out(reg32) s[11][1], out(reg32) s[11][2], out(reg32) s[11][3], out(reg32) s[12][0], out(reg32) s[12][1], out(reg32) s[12][2], out(reg32) s[12][3], out(reg32) s[13][0], out(reg32) s[13][1], out(reg32) s[13][2], out(reg32) s[13][3], out(reg32) s[14][0], out(reg32) s[14][1], out(reg32) s[14][2], out(reg32) s[14][3], out(reg32) s[15][0], out(reg32) s[15][1], out(reg32) s[15][2], out(reg32) s[15][3],
+            q0 = in(reg64) desc_q[0], k0 = in(reg64) desc_k[0],
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
+/// `S = Q·Kᵀ` for one warpgroup: 64 query rows × 128 keys, head_dim 128 (2 panel(s) of
+/// 64 columns), f16 inputs, f32 out (tiles `0..16` of `s`; the rest untouched). `desc_q[p]` and
+/// `desc_k[p]` describe panel `p` of the 128-byte-swizzled Q and K tiles (K-major both).
+///
+/// # Safety
+/// All 128 threads of a warpgroup call this together with the same descriptors; they describe
+/// shared memory holding the tiles, written before the call and fenced for the async proxy.
+#[inline(always)]
+pub unsafe fn wgmma_qk_issue_n128_p2_f16(s: &mut [[f32; 4]; 16], desc_q: [u64; 2], desc_k: [u64; 2]) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 qa, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 qa, {q0}, 0;",
+            "add.s64 kb, {k0}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, p, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 2;",
+            "add.s64 kb, {k0}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 4;",
+            "add.s64 kb, {k0}, 4;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q0}, 6;",
+            "add.s64 kb, {k0}, 6;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q1}, 0;",
+            "add.s64 kb, {k1}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q1}, 2;",
+            "add.s64 kb, {k1}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q1}, 4;",
+            "add.s64 kb, {k1}, 4;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "add.s64 qa, {q1}, 6;",
+            "add.s64 kb, {k1}, 6;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, qa, kb, 1, 1, 1, 0, 0;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            out(reg32) s[0][0], out(reg32) s[0][1], out(reg32) s[0][2], out(reg32) s[0][3], out(reg32) s[1][0], out(reg32) s[1][1], out(reg32) s[1][2], out(reg32) s[1][3], out(reg32) s[2][0], out(reg32) s[2][1], out(reg32) s[2][2], out(reg32) s[2][3], out(reg32) s[3][0], out(reg32) s[3][1], out(reg32) s[3][2], out(reg32) s[3][3], out(reg32) s[4][0], out(reg32) s[4][1], out(reg32) s[4][2], out(reg32) s[4][3], out(reg32) s[5][0], out(reg32) s[5][1], out(reg32) s[5][2], out(reg32) s[5][3], out(reg32) s[6][0], out(reg32) s[6][1], out(reg32) s[6][2], out(reg32) s[6][3], out(reg32) s[7][0], out(reg32) s[7][1], out(reg32) s[7][2], out(reg32) s[7][3], out(reg32) s[8][0], out(reg32) s[8][1], out(reg32) s[8][2], out(reg32) s[8][3], out(reg32) s[9][0], out(reg32) s[9][1], out(reg32) s[9][2], out(reg32) s[9][3], out(reg32) s[10][0], out(reg32) s[10][1], out(reg32) s[10][2], out(reg32) s[10][3], out(reg32) s[11][0], out(reg32) s[11][1], out(reg32) s[11][2], out(reg32) s[11][3], out(reg32) s[12][0], out(reg32) s[12][1], out(reg32) s[12][2], out(reg32) s[12][3], out(reg32) s[13][0], out(reg32) s[13][1], out(reg32) s[13][2], out(reg32) s[13][3], out(reg32) s[14][0], out(reg32) s[14][1], out(reg32) s[14][2], out(reg32) s[14][3], out(reg32) s[15][0], out(reg32) s[15][1], out(reg32) s[15][2], out(reg32) s[15][3],
+            q0 = in(reg64) desc_q[0], k0 = in(reg64) desc_k[0], q1 = in(reg64) desc_q[1], k1 = in(reg64) desc_k[1],
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
+/// `O += P·V` for one warpgroup: 64 rows × head_dim 64, over 64 keys; P from registers
+/// (`p[k]` is the A fragment of keys `16k..16k+16`, the `mma.m16n8k16` layout), V from shared
+/// memory described by `desc_v` (128-byte swizzle, rows along the keys: MN-major, transposed).
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`].
+#[inline(always)]
+pub unsafe fn wgmma_pv_issue_n64_k4_f16(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], desc_v: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 vb;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 vb, {v}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{32}, {33}, {34}, {35}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{36}, {37}, {38}, {39}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{40}, {41}, {42}, {43}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{44}, {45}, {46}, {47}}}, vb, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3],
+            in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3], in(reg32) p[2][0], in(reg32) p[2][1], in(reg32) p[2][2], in(reg32) p[2][3], in(reg32) p[3][0], in(reg32) p[3][1], in(reg32) p[3][2], in(reg32) p[3][3],
+            v = in(reg64) desc_v,
+            options(nostack),
+        )
+    }
+}
+
+/// `O += P·V` for one warpgroup: 64 rows × head_dim 64, over 128 keys; P from registers
+/// (`p[k]` is the A fragment of keys `16k..16k+16`, the `mma.m16n8k16` layout), V from shared
+/// memory described by `desc_v` (128-byte swizzle, rows along the keys: MN-major, transposed).
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`].
+#[inline(always)]
+pub unsafe fn wgmma_pv_issue_n64_k8_f16(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], desc_v: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 vb;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 vb, {v}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{32}, {33}, {34}, {35}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{36}, {37}, {38}, {39}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{40}, {41}, {42}, {43}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{44}, {45}, {46}, {47}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 512;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{48}, {49}, {50}, {51}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 640;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{52}, {53}, {54}, {55}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 768;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{56}, {57}, {58}, {59}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 896;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{60}, {61}, {62}, {63}}}, vb, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3],
+            in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3], in(reg32) p[2][0], in(reg32) p[2][1], in(reg32) p[2][2], in(reg32) p[2][3], in(reg32) p[3][0], in(reg32) p[3][1], in(reg32) p[3][2], in(reg32) p[3][3], in(reg32) p[4][0], in(reg32) p[4][1], in(reg32) p[4][2], in(reg32) p[4][3], in(reg32) p[5][0], in(reg32) p[5][1], in(reg32) p[5][2], in(reg32) p[5][3], in(reg32) p[6][0], in(reg32) p[6][1], in(reg32) p[6][2], in(reg32) p[6][3], in(reg32) p[7][0], in(reg32) p[7][1], in(reg32) p[7][2], in(reg32) p[7][3],
+            v = in(reg64) desc_v,
+            options(nostack),
+        )
+    }
+}
+
+/// `O += P·V` for one warpgroup: 64 rows × head_dim 128, over 64 keys; P from registers
+/// (`p[k]` is the A fragment of keys `16k..16k+16`, the `mma.m16n8k16` layout), V from shared
+/// memory described by `desc_v` (128-byte swizzle, rows along the keys: MN-major, transposed).
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`].
+#[inline(always)]
+pub unsafe fn wgmma_pv_issue_n128_k4_f16(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], desc_v: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 vb;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 vb, {v}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{64}, {65}, {66}, {67}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{68}, {69}, {70}, {71}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{72}, {73}, {74}, {75}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{76}, {77}, {78}, {79}}}, vb, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3],
+            in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3], in(reg32) p[2][0], in(reg32) p[2][1], in(reg32) p[2][2], in(reg32) p[2][3], in(reg32) p[3][0], in(reg32) p[3][1], in(reg32) p[3][2], in(reg32) p[3][3],
+            v = in(reg64) desc_v,
+            options(nostack),
+        )
+    }
+}
+
+/// `O += P·V` for one warpgroup: 64 rows × head_dim 128, over 128 keys; P from registers
+/// (`p[k]` is the A fragment of keys `16k..16k+16`, the `mma.m16n8k16` layout), V from shared
+/// memory described by `desc_v` (128-byte swizzle, rows along the keys: MN-major, transposed).
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`].
+#[inline(always)]
+pub unsafe fn wgmma_pv_issue_n128_k8_f16(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], desc_v: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 vb;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 vb, {v}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{64}, {65}, {66}, {67}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{68}, {69}, {70}, {71}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{72}, {73}, {74}, {75}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{76}, {77}, {78}, {79}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 512;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{80}, {81}, {82}, {83}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 640;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{84}, {85}, {86}, {87}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 768;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{88}, {89}, {90}, {91}}}, vb, 1, 1, 1, 1;",
+            "add.s64 vb, {v}, 896;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{92}, {93}, {94}, {95}}}, vb, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
             "}}",
             inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3],
             in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3], in(reg32) p[2][0], in(reg32) p[2][1], in(reg32) p[2][2], in(reg32) p[2][3], in(reg32) p[3][0], in(reg32) p[3][1], in(reg32) p[3][2], in(reg32) p[3][3], in(reg32) p[4][0], in(reg32) p[4][1], in(reg32) p[4][2], in(reg32) p[4][3], in(reg32) p[5][0], in(reg32) p[5][1], in(reg32) p[5][2], in(reg32) p[5][3], in(reg32) p[6][0], in(reg32) p[6][1], in(reg32) p[6][2], in(reg32) p[6][3], in(reg32) p[7][0], in(reg32) p[7][1], in(reg32) p[7][2], in(reg32) p[7][3],
