@@ -66,16 +66,11 @@ mod hopper {
     entry!(flash_bwd_wgmma_f16_hdim64, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaHdim64>);
     entry!(flash_bwd_wgmma_bf16_hdim128, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128>);
     entry!(flash_bwd_wgmma_f16_hdim128, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaHdim128>);
+    entry!(flash_fwd_wgmma_bf16_hdim128_sync, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128Sync>);
     entry!(flash_bwd_wgmma_bf16_hdim64_p, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaPipelined<64>>);
     entry!(flash_bwd_wgmma_f16_hdim64_p, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaPipelined<64>>);
     entry!(flash_bwd_wgmma_bf16_hdim128_p, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaPipelined<128>>);
     entry!(flash_bwd_wgmma_f16_hdim128_p, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaPipelined<128>>);
-    entry!(flash_fwd_wgmma_bf16_hdim128_p2x64, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaPipelined<128, 2, 64>>);
-    entry!(flash_fwd_wgmma_bf16_hdim128_p1x64, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaPipelined<128, 1, 64>>);
-    entry!(flash_fwd_wgmma_bf16_hdim64_p, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim64P>);
-    entry!(flash_fwd_wgmma_f16_hdim64_p, FwdParams, flash_fwd_wgmma::<F16, FwdWgmmaHdim64P>);
-    entry!(flash_fwd_wgmma_bf16_hdim128_p, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128P>);
-    entry!(flash_fwd_wgmma_f16_hdim128_p, FwdParams, flash_fwd_wgmma::<F16, FwdWgmmaHdim128P>);
 }
 
 entry!(flash_bwd_preprocess_bf16, BwdParams, preprocess::<Bf16>);

@@ -127,6 +127,40 @@ mod tests {
         assert!(c.passed(), "{c:?}");
     }
 
+    /// The v11 GPU run's one failure (portable head_dim 256 backward, one query, 97 keys,
+    /// softmax scale 1.21): dK 2.163e-1 against a bound of 2.155e-1 (naive 1.050e-1). The model
+    /// of the kernels' arithmetic lands at the same distance from the exact gradient, so it is
+    /// rounding (D = rowsum(dO ∘ O) from the bf16 O, scaled up by a peaked softmax), not a bug.
+    #[test]
+    fn the_v11_failure_is_kernel_arithmetic() {
+        let case = Case {
+            batch: 3,
+            heads: 1,
+            seqlen_q: 1,
+            seqlen_k: 97,
+            head_dim: 256,
+            causal: false,
+            bf16: true,
+            pad: 0,
+            seed: 13604030930923466508,
+            scale: Some(1.2115306),
+            deterministic: false,
+        };
+        let p = case.problem();
+        let mut rng = StdRng::seed_from_u64(case.seed);
+        let (q, _) = random_inputs::<bf16>(&mut rng, p.q_len());
+        let (k, _) = random_inputs::<bf16>(&mut rng, p.kv_len());
+        let (v, _) = random_inputs::<bf16>(&mut rng, p.kv_len());
+        let (d_o, _) = random_inputs::<bf16>(&mut rng, p.q_len());
+        let model = kernels::<bf16>(&p, 1.2115306, &q, &k, &v, &d_o);
+        let round = |x: f64| bf16::from_f64(x).to_f64();
+        let exact = reference::backward(&p, &q, &k, &v, &d_o);
+        let naive = reference::backward_rounded(&p, &q, &k, &v, &d_o, &round);
+        let c = compare("dk", &model.dk, &exact.dk, &naive.dk, unit_roundoff::<bf16>());
+        eprintln!("{c:?}");
+        assert!((c.naive_error - 1.050e-1).abs() < 5e-4, "naive error {:.4e}", c.naive_error);
+    }
+
     /// The model agrees with the exact reference to within the bound on ordinary inputs.
     #[test]
     fn the_model_is_close_to_the_reference() {
