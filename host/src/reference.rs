@@ -133,6 +133,50 @@ pub fn backward_rounded(
     backward_impl(p, q, k, v, d_o, &|x| round(x))
 }
 
+/// The typical shift of dQ and dK caused by computing D = rowsum(dO ∘ O) from O as stored in a
+/// dtype of unit roundoff `u`, as FlashAttention does: each O element is off by up to u·|O|, in
+/// effect independently, so D_i by about δ_i = u · ‖dO_i ∘ O_i‖₂ (one standard deviation of the
+/// sum; the worst case, u · Σ_c |dO_ic · O_ic|, is far too pessimistic), dS_ij = P_ij (dP_ij − D_i)
+/// by P_ij · δ_i, and dQ_ic = scale · Σ_j dS_ij K_jc, dK_jc = scale · Σ_i dS_ij Q_ic accordingly.
+/// Returns the largest such shift of one element of dQ and of dK.
+///
+/// A naive implementation rounds O too, but its rounding need not resemble the kernel's, so
+/// this term is not covered by "twice the naive error" when it dominates: rows with one or two
+/// visible keys or a very peaked softmax, where the other error terms are small.
+pub fn stored_o_sensitivity(p: &Problem, q: &[f64], k: &[f64], v: &[f64], d_o: &[f64], u: f64) -> (f64, f64) {
+    let d = p.head_dim;
+    let mut probs = vec![0.0; p.seqlen_k];
+    let mut o_row = vec![0.0; d];
+    let mut dk_shift = vec![0.0; p.seqlen_k * d];
+    let (mut dq_max, mut dk_max) = (0.0f64, 0.0f64);
+    for b in 0..p.batch {
+        for h in 0..p.heads {
+            let head = Head { p, q, k, v, b, h };
+            dk_shift.fill(0.0);
+            for i in 0..p.seqlen_q {
+                let (n, _) = head.softmax_row(i, &mut probs, &|x| x);
+                if n == 0 {
+                    continue;
+                }
+                head.output_row(&probs[..n], &mut o_row, &|x| x);
+                let off = head.q_off(i);
+                let delta = u * d_o[off..off + d].iter().zip(&o_row).map(|(a, b)| (a * b).powi(2)).sum::<f64>().sqrt();
+                for c in 0..d {
+                    let dq: f64 = (0..n).map(|j| probs[j] * head.k_row(j)[c].abs()).sum();
+                    dq_max = dq_max.max(p.scale * delta * dq);
+                }
+                for j in 0..n {
+                    for (c, &qc) in head.q_row(i).iter().enumerate() {
+                        dk_shift[j * d + c] += p.scale * probs[j] * delta * qc.abs();
+                    }
+                }
+            }
+            dk_max = dk_shift.iter().fold(dk_max, |m, &x| m.max(x));
+        }
+    }
+    (dq_max, dk_max)
+}
+
 fn check_len(name: &str, got: usize, want: usize, p: &Problem) {
     assert!(got == want, "reference attention: {name} has {got} elements, expected {want} for {p:?}");
 }

@@ -88,7 +88,7 @@ pub fn kernels<T: Element>(p: &Problem, scale: f32, q: &[f64], k: &[f64], v: &[f
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Case, F32_UNIT_ROUNDOFF, compare, random_inputs, unit_roundoff};
+    use crate::{Case, F32_UNIT_ROUNDOFF, compare, compare_with, random_inputs, unit_roundoff};
     use flash_attn::reference;
     use half::bf16;
     use rand::SeedableRng;
@@ -156,9 +156,15 @@ mod tests {
         let round = |x: f64| bf16::from_f64(x).to_f64();
         let exact = reference::backward(&p, &q, &k, &v, &d_o);
         let naive = reference::backward_rounded(&p, &q, &k, &v, &d_o, &round);
-        let c = compare("dk", &model.dk, &exact.dk, &naive.dk, unit_roundoff::<bf16>());
-        eprintln!("{c:?}");
-        assert!((c.naive_error - 1.050e-1).abs() < 5e-4, "naive error {:.4e}", c.naive_error);
+        let plain = compare("dk", &model.dk, &exact.dk, &naive.dk, unit_roundoff::<bf16>());
+        assert!((plain.naive_error - 1.050e-1).abs() < 5e-4, "naive error {:.4e}", plain.naive_error);
+        // The model's accumulation order is not the kernel's, so agreement is to 0.2%, not exact.
+        assert!((plain.error - 2.163e-1).abs() < 5e-4, "model error {:.4e}", plain.error);
+        assert!(!plain.passed(), "the old bound rejects it, as on the GPU");
+        let (_, dk_shift) = reference::stored_o_sensitivity(&p, &q, &k, &v, &d_o, unit_roundoff::<bf16>());
+        let c = compare_with("dk", &model.dk, &exact.dk, &naive.dk, unit_roundoff::<bf16>(), dk_shift);
+        eprintln!("{c:?} (stored-O term {dk_shift:.3e})");
+        assert!(c.passed(), "{c:?}");
     }
 
     /// The model agrees with the exact reference to within the bound on ordinary inputs.
@@ -185,5 +191,13 @@ mod tests {
         ] {
             assert!(c.passed(), "{c:?}");
         }
+        // The stored-O term stays small next to the bound on ordinary rows.
+        let (dq_shift, dk_shift) = reference::stored_o_sensitivity(&p, &q, &k, &v, &d_o, u);
+        let (dq, dk) = (compare("dq", &model.dq, &bwd.dq, &nbwd.dq, u), compare("dk", &model.dk, &bwd.dk, &nbwd.dk, u));
+        eprintln!(
+            "ordinary rows: dq term {dq_shift:.2e} vs bound {:.2e}, dk term {dk_shift:.2e} vs {:.2e}",
+            dq.tolerance, dk.tolerance
+        );
+        assert!(dq_shift < 0.5 * dq.tolerance && dk_shift < 0.5 * dk.tolerance);
     }
 }

@@ -199,10 +199,27 @@ pub struct Comparison {
 /// emulation of the kernel's arithmetic reproduces 2.683e-3 exactly (the forward's bf16 O feeds
 /// D = rowsum(dO ∘ O)), so the kernel computes what it should and the bound was too tight.
 pub fn compare(name: &'static str, got: &[f64], want: &[f64], naive: &[f64], unit_roundoff: f64) -> Comparison {
+    compare_with(name, got, want, naive, unit_roundoff, 0.0)
+}
+
+/// [`compare`] plus `extra`, a derived bound on an error source the naive computation does not
+/// share: for dQ and dK, the rounding of O that enters D = rowsum(dO ∘ O)
+/// ([`flash_attn::reference::stored_o_sensitivity`]). Seen on the H100 (v11 run,
+/// tests/results/2026-11-25-h100-property-tests-v11.md): one query, 97 keys, head_dim 256, bf16,
+/// dK off by 2.163e-1 against 2 × 1.050e-1 + one rounding; the CPU model of the kernels'
+/// arithmetic lands at 2.160e-1, so again the bound, not the kernel, was off.
+pub fn compare_with(
+    name: &'static str,
+    got: &[f64],
+    want: &[f64],
+    naive: &[f64],
+    unit_roundoff: f64,
+    extra: f64,
+) -> Comparison {
     let error = max_abs_error(got, want);
     let naive_error = max_abs_error(naive, want);
     let scale = want.iter().filter(|x| x.is_finite()).fold(0.0f64, |m, x| m.max(x.abs()));
-    let tolerance = 2.0 * naive_error + unit_roundoff * scale.max(1e-3);
+    let tolerance = 2.0 * naive_error + unit_roundoff * scale.max(1e-3) + extra;
     // approx states the element-wise bound; the max above is the same bound, reported.
     let within = got
         .iter()
@@ -317,14 +334,15 @@ pub fn run_case<T: Element>(
         cuda(stream.synchronize())?;
         let want = reference::backward(&p, &q64, &k64, &v64, &do64);
         let naive = reference::backward_rounded(&p, &q64, &k64, &v64, &do64, &round);
-        for (name, buf, layout, w, n) in [
-            ("dq", &dqd, lq, &want.dq, &naive.dq),
-            ("dk", &dkd, lkv, &want.dk, &naive.dk),
-            ("dv", &dvd, lkv, &want.dv, &naive.dv),
+        let (dq_shift, dk_shift) = reference::stored_o_sensitivity(&p, &q64, &k64, &v64, &do64, unit_roundoff::<T>());
+        for (name, buf, layout, w, n, extra) in [
+            ("dq", &dqd, lq, &want.dq, &naive.dq, dq_shift),
+            ("dk", &dkd, lkv, &want.dk, &naive.dk, dk_shift),
+            ("dv", &dvd, lkv, &want.dv, &naive.dv, 0.0),
         ] {
             let mut image = vec![0u16; buf.len()];
             cuda(buf.copy_to(&mut image[..]))?;
-            comparisons.push(compare(name, &gather::<T>(&image, &layout), w, n, unit_roundoff::<T>()));
+            comparisons.push(compare_with(name, &gather::<T>(&image, &layout), w, n, unit_roundoff::<T>(), extra));
         }
     }
     Ok(CaseOutcome { comparisons })
