@@ -12,6 +12,7 @@ mod build_ptx;
 mod bundle;
 mod link;
 mod ptxas;
+mod wgmma_check;
 
 use std::process::ExitCode;
 

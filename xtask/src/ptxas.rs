@@ -98,6 +98,7 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
                 ));
             }
         }
+        failures.extend(crate::wgmma_check::check(arch, &ptx_text));
         let parsed = parse(&text);
         // A call that survived optimization (a panic path, an outlined helper) costs a stack
         // frame and registers on every path; the kernels are meant to be fully inlined.
@@ -131,7 +132,9 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
         }
     }
     if failures.is_empty() {
-        println!("ptxas: every kernel assembled with no spill and no stack frame");
+        println!(
+            "ptxas: every kernel assembled with no spill and no stack frame; no instruction touches an in-flight wgmma register"
+        );
         Ok(())
     } else {
         Err(format!("ptxas check failed:\n  {}", failures.join("\n  ")))
