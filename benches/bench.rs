@@ -1,5 +1,6 @@
 //! Benchmark grid of issue 3 on the GPU: 16k tokens per batch, model dim 2048, seqlen 512 … 16k,
-//! head_dim 64 and 128, causal and not, bf16 and f16. Prints a table and writes JSON Lines.
+//! head_dim 32, 64, 96, 128, 192 and 256, causal and not, bf16 and f16. Prints a table and
+//! writes JSON Lines.
 //!
 //! `bench [--out FILE] [--iters 10] [--head-dims 64,128] [--dtypes bf16,f16] [--seqlens 512,...]
 //! [--kernels portable] [--kernel NAME,...]`

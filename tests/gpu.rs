@@ -1,5 +1,6 @@
-//! GPU tests: property tests of forward and backward against the f64 reference, and bad-input
-//! checks through the public API. Without a CUDA device every test reports as ignored.
+//! GPU tests: property tests of forward and backward against the f64 reference, bad-input
+//! checks through the public API, and bitwise reproducibility of the deterministic backward.
+//! Without a CUDA device every test reports as ignored.
 //!
 //! Case counts: FLASH_ATTN_FWD_CASES (default 200) and FLASH_ATTN_BWD_CASES (default 100).
 //! FLASH_ATTN_KERNELS=name,... tests those registry kernels instead of the defaults.

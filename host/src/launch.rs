@@ -236,7 +236,7 @@ impl FlashAttention {
         launched.and(freed).and(freed_d).and(freed_s)
     }
 
-    /// Launch one kernel over `(ceil(rows / block_rows), heads, batch)` blocks.
+    /// The kernel for a role, dtype and head dim: a `with_kernel` override, else the registry's.
     fn kernel(&self, role: Role, dtype: registry::Dtype, shape: &AttnShape) -> Result<&'static KernelInfo> {
         let chosen =
             self.overrides.iter().copied().find(|k| k.role == role && k.dtype == dtype && k.head_dim == shape.head_dim);
@@ -249,6 +249,7 @@ impl FlashAttention {
         )
     }
 
+    /// Launch one kernel over `(ceil(rows / block_rows), heads, batch)` blocks.
     fn launch<P: Copy>(
         &self,
         stream: &Stream,

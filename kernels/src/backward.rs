@@ -5,7 +5,7 @@
 //! and dV accumulated in registers and dQ added to the accumulator with atomics; [`convert_dq`]
 //! writes dQ in the input dtype.
 //!
-//! Inside [`flash_bwd`] each warp owns 16 keys and works in the transposed orientation
+//! Inside [`flash_bwd`] each group of `D_SPLIT` warps owns 16 keys and works in the transposed orientation
 //! (Sᵀ = K·Qᵀ), so that Pᵀ and dSᵀ come out of the accumulators already shaped as the A operand
 //! of dV += Pᵀ·dO and dK += dSᵀ·Q, and a key's statistics never leave its warp.
 

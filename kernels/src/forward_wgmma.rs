@@ -4,8 +4,11 @@
 //! Each warpgroup owns 64 query rows. Per K/V tile it issues one `wgmma` GEMM for S = Q·Kᵀ that
 //! reads Q and K straight from shared memory (no `ldmatrix`, no operand registers), runs the
 //! online softmax on the scores in registers (same fragment layout as `mma.sync`), and issues a
-//! second GEMM for O += P·V with P from registers and V from shared memory. Warpgroups of one
-//! block, and blocks on one SM, overlap one's softmax with another's GEMMs.
+//! second GEMM for O += P·V with P from registers and V from shared memory. Small blocks (the
+//! head_dim 64 configuration: four per SM) overlap one block's softmax with another's GEMMs;
+//! the pipelined configuration (`FwdWgmmaTraits::PIPELINED`, the head_dim 128 default) also
+//! overlaps inside a warpgroup: S = Q·Kⱼᵀ and P·Vⱼ₋₁ are issued back to back, tile j's softmax
+//! runs while P·V is in flight, and O is rescaled only after waiting for it.
 
 use crate::forward::{LN_2, OnlineSoftmax, online_softmax, online_softmax_deferred, rescale};
 use crate::params::{FwdParams, row_stat_index};

@@ -1,8 +1,11 @@
 //! Kernel traits: the tile configuration of each kernel, kept apart from the algorithm.
 //!
-//! Every warp owns 16 rows of the tile it iterates over (query rows in the forward, key rows in
-//! the backward), so the row statistics of the online softmax never leave a warp. Shared memory
-//! holds 16-bit tiles in swizzled 16-byte chunks (see [`crate::tiling::tile_byte_offset`]).
+//! Every warp owns whole 16-row mma tiles of the tile it iterates over (query rows in the
+//! forward, `M_TILES` of them; 16 key rows in the backward, shared by `D_SPLIT` warps that split
+//! the columns), so the row statistics of the online softmax never leave a warp. Shared memory
+//! holds 16-bit tiles in swizzled 16-byte chunks (see [`crate::tiling::tile_byte_offset`]); the
+//! Hopper configurations use the 128-byte-swizzled layout that `wgmma` reads
+//! ([`crate::tiling::sw128_byte_offset`]).
 
 /// Rows of one `mma.m16n8k16` tile: a warp owns a multiple of these.
 pub const WARP_ROWS: u32 = 16;

@@ -77,9 +77,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     for (name, exe) in executables(&root, &["build", "-p", "flash-attn-benches", "--bins"])? {
         copy(&exe, bundle.join("bin").join(name))?;
     }
-    for entry in std::fs::read_dir(root.join("target/ptx")).map_err(|e| e.to_string())? {
-        let path = entry.map_err(|e| e.to_string())?.path();
-        copy(&path, bundle.join("ptx").join(path.file_name().unwrap()))?;
+    // Only the arches build-ptx makes now: stale files of a renamed arch may linger in target/.
+    for arch in crate::build_ptx::ARCHES {
+        for name in [format!("flash_attn.{arch}.ptx"), flash_attn_kernels::fingerprint::file_name(arch)] {
+            copy(&root.join("target/ptx").join(&name), bundle.join("ptx").join(&name))?;
+        }
     }
     for script in ["torch_anchors.py", "report.py", "choose_variants.py", "compare_variants.sh"] {
         copy(&root.join("benches").join(script), bundle.join(script))?;

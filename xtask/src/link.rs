@@ -5,7 +5,8 @@
 //! default linker for that flavour is not distributed for our toolchain, so this module does the
 //! same job with the LLVM tools that ship in rustup's `llvm-tools` component:
 //! `llvm-link` merges the bitcode, `opt` internalizes everything but the kernels and optimizes,
-//! `llc` lowers to PTX for the requested `--target-cpu`.
+//! `llc` lowers to PTX for the requested `--target-cpu`. A last pass adds the `.maxntid` /
+//! `.minnctapersm` directives that the registry asks for (Rust has no attribute for them).
 
 use flash_attn_kernels::registry;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,8 @@
 //!
 //! - `build-ptx [--arch sm_80|sm_90a|all]`: compile `kernels/` with rustc's nvptx64 backend, link
 //!   the bitcode ourselves (llvm-link, opt, llc from the llvm-tools component), write the PTX to
-//!   `target/ptx/`, then assemble it with ptxas and fail on spills or stack frames.
+//!   `target/ptx/`, then assemble it with ptxas and fail on spills, stack frames, leftover calls,
+//!   missing kernels, parameter-block size mismatches or in-flight `wgmma` register hazards.
 //! - `bundle`: gather the GPU test and bench binaries with the PTX into `bundle/` together with
 //!   a script that runs them on a machine without Rust.
 //!

@@ -1,4 +1,6 @@
-//! Assemble PTX with ptxas and report per-kernel resources; spills and stack frames fail.
+//! Assemble PTX with ptxas and report per-kernel resources. Spills, stack frames, leftover
+//! `.func` calls, missing registry kernels, parameter blocks of the wrong size and `wgmma`
+//! register hazards ([`crate::wgmma_check`]) fail the build.
 
 use flash_attn_kernels::registry::{self, KERNELS};
 use std::path::{Path, PathBuf};
