@@ -92,12 +92,7 @@ impl FlashAttention {
 
     /// Name of the forward kernel that runs for this dtype and head dim, if any.
     pub fn forward_kernel_name<T: Element>(&self, head_dim: usize) -> Option<&'static str> {
-        self.overrides
-            .iter()
-            .copied()
-            .find(|k| k.role == Role::Forward && k.dtype == T::DTYPE && k.head_dim == head_dim as u32)
-            .or_else(|| registry::find(Role::Forward, T::DTYPE, head_dim as u32, self.hopper_kernels))
-            .map(|k| k.name)
+        self.choose(Role::Forward, T::DTYPE, head_dim as u32).map(|k| k.name)
     }
 
     /// Forward into new tensors: O (contiguous) and the LSE. Queued on `stream`; no sync.
@@ -238,15 +233,17 @@ impl FlashAttention {
 
     /// The kernel for a role, dtype and head dim: a `with_kernel` override, else the registry's.
     fn kernel(&self, role: Role, dtype: registry::Dtype, shape: &AttnShape) -> Result<&'static KernelInfo> {
+        self.choose(role, dtype, shape.head_dim).ok_or(Error::UnsupportedHeadDim {
+            argument: "q",
+            head_dim: shape.head_dim as usize,
+            supported: &flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS,
+        })
+    }
+
+    fn choose(&self, role: Role, dtype: registry::Dtype, head_dim: u32) -> Option<&'static KernelInfo> {
         let chosen =
-            self.overrides.iter().copied().find(|k| k.role == role && k.dtype == dtype && k.head_dim == shape.head_dim);
-        chosen.or_else(|| registry::find(role, dtype, shape.head_dim, self.hopper_kernels)).ok_or(
-            Error::UnsupportedHeadDim {
-                argument: "q",
-                head_dim: shape.head_dim as usize,
-                supported: &flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS,
-            },
-        )
+            self.overrides.iter().copied().find(|k| k.role == role && k.dtype == dtype && k.head_dim == head_dim);
+        chosen.or_else(|| registry::find(role, dtype, head_dim, self.hopper_kernels))
     }
 
     /// Launch one kernel over `(ceil(rows / block_rows), heads, batch)` blocks.

@@ -242,12 +242,14 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
     }
 }
 
-/// The turn counter of query tile `q_tile` in deterministic mode (null otherwise).
+/// The turn counter of query tile `q_tile` of this block's (batch, head) in deterministic mode
+/// (null otherwise).
 #[inline(always)]
-fn dq_semaphore(p: &BwdParams, batch: u32, head: u32, q_tile: u32, block_m: u32) -> *mut u32 {
+fn dq_semaphore(p: &BwdParams, q_tile: u32, block_m: u32) -> *mut u32 {
     if p.dq_semaphore == 0 {
         return core::ptr::null_mut();
     }
+    let (_, head, batch) = ptx::block_idx();
     let index = dq_semaphore_index(&p.fwd.shape, batch, head, q_tile, block_m);
     (p.dq_semaphore as *mut u32).wrapping_offset(index as isize)
 }
@@ -256,8 +258,7 @@ fn dq_semaphore(p: &BwdParams, batch: u32, head: u32, q_tile: u32, block_m: u32)
 /// the key blocks before it have added theirs. Every thread of the block calls this.
 #[inline(always)]
 pub(crate) fn wait_for_dq_turn(p: &BwdParams, key_block: u32, q_tile: u32, block_m: u32, block_n: u32, tid: u32) {
-    let (_, head, batch) = ptx::block_idx();
-    let counter = dq_semaphore(p, batch, head, q_tile, block_m);
+    let counter = dq_semaphore(p, q_tile, block_m);
     if counter.is_null() {
         return;
     }
@@ -273,8 +274,7 @@ pub(crate) fn wait_for_dq_turn(p: &BwdParams, key_block: u32, q_tile: u32, block
 /// after a barrier that follows all of this block's dQ reductions for the tile.
 #[inline(always)]
 pub(crate) fn pass_dq_turn(p: &BwdParams, q_tile: u32, block_m: u32, tid: u32) {
-    let (_, head, batch) = ptx::block_idx();
-    let counter = dq_semaphore(p, batch, head, q_tile, block_m);
+    let counter = dq_semaphore(p, q_tile, block_m);
     if tid == 0 && !counter.is_null() {
         // SAFETY: as in `wait_for_dq_turn`.
         unsafe { ptx::fence_and_release_increment(counter) };

@@ -43,71 +43,13 @@ pub struct KernelInfo {
     pub requires_sm90a: bool,
 }
 
-const fn fwd<T: FwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
-    KernelInfo {
-        name,
-        role: Role::Forward,
-        dtype,
-        head_dim: T::HEAD_DIM,
-        threads: T::THREADS,
-        dynamic_smem_bytes: T::SMEM_BYTES,
-        block_rows: T::BLOCK_M,
-        param_bytes: core::mem::size_of::<FwdParams>() as u32,
-        query_tile_rows: 0,
-        min_blocks_per_sm: 1,
-        requires_sm90a: false,
-    }
-}
-
-const fn fwd_wgmma<T: FwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
-    KernelInfo {
-        name,
-        role: Role::Forward,
-        dtype,
-        head_dim: T::HEAD_DIM,
-        threads: T::THREADS,
-        dynamic_smem_bytes: T::SMEM_BYTES,
-        block_rows: T::BLOCK_M,
-        param_bytes: core::mem::size_of::<FwdParams>() as u32,
-        query_tile_rows: 0,
-        min_blocks_per_sm: 1,
-        requires_sm90a: true,
-    }
-}
-
-const fn bwd<T: BwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
-    KernelInfo {
-        name,
-        role: Role::Backward,
-        dtype,
-        head_dim: T::HEAD_DIM,
-        threads: T::THREADS,
-        dynamic_smem_bytes: T::SMEM_BYTES,
-        block_rows: T::BLOCK_N,
-        param_bytes: core::mem::size_of::<BwdParams>() as u32,
-        query_tile_rows: T::BLOCK_M,
-        min_blocks_per_sm: 1,
-        requires_sm90a: false,
-    }
-}
-
-const fn bwd_wgmma<T: BwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
-    KernelInfo {
-        name,
-        role: Role::Backward,
-        dtype,
-        head_dim: T::HEAD_DIM,
-        threads: T::THREADS,
-        dynamic_smem_bytes: T::SMEM_BYTES,
-        block_rows: T::BLOCK_N,
-        param_bytes: core::mem::size_of::<BwdParams>() as u32,
-        query_tile_rows: T::BLOCK_M,
-        min_blocks_per_sm: T::MIN_BLOCKS_PER_SM,
-        requires_sm90a: true,
-    }
-}
-
-const fn rows(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
+/// An entry with the row kernels' launch shape; the constructors below override the fields that
+/// come from a tile configuration.
+const fn base(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
+    let param_bytes = match role {
+        Role::Forward => core::mem::size_of::<FwdParams>(),
+        _ => core::mem::size_of::<BwdParams>(),
+    } as u32;
     KernelInfo {
         name,
         role,
@@ -116,10 +58,55 @@ const fn rows(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
         threads: ROW_KERNEL_THREADS,
         dynamic_smem_bytes: 0,
         block_rows: ROW_KERNEL_THREADS / 32,
-        param_bytes: core::mem::size_of::<BwdParams>() as u32,
+        param_bytes,
         query_tile_rows: 0,
         min_blocks_per_sm: 1,
         requires_sm90a: false,
+    }
+}
+
+const fn fwd<T: FwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
+    KernelInfo {
+        head_dim: T::HEAD_DIM,
+        threads: T::THREADS,
+        dynamic_smem_bytes: T::SMEM_BYTES,
+        block_rows: T::BLOCK_M,
+        ..base(name, Role::Forward, dtype)
+    }
+}
+
+const fn fwd_wgmma<T: FwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
+    KernelInfo {
+        head_dim: T::HEAD_DIM,
+        threads: T::THREADS,
+        dynamic_smem_bytes: T::SMEM_BYTES,
+        block_rows: T::BLOCK_M,
+        requires_sm90a: true,
+        ..base(name, Role::Forward, dtype)
+    }
+}
+
+const fn bwd<T: BwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
+    KernelInfo {
+        head_dim: T::HEAD_DIM,
+        threads: T::THREADS,
+        dynamic_smem_bytes: T::SMEM_BYTES,
+        block_rows: T::BLOCK_N,
+        query_tile_rows: T::BLOCK_M,
+        ..base(name, Role::Backward, dtype)
+    }
+}
+
+const fn bwd_wgmma<T: BwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
+    KernelInfo {
+        head_dim: T::HEAD_DIM,
+        threads: T::THREADS,
+        dynamic_smem_bytes: T::SMEM_BYTES,
+        block_rows: T::BLOCK_N,
+        query_tile_rows: T::BLOCK_M,
+        min_blocks_per_sm: T::MIN_BLOCKS_PER_SM,
+        requires_sm90a: true,
+        ..base(name, Role::Backward, dtype)
     }
 }
 
@@ -156,10 +143,10 @@ pub const KERNELS: &[KernelInfo] = &[
     bwd::<BwdHdim128>("flash_bwd_bf16_hdim128", Dtype::Bf16),
     bwd::<BwdHdim64>("flash_bwd_f16_hdim64", Dtype::F16),
     bwd::<BwdHdim128>("flash_bwd_f16_hdim128", Dtype::F16),
-    rows("flash_bwd_preprocess_bf16", Role::BackwardPreprocess, Dtype::Bf16),
-    rows("flash_bwd_preprocess_f16", Role::BackwardPreprocess, Dtype::F16),
-    rows("flash_bwd_convert_dq_bf16", Role::BackwardConvertDq, Dtype::Bf16),
-    rows("flash_bwd_convert_dq_f16", Role::BackwardConvertDq, Dtype::F16),
+    base("flash_bwd_preprocess_bf16", Role::BackwardPreprocess, Dtype::Bf16),
+    base("flash_bwd_preprocess_f16", Role::BackwardPreprocess, Dtype::F16),
+    base("flash_bwd_convert_dq_bf16", Role::BackwardConvertDq, Dtype::Bf16),
+    base("flash_bwd_convert_dq_f16", Role::BackwardConvertDq, Dtype::F16),
     // Measurement variants: after the defaults, so `find` never picks them.
     fwd_wgmma::<FwdWgmmaHdim128Sync>("flash_fwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
     bwd_wgmma::<BwdWgmmaPipelined<64>>("flash_bwd_wgmma_bf16_hdim64_p", Dtype::Bf16),
