@@ -49,6 +49,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
     let k_s = tile(T::K_OFFSET, T::BLOCK_N, T::CHUNKS_PER_ROW);
     let v_s = tile(T::V_OFFSET, T::BLOCK_N, T::CHUNKS_PER_ROW);
     let ds_s = tile(T::DS_OFFSET, T::BLOCK_N, T::BLOCK_M / 8);
+    let dq_s = smem + T::DQ_OFFSET;
     let stage_offset = |stage: u32| T::STAGE_OFFSET + stage * T::STAGE_BYTES;
     let q_tile = |stage: u32| tile(stage_offset(stage) + T::Q_IN_STAGE, T::BLOCK_M, T::CHUNKS_PER_ROW);
     let do_tile = |stage: u32| tile(stage_offset(stage) + T::DO_IN_STAGE, T::BLOCK_M, T::CHUNKS_PER_ROW);
@@ -139,22 +140,24 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
         let mut s = [[0f32; 4]; 16];
         let mut dp = [[0f32; 4]; 16];
 
-        // Pᵀ = exp(scale·Sᵀ - LSE) recomputed from the forward's LSE, in place.
+        // Pᵀ = exp(scale·Sᵀ - LSE) recomputed from the forward's LSE, in place. Tiles that need
+        // no mask take a loop without one; masked elements are selected away after the
+        // exponential, so that no element branches.
         let unmasked = mask.tile_is_unmasked(q_begin, q_begin + T::BLOCK_M, warp_k0, warp_k0 + 16);
-        let probabilities = |s: &mut [[f32; 4]; 16]| {
+        let exponentials = |s: &mut [[f32; 4]; 16], masked: bool| {
             for t in 0..m_tiles8 {
                 for e in 0..4 {
-                    let key = warp_k0 + lane / 4 + 8 * (e as u32 / 2);
                     let col = 8 * t as u32 + 2 * (lane % 4) + e as u32 % 2;
                     // SAFETY: col < BLOCK_M indexes the staged statistics.
                     let lse = unsafe { ptx::ld_shared_f32(lse_s + 4 * col) };
-                    s[t][e] = if unmasked || mask.allows(q_begin + col, key) {
-                        ptx::exp2(s[t][e] * shape.scale_log2 - lse * LOG2_E)
-                    } else {
-                        0.0
-                    };
+                    let p = ptx::exp2(ptx::fma(s[t][e], shape.scale_log2, -lse * LOG2_E));
+                    let key = warp_k0 + lane / 4 + 8 * (e as u32 / 2);
+                    s[t][e] = if !masked || mask.allows(q_begin + col, key) { p } else { 0.0 };
                 }
             }
+        };
+        let probabilities = |s: &mut [[f32; 4]; 16]| {
+            if unmasked { exponentials(s, false) } else { exponentials(s, true) }
         };
         // dSᵀ = Pᵀ ∘ (dPᵀ - D), in place.
         let score_gradients = |dp: &mut [[f32; 4]; 16], s: &[[f32; 4]; 16]| {
@@ -227,35 +230,59 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
             }
             store_ds(&dp);
         }
+        // The previous tile's dQ reductions have read the staging rows before anyone rewrites them.
+        ptx::bulk_wait_read();
         shared_writes_done();
 
-        // dQ += scale · dS·K for the tile's 64 queries and this warpgroup's columns.
+        // dQ += scale · dS·K for the tile's 64 queries and this warpgroup's columns, staged in
+        // shared memory and added to the global accumulator by the bulk-copy unit, one row each.
         let mut acc = [[0f32; 4]; 16];
         // SAFETY: as for the score GEMMs; dSᵀ was fenced and published by the barrier above.
         unsafe { E::dq(dq_cols, T::BLOCK_N, &mut acc, ds_desc, k_for_dq) };
-        wait_for_dq_turn(p, block_x, q_tile_index, T::BLOCK_M, T::BLOCK_N, tid);
         for half in 0..2 {
-            let row = q_begin + 16 * (warp % 4) + lane / 4 + 8 * half as u32;
-            if row < shape.seqlen_q {
-                let base = row_stat_index(shape, batch, head, row) * shape.head_dim as i64;
-                for t in 0..(dq_cols / 8) as usize {
-                    let col = dq_col0 + 8 * t as u32 + 2 * (lane % 4);
-                    let at = (p.dq_accum as *mut f32).wrapping_offset((base + col as i64) as isize);
-                    // SAFETY: the accumulator holds batch·heads·seqlen_q·head_dim floats; col is
-                    // even and rows start at multiples of head_dim, so the pair is 8-byte aligned.
-                    unsafe {
-                        ptx::red_add_f32x2(at, acc[t][2 * half] * shape.scale, acc[t][2 * half + 1] * shape.scale)
-                    };
-                }
+            let row = 16 * (warp % 4) + lane / 4 + 8 * half as u32;
+            for t in 0..(dq_cols / 8) as usize {
+                let col = dq_col0 + 8 * t as u32 + 2 * (lane % 4);
+                let at = dq_s + row * T::DQ_ROW_BYTES + 4 * col;
+                // SAFETY: row < BLOCK_M and col + 1 < HEAD_DIM lie inside the staging rows.
+                unsafe { ptx::st_shared_f32x2(at, acc[t][2 * half] * shape.scale, acc[t][2 * half + 1] * shape.scale) };
             }
         }
         if q_tile_index + 1 < end_tile {
             cp_async_wait_all();
         }
-        // The next tile has landed, and everyone is done with this stage and with dSᵀ.
+        // The next tile has landed, the dQ rows are staged, and everyone is done with this stage
+        // and with dSᵀ.
         shared_writes_done();
+        wait_for_dq_turn(p, block_x, q_tile_index, T::BLOCK_M, T::BLOCK_N, tid);
+        let deterministic = p.dq_semaphore != 0;
+        let row = q_begin + tid;
+        if tid < T::BLOCK_M && row < shape.seqlen_q {
+            if deterministic {
+                ptx::fence_proxy_async();
+            }
+            let base = row_stat_index(shape, batch, head, row) * shape.head_dim as i64;
+            // SAFETY: the accumulator holds batch·heads·seqlen_q·head_dim floats, rows of
+            // head_dim·4 bytes (a multiple of 256) in a 256-byte aligned allocation; the staged
+            // row was fenced for the async proxy before the barrier above and is rewritten only
+            // after the `bulk_wait_read` of the next iteration.
+            unsafe {
+                ptx::bulk_reduce_add_f32(
+                    (p.dq_accum as *mut f32).wrapping_offset(base as isize),
+                    dq_s + tid * T::DQ_ROW_BYTES,
+                    T::HEAD_DIM * 4,
+                )
+            };
+            ptx::bulk_commit_group();
+        }
+        if deterministic {
+            // The next key block may add only once these rows are in global memory.
+            ptx::bulk_wait_complete();
+            sync_threads();
+        }
         pass_dq_turn(p, q_tile_index, T::BLOCK_M, tid);
     }
+    ptx::bulk_wait_complete();
 
     for half in 0..2 {
         let key = warp_k0 + lane / 4 + 8 * half as u32;

@@ -381,3 +381,84 @@ pub unsafe fn red_add_f32(addr: *mut f32, value: f32) {
     // SAFETY: guaranteed by the caller.
     unsafe { asm!("red.global.add.f32 [{0}], {1};", in(reg64) addr as u64, in(reg32) value, options(nostack)) }
 }
+
+/// a·b + c rounded once (the compiler never contracts a multiply and an add on its own).
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub fn fma(a: f32, b: f32, c: f32) -> f32 {
+    let y: f32;
+    // SAFETY: register-only arithmetic.
+    unsafe {
+        asm!("fma.rn.f32 {0}, {1}, {2}, {3};", out(reg32) y, in(reg32) a, in(reg32) b, in(reg32) c, options(pure, nomem, nostack))
+    };
+    y
+}
+
+/// Store two f32 to 8-byte aligned shared memory.
+///
+/// # Safety
+/// `addr` is an 8-byte aligned shared-memory address inside the block's allocation.
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub unsafe fn st_shared_f32x2(addr: u32, a: f32, b: f32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("st.shared.v2.f32 [{0}], {{{1}, {2}}};", in(reg32) addr, in(reg32) a, in(reg32) b, options(nostack)) }
+}
+
+/// Start `dst[i] += src[i]` for `bytes / 4` floats, read from shared memory by the bulk-copy
+/// unit (the async proxy) and added in global memory; part of this thread's next
+/// [`bulk_commit_group`].
+///
+/// # Safety
+/// `dst` is a 16-byte aligned global range of `bytes` writable floats, `src` a 16-byte aligned
+/// shared range of `bytes`, `bytes` a multiple of 16; the shared data was made visible to the
+/// async proxy (`fence_proxy_async_shared`, then a barrier if other threads wrote it) and stays
+/// unchanged until [`bulk_wait_read`] returns.
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub unsafe fn bulk_reduce_add_f32(dst: *mut f32, src: u32, bytes: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!(
+            "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [{0}], [{1}], {2};",
+            in(reg64) dst as u64,
+            in(reg32) src,
+            in(reg32) bytes,
+            options(nostack),
+        )
+    }
+}
+
+/// Close this thread's bulk operations issued since the last commit into one group.
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub fn bulk_commit_group() {
+    // SAFETY: no operands.
+    unsafe { asm!("cp.async.bulk.commit_group;", options(nostack)) }
+}
+
+/// Wait until every bulk group of this thread has finished reading its shared-memory source.
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub fn bulk_wait_read() {
+    // SAFETY: no operands; orders later shared-memory writes after the bulk reads.
+    unsafe { asm!("cp.async.bulk.wait_group.read 0;", options(nostack)) }
+}
+
+/// Wait until every bulk group of this thread has completed, writes included, and order them
+/// before this thread's later generic-proxy memory operations.
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub fn bulk_wait_complete() {
+    // SAFETY: no operands.
+    unsafe { asm!("cp.async.bulk.wait_group 0;", "fence.proxy.async;", options(nostack)) }
+}
+
+/// Order this thread's earlier generic-proxy memory operations (an acquire, say) before its
+/// later async-proxy ones (a bulk reduction).
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub fn fence_proxy_async() {
+    // SAFETY: a memory fence; no operands.
+    unsafe { asm!("fence.proxy.async;", options(nostack)) }
+}

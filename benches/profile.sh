@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One GPU call: compute-sanitizer (memcheck, racecheck, synccheck) on small forward+backward runs
+# of the default kernels, then Nsight Compute on single launches of the Hopper kernels.
+# Usage (GPU machine, after `cargo xtask bundle`): bash bundle/profile.sh [sanitize|ncu|all]
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+out=${OUT:-$here/out}
+mkdir -p "$out"
+what=${1:-all}
+{ date -u +%FT%TZ; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; ncu --version | tail -1; } | tee -a "$out/log.txt"
+log() { echo "== $*" | tee -a "$out/log.txt"; }
+demo="$here/bin/demo --batch 1 --heads 2 --iters 1"
+case $what in sanitize|all)
+  for d in 64 128; do for c in "" --causal; do for dt in "" --f16; do
+    log "memcheck d$d $c $dt"
+    timeout 120 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 $demo --seqlen 1000 --head-dim $d $c $dt 2>&1 | tail -4 | tee -a "$out/log.txt"
+  done; done; done
+  for tool in racecheck synccheck initcheck; do for d in 64 128; do
+    log "$tool d$d causal"
+    timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 $demo --seqlen 300 --head-dim $d --causal 2>&1 | tail -4 | tee -a "$out/log.txt"
+  done; done ;;
+esac
+case $what in ncu|all)
+  bench="$here/bin/bench --dtypes bf16 --iters 1"
+  prof() { # name, kernel regex, bench args
+    local name=$1 regex=$2; shift 2
+    log "ncu $name"
+    timeout 200 ncu --clock-control none --set full --import-source no --kernel-name "regex:$regex" --launch-skip 1 --launch-count 1 \
+      -f -o "$out/$name" $bench "$@" > "$out/$name.run.txt" 2>&1
+    ncu --import "$out/$name.ncu-rep" --page details > "$out/$name.details.txt" 2>&1
+    ncu --import "$out/$name.ncu-rep" --page source --print-source sass --csv > "$out/$name.sass.csv" 2>&1
+    grep -E "Duration|Registers|Achieved Occupancy|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|No Eligible|Stall" "$out/$name.details.txt" | head -30 | tee -a "$out/log.txt"
+  }
+  prof bwd_d64_2k flash_bwd_wgmma --head-dims 64 --seqlens 2048
+  prof bwd_d128_2k flash_bwd_wgmma --head-dims 128 --seqlens 2048
+  prof fwd_d64_512 flash_fwd_wgmma --head-dims 64 --seqlens 512
+  prof fwd_d128_512 flash_fwd_wgmma --head-dims 128 --seqlens 512
+  gzip -f "$out"/*.sass.csv ;;
+esac
