@@ -112,11 +112,14 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
     let k_descs = [kv_desc(k_s, 0), kv_desc(k_s, panels - 1)];
     let v_descs = [kv_desc(v_s, 0), kv_desc(v_s, panels - 1)];
     // dQ = dS·K: this warpgroup's columns of K (MN-major: rows along the keys, the GEMM's k).
-    let dq_cols = T::HEAD_DIM / T::WARPGROUPS;
-    let dq_col0 = warpgroup * dq_cols;
+    // With 128 queries per step each warpgroup takes 64 of them, all columns; with 64, the
+    // warpgroups split the columns.
+    let (dq_row0, dq_cols) =
+        if T::BLOCK_M == 128 { (64 * warpgroup, T::HEAD_DIM) } else { (0, T::HEAD_DIM / T::WARPGROUPS) };
+    let dq_col0 = if T::BLOCK_M == 128 { 0 } else { warpgroup * dq_cols };
     let k_for_dq =
         wgmma_descriptor(k_s.panel(dq_col0 / 64, 0) + (dq_col0 % 64) * 2, T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
-    let ds_desc = wgmma_descriptor(ds_s.panel(0, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
+    let ds_desc = wgmma_descriptor(ds_s.panel(dq_row0 / 64, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
 
     for q_tile_index in first_tile..end_tile {
         let stage = (q_tile_index - first_tile) % 2;
@@ -178,22 +181,44 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
             }
             a
         };
-        // dSᵀ to shared memory (keys × queries), so that dQ = dS·K can be split by columns.
-        let store_ds = |dp: &[[f32; 4]; 16]| {
+        // dSᵀ to shared memory (keys × queries), so that dQ = dS·K can be split over the
+        // warpgroups. `frags[k][2·j + half]` holds rows lane/4 + 8·half, columns 16k + 8j + 2·(lane%4)
+        // and the next one (`accumulators_as_a`).
+        let store_ds = |frags: &[[u32; 4]; 8]| {
             for t in 0..m_tiles8 {
                 for half in 0..2 {
                     let row = 16 * warp + lane / 4 + 8 * half as u32;
                     let col = 8 * t as u32 + 2 * (lane % 4);
-                    let packed = E::pack(dp[t][2 * half], dp[t][2 * half + 1]);
                     // SAFETY: row < BLOCK_N and col < BLOCK_M lie inside the dSᵀ tile.
-                    unsafe { ptx::st_shared_u32(ds_s.chunk(row, col / 8) + (col % 8) * 2, packed) };
+                    unsafe {
+                        ptx::st_shared_u32(ds_s.chunk(row, col / 8) + (col % 8) * 2, frags[t / 2][2 * (t % 2) + half])
+                    };
                 }
             }
         };
 
-        if T::PIPELINED {
+        if T::BLOCK_M == 128 {
+            // 128 queries: Pᵀ is formed before dPᵀ = V·dOᵀ starts and P and dS are packed before the
+            // GEMMs that read them, so that two 64-register score arrays are live only for dSᵀ.
+            // SAFETY: the whole warpgroup is here (block-uniform loop); every tile landed and was
+            // fenced for the async proxy before the last barrier; each accumulator and fragment
+            // array is left alone until a wait names it.
+            unsafe { E::qk(T::BLOCK_M, T::HEAD_DIM, &mut s, k_descs, s_descs) };
+            probabilities(&mut s);
+            // SAFETY: as above.
+            unsafe { E::qk(T::BLOCK_M, T::HEAD_DIM, &mut dp, v_descs, dp_descs) };
+            score_gradients(&mut dp, &s);
+            let p_frags = fragments(&s);
+            // SAFETY: as above.
+            unsafe { E::pv_issue(T::HEAD_DIM, T::BLOCK_M, &mut dv, &p_frags, mn_desc(do_s)) };
+            let ds_frags = fragments(&dp);
+            store_ds(&ds_frags);
+            // SAFETY: as above.
+            unsafe { E::pv_issue(T::HEAD_DIM, T::BLOCK_M, &mut dk, &ds_frags, mn_desc(q_s)) };
+            wait(0, Waited::Outputs(T::HEAD_DIM, &mut dv, &mut dk));
+        } else if T::PIPELINED {
             // Each elementwise step runs while the tensor cores finish the GEMM issued before it:
-            // Pᵀ under dPᵀ = V·dOᵀ, dSᵀ under dV += Pᵀ·dO, the dSᵀ store under dK += dSᵀ·Q.
+            // Pᵀ under dPᵀ = V·dOᵀ, dSᵀ and its store under dV += Pᵀ·dO.
             // SAFETY: the whole warpgroup is here (block-uniform loop); every tile landed and was
             // fenced for the async proxy before the last barrier; each accumulator and fragment
             // array is left alone until a wait names it.
@@ -209,9 +234,9 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
             wait(1, Waited::Scores(T::BLOCK_M, &mut dp));
             score_gradients(&mut dp, &s);
             let ds_frags = fragments(&dp);
+            store_ds(&ds_frags);
             // SAFETY: as above.
             unsafe { E::pv_issue(T::HEAD_DIM, T::BLOCK_M, &mut dk, &ds_frags, mn_desc(q_s)) };
-            store_ds(&dp);
             wait(0, Waited::Outputs(T::HEAD_DIM, &mut dv, &mut dk));
         } else {
             // SAFETY: the whole warpgroup is here (block-uniform loop); every tile landed and was
@@ -228,7 +253,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
                 E::pv(T::HEAD_DIM, T::BLOCK_M, &mut dv, &p_frags, mn_desc(do_s));
                 E::pv(T::HEAD_DIM, T::BLOCK_M, &mut dk, &ds_frags, mn_desc(q_s));
             }
-            store_ds(&dp);
+            store_ds(&ds_frags);
         }
         // The previous tile's dQ reductions have read the staging rows before anyone rewrites them.
         ptx::bulk_wait_read();
@@ -240,7 +265,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
         // SAFETY: as for the score GEMMs; dSᵀ was fenced and published by the barrier above.
         unsafe { E::dq(dq_cols, T::BLOCK_N, &mut acc, ds_desc, k_for_dq) };
         for half in 0..2 {
-            let row = 16 * (warp % 4) + lane / 4 + 8 * half as u32;
+            let row = dq_row0 + 16 * (warp % 4) + lane / 4 + 8 * half as u32;
             for t in 0..(dq_cols / 8) as usize {
                 let col = dq_col0 + 8 * t as u32 + 2 * (lane % 4);
                 let at = dq_s + row * T::DQ_ROW_BYTES + 4 * col;

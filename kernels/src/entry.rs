@@ -67,10 +67,8 @@ mod hopper {
     entry!(flash_bwd_wgmma_bf16_hdim128, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128>);
     entry!(flash_bwd_wgmma_f16_hdim128, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaHdim128>);
     entry!(flash_fwd_wgmma_bf16_hdim128_sync, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128Sync>);
-    entry!(flash_bwd_wgmma_bf16_hdim64_p, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaPipelined<64>>);
-    entry!(flash_bwd_wgmma_f16_hdim64_p, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaPipelined<64>>);
-    entry!(flash_bwd_wgmma_bf16_hdim128_p, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaPipelined<128>>);
-    entry!(flash_bwd_wgmma_f16_hdim128_p, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaPipelined<128>>);
+    entry!(flash_bwd_wgmma_bf16_hdim64_narrow, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim64Narrow>);
+    entry!(flash_bwd_wgmma_bf16_hdim128_sync, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128Sync>);
 }
 
 entry!(flash_bwd_preprocess_bf16, BwdParams, preprocess::<Bf16>);

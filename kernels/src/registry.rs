@@ -2,9 +2,10 @@
 
 use crate::params::{BwdParams, FwdParams};
 use crate::traits::{
-    BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim64, BwdWgmmaHdim128,
-    BwdWgmmaPipelined, BwdWgmmaTraits, FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits,
-    FwdWgmmaHdim64, FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaTraits, ROW_KERNEL_THREADS,
+    BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim64,
+    BwdWgmmaHdim64Narrow, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaTraits, FwdHdim32, FwdHdim64, FwdHdim96,
+    FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim128, FwdWgmmaHdim128Sync,
+    FwdWgmmaTraits, ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,10 +150,8 @@ pub const KERNELS: &[KernelInfo] = &[
     base("flash_bwd_convert_dq_f16", Role::BackwardConvertDq, Dtype::F16),
     // Measurement variants: after the defaults, so `find` never picks them.
     fwd_wgmma::<FwdWgmmaHdim128Sync>("flash_fwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
-    bwd_wgmma::<BwdWgmmaPipelined<64>>("flash_bwd_wgmma_bf16_hdim64_p", Dtype::Bf16),
-    bwd_wgmma::<BwdWgmmaPipelined<64>>("flash_bwd_wgmma_f16_hdim64_p", Dtype::F16),
-    bwd_wgmma::<BwdWgmmaPipelined<128>>("flash_bwd_wgmma_bf16_hdim128_p", Dtype::Bf16),
-    bwd_wgmma::<BwdWgmmaPipelined<128>>("flash_bwd_wgmma_f16_hdim128_p", Dtype::F16),
+    bwd_wgmma::<BwdWgmmaHdim64Narrow>("flash_bwd_wgmma_bf16_hdim64_narrow", Dtype::Bf16),
+    bwd_wgmma::<BwdWgmmaHdim128Sync>("flash_bwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
 ];
 
 /// The kernel called `name`, if the registry has one.

@@ -177,14 +177,26 @@ impl<const D: u32, const W: u32, const B: u32> BwdWgmmaTraits for BwdWgmma<D, W,
     const WARPGROUPS: u32 = W;
     const MIN_BLOCKS_PER_SM: u32 = B;
 }
-pub type BwdWgmmaHdim64 = BwdWgmma<64, 2, 1>;
-pub type BwdWgmmaHdim128 = BwdWgmma<128, 2, 1>;
+pub type BwdWgmmaHdim64 = BwdWgmmaWide<64>;
+pub type BwdWgmmaHdim128 = BwdWgmmaPipelined<128>;
+/// Kept for comparison (`bench --kernel NAME`): the 64-query pipelined head_dim 64 backward and
+/// the unpipelined head_dim 128 one.
+pub type BwdWgmmaHdim64Narrow = BwdWgmmaPipelined<64>;
+pub type BwdWgmmaHdim128Sync = BwdWgmma<128, 2, 1>;
 
 /// The software-pipelined Hopper backward (two warpgroups).
 pub struct BwdWgmmaPipelined<const D: u32>;
 impl<const D: u32> BwdWgmmaTraits for BwdWgmmaPipelined<D> {
     const HEAD_DIM: u32 = D;
     const PIPELINED: bool = true;
+}
+
+/// 128 queries per step (head_dim 64): twice the work per barrier and per staged tile, N = 128
+/// score GEMMs; dQ is split over the warpgroups by rows.
+pub struct BwdWgmmaWide<const D: u32>;
+impl<const D: u32> BwdWgmmaTraits for BwdWgmmaWide<D> {
+    const HEAD_DIM: u32 = D;
+    const BLOCK_M: u32 = 128;
 }
 
 pub struct FwdHdim32;
@@ -345,7 +357,10 @@ mod tests {
     fn check_bwd_wgmma<T: BwdWgmmaTraits>() {
         assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128);
         // dQ = dS·K is split by columns over the warpgroups: generated widths 32 and 64.
-        assert!((T::WARPGROUPS == 1 || T::WARPGROUPS == 2) && T::BLOCK_M == 64);
+        assert!(
+            (T::WARPGROUPS == 1 || T::WARPGROUPS == 2) && T::BLOCK_M == 64
+                || T::BLOCK_M == 128 && T::WARPGROUPS == 2 && T::HEAD_DIM == 64
+        );
         for offset in [T::V_OFFSET, T::DS_OFFSET, T::STAGE_OFFSET, T::STAGE_BYTES, T::DO_IN_STAGE] {
             assert_eq!(offset % 1024, 0);
         }
@@ -364,6 +379,7 @@ mod tests {
         check_bwd_wgmma::<BwdWgmma<64, 1, 2>>();
         check_bwd_wgmma::<BwdWgmmaPipelined<64>>();
         check_bwd_wgmma::<BwdWgmmaPipelined<128>>();
+        check_bwd_wgmma::<BwdWgmmaWide<64>>();
         check_fwd_wgmma::<FwdWgmmaHdim64>();
         check_fwd_wgmma::<FwdWgmmaHdim128>();
         check_fwd_wgmma::<FwdWgmmaHdim128Sync>();
