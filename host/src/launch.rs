@@ -2,6 +2,7 @@
 
 use crate::error::{CudaContext, Error, Result, check_raw};
 use crate::tensor::{DeviceTensor, Element, TensorMut, TensorRef};
+use crate::scratch::ScratchPool;
 use crate::validate::{self, Arg};
 use crate::{AttentionParams, PTX_SM80, PTX_SM90A, SM_80_PROBLEM, SM_90A_PROBLEM};
 use cust::context::CurrentContext;
@@ -20,6 +21,8 @@ pub struct FlashAttention {
     hopper_kernels: bool,
     /// Kernels chosen by name, each for its role, dtype and head dim (see `with_kernel`).
     overrides: Vec<&'static KernelInfo>,
+    /// The backward's O(seqlen) scratch memory.
+    scratch: ScratchPool,
 }
 
 /// O (contiguous, the inputs' dtype) and the natural-log LSE, f32 (batch, heads, seqlen_q).
@@ -68,7 +71,8 @@ impl FlashAttention {
             };
             check_raw(result, "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")?;
         }
-        Ok(FlashAttention { module, hopper_kernels: arch == "sm_90a", overrides: Vec::new() })
+        let scratch = ScratchPool::new(device.as_raw())?;
+        Ok(FlashAttention { module, hopper_kernels: arch == "sm_90a", overrides: Vec::new(), scratch })
     }
 
     /// Use only the portable `mma.sync` kernels, also on Hopper (for comparisons and for
@@ -190,17 +194,15 @@ impl FlashAttention {
         let rows = shape.batch as usize * shape.heads as usize * shape.seqlen_q as usize;
         // SAFETY: f32 has no invalid bit patterns; the preprocess kernel writes both buffers
         // before anything reads them.
-        let softmax_d = unsafe { DeviceBuffer::<f32>::uninitialized_async(rows, stream) }.during("cuMemAllocAsync")?;
-        let dq_accum = unsafe { DeviceBuffer::<f32>::uninitialized_async(rows * shape.head_dim as usize, stream) }
-            .during("cuMemAllocAsync")?;
+        let softmax_d = unsafe { self.scratch.alloc::<f32>(rows, stream) }?;
+        let dq_accum = unsafe { self.scratch.alloc::<f32>(rows * shape.head_dim as usize, stream) }?;
         // Deterministic mode: one zeroed turn counter per (batch, head, query tile).
         let semaphores = if params.deterministic {
             let tiles = shape.seqlen_q.div_ceil(main.query_tile_rows) as usize;
             let count = shape.batch as usize * shape.heads as usize * tiles;
             // SAFETY: u32 has no invalid bit patterns, and the buffer is zeroed in stream order
             // before the main kernel reads it.
-            let mut buffer =
-                unsafe { DeviceBuffer::<u32>::uninitialized_async(count, stream) }.during("cuMemAllocAsync")?;
+            let mut buffer = unsafe { self.scratch.alloc::<u32>(count, stream) }?;
             // SAFETY: the buffer is ours and nothing else uses it until the launches below.
             unsafe { buffer.set_zero_async(stream) }.during("cuMemsetD8Async")?;
             Some(buffer)

@@ -21,6 +21,7 @@
 pub mod error;
 mod launch;
 pub mod reference;
+mod scratch;
 pub mod tensor;
 mod validate;
 
