@@ -1,8 +1,8 @@
 //! Loading the PTX and launching the kernels.
 
 use crate::error::{CudaContext, Error, Result, check_raw};
-use crate::tensor::{DeviceTensor, Element, TensorMut, TensorRef};
 use crate::scratch::ScratchPool;
+use crate::tensor::{DeviceTensor, Element, TensorMut, TensorRef};
 use crate::validate::{self, Arg};
 use crate::{AttentionParams, PTX_SM80, PTX_SM90A, SM_80_PROBLEM, SM_90A_PROBLEM};
 use cust::context::CurrentContext;

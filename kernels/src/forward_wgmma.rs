@@ -98,13 +98,19 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
         load_kv(first_tile, 0);
     }
     cp_async_commit();
-    if T::STAGES == 3 && !T::PIPELINED {
+    if T::STAGES == 3 {
+        // The second tile streams in while the first one's scores are computed (the pipelined
+        // loop's first refill goes to the third stage).
         if first_tile + 1 < end_tile {
             load_kv(first_tile + 1, 1);
         }
         cp_async_commit();
+        ptx::cp_async_wait_all_but_one();
+        ptx::fence_proxy_async_shared();
+        sync_threads();
+    } else {
+        tiles_ready::<T>();
     }
-    tiles_ready::<T>();
 
     // Descriptors: Q and K are K-major (head_dim along a row), one per 64-column panel; V is
     // MN-major (its rows run along the keys, the GEMM's k), panels BLOCK_N · 128 bytes apart.
@@ -171,11 +177,8 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
         // Software pipeline (three stages): while tile j's softmax runs on the CUDA cores, the
         // tensor cores finish O += P·V of tile j - 1. Tile t's stage is read by S = Q·Kₜᵀ in
         // iteration t and by P·Vₜ in iteration t + 1, so the refill at iteration j goes to the
-        // stage of tile j - 2, released by the barrier that closed iteration j - 1.
-        if first_tile + 1 < end_tile {
-            load_kv(first_tile + 1, 1);
-        }
-        cp_async_commit();
+        // stage of tile j - 2, released by the barrier that closed iteration j - 1. Tile
+        // first + 1 is already on its way to stage 1 (prologue).
         let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
         // SAFETY: as in the loop above.
         unsafe { E::qk(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(0)) };
