@@ -1,3 +1,10 @@
+"""Warp-stall reasons of one kernel from Nsight Compute's source page, per SASS instruction.
+
+usage: python3 scripts/ncu_stalls.py KERNEL.sass.csv.gz [TOP]
+The input is `ncu --import R.ncu-rep --page source --print-source sass --csv | gzip` (see
+benches/profile.sh). Prints the stall reasons summed over the kernel (share of all samples), then
+the TOP instructions (default 40) with the most samples and their three largest reasons.
+"""
 import csv, gzip, sys, collections
 rows = list(csv.reader(gzip.open(sys.argv[1], 'rt')))
 hdr = rows[1]; data = rows[2:]
