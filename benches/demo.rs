@@ -65,10 +65,7 @@ fn main() {
         }
     };
     let result = match gpu_context() {
-        Err(why) => {
-            cpu_only(&why);
-            Ok(())
-        }
+        Err(why) => cpu_only(&why),
         Ok(context) => {
             let r = if opts.f16 { run::<f16>(&opts) } else { run::<bf16>(&opts) };
             drop(context);
@@ -81,7 +78,7 @@ fn main() {
     }
 }
 
-fn cpu_only(why: &str) {
+fn cpu_only(why: &str) -> Result<(), String> {
     println!("No GPU here ({why}).");
     println!("The kernels were compiled to PTX and checked by ptxas (`cargo xtask build-ptx` above);");
     println!("running the f64 CPU reference on a small problem instead.");
@@ -100,10 +97,10 @@ fn cpu_only(why: &str) {
     let (v, _) = random_inputs::<bf16>(&mut rng, p.kv_len());
     let (d_o, _) = random_inputs::<bf16>(&mut rng, p.q_len());
     let start = Instant::now();
-    let fwd = reference::forward(&p, &q, &k, &v);
-    let grads = reference::backward(&p, &q, &k, &v, &d_o);
+    let fwd = reference::forward(&p, &q, &k, &v).map_err(|e| e.to_string())?;
+    let grads = reference::backward(&p, &q, &k, &v, &d_o).map_err(|e| e.to_string())?;
     let round = |x: f64| bf16::from_f64(x).to_f64();
-    let naive = reference::forward_rounded(&p, &q, &k, &v, &round);
+    let naive = reference::forward_rounded(&p, &q, &k, &v, &round).map_err(|e| e.to_string())?;
     println!(
         "reference forward+backward, batch 1, 2 heads, seqlen 256, head_dim 128, causal: {:.1} ms",
         start.elapsed().as_secs_f64() * 1e3
@@ -114,6 +111,7 @@ fn cpu_only(why: &str) {
         grads.dq.iter().fold(0.0f64, |m, x| m.max(x.abs())),
         compare("o", &naive.o, &fwd.o, &naive.o, 0.0).naive_error
     );
+    Ok(())
 }
 
 fn median(mut v: Vec<f32>) -> f32 {
@@ -224,13 +222,13 @@ fn run<T: Element>(o: &Options) -> Result<(), String> {
             slice(&v64, shape, b, h, all),
             slice(&do64, shape, b, h, rows.clone()),
         );
-        let want = reference::forward(&p, &qs, &ks, &vs);
-        let naive = reference::forward_rounded(&p, &qs, &ks, &vs, &round);
+        let want = reference::forward(&p, &qs, &ks, &vs).map_err(|e| e.to_string())?;
+        let naive = reference::forward_rounded(&p, &qs, &ks, &vs, &round).map_err(|e| e.to_string())?;
         checks.push(compare("o", &slice(&o_host, shape, b, h, rows.clone()), &want.o, &naive.o, unit_roundoff::<T>()));
         let lse: Vec<f64> = rows.clone().map(|r| lse_host[(b * o.heads + h) * o.seqlen + r] as f64).collect();
         checks.push(compare("lse", &lse, &want.lse, &naive.lse, F32_UNIT_ROUNDOFF));
-        let gw = reference::backward(&p, &qs, &ks, &vs, &dos);
-        let gn = reference::backward_rounded(&p, &qs, &ks, &vs, &dos, &round);
+        let gw = reference::backward(&p, &qs, &ks, &vs, &dos).map_err(|e| e.to_string())?;
+        let gn = reference::backward_rounded(&p, &qs, &ks, &vs, &dos, &round).map_err(|e| e.to_string())?;
         checks.push(compare("dq", &slice(&dq_host, shape, b, h, rows.clone()), &gw.dq, &gn.dq, unit_roundoff::<T>()));
     }
     let mut ok = true;

@@ -18,7 +18,8 @@ fn problem() -> impl Strategy<Value = (Problem, Vec<f64>, Vec<f64>, Vec<f64>, Ve
 }
 
 fn loss(p: &Problem, q: &[f64], k: &[f64], v: &[f64], d_o: &[f64]) -> f64 {
-    reference::forward(p, q, k, v).o.iter().zip(d_o).map(|(o, g)| o * g).sum()
+    let f = reference::forward(p, q, k, v).expect("finite differences keep the lengths of valid inputs");
+    f.o.iter().zip(d_o).map(|(o, g)| o * g).sum()
 }
 
 /// Central difference of the loss along one input coordinate.
@@ -37,7 +38,7 @@ proptest! {
 
     #[test]
     fn gradients_match_finite_differences((p, q, k, v, d_o) in problem()) {
-        let g = reference::backward(&p, &q, &k, &v, &d_o);
+        let g = reference::backward(&p, &q, &k, &v, &d_o).map_err(|e| TestCaseError::fail(e.to_string()))?;
         for (which, grad) in [(0, &g.dq), (1, &g.dk), (2, &g.dv)] {
             for (at, &analytic) in grad.iter().enumerate() {
                 let fd = numeric(&p, [&q, &k, &v, &d_o], which, at);
@@ -52,7 +53,7 @@ proptest! {
     fn rows_are_convex_combinations_or_empty((p, q, k, _v, _d_o) in problem()) {
         // With V = 1 everywhere, O is the row sum of the softmax: 1 for a row that sees a key.
         let ones = vec![1.0; p.kv_len()];
-        let f = reference::forward(&p, &q, &k, &ones);
+        let f = reference::forward(&p, &q, &k, &ones).map_err(|e| TestCaseError::fail(e.to_string()))?;
         for b in 0..p.batch {
             for i in 0..p.seqlen_q {
                 for h in 0..p.heads {
@@ -66,6 +67,21 @@ proptest! {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn mismatched_lengths_are_typed_errors((p, q, k, v, d_o) in problem(), cut in 0usize..4) {
+        // Each input in turn one element short (or one element long): the reference names it.
+        let (mut ins, names) = ([q, k, v, d_o], ["q", "k", "v", "d_o"]);
+        if ins[cut].pop().is_none() {
+            ins[cut].push(0.0);
+        }
+        let err = reference::backward(&p, &ins[0], &ins[1], &ins[2], &ins[3]).unwrap_err();
+        let named = matches!(&err, flash_attn::Error::InvalidArgument { argument, .. } if *argument == names[cut]);
+        prop_assert!(named, "{}", err);
+        if cut < 3 {
+            prop_assert!(reference::forward(&p, &ins[0], &ins[1], &ins[2]).is_err());
         }
     }
 }

@@ -13,6 +13,11 @@
 //! * Q, O, dO, dQ: `(batch, seqlen_q, heads, head_dim)`
 //! * K, V, dK, dV: `(batch, seqlen_k, heads, head_dim)`
 //! * LSE (and the backward's D): `(batch, heads, seqlen_q)`
+//!
+//! Slices whose lengths do not match the [`Problem`] come back as [`Error::InvalidArgument`]
+//! naming the slice, as everywhere in the library.
+
+use crate::error::{Error, Result};
 
 /// Shape of one attention problem. Q, O, dO, dQ: (batch, seqlen_q, heads, head_dim) contiguous
 /// row-major; K, V, dK, dV: (batch, seqlen_k, heads, head_dim) contiguous; LSE and D:
@@ -30,19 +35,20 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// Number of elements of Q, O, dO and dQ.
+    /// Number of elements of Q, O, dO and dQ (saturating: a count past `usize::MAX` matches no
+    /// slice).
     pub fn q_len(&self) -> usize {
-        self.batch * self.seqlen_q * self.heads * self.head_dim
+        product(&[self.batch, self.seqlen_q, self.heads, self.head_dim])
     }
 
     /// Number of elements of K, V, dK and dV.
     pub fn kv_len(&self) -> usize {
-        self.batch * self.seqlen_k * self.heads * self.head_dim
+        product(&[self.batch, self.seqlen_k, self.heads, self.head_dim])
     }
 
     /// Number of elements of LSE (and of the backward's D).
     pub fn lse_len(&self) -> usize {
-        self.batch * self.heads * self.seqlen_q
+        product(&[self.batch, self.heads, self.seqlen_q])
     }
 
     /// Whether query `i` attends key `j` (for `i < seqlen_q`, `j < seqlen_k`).
@@ -53,14 +59,14 @@ impl Problem {
     /// `seqlen_q > seqlen_k` the first `seqlen_q - seqlen_k` queries therefore see no key at all.
     pub fn allows(&self, i: usize, j: usize) -> bool {
         // `j <= i + seqlen_k - seqlen_q`, rearranged so nothing underflows.
-        !self.causal || j + self.seqlen_q <= i + self.seqlen_k
+        !self.causal || j.saturating_add(self.seqlen_q) <= i.saturating_add(self.seqlen_k)
     }
 
     /// Number of keys query `i` attends. The allowed keys of a row are always the prefix
     /// `0..visible_keys(i)`, which the reference exploits to skip masked entries entirely.
     pub fn visible_keys(&self, i: usize) -> usize {
         if self.causal {
-            (i + self.seqlen_k + 1).saturating_sub(self.seqlen_q).min(self.seqlen_k)
+            i.saturating_add(self.seqlen_k).saturating_add(1).saturating_sub(self.seqlen_q).min(self.seqlen_k)
         } else {
             self.seqlen_k
         }
@@ -88,9 +94,7 @@ pub struct Gradients {
 /// Exact attention forward: `S = scale * Q K^T` (masked entries excluded), `P = softmax(S)` per
 /// row, `O = P V`, `LSE_i = ln sum_j exp(S_ij)`. A row with no visible key gets `O = 0` and
 /// `LSE = +inf`.
-///
-/// Panics if a slice length does not match `p`.
-pub fn forward(p: &Problem, q: &[f64], k: &[f64], v: &[f64]) -> Forward {
+pub fn forward(p: &Problem, q: &[f64], k: &[f64], v: &[f64]) -> Result<Forward> {
     forward_impl(p, q, k, v, &|x| x)
 }
 
@@ -99,8 +103,7 @@ pub fn forward(p: &Problem, q: &[f64], k: &[f64], v: &[f64]) -> Forward {
 /// `dK = scale · dS^T Q`, `dV = P^T dO`. Rows with no visible key contribute nothing.
 ///
 /// The forward is recomputed internally (row by row), so no forward output is needed.
-/// Panics if a slice length does not match `p`.
-pub fn backward(p: &Problem, q: &[f64], k: &[f64], v: &[f64], d_o: &[f64]) -> Gradients {
+pub fn backward(p: &Problem, q: &[f64], k: &[f64], v: &[f64], d_o: &[f64]) -> Result<Gradients> {
     backward_impl(p, q, k, v, d_o, &|x| x)
 }
 
@@ -112,7 +115,7 @@ pub fn backward(p: &Problem, q: &[f64], k: &[f64], v: &[f64], d_o: &[f64]) -> Gr
 /// rounded because FlashAttention keeps it in f32.
 ///
 /// With `round` the identity this is bit-identical to [`forward`].
-pub fn forward_rounded(p: &Problem, q: &[f64], k: &[f64], v: &[f64], round: &dyn Fn(f64) -> f64) -> Forward {
+pub fn forward_rounded(p: &Problem, q: &[f64], k: &[f64], v: &[f64], round: &dyn Fn(f64) -> f64) -> Result<Forward> {
     forward_impl(p, q, k, v, &|x| round(x))
 }
 
@@ -129,7 +132,7 @@ pub fn backward_rounded(
     v: &[f64],
     d_o: &[f64],
     round: &dyn Fn(f64) -> f64,
-) -> Gradients {
+) -> Result<Gradients> {
     backward_impl(p, q, k, v, d_o, &|x| round(x))
 }
 
@@ -143,7 +146,8 @@ pub fn backward_rounded(
 /// A naive implementation rounds O too, but its rounding need not resemble the kernel's, so
 /// this term is not covered by "twice the naive error" when it dominates: rows with one or two
 /// visible keys or a very peaked softmax, where the other error terms are small.
-pub fn stored_o_sensitivity(p: &Problem, q: &[f64], k: &[f64], v: &[f64], d_o: &[f64], u: f64) -> (f64, f64) {
+pub fn stored_o_sensitivity(p: &Problem, q: &[f64], k: &[f64], v: &[f64], d_o: &[f64], u: f64) -> Result<(f64, f64)> {
+    check_lengths(p, q, k, v, Some(d_o))?;
     let d = p.head_dim;
     let mut probs = vec![0.0; p.seqlen_k];
     let mut o_row = vec![0.0; d];
@@ -174,11 +178,23 @@ pub fn stored_o_sensitivity(p: &Problem, q: &[f64], k: &[f64], v: &[f64], d_o: &
             dk_max = dk_shift.iter().fold(dk_max, |m, &x| m.max(x));
         }
     }
-    (dq_max, dk_max)
+    Ok((dq_max, dk_max))
 }
 
-fn check_len(name: &str, got: usize, want: usize, p: &Problem) {
-    assert!(got == want, "reference attention: {name} has {got} elements, expected {want} for {p:?}");
+fn product(dims: &[usize]) -> usize {
+    dims.iter().fold(1usize, |n, &d| n.saturating_mul(d))
+}
+
+/// Q, K, V (and dO) hold exactly the elements `p` describes.
+fn check_lengths(p: &Problem, q: &[f64], k: &[f64], v: &[f64], d_o: Option<&[f64]>) -> Result<()> {
+    let expected = [("q", q.len(), p.q_len()), ("k", k.len(), p.kv_len()), ("v", v.len(), p.kv_len())];
+    let d_o = d_o.map(|d_o| ("d_o", d_o.len(), p.q_len()));
+    for (name, got, want) in expected.into_iter().chain(d_o) {
+        if got != want {
+            return Err(Error::invalid(name, format!("has {got} elements, expected {want} for {p:?}")));
+        }
+    }
+    Ok(())
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -268,10 +284,8 @@ fn round_all<R: Fn(f64) -> f64>(x: &[f64], round: &R) -> Vec<f64> {
     x.iter().map(|&v| round(v)).collect()
 }
 
-fn forward_impl<R: Fn(f64) -> f64>(p: &Problem, q: &[f64], k: &[f64], v: &[f64], round: &R) -> Forward {
-    check_len("q", q.len(), p.q_len(), p);
-    check_len("k", k.len(), p.kv_len(), p);
-    check_len("v", v.len(), p.kv_len(), p);
+fn forward_impl<R: Fn(f64) -> f64>(p: &Problem, q: &[f64], k: &[f64], v: &[f64], round: &R) -> Result<Forward> {
+    check_lengths(p, q, k, v, None)?;
     let (q, k, v) = (round_all(q, round), round_all(k, round), round_all(v, round));
     let d = p.head_dim;
     let mut o = vec![0.0; p.q_len()];
@@ -290,14 +304,18 @@ fn forward_impl<R: Fn(f64) -> f64>(p: &Problem, q: &[f64], k: &[f64], v: &[f64],
             }
         }
     }
-    Forward { o, lse }
+    Ok(Forward { o, lse })
 }
 
-fn backward_impl<R: Fn(f64) -> f64>(p: &Problem, q: &[f64], k: &[f64], v: &[f64], d_o: &[f64], round: &R) -> Gradients {
-    check_len("q", q.len(), p.q_len(), p);
-    check_len("k", k.len(), p.kv_len(), p);
-    check_len("v", v.len(), p.kv_len(), p);
-    check_len("d_o", d_o.len(), p.q_len(), p);
+fn backward_impl<R: Fn(f64) -> f64>(
+    p: &Problem,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    d_o: &[f64],
+    round: &R,
+) -> Result<Gradients> {
+    check_lengths(p, q, k, v, Some(d_o))?;
     let (q, k, v) = (round_all(q, round), round_all(k, round), round_all(v, round));
     let d_o = round_all(d_o, round);
     let (d, sk) = (p.head_dim, p.seqlen_k);
@@ -355,7 +373,7 @@ fn backward_impl<R: Fn(f64) -> f64>(p: &Problem, q: &[f64], k: &[f64], v: &[f64]
             }
         }
     }
-    Gradients { dq, dk, dv }
+    Ok(Gradients { dq, dk, dv })
 }
 
 #[cfg(test)]
@@ -419,7 +437,7 @@ mod tests {
             let p = problem(2, 3, sq, sk, 4, causal);
             let x = inputs(&p, 1);
             let ones = vec![1.0; p.kv_len()];
-            let f = forward(&p, &x.q, &x.k, &ones);
+            let f = forward(&p, &x.q, &x.k, &ones).unwrap();
             for b in 0..p.batch {
                 for h in 0..p.heads {
                     for i in 0..sq {
@@ -439,7 +457,7 @@ mod tests {
         for causal in [false, true] {
             let p = problem(1, 2, 3, 5, 4, causal);
             let x = inputs(&p, 2);
-            let f = forward(&p, &x.q, &x.k, &x.v);
+            let f = forward(&p, &x.q, &x.k, &x.v).unwrap();
             for h in 0..p.heads {
                 for i in 0..p.seqlen_q {
                     let qi = &x.q[q_off(&p, 0, i, h)..][..p.head_dim];
@@ -459,7 +477,7 @@ mod tests {
     }
 
     fn loss(p: &Problem, q: &[f64], k: &[f64], v: &[f64], d_o: &[f64]) -> f64 {
-        forward(p, q, k, v).o.iter().zip(d_o).map(|(o, g)| o * g).sum()
+        forward(p, q, k, v).unwrap().o.iter().zip(d_o).map(|(o, g)| o * g).sum()
     }
 
     /// Checks every entry of `grad` against a central finite difference of `L = sum(O ∘ dO)`
@@ -493,7 +511,7 @@ mod tests {
                 let mut p = problem(2, 2, sq, sk, 4, causal);
                 p.scale = 0.7;
                 let x = inputs(&p, 3 + sq as u64 * 10 + causal as u64);
-                let g = backward(&p, &x.q, &x.k, &x.v, &x.d_o);
+                let g = backward(&p, &x.q, &x.k, &x.v, &x.d_o).unwrap();
                 check_fd(&p, &x, 0, &g.dq);
                 check_fd(&p, &x, 1, &g.dk);
                 check_fd(&p, &x, 2, &g.dv);
@@ -510,11 +528,11 @@ mod tests {
 
         // Query 0 must equal non-causal attention over keys 0..4 only; query 1 over all keys.
         let x = inputs(&p, 4);
-        let f = forward(&p, &x.q, &x.k, &x.v);
-        let full = forward(&Problem { causal: false, ..p }, &x.q, &x.k, &x.v);
+        let f = forward(&p, &x.q, &x.k, &x.v).unwrap();
+        let full = forward(&Problem { causal: false, ..p }, &x.q, &x.k, &x.v).unwrap();
         let trunc_p = Problem { seqlen_k: 4, causal: false, ..p };
         let kv4 = 4 * p.heads * p.head_dim;
-        let trunc = forward(&trunc_p, &x.q, &x.k[..kv4], &x.v[..kv4]);
+        let trunc = forward(&trunc_p, &x.q, &x.k[..kv4], &x.v[..kv4]).unwrap();
         let d = p.head_dim;
         for h in 0..p.heads {
             let (o0, o1) = (q_off(&p, 0, 0, h), q_off(&p, 0, 1, h));
@@ -530,8 +548,8 @@ mod tests {
         let p = problem(2, 2, 5, 2, 4, true);
         assert_eq!((0..5).map(|i| p.visible_keys(i)).collect::<Vec<_>>(), [0, 0, 0, 1, 2]);
         let x = inputs(&p, 5);
-        let f = forward(&p, &x.q, &x.k, &x.v);
-        let g = backward(&p, &x.q, &x.k, &x.v, &x.d_o);
+        let f = forward(&p, &x.q, &x.k, &x.v).unwrap();
+        let g = backward(&p, &x.q, &x.k, &x.v, &x.d_o).unwrap();
         // Same dO except for new random values in the three empty rows.
         let mut rng = Rng::new(55);
         let mut d_o2 = x.d_o.clone();
@@ -550,7 +568,7 @@ mod tests {
                 }
             }
         }
-        let g2 = backward(&p, &x.q, &x.k, &x.v, &d_o2);
+        let g2 = backward(&p, &x.q, &x.k, &x.v, &d_o2).unwrap();
         assert_eq!(g.dk, g2.dk);
         assert_eq!(g.dv, g2.dv);
         assert_eq!(g.dq, g2.dq);
@@ -560,7 +578,7 @@ mod tests {
     fn single_key_copies_value_row() {
         let p = problem(2, 3, 4, 1, 5, false);
         let x = inputs(&p, 6);
-        let f = forward(&p, &x.q, &x.k, &x.v);
+        let f = forward(&p, &x.q, &x.k, &x.v).unwrap();
         let d = p.head_dim;
         for b in 0..p.batch {
             for h in 0..p.heads {
@@ -577,16 +595,16 @@ mod tests {
     fn rounded_variants() {
         let p = problem(1, 2, 6, 9, 8, true);
         let x = inputs(&p, 7);
-        let exact_f = forward(&p, &x.q, &x.k, &x.v);
-        let exact_g = backward(&p, &x.q, &x.k, &x.v, &x.d_o);
+        let exact_f = forward(&p, &x.q, &x.k, &x.v).unwrap();
+        let exact_g = backward(&p, &x.q, &x.k, &x.v, &x.d_o).unwrap();
 
         let id = |v: f64| v;
-        assert_eq!(forward_rounded(&p, &x.q, &x.k, &x.v, &id), exact_f);
-        assert_eq!(backward_rounded(&p, &x.q, &x.k, &x.v, &x.d_o, &id), exact_g);
+        assert_eq!(forward_rounded(&p, &x.q, &x.k, &x.v, &id).unwrap(), exact_f);
+        assert_eq!(backward_rounded(&p, &x.q, &x.k, &x.v, &x.d_o, &id).unwrap(), exact_g);
 
         let bf16 = |v: f64| half::bf16::from_f64(v).to_f64();
-        let rf = forward_rounded(&p, &x.q, &x.k, &x.v, &bf16);
-        let rg = backward_rounded(&p, &x.q, &x.k, &x.v, &x.d_o, &bf16);
+        let rf = forward_rounded(&p, &x.q, &x.k, &x.v, &bf16).unwrap();
+        let rg = backward_rounded(&p, &x.q, &x.k, &x.v, &x.d_o, &bf16).unwrap();
         let errs = [
             max_abs_diff(&rf.o, &exact_f.o),
             max_abs_diff(&rg.dq, &exact_g.dq),
@@ -601,7 +619,7 @@ mod tests {
         // Empty-row convention survives rounding.
         let p = problem(1, 1, 3, 1, 2, true);
         let x = inputs(&p, 8);
-        let rf = forward_rounded(&p, &x.q, &x.k, &x.v, &bf16);
+        let rf = forward_rounded(&p, &x.q, &x.k, &x.v, &bf16).unwrap();
         assert_eq!(rf.lse[..2], [f64::INFINITY; 2]);
         assert!(rf.o[..4].iter().all(|&v| v == 0.0));
     }

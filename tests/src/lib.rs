@@ -303,9 +303,9 @@ pub fn run_case<T: Element>(
     ))?;
     cuda(stream.synchronize())?;
 
-    let want = reference::forward(&p, &q64, &k64, &v64);
+    let want = lib(reference::forward(&p, &q64, &k64, &v64))?;
     let round = |x: f64| T::from_f64(x).to_f64();
-    let naive = reference::forward_rounded(&p, &q64, &k64, &v64, &round);
+    let naive = lib(reference::forward_rounded(&p, &q64, &k64, &v64, &round))?;
     let mut o_image = vec![0u16; od.len()];
     cuda(od.copy_to(&mut o_image[..]))?;
     let mut lse_host = vec![0f32; p.lse_len()];
@@ -332,9 +332,10 @@ pub fn run_case<T: Element>(
             &params,
         ))?;
         cuda(stream.synchronize())?;
-        let want = reference::backward(&p, &q64, &k64, &v64, &do64);
-        let naive = reference::backward_rounded(&p, &q64, &k64, &v64, &do64, &round);
-        let (dq_shift, dk_shift) = reference::stored_o_sensitivity(&p, &q64, &k64, &v64, &do64, unit_roundoff::<T>());
+        let want = lib(reference::backward(&p, &q64, &k64, &v64, &do64))?;
+        let naive = lib(reference::backward_rounded(&p, &q64, &k64, &v64, &do64, &round))?;
+        let (dq_shift, dk_shift) =
+            lib(reference::stored_o_sensitivity(&p, &q64, &k64, &v64, &do64, unit_roundoff::<T>()))?;
         for (name, buf, layout, w, n, extra) in [
             ("dq", &dqd, lq, &want.dq, &naive.dq, dq_shift),
             ("dk", &dkd, lkv, &want.dk, &naive.dk, dk_shift),
