@@ -11,7 +11,7 @@ use crate::backward::{pass_dq_turn, wait_for_dq_turn};
 use crate::params::{BwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, accumulators_as_a};
-use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, kv_head_of, wgmma_descriptor};
+use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, dq_staging_offset, kv_head_of, wgmma_descriptor};
 use crate::traits::BwdWgmmaTraits;
 use crate::warpgroup::{Waited, WgmmaElement, wait};
 
@@ -268,7 +268,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
             let row = dq_row0 + 16 * (warp % 4) + lane / 4 + 8 * half as u32;
             for t in 0..(dq_cols / 8) as usize {
                 let col = dq_col0 + 8 * t as u32 + 2 * (lane % 4);
-                let at = dq_s + row * T::DQ_ROW_BYTES + 4 * col;
+                let at = dq_s + dq_staging_offset(row, col, T::DQ_ROW_BYTES);
                 // SAFETY: row < BLOCK_M and col + 1 < HEAD_DIM lie inside the staging rows.
                 unsafe { ptx::st_shared_f32x2(at, acc[t][2 * half] * shape.scale, acc[t][2 * half + 1] * shape.scale) };
             }
@@ -294,7 +294,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
             unsafe {
                 ptx::bulk_reduce_add_f32(
                     (p.dq_accum as *mut f32).wrapping_offset(base as isize),
-                    dq_s + tid * T::DQ_ROW_BYTES,
+                    dq_s + dq_staging_offset(tid, 0, T::DQ_ROW_BYTES),
                     T::HEAD_DIM * 4,
                 )
             };

@@ -169,6 +169,16 @@ pub const fn sw128_byte_offset(row: u32, chunk: u32, rows: u32) -> u32 {
     (chunk / 8) * rows * 128 + row * 128 + ((chunk % 8) ^ (row % 8)) * 16
 }
 
+/// Byte offset of f32 element `(row, col)` in the backward's dQ staging tile, whose rows are
+/// `row_bytes` apart: `4 · head_dim + 32`, so that each row stays one contiguous bulk reduction
+/// into the global accumulator (16-byte aligned) while the accumulator pairs a half-warp stores
+/// (rows `r..r + 4`, columns `c, c + 2, c + 4, c + 6` and the next ones) fall in 16 distinct bank
+/// pairs.
+#[inline(always)]
+pub const fn dq_staging_offset(row: u32, col: u32, row_bytes: u32) -> u32 {
+    row * row_bytes + 4 * col
+}
+
 /// Bytes of one 8-row group of a 128-byte-swizzled panel: the stride between row groups.
 pub const SW128_ROW_GROUP_BYTES: u32 = 1024;
 
@@ -207,6 +217,34 @@ pub const fn q_tile_of_block(block_x: u32, num_q_tiles: u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn dq_staging_stores_are_conflict_free_and_rows_bulk_aligned() {
+        for head_dim in [64u32, 128] {
+            let row_bytes = 4 * head_dim + 32;
+            assert_eq!(row_bytes % 16, 0, "bulk reductions read 16-byte aligned rows");
+            // One `st.shared.v2.f32` of a warp: lane l stores row r0 + l / 4, columns
+            // c0 + 2·(l % 4) and the next. Shared memory serves 8-byte accesses a half-warp per
+            // wavefront: its 16 lanes must cover 32 distinct banks.
+            for r0 in (0..64).step_by(8) {
+                for c0 in (0..head_dim).step_by(8) {
+                    for half_warp in 0..2u32 {
+                        let mut banks = [false; 32];
+                        for lane in 16 * half_warp..16 * half_warp + 16 {
+                            let at = dq_staging_offset(r0 + lane / 4, c0 + 2 * (lane % 4), row_bytes);
+                            assert_eq!(at % 8, 0);
+                            for word in [at / 4, at / 4 + 1] {
+                                let bank = (word % 32) as usize;
+                                assert!(!banks[bank], "d{head_dim} rows {r0}+ cols {c0}+: bank {bank} twice");
+                                banks[bank] = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     use super::*;
     use std::vec;
     use std::vec::Vec;
