@@ -19,9 +19,6 @@ pub trait Element {
     /// Two f32 → packed pair, `lo` in the low half.
     fn pack(lo: f32, hi: f32) -> u32;
     fn to_f32(bits: u16) -> f32;
-    fn from_f32(x: f32) -> u16 {
-        Self::pack(x, 0.0) as u16
-    }
 }
 
 pub struct Bf16;
