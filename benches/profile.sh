@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One GPU call: compute-sanitizer (memcheck, racecheck, synccheck) on small forward+backward runs
 # of the default kernels, then Nsight Compute on single launches of the Hopper kernels.
-# Usage (GPU machine, after `cargo xtask bundle`): bash bundle/profile.sh [sanitize|ncu|all]
+# Usage (GPU machine, after `cargo xtask bundle`): bash bundle/profile.sh [sanitize|ncu|variance|all]
+# `variance` (not part of `all`): the long causal forward points whose TFLOP/s moved by up to 20%
+# between runs of the same kernel (benches/NOTES.md, gaps after v13): five benches of them with
+# the SM clock and power sampled alongside, then ncu on one head_dim 64 causal 16k forward launch.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$here/out}
@@ -19,6 +22,22 @@ case $what in sanitize|all)
     log "$tool d$d causal"
     timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 $demo --seqlen 300 --head-dim $d --causal 2>&1 | tail -4 | tee -a "$out/log.txt"
   done; done ;;
+esac
+case $what in variance)
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv -lms 200 > "$out/clocks.csv" &
+  sampler=$!
+  for round in 1 2 3 4 5; do
+    log "variance round $round"
+    "$here/bin/bench" --dtypes bf16,f16 --head-dims 64,128 --seqlens 4096,8192,16384 --iters 10 2>&1 | grep -E " true " | tee -a "$out/log.txt"
+  done
+  kill $sampler
+  log "ncu fwd d64 causal 16k"
+  timeout 200 ncu --clock-control none --set full --import-source no --kernel-name regex:flash_fwd_wgmma --launch-skip 5 --launch-count 1 \
+    -f -o "$out/fwd_d64_c16k" "$here/bin/bench" --dtypes bf16 --head-dims 64 --seqlens 16384 --iters 1 > "$out/fwd_d64_c16k.run.txt" 2>&1
+  ncu --import "$out/fwd_d64_c16k.ncu-rep" --page details > "$out/fwd_d64_c16k.details.txt" 2>&1
+  ncu --import "$out/fwd_d64_c16k.ncu-rep" --page source --print-source sass --csv 2>/dev/null | gzip > "$out/fwd_d64_c16k.sass.csv.gz"
+  rm -f "$out"/*.ncu-rep ;;
 esac
 case $what in ncu|all)
   bench="$here/bin/bench --dtypes bf16 --iters 1"
