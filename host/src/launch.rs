@@ -266,8 +266,9 @@ impl FlashAttention {
         // SAFETY: the parameter block has the size and layout the entry point declares (checked
         // above and by `cargo xtask build-ptx`); every pointer in it was validated to address
         // memory of the validated shape and strides; block size and dynamic shared memory come
-        // from the kernel's registry entry. The borrowed buffers outlive the call, and freeing
-        // device memory (cuMemFree) waits for queued kernels.
+        // from the kernel's registry entry. The borrowed buffers outlive the call: the caller's
+        // are freed with `cuMemFree`, which waits for queued kernels, and the backward's scratch
+        // is freed in stream order (`cuMemFreeAsync` on this stream) after its last launch.
         let result = unsafe {
             cust::sys::cuLaunchKernel(
                 function.to_raw(),
