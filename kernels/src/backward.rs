@@ -9,7 +9,7 @@
 //! (Sᵀ = K·Qᵀ), so that Pᵀ and dSᵀ come out of the accumulators already shaped as the A operand
 //! of dV += Pᵀ·dO and dK += dSᵀ·Q, and a key's statistics never leave its warp.
 
-use crate::params::{BwdParams, row_stat_index};
+use crate::params::{AttnShape, BwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Element, MAX_HEAD_DIM_TILES8, MAX_SEQ_TILES8, SmemTile, accumulators_as_a, warp_sum};
 use crate::tiling::{Mask, ceil_div, dq_semaphore_index, dq_turn, kv_head_of};
@@ -281,6 +281,16 @@ pub(crate) fn pass_dq_turn(p: &BwdParams, q_tile: u32, block_m: u32, tid: u32) {
     }
 }
 
+/// The query row (with its head and batch) of this warp in a row kernel, and the lane; `None`
+/// for warps past seqlen_q.
+#[inline(always)]
+fn row_kernel_position(shape: &AttnShape) -> Option<(u32, u32, u32, u32)> {
+    let tid = ptx::thread_idx();
+    let (block_x, head, batch) = ptx::block_idx();
+    let row = block_x * ROW_KERNEL_WARPS + tid / 32;
+    (row < shape.seqlen_q).then_some((row, head, batch, tid % 32))
+}
+
 /// Eight 16-bit elements or four f32: the unit of the row kernels' global accesses.
 #[derive(Clone, Copy)]
 #[repr(C, align(16))]
@@ -296,13 +306,7 @@ struct Chunk([u32; 4]);
 #[inline(always)]
 pub unsafe fn preprocess<E: Element>(p: &BwdParams) {
     let shape = &p.fwd.shape;
-    let tid = ptx::thread_idx();
-    let (block_x, head, batch) = ptx::block_idx();
-    let row = block_x * ROW_KERNEL_WARPS + tid / 32;
-    if row >= shape.seqlen_q {
-        return;
-    }
-    let lane = tid % 32;
+    let Some((row, head, batch, lane)) = row_kernel_position(shape) else { return };
     let o = (p.fwd.o as *const u16).wrapping_offset(p.fwd.o_strides.offset(batch, row, head) as isize);
     let d_o = (p.d_o as *const u16).wrapping_offset(p.do_strides.offset(batch, row, head) as isize);
     let stat = row_stat_index(shape, batch, head, row);
@@ -341,16 +345,11 @@ pub unsafe fn preprocess<E: Element>(p: &BwdParams) {
 #[inline(always)]
 pub unsafe fn convert_dq<E: Element>(p: &BwdParams) {
     let shape = &p.fwd.shape;
-    let tid = ptx::thread_idx();
-    let (block_x, head, batch) = ptx::block_idx();
-    let row = block_x * ROW_KERNEL_WARPS + tid / 32;
-    if row >= shape.seqlen_q {
-        return;
-    }
+    let Some((row, head, batch, lane)) = row_kernel_position(shape) else { return };
     let stat = row_stat_index(shape, batch, head, row);
     let accum = (p.dq_accum as *const f32).wrapping_offset((stat * shape.head_dim as i64) as isize);
     let dq = (p.dq as *mut u16).wrapping_offset(p.dq_strides.offset(batch, row, head) as isize);
-    let mut chunk = tid % 32;
+    let mut chunk = lane;
     while chunk < shape.head_dim / 8 {
         let at = 8 * chunk as usize;
         // SAFETY: as in `preprocess`: inside row `row` of dQ and of the accumulator, 16-byte aligned.

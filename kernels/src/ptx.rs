@@ -451,7 +451,8 @@ pub fn bulk_wait_read() {
 #[inline(always)]
 pub fn bulk_wait_complete() {
     // SAFETY: no operands.
-    unsafe { asm!("cp.async.bulk.wait_group 0;", "fence.proxy.async;", options(nostack)) }
+    unsafe { asm!("cp.async.bulk.wait_group 0;", options(nostack)) }
+    fence_proxy_async();
 }
 
 /// Order this thread's earlier generic-proxy memory operations (an acquire, say) before its
