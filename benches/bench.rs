@@ -2,8 +2,14 @@
 //! head_dim 32, 64, 96, 128, 192 and 256, causal and not, bf16 and f16. Prints a table and
 //! writes JSON Lines.
 //!
-//! `bench [--out FILE] [--iters 10] [--head-dims 64,128] [--dtypes bf16,f16] [--seqlens 512,...]
+//! `bench [--out FILE] [--iters N] [--head-dims 64,128] [--dtypes bf16,f16] [--seqlens 512,...]
 //! [--kernels portable] [--kernel NAME,...]`
+//!
+//! Timing follows the anchors' `triton.testing.do_bench` (warmup 25 ms, rep 100 ms, median):
+//! the call count fills 100 ms, and a 256 MB buffer is zeroed before each timed call, outside
+//! its events, so that every call starts from a cold L2 and the GPU's power state (it runs at
+//! its 700 W cap in these loops) is the anchors' too. `--iters N` instead times N calls after 3
+//! warm-up calls, each synchronized, without the flush (for profilers: a known launch count).
 //! FLOPs = 4 · batch · heads · seqlen² · head_dim, halved when causal; backward = 2.5 × forward.
 
 use cust::event::{Event, EventFlags};
@@ -21,6 +27,7 @@ const MODEL_DIM: usize = 2048;
 
 struct Options {
     out: Option<String>,
+    /// 0: the do_bench protocol; otherwise this many calls.
     iters: usize,
     head_dims: Vec<usize>,
     dtypes: Vec<String>,
@@ -36,7 +43,7 @@ fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
 fn options() -> Options {
     let mut o = Options {
         out: None,
-        iters: 10,
+        iters: 0,
         head_dims: vec![32, 64, 96, 128, 192, 256],
         dtypes: vec!["bf16".into(), "f16".into()],
         seqlens: vec![512, 1024, 2048, 4096, 8192, 16384],
@@ -48,7 +55,7 @@ fn options() -> Options {
         let v = args.next().unwrap_or_default();
         match a.as_str() {
             "--out" => o.out = Some(v),
-            "--iters" => o.iters = v.parse().unwrap_or(10usize).max(1),
+            "--iters" => o.iters = v.parse().unwrap_or(0),
             "--head-dims" => o.head_dims = list(&v),
             "--dtypes" => o.dtypes = list(&v),
             "--seqlens" => o.seqlens = list(&v),
@@ -65,6 +72,60 @@ fn options() -> Options {
 fn median(mut v: Vec<f32>) -> f32 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// The anchors' `do_bench` warm-up and repetition budgets, in milliseconds.
+const WARMUP_MS: f32 = 25.0;
+const REP_MS: f32 = 100.0;
+/// `do_bench`'s L2 flush: zeroing 256 MB (int32 elements) before each timed call.
+const FLUSH_WORDS: usize = 256_000_000 / 4;
+
+/// Median milliseconds of `call` on `stream`, timed as `triton.testing.do_bench` times the
+/// anchors (see the module comment), or over `iters` synchronized calls when `iters > 0`.
+fn time_calls(stream: &Stream, flush: &mut DeviceBuffer<u32>, iters: usize, mut call: impl FnMut()) -> f32 {
+    let event = || Event::new(EventFlags::DEFAULT).unwrap();
+    let mut clear_l2 = || {
+        // SAFETY: the flush buffer is used only by this stream's memsets; nothing reads it.
+        unsafe { flush.set_zero_async(stream).unwrap() }
+    };
+    if iters > 0 {
+        let (start, end) = (event(), event());
+        let mut times = Vec::new();
+        for i in 0..iters + 3 {
+            start.record(stream).unwrap();
+            call();
+            end.record(stream).unwrap();
+            end.synchronize().unwrap();
+            if i >= 3 {
+                times.push(end.elapsed_time_f32(&start).unwrap());
+            }
+        }
+        return median(times);
+    }
+    call();
+    stream.synchronize().unwrap();
+    let (start, end) = (event(), event());
+    start.record(stream).unwrap();
+    for _ in 0..5 {
+        clear_l2();
+        call();
+    }
+    end.record(stream).unwrap();
+    end.synchronize().unwrap();
+    let estimate = end.elapsed_time_f32(&start).unwrap() / 5.0;
+    let count = |budget: f32| ((budget / estimate) as usize).max(1);
+    for _ in 0..count(WARMUP_MS) {
+        call();
+    }
+    let events: Vec<(Event, Event)> = (0..count(REP_MS)).map(|_| (event(), event())).collect();
+    for (start, end) in &events {
+        clear_l2();
+        start.record(stream).unwrap();
+        call();
+        end.record(stream).unwrap();
+    }
+    stream.synchronize().unwrap();
+    median(events.iter().map(|(start, end)| end.elapsed_time_f32(start).unwrap()).collect())
 }
 
 fn free_memory() -> usize {
@@ -116,6 +177,8 @@ fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
         DeviceBuffer::from_slice(bytemuck::cast_slice::<T, u16>(&host)).unwrap()
     };
     let (q, k, v, d_o) = (upload(&mut rng), upload(&mut rng), upload(&mut rng), upload(&mut rng));
+    let mut flush = DeviceBuffer::<u32>::zeroed(FLUSH_WORDS).unwrap();
+    let timing = if o.iters == 0 { "do_bench".to_string() } else { format!("{} calls", o.iters) };
     let dtype = if T::DTYPE == flash_attn_kernels::registry::Dtype::Bf16 { "bf16" } else { "f16" };
     for &d in &o.head_dims {
         for causal in [false, true] {
@@ -129,8 +192,6 @@ fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
                     TensorRef::<T>::from_slice(&d_o, 0, layout).unwrap(),
                 );
                 let params = AttentionParams { softmax_scale: None, causal, deterministic: false };
-                let (start, end) = (Event::new(EventFlags::DEFAULT).unwrap(), Event::new(EventFlags::DEFAULT).unwrap());
-                let (mut f, mut g) = (Vec::new(), Vec::new());
                 // Outputs are allocated once, outside the timed region, as a caching allocator
                 // (PyTorch's) would hand them out: a synchronous cuMemAlloc per call adds
                 // run-to-run jitter that swamps the 0.1–0.5 ms kernels at seqlen 512.
@@ -142,37 +203,23 @@ fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
                     DeviceBuffer::<u16>::zeroed(n).unwrap(),
                     DeviceBuffer::<u16>::zeroed(n).unwrap(),
                 );
-                // The forward's calls run back to back, then the backward's (which reuse the last
-                // O and LSE), as the anchors' do_bench times each direction on its own: the GPU's
-                // clocks then settle for the direction being timed.
-                for i in 0..o.iters + 3 {
-                    start.record(&stream).unwrap();
+                // The forward is timed, then the backward (reusing the last O and LSE), as the
+                // anchors' do_bench times each direction on its own.
+                let fms = time_calls(&stream, &mut flush, o.iters, || {
                     let o_out = TensorMut::<T>::from_slice(&mut o_buf, 0, layout).unwrap();
                     attention.forward_into(&stream, qv, kv, vv, o_out, &mut lse, &params).unwrap();
-                    end.record(&stream).unwrap();
-                    end.synchronize().unwrap();
-                    if i >= 3 {
-                        f.push(end.elapsed_time_f32(&start).unwrap());
-                    }
-                }
-                for i in 0..o.iters + 3 {
+                });
+                let bms = time_calls(&stream, &mut flush, o.iters, || {
                     let o_in = TensorRef::<T>::from_slice(&o_buf, 0, layout).unwrap();
                     let (dq_out, dk_out, dv_out) = (
                         TensorMut::<T>::from_slice(&mut dq, 0, layout).unwrap(),
                         TensorMut::<T>::from_slice(&mut dk, 0, layout).unwrap(),
                         TensorMut::<T>::from_slice(&mut dv, 0, layout).unwrap(),
                     );
-                    start.record(&stream).unwrap();
                     attention
                         .backward_into(&stream, dov, qv, kv, vv, o_in, &lse, dq_out, dk_out, dv_out, &params)
                         .unwrap();
-                    end.record(&stream).unwrap();
-                    end.synchronize().unwrap();
-                    if i >= 3 {
-                        g.push(end.elapsed_time_f32(&start).unwrap());
-                    }
-                }
-                let (fms, bms) = (median(f), median(g));
+                });
                 let flops = 4.0 * (b * h * s * s * d) as f64 / if causal { 2.0 } else { 1.0 };
                 let (ft, bt) = (flops / fms as f64 / 1e9, 2.5 * flops / bms as f64 / 1e9);
                 println!("{dtype:<5} {d:>4} {causal:>6} {s:>6} {b:>4} | {fms:>9.3} {ft:>8.1} | {bms:>9.3} {bt:>8.1}");
@@ -180,8 +227,7 @@ fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
                     for (dir, ms, tf) in [("fwd", fms, ft), ("bwd", bms, bt)] {
                         writeln!(
                             file,
-                            "{{\"direction\":\"{dir}\",\"dtype\":\"{dtype}\",\"head_dim\":{d},\"causal\":{causal},\"seqlen\":{s},\"batch\":{b},\"heads\":{h},\"ours_ms\":{ms:.4},\"ours_tflops\":{tf:.2},\"card\":\"{card}\",\"iters\":{}}}",
-                            o.iters
+                            "{{\"direction\":\"{dir}\",\"dtype\":\"{dtype}\",\"head_dim\":{d},\"causal\":{causal},\"seqlen\":{s},\"batch\":{b},\"heads\":{h},\"ours_ms\":{ms:.4},\"ours_tflops\":{tf:.2},\"card\":\"{card}\",\"timing\":\"{timing}\"}}"
                         )
                         .unwrap();
                     }

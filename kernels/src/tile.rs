@@ -53,6 +53,78 @@ impl Element for F16 {
     }
 }
 
+/// Start copying `rows` rows of `chunks_per_row` 16-byte chunks from global memory (row `r` at
+/// `src + r · row_stride`; rows from `valid_rows` on read as zeros) to the shared addresses
+/// `dst(row, chunk)`. All `threads` threads call this, thread `tid` taking every `threads`-th chunk.
+///
+/// The loop is counted, not "while index < chunks": with the trip count a constant of the tile
+/// configuration it unrolls completely, and a thread's rows are `tid / chunks_per_row` plus
+/// multiples of `threads / chunks_per_row`, so the swizzle term and the chunk are computed
+/// once. Whole tiles (every tile but a sequence's last) skip the per-row range selects.
+///
+/// # Safety
+/// `tid < threads`; `src` points at row 0 of a tensor whose rows are `row_stride` elements
+/// apart, 16-byte aligned, with `valid_rows` rows of `8 · chunks_per_row` readable elements;
+/// `dst` gives 16-byte aligned shared addresses the block owns.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn copy_rows_async(
+    rows: u32,
+    chunks_per_row: u32,
+    src: *const u16,
+    row_stride: i64,
+    valid_rows: u32,
+    tid: u32,
+    threads: u32,
+    dst: impl Fn(u32, u32) -> u32,
+) {
+    // Renewed per call, as in the fragment loads: left visible, LLVM hoists every chunk's
+    // addresses out of the tile loop and keeps them all live across it.
+    let tid = ptx::opaque(tid);
+    let chunks = rows * chunks_per_row;
+    let per_thread = chunks.div_ceil(threads);
+    let uniform_rows = threads % chunks_per_row == 0;
+    let position = |i: u32| {
+        if uniform_rows {
+            (tid / chunks_per_row + i * (threads / chunks_per_row), tid % chunks_per_row)
+        } else {
+            let index = tid + i * threads;
+            (index / chunks_per_row, index % chunks_per_row)
+        }
+    };
+    let exists = |i: u32| chunks % threads == 0 || tid + i * threads < chunks;
+    if valid_rows >= rows && uniform_rows {
+        // A whole tile: a thread's chunks are a fixed number of rows apart in global memory.
+        let (row0, chunk) = position(0);
+        let first = src.wrapping_offset(row0 as isize * row_stride as isize + chunk as isize * 8);
+        let step = (threads / chunks_per_row) as isize * row_stride as isize;
+        for i in 0..per_thread {
+            if exists(i) {
+                let (row, chunk) = position(i);
+                // SAFETY: every row of the tile is readable per the caller; the copy is 16 bytes
+                // within one row of 8 · chunks_per_row elements.
+                unsafe { ptx::cp_async_16(dst(row, chunk), first.wrapping_offset(i as isize * step) as *const u8, 16) };
+            }
+        }
+    } else {
+        for i in 0..per_thread {
+            if exists(i) {
+                let (row, chunk) = position(i);
+                let in_range = row < valid_rows;
+                // Out-of-range rows copy zero bytes; their address is clamped to row 0 so that
+                // it still points into the tensor.
+                let src_row = if in_range { row } else { 0 };
+                // SAFETY: in-range rows are readable per the caller; the copy is 16 bytes within
+                // one row of 8 · chunks_per_row elements.
+                unsafe {
+                    let from = src.wrapping_offset(src_row as isize * row_stride as isize + chunk as isize * 8);
+                    ptx::cp_async_16(dst(row, chunk), from as *const u8, if in_range { 16 } else { 0 });
+                }
+            }
+        }
+    }
+}
+
 /// A swizzled tile of 16-bit elements in shared memory.
 #[derive(Clone, Copy)]
 pub struct SmemTile {
@@ -76,8 +148,8 @@ impl SmemTile {
     /// [`ptx::cp_async_commit`] + [`ptx::cp_async_wait_all`] + a barrier.
     ///
     /// # Safety
-    /// `src` points at row 0 of a tensor whose rows are `row_stride` elements apart, 16-byte
-    /// aligned, with `valid_rows` rows of `8 · chunks_per_row` readable elements.
+    /// `tid < threads`; `src` points at row 0 of a tensor whose rows are `row_stride` elements
+    /// apart, 16-byte aligned, with `valid_rows` rows of `8 · chunks_per_row` readable elements.
     #[inline(always)]
     pub unsafe fn load_async(
         &self,
@@ -88,23 +160,8 @@ impl SmemTile {
         tid: u32,
         threads: u32,
     ) {
-        let chunks = rows * self.chunks_per_row;
-        let mut index = tid;
-        while index < chunks {
-            let row = index / self.chunks_per_row;
-            let chunk = index % self.chunks_per_row;
-            let in_range = row < valid_rows;
-            // Out-of-range rows copy zero bytes; their address is clamped to row 0 so that it
-            // still points into the tensor.
-            let src_row = if in_range { row } else { 0 };
-            // SAFETY: in-range rows are readable per the caller; the copy size is 16 bytes
-            // within one row of 8 · chunks_per_row elements.
-            unsafe {
-                let from = src.wrapping_offset(src_row as isize * row_stride as isize + chunk as isize * 8);
-                ptx::cp_async_16(self.chunk(row, chunk), from as *const u8, if in_range { 16 } else { 0 });
-            }
-            index += threads;
-        }
+        // SAFETY: forwarded from the caller.
+        unsafe { copy_rows_async(rows, self.chunks_per_row, src, row_stride, valid_rows, tid, threads, |r, c| self.chunk(r, c)) }
     }
 
     /// A fragment (m16 × k16) of a row-major operand whose rows are tile rows `row0..row0+16`
@@ -179,19 +236,11 @@ impl Sw128Tile {
     /// As [`SmemTile::load_async`].
     #[inline(always)]
     pub unsafe fn load_async(&self, src: *const u16, row_stride: i64, valid_rows: u32, tid: u32, threads: u32) {
-        let chunks = self.rows * self.chunks_per_row;
-        let mut index = tid;
-        while index < chunks {
-            let row = index / self.chunks_per_row;
-            let chunk = index % self.chunks_per_row;
-            let in_range = row < valid_rows;
-            let src_row = if in_range { row } else { 0 };
-            // SAFETY: as in `SmemTile::load_async`.
-            unsafe {
-                let from = src.wrapping_offset(src_row as isize * row_stride as isize + chunk as isize * 8);
-                ptx::cp_async_16(self.chunk(row, chunk), from as *const u8, if in_range { 16 } else { 0 });
-            }
-            index += threads;
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            copy_rows_async(self.rows, self.chunks_per_row, src, row_stride, valid_rows, tid, threads, |r, c| {
+                self.chunk(r, c)
+            })
         }
     }
 }
