@@ -17,12 +17,17 @@ export FLASH_ATTN_TEST_REPORT="$out/test-report.jsonl"
 { date -u +%FT%TZ; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } | tee -a "$out/log.txt"
 status=0
 # Every step's output goes to the screen and to one log, so that few files come back.
-run() { local name=$1; shift; echo "== $name: $*" | tee -a "$out/log.txt"; "$@" 2>&1 | tee -a "$out/log.txt"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1; }
+run() { local name=$1; shift; echo "== $(date -u +%T) $name: $*" | tee -a "$out/log.txt"; "$@" 2>&1 | tee -a "$out/log.txt"; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1; }
 case $what in tests|all) for t in "$here"/tests/*; do run "test-$(basename "$t")" "$t"; done ;; esac
 case $what in demo|all) run demo "$here/bin/demo" ;; esac
 case $what in bench|all)
+  # SM clock, power and throttle reasons beside both timings: the card runs at its power cap here.
+  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,clocks_event_reasons.active --format=csv -lms 250 > "$out/clocks.csv" &
+  sampler=$!
   run bench "$here/bin/bench" --out "$out/ours.jsonl"
   run torch-anchors python3 "$here/torch_anchors.py" --out "$out/torch.jsonl"
+  echo "== $(date -u +%T) timings done" | tee -a "$out/log.txt"
+  kill $sampler
   driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
   run report python3 "$here/report.py" "$out/ours.jsonl" "$out/torch.jsonl" --date "$(date -u +%F)" \
       --driver "$driver" --out "$out/results.jsonl" --plot "$out/plot.png" --table "$out/table.md" ;;
