@@ -5,7 +5,7 @@
 //! at rows `lane / 4` and `lane / 4 + 8`, columns `2 · (lane % 4)` and `+ 1` of each 8-wide tile.
 
 use crate::ptx;
-use crate::tiling::{sw128_byte_offset, tile_byte_offset};
+use crate::tiling::{copy_position, sw128_byte_offset, tile_byte_offset};
 
 /// Fragments are kept in fixed-size register arrays sized for the largest configuration;
 /// loops run to the configuration's count and unroll, so unused slots never exist.
@@ -84,14 +84,7 @@ unsafe fn copy_rows_async(
     let chunks = rows * chunks_per_row;
     let per_thread = chunks.div_ceil(threads);
     let uniform_rows = threads % chunks_per_row == 0;
-    let position = |i: u32| {
-        if uniform_rows {
-            (tid / chunks_per_row + i * (threads / chunks_per_row), tid % chunks_per_row)
-        } else {
-            let index = tid + i * threads;
-            (index / chunks_per_row, index % chunks_per_row)
-        }
-    };
+    let position = |i: u32| copy_position(tid, i, threads, chunks_per_row);
     let exists = |i: u32| chunks % threads == 0 || tid + i * threads < chunks;
     if valid_rows >= rows && uniform_rows {
         // A whole tile: a thread's chunks are a fixed number of rows apart in global memory.
@@ -161,7 +154,11 @@ impl SmemTile {
         threads: u32,
     ) {
         // SAFETY: forwarded from the caller.
-        unsafe { copy_rows_async(rows, self.chunks_per_row, src, row_stride, valid_rows, tid, threads, |r, c| self.chunk(r, c)) }
+        unsafe {
+            copy_rows_async(rows, self.chunks_per_row, src, row_stride, valid_rows, tid, threads, |r, c| {
+                self.chunk(r, c)
+            })
+        }
     }
 
     /// A fragment (m16 × k16) of a row-major operand whose rows are tile rows `row0..row0+16`

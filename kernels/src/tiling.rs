@@ -209,6 +209,21 @@ pub const fn kv_head_of(shape: &AttnShape, head: u32) -> u32 {
     head / group
 }
 
+/// The (row, chunk) that thread `tid` of `threads` copies in its `i`-th step of a tile load,
+/// chunks numbered row by row: chunk `tid + i · threads`. When `threads` is a multiple of the
+/// row's chunk count, every step keeps the thread's chunk column and moves it
+/// `threads / chunks_per_row` rows down, written so that the compiler sees it (the swizzle term
+/// and the column are then computed once per tile).
+#[inline(always)]
+pub const fn copy_position(tid: u32, i: u32, threads: u32, chunks_per_row: u32) -> (u32, u32) {
+    if threads.is_multiple_of(chunks_per_row) {
+        (tid / chunks_per_row + i * (threads / chunks_per_row), tid % chunks_per_row)
+    } else {
+        let index = tid + i * threads;
+        (index / chunks_per_row, index % chunks_per_row)
+    }
+}
+
 /// Grid dimension x of the forward: Q tiles, issued heaviest first for causal masks.
 #[inline(always)]
 pub const fn q_tile_of_block(block_x: u32, num_q_tiles: u32) -> u32 {
@@ -423,6 +438,35 @@ mod tests {
         assert_eq!(kv_head_of(&shape, 5), 5);
         shape.heads_k = 0;
         assert_eq!(kv_head_of(&shape, 5), 5);
+    }
+
+    #[test]
+    fn copy_positions_cover_each_chunk_once() {
+        // Tile shapes of the shipped configurations and a few that do not divide evenly.
+        for (rows, chunks_per_row, threads) in [
+            (64u32, 8u32, 128u32),
+            (128, 16, 256),
+            (128, 8, 384),
+            (64, 4, 128),
+            (32, 12, 128),
+            (64, 24, 256),
+            (16, 12, 64),
+        ] {
+            let chunks = rows * chunks_per_row;
+            let mut seen = vec![0u32; chunks as usize];
+            for tid in 0..threads {
+                for i in 0..chunks.div_ceil(threads) {
+                    let index = tid + i * threads;
+                    if index >= chunks {
+                        continue;
+                    }
+                    let (row, chunk) = copy_position(tid, i, threads, chunks_per_row);
+                    assert_eq!((row, chunk), (index / chunks_per_row, index % chunks_per_row));
+                    seen[(row * chunks_per_row + chunk) as usize] += 1;
+                }
+            }
+            assert!(seen.iter().all(|&n| n == 1), "{rows}x{chunks_per_row} by {threads}");
+        }
     }
 
     #[test]
