@@ -7,8 +7,8 @@ functions spell out their operand lists; this script writes them. Run it after c
 """
 
 TYPES = [("bf16", "bf16"), ("f16", "f16")]
-QK = [(n, p) for n in (64, 128) for p in (1, 2)]      # (keys per tile, 64-column panels of head_dim)
-PV = [(n, k) for n in (64, 128) for k in (4, 8)]      # (head_dim, 16-key steps per tile)
+QK = [(n, p) for n in (64, 128) for p in (1, 2)] + [(64, 3), (64, 4)]  # (keys per tile, 64-column panels of head_dim)
+PV = [(n, k) for n in (64, 128) for k in (4, 8)] + [(192, 4), (256, 4)]  # (head_dim, 16-key steps per tile)
 DQ = [(32, 8), (64, 8), (64, 4), (128, 4)]           # (dQ columns per warpgroup, 16-key steps)
 
 def acc(count, first=0):
@@ -73,6 +73,8 @@ for ty, ptxty in TYPES:
     suffix = "_issue" if issue_only else ""
     waits = [] if issue_only else ["wgmma.wait_group.sync.aligned 0;"]
     for n, panels in QK:
+        if issue_only and panels > 2:
+            continue  # the pipelined kernels stop at head_dim 128
         count = n // 2
         lines = []
         lines.append("{{")
@@ -115,6 +117,8 @@ pub unsafe fn wgmma_qk{suffix}_n{n}_p{panels}_{ty}(s: &mut [[f32; 4]; 16], desc_
     }}
 }}''')
     for n, ksteps in PV:
+        if issue_only and n > 128:
+            continue
         count = n // 2
         lines = ["{{", ".reg .b64 vb;", "wgmma.fence.sync.aligned;"]
         for step in range(ksteps):

@@ -13,7 +13,7 @@ use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, accumulators_as_a};
 use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, dq_staging_offset, kv_head_of, wgmma_descriptor};
 use crate::traits::BwdWgmmaTraits;
-use crate::warpgroup::{Waited, WgmmaElement, wait};
+use crate::warpgroup::{Waited, WgmmaElement, panel_descriptors, wait};
 
 const LOG2_E: f32 = core::f32::consts::LOG2_E;
 
@@ -109,8 +109,8 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
     // K-major descriptors of this warpgroup's 64 keys of K and V (A of the score GEMMs).
     let kv_desc =
         |t: Sw128Tile, panel: u32| wgmma_descriptor(t.panel(panel, 64 * warpgroup), 16, SW128_ROW_GROUP_BYTES);
-    let k_descs = [kv_desc(k_s, 0), kv_desc(k_s, panels - 1)];
-    let v_descs = [kv_desc(v_s, 0), kv_desc(v_s, panels - 1)];
+    let k_descs = panel_descriptors(panels, |p| kv_desc(k_s, p));
+    let v_descs = panel_descriptors(panels, |p| kv_desc(v_s, p));
     // dQ = dS·K: this warpgroup's columns of K (MN-major: rows along the keys, the GEMM's k).
     // With 128 queries per step each warpgroup takes 64 of them, all columns; with 64, the
     // warpgroups split the columns.
@@ -136,7 +136,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
         // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ for this warpgroup's 64 keys and the tile's 64 queries.
         let q_desc = |t: Sw128Tile, panel: u32| wgmma_descriptor(t.panel(panel, 0), 16, SW128_ROW_GROUP_BYTES);
         let (s_descs, dp_descs) =
-            ([q_desc(q_s, 0), q_desc(q_s, panels - 1)], [q_desc(do_s, 0), q_desc(do_s, panels - 1)]);
+            (panel_descriptors(panels, |p| q_desc(q_s, p)), panel_descriptors(panels, |p| q_desc(do_s, p)));
         // dO and Q in dV += Pᵀ·dO and dK += dSᵀ·Q are MN-major: their rows run along the queries,
         // the GEMMs' k. (dK's scale is applied once at the end.)
         let mn_desc = |t: Sw128Tile| wgmma_descriptor(t.panel(0, 0), T::BLOCK_M * 128, SW128_ROW_GROUP_BYTES);

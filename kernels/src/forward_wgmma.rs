@@ -16,7 +16,7 @@ use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, accumulators_as_a, quad_sum};
 use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, kv_head_of, q_tile_of_block, wgmma_descriptor};
 use crate::traits::FwdWgmmaTraits;
-use crate::warpgroup::{Waited, WgmmaElement, wait};
+use crate::warpgroup::{Waited, WgmmaElement, panel_descriptors, wait};
 
 /// Score tiles: 8 columns each, BLOCK_N ≤ 128.
 const SEQ_TILES8: usize = 16;
@@ -43,8 +43,10 @@ fn tiles_ready<T: FwdWgmmaTraits>() {
 /// sm_90a device.
 #[inline(always)]
 pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams) {
-    const { assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128) };
+    const { assert!(T::HEAD_DIM % 64 == 0 && T::HEAD_DIM <= 256) };
     const { assert!(T::BLOCK_N == 64 || T::BLOCK_N == 128) };
+    // The generated GEMMs: 128-key tiles and the pipelined loop's waits up to head_dim 128.
+    const { assert!(T::HEAD_DIM <= 128 || (T::BLOCK_N == 64 && !T::PIPELINED)) };
     let shape = &p.shape;
     let mask = Mask::of(shape);
     let tid = ptx::thread_idx();
@@ -114,12 +116,12 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
 
     // Descriptors: Q and K are K-major (head_dim along a row), one per 64-column panel; V is
     // MN-major (its rows run along the keys, the GEMM's k), panels BLOCK_N · 128 bytes apart.
-    let q_desc = |panel: u32| wgmma_descriptor(q_tile.panel(panel, 64 * warpgroup), 16, SW128_ROW_GROUP_BYTES);
-    let q_descs = [q_desc(0), q_desc(panels - 1)];
+    let q_descs = panel_descriptors(panels, |panel| {
+        wgmma_descriptor(q_tile.panel(panel, 64 * warpgroup), 16, SW128_ROW_GROUP_BYTES)
+    });
     let k_descs = |stage: u32| {
         let keys = k_tile(stage);
-        let k_desc = |panel: u32| wgmma_descriptor(keys.panel(panel, 0), 16, SW128_ROW_GROUP_BYTES);
-        [k_desc(0), k_desc(panels - 1)]
+        panel_descriptors(panels, |panel| wgmma_descriptor(keys.panel(panel, 0), 16, SW128_ROW_GROUP_BYTES))
     };
     let v_desc = |stage: u32| wgmma_descriptor(v_tile(stage).panel(0, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
 

@@ -5,7 +5,7 @@ use crate::traits::{
     BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim64,
     BwdWgmmaHdim64Narrow, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaTraits, FwdHdim32, FwdHdim64, FwdHdim96,
     FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim128, FwdWgmmaHdim128Sync,
-    FwdWgmmaTraits, ROW_KERNEL_THREADS,
+    FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +116,10 @@ pub const KERNELS: &[KernelInfo] = &[
     fwd_wgmma::<FwdWgmmaHdim64>("flash_fwd_wgmma_f16_hdim64", Dtype::F16),
     fwd_wgmma::<FwdWgmmaHdim128>("flash_fwd_wgmma_bf16_hdim128", Dtype::Bf16),
     fwd_wgmma::<FwdWgmmaHdim128>("flash_fwd_wgmma_f16_hdim128", Dtype::F16),
+    fwd_wgmma::<FwdWgmmaHdim192>("flash_fwd_wgmma_bf16_hdim192", Dtype::Bf16),
+    fwd_wgmma::<FwdWgmmaHdim192>("flash_fwd_wgmma_f16_hdim192", Dtype::F16),
+    fwd_wgmma::<FwdWgmmaHdim256>("flash_fwd_wgmma_bf16_hdim256", Dtype::Bf16),
+    fwd_wgmma::<FwdWgmmaHdim256>("flash_fwd_wgmma_f16_hdim256", Dtype::F16),
     bwd_wgmma::<BwdWgmmaHdim64>("flash_bwd_wgmma_bf16_hdim64", Dtype::Bf16),
     bwd_wgmma::<BwdWgmmaHdim64>("flash_bwd_wgmma_f16_hdim64", Dtype::F16),
     bwd_wgmma::<BwdWgmmaHdim128>("flash_bwd_wgmma_bf16_hdim128", Dtype::Bf16),

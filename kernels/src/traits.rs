@@ -128,6 +128,11 @@ impl<const D: u32, const W: u32, const N: u32> FwdWgmmaTraits for FwdWgmmaPipeli
 /// pipelined (each tile's softmax runs under the previous tile's P·V).
 pub type FwdWgmmaHdim64 = FwdWgmma<64, 1, 64, 2>;
 pub type FwdWgmmaHdim128 = FwdWgmmaPipelined<128, 2, 128>;
+/// head_dim 192 and 256: two warpgroups on 64-key tiles, unpipelined (the pipelined loop would
+/// hold a second score tile beside the 96 or 128 accumulator registers); three stages fit at 192
+/// (193 KiB), two at 256 (193 KiB).
+pub type FwdWgmmaHdim192 = FwdWgmma<192, 2, 64, 3>;
+pub type FwdWgmmaHdim256 = FwdWgmma<256, 2, 64, 2>;
 /// The unpipelined head_dim 128 forward, kept for comparison (`bench --kernel NAME`).
 pub type FwdWgmmaHdim128Sync = FwdWgmma<128, 2, 128, 2>;
 
@@ -343,8 +348,9 @@ mod tests {
 
     fn check_fwd_wgmma<T: FwdWgmmaTraits>() {
         // Whole 128-byte panels, and the GEMM shapes `scripts/gen_wgmma.py` generates.
-        assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128);
+        assert!([64, 128, 192, 256].contains(&T::HEAD_DIM));
         assert!(T::BLOCK_N == 64 || T::BLOCK_N == 128);
+        assert!(T::HEAD_DIM <= 128 || (T::BLOCK_N == 64 && !T::PIPELINED));
         assert!(T::STAGES == 2 || T::STAGES == 3);
         assert!(!T::PIPELINED || T::STAGES == 3);
         // Every panel starts on a 1024-byte boundary of the aligned base.
@@ -383,6 +389,8 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaHdim64>();
         check_fwd_wgmma::<FwdWgmmaHdim128>();
         check_fwd_wgmma::<FwdWgmmaHdim128Sync>();
+        check_fwd_wgmma::<FwdWgmmaHdim192>();
+        check_fwd_wgmma::<FwdWgmmaHdim256>();
         check_fwd_wgmma::<FwdWgmmaPipelined<64, 1, 64>>();
         check_fwd::<FwdHdim32>();
         check_fwd::<FwdHdim64>();

@@ -7,15 +7,28 @@
 use crate::ptx::wgmma;
 use crate::tile::{Bf16, Element, F16};
 
+/// Head dims up to 256: at most four 64-column panels per K-major operand.
+pub const MAX_PANELS: usize = 4;
+/// One `wgmma` descriptor per 64-column panel of a K-major operand; entries past the operand's
+/// last panel repeat it and are never read.
+pub type PanelDescriptors = [u64; MAX_PANELS];
+
+/// The descriptors of the `panels` panels `descriptor(0..panels)`.
+#[inline(always)]
+pub fn panel_descriptors(panels: u32, descriptor: impl Fn(u32) -> u64) -> PanelDescriptors {
+    core::array::from_fn(|p| descriptor((p as u32).min(panels - 1)))
+}
+
 pub trait WgmmaElement: Element {
-    /// `s = A·Bᵀ` over `k_dim` (64 or 128) for 64 rows × `n` (64 or 128) columns, both operands
-    /// K-major in 128-byte-swizzled shared memory, one descriptor per 64-column panel.
+    /// `s = A·Bᵀ` over `k_dim` (64 or 128; with `n` = 64 also 192 or 256) for 64 rows × `n`
+    /// (64 or 128) columns, both operands K-major in 128-byte-swizzled shared memory, one
+    /// descriptor per 64-column panel (the first `k_dim / 64` of each array are read).
     ///
     /// # Safety
     /// See [`wgmma::wgmma_qk_n64_p1_bf16`].
-    unsafe fn qk(n: u32, k_dim: u32, s: &mut [[f32; 4]; 16], a: [u64; 2], b: [u64; 2]);
-    /// `o += P·B` for 64 rows × `n` (64 or 128) columns over `k_dim` (64 or 128), P from
-    /// registers, B MN-major in shared memory.
+    unsafe fn qk(n: u32, k_dim: u32, s: &mut [[f32; 4]; 16], a: PanelDescriptors, b: PanelDescriptors);
+    /// `o += P·B` for 64 rows × `n` (64 or 128 over `k_dim` 64 or 128; 192 or 256 over 64)
+    /// columns, P from registers, B MN-major in shared memory.
     ///
     /// # Safety
     /// See [`wgmma::wgmma_pv_n64_k4_bf16`].
@@ -31,7 +44,7 @@ pub trait WgmmaElement: Element {
     ///
     /// # Safety
     /// As [`WgmmaElement::qk`]; also, nothing touches `s` before that wait.
-    unsafe fn qk_issue(n: u32, k_dim: u32, s: &mut [[f32; 4]; 16], a: [u64; 2], b: [u64; 2]);
+    unsafe fn qk_issue(n: u32, k_dim: u32, s: &mut [[f32; 4]; 16], a: PanelDescriptors, b: PanelDescriptors);
     /// [`WgmmaElement::pv`] without the wait.
     ///
     /// # Safety
@@ -66,20 +79,23 @@ pub fn wait(pending: u32, waited: Waited<'_>) {
 }
 
 macro_rules! wgmma_element {
-    ($ty:ty, $qk64_1:ident, $qk64_2:ident, $qk128_1:ident, $qk128_2:ident,
-     $pv64_4:ident, $pv64_8:ident, $pv128_4:ident, $pv128_8:ident, $dq32_8:ident, $dq64_8:ident,
-     $dq64_4:ident, $dq128_4:ident, $qki64_1:ident, $qki64_2:ident, $qki128_1:ident, $qki128_2:ident,
-     $pvi64_4:ident, $pvi64_8:ident, $pvi128_4:ident, $pvi128_8:ident) => {
+    ($ty:ty, qk: $qk64_1:ident, $qk64_2:ident, $qk128_1:ident, $qk128_2:ident, $qk64_3:ident, $qk64_4:ident,
+     pv: $pv64_4:ident, $pv64_8:ident, $pv128_4:ident, $pv128_8:ident, $pv192_4:ident, $pv256_4:ident,
+     dq: $dq32_8:ident, $dq64_8:ident, $dq64_4:ident, $dq128_4:ident,
+     qk_issue: $qki64_1:ident, $qki64_2:ident, $qki128_1:ident, $qki128_2:ident,
+     pv_issue: $pvi64_4:ident, $pvi64_8:ident, $pvi128_4:ident, $pvi128_8:ident) => {
         impl WgmmaElement for $ty {
             #[inline(always)]
-            unsafe fn qk(n: u32, k_dim: u32, s: &mut [[f32; 4]; 16], a: [u64; 2], b: [u64; 2]) {
+            unsafe fn qk(n: u32, k_dim: u32, s: &mut [[f32; 4]; 16], a: PanelDescriptors, b: PanelDescriptors) {
                 // SAFETY: forwarded from the caller.
                 unsafe {
                     match (n, k_dim) {
                         (64, 64) => wgmma::$qk64_1(s, [a[0]], [b[0]]),
-                        (64, 128) => wgmma::$qk64_2(s, a, b),
+                        (64, 128) => wgmma::$qk64_2(s, [a[0], a[1]], [b[0], b[1]]),
+                        (64, 192) => wgmma::$qk64_3(s, [a[0], a[1], a[2]], [b[0], b[1], b[2]]),
+                        (64, 256) => wgmma::$qk64_4(s, a, b),
                         (128, 64) => wgmma::$qk128_1(s, [a[0]], [b[0]]),
-                        (128, 128) => wgmma::$qk128_2(s, a, b),
+                        (128, 128) => wgmma::$qk128_2(s, [a[0], a[1]], [b[0], b[1]]),
                         _ => core::arch::nvptx::trap(),
                     }
                 }
@@ -93,19 +109,21 @@ macro_rules! wgmma_element {
                         (64, 128) => wgmma::$pv64_8(o, p, b),
                         (128, 64) => wgmma::$pv128_4(o, p, b),
                         (128, 128) => wgmma::$pv128_8(o, p, b),
+                        (192, 64) => wgmma::$pv192_4(o, p, b),
+                        (256, 64) => wgmma::$pv256_4(o, p, b),
                         _ => core::arch::nvptx::trap(),
                     }
                 }
             }
             #[inline(always)]
-            unsafe fn qk_issue(n: u32, k_dim: u32, s: &mut [[f32; 4]; 16], a: [u64; 2], b: [u64; 2]) {
+            unsafe fn qk_issue(n: u32, k_dim: u32, s: &mut [[f32; 4]; 16], a: PanelDescriptors, b: PanelDescriptors) {
                 // SAFETY: forwarded from the caller.
                 unsafe {
                     match (n, k_dim) {
                         (64, 64) => wgmma::$qki64_1(s, [a[0]], [b[0]]),
-                        (64, 128) => wgmma::$qki64_2(s, a, b),
+                        (64, 128) => wgmma::$qki64_2(s, [a[0], a[1]], [b[0], b[1]]),
                         (128, 64) => wgmma::$qki128_1(s, [a[0]], [b[0]]),
-                        (128, 128) => wgmma::$qki128_2(s, a, b),
+                        (128, 128) => wgmma::$qki128_2(s, [a[0], a[1]], [b[0], b[1]]),
                         _ => core::arch::nvptx::trap(),
                     }
                 }
@@ -142,47 +160,21 @@ macro_rules! wgmma_element {
 
 wgmma_element!(
     Bf16,
-    wgmma_qk_n64_p1_bf16,
-    wgmma_qk_n64_p2_bf16,
-    wgmma_qk_n128_p1_bf16,
-    wgmma_qk_n128_p2_bf16,
-    wgmma_pv_n64_k4_bf16,
-    wgmma_pv_n64_k8_bf16,
-    wgmma_pv_n128_k4_bf16,
-    wgmma_pv_n128_k8_bf16,
-    wgmma_dq_n32_k8_bf16,
-    wgmma_dq_n64_k8_bf16,
-    wgmma_dq_n64_k4_bf16,
-    wgmma_dq_n128_k4_bf16,
-    wgmma_qk_issue_n64_p1_bf16,
-    wgmma_qk_issue_n64_p2_bf16,
-    wgmma_qk_issue_n128_p1_bf16,
-    wgmma_qk_issue_n128_p2_bf16,
-    wgmma_pv_issue_n64_k4_bf16,
-    wgmma_pv_issue_n64_k8_bf16,
-    wgmma_pv_issue_n128_k4_bf16,
-    wgmma_pv_issue_n128_k8_bf16
+    qk: wgmma_qk_n64_p1_bf16, wgmma_qk_n64_p2_bf16, wgmma_qk_n128_p1_bf16, wgmma_qk_n128_p2_bf16, wgmma_qk_n64_p3_bf16,
+    wgmma_qk_n64_p4_bf16,
+    pv: wgmma_pv_n64_k4_bf16, wgmma_pv_n64_k8_bf16, wgmma_pv_n128_k4_bf16, wgmma_pv_n128_k8_bf16, wgmma_pv_n192_k4_bf16,
+    wgmma_pv_n256_k4_bf16,
+    dq: wgmma_dq_n32_k8_bf16, wgmma_dq_n64_k8_bf16, wgmma_dq_n64_k4_bf16, wgmma_dq_n128_k4_bf16,
+    qk_issue: wgmma_qk_issue_n64_p1_bf16, wgmma_qk_issue_n64_p2_bf16, wgmma_qk_issue_n128_p1_bf16, wgmma_qk_issue_n128_p2_bf16,
+    pv_issue: wgmma_pv_issue_n64_k4_bf16, wgmma_pv_issue_n64_k8_bf16, wgmma_pv_issue_n128_k4_bf16, wgmma_pv_issue_n128_k8_bf16
 );
 wgmma_element!(
     F16,
-    wgmma_qk_n64_p1_f16,
-    wgmma_qk_n64_p2_f16,
-    wgmma_qk_n128_p1_f16,
-    wgmma_qk_n128_p2_f16,
-    wgmma_pv_n64_k4_f16,
-    wgmma_pv_n64_k8_f16,
-    wgmma_pv_n128_k4_f16,
-    wgmma_pv_n128_k8_f16,
-    wgmma_dq_n32_k8_f16,
-    wgmma_dq_n64_k8_f16,
-    wgmma_dq_n64_k4_f16,
-    wgmma_dq_n128_k4_f16,
-    wgmma_qk_issue_n64_p1_f16,
-    wgmma_qk_issue_n64_p2_f16,
-    wgmma_qk_issue_n128_p1_f16,
-    wgmma_qk_issue_n128_p2_f16,
-    wgmma_pv_issue_n64_k4_f16,
-    wgmma_pv_issue_n64_k8_f16,
-    wgmma_pv_issue_n128_k4_f16,
-    wgmma_pv_issue_n128_k8_f16
+    qk: wgmma_qk_n64_p1_f16, wgmma_qk_n64_p2_f16, wgmma_qk_n128_p1_f16, wgmma_qk_n128_p2_f16, wgmma_qk_n64_p3_f16,
+    wgmma_qk_n64_p4_f16,
+    pv: wgmma_pv_n64_k4_f16, wgmma_pv_n64_k8_f16, wgmma_pv_n128_k4_f16, wgmma_pv_n128_k8_f16, wgmma_pv_n192_k4_f16,
+    wgmma_pv_n256_k4_f16,
+    dq: wgmma_dq_n32_k8_f16, wgmma_dq_n64_k8_f16, wgmma_dq_n64_k4_f16, wgmma_dq_n128_k4_f16,
+    qk_issue: wgmma_qk_issue_n64_p1_f16, wgmma_qk_issue_n64_p2_f16, wgmma_qk_issue_n128_p1_f16, wgmma_qk_issue_n128_p2_f16,
+    pv_issue: wgmma_pv_issue_n64_k4_f16, wgmma_pv_issue_n64_k8_f16, wgmma_pv_issue_n128_k4_f16, wgmma_pv_issue_n128_k8_f16
 );
