@@ -42,17 +42,22 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
     let warp_k0 = k_begin + 16 * warp;
     let panels = T::HEAD_DIM / 64;
     let m_tiles8 = (T::BLOCK_M / 8) as usize;
-    let d_tiles8 = (T::HEAD_DIM / 8) as usize;
 
     let smem = ptx::dynamic_smem_base().next_multiple_of(1024);
-    let tile = |offset: u32, rows: u32, chunks_per_row: u32| Sw128Tile { base: smem + offset, rows, chunks_per_row };
-    let k_s = tile(T::K_OFFSET, T::BLOCK_N, T::CHUNKS_PER_ROW);
-    let v_s = tile(T::V_OFFSET, T::BLOCK_N, T::CHUNKS_PER_ROW);
-    let ds_s = tile(T::DS_OFFSET, T::BLOCK_N, T::BLOCK_M / 8);
+    let tile = |offset: u32, rows: u32, chunks_per_row: u32, data_chunks: u32| Sw128Tile {
+        base: smem + offset,
+        rows,
+        chunks_per_row,
+        data_chunks,
+    };
+    let k_s = tile(T::K_OFFSET, T::BLOCK_N, T::CHUNKS_PER_ROW, T::DATA_CHUNKS);
+    let v_s = tile(T::V_OFFSET, T::BLOCK_N, T::CHUNKS_PER_ROW, T::DATA_CHUNKS);
+    let ds_s = tile(T::DS_OFFSET, T::BLOCK_N, T::BLOCK_M / 8, T::BLOCK_M / 8);
     let dq_s = smem + T::DQ_OFFSET;
     let stage_offset = |stage: u32| T::STAGE_OFFSET + stage * T::STAGE_BYTES;
-    let q_tile = |stage: u32| tile(stage_offset(stage) + T::Q_IN_STAGE, T::BLOCK_M, T::CHUNKS_PER_ROW);
-    let do_tile = |stage: u32| tile(stage_offset(stage) + T::DO_IN_STAGE, T::BLOCK_M, T::CHUNKS_PER_ROW);
+    let q_tile = |stage: u32| tile(stage_offset(stage) + T::Q_IN_STAGE, T::BLOCK_M, T::CHUNKS_PER_ROW, T::DATA_CHUNKS);
+    let do_tile =
+        |stage: u32| tile(stage_offset(stage) + T::DO_IN_STAGE, T::BLOCK_M, T::CHUNKS_PER_ROW, T::DATA_CHUNKS);
 
     let key_rows = shape.seqlen_k - k_begin;
     // SAFETY: the host validated K and V (seqlen_k rows at these strides); rows past the end are
@@ -288,14 +293,14 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
             }
             let base = row_stat_index(shape, batch, head, row) * shape.head_dim as i64;
             // SAFETY: the accumulator holds batch·heads·seqlen_q·head_dim floats, rows of
-            // head_dim·4 bytes (a multiple of 256) in a 256-byte aligned allocation; the staged
+            // head_dim·4 bytes (a multiple of 16) in a 256-byte aligned allocation; the staged
             // row was fenced for the async proxy before the barrier above and is rewritten only
             // after the `bulk_wait_read` of the next iteration.
             unsafe {
                 ptx::bulk_reduce_add_f32(
                     (p.dq_accum as *mut f32).wrapping_offset(base as isize),
                     dq_s + dq_staging_offset(tid, 0, T::DQ_ROW_BYTES),
-                    T::HEAD_DIM * 4,
+                    T::DATA_HEAD_DIM * 4,
                 )
             };
             ptx::bulk_commit_group();
@@ -314,7 +319,8 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
         if key < shape.seqlen_k {
             let dk_row = (p.dk as *mut u16).wrapping_offset(p.dk_strides.offset(batch, key, head) as isize);
             let dv_row = (p.dv as *mut u16).wrapping_offset(p.dv_strides.offset(batch, key, head) as isize);
-            for t in 0..d_tiles8 {
+            // The data columns only: the padding's gradients are zeros nobody asked for.
+            for t in 0..(T::DATA_HEAD_DIM / 8) as usize {
                 let col = (8 * t as u32 + 2 * (lane % 4)) as isize;
                 let dk_pair = E::pack(dk[t][2 * half] * shape.scale, dk[t][2 * half + 1] * shape.scale);
                 let dv_pair = E::pack(dv[t][2 * half], dv[t][2 * half + 1]);

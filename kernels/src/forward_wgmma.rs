@@ -60,7 +60,12 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
     let panels = T::HEAD_DIM / 64;
 
     let smem = ptx::dynamic_smem_base().next_multiple_of(1024);
-    let tile = |offset: u32, rows: u32| Sw128Tile { base: smem + offset, rows, chunks_per_row: T::CHUNKS_PER_ROW };
+    let tile = |offset: u32, rows: u32| Sw128Tile {
+        base: smem + offset,
+        rows,
+        chunks_per_row: T::CHUNKS_PER_ROW,
+        data_chunks: T::DATA_CHUNKS,
+    };
     let q_tile = tile(T::Q_OFFSET, T::BLOCK_M);
     let k_tile = |stage: u32| tile(T::K_OFFSET + stage * T::KV_TILE_BYTES, T::BLOCK_N);
     let v_tile = |stage: u32| tile(T::V_OFFSET + stage * T::KV_TILE_BYTES, T::BLOCK_N);
@@ -244,8 +249,8 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
     }
     ptx::sync_warp();
     let mut index = lane;
-    while index < 16 * T::CHUNKS_PER_ROW {
-        let (local, chunk) = (index / T::CHUNKS_PER_ROW, index % T::CHUNKS_PER_ROW);
+    while index < 16 * T::DATA_CHUNKS {
+        let (local, chunk) = (index / T::DATA_CHUNKS, index % T::DATA_CHUNKS);
         let row = warp_q0 + local;
         if row < shape.seqlen_q {
             // SAFETY: the chunk lies in this warp's rows of the Q tile; the destination is inside

@@ -3,9 +3,9 @@
 use crate::params::{BwdParams, FwdParams};
 use crate::traits::{
     BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim64,
-    BwdWgmmaHdim64Narrow, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaTraits, FwdHdim32, FwdHdim64, FwdHdim96,
-    FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim128, FwdWgmmaHdim128Sync,
-    FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, ROW_KERNEL_THREADS,
+    BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaTraits, FwdHdim32, FwdHdim64,
+    FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96, FwdWgmmaHdim128,
+    FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,7 +78,7 @@ const fn fwd<T: FwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
 
 const fn fwd_wgmma<T: FwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
     KernelInfo {
-        head_dim: T::HEAD_DIM,
+        head_dim: T::DATA_HEAD_DIM,
         threads: T::THREADS,
         dynamic_smem_bytes: T::SMEM_BYTES,
         block_rows: T::BLOCK_M,
@@ -100,7 +100,7 @@ const fn bwd<T: BwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
 
 const fn bwd_wgmma<T: BwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
     KernelInfo {
-        head_dim: T::HEAD_DIM,
+        head_dim: T::DATA_HEAD_DIM,
         threads: T::THREADS,
         dynamic_smem_bytes: T::SMEM_BYTES,
         block_rows: T::BLOCK_N,
@@ -116,6 +116,10 @@ pub const KERNELS: &[KernelInfo] = &[
     fwd_wgmma::<FwdWgmmaHdim64>("flash_fwd_wgmma_f16_hdim64", Dtype::F16),
     fwd_wgmma::<FwdWgmmaHdim128>("flash_fwd_wgmma_bf16_hdim128", Dtype::Bf16),
     fwd_wgmma::<FwdWgmmaHdim128>("flash_fwd_wgmma_f16_hdim128", Dtype::F16),
+    fwd_wgmma::<FwdWgmmaHdim96>("flash_fwd_wgmma_bf16_hdim96", Dtype::Bf16),
+    fwd_wgmma::<FwdWgmmaHdim96>("flash_fwd_wgmma_f16_hdim96", Dtype::F16),
+    bwd_wgmma::<BwdWgmmaHdim96>("flash_bwd_wgmma_bf16_hdim96", Dtype::Bf16),
+    bwd_wgmma::<BwdWgmmaHdim96>("flash_bwd_wgmma_f16_hdim96", Dtype::F16),
     fwd_wgmma::<FwdWgmmaHdim192>("flash_fwd_wgmma_bf16_hdim192", Dtype::Bf16),
     fwd_wgmma::<FwdWgmmaHdim192>("flash_fwd_wgmma_f16_hdim192", Dtype::F16),
     fwd_wgmma::<FwdWgmmaHdim256>("flash_fwd_wgmma_bf16_hdim256", Dtype::Bf16),

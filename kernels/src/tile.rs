@@ -54,7 +54,8 @@ impl Element for F16 {
 }
 
 /// Start copying `rows` rows of `chunks_per_row` 16-byte chunks from global memory (row `r` at
-/// `src + r · row_stride`; rows from `valid_rows` on read as zeros) to the shared addresses
+/// `src + r · row_stride`; rows from `valid_rows` on read as zeros, and in every row the chunks
+/// from `data_chunks` on, which pad a head dim up to whole panels) to the shared addresses
 /// `dst(row, chunk)`. All `threads` threads call this, thread `tid` taking every `threads`-th chunk.
 ///
 /// The loop is counted, not "while index < chunks": with the trip count a constant of the tile
@@ -64,13 +65,14 @@ impl Element for F16 {
 ///
 /// # Safety
 /// `tid < threads`; `src` points at row 0 of a tensor whose rows are `row_stride` elements
-/// apart, 16-byte aligned, with `valid_rows` rows of `8 · chunks_per_row` readable elements;
-/// `dst` gives 16-byte aligned shared addresses the block owns.
+/// apart, 16-byte aligned, with `valid_rows` rows of `8 · data_chunks` readable elements
+/// (`data_chunks ≤ chunks_per_row`); `dst` gives 16-byte aligned shared addresses the block owns.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn copy_rows_async(
     rows: u32,
     chunks_per_row: u32,
+    data_chunks: u32,
     src: *const u16,
     row_stride: i64,
     valid_rows: u32,
@@ -88,29 +90,40 @@ unsafe fn copy_rows_async(
     let exists = |i: u32| chunks % threads == 0 || tid + i * threads < chunks;
     if valid_rows >= rows && uniform_rows {
         // A whole tile: a thread's chunks are a fixed number of rows apart in global memory.
+        // The thread's chunk column is the same in every row: padding or data throughout.
         let (row0, chunk) = position(0);
-        let first = src.wrapping_offset(row0 as isize * row_stride as isize + chunk as isize * 8);
+        let data = chunk < data_chunks;
+        let first =
+            src.wrapping_offset(row0 as isize * row_stride as isize + if data { chunk as isize * 8 } else { 0 });
         let step = (threads / chunks_per_row) as isize * row_stride as isize;
         for i in 0..per_thread {
             if exists(i) {
                 let (row, chunk) = position(i);
                 // SAFETY: every row of the tile is readable per the caller; the copy is 16 bytes
-                // within one row of 8 · chunks_per_row elements.
-                unsafe { ptx::cp_async_16(dst(row, chunk), first.wrapping_offset(i as isize * step) as *const u8, 16) };
+                // within one row of 8 · data_chunks elements, or none for padding.
+                unsafe {
+                    ptx::cp_async_16(
+                        dst(row, chunk),
+                        first.wrapping_offset(i as isize * step) as *const u8,
+                        if data { 16 } else { 0 },
+                    )
+                };
             }
         }
     } else {
         for i in 0..per_thread {
             if exists(i) {
                 let (row, chunk) = position(i);
-                let in_range = row < valid_rows;
-                // Out-of-range rows copy zero bytes; their address is clamped to row 0 so that
-                // it still points into the tensor.
-                let src_row = if in_range { row } else { 0 };
+                let data = chunk < data_chunks;
+                let in_range = row < valid_rows && data;
+                // Out-of-range rows and padding copy zero bytes; their address is clamped to
+                // row 0, and padding to chunk 0, so that it still points into the tensor.
+                let src_row = if row < valid_rows { row } else { 0 };
+                let src_chunk = if data { chunk } else { 0 };
                 // SAFETY: in-range rows are readable per the caller; the copy is 16 bytes within
-                // one row of 8 · chunks_per_row elements.
+                // one row of 8 · data_chunks elements.
                 unsafe {
-                    let from = src.wrapping_offset(src_row as isize * row_stride as isize + chunk as isize * 8);
+                    let from = src.wrapping_offset(src_row as isize * row_stride as isize + src_chunk as isize * 8);
                     ptx::cp_async_16(dst(row, chunk), from as *const u8, if in_range { 16 } else { 0 });
                 }
             }
@@ -155,9 +168,8 @@ impl SmemTile {
     ) {
         // SAFETY: forwarded from the caller.
         unsafe {
-            copy_rows_async(rows, self.chunks_per_row, src, row_stride, valid_rows, tid, threads, |r, c| {
-                self.chunk(r, c)
-            })
+            let chunks = self.chunks_per_row;
+            copy_rows_async(rows, chunks, chunks, src, row_stride, valid_rows, tid, threads, |r, c| self.chunk(r, c))
         }
     }
 
@@ -211,6 +223,9 @@ pub struct Sw128Tile {
     pub base: u32,
     pub rows: u32,
     pub chunks_per_row: u32,
+    /// Chunks per row that hold data in global memory; the rest pad the row to whole 64-column
+    /// panels and are loaded as zeros.
+    pub data_chunks: u32,
 }
 
 #[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
@@ -227,17 +242,17 @@ impl Sw128Tile {
     }
 
     /// Start copying all `rows` rows (the first `valid_rows` exist; the rest read as zeros) from
-    /// global memory; all `threads` threads call this. Completion as for [`SmemTile::load_async`].
+    /// global memory, `data_chunks` chunks of each (the padding reads as zeros); all `threads`
+    /// threads call this. Completion as for [`SmemTile::load_async`].
     ///
     /// # Safety
-    /// As [`SmemTile::load_async`].
+    /// As [`SmemTile::load_async`], with rows of `8 · data_chunks` readable elements.
     #[inline(always)]
     pub unsafe fn load_async(&self, src: *const u16, row_stride: i64, valid_rows: u32, tid: u32, threads: u32) {
         // SAFETY: forwarded from the caller.
         unsafe {
-            copy_rows_async(self.rows, self.chunks_per_row, src, row_stride, valid_rows, tid, threads, |r, c| {
-                self.chunk(r, c)
-            })
+            let (rows, chunks, data) = (self.rows, self.chunks_per_row, self.data_chunks);
+            copy_rows_async(rows, chunks, data, src, row_stride, valid_rows, tid, threads, |r, c| self.chunk(r, c))
         }
     }
 }

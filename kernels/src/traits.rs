@@ -81,7 +81,12 @@ pub trait BwdTraits {
 /// memory, a second adds P·V with P from registers. Tiles use the 128-byte-swizzled layout
 /// (`tiling::sw128_byte_offset`), so head_dim is a multiple of 64.
 pub trait FwdWgmmaTraits {
+    /// The GEMMs' head dim: whole 64-column panels.
     const HEAD_DIM: u32;
+    /// The tensors' head dim, at most `HEAD_DIM`: the columns past it are zeros in shared memory
+    /// and are never written out (head_dim 96 runs the head_dim 128 configuration).
+    const DATA_HEAD_DIM: u32 = Self::HEAD_DIM;
+    const DATA_CHUNKS: u32 = Self::DATA_HEAD_DIM / 8;
     /// Keys per K/V tile: the N of the score GEMM (64 or 128).
     const BLOCK_N: u32;
     const WARPGROUPS: u32;
@@ -112,10 +117,12 @@ impl<const D: u32, const W: u32, const N: u32, const S: u32> FwdWgmmaTraits for 
     const STAGES: u32 = S;
 }
 
-/// A software-pipelined Hopper forward configuration (three stages).
-pub struct FwdWgmmaPipelined<const D: u32, const WARPGROUPS: u32, const BLOCK_N: u32>;
-impl<const D: u32, const W: u32, const N: u32> FwdWgmmaTraits for FwdWgmmaPipelined<D, W, N> {
+/// A software-pipelined Hopper forward configuration (three stages); `DATA`, when not 0, is a
+/// smaller head dim of the tensors, padded to `D` in shared memory.
+pub struct FwdWgmmaPipelined<const D: u32, const WARPGROUPS: u32, const BLOCK_N: u32, const DATA: u32 = 0>;
+impl<const D: u32, const W: u32, const N: u32, const DATA: u32> FwdWgmmaTraits for FwdWgmmaPipelined<D, W, N, DATA> {
     const HEAD_DIM: u32 = D;
+    const DATA_HEAD_DIM: u32 = if DATA == 0 { D } else { DATA };
     const BLOCK_N: u32 = N;
     const WARPGROUPS: u32 = W;
     const STAGES: u32 = 3;
@@ -133,6 +140,10 @@ pub type FwdWgmmaHdim128 = FwdWgmmaPipelined<128, 2, 128>;
 /// (193 KiB), two at 256 (193 KiB).
 pub type FwdWgmmaHdim192 = FwdWgmma<192, 2, 64, 3>;
 pub type FwdWgmmaHdim256 = FwdWgmma<256, 2, 64, 2>;
+/// head_dim 96 runs the head_dim 128 kernels with the last 32 columns zero in shared memory: a
+/// quarter of the GEMM work is padding, but the `wgmma` rate more than pays for it (the
+/// 128-byte swizzle wants whole 64-column panels).
+pub type FwdWgmmaHdim96 = FwdWgmmaPipelined<128, 2, 128, 96>;
 /// The unpipelined head_dim 128 forward, kept for comparison (`bench --kernel NAME`).
 pub type FwdWgmmaHdim128Sync = FwdWgmma<128, 2, 128, 2>;
 
@@ -140,7 +151,10 @@ pub type FwdWgmmaHdim128Sync = FwdWgmma<128, 2, 128, 2>;
 /// queries per iteration (one 128-byte panel of dSᵀ). Every GEMM reads its shared-memory
 /// operands in the 128-byte-swizzled layout; head_dim is 64 or 128.
 pub trait BwdWgmmaTraits {
+    /// The GEMMs' head dim; `DATA_HEAD_DIM` the tensors' (see [`FwdWgmmaTraits::DATA_HEAD_DIM`]).
     const HEAD_DIM: u32;
+    const DATA_HEAD_DIM: u32 = Self::HEAD_DIM;
+    const DATA_CHUNKS: u32 = Self::DATA_HEAD_DIM / 8;
     const WARPGROUPS: u32 = 2;
     const BLOCK_M: u32 = 64;
     const BLOCK_N: u32 = 64 * Self::WARPGROUPS;
@@ -184,15 +198,19 @@ impl<const D: u32, const W: u32, const B: u32> BwdWgmmaTraits for BwdWgmma<D, W,
 }
 pub type BwdWgmmaHdim64 = BwdWgmmaWide<64>;
 pub type BwdWgmmaHdim128 = BwdWgmmaPipelined<128>;
+/// head_dim 96 on the head_dim 128 backward, padded as [`FwdWgmmaHdim96`].
+pub type BwdWgmmaHdim96 = BwdWgmmaPipelined<128, 96>;
 /// Kept for comparison (`bench --kernel NAME`): the 64-query pipelined head_dim 64 backward and
 /// the unpipelined head_dim 128 one.
 pub type BwdWgmmaHdim64Narrow = BwdWgmmaPipelined<64>;
 pub type BwdWgmmaHdim128Sync = BwdWgmma<128, 2, 1>;
 
-/// The software-pipelined Hopper backward (two warpgroups).
-pub struct BwdWgmmaPipelined<const D: u32>;
-impl<const D: u32> BwdWgmmaTraits for BwdWgmmaPipelined<D> {
+/// The software-pipelined Hopper backward (two warpgroups); `DATA` as for
+/// [`FwdWgmmaPipelined`].
+pub struct BwdWgmmaPipelined<const D: u32, const DATA: u32 = 0>;
+impl<const D: u32, const DATA: u32> BwdWgmmaTraits for BwdWgmmaPipelined<D, DATA> {
     const HEAD_DIM: u32 = D;
+    const DATA_HEAD_DIM: u32 = if DATA == 0 { D } else { DATA };
     const PIPELINED: bool = true;
 }
 
@@ -351,6 +369,9 @@ mod tests {
         assert!([64, 128, 192, 256].contains(&T::HEAD_DIM));
         assert!(T::BLOCK_N == 64 || T::BLOCK_N == 128);
         assert!(T::HEAD_DIM <= 128 || (T::BLOCK_N == 64 && !T::PIPELINED));
+        // Padding stays within the last panel, in whole chunks.
+        assert!(T::DATA_HEAD_DIM <= T::HEAD_DIM && T::DATA_HEAD_DIM + 64 > T::HEAD_DIM);
+        assert_eq!(T::DATA_HEAD_DIM % 8, 0);
         assert!(T::STAGES == 2 || T::STAGES == 3);
         assert!(!T::PIPELINED || T::STAGES == 3);
         // Every panel starts on a 1024-byte boundary of the aligned base.
@@ -376,6 +397,10 @@ mod tests {
         assert_eq!(T::DQ_OFFSET % 16, 0);
         assert_eq!(T::DQ_ROW_BYTES % 128, 32);
         assert!(T::SMEM_BYTES * T::MIN_BLOCKS_PER_SM <= 227 * 1024, "{} bytes", T::SMEM_BYTES);
+        // Padding within the last panel, in whole chunks; the bulk reduction of a dQ row (the
+        // data columns only) stays a multiple of 16 bytes.
+        assert!(T::DATA_HEAD_DIM <= T::HEAD_DIM && T::DATA_HEAD_DIM + 64 > T::HEAD_DIM);
+        assert_eq!(T::DATA_HEAD_DIM % 8, 0);
     }
 
     #[test]
@@ -386,11 +411,13 @@ mod tests {
         check_bwd_wgmma::<BwdWgmmaPipelined<64>>();
         check_bwd_wgmma::<BwdWgmmaPipelined<128>>();
         check_bwd_wgmma::<BwdWgmmaWide<64>>();
+        check_bwd_wgmma::<BwdWgmmaHdim96>();
         check_fwd_wgmma::<FwdWgmmaHdim64>();
         check_fwd_wgmma::<FwdWgmmaHdim128>();
         check_fwd_wgmma::<FwdWgmmaHdim128Sync>();
         check_fwd_wgmma::<FwdWgmmaHdim192>();
         check_fwd_wgmma::<FwdWgmmaHdim256>();
+        check_fwd_wgmma::<FwdWgmmaHdim96>();
         check_fwd_wgmma::<FwdWgmmaPipelined<64, 1, 64>>();
         check_fwd::<FwdHdim32>();
         check_fwd::<FwdHdim64>();
