@@ -66,6 +66,8 @@ mod hopper {
     entry!(flash_fwd_wgmma_f16_hdim96, FwdParams, flash_fwd_wgmma::<F16, FwdWgmmaHdim96>);
     entry!(flash_bwd_wgmma_bf16_hdim96, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim96>);
     entry!(flash_bwd_wgmma_f16_hdim96, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaHdim96>);
+    entry!(flash_bwd_wgmma_bf16_hdim32, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim32>);
+    entry!(flash_bwd_wgmma_f16_hdim32, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaHdim32>);
     entry!(flash_fwd_wgmma_bf16_hdim192, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim192>);
     entry!(flash_fwd_wgmma_f16_hdim192, FwdParams, flash_fwd_wgmma::<F16, FwdWgmmaHdim192>);
     entry!(flash_fwd_wgmma_bf16_hdim256, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim256>);

@@ -2,7 +2,7 @@
 
 use crate::params::{BwdParams, FwdParams};
 use crate::traits::{
-    BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim64,
+    BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim32, BwdWgmmaHdim64,
     BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaTraits, FwdHdim32, FwdHdim64,
     FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96, FwdWgmmaHdim128,
     FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, ROW_KERNEL_THREADS,
@@ -120,6 +120,8 @@ pub const KERNELS: &[KernelInfo] = &[
     fwd_wgmma::<FwdWgmmaHdim96>("flash_fwd_wgmma_f16_hdim96", Dtype::F16),
     bwd_wgmma::<BwdWgmmaHdim96>("flash_bwd_wgmma_bf16_hdim96", Dtype::Bf16),
     bwd_wgmma::<BwdWgmmaHdim96>("flash_bwd_wgmma_f16_hdim96", Dtype::F16),
+    bwd_wgmma::<BwdWgmmaHdim32>("flash_bwd_wgmma_bf16_hdim32", Dtype::Bf16),
+    bwd_wgmma::<BwdWgmmaHdim32>("flash_bwd_wgmma_f16_hdim32", Dtype::F16),
     fwd_wgmma::<FwdWgmmaHdim192>("flash_fwd_wgmma_bf16_hdim192", Dtype::Bf16),
     fwd_wgmma::<FwdWgmmaHdim192>("flash_fwd_wgmma_f16_hdim192", Dtype::F16),
     fwd_wgmma::<FwdWgmmaHdim256>("flash_fwd_wgmma_bf16_hdim256", Dtype::Bf16),

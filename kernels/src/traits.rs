@@ -200,6 +200,10 @@ pub type BwdWgmmaHdim64 = BwdWgmmaWide<64>;
 pub type BwdWgmmaHdim128 = BwdWgmmaPipelined<128>;
 /// head_dim 96 on the head_dim 128 backward, padded as [`FwdWgmmaHdim96`].
 pub type BwdWgmmaHdim96 = BwdWgmmaPipelined<128, 96>;
+/// head_dim 32 on the head_dim 64 backward, padded likewise: half the GEMM work is padding, yet
+/// it outruns the portable kernel (benches/NOTES.md, v14d). The forward stays portable: the
+/// head_dim 64 forward at half rate would be slower than it.
+pub type BwdWgmmaHdim32 = BwdWgmmaWide<64, 32>;
 /// Kept for comparison (`bench --kernel NAME`): the 64-query pipelined head_dim 64 backward and
 /// the unpipelined head_dim 128 one.
 pub type BwdWgmmaHdim64Narrow = BwdWgmmaPipelined<64>;
@@ -216,9 +220,10 @@ impl<const D: u32, const DATA: u32> BwdWgmmaTraits for BwdWgmmaPipelined<D, DATA
 
 /// 128 queries per step (head_dim 64): twice the work per barrier and per staged tile, N = 128
 /// score GEMMs; dQ is split over the warpgroups by rows.
-pub struct BwdWgmmaWide<const D: u32>;
-impl<const D: u32> BwdWgmmaTraits for BwdWgmmaWide<D> {
+pub struct BwdWgmmaWide<const D: u32, const DATA: u32 = 0>;
+impl<const D: u32, const DATA: u32> BwdWgmmaTraits for BwdWgmmaWide<D, DATA> {
     const HEAD_DIM: u32 = D;
+    const DATA_HEAD_DIM: u32 = if DATA == 0 { D } else { DATA };
     const BLOCK_M: u32 = 128;
 }
 
@@ -412,6 +417,7 @@ mod tests {
         check_bwd_wgmma::<BwdWgmmaPipelined<128>>();
         check_bwd_wgmma::<BwdWgmmaWide<64>>();
         check_bwd_wgmma::<BwdWgmmaHdim96>();
+        check_bwd_wgmma::<BwdWgmmaHdim32>();
         check_fwd_wgmma::<FwdWgmmaHdim64>();
         check_fwd_wgmma::<FwdWgmmaHdim128>();
         check_fwd_wgmma::<FwdWgmmaHdim128Sync>();
