@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ncu on the forward, previous build (bench_base) against this one: executed instructions, issue
 # activity and stall reasons, to explain the v14a speed-up.
-here=bundle; out=${OUT:-out}; mkdir -p $out
+here=$(cd "$(dirname "$0")" && pwd); out=${OUT:-$here/out}; mkdir -p "$out"
 for bin in ${BINS:-bench_base bench}; do
   for point in "64 16384 true" "128 16384 false" "128 4096 true"; do
     set -- $point

@@ -203,6 +203,24 @@ mod tests {
     }
 
     #[test]
+    fn hopper_kernels_where_they_pay() {
+        // benches/NOTES.md v14b–d: the forward on `wgmma` from head_dim 64 up (96 padded to
+        // 128), the backward at 32 (padded to 64), 64, 96 and 128; the rest stays portable.
+        for dtype in [Dtype::F16, Dtype::Bf16] {
+            for (role, hopper) in [
+                (Role::Forward, [false, true, true, true, true, true]),
+                (Role::Backward, [true, true, true, true, false, false]),
+            ] {
+                for (d, expected) in crate::traits::SUPPORTED_HEAD_DIMS.iter().zip(hopper) {
+                    let k = find(role, dtype, *d, true).unwrap();
+                    assert_eq!(k.requires_sm90a, expected, "{role:?} {dtype:?} {d}: {}", k.name);
+                    assert_eq!(k.head_dim, *d);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn names_are_unique() {
         for (i, a) in KERNELS.iter().enumerate() {
             assert!(KERNELS[i + 1..].iter().all(|b| b.name != a.name));

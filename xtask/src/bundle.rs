@@ -88,7 +88,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             copy(&root.join("target/ptx").join(&name), bundle.join("ptx").join(&name))?;
         }
     }
-    for script in ["torch_anchors.py", "report.py", "profile.sh", "ab.sh"] {
+    for script in ["torch_anchors.py", "report.py", "profile.sh", "ab.sh", "check.sh", "ncu_ab.sh"] {
         copy(&root.join("benches").join(script), bundle.join(script))?;
     }
     let script = bundle.join("run.sh");
