@@ -30,6 +30,11 @@ fn shared_writes_done() {
 /// sm_90a device.
 #[inline(always)]
 pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams) {
+    // The generated GEMM shapes (the issue-only forms and waits stop at head_dim 128), and
+    // padding that stays inside the last 64-column panel in whole chunks.
+    const { assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128) };
+    const { assert!(T::DATA_HEAD_DIM <= T::HEAD_DIM && T::DATA_HEAD_DIM + 64 > T::HEAD_DIM) };
+    const { assert!(T::DATA_HEAD_DIM % 8 == 0) };
     let f = &p.fwd;
     let shape = &f.shape;
     let mask = Mask::of(shape);

@@ -47,6 +47,8 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
     const { assert!(T::BLOCK_N == 64 || T::BLOCK_N == 128) };
     // The generated GEMMs: 128-key tiles and the pipelined loop's waits up to head_dim 128.
     const { assert!(T::HEAD_DIM <= 128 || (T::BLOCK_N == 64 && !T::PIPELINED)) };
+    const { assert!(T::DATA_HEAD_DIM <= T::HEAD_DIM && T::DATA_HEAD_DIM + 64 > T::HEAD_DIM) };
+    const { assert!(T::DATA_HEAD_DIM % 8 == 0) };
     let shape = &p.shape;
     let mask = Mask::of(shape);
     let tid = ptx::thread_idx();

@@ -59,9 +59,11 @@ impl Element for F16 {
 /// `dst(row, chunk)`. All `threads` threads call this, thread `tid` taking every `threads`-th chunk.
 ///
 /// The loop is counted, not "while index < chunks": with the trip count a constant of the tile
-/// configuration it unrolls completely, and a thread's rows are `tid / chunks_per_row` plus
-/// multiples of `threads / chunks_per_row`, so the swizzle term and the chunk are computed
-/// once. Whole tiles (every tile but a sequence's last) skip the per-row range selects.
+/// configuration it unrolls completely. When `threads` is a multiple of `chunks_per_row`, a
+/// thread's rows are `tid / chunks_per_row` plus multiples of `threads / chunks_per_row`, so the
+/// swizzle term and the chunk are computed once, and whole tiles (every tile but a sequence's
+/// last) skip the per-row range selects. Configurations where it is not (head_dim 192: 24
+/// chunks for 256 threads; the portable head_dim 96: 12) take the general path on every tile.
 ///
 /// # Safety
 /// `tid < threads`; `src` points at row 0 of a tensor whose rows are `row_stride` elements
