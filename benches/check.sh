@@ -11,17 +11,9 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,clocks_event_reasons.active --format=csv -lms 250 > "$out/clocks.csv" &
 sampler=$!
 TESTS=" " SHORT="$SHORT" bash "$here/ab.sh" > "$out/ab.log" 2>&1
-demo="$here/bin/demo --batch 1 --heads 2 --iters 1"
-for d in ${SANITIZE:-}; do
-  for c in "" --causal; do
-    echo "== memcheck d$d $c" >> "$out/sanitize.log"
-    timeout 100 compute-sanitizer --tool memcheck --leak-check no $demo --seqlen 1000 --head-dim $d $c 2>&1 | tail -3 >> "$out/sanitize.log"
-  done
-  for tool in racecheck synccheck initcheck; do
-    echo "== $tool d$d causal" >> "$out/sanitize.log"
-    timeout 100 compute-sanitizer --tool $tool $demo --seqlen 300 --head-dim $d --causal 2>&1 | tail -3 >> "$out/sanitize.log"
-  done
-done
+if [ -n "${SANITIZE:-}" ]; then
+  SANITIZE_DIMS="$SANITIZE" LOG="$out/sanitize.log" bash "$here/profile.sh" sanitize > /dev/null
+fi
 if [ -n "${GRID:-}" ]; then
   "$here/bin/bench" --head-dims "$GRID" --out "$out/ours.jsonl" > "$out/grid.log" 2>&1
   python3 "$here/torch_anchors.py" --head-dims "$GRID" --out "$out/torch.jsonl" >> "$out/grid.log" 2>&1

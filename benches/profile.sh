@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One GPU call: compute-sanitizer (memcheck, racecheck, synccheck) on small forward+backward runs
+# One GPU call: compute-sanitizer (memcheck, racecheck, synccheck, initcheck) on small forward+backward runs
 # of the default kernels, then Nsight Compute on single launches of the Hopper kernels.
 # Usage (GPU machine, after `cargo xtask bundle`): bash bundle/profile.sh [sanitize|ncu|variance|all]
+# `sanitize` covers the head dims in $SANITIZE_DIMS (default "64 128"). Everything logs to $LOG
+# (default $OUT/log.txt); `check.sh` runs `sanitize` for the head dims a change touched.
 # `variance` (not part of `all`): the long causal forward points whose TFLOP/s moved by up to 20%
 # between runs of the same kernel (benches/NOTES.md, gaps after v13): five benches of them with
 # the SM clock and power sampled alongside, then ncu on one head_dim 64 causal 16k forward launch.
@@ -10,17 +12,19 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$here/out}
 mkdir -p "$out"
 what=${1:-all}
-{ date -u +%FT%TZ; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; ncu --version | tail -1; } | tee -a "$out/log.txt"
-log() { echo "== $*" | tee -a "$out/log.txt"; }
+log_file=${LOG:-$out/log.txt}
+{ date -u +%FT%TZ; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; ncu --version | tail -1; } | tee -a "$log_file"
+log() { echo "== $*" | tee -a "$log_file"; }
 demo="$here/bin/demo --batch 1 --heads 2 --iters 1"
 case $what in sanitize|all)
-  for d in 64 128; do for c in "" --causal; do for dt in "" --f16; do
+  dims=${SANITIZE_DIMS:-64 128}
+  for d in $dims; do for c in "" --causal; do for dt in "" --f16; do
     log "memcheck d$d $c $dt"
-    timeout 120 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 $demo --seqlen 1000 --head-dim $d $c $dt 2>&1 | tail -4 | tee -a "$out/log.txt"
+    timeout 120 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 $demo --seqlen 1000 --head-dim $d $c $dt 2>&1 | tail -4 | tee -a "$log_file"
   done; done; done
-  for tool in racecheck synccheck initcheck; do for d in 64 128; do
+  for tool in racecheck synccheck initcheck; do for d in $dims; do
     log "$tool d$d causal"
-    timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 $demo --seqlen 300 --head-dim $d --causal 2>&1 | tail -4 | tee -a "$out/log.txt"
+    timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 $demo --seqlen 300 --head-dim $d --causal 2>&1 | tail -4 | tee -a "$log_file"
   done; done ;;
 esac
 case $what in variance)
@@ -29,7 +33,7 @@ case $what in variance)
   sampler=$!
   for round in 1 2 3 4 5; do
     log "variance round $round"
-    "$here/bin/bench" --dtypes bf16,f16 --head-dims 64,128 --seqlens 4096,8192,16384 --iters 10 2>&1 | grep -E " true " | tee -a "$out/log.txt"
+    "$here/bin/bench" --dtypes bf16,f16 --head-dims 64,128 --seqlens 4096,8192,16384 --iters 10 2>&1 | grep -E " true " | tee -a "$log_file"
   done
   kill $sampler
   log "ncu fwd d64 causal 16k"
@@ -48,7 +52,7 @@ case $what in ncu|all)
       -f -o "$out/$name" $bench "$@" > "$out/$name.run.txt" 2>&1
     ncu --import "$out/$name.ncu-rep" --page details > "$out/$name.details.txt" 2>&1
     ncu --import "$out/$name.ncu-rep" --page source --print-source sass --csv > "$out/$name.sass.csv" 2>&1
-    grep -E "Duration|Registers|Achieved Occupancy|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|No Eligible|Stall" "$out/$name.details.txt" | head -30 | tee -a "$out/log.txt"
+    grep -E "Duration|Registers|Achieved Occupancy|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|No Eligible|Stall" "$out/$name.details.txt" | head -30 | tee -a "$log_file"
   }
   prof bwd_d64_2k flash_bwd_wgmma --head-dims 64 --seqlens 2048
   prof bwd_d128_2k flash_bwd_wgmma --head-dims 128 --seqlens 2048
