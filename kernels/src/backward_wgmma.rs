@@ -12,7 +12,7 @@ use crate::params::{BwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, accumulators_as_a};
 use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, dq_staging_offset, kv_head_of, wgmma_descriptor};
-use crate::traits::BwdWgmmaTraits;
+use crate::traits::{BwdWgmmaTraits, padding_fits};
 use crate::warpgroup::{Waited, WgmmaElement, panel_descriptors, wait};
 
 const LOG2_E: f32 = core::f32::consts::LOG2_E;
@@ -33,8 +33,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
     // The generated GEMM shapes (the issue-only forms and waits stop at head_dim 128), and
     // padding that stays inside the last 64-column panel in whole chunks.
     const { assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128) };
-    const { assert!(T::DATA_HEAD_DIM <= T::HEAD_DIM && T::DATA_HEAD_DIM + 64 > T::HEAD_DIM) };
-    const { assert!(T::DATA_HEAD_DIM % 8 == 0) };
+    const { assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM)) };
     let f = &p.fwd;
     let shape = &f.shape;
     let mask = Mask::of(shape);

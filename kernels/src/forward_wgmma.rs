@@ -15,7 +15,7 @@ use crate::params::{FwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, accumulators_as_a, quad_sum};
 use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, kv_head_of, q_tile_of_block, wgmma_descriptor};
-use crate::traits::FwdWgmmaTraits;
+use crate::traits::{FwdWgmmaTraits, padding_fits};
 use crate::warpgroup::{Waited, WgmmaElement, panel_descriptors, wait};
 
 /// Score tiles: 8 columns each, BLOCK_N ≤ 128.
@@ -47,8 +47,7 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
     const { assert!(T::BLOCK_N == 64 || T::BLOCK_N == 128) };
     // The generated GEMMs: 128-key tiles and the pipelined loop's waits up to head_dim 128.
     const { assert!(T::HEAD_DIM <= 128 || (T::BLOCK_N == 64 && !T::PIPELINED)) };
-    const { assert!(T::DATA_HEAD_DIM <= T::HEAD_DIM && T::DATA_HEAD_DIM + 64 > T::HEAD_DIM) };
-    const { assert!(T::DATA_HEAD_DIM % 8 == 0) };
+    const { assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM)) };
     let shape = &p.shape;
     let mask = Mask::of(shape);
     let tid = ptx::thread_idx();
