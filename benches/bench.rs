@@ -5,6 +5,10 @@
 //! `bench [--out FILE] [--iters N] [--head-dims 64,128] [--dtypes bf16,f16] [--seqlens 512,...]
 //! [--kernels portable] [--kernel NAME,...]`
 //!
+//! `bench --features all|gqa,window_4096_0,... [--seqlens 4096,16384] [--out FILE]`: issue 9's
+//! feature rows instead (head_dim 128, bf16; see [`FEATURES`]), the same rows as
+//! `feature_anchors.py`, with FLOPs counted on the visible area of the mask.
+//!
 //! Timing follows the anchors' `triton.testing.do_bench` (warmup 25 ms, rep 100 ms, median):
 //! the call count fills 100 ms, and a 256 MB buffer is zeroed before each timed call, outside
 //! its events, so that every call starts from a cold L2 and the GPU's power state (it runs at
@@ -31,9 +35,11 @@ struct Options {
     iters: usize,
     head_dims: Vec<usize>,
     dtypes: Vec<String>,
-    seqlens: Vec<usize>,
+    seqlens: Option<Vec<usize>>,
     portable: bool,
     kernels: Vec<String>,
+    /// Feature rows by name (`all`: every one); empty: the grid.
+    features: Vec<String>,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
@@ -46,9 +52,10 @@ fn options() -> Options {
         iters: 0,
         head_dims: vec![32, 64, 96, 128, 192, 256],
         dtypes: vec!["bf16".into(), "f16".into()],
-        seqlens: vec![512, 1024, 2048, 4096, 8192, 16384],
+        seqlens: None,
         portable: false,
         kernels: Vec::new(),
+        features: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -58,11 +65,13 @@ fn options() -> Options {
             "--iters" => o.iters = v.parse().unwrap_or(0),
             "--head-dims" => o.head_dims = list(&v),
             "--dtypes" => o.dtypes = list(&v),
-            "--seqlens" => o.seqlens = list(&v),
+            "--seqlens" => o.seqlens = Some(list(&v)),
             // `portable`: the mma.sync kernels also on Hopper, to compare with the wgmma ones.
             "--kernels" => o.portable = v == "portable",
             // Kernels by name, comma-separated (measurement variants from the registry).
             "--kernel" => o.kernels = list(&v),
+            "--features" if v == "all" => o.features = FEATURES.iter().map(|f| f.name.to_string()).collect(),
+            "--features" => o.features = list(&v),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -144,6 +153,11 @@ fn main() {
     let device = cust::device::Device::get_device(0).unwrap();
     let card = device.name().unwrap_or_default();
     let mut out = o.out.as_ref().map(|p| std::fs::File::create(p).expect("cannot create --out file"));
+    if !o.features.is_empty() {
+        features(&o, &card, &mut out);
+        drop(context);
+        return;
+    }
     println!(
         "{:<5} {:>4} {:>6} {:>6} {:>4} | {:>9} {:>8} | {:>9} {:>8}",
         "dtype", "d", "causal", "seqlen", "b", "fwd ms", "TFLOP/s", "bwd ms", "TFLOP/s"
@@ -182,7 +196,7 @@ fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
     let dtype = if T::DTYPE == flash_attn_kernels::registry::Dtype::Bf16 { "bf16" } else { "f16" };
     for &d in &o.head_dims {
         for causal in [false, true] {
-            for &s in &o.seqlens {
+            for &s in o.seqlens.as_deref().unwrap_or(&[512, 1024, 2048, 4096, 8192, 16384]) {
                 let (b, h) = (TOKENS / s, MODEL_DIM / d);
                 let layout = Layout::contiguous([b, s, h, d]);
                 let (qv, kv, vv, dov) = (
@@ -191,7 +205,7 @@ fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
                     TensorRef::<T>::from_slice(&v, 0, layout).unwrap(),
                     TensorRef::<T>::from_slice(&d_o, 0, layout).unwrap(),
                 );
-                let params = AttentionParams { softmax_scale: None, causal, deterministic: false };
+                let params = AttentionParams { causal, ..Default::default() };
                 // Outputs are allocated once, outside the timed region, as a caching allocator
                 // (PyTorch's) would hand them out: a synchronous cuMemAlloc per call adds
                 // run-to-run jitter that swamps the 0.1–0.5 ms kernels at seqlen 512.
@@ -217,7 +231,7 @@ fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
                         TensorMut::<T>::from_slice(&mut dv, 0, layout).unwrap(),
                     );
                     attention
-                        .backward_into(&stream, dov, qv, kv, vv, o_in, &lse, dq_out, dk_out, dv_out, &params)
+                        .backward_into(&stream, dov, qv, kv, vv, o_in, &lse, dq_out, dk_out, dv_out, None, &params)
                         .unwrap();
                 });
                 let flops = 4.0 * (b * h * s * s * d) as f64 / if causal { 2.0 } else { 1.0 };
@@ -257,4 +271,169 @@ fn memory_report<T: Element>() {
         before.saturating_sub(after) as f64 / (1 << 20) as f64
     );
     drop(out);
+}
+
+/// One of issue 9's feature rows: head_dim 128, bf16, 16k tokens per batch.
+struct Feature {
+    name: &'static str,
+    heads: usize,
+    heads_k: usize,
+    causal: bool,
+    /// (left, right), -1 = unbounded.
+    window: Option<(i32, i32)>,
+    softcap: Option<f32>,
+    /// A random f32 sink logit per head.
+    sinks: bool,
+}
+
+const fn row(name: &'static str, heads: usize, heads_k: usize) -> Feature {
+    Feature { name, heads, heads_k, causal: false, window: None, softcap: None, sinks: false }
+}
+
+/// The rows of `feature_anchors.py`, in its order: `dense_h32` is the equal-heads point beside
+/// `gqa`, for the ratio per FLOP.
+const FEATURES: [Feature; 8] = [
+    row("dense", 16, 16),
+    Feature { causal: true, ..row("causal", 16, 16) },
+    row("gqa", 32, 8),
+    row("dense_h32", 32, 32),
+    Feature { window: Some((4096, 0)), ..row("window_4096_0", 16, 16) },
+    Feature { window: Some((1024, 1024)), ..row("window_1024_1024", 16, 16) },
+    Feature { softcap: Some(50.0), ..row("softcap_50", 16, 16) },
+    Feature { sinks: true, ..row("sinks", 16, 16) },
+];
+
+/// (query, key) pairs of one head that the mask lets through, with FlashAttention's bottom-right
+/// alignment: query `i` sees key `j` iff `(left < 0 || j >= i + sk - sq - left) &&
+/// (right < 0 || j <= i + sk - sq + right)`; causal means `right = 0`.
+fn visible_pairs(seqlen_q: usize, seqlen_k: usize, window: Option<(i32, i32)>, causal: bool) -> u64 {
+    let (left, right) = window.map_or((-1, -1), |(l, r)| (l as i64, r as i64));
+    let right = if causal { 0 } else { right };
+    let (sq, sk) = (seqlen_q as i64, seqlen_k as i64);
+    (0..sq)
+        .map(|i| {
+            let diag = i + sk - sq;
+            let lo = if left < 0 { 0 } else { (diag - left).max(0) };
+            let hi = if right < 0 { sk - 1 } else { (diag + right).min(sk - 1) };
+            (hi - lo + 1).max(0) as u64
+        })
+        .sum()
+}
+
+/// `--features`: our library on the feature rows, timed as the grid is; a row our library
+/// rejects is written with its error.
+fn features(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
+    const D: usize = 128;
+    let stream = Stream::new(StreamFlags::NON_BLOCKING, None).unwrap();
+    let attention = FlashAttention::new().unwrap();
+    let max_heads = FEATURES.iter().map(|f| f.heads).max().unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
+    let upload = |rng: &mut StdRng| {
+        let (_, host) = random_inputs::<bf16>(rng, TOKENS * max_heads * D);
+        DeviceBuffer::from_slice(bytemuck::cast_slice::<bf16, u16>(&host)).unwrap()
+    };
+    let (q, k, v, d_o) = (upload(&mut rng), upload(&mut rng), upload(&mut rng), upload(&mut rng));
+    let sink_logits: Vec<f32> = random_inputs::<bf16>(&mut rng, max_heads).0.iter().map(|&x| x as f32).collect();
+    let mut flush = DeviceBuffer::<u32>::zeroed(FLUSH_WORDS).unwrap();
+    let timing = if o.iters == 0 { "do_bench".to_string() } else { format!("{} calls", o.iters) };
+    println!(
+        "{:<17} {:>6} {:>3} {:>5} | {:>9} {:>8} | {:>9} {:>8}",
+        "feature", "seqlen", "b", "h/hk", "fwd ms", "TFLOP/s", "bwd ms", "TFLOP/s"
+    );
+    for &s in o.seqlens.as_deref().unwrap_or(&[4096, 16384]) {
+        for name in &o.features {
+            let f = FEATURES.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("unknown feature {name}"));
+            let (b, h, hk) = (TOKENS / s, f.heads, f.heads_k);
+            let (q_layout, kv_layout) = (Layout::contiguous([b, s, h, D]), Layout::contiguous([b, s, hk, D]));
+            let view = |buf, layout| TensorRef::<bf16>::from_slice(buf, 0, layout).unwrap();
+            let (qv, kv, vv, dov) =
+                (view(&q, q_layout), view(&k, kv_layout), view(&v, kv_layout), view(&d_o, q_layout));
+            let sinks = f.sinks.then(|| DeviceBuffer::from_slice(&sink_logits[..h]).unwrap());
+            let mut d_sinks = f.sinks.then(|| DeviceBuffer::<f32>::zeroed(h).unwrap());
+            let params = AttentionParams {
+                causal: f.causal,
+                window: f.window,
+                softcap: f.softcap,
+                sinks: sinks.as_deref(),
+                ..Default::default()
+            };
+            let mut o_buf = DeviceBuffer::<u16>::zeroed(b * s * h * D).unwrap();
+            let mut lse = DeviceBuffer::<f32>::zeroed(b * h * s).unwrap();
+            let mut dq = DeviceBuffer::<u16>::zeroed(b * s * h * D).unwrap();
+            let (mut dk, mut dv) = (
+                DeviceBuffer::<u16>::zeroed(b * s * hk * D).unwrap(),
+                DeviceBuffer::<u16>::zeroed(b * s * hk * D).unwrap(),
+            );
+            // One closure for both directions, as they share O and LSE: `run(false)` is the
+            // forward, `run(true)` the backward.
+            let mut run = |backward: bool| {
+                if !backward {
+                    let o_out = TensorMut::<bf16>::from_slice(&mut o_buf, 0, q_layout).unwrap();
+                    return attention.forward_into(&stream, qv, kv, vv, o_out, &mut lse, &params);
+                }
+                let o_in = TensorRef::<bf16>::from_slice(&o_buf, 0, q_layout).unwrap();
+                let dq_out = TensorMut::<bf16>::from_slice(&mut dq, 0, q_layout).unwrap();
+                let dk_out = TensorMut::<bf16>::from_slice(&mut dk, 0, kv_layout).unwrap();
+                let dv_out = TensorMut::<bf16>::from_slice(&mut dv, 0, kv_layout).unwrap();
+                let ds = d_sinks.as_deref_mut();
+                attention.backward_into(&stream, dov, qv, kv, vv, o_in, &lse, dq_out, dk_out, dv_out, ds, &params)
+            };
+            let pairs = visible_pairs(s, s, f.window, f.causal);
+            let mut json = format!(
+                "{{\"feature\":\"{name}\",\"seqlen\":{s},\"batch\":{b},\"heads\":{h},\"heads_k\":{hk},\"head_dim\":{D},\"dtype\":\"bf16\",\"visible_pairs\":{pairs}"
+            );
+            // One untimed call each way: a feature our library rejects is reported, not timed.
+            let check = run(false).and_then(|()| run(true)).map_err(|e| e.to_string());
+            match check.and_then(|()| stream.synchronize().map_err(|e| format!("{e:?}"))) {
+                Err(e) => {
+                    println!("{name:<17} {s:>6} {b:>3} {h:>2}/{hk:<2} | error: {e}");
+                    json += &format!(",\"error\":{e:?}");
+                }
+                Ok(()) => {
+                    // The forward is timed, then the backward (reusing the last O and LSE).
+                    let fms = time_calls(&stream, &mut flush, o.iters, || run(false).unwrap());
+                    let bms = time_calls(&stream, &mut flush, o.iters, || run(true).unwrap());
+                    let flops = 4.0 * (D * b * h) as f64 * pairs as f64;
+                    let (ft, bt) = (flops / fms as f64 / 1e9, 2.5 * flops / bms as f64 / 1e9);
+                    println!("{name:<17} {s:>6} {b:>3} {h:>2}/{hk:<2} | {fms:>9.3} {ft:>8.1} | {bms:>9.3} {bt:>8.1}");
+                    json += &format!(
+                        ",\"fwd_ms\":{fms:.4},\"bwd_ms\":{bms:.4},\"fwd_tflops\":{ft:.2},\"bwd_tflops\":{bt:.2}"
+                    );
+                }
+            }
+            if let Some(file) = out.as_mut() {
+                writeln!(file, "{json},\"card\":\"{card}\",\"timing\":\"{timing}\"}}").unwrap();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::visible_pairs;
+
+    #[test]
+    fn visible_pairs_match_a_brute_force_count() {
+        let windows = [None, Some((0, 0)), Some((3, -1)), Some((-1, 2)), Some((2, 5)), Some((40, 0)), Some((-1, -1))];
+        for (sq, sk) in [(1, 1), (7, 7), (5, 13), (13, 5), (16, 16), (1, 9), (9, 1)] {
+            for window in windows {
+                for causal in [false, true] {
+                    let (left, right) = window.unwrap_or((-1, -1));
+                    let right = if causal { 0 } else { right };
+                    let (sq_, sk_) = (sq as i64, sk as i64);
+                    let mut want = 0;
+                    for i in 0..sq_ {
+                        for j in 0..sk_ {
+                            let diag = i + sk_ - sq_;
+                            want += ((left < 0 || j >= diag - left as i64) && (right < 0 || j <= diag + right as i64))
+                                as u64;
+                        }
+                    }
+                    assert_eq!(visible_pairs(sq, sk, window, causal), want, "{sq}x{sk} {window:?} causal {causal}");
+                }
+            }
+        }
+        assert_eq!(visible_pairs(4096, 4096, None, true), 4096 * 4097 / 2);
+        assert_eq!(visible_pairs(4096, 4096, Some((4096, 0)), false), 4096 * 4097 / 2);
+    }
 }

@@ -82,15 +82,7 @@ fn cpu_only(why: &str) -> Result<(), String> {
     println!("No GPU here ({why}).");
     println!("The kernels were compiled to PTX and checked by ptxas (`cargo xtask build-ptx` above);");
     println!("running the f64 CPU reference on a small problem instead.");
-    let p = Problem {
-        batch: 1,
-        heads: 2,
-        seqlen_q: 256,
-        seqlen_k: 256,
-        head_dim: 128,
-        scale: 1.0 / 128f64.sqrt(),
-        causal: true,
-    };
+    let p = Problem::new(1, 2, 256, 256, 128, 1.0 / 128f64.sqrt(), true);
     let mut rng = StdRng::seed_from_u64(1);
     let (q, _) = random_inputs::<bf16>(&mut rng, p.q_len());
     let (k, _) = random_inputs::<bf16>(&mut rng, p.kv_len());
@@ -151,7 +143,7 @@ fn run<T: Element>(o: &Options) -> Result<(), String> {
         o.head_dim,
         if o.causal { "causal" } else { "not causal" }
     );
-    println!("forward kernel: {}", attention.forward_kernel_name::<T>(o.head_dim).unwrap_or("none"));
+    println!("forward kernel: {}", attention.forward_kernel_name::<T>(o.head_dim, false).unwrap_or("none"));
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let (q64, q) = random_inputs::<T>(&mut rng, n);
     let (k64, k) = random_inputs::<T>(&mut rng, n);
@@ -163,7 +155,7 @@ fn run<T: Element>(o: &Options) -> Result<(), String> {
         DeviceTensor::from_host(&v, shape).map_err(lib)?,
         DeviceTensor::from_host(&d_o, shape).map_err(lib)?,
     );
-    let params = AttentionParams { softmax_scale: None, causal: o.causal, deterministic: false };
+    let params = AttentionParams { causal: o.causal, ..Default::default() };
 
     let (start, end) = (cuda(Event::new(EventFlags::DEFAULT))?, cuda(Event::new(EventFlags::DEFAULT))?);
     let mut fwd_ms = Vec::new();
@@ -206,15 +198,7 @@ fn run<T: Element>(o: &Options) -> Result<(), String> {
     let round = |x: f64| T::from_f64(x).to_f64();
     let mut checks: Vec<Comparison> = Vec::new();
     for (b, h) in [(0, 0), (o.batch - 1, o.heads - 1)] {
-        let p = Problem {
-            batch: 1,
-            heads: 1,
-            seqlen_q: rows.len(),
-            seqlen_k: o.seqlen,
-            head_dim: o.head_dim,
-            scale: 1.0 / (o.head_dim as f64).sqrt(),
-            causal: o.causal,
-        };
+        let p = Problem::new(1, 1, rows.len(), o.seqlen, o.head_dim, 1.0 / (o.head_dim as f64).sqrt(), o.causal);
         let all = 0..o.seqlen;
         let (qs, ks, vs, dos) = (
             slice(&q64, shape, b, h, rows.clone()),

@@ -163,11 +163,30 @@ fn bad_input() -> Result<(), Failed> {
     expect(a.forward_into(s, q.view(), k.view(), k.view(), wrong_o.view_mut(), &mut lse, &params), "o")?;
     let mut short_lse = cust::memory::DeviceBuffer::from_slice(&[f32::NAN; 31]).map_err(|e| format!("{e:?}"))?;
     expect(a.forward_into(s, q.view(), k.view(), k.view(), o.view_mut(), &mut short_lse, &params), "lse")?;
-    let bad_scale = AttentionParams { softmax_scale: Some(f32::NAN), causal: false, deterministic: false };
+    let bad_scale = AttentionParams { softmax_scale: Some(f32::NAN), ..Default::default() };
     expect(
         a.forward_into(s, q.view(), k.view(), k.view(), o.view_mut(), &mut lse, &bad_scale),
         "params.softmax_scale",
     )?;
+    // The features' arguments: K/V heads not dividing the query heads, a cap <= 0 or NaN, a
+    // window edge below -1, p outside [0, 1), slopes and sinks of the wrong length.
+    let k3 = DeviceTensor::filled([1, 16, 3, 64], bf16::ONE).map_err(|e| e.to_string())?;
+    expect(a.forward_into(s, q.view(), k3.view(), k3.view(), o.view_mut(), &mut lse, &params), "k")?;
+    let floats = |n: usize| cust::memory::DeviceBuffer::from_slice(&vec![0.5f32; n]).map_err(|e| format!("{e:?}"));
+    let (three, two) = (floats(3)?, floats(2)?);
+    for (bad, argument) in [
+        (AttentionParams { softcap: Some(0.0), ..Default::default() }, "params.softcap"),
+        (AttentionParams { softcap: Some(f32::NAN), ..Default::default() }, "params.softcap"),
+        (AttentionParams { window: Some((-2, 0)), ..Default::default() }, "params.window"),
+        (
+            AttentionParams { dropout: Some(flash_attn::Dropout { p: 1.0, seed: 0, offset: 0 }), ..Default::default() },
+            "params.dropout",
+        ),
+        (AttentionParams { alibi_slopes: Some(&three), ..Default::default() }, "params.alibi_slopes"),
+        (AttentionParams { sinks: Some(&three), ..Default::default() }, "params.sinks"),
+    ] {
+        expect(a.forward_into(s, q.view(), k.view(), k.view(), o.view_mut(), &mut lse, &bad), argument)?;
+    }
     // Backward: dO of the wrong shape.
     let d_o = DeviceTensor::filled([1, 15, 2, 64], bf16::ONE).map_err(|e| e.to_string())?;
     match a.backward(s, d_o.view(), q.view(), k.view(), k.view(), o.view(), &lse, &params) {
@@ -192,12 +211,34 @@ fn bad_input() -> Result<(), Failed> {
             dq.view_mut(),
             dk.view_mut(),
             dv.view_mut(),
+            None,
             &params,
         )
     };
     expect(backward_into(&mut dq_wrong, &lse), "dq")?;
     let mut dq = DeviceTensor::filled(shape, bf16::NAN).map_err(|e| e.to_string())?;
     expect(backward_into(&mut dq, &short_lse), "lse")?;
+    // Sinks need somewhere for their gradient, of one float per query head.
+    let with_sinks = AttentionParams { sinks: Some(&two), ..Default::default() };
+    let mut short = floats(1)?;
+    for (d_sinks, params) in [(None, &with_sinks), (Some(&mut *short), &with_sinks), (Some(&mut *floats(2)?), &params)]
+    {
+        let result = a.backward_into(
+            s,
+            d_o.view(),
+            q.view(),
+            k.view(),
+            k.view(),
+            o.view(),
+            &lse,
+            dq.view_mut(),
+            dk.view_mut(),
+            dv.view_mut(),
+            d_sinks,
+            params,
+        );
+        expect(result, "d_sinks")?;
+    }
 
     s.synchronize().map_err(|e| format!("{e:?}"))?;
     for (name, t) in [("dq", &dq), ("dk", &dk), ("dv", &dv)] {
@@ -213,13 +254,21 @@ fn bad_input() -> Result<(), Failed> {
 }
 
 /// Deterministic mode: dQ (and dK, dV) bitwise equal over repeated runs, on shapes where many
-/// key blocks add into each query tile; also reports whether the default mode happened to vary.
+/// key blocks add into each query tile, also with grouped K/V heads and dropout (whose mask is a
+/// function of seed and offset); also reports whether the default mode happened to vary. And
+/// dropout's forward: the same seed and offset give bitwise the same O, another offset another.
 fn deterministic_backward() -> Result<(), Failed> {
     let gpu = gpu()?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xde7e);
-    for (seqlen_q, seqlen_k, head_dim, causal) in [(1000, 1100, 128, true), (777, 2048, 64, false)] {
+    let dropout = |offset| Some(flash_attn::Dropout { p: 0.2, seed: 0x5eed, offset });
+    for (seqlen_q, seqlen_k, head_dim, causal, heads_k, dropout) in [
+        (1000, 1100, 128, true, 4, None),
+        (777, 2048, 64, false, 4, None),
+        (900, 1300, 128, false, 1, dropout(7)),
+        (513, 700, 64, true, 2, dropout(3)),
+    ] {
         let shape_q = [2, seqlen_q, 4, head_dim];
-        let shape_k = [2, seqlen_k, 4, head_dim];
+        let shape_k = [2, seqlen_k, heads_k, head_dim];
         let draw = |n: usize, rng: &mut rand::rngs::StdRng| -> Vec<bf16> { random_inputs::<bf16>(rng, n).1 };
         let nq: usize = shape_q.iter().product();
         let nk: usize = shape_k.iter().product();
@@ -229,7 +278,7 @@ fn deterministic_backward() -> Result<(), Failed> {
         let v = DeviceTensor::from_host(&draw(nk, &mut rng), shape_k).map_err(lib)?;
         let d_o = DeviceTensor::from_host(&draw(nq, &mut rng), shape_q).map_err(lib)?;
         let runs = |deterministic: bool| -> Result<Vec<Vec<bf16>>, Failed> {
-            let params = AttentionParams { softmax_scale: None, causal, deterministic };
+            let params = AttentionParams { causal, deterministic, dropout, ..Default::default() };
             let fwd = gpu.attention.forward(&gpu.stream, q.view(), k.view(), v.view(), &params).map_err(lib)?;
             let mut images = Vec::new();
             for _ in 0..3 {
@@ -245,6 +294,25 @@ fn deterministic_backward() -> Result<(), Failed> {
             }
             Ok(images)
         };
+        if let Some(d) = dropout {
+            let once = |offset: u64| -> Result<Vec<u16>, Failed> {
+                let params = AttentionParams {
+                    causal,
+                    dropout: Some(flash_attn::Dropout { offset, ..d }),
+                    ..Default::default()
+                };
+                let fwd = gpu.attention.forward(&gpu.stream, q.view(), k.view(), v.view(), &params).map_err(lib)?;
+                gpu.stream.synchronize().map_err(|e| format!("{e:?}"))?;
+                Ok(fwd.o.to_host().map_err(lib)?.iter().map(|x| x.to_bits()).collect())
+            };
+            let (a, b, c) = (once(d.offset)?, once(d.offset)?, once(d.offset + 1)?);
+            if a != b {
+                return Err("dropout: the same seed and offset gave different outputs".into());
+            }
+            if a == c {
+                return Err("dropout: another offset gave the same output".into());
+            }
+        }
         let ordered = runs(true)?;
         let bits = |x: &Vec<bf16>| x.iter().map(|v| v.to_bits()).collect::<Vec<u16>>();
         if ordered.iter().any(|run| bits(run) != bits(&ordered[0])) {
@@ -256,7 +324,8 @@ fn deterministic_backward() -> Result<(), Failed> {
         let free = runs(false)?;
         let varied = free.iter().any(|run| bits(run) != bits(&free[0]));
         eprintln!(
-            "deterministic: seqlen_q {seqlen_q} seqlen_k {seqlen_k} head_dim {head_dim} causal {causal}: 3 runs identical \
+            "deterministic: seqlen_q {seqlen_q} seqlen_k {seqlen_k} head_dim {head_dim} causal {causal} heads_k {heads_k} \
+             dropout {dropout:?}: 3 runs identical \
              (default mode {} between its 3 runs)",
             if varied { "differed" } else { "happened to agree" }
         );

@@ -10,7 +10,7 @@ use cust::device::DeviceAttribute;
 use cust::memory::{DeviceBuffer, DeviceSlice};
 use cust::module::Module;
 use cust::stream::Stream;
-use flash_attn_kernels::params::{AttnShape, BwdParams, FwdParams};
+use flash_attn_kernels::params::{AttnShape, BwdParams, FwdParams, Modifiers};
 use flash_attn_kernels::registry::{self, KernelInfo, Role};
 use std::ffi::c_void;
 
@@ -31,10 +31,13 @@ pub struct ForwardOutput<T: Element> {
     pub lse: DeviceBuffer<f32>,
 }
 
+/// dQ (Q's shape), dK and dV (K's shape: with grouped K/V heads, the sums over each group's
+/// query heads), and the sinks' gradient (`heads` floats) when the call had sinks.
 pub struct Gradients<T: Element> {
     pub dq: DeviceTensor<T>,
     pub dk: DeviceTensor<T>,
     pub dv: DeviceTensor<T>,
+    pub d_sinks: Option<DeviceBuffer<f32>>,
 }
 
 impl FlashAttention {
@@ -94,9 +97,10 @@ impl FlashAttention {
         Some(self)
     }
 
-    /// Name of the forward kernel that runs for this dtype and head dim, if any.
-    pub fn forward_kernel_name<T: Element>(&self, head_dim: usize) -> Option<&'static str> {
-        self.choose(Role::Forward, T::DTYPE, head_dim as u32).map(|k| k.name)
+    /// Name of the forward kernel that runs for this dtype and head dim (dense, or with the
+    /// score modifiers: softcap, ALiBi, dropout), if any.
+    pub fn forward_kernel_name<T: Element>(&self, head_dim: usize, modifiers: bool) -> Option<&'static str> {
+        self.choose(Role::Forward, T::DTYPE, head_dim as u32, modifiers).map(|k| k.name)
     }
 
     /// Forward into new tensors: O (contiguous) and the LSE. Queued on `stream`; no sync.
@@ -133,9 +137,10 @@ impl FlashAttention {
         let oa = Arg::of("o", &o_ref);
         validate::output(&oa, validate::q_shape(&shape))?;
         validate::lse("lse", lse.len(), &shape)?;
-        let p = forward_params(shape, [&qa, &ka, &va, &oa], lse);
-        let info = self.kernel(Role::Forward, T::DTYPE, &shape)?;
-        self.launch(stream, info, shape.seqlen_q, &shape, &p)
+        let mods = validate::modifiers(params, &shape)?;
+        let p = forward_params(shape, mods, [&qa, &ka, &va, &oa], lse);
+        let info = self.kernel(Role::Forward, T::DTYPE, &shape, &mods)?;
+        self.launch(stream, info, grid(info, shape.seqlen_q, shape.heads, shape.batch), &p)
     }
 
     /// Backward into new tensors dQ, dK, dV (contiguous). `o` and `lse` come from the forward
@@ -158,11 +163,31 @@ impl FlashAttention {
         let mut dq = DeviceTensor::uninitialized(validate::q_shape(&shape))?;
         let mut dk = DeviceTensor::uninitialized(validate::kv_shape(&shape))?;
         let mut dv = DeviceTensor::uninitialized(validate::kv_shape(&shape))?;
-        self.backward_into(stream, d_o, q, k, v, o, lse, dq.view_mut(), dk.view_mut(), dv.view_mut(), params)?;
-        Ok(Gradients { dq, dk, dv })
+        let mut d_sinks = match params.sinks {
+            // SAFETY: f32 has no invalid bit patterns; the sink-gradient kernel writes every one.
+            Some(_) => Some(unsafe { DeviceBuffer::<f32>::uninitialized(shape.heads as usize) }.during("cuMemAlloc")?),
+            None => None,
+        };
+        let sinks_out = d_sinks.as_deref_mut();
+        self.backward_into(
+            stream,
+            d_o,
+            q,
+            k,
+            v,
+            o,
+            lse,
+            dq.view_mut(),
+            dk.view_mut(),
+            dv.view_mut(),
+            sinks_out,
+            params,
+        )?;
+        Ok(Gradients { dq, dk, dv, d_sinks })
     }
 
-    /// Backward into caller-provided dQ, dK, dV (any non-overlapping strides).
+    /// Backward into caller-provided dQ, dK, dV (any non-overlapping strides) and, when
+    /// `params.sinks` is set, the sinks' gradient (`heads` floats; required then, and only then).
     #[allow(clippy::too_many_arguments)]
     pub fn backward_into<T: Element>(
         &self,
@@ -176,6 +201,7 @@ impl FlashAttention {
         dq: TensorMut<'_, T>,
         dk: TensorMut<'_, T>,
         dv: TensorMut<'_, T>,
+        d_sinks: Option<&mut DeviceSlice<f32>>,
         params: &AttentionParams,
     ) -> Result<()> {
         let [qa, ka, va, oa, doa] =
@@ -186,9 +212,23 @@ impl FlashAttention {
         validate::output(&dqa, validate::q_shape(&shape))?;
         validate::output(&dka, validate::kv_shape(&shape))?;
         validate::output(&dva, validate::kv_shape(&shape))?;
-        let main = self.kernel(Role::Backward, T::DTYPE, &shape)?;
-        let pre = self.kernel(Role::BackwardPreprocess, T::DTYPE, &shape)?;
-        let convert = self.kernel(Role::BackwardConvertDq, T::DTYPE, &shape)?;
+        let mods = validate::modifiers(params, &shape)?;
+        let d_sinks = match (params.sinks.is_some(), d_sinks) {
+            (true, Some(out)) if out.len() >= shape.heads as usize => out.as_device_ptr().as_raw(),
+            (true, Some(out)) => {
+                return Err(Error::invalid(
+                    "d_sinks",
+                    format!("holds {} floats; one per query head ({}) needed", out.len(), shape.heads),
+                ));
+            }
+            (true, None) => return Err(Error::invalid("d_sinks", "required when params.sinks is set")),
+            (false, Some(_)) => return Err(Error::invalid("d_sinks", "given, but params.sinks is not set")),
+            (false, None) => 0,
+        };
+        let main = self.kernel(Role::Backward, T::DTYPE, &shape, &mods)?;
+        let pre = self.kernel(Role::BackwardPreprocess, T::DTYPE, &shape, &mods)?;
+        let convert = self.kernel(Role::BackwardConvertDq, T::DTYPE, &shape, &mods)?;
+        let sink_gradient = self.kernel(Role::BackwardSinkGradient, T::DTYPE, &shape, &mods)?;
 
         // O(seqlen) scratch: D = rowsum(dO∘O) and the f32 dQ accumulator, freed in stream order.
         let rows = shape.batch as usize * shape.heads as usize * shape.seqlen_q as usize;
@@ -210,7 +250,7 @@ impl FlashAttention {
             None
         };
         let p = BwdParams {
-            fwd: forward_params(shape, [&qa, &ka, &va, &oa], lse),
+            fwd: forward_params(shape, mods, [&qa, &ka, &va, &oa], lse),
             d_o: doa.address,
             dq: dqa.address,
             dk: dka.address,
@@ -222,46 +262,63 @@ impl FlashAttention {
             dk_strides: dka.strides(),
             dv_strides: dva.strides(),
             dq_semaphore: semaphores.as_ref().map_or(0, |s| s.as_device_ptr().as_raw()),
+            d_sinks,
         };
+        let (b, h) = (shape.batch, shape.heads);
+        // The main kernel runs one block per (key tile, K/V head); the row kernels per query head.
         let launched = self
-            .launch(stream, pre, shape.seqlen_q, &shape, &p)
-            .and_then(|()| self.launch(stream, main, shape.seqlen_k, &shape, &p))
-            .and_then(|()| self.launch(stream, convert, shape.seqlen_q, &shape, &p));
+            .launch(stream, pre, grid(pre, shape.seqlen_q, h, b), &p)
+            .and_then(|()| self.launch(stream, main, grid(main, shape.seqlen_k, shape.heads_k, b), &p))
+            .and_then(|()| self.launch(stream, convert, grid(convert, shape.seqlen_q, h, b), &p))
+            .and_then(|()| match d_sinks {
+                0 => Ok(()),
+                _ => self.launch(stream, sink_gradient, (1, h, 1), &p),
+            });
         let freed = dq_accum.drop_async(stream).during("cuMemFreeAsync");
         let freed_d = softmax_d.drop_async(stream).during("cuMemFreeAsync");
         let freed_s = semaphores.map_or(Ok(()), |s| s.drop_async(stream).during("cuMemFreeAsync"));
         launched.and(freed).and(freed_d).and(freed_s)
     }
 
-    /// The kernel for a role, dtype and head dim: a `with_kernel` override, else the registry's.
-    fn kernel(&self, role: Role, dtype: registry::Dtype, shape: &AttnShape) -> Result<&'static KernelInfo> {
-        self.choose(role, dtype, shape.head_dim).ok_or(Error::UnsupportedHeadDim {
-            argument: "q",
-            head_dim: shape.head_dim as usize,
-            supported: &flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS,
-        })
-    }
-
-    fn choose(&self, role: Role, dtype: registry::Dtype, head_dim: u32) -> Option<&'static KernelInfo> {
-        let chosen =
-            self.overrides.iter().copied().find(|k| k.role == role && k.dtype == dtype && k.head_dim == head_dim);
-        chosen.or_else(|| registry::find(role, dtype, head_dim, self.hopper_kernels))
-    }
-
-    /// Launch one kernel over `(ceil(rows / block_rows), heads, batch)` blocks.
-    fn launch<P: Copy>(
+    /// The kernel for a role, dtype and head dim, with the score modifiers where the call uses
+    /// them: a `with_kernel` override, else the registry's.
+    fn kernel(
         &self,
-        stream: &Stream,
-        info: &KernelInfo,
-        rows: u32,
+        role: Role,
+        dtype: registry::Dtype,
         shape: &AttnShape,
-        params: &P,
-    ) -> Result<()> {
+        mods: &Modifiers,
+    ) -> Result<&'static KernelInfo> {
+        self.choose(role, dtype, shape.head_dim, validate::needs_modifier_kernels(mods)).ok_or(
+            Error::UnsupportedHeadDim {
+                argument: "q",
+                head_dim: shape.head_dim as usize,
+                supported: &flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS,
+            },
+        )
+    }
+
+    fn choose(
+        &self,
+        role: Role,
+        dtype: registry::Dtype,
+        head_dim: u32,
+        modifiers: bool,
+    ) -> Option<&'static KernelInfo> {
+        let chosen = self
+            .overrides
+            .iter()
+            .copied()
+            .find(|k| k.role == role && k.dtype == dtype && k.head_dim == head_dim && k.modifiers == modifiers);
+        chosen.or_else(|| registry::find(role, dtype, head_dim, self.hopper_kernels, modifiers))
+    }
+
+    /// Launch one kernel over `grid` blocks.
+    fn launch<P: Copy>(&self, stream: &Stream, info: &KernelInfo, grid: (u32, u32, u32), params: &P) -> Result<()> {
         // The registry pairs each kernel with its parameter block; a mismatch is a bug here,
         // never a user error, and `cargo xtask build-ptx` checks the PTX side of it.
         debug_assert_eq!(std::mem::size_of::<P>(), info.param_bytes as usize, "{}: wrong parameter block", info.name);
         let function = self.module.get_function(info.name).during("cuModuleGetFunction")?;
-        let grid = (rows.div_ceil(info.block_rows), shape.heads, shape.batch);
         let args = [params as *const P as *mut c_void];
         // SAFETY: the parameter block has the size and layout the entry point declares (checked
         // above and by `cargo xtask build-ptx`); every pointer in it was validated to address
@@ -307,9 +364,14 @@ fn module_load_error(ptx: &str, error: cust::error::CudaError) -> Error {
     check_raw(result, "cuModuleLoadData (PTX)").err().unwrap_or(fallback)
 }
 
-/// The forward's parameter block from validated Q, K, V, O and the LSE buffer (the backward
-/// carries the same block).
-fn forward_params(shape: AttnShape, [q, k, v, o]: [&Arg; 4], lse: &DeviceSlice<f32>) -> FwdParams {
+/// `(ceil(rows / block_rows), heads, batch)`: the grid of a kernel tiled over `rows`.
+fn grid(info: &KernelInfo, rows: u32, heads: u32, batch: u32) -> (u32, u32, u32) {
+    (rows.div_ceil(info.block_rows), heads, batch)
+}
+
+/// The forward's parameter block from validated Q, K, V, O, the LSE buffer and the modifiers
+/// (the backward carries the same block).
+fn forward_params(shape: AttnShape, mods: Modifiers, [q, k, v, o]: [&Arg; 4], lse: &DeviceSlice<f32>) -> FwdParams {
     FwdParams {
         shape,
         q: q.address,
@@ -321,6 +383,7 @@ fn forward_params(shape: AttnShape, [q, k, v, o]: [&Arg; 4], lse: &DeviceSlice<f
         k_strides: k.strides(),
         v_strides: v.strides(),
         o_strides: o.strides(),
+        mods,
     }
 }
 

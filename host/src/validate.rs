@@ -4,7 +4,8 @@
 use crate::AttentionParams;
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Layout, TensorRef};
-use flash_attn_kernels::params::{AttnShape, Strides};
+use flash_attn_kernels::modifiers::keep_threshold;
+use flash_attn_kernels::params::{AttnShape, Modifiers, Strides};
 use flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS;
 
 /// Grid dimensions y and z (heads, batch) are limited to 65535 by CUDA.
@@ -102,11 +103,11 @@ pub fn inputs(q: &Arg, k: &Arg, v: &Arg, params: &AttentionParams) -> Result<Att
     if kl.head_dim() != ql.head_dim() {
         return Err(Error::invalid("k", format!("head_dim {} differs from q's {}", kl.head_dim(), ql.head_dim())));
     }
-    if kl.heads() != ql.heads() {
+    if kl.heads() > ql.heads() || !ql.heads().is_multiple_of(kl.heads()) {
         return Err(Error::invalid(
             "k",
             format!(
-                "heads {} differs from q's {} (grouped-query attention is not supported yet)",
+                "heads {} does not divide q's {} (grouped-query attention needs heads_k | heads)",
                 kl.heads(),
                 ql.heads()
             ),
@@ -129,6 +130,7 @@ pub fn inputs(q: &Arg, k: &Arg, v: &Arg, params: &AttentionParams) -> Result<Att
             return Err(Error::invalid(name, "batch · heads · seqlen · head_dim overflows the kernels' offsets"));
         }
     }
+    let (window_left, window_right) = window(params)?;
     Ok(AttnShape {
         batch: ql.batch() as u32,
         heads: ql.heads() as u32,
@@ -138,9 +140,76 @@ pub fn inputs(q: &Arg, k: &Arg, v: &Arg, params: &AttentionParams) -> Result<Att
         head_dim: head_dim as u32,
         scale,
         scale_log2: scale * std::f32::consts::LOG2_E,
-        window_left: -1,
-        window_right: if params.causal { 0 } else { -1 },
+        window_left,
+        window_right,
     })
+}
+
+/// The mask's window edges: `params.window` (each side -1 = unbounded), with causal setting the
+/// right edge to 0.
+fn window(params: &AttentionParams) -> Result<(i32, i32)> {
+    let (left, right) = params.window.unwrap_or((-1, -1));
+    for (side, value) in [("left", left), ("right", right)] {
+        if value < -1 {
+            return Err(Error::invalid(
+                "params.window",
+                format!("{side} edge {value} is below -1 (-1 means unbounded)"),
+            ));
+        }
+    }
+    Ok((left, if params.causal { 0 } else { right }))
+}
+
+/// The score modifiers and dropout of a call, checked against the problem's shape.
+pub fn modifiers(params: &AttentionParams, shape: &AttnShape) -> Result<Modifiers> {
+    let mut m = Modifiers::default();
+    if let Some(cap) = params.softcap {
+        if !(cap.is_finite() && cap > 0.0) {
+            return Err(Error::invalid("params.softcap", format!("{cap} is not a positive finite number")));
+        }
+        m.softcap = cap;
+    }
+    let (batch, heads) = (shape.batch as usize, shape.heads as usize);
+    if let Some(slopes) = params.alibi_slopes {
+        m.alibi_batch_stride = match slopes.len() {
+            n if n == heads => 0,
+            n if n == batch * heads => heads as u32,
+            n => {
+                return Err(Error::invalid(
+                    "params.alibi_slopes",
+                    format!("holds {n} floats; (heads) = {heads} or (batch, heads) = {} expected", batch * heads),
+                ));
+            }
+        };
+        m.alibi_slopes = slopes.as_device_ptr().as_raw();
+    }
+    if let Some(sinks) = params.sinks {
+        if sinks.len() != heads {
+            return Err(Error::invalid(
+                "params.sinks",
+                format!("holds {} floats; one per query head ({heads}) expected", sinks.len()),
+            ));
+        }
+        m.sinks = sinks.as_device_ptr().as_raw();
+    }
+    if let Some(d) = params.dropout {
+        if !(d.p.is_finite() && (0.0..1.0).contains(&d.p)) {
+            return Err(Error::invalid("params.dropout", format!("p = {} is outside [0, 1)", d.p)));
+        }
+        if d.p > 0.0 {
+            m.dropout_keep_threshold = keep_threshold(d.p as f64);
+            m.dropout_scale = 1.0 / (1.0 - d.p);
+            m.dropout_seed = d.seed;
+            m.dropout_offset = d.offset;
+        }
+    }
+    Ok(m)
+}
+
+/// Whether the call needs a `_mods` kernel: softcap, ALiBi or dropout (windows, grouped K/V
+/// heads and sinks run in every kernel).
+pub fn needs_modifier_kernels(m: &Modifiers) -> bool {
+    m.softcap != 0.0 || m.alibi_slopes != 0 || m.dropout_keep_threshold != 0
 }
 
 /// An output (O, dQ, dK, dV) must have exactly the expected shape and must not overlap itself.
@@ -301,10 +370,79 @@ mod tests {
     fn k_must_match_q_in_batch_heads_and_head_dim() {
         let q = Layout::contiguous(SHAPE);
         let [b, s, h, d] = SHAPE;
-        for k_shape in [[b + 1, s, h, d], [b, s, h + 1, d], [b, s, h, 128], [b, s, h / 2, d]] {
+        for k_shape in [[b + 1, s, h, d], [b, s, h + 1, d], [b, s, h, 128], [b, s, 3, d], [b, s, 8, d]] {
             let k = Layout::contiguous(k_shape);
             assert_invalid(check(&q, &k, &k, &AttentionParams::default()), "k");
         }
+    }
+
+    #[test]
+    fn grouped_kv_heads_must_divide_the_query_heads() {
+        let q = Layout::contiguous([2, 5, 8, 64]);
+        for heads_k in [1, 2, 4, 8] {
+            let k = Layout::contiguous([2, 9, heads_k, 64]);
+            let s = check(&q, &k, &k, &AttentionParams::default()).unwrap();
+            assert_eq!((s.heads, s.heads_k), (8, heads_k as u32));
+            assert_eq!(kv_shape(&s), [2, 9, heads_k, 64]);
+        }
+        for heads_k in [3, 5, 16] {
+            let k = Layout::contiguous([2, 9, heads_k, 64]);
+            let (argument, problem) = invalid(check(&q, &k, &k, &AttentionParams::default()));
+            assert_eq!(argument, "k");
+            assert!(problem.contains("divide"), "{problem}");
+        }
+    }
+
+    #[test]
+    fn windows_combine_with_causal_and_reject_values_below_minus_one() {
+        let l = Layout::contiguous(SHAPE);
+        for (window, causal, want) in [
+            (Some((4, 2)), false, (4, 2)),
+            (Some((4, 2)), true, (4, 0)),
+            (Some((-1, 3)), false, (-1, 3)),
+            (Some((0, 0)), false, (0, 0)),
+            (None, true, (-1, 0)),
+        ] {
+            let s = check(&l, &l, &l, &AttentionParams { window, causal, ..Default::default() }).unwrap();
+            assert_eq!((s.window_left, s.window_right), want, "{window:?} causal {causal}");
+        }
+        for window in [(-2, 0), (0, -5), (i32::MIN, -1)] {
+            let params = AttentionParams { window: Some(window), ..Default::default() };
+            assert_invalid(check(&l, &l, &l, &params), "params.window");
+        }
+    }
+
+    #[test]
+    fn modifiers_are_checked_and_encoded() {
+        let s = valid_shape();
+        let none = modifiers(&AttentionParams::default(), &s).unwrap();
+        assert_eq!(none, Modifiers::default());
+        assert!(!needs_modifier_kernels(&none));
+        for cap in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            let params = AttentionParams { softcap: Some(cap), ..Default::default() };
+            assert_invalid(modifiers(&params, &s), "params.softcap");
+        }
+        let capped = modifiers(&AttentionParams { softcap: Some(50.0), ..Default::default() }, &s).unwrap();
+        assert_eq!(capped.softcap, 50.0);
+        assert!(needs_modifier_kernels(&capped));
+        for p in [-0.1, 1.0, 1.5, f32::NAN] {
+            let params =
+                AttentionParams { dropout: Some(crate::Dropout { p, seed: 1, offset: 0 }), ..Default::default() };
+            assert_invalid(modifiers(&params, &s), "params.dropout");
+        }
+        let off =
+            AttentionParams { dropout: Some(crate::Dropout { p: 0.0, seed: 1, offset: 2 }), ..Default::default() };
+        assert_eq!(modifiers(&off, &s).unwrap(), Modifiers::default());
+        let on =
+            AttentionParams { dropout: Some(crate::Dropout { p: 0.25, seed: 9, offset: 4 }), ..Default::default() };
+        let m = modifiers(&on, &s).unwrap();
+        assert_eq!(
+            (m.dropout_keep_threshold, m.dropout_scale, m.dropout_seed, m.dropout_offset),
+            (3 << 30, 1.0 / 0.75, 9, 4)
+        );
+        assert!(needs_modifier_kernels(&m));
+        // Slopes and sinks are device slices: their length checks run on a real device
+        // (tests/gpu.rs, bad input).
     }
 
     #[test]
@@ -346,11 +484,11 @@ mod tests {
         let l = Layout::contiguous(SHAPE);
         for scale in [f32::NAN, 0.0, -0.0, -0.125, f32::INFINITY, f32::NEG_INFINITY] {
             for causal in [false, true] {
-                let params = AttentionParams { softmax_scale: Some(scale), causal, deterministic: false };
+                let params = AttentionParams { softmax_scale: Some(scale), causal, ..Default::default() };
                 assert_invalid(check(&l, &l, &l, &params), "params.softmax_scale");
             }
         }
-        let params = AttentionParams { softmax_scale: Some(0.3), causal: false, deterministic: false };
+        let params = AttentionParams { softmax_scale: Some(0.3), ..Default::default() };
         let s = check(&l, &l, &l, &params).unwrap();
         assert_eq!(s.scale, 0.3);
         assert_eq!(s.scale_log2, 0.3 * std::f32::consts::LOG2_E);

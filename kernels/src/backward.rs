@@ -9,10 +9,11 @@
 //! (Sᵀ = K·Qᵀ), so that Pᵀ and dSᵀ come out of the accumulators already shaped as the A operand
 //! of dV += Pᵀ·dO and dK += dSᵀ·Q, and a key's statistics never leave its warp.
 
+use crate::modifiers::{ScoreMods, dv_operand, fragment_element};
 use crate::params::{AttnShape, BwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Element, MAX_HEAD_DIM_TILES8, MAX_SEQ_TILES8, SmemTile, accumulators_as_a, warp_sum};
-use crate::tiling::{Mask, ceil_div, dq_semaphore_index, dq_turn, kv_head_of};
+use crate::tiling::{Mask, QuerySteps, ceil_div, dq_semaphore_index, dq_turn, query_heads_of};
 use crate::traits::{BwdTraits, ROW_KERNEL_WARPS, WARP_ROWS};
 
 const LOG2_E: f32 = core::f32::consts::LOG2_E;
@@ -21,14 +22,15 @@ const LOG2_E: f32 = core::f32::consts::LOG2_E;
 /// Launched with `T::THREADS` threads, grid `(ceil(seqlen_k / BLOCK_N), heads, batch)` and
 /// `T::SMEM_BYTES` of dynamic shared memory, after [`preprocess`] on the same parameters.
 #[inline(always)]
-pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
+pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParams) {
     let f = &p.fwd;
     let shape = &f.shape;
     let mask = Mask::of(shape);
     let tid = ptx::thread_idx();
     let (warp, lane) = (tid / 32, tid % 32);
-    let (block_x, head, batch) = ptx::block_idx();
-    let kv_head = kv_head_of(shape, head);
+    // One block per (key tile, K/V head, batch): it visits the query heads of its group in turn.
+    let (block_x, kv_head, batch) = ptx::block_idx();
+    let heads = query_heads_of(shape, kv_head);
     let k_begin = block_x * T::BLOCK_N;
     // Warps `w` and `w + key_groups` share keys; `d_part` picks their slice of dK, dV columns.
     let key_groups = T::WARPS / T::D_SPLIT;
@@ -56,9 +58,9 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
         v_s.load_async(T::BLOCK_N, v_ptr, f.v_strides.row, key_rows, tid, T::THREADS);
     }
 
-    // Start copying query tile `q_tile` (Q, dO, LSE, D) into `stage`. Rows past seqlen_q arrive
-    // as zeros; the mask keeps them out of every product.
-    let load_queries = |q_tile: u32, stage: u32| {
+    // Start copying query tile `q_tile` of query head `head` (Q, dO, LSE, D) into `stage`. Rows
+    // past seqlen_q arrive as zeros; the mask keeps them out of every product.
+    let load_queries = |(head, q_tile): (u32, u32), stage: u32| {
         let q_begin = q_tile * T::BLOCK_M;
         let q_rows = shape.seqlen_q - q_begin;
         let base = stage_base(stage);
@@ -98,19 +100,25 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
     let mut dv = [[0f32; 4]; MAX_HEAD_DIM_TILES8];
     let (query_lo, query_hi) = mask.query_range(k_begin, k_begin + T::BLOCK_N);
     let (first_tile, end_tile) = (query_lo / T::BLOCK_M, ceil_div(query_hi, T::BLOCK_M));
-    if first_tile < end_tile {
-        load_queries(first_tile, 0);
+    let steps = QuerySteps::new(heads, first_tile, end_tile);
+    if steps.count > 0 {
+        load_queries(steps.first(), 0);
     }
     cp_async_commit();
     cp_async_wait_all();
     sync_threads();
 
-    for q_tile in first_tile..end_tile {
-        let stage = (q_tile - first_tile) % 2;
-        if q_tile + 1 < end_tile {
-            load_queries(q_tile + 1, 1 - stage);
+    let mut pair = steps.first();
+    for step in 0..steps.count {
+        let stage = step % 2;
+        let next = steps.after(pair);
+        if step + 1 < steps.count {
+            load_queries(next, 1 - stage);
             cp_async_commit();
         }
+        let (head, q_tile) = pair;
+        // SAFETY: the host validated the modifiers' device arrays.
+        let mods = unsafe { ScoreMods::for_backward::<MODS>(f, batch, head) };
         let q_begin = q_tile * T::BLOCK_M;
         let base = stage_base(stage);
         let (q_s, do_s) = (tile(base - smem + T::Q_IN_STAGE), tile(base - smem + T::DO_IN_STAGE));
@@ -133,29 +141,28 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
             }
         }
 
-        // Pᵀ = exp(scale·Sᵀ - LSE) recomputed from the forward's LSE; dSᵀ = Pᵀ ∘ (dPᵀ - D).
-        // `s` becomes Pᵀ and `dp` becomes dSᵀ, in place.
+        // Pᵀ = exp(scale·Sᵀ - LSE) recomputed from the forward's LSE; dSᵀ = Pᵀ ∘ (dPᵀ - D)
+        // (with the modifiers: `ScoreMods::probability` and `score_gradient`). `s` becomes Pᵀ
+        // and `dp` becomes dSᵀ, in place.
         let unmasked = mask.tile_is_unmasked(q_begin, q_begin + T::BLOCK_M, warp_k0, warp_k0 + WARP_ROWS);
         for t in 0..m_tiles8 {
+            let (key, col) = fragment_element(warp_k0, 0, lane, t as u32, 0);
+            let query = q_begin + col;
+            // SAFETY: col + 1 < BLOCK_M indexes the staged statistics.
+            let stat = |base: u32, i: u32| unsafe { ptx::ld_shared_f32(base + 4 * (col + i)) };
+            let (lse_log2, d) = ([stat(lse_s, 0) * LOG2_E, stat(lse_s, 1) * LOG2_E], [stat(d_s, 0), stat(d_s, 1)]);
+            let visible = [0u32, 1, 2, 3].map(|e| unmasked || mask.allows(query + e % 2, key + 8 * (e / 2)));
+            mods.probabilities::<MODS>(&mut s[t], query, key, shape.scale_log2, lse_log2, visible);
             for e in 0..4 {
-                let key = warp_k0 + lane / 4 + 8 * (e as u32 / 2);
-                let col = 8 * t as u32 + 2 * (lane % 4) + e as u32 % 2;
-                // SAFETY: col < BLOCK_M indexes the staged statistics.
-                let (lse, d) = unsafe { (ptx::ld_shared_f32(lse_s + 4 * col), ptx::ld_shared_f32(d_s + 4 * col)) };
-                let prob = if unmasked || mask.allows(q_begin + col, key) {
-                    ptx::exp2(s[t][e] * shape.scale_log2 - lse * LOG2_E)
-                } else {
-                    0.0
-                };
-                s[t][e] = prob;
-                dp[t][e] = prob * (dp[t][e] - d);
+                let (q, k) = (query + e as u32 % 2, key + 8 * (e as u32 / 2));
+                dp[t][e] = mods.score_gradient::<MODS>(s[t][e], dp[t][e], d[e % 2], lse_log2[e % 2], q, k);
             }
         }
 
         // dV += Pᵀ·dO and dK += dSᵀ·Q over this warp's column slice (dK's scale is applied once
         // at the end).
         for kk in 0..m_tiles8 / 2 {
-            let p_a = accumulators_as_a::<E>(&s[2 * kk], &s[2 * kk + 1]);
+            let p_a = accumulators_as_a::<E>(&dv_operands::<MODS>(&s[2 * kk]), &dv_operands::<MODS>(&s[2 * kk + 1]));
             let ds_a = accumulators_as_a::<E>(&dp[2 * kk], &dp[2 * kk + 1]);
             for n in 0..slice_tiles16 {
                 let do_b = do_s.b_fragments_transposed(16 * kk as u32, slice16_0 + n as u32, lane);
@@ -182,7 +189,7 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
         }
         sync_threads();
 
-        wait_for_dq_turn(p, block_x, q_tile, T::BLOCK_M, T::BLOCK_N, tid);
+        wait_for_dq_turn(p, block_x, head, q_tile, T::BLOCK_M, T::BLOCK_N, tid);
         // dQ += scale · dS·K, in units of 16 queries × DQ_COLS columns spread over the warps.
         let col_units = T::HEAD_DIM / T::DQ_COLS;
         let mut unit = warp;
@@ -215,19 +222,20 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
             }
             unit += T::WARPS;
         }
-        if q_tile + 1 < end_tile {
+        if step + 1 < steps.count {
             cp_async_wait_all();
         }
         // The next tile has landed, and everyone is done with this stage and with dSᵀ.
         sync_threads();
-        pass_dq_turn(p, q_tile, T::BLOCK_M, tid);
+        pass_dq_turn(p, head, q_tile, T::BLOCK_M, tid);
+        pair = next;
     }
 
     for half in 0..2 {
         let key = warp_k0 + lane / 4 + 8 * half as u32;
         if key < shape.seqlen_k {
-            let dk_row = (p.dk as *mut u16).wrapping_offset(p.dk_strides.offset(batch, key, head) as isize);
-            let dv_row = (p.dv as *mut u16).wrapping_offset(p.dv_strides.offset(batch, key, head) as isize);
+            let dk_row = (p.dk as *mut u16).wrapping_offset(p.dk_strides.offset(batch, key, kv_head) as isize);
+            let dv_row = (p.dv as *mut u16).wrapping_offset(p.dv_strides.offset(batch, key, kv_head) as isize);
             for t in 0..2 * slice_tiles16 {
                 let col = (16 * slice16_0 + 8 * t as u32 + 2 * (lane % 4)) as isize;
                 let dk_pair = E::pack(dk[t][2 * half] * shape.scale, dk[t][2 * half + 1] * shape.scale);
@@ -242,14 +250,14 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits>(p: &BwdParams) {
     }
 }
 
-/// The turn counter of query tile `q_tile` of this block's (batch, head) in deterministic mode
+/// The turn counter of query tile `q_tile` of query head `head` (this block's batch) in deterministic mode
 /// (null otherwise).
 #[inline(always)]
-fn dq_semaphore(p: &BwdParams, q_tile: u32, block_m: u32) -> *mut u32 {
+fn dq_semaphore(p: &BwdParams, head: u32, q_tile: u32, block_m: u32) -> *mut u32 {
     if p.dq_semaphore == 0 {
         return core::ptr::null_mut();
     }
-    let (_, head, batch) = ptx::block_idx();
+    let (_, _, batch) = ptx::block_idx();
     let index = dq_semaphore_index(&p.fwd.shape, batch, head, q_tile, block_m);
     (p.dq_semaphore as *mut u32).wrapping_offset(index as isize)
 }
@@ -257,8 +265,16 @@ fn dq_semaphore(p: &BwdParams, q_tile: u32, block_m: u32) -> *mut u32 {
 /// Deterministic mode: before this block adds its part of query tile `q_tile`'s dQ, wait until
 /// the key blocks before it have added theirs. Every thread of the block calls this.
 #[inline(always)]
-pub(crate) fn wait_for_dq_turn(p: &BwdParams, key_block: u32, q_tile: u32, block_m: u32, block_n: u32, tid: u32) {
-    let counter = dq_semaphore(p, q_tile, block_m);
+pub(crate) fn wait_for_dq_turn(
+    p: &BwdParams,
+    key_block: u32,
+    head: u32,
+    q_tile: u32,
+    block_m: u32,
+    block_n: u32,
+    tid: u32,
+) {
+    let counter = dq_semaphore(p, head, q_tile, block_m);
     if counter.is_null() {
         return;
     }
@@ -273,11 +289,63 @@ pub(crate) fn wait_for_dq_turn(p: &BwdParams, key_block: u32, q_tile: u32, block
 /// Deterministic mode: hand query tile `q_tile` to the next key block. Called by every thread
 /// after a barrier that follows all of this block's dQ reductions for the tile.
 #[inline(always)]
-pub(crate) fn pass_dq_turn(p: &BwdParams, q_tile: u32, block_m: u32, tid: u32) {
-    let counter = dq_semaphore(p, q_tile, block_m);
+pub(crate) fn pass_dq_turn(p: &BwdParams, head: u32, q_tile: u32, block_m: u32, tid: u32) {
+    let counter = dq_semaphore(p, head, q_tile, block_m);
     if tid == 0 && !counter.is_null() {
         // SAFETY: as in `wait_for_dq_turn`.
         unsafe { ptx::fence_and_release_increment(counter) };
+    }
+}
+
+/// The dropped probabilities of one accumulator tile as dV's operand ([`dv_operand`]).
+#[inline(always)]
+pub(crate) fn dv_operands<const MODS: bool>(p: &[f32; 4]) -> [f32; 4] {
+    p.map(dv_operand::<MODS>)
+}
+
+/// The sinks' gradient, dσ_h = −Σ_{b,i} exp(σ_h − LSE_bhi) · D_bhi, one block per query head
+/// (grid y), summed in a fixed order so that it is bitwise reproducible: each thread adds rows
+/// `tid, tid + THREADS, …`, then a tree over the threads.
+///
+/// # Safety
+/// Launched with `ROW_KERNEL_THREADS` threads and grid `(1, heads, 1)` after [`preprocess`], on a
+/// validated parameter block with sinks (`sinks`, `d_sinks`: `heads` floats).
+#[inline(always)]
+pub unsafe fn sink_gradient(p: &BwdParams) {
+    const THREADS: u32 = crate::traits::ROW_KERNEL_THREADS;
+    let shape = &p.fwd.shape;
+    let tid = ptx::thread_idx();
+    let (_, head, _) = ptx::block_idx();
+    // SAFETY: the host passes `heads` sink logits and a `heads`-float gradient.
+    let sink = unsafe { *(p.fwd.mods.sinks as *const f32).wrapping_add(head as usize) };
+    let mut sum = 0.0f32;
+    for batch in 0..shape.batch {
+        let mut row = tid;
+        while row < shape.seqlen_q {
+            let at = row_stat_index(shape, batch, head, row) as usize;
+            // SAFETY: LSE and D hold batch · heads · seqlen_q floats.
+            let (lse, d) =
+                unsafe { (*(p.fwd.lse as *const f32).wrapping_add(at), *(p.softmax_d as *const f32).wrapping_add(at)) };
+            sum += ptx::exp2((sink - lse) * LOG2_E) * d;
+            row += THREADS;
+        }
+    }
+    // Fixed-order reduction: within each warp by butterflies, then warp 0 over the warps' sums.
+    let sum = warp_sum(sum);
+    let smem = ptx::dynamic_smem_base();
+    if tid % 32 == 0 {
+        // SAFETY: the launch gives THREADS / 32 floats of dynamic shared memory.
+        unsafe { ptx::st_shared_u32(smem + 4 * (tid / 32), sum.to_bits()) };
+    }
+    sync_threads();
+    if tid == 0 {
+        let mut total = 0.0;
+        for w in 0..THREADS / 32 {
+            // SAFETY: as above.
+            total += unsafe { ptx::ld_shared_f32(smem + 4 * w) };
+        }
+        // SAFETY: as above.
+        unsafe { *(p.d_sinks as *mut f32).wrapping_add(head as usize) = -total };
     }
 }
 

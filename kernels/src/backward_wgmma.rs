@@ -7,11 +7,14 @@
 //! register operands; dSᵀ goes to shared memory once, and dQ = dS·K is split by columns over
 //! the two warpgroups and added to the f32 accumulator with vector reductions.
 
-use crate::backward::{pass_dq_turn, wait_for_dq_turn};
+use crate::backward::{dv_operands, pass_dq_turn, wait_for_dq_turn};
+use crate::modifiers::{ScoreMods, fragment_element};
 use crate::params::{BwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, accumulators_as_a};
-use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, dq_staging_offset, kv_head_of, wgmma_descriptor};
+use crate::tiling::{
+    Mask, QuerySteps, SW128_ROW_GROUP_BYTES, ceil_div, dq_staging_offset, query_heads_of, wgmma_descriptor,
+};
 use crate::traits::{BwdWgmmaTraits, padding_fits};
 use crate::warpgroup::{Waited, WgmmaElement, panel_descriptors, wait};
 
@@ -29,7 +32,7 @@ fn shared_writes_done() {
 /// `T::SMEM_BYTES` of dynamic shared memory, after `preprocess` on the same parameters, on an
 /// sm_90a device.
 #[inline(always)]
-pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams) {
+pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bool>(p: &BwdParams) {
     // The generated GEMM shapes (the issue-only forms and waits stop at head_dim 128), and
     // padding that stays inside the last 64-column panel in whole chunks.
     const { assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128) };
@@ -39,8 +42,9 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
     let mask = Mask::of(shape);
     let tid = ptx::thread_idx();
     let (warpgroup, warp, lane) = (tid / 128, tid / 32, tid % 32);
-    let (block_x, head, batch) = ptx::block_idx();
-    let kv_head = kv_head_of(shape, head);
+    // One block per (key tile, K/V head, batch): it visits the query heads of its group in turn.
+    let (block_x, kv_head, batch) = ptx::block_idx();
+    let heads = query_heads_of(shape, kv_head);
     let k_begin = block_x * T::BLOCK_N;
     // Warp w owns keys 16w..16w+16 of the block (warpgroup g: keys 64g..64g+64).
     let warp_k0 = k_begin + 16 * warp;
@@ -73,9 +77,9 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
         v_s.load_async(v_ptr, f.v_strides.row, key_rows, tid, T::THREADS);
     }
 
-    // Start copying query tile `q_tile` (Q, dO, LSE, D) into `stage`. Rows past seqlen_q arrive
-    // as zeros; the mask keeps them out of every product.
-    let load_queries = |tile_index: u32, stage: u32| {
+    // Start copying query tile `tile_index` of query head `head` (Q, dO, LSE, D) into `stage`.
+    // Rows past seqlen_q arrive as zeros; the mask keeps them out of every product.
+    let load_queries = |(head, tile_index): (u32, u32), stage: u32| {
         let q_begin = tile_index * T::BLOCK_M;
         let q_rows = shape.seqlen_q - q_begin;
         let stats = smem + stage_offset(stage);
@@ -108,8 +112,9 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
     let mut dv = [[0f32; 4]; 32];
     let (query_lo, query_hi) = mask.query_range(k_begin, k_begin + T::BLOCK_N);
     let (first_tile, end_tile) = (query_lo / T::BLOCK_M, ceil_div(query_hi, T::BLOCK_M));
-    if first_tile < end_tile {
-        load_queries(first_tile, 0);
+    let steps = QuerySteps::new(heads, first_tile, end_tile);
+    if steps.count > 0 {
+        load_queries(steps.first(), 0);
     }
     cp_async_commit();
     cp_async_wait_all();
@@ -130,12 +135,17 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
         wgmma_descriptor(k_s.panel(dq_col0 / 64, 0) + (dq_col0 % 64) * 2, T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
     let ds_desc = wgmma_descriptor(ds_s.panel(dq_row0 / 64, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
 
-    for q_tile_index in first_tile..end_tile {
-        let stage = (q_tile_index - first_tile) % 2;
-        if q_tile_index + 1 < end_tile {
-            load_queries(q_tile_index + 1, 1 - stage);
+    let mut pair = steps.first();
+    for step in 0..steps.count {
+        let stage = step % 2;
+        let next = steps.after(pair);
+        if step + 1 < steps.count {
+            load_queries(next, 1 - stage);
             cp_async_commit();
         }
+        let (head, q_tile_index) = pair;
+        // SAFETY: the host validated the modifiers' device arrays.
+        let mods = unsafe { ScoreMods::for_backward::<MODS>(f, batch, head) };
         let q_begin = q_tile_index * T::BLOCK_M;
         let (q_s, do_s) = (q_tile(stage), do_tile(stage));
         let stats = smem + stage_offset(stage);
@@ -158,27 +168,26 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
         let unmasked = mask.tile_is_unmasked(q_begin, q_begin + T::BLOCK_M, warp_k0, warp_k0 + 16);
         let exponentials = |s: &mut [[f32; 4]; 16], masked: bool| {
             for t in 0..m_tiles8 {
-                for e in 0..4 {
-                    let col = 8 * t as u32 + 2 * (lane % 4) + e as u32 % 2;
-                    // SAFETY: col < BLOCK_M indexes the staged statistics.
-                    let lse = unsafe { ptx::ld_shared_f32(lse_s + 4 * col) };
-                    let p = ptx::exp2(ptx::fma(s[t][e], shape.scale_log2, -lse * LOG2_E));
-                    let key = warp_k0 + lane / 4 + 8 * (e as u32 / 2);
-                    s[t][e] = if !masked || mask.allows(q_begin + col, key) { p } else { 0.0 };
-                }
+                let (key, col) = fragment_element(warp_k0, 0, lane, t as u32, 0);
+                // SAFETY: col + 1 < BLOCK_M indexes the staged statistics.
+                let lse = |i: u32| unsafe { ptx::ld_shared_f32(lse_s + 4 * (col + i)) } * LOG2_E;
+                let visible = [0u32, 1, 2, 3].map(|e| !masked || mask.allows(q_begin + col + e % 2, key + 8 * (e / 2)));
+                mods.probabilities::<MODS>(&mut s[t], q_begin + col, key, shape.scale_log2, [lse(0), lse(1)], visible);
             }
         };
         let probabilities = |s: &mut [[f32; 4]; 16]| {
             if unmasked { exponentials(s, false) } else { exponentials(s, true) }
         };
-        // dSᵀ = Pᵀ ∘ (dPᵀ - D), in place.
+        // dSᵀ = Pᵀ ∘ (dPᵀ - D) (with the modifiers: `ScoreMods::score_gradient`), in place.
         let score_gradients = |dp: &mut [[f32; 4]; 16], s: &[[f32; 4]; 16]| {
             for t in 0..m_tiles8 {
                 for e in 0..4 {
-                    let col = 8 * t as u32 + 2 * (lane % 4) + e as u32 % 2;
+                    let (key, col) = fragment_element(warp_k0, 0, lane, t as u32, e as u32);
                     // SAFETY: as above.
                     let d = unsafe { ptx::ld_shared_f32(d_s + 4 * col) };
-                    dp[t][e] = s[t][e] * (dp[t][e] - d);
+                    // SAFETY: as above (read only by the `_mods` kernels).
+                    let lse_log2 = if MODS { (unsafe { ptx::ld_shared_f32(lse_s + 4 * col) }) * LOG2_E } else { 0.0 };
+                    dp[t][e] = mods.score_gradient::<MODS>(s[t][e], dp[t][e], d, lse_log2, q_begin + col, key);
                 }
             }
         };
@@ -187,6 +196,15 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
             #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
             for kk in 0..m_tiles8 / 2 {
                 a[kk] = accumulators_as_a::<E>(&x[2 * kk], &x[2 * kk + 1]);
+            }
+            a
+        };
+        // Pᵀ as dV's operand: with dropout, the dropped probabilities (`dv_operand`).
+        let p_fragments = |x: &[[f32; 4]; 16]| {
+            let mut a = [[0u32; 4]; 8];
+            #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
+            for kk in 0..m_tiles8 / 2 {
+                a[kk] = accumulators_as_a::<E>(&dv_operands::<MODS>(&x[2 * kk]), &dv_operands::<MODS>(&x[2 * kk + 1]));
             }
             a
         };
@@ -217,7 +235,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
             // SAFETY: as above.
             unsafe { E::qk(T::BLOCK_M, T::HEAD_DIM, &mut dp, v_descs, dp_descs) };
             score_gradients(&mut dp, &s);
-            let p_frags = fragments(&s);
+            let p_frags = p_fragments(&s);
             // SAFETY: as above.
             unsafe { E::pv_issue(T::HEAD_DIM, T::BLOCK_M, &mut dv, &p_frags, mn_desc(do_s)) };
             let ds_frags = fragments(&dp);
@@ -237,7 +255,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
             }
             wait(1, Waited::Scores(T::BLOCK_M, &mut s));
             probabilities(&mut s);
-            let p_frags = fragments(&s);
+            let p_frags = p_fragments(&s);
             // SAFETY: as above.
             unsafe { E::pv_issue(T::HEAD_DIM, T::BLOCK_M, &mut dv, &p_frags, mn_desc(do_s)) };
             wait(1, Waited::Scores(T::BLOCK_M, &mut dp));
@@ -256,7 +274,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
             }
             probabilities(&mut s);
             score_gradients(&mut dp, &s);
-            let (p_frags, ds_frags) = (fragments(&s), fragments(&dp));
+            let (p_frags, ds_frags) = (p_fragments(&s), fragments(&dp));
             // SAFETY: as for the score GEMMs.
             unsafe {
                 E::pv(T::HEAD_DIM, T::BLOCK_M, &mut dv, &p_frags, mn_desc(do_s));
@@ -282,13 +300,13 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
                 unsafe { ptx::st_shared_f32x2(at, acc[t][2 * half] * shape.scale, acc[t][2 * half + 1] * shape.scale) };
             }
         }
-        if q_tile_index + 1 < end_tile {
+        if step + 1 < steps.count {
             cp_async_wait_all();
         }
         // The next tile has landed, the dQ rows are staged, and everyone is done with this stage
         // and with dSᵀ.
         shared_writes_done();
-        wait_for_dq_turn(p, block_x, q_tile_index, T::BLOCK_M, T::BLOCK_N, tid);
+        wait_for_dq_turn(p, block_x, head, q_tile_index, T::BLOCK_M, T::BLOCK_N, tid);
         let deterministic = p.dq_semaphore != 0;
         let row = q_begin + tid;
         if tid < T::BLOCK_M && row < shape.seqlen_q {
@@ -314,15 +332,16 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits>(p: &BwdParams)
             ptx::bulk_wait_complete();
             sync_threads();
         }
-        pass_dq_turn(p, q_tile_index, T::BLOCK_M, tid);
+        pass_dq_turn(p, head, q_tile_index, T::BLOCK_M, tid);
+        pair = next;
     }
     ptx::bulk_wait_complete();
 
     for half in 0..2 {
         let key = warp_k0 + lane / 4 + 8 * half as u32;
         if key < shape.seqlen_k {
-            let dk_row = (p.dk as *mut u16).wrapping_offset(p.dk_strides.offset(batch, key, head) as isize);
-            let dv_row = (p.dv as *mut u16).wrapping_offset(p.dv_strides.offset(batch, key, head) as isize);
+            let dk_row = (p.dk as *mut u16).wrapping_offset(p.dk_strides.offset(batch, key, kv_head) as isize);
+            let dv_row = (p.dv as *mut u16).wrapping_offset(p.dv_strides.offset(batch, key, kv_head) as isize);
             // The data columns only: the padding's gradients are zeros nobody asked for.
             for t in 0..(T::DATA_HEAD_DIM / 8) as usize {
                 let col = (8 * t as u32 + 2 * (lane % 4)) as isize;

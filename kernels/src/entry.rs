@@ -1,7 +1,7 @@
 //! The `extern "gpu-kernel"` entry points: one per (kernel, dtype, configuration), each a thin
 //! call into the generic kernel. Names match [`crate::registry::KERNELS`].
 
-use crate::backward::{convert_dq, flash_bwd, preprocess};
+use crate::backward::{convert_dq, flash_bwd, preprocess, sink_gradient};
 use crate::forward::flash_fwd;
 use crate::params::{BwdParams, FwdParams};
 use crate::tile::{Bf16, F16};
@@ -27,30 +27,38 @@ macro_rules! entry {
     };
 }
 
-entry!(flash_fwd_bf16_hdim96, FwdParams, flash_fwd::<Bf16, FwdHdim96>);
-entry!(flash_bwd_bf16_hdim96, BwdParams, flash_bwd::<Bf16, BwdHdim96>);
-entry!(flash_fwd_f16_hdim96, FwdParams, flash_fwd::<F16, FwdHdim96>);
-entry!(flash_bwd_f16_hdim96, BwdParams, flash_bwd::<F16, BwdHdim96>);
-entry!(flash_fwd_bf16_hdim192, FwdParams, flash_fwd::<Bf16, FwdHdim192>);
-entry!(flash_bwd_bf16_hdim192, BwdParams, flash_bwd::<Bf16, BwdHdim192>);
-entry!(flash_fwd_f16_hdim192, FwdParams, flash_fwd::<F16, FwdHdim192>);
-entry!(flash_bwd_f16_hdim192, BwdParams, flash_bwd::<F16, BwdHdim192>);
-entry!(flash_fwd_bf16_hdim256, FwdParams, flash_fwd::<Bf16, FwdHdim256>);
-entry!(flash_bwd_bf16_hdim256, BwdParams, flash_bwd::<Bf16, BwdHdim256>);
-entry!(flash_fwd_f16_hdim256, FwdParams, flash_fwd::<F16, FwdHdim256>);
-entry!(flash_bwd_f16_hdim256, BwdParams, flash_bwd::<F16, BwdHdim256>);
-entry!(flash_fwd_bf16_hdim32, FwdParams, flash_fwd::<Bf16, FwdHdim32>);
-entry!(flash_fwd_f16_hdim32, FwdParams, flash_fwd::<F16, FwdHdim32>);
-entry!(flash_bwd_bf16_hdim32, BwdParams, flash_bwd::<Bf16, BwdHdim32>);
-entry!(flash_bwd_f16_hdim32, BwdParams, flash_bwd::<F16, BwdHdim32>);
-entry!(flash_fwd_bf16_hdim64, FwdParams, flash_fwd::<Bf16, FwdHdim64>);
-entry!(flash_fwd_bf16_hdim128, FwdParams, flash_fwd::<Bf16, FwdHdim128>);
-entry!(flash_fwd_f16_hdim64, FwdParams, flash_fwd::<F16, FwdHdim64>);
-entry!(flash_fwd_f16_hdim128, FwdParams, flash_fwd::<F16, FwdHdim128>);
-entry!(flash_bwd_bf16_hdim64, BwdParams, flash_bwd::<Bf16, BwdHdim64>);
-entry!(flash_bwd_bf16_hdim128, BwdParams, flash_bwd::<Bf16, BwdHdim128>);
-entry!(flash_bwd_f16_hdim64, BwdParams, flash_bwd::<F16, BwdHdim64>);
-entry!(flash_bwd_f16_hdim128, BwdParams, flash_bwd::<F16, BwdHdim128>);
+/// A kernel's dense entry point and its `_mods` twin (score modifiers and dropout on).
+macro_rules! pair {
+    ($name:ident, $mods:ident, $params:ty, $kernel:ident, $e:ty, $t:ty) => {
+        entry!($name, $params, $kernel::<$e, $t, false>);
+        entry!($mods, $params, $kernel::<$e, $t, true>);
+    };
+}
+
+pair!(flash_fwd_bf16_hdim96, flash_fwd_bf16_hdim96_mods, FwdParams, flash_fwd, Bf16, FwdHdim96);
+pair!(flash_bwd_bf16_hdim96, flash_bwd_bf16_hdim96_mods, BwdParams, flash_bwd, Bf16, BwdHdim96);
+pair!(flash_fwd_f16_hdim96, flash_fwd_f16_hdim96_mods, FwdParams, flash_fwd, F16, FwdHdim96);
+pair!(flash_bwd_f16_hdim96, flash_bwd_f16_hdim96_mods, BwdParams, flash_bwd, F16, BwdHdim96);
+pair!(flash_fwd_bf16_hdim192, flash_fwd_bf16_hdim192_mods, FwdParams, flash_fwd, Bf16, FwdHdim192);
+pair!(flash_bwd_bf16_hdim192, flash_bwd_bf16_hdim192_mods, BwdParams, flash_bwd, Bf16, BwdHdim192);
+pair!(flash_fwd_f16_hdim192, flash_fwd_f16_hdim192_mods, FwdParams, flash_fwd, F16, FwdHdim192);
+pair!(flash_bwd_f16_hdim192, flash_bwd_f16_hdim192_mods, BwdParams, flash_bwd, F16, BwdHdim192);
+pair!(flash_fwd_bf16_hdim256, flash_fwd_bf16_hdim256_mods, FwdParams, flash_fwd, Bf16, FwdHdim256);
+pair!(flash_bwd_bf16_hdim256, flash_bwd_bf16_hdim256_mods, BwdParams, flash_bwd, Bf16, BwdHdim256);
+pair!(flash_fwd_f16_hdim256, flash_fwd_f16_hdim256_mods, FwdParams, flash_fwd, F16, FwdHdim256);
+pair!(flash_bwd_f16_hdim256, flash_bwd_f16_hdim256_mods, BwdParams, flash_bwd, F16, BwdHdim256);
+pair!(flash_fwd_bf16_hdim32, flash_fwd_bf16_hdim32_mods, FwdParams, flash_fwd, Bf16, FwdHdim32);
+pair!(flash_fwd_f16_hdim32, flash_fwd_f16_hdim32_mods, FwdParams, flash_fwd, F16, FwdHdim32);
+pair!(flash_bwd_bf16_hdim32, flash_bwd_bf16_hdim32_mods, BwdParams, flash_bwd, Bf16, BwdHdim32);
+pair!(flash_bwd_f16_hdim32, flash_bwd_f16_hdim32_mods, BwdParams, flash_bwd, F16, BwdHdim32);
+pair!(flash_fwd_bf16_hdim64, flash_fwd_bf16_hdim64_mods, FwdParams, flash_fwd, Bf16, FwdHdim64);
+pair!(flash_fwd_bf16_hdim128, flash_fwd_bf16_hdim128_mods, FwdParams, flash_fwd, Bf16, FwdHdim128);
+pair!(flash_fwd_f16_hdim64, flash_fwd_f16_hdim64_mods, FwdParams, flash_fwd, F16, FwdHdim64);
+pair!(flash_fwd_f16_hdim128, flash_fwd_f16_hdim128_mods, FwdParams, flash_fwd, F16, FwdHdim128);
+pair!(flash_bwd_bf16_hdim64, flash_bwd_bf16_hdim64_mods, BwdParams, flash_bwd, Bf16, BwdHdim64);
+pair!(flash_bwd_bf16_hdim128, flash_bwd_bf16_hdim128_mods, BwdParams, flash_bwd, Bf16, BwdHdim128);
+pair!(flash_bwd_f16_hdim64, flash_bwd_f16_hdim64_mods, BwdParams, flash_bwd, F16, BwdHdim64);
+pair!(flash_bwd_f16_hdim128, flash_bwd_f16_hdim128_mods, BwdParams, flash_bwd, F16, BwdHdim128);
 #[cfg(target_feature = "sm_90a")]
 mod hopper {
     use super::*;
@@ -58,30 +66,122 @@ mod hopper {
     use crate::forward_wgmma::flash_fwd_wgmma;
     use crate::traits::*;
 
-    entry!(flash_fwd_wgmma_bf16_hdim64, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim64>);
-    entry!(flash_fwd_wgmma_f16_hdim64, FwdParams, flash_fwd_wgmma::<F16, FwdWgmmaHdim64>);
-    entry!(flash_fwd_wgmma_bf16_hdim128, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128>);
-    entry!(flash_fwd_wgmma_f16_hdim128, FwdParams, flash_fwd_wgmma::<F16, FwdWgmmaHdim128>);
-    entry!(flash_fwd_wgmma_bf16_hdim96, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim96>);
-    entry!(flash_fwd_wgmma_f16_hdim96, FwdParams, flash_fwd_wgmma::<F16, FwdWgmmaHdim96>);
-    entry!(flash_bwd_wgmma_bf16_hdim96, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim96>);
-    entry!(flash_bwd_wgmma_f16_hdim96, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaHdim96>);
-    entry!(flash_bwd_wgmma_bf16_hdim32, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim32>);
-    entry!(flash_bwd_wgmma_f16_hdim32, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaHdim32>);
-    entry!(flash_fwd_wgmma_bf16_hdim192, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim192>);
-    entry!(flash_fwd_wgmma_f16_hdim192, FwdParams, flash_fwd_wgmma::<F16, FwdWgmmaHdim192>);
-    entry!(flash_fwd_wgmma_bf16_hdim256, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim256>);
-    entry!(flash_fwd_wgmma_f16_hdim256, FwdParams, flash_fwd_wgmma::<F16, FwdWgmmaHdim256>);
-    entry!(flash_bwd_wgmma_bf16_hdim64, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim64>);
-    entry!(flash_bwd_wgmma_f16_hdim64, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaHdim64>);
-    entry!(flash_bwd_wgmma_bf16_hdim128, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128>);
-    entry!(flash_bwd_wgmma_f16_hdim128, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaHdim128>);
-    entry!(flash_fwd_wgmma_bf16_hdim128_sync, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128Sync>);
-    entry!(flash_bwd_wgmma_bf16_hdim64_narrow, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim64Narrow>);
-    entry!(flash_bwd_wgmma_bf16_hdim128_sync, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128Sync>);
+    pair!(
+        flash_fwd_wgmma_bf16_hdim64,
+        flash_fwd_wgmma_bf16_hdim64_mods,
+        FwdParams,
+        flash_fwd_wgmma,
+        Bf16,
+        FwdWgmmaHdim64
+    );
+    pair!(flash_fwd_wgmma_f16_hdim64, flash_fwd_wgmma_f16_hdim64_mods, FwdParams, flash_fwd_wgmma, F16, FwdWgmmaHdim64);
+    pair!(
+        flash_fwd_wgmma_bf16_hdim128,
+        flash_fwd_wgmma_bf16_hdim128_mods,
+        FwdParams,
+        flash_fwd_wgmma,
+        Bf16,
+        FwdWgmmaHdim128
+    );
+    pair!(
+        flash_fwd_wgmma_f16_hdim128,
+        flash_fwd_wgmma_f16_hdim128_mods,
+        FwdParams,
+        flash_fwd_wgmma,
+        F16,
+        FwdWgmmaHdim128
+    );
+    pair!(
+        flash_fwd_wgmma_bf16_hdim96,
+        flash_fwd_wgmma_bf16_hdim96_mods,
+        FwdParams,
+        flash_fwd_wgmma,
+        Bf16,
+        FwdWgmmaHdim96
+    );
+    pair!(flash_fwd_wgmma_f16_hdim96, flash_fwd_wgmma_f16_hdim96_mods, FwdParams, flash_fwd_wgmma, F16, FwdWgmmaHdim96);
+    pair!(
+        flash_bwd_wgmma_bf16_hdim96,
+        flash_bwd_wgmma_bf16_hdim96_mods,
+        BwdParams,
+        flash_bwd_wgmma,
+        Bf16,
+        BwdWgmmaHdim96
+    );
+    pair!(flash_bwd_wgmma_f16_hdim96, flash_bwd_wgmma_f16_hdim96_mods, BwdParams, flash_bwd_wgmma, F16, BwdWgmmaHdim96);
+    pair!(
+        flash_bwd_wgmma_bf16_hdim32,
+        flash_bwd_wgmma_bf16_hdim32_mods,
+        BwdParams,
+        flash_bwd_wgmma,
+        Bf16,
+        BwdWgmmaHdim32
+    );
+    pair!(flash_bwd_wgmma_f16_hdim32, flash_bwd_wgmma_f16_hdim32_mods, BwdParams, flash_bwd_wgmma, F16, BwdWgmmaHdim32);
+    pair!(
+        flash_fwd_wgmma_bf16_hdim192,
+        flash_fwd_wgmma_bf16_hdim192_mods,
+        FwdParams,
+        flash_fwd_wgmma,
+        Bf16,
+        FwdWgmmaHdim192
+    );
+    pair!(
+        flash_fwd_wgmma_f16_hdim192,
+        flash_fwd_wgmma_f16_hdim192_mods,
+        FwdParams,
+        flash_fwd_wgmma,
+        F16,
+        FwdWgmmaHdim192
+    );
+    pair!(
+        flash_fwd_wgmma_bf16_hdim256,
+        flash_fwd_wgmma_bf16_hdim256_mods,
+        FwdParams,
+        flash_fwd_wgmma,
+        Bf16,
+        FwdWgmmaHdim256
+    );
+    pair!(
+        flash_fwd_wgmma_f16_hdim256,
+        flash_fwd_wgmma_f16_hdim256_mods,
+        FwdParams,
+        flash_fwd_wgmma,
+        F16,
+        FwdWgmmaHdim256
+    );
+    pair!(
+        flash_bwd_wgmma_bf16_hdim64,
+        flash_bwd_wgmma_bf16_hdim64_mods,
+        BwdParams,
+        flash_bwd_wgmma,
+        Bf16,
+        BwdWgmmaHdim64
+    );
+    pair!(flash_bwd_wgmma_f16_hdim64, flash_bwd_wgmma_f16_hdim64_mods, BwdParams, flash_bwd_wgmma, F16, BwdWgmmaHdim64);
+    pair!(
+        flash_bwd_wgmma_bf16_hdim128,
+        flash_bwd_wgmma_bf16_hdim128_mods,
+        BwdParams,
+        flash_bwd_wgmma,
+        Bf16,
+        BwdWgmmaHdim128
+    );
+    pair!(
+        flash_bwd_wgmma_f16_hdim128,
+        flash_bwd_wgmma_f16_hdim128_mods,
+        BwdParams,
+        flash_bwd_wgmma,
+        F16,
+        BwdWgmmaHdim128
+    );
+    entry!(flash_fwd_wgmma_bf16_hdim128_sync, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128Sync, false>);
+    entry!(flash_bwd_wgmma_bf16_hdim64_narrow, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim64Narrow, false>);
+    entry!(flash_bwd_wgmma_bf16_hdim128_sync, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128Sync, false>);
 }
 
 entry!(flash_bwd_preprocess_bf16, BwdParams, preprocess::<Bf16>);
 entry!(flash_bwd_preprocess_f16, BwdParams, preprocess::<F16>);
 entry!(flash_bwd_convert_dq_bf16, BwdParams, convert_dq::<Bf16>);
 entry!(flash_bwd_convert_dq_f16, BwdParams, convert_dq::<F16>);
+entry!(flash_bwd_sink_gradient, BwdParams, sink_gradient);

@@ -4,8 +4,10 @@
 //! output accumulator and softmax statistics in registers. K and V tiles stream through
 //! `STAGES` shared-memory buffers (two tiles in flight where shared memory allows). Scores never
 //! leave registers: S = Q·Kᵀ, the online softmax turns S into P in place, and O += P·V. Only O
-//! and the LSE are written.
+//! and the LSE are written. The score step (mask, and in the `MODS` kernels softcap, ALiBi,
+//! dropout and sinks) is [`crate::modifiers`]'.
 
+use crate::modifiers::{ScoreMods, finish_row, forward_dropout, forward_scores};
 use crate::params::{FwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{
@@ -13,8 +15,6 @@ use crate::tile::{
 };
 use crate::tiling::{Mask, ceil_div, kv_head_of, q_tile_of_block};
 use crate::traits::{FwdTraits, MAX_WARP_M_TILES};
-
-pub(crate) const LN_2: f32 = core::f32::consts::LN_2;
 
 /// The running max may lag the true one by up to this much (log2 units) before the warp pays
 /// for rescaling its output accumulator: P entries then stay below 2^8, which bf16, f16 and the
@@ -35,6 +35,19 @@ impl OnlineSoftmax {
     /// Where exp2's argument is measured from: the running max, or 0 while a row has seen only
     /// masked keys (max -inf), so that masked scores give exp2(-inf) = 0 rather than NaN.
     pub(crate) const EMPTY: Self = OnlineSoftmax { max: [f32::NEG_INFINITY; 2], sum: [0.0; 2] };
+
+    /// A row's state before its first key: [`OnlineSoftmax::EMPTY`], or with an attention sink
+    /// of log2 logit `sink_log2`, as if the row had seen one key of that score whose value row
+    /// is zero (the quad's first lane holds its term of the sum). The sink then joins the
+    /// denominator and the LSE with no work in the loop or the epilogue.
+    #[inline(always)]
+    pub(crate) fn starting_at(sink_log2: f32, lane: u32) -> Self {
+        if sink_log2 == f32::NEG_INFINITY {
+            return Self::EMPTY;
+        }
+        let first = if lane % 4 == 0 { 1.0 } else { 0.0 };
+        OnlineSoftmax { max: [sink_log2; 2], sum: [first; 2] }
+    }
 
     #[inline(always)]
     fn shift(&self, half: usize) -> f32 {
@@ -145,13 +158,15 @@ fn wait_for_older_tiles<T: FwdTraits>() {
 /// Launched with `T::THREADS` threads, grid `(ceil(seqlen_q / BLOCK_M), heads, batch)` and
 /// `T::SMEM_BYTES` of dynamic shared memory, on a parameter block the host validated.
 #[inline(always)]
-pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
+pub unsafe fn flash_fwd<E: Element, T: FwdTraits, const MODS: bool>(p: &FwdParams) {
     let shape = &p.shape;
     let mask = Mask::of(shape);
     let tid = ptx::thread_idx();
     let (warp, lane) = (tid / 32, tid % 32);
     let (block_x, head, batch) = ptx::block_idx();
     let kv_head = kv_head_of(shape, head);
+    // SAFETY: the host validated the modifiers' device arrays (slopes, sinks).
+    let (mods, sink_log2, output_scale) = unsafe { ScoreMods::for_forward::<MODS>(p, batch, head) };
     let q_begin = q_tile_of_block(block_x, ceil_div(shape.seqlen_q, T::BLOCK_M)) * T::BLOCK_M;
     let warp_row0 = warp * T::WARP_M;
     let warp_q0 = q_begin + warp_row0;
@@ -226,7 +241,7 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
         }
     }
     let mut o = [[[0f32; 4]; MAX_HEAD_DIM_TILES8]; MAX_WARP_M_TILES];
-    let mut softmax = [OnlineSoftmax::EMPTY; MAX_WARP_M_TILES];
+    let mut softmax = [OnlineSoftmax::starting_at(sink_log2, lane); MAX_WARP_M_TILES];
 
     for tile in first_tile..end_tile {
         let step = tile - first_tile;
@@ -263,21 +278,26 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
         }
 
         let k_begin = tile * T::BLOCK_N;
-        if !mask.tile_is_unmasked(warp_q0, warp_q0 + T::WARP_M, k_begin, k_begin + T::BLOCK_N) {
-            for m in 0..m_tiles {
-                for t in 0..n_tiles8 {
-                    for e in 0..4 {
-                        let q = warp_q0 + 16 * m as u32 + lane / 4 + 8 * (e as u32 / 2);
-                        let k = k_begin + 8 * t as u32 + 2 * (lane % 4) + e as u32 % 2;
-                        if !mask.allows(q, k) {
-                            s[m][t][e] = f32::NEG_INFINITY;
-                        }
-                    }
-                }
-            }
+        let masked = !mask.tile_is_unmasked(warp_q0, warp_q0 + T::WARP_M, k_begin, k_begin + T::BLOCK_N);
+        for m in 0..m_tiles {
+            forward_scores::<MODS, _>(
+                &mut s[m],
+                n_tiles8,
+                warp_q0 + 16 * m as u32,
+                k_begin,
+                lane,
+                &mask,
+                masked,
+                &mods,
+            );
         }
 
         online_softmax(&mut softmax, &mut s, &mut o, m_tiles, n_tiles8, d_tiles8, shape.scale_log2);
+        if MODS {
+            for m in 0..m_tiles {
+                forward_dropout(&mut s[m], n_tiles8, warp_q0 + 16 * m as u32, k_begin, lane, &mods.dropout);
+            }
+        }
 
         // O += P·V, P taken straight from the score registers; each V fragment feeds every
         // m tile.
@@ -308,16 +328,14 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits>(p: &FwdParams) {
         for half in 0..2 {
             let local_row = warp_row0 + 16 * m as u32 + lane / 4 + 8 * half as u32;
             let row = q_begin + local_row;
-            let sum = quad_sum(softmax[m].sum[half]);
-            let empty = sum == 0.0;
-            let inv = if empty { 0.0 } else { 1.0 / sum };
+            let (inv, lse) = finish_row(softmax[m].max[half], quad_sum(softmax[m].sum[half]));
+            let inv = if MODS { inv * output_scale } else { inv };
             for t in 0..d_tiles8 {
                 let packed = E::pack(o[m][t][2 * half] * inv, o[m][t][2 * half + 1] * inv);
                 // SAFETY: the element lies in this warp's rows of the Q tile.
                 unsafe { ptx::st_shared_u32(q_tile.element(local_row, 8 * t as u32 + 2 * (lane % 4)), packed) };
             }
             if lane % 4 == 0 && row < shape.seqlen_q {
-                let lse = if empty { f32::INFINITY } else { (softmax[m].max[half] + ptx::log2(sum)) * LN_2 };
                 // SAFETY: the LSE buffer holds batch · heads · seqlen_q floats (host-checked).
                 unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index(shape, batch, head, row) as isize) = lse };
             }

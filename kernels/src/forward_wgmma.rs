@@ -10,7 +10,8 @@
 //! overlaps inside a warpgroup: S = Q·Kⱼᵀ and P·Vⱼ₋₁ are issued back to back, tile j's softmax
 //! runs while P·V is in flight, and O is rescaled only after waiting for it.
 
-use crate::forward::{LN_2, OnlineSoftmax, online_softmax, online_softmax_deferred, rescale};
+use crate::forward::{OnlineSoftmax, online_softmax, online_softmax_deferred, rescale};
+use crate::modifiers::{ScoreMods, finish_row, forward_dropout, forward_scores};
 use crate::params::{FwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, accumulators_as_a, quad_sum};
@@ -42,7 +43,7 @@ fn tiles_ready<T: FwdWgmmaTraits>() {
 /// `T::SMEM_BYTES` of dynamic shared memory, on a parameter block the host validated, on an
 /// sm_90a device.
 #[inline(always)]
-pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams) {
+pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bool>(p: &FwdParams) {
     const { assert!(T::HEAD_DIM % 64 == 0 && T::HEAD_DIM <= 256) };
     const { assert!(T::BLOCK_N == 64 || T::BLOCK_N == 128) };
     // The generated GEMMs: 128-key tiles and the pipelined loop's waits up to head_dim 128.
@@ -54,6 +55,8 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
     let (warpgroup, warp, lane) = (tid / 128, tid / 32, tid % 32);
     let (block_x, head, batch) = ptx::block_idx();
     let kv_head = kv_head_of(shape, head);
+    // SAFETY: the host validated the modifiers' device arrays (slopes, sinks).
+    let (mods, sink_log2, output_scale) = unsafe { ScoreMods::for_forward::<MODS>(p, batch, head) };
     let q_begin = q_tile_of_block(block_x, ceil_div(shape.seqlen_q, T::BLOCK_M)) * T::BLOCK_M;
     // Warp w of the block owns query rows 16w..16w+16 (warpgroup g: rows 64g..64g+64).
     let warp_row0 = 16 * warp;
@@ -132,21 +135,18 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
     let v_desc = |stage: u32| wgmma_descriptor(v_tile(stage).panel(0, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
 
     let mut o = [[[0f32; 4]; HEAD_DIM_TILES8]; 1];
-    let mut softmax = [OnlineSoftmax::EMPTY];
+    let mut softmax = [OnlineSoftmax::starting_at(sink_log2, lane)];
     let (n_tiles8, d_tiles8) = ((T::BLOCK_N / 8) as usize, (T::HEAD_DIM / 8) as usize);
-    // Scores of keys the mask hides become -inf; tiles wholly inside the mask skip this.
-    let apply_mask = |s: &mut [[[f32; 4]; SEQ_TILES8]; 1], tile: u32, lane: u32| {
+    // The score step: modifiers (MODS), then -inf for keys the mask hides (tiles wholly inside
+    // the mask skip that); after the softmax, dropout.
+    let score_step = |s: &mut [[[f32; 4]; SEQ_TILES8]; 1], tile: u32, lane: u32| {
         let k_begin = tile * T::BLOCK_N;
-        if !mask.tile_is_unmasked(warp_q0, warp_q0 + 16, k_begin, k_begin + T::BLOCK_N) {
-            for t in 0..n_tiles8 {
-                for e in 0..4 {
-                    let q = warp_q0 + lane / 4 + 8 * (e as u32 / 2);
-                    let k = k_begin + 8 * t as u32 + 2 * (lane % 4) + e as u32 % 2;
-                    if !mask.allows(q, k) {
-                        s[0][t][e] = f32::NEG_INFINITY;
-                    }
-                }
-            }
+        let masked = !mask.tile_is_unmasked(warp_q0, warp_q0 + 16, k_begin, k_begin + T::BLOCK_N);
+        forward_scores::<MODS, _>(&mut s[0], n_tiles8, warp_q0, k_begin, lane, &mask, masked, &mods);
+    };
+    let dropout_step = |s: &mut [[[f32; 4]; SEQ_TILES8]; 1], tile: u32, lane: u32| {
+        if MODS {
+            forward_dropout(&mut s[0], n_tiles8, warp_q0, tile * T::BLOCK_N, lane, &mods.dropout);
         }
     };
     let probabilities_of = |s: &[[[f32; 4]; SEQ_TILES8]; 1]| {
@@ -173,8 +173,9 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
             // SAFETY: the whole warpgroup is here (block-uniform loop); the Q and K tiles landed
             // and were fenced for the async proxy before the last barrier.
             unsafe { E::qk(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(stage)) };
-            apply_mask(&mut s, tile, lane);
+            score_step(&mut s, tile, lane);
             online_softmax(&mut softmax, &mut s, &mut o, 1, n_tiles8, d_tiles8, shape.scale_log2);
+            dropout_step(&mut s, tile, lane);
             let probabilities = probabilities_of(&s);
             // SAFETY: as for the score GEMM.
             unsafe { E::pv(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &probabilities, v_desc(stage)) };
@@ -190,9 +191,10 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
         let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
         // SAFETY: as in the loop above.
         unsafe { E::qk(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(0)) };
-        apply_mask(&mut s, first_tile, lane);
+        score_step(&mut s, first_tile, lane);
         // O is still zero: no correction to apply.
         let _ = online_softmax_deferred(&mut softmax, &mut s, 1, n_tiles8, shape.scale_log2);
+        dropout_step(&mut s, first_tile, lane);
         let mut previous = probabilities_of(&s);
         let mut previous_stage = 0;
         tiles_ready::<T>();
@@ -212,8 +214,9 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
                 E::pv_issue(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(previous_stage));
             }
             wait(1, Waited::Scores(T::BLOCK_N, &mut s[0]));
-            apply_mask(&mut s, tile, lane);
+            score_step(&mut s, tile, lane);
             let correction = online_softmax_deferred(&mut softmax, &mut s, 1, n_tiles8, shape.scale_log2);
+            dropout_step(&mut s, tile, lane);
             wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
             if let Some(correction) = correction {
                 rescale(&mut o, &correction, 1, d_tiles8);
@@ -233,9 +236,8 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
     for half in 0..2 {
         let local_row = warp_row0 + lane / 4 + 8 * half as u32;
         let row = q_begin + local_row;
-        let sum = quad_sum(softmax[0].sum[half]);
-        let empty = sum == 0.0;
-        let inv = if empty { 0.0 } else { 1.0 / sum };
+        let (inv, lse) = finish_row(softmax[0].max[half], quad_sum(softmax[0].sum[half]));
+        let inv = if MODS { inv * output_scale } else { inv };
         for t in 0..d_tiles8 {
             let packed = E::pack(o[0][t][2 * half] * inv, o[0][t][2 * half + 1] * inv);
             let col = 8 * t as u32 + 2 * (lane % 4);
@@ -243,7 +245,6 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits>(p: &FwdParams)
             unsafe { ptx::st_shared_u32(q_tile.chunk(local_row, col / 8) + (col % 8) * 2, packed) };
         }
         if lane % 4 == 0 && row < shape.seqlen_q {
-            let lse = if empty { f32::INFINITY } else { (softmax[0].max[half] + ptx::log2(sum)) * LN_2 };
             // SAFETY: the LSE buffer holds batch · heads · seqlen_q floats (host-checked).
             unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index(shape, batch, head, row) as isize) = lse };
         }

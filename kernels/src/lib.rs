@@ -22,6 +22,7 @@
 #[cfg(not(target_arch = "nvptx64"))]
 extern crate std;
 
+pub mod modifiers;
 pub mod params;
 pub mod registry;
 pub mod tiling;

@@ -1,9 +1,8 @@
 //! The parameter blocks passed by value to every kernel launch.
 //!
 //! One `#[repr(C)]` definition serves both sides: the host fills it, the kernels read it. Fields
-//! for features that later work adds (grouped-query heads, sliding windows, softcap, ALiBi,
-//! variable-length batches, a paged KV cache, dropout) get appended here; a kernel that does not
-//! know a feature reads the neutral value the host writes for it.
+//! for later features get appended here; a kernel that does not know a feature reads the
+//! neutral value the host writes for it.
 
 /// Layout of one (batch, seqlen, heads, head_dim) tensor: element strides of the three outer
 /// dimensions (the last dimension is contiguous).
@@ -29,7 +28,8 @@ impl Strides {
 pub struct AttnShape {
     pub batch: u32,
     pub heads: u32,
-    /// Heads of K and V. Equal to `heads` today; grouped-query attention will let it divide it.
+    /// Heads of K and V, dividing `heads` (grouped-query attention: query head `h` reads K/V head
+    /// `h / (heads / heads_k)`, see [`crate::tiling::kv_head_of`]).
     pub heads_k: u32,
     pub seqlen_q: u32,
     pub seqlen_k: u32,
@@ -60,6 +60,30 @@ pub struct FwdParams {
     pub k_strides: Strides,
     pub v_strides: Strides,
     pub o_strides: Strides,
+    /// Score modifiers and dropout: read by the `_mods` kernels only (the host launches one of
+    /// those whenever a field is on); zero means off.
+    pub mods: Modifiers,
+}
+
+/// Softcap, ALiBi, attention sinks and dropout (see [`crate::modifiers`] for the definitions).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Modifiers {
+    /// f32 ALiBi slopes, `alibi_batch_stride` floats per batch entry (0: one set shared by the
+    /// batch), one per query head; 0: no ALiBi.
+    pub alibi_slopes: u64,
+    /// f32 sink logit per query head (natural-log units, like the scaled scores); 0: no sinks.
+    pub sinks: u64,
+    /// Dropout's Philox key (the seed) and counter offset.
+    pub dropout_seed: u64,
+    pub dropout_offset: u64,
+    /// Scores become `softcap · tanh(scale · s / softcap)`; 0: off.
+    pub softcap: f32,
+    pub alibi_batch_stride: u32,
+    /// A probability is kept iff its Philox word is below this; 0: no dropout.
+    pub dropout_keep_threshold: u32,
+    /// The kept probabilities' factor, `1 / (1 - p)`.
+    pub dropout_scale: f32,
 }
 
 /// Backward: from dO (and the forward's O and LSE) to dQ, dK, dV.
@@ -83,6 +107,8 @@ pub struct BwdParams {
     /// per query tile that makes the key blocks add their dQ parts in key-block order
     /// (see [`crate::tiling::dq_turn`]). 0: reductions in any order (faster).
     pub dq_semaphore: u64,
+    /// f32 (heads): the sinks' gradient, written by the sink-gradient kernel when sinks are on.
+    pub d_sinks: u64,
 }
 
 /// Index of `(batch, head, row)` in the contiguous (batch, heads, seqlen_q) LSE / D arrays.

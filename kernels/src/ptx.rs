@@ -260,6 +260,15 @@ pub fn log2(x: f32) -> f32 {
     y
 }
 
+/// 1/x, the hardware approximation (about 1 ulp), flushing denormals.
+#[inline(always)]
+pub fn rcp(x: f32) -> f32 {
+    let y: f32;
+    // SAFETY: register-only arithmetic.
+    unsafe { asm!("rcp.approx.ftz.f32 {0}, {1};", out(reg32) y, in(reg32) x, options(pure, nomem, nostack)) };
+    y
+}
+
 /// Exchange with the lane whose index differs in the bits of `mask` (butterfly), whole warp.
 #[inline(always)]
 pub fn shfl_xor(x: f32, mask: u32) -> f32 {

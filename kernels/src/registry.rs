@@ -20,6 +20,8 @@ pub enum Role {
     Backward,
     BackwardPreprocess,
     BackwardConvertDq,
+    /// The sinks' gradient, after the preprocess (one block per head).
+    BackwardSinkGradient,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +44,9 @@ pub struct KernelInfo {
     pub min_blocks_per_sm: u32,
     /// Only in the sm_90a PTX (Hopper's `wgmma`); preferred there over the portable kernel.
     pub requires_sm90a: bool,
+    /// A `_mods` kernel: runs the score modifiers and dropout ([`crate::modifiers`]). The dense
+    /// kernels handle masks (causal, windows) and grouped K/V heads, nothing else.
+    pub modifiers: bool,
 }
 
 /// An entry with the row kernels' launch shape; the constructors below override the fields that
@@ -63,6 +68,7 @@ const fn base(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
         query_tile_rows: 0,
         min_blocks_per_sm: 1,
         requires_sm90a: false,
+        modifiers: false,
     }
 }
 
@@ -111,68 +117,97 @@ const fn bwd_wgmma<T: BwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> Kerne
     }
 }
 
-pub const KERNELS: &[KernelInfo] = &[
-    fwd_wgmma::<FwdWgmmaHdim64>("flash_fwd_wgmma_bf16_hdim64", Dtype::Bf16),
-    fwd_wgmma::<FwdWgmmaHdim64>("flash_fwd_wgmma_f16_hdim64", Dtype::F16),
-    fwd_wgmma::<FwdWgmmaHdim128>("flash_fwd_wgmma_bf16_hdim128", Dtype::Bf16),
-    fwd_wgmma::<FwdWgmmaHdim128>("flash_fwd_wgmma_f16_hdim128", Dtype::F16),
-    fwd_wgmma::<FwdWgmmaHdim96>("flash_fwd_wgmma_bf16_hdim96", Dtype::Bf16),
-    fwd_wgmma::<FwdWgmmaHdim96>("flash_fwd_wgmma_f16_hdim96", Dtype::F16),
-    bwd_wgmma::<BwdWgmmaHdim96>("flash_bwd_wgmma_bf16_hdim96", Dtype::Bf16),
-    bwd_wgmma::<BwdWgmmaHdim96>("flash_bwd_wgmma_f16_hdim96", Dtype::F16),
-    bwd_wgmma::<BwdWgmmaHdim32>("flash_bwd_wgmma_bf16_hdim32", Dtype::Bf16),
-    bwd_wgmma::<BwdWgmmaHdim32>("flash_bwd_wgmma_f16_hdim32", Dtype::F16),
-    fwd_wgmma::<FwdWgmmaHdim192>("flash_fwd_wgmma_bf16_hdim192", Dtype::Bf16),
-    fwd_wgmma::<FwdWgmmaHdim192>("flash_fwd_wgmma_f16_hdim192", Dtype::F16),
-    fwd_wgmma::<FwdWgmmaHdim256>("flash_fwd_wgmma_bf16_hdim256", Dtype::Bf16),
-    fwd_wgmma::<FwdWgmmaHdim256>("flash_fwd_wgmma_f16_hdim256", Dtype::F16),
-    bwd_wgmma::<BwdWgmmaHdim64>("flash_bwd_wgmma_bf16_hdim64", Dtype::Bf16),
-    bwd_wgmma::<BwdWgmmaHdim64>("flash_bwd_wgmma_f16_hdim64", Dtype::F16),
-    bwd_wgmma::<BwdWgmmaHdim128>("flash_bwd_wgmma_bf16_hdim128", Dtype::Bf16),
-    bwd_wgmma::<BwdWgmmaHdim128>("flash_bwd_wgmma_f16_hdim128", Dtype::F16),
-    fwd::<FwdHdim96>("flash_fwd_bf16_hdim96", Dtype::Bf16),
-    bwd::<BwdHdim96>("flash_bwd_bf16_hdim96", Dtype::Bf16),
-    fwd::<FwdHdim96>("flash_fwd_f16_hdim96", Dtype::F16),
-    bwd::<BwdHdim96>("flash_bwd_f16_hdim96", Dtype::F16),
-    fwd::<FwdHdim192>("flash_fwd_bf16_hdim192", Dtype::Bf16),
-    bwd::<BwdHdim192>("flash_bwd_bf16_hdim192", Dtype::Bf16),
-    fwd::<FwdHdim192>("flash_fwd_f16_hdim192", Dtype::F16),
-    bwd::<BwdHdim192>("flash_bwd_f16_hdim192", Dtype::F16),
-    fwd::<FwdHdim256>("flash_fwd_bf16_hdim256", Dtype::Bf16),
-    bwd::<BwdHdim256>("flash_bwd_bf16_hdim256", Dtype::Bf16),
-    fwd::<FwdHdim256>("flash_fwd_f16_hdim256", Dtype::F16),
-    bwd::<BwdHdim256>("flash_bwd_f16_hdim256", Dtype::F16),
-    fwd::<FwdHdim32>("flash_fwd_bf16_hdim32", Dtype::Bf16),
-    fwd::<FwdHdim32>("flash_fwd_f16_hdim32", Dtype::F16),
-    bwd::<BwdHdim32>("flash_bwd_bf16_hdim32", Dtype::Bf16),
-    bwd::<BwdHdim32>("flash_bwd_f16_hdim32", Dtype::F16),
-    fwd::<FwdHdim64>("flash_fwd_bf16_hdim64", Dtype::Bf16),
-    fwd::<FwdHdim128>("flash_fwd_bf16_hdim128", Dtype::Bf16),
-    fwd::<FwdHdim64>("flash_fwd_f16_hdim64", Dtype::F16),
-    fwd::<FwdHdim128>("flash_fwd_f16_hdim128", Dtype::F16),
-    bwd::<BwdHdim64>("flash_bwd_bf16_hdim64", Dtype::Bf16),
-    bwd::<BwdHdim128>("flash_bwd_bf16_hdim128", Dtype::Bf16),
-    bwd::<BwdHdim64>("flash_bwd_f16_hdim64", Dtype::F16),
-    bwd::<BwdHdim128>("flash_bwd_f16_hdim128", Dtype::F16),
-    base("flash_bwd_preprocess_bf16", Role::BackwardPreprocess, Dtype::Bf16),
-    base("flash_bwd_preprocess_f16", Role::BackwardPreprocess, Dtype::F16),
-    base("flash_bwd_convert_dq_bf16", Role::BackwardConvertDq, Dtype::Bf16),
-    base("flash_bwd_convert_dq_f16", Role::BackwardConvertDq, Dtype::F16),
-    // Measurement variants: after the defaults, so `find` never picks them.
-    fwd_wgmma::<FwdWgmmaHdim128Sync>("flash_fwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
-    bwd_wgmma::<BwdWgmmaHdim64Narrow>("flash_bwd_wgmma_bf16_hdim64_narrow", Dtype::Bf16),
-    bwd_wgmma::<BwdWgmmaHdim128Sync>("flash_bwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
-];
+/// Every kernel with its `_mods` twin (same configuration, `modifiers: true`), then the
+/// kernels that have none.
+macro_rules! registry {
+    (paired: [$($ctor:ident::<$t:ty>($name:literal, $dtype:expr)),* $(,)?], single: [$($single:expr),* $(,)?] $(,)?) => {
+        &[
+            $($ctor::<$t>($name, $dtype),)*
+            $(KernelInfo { name: concat!($name, "_mods"), modifiers: true, ..$ctor::<$t>($name, $dtype) },)*
+            $($single,)*
+        ]
+    };
+}
+
+pub const KERNELS: &[KernelInfo] = registry! {
+    paired: [
+        fwd_wgmma::<FwdWgmmaHdim64>("flash_fwd_wgmma_bf16_hdim64", Dtype::Bf16),
+        fwd_wgmma::<FwdWgmmaHdim64>("flash_fwd_wgmma_f16_hdim64", Dtype::F16),
+        fwd_wgmma::<FwdWgmmaHdim128>("flash_fwd_wgmma_bf16_hdim128", Dtype::Bf16),
+        fwd_wgmma::<FwdWgmmaHdim128>("flash_fwd_wgmma_f16_hdim128", Dtype::F16),
+        fwd_wgmma::<FwdWgmmaHdim96>("flash_fwd_wgmma_bf16_hdim96", Dtype::Bf16),
+        fwd_wgmma::<FwdWgmmaHdim96>("flash_fwd_wgmma_f16_hdim96", Dtype::F16),
+        bwd_wgmma::<BwdWgmmaHdim96>("flash_bwd_wgmma_bf16_hdim96", Dtype::Bf16),
+        bwd_wgmma::<BwdWgmmaHdim96>("flash_bwd_wgmma_f16_hdim96", Dtype::F16),
+        bwd_wgmma::<BwdWgmmaHdim32>("flash_bwd_wgmma_bf16_hdim32", Dtype::Bf16),
+        bwd_wgmma::<BwdWgmmaHdim32>("flash_bwd_wgmma_f16_hdim32", Dtype::F16),
+        fwd_wgmma::<FwdWgmmaHdim192>("flash_fwd_wgmma_bf16_hdim192", Dtype::Bf16),
+        fwd_wgmma::<FwdWgmmaHdim192>("flash_fwd_wgmma_f16_hdim192", Dtype::F16),
+        fwd_wgmma::<FwdWgmmaHdim256>("flash_fwd_wgmma_bf16_hdim256", Dtype::Bf16),
+        fwd_wgmma::<FwdWgmmaHdim256>("flash_fwd_wgmma_f16_hdim256", Dtype::F16),
+        bwd_wgmma::<BwdWgmmaHdim64>("flash_bwd_wgmma_bf16_hdim64", Dtype::Bf16),
+        bwd_wgmma::<BwdWgmmaHdim64>("flash_bwd_wgmma_f16_hdim64", Dtype::F16),
+        bwd_wgmma::<BwdWgmmaHdim128>("flash_bwd_wgmma_bf16_hdim128", Dtype::Bf16),
+        bwd_wgmma::<BwdWgmmaHdim128>("flash_bwd_wgmma_f16_hdim128", Dtype::F16),
+        fwd::<FwdHdim96>("flash_fwd_bf16_hdim96", Dtype::Bf16),
+        bwd::<BwdHdim96>("flash_bwd_bf16_hdim96", Dtype::Bf16),
+        fwd::<FwdHdim96>("flash_fwd_f16_hdim96", Dtype::F16),
+        bwd::<BwdHdim96>("flash_bwd_f16_hdim96", Dtype::F16),
+        fwd::<FwdHdim192>("flash_fwd_bf16_hdim192", Dtype::Bf16),
+        bwd::<BwdHdim192>("flash_bwd_bf16_hdim192", Dtype::Bf16),
+        fwd::<FwdHdim192>("flash_fwd_f16_hdim192", Dtype::F16),
+        bwd::<BwdHdim192>("flash_bwd_f16_hdim192", Dtype::F16),
+        fwd::<FwdHdim256>("flash_fwd_bf16_hdim256", Dtype::Bf16),
+        bwd::<BwdHdim256>("flash_bwd_bf16_hdim256", Dtype::Bf16),
+        fwd::<FwdHdim256>("flash_fwd_f16_hdim256", Dtype::F16),
+        bwd::<BwdHdim256>("flash_bwd_f16_hdim256", Dtype::F16),
+        fwd::<FwdHdim32>("flash_fwd_bf16_hdim32", Dtype::Bf16),
+        fwd::<FwdHdim32>("flash_fwd_f16_hdim32", Dtype::F16),
+        bwd::<BwdHdim32>("flash_bwd_bf16_hdim32", Dtype::Bf16),
+        bwd::<BwdHdim32>("flash_bwd_f16_hdim32", Dtype::F16),
+        fwd::<FwdHdim64>("flash_fwd_bf16_hdim64", Dtype::Bf16),
+        fwd::<FwdHdim128>("flash_fwd_bf16_hdim128", Dtype::Bf16),
+        fwd::<FwdHdim64>("flash_fwd_f16_hdim64", Dtype::F16),
+        fwd::<FwdHdim128>("flash_fwd_f16_hdim128", Dtype::F16),
+        bwd::<BwdHdim64>("flash_bwd_bf16_hdim64", Dtype::Bf16),
+        bwd::<BwdHdim128>("flash_bwd_bf16_hdim128", Dtype::Bf16),
+        bwd::<BwdHdim64>("flash_bwd_f16_hdim64", Dtype::F16),
+        bwd::<BwdHdim128>("flash_bwd_f16_hdim128", Dtype::F16),
+    ],
+    single: [
+        // The sink gradient reads only f32 statistics: one entry serves both dtypes.
+        KernelInfo {
+            dynamic_smem_bytes: ROW_KERNEL_THREADS / 32 * 4,
+            ..base("flash_bwd_sink_gradient", Role::BackwardSinkGradient, Dtype::Bf16)
+        },
+        base("flash_bwd_preprocess_bf16", Role::BackwardPreprocess, Dtype::Bf16),
+        base("flash_bwd_preprocess_f16", Role::BackwardPreprocess, Dtype::F16),
+        base("flash_bwd_convert_dq_bf16", Role::BackwardConvertDq, Dtype::Bf16),
+        base("flash_bwd_convert_dq_f16", Role::BackwardConvertDq, Dtype::F16),
+        // Measurement variants: after the defaults, so `find` never picks them.
+        fwd_wgmma::<FwdWgmmaHdim128Sync>("flash_fwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
+        bwd_wgmma::<BwdWgmmaHdim64Narrow>("flash_bwd_wgmma_bf16_hdim64_narrow", Dtype::Bf16),
+        bwd_wgmma::<BwdWgmmaHdim128Sync>("flash_bwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
+    ],
+};
 
 /// The kernel called `name`, if the registry has one.
 pub fn by_name(name: &str) -> Option<&'static KernelInfo> {
     KERNELS.iter().find(|k| k.name == name)
 }
 
-/// The kernel for a role, dtype and head dim (head dim ignored for the row kernels): with the
-/// sm_90a PTX loaded, a Hopper-only kernel where one exists, else the portable one.
-pub fn find(role: Role, dtype: Dtype, head_dim: u32, sm90a: bool) -> Option<&'static KernelInfo> {
-    let fits = |k: &&KernelInfo| k.role == role && k.dtype == dtype && (k.head_dim == 0 || k.head_dim == head_dim);
+/// The kernel for a role, dtype and head dim (head dim ignored for the row kernels, dtype for
+/// the sink gradient), with or without the score modifiers (`modifiers` matters for the
+/// forward and backward main kernels only): with the sm_90a PTX loaded, a Hopper-only kernel
+/// where one exists, else the portable one.
+pub fn find(role: Role, dtype: Dtype, head_dim: u32, sm90a: bool, modifiers: bool) -> Option<&'static KernelInfo> {
+    let main = matches!(role, Role::Forward | Role::Backward);
+    let fits = |k: &&KernelInfo| {
+        k.role == role
+            && (k.dtype == dtype || role == Role::BackwardSinkGradient)
+            && (k.head_dim == 0 || k.head_dim == head_dim)
+            && (!main || k.modifiers == modifiers)
+    };
     let hopper = KERNELS.iter().filter(fits).find(|k| k.requires_sm90a && sm90a);
     hopper.or_else(|| KERNELS.iter().filter(fits).find(|k| !k.requires_sm90a))
 }
@@ -190,16 +225,29 @@ mod tests {
     fn every_supported_head_dim_has_forward_and_backward_for_both_dtypes() {
         for &d in &crate::traits::SUPPORTED_HEAD_DIMS {
             for dtype in [Dtype::F16, Dtype::Bf16] {
-                for role in [Role::Forward, Role::Backward, Role::BackwardPreprocess, Role::BackwardConvertDq] {
+                for role in [
+                    Role::Forward,
+                    Role::Backward,
+                    Role::BackwardPreprocess,
+                    Role::BackwardConvertDq,
+                    Role::BackwardSinkGradient,
+                ] {
                     for sm90a in [false, true] {
-                        let k = find(role, dtype, d, sm90a).unwrap_or_else(|| panic!("{role:?} {dtype:?} {d}"));
-                        assert!(sm90a || !k.requires_sm90a);
+                        for mods in [false, true] {
+                            let k =
+                                find(role, dtype, d, sm90a, mods).unwrap_or_else(|| panic!("{role:?} {dtype:?} {d}"));
+                            assert!(sm90a || !k.requires_sm90a);
+                            if matches!(role, Role::Forward | Role::Backward) {
+                                assert_eq!(k.modifiers, mods, "{}", k.name);
+                                assert_eq!(k.name.ends_with("_mods"), mods, "{}", k.name);
+                            }
+                        }
                     }
                 }
             }
         }
-        assert!(find(Role::Forward, Dtype::Bf16, 80, true).is_none());
-        assert!(find(Role::Forward, Dtype::Bf16, 128, true).unwrap().requires_sm90a);
+        assert!(find(Role::Forward, Dtype::Bf16, 80, true, false).is_none());
+        assert!(find(Role::Forward, Dtype::Bf16, 128, true, false).unwrap().requires_sm90a);
     }
 
     #[test]
@@ -212,9 +260,11 @@ mod tests {
                 (Role::Backward, [true, true, true, true, false, false]),
             ] {
                 for (d, expected) in crate::traits::SUPPORTED_HEAD_DIMS.iter().zip(hopper) {
-                    let k = find(role, dtype, *d, true).unwrap();
-                    assert_eq!(k.requires_sm90a, expected, "{role:?} {dtype:?} {d}: {}", k.name);
-                    assert_eq!(k.head_dim, *d);
+                    for mods in [false, true] {
+                        let k = find(role, dtype, *d, true, mods).unwrap();
+                        assert_eq!(k.requires_sm90a, expected, "{role:?} {dtype:?} {d}: {}", k.name);
+                        assert_eq!(k.head_dim, *d);
+                    }
                 }
             }
         }

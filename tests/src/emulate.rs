@@ -106,19 +106,7 @@ mod tests {
     /// GPU's 2.683e-3, and the current bound admits it.
     #[test]
     fn the_recorded_h100_failure_is_kernel_arithmetic_and_fits_the_bound() {
-        let case = Case {
-            batch: 1,
-            heads: 2,
-            seqlen_q: 1,
-            seqlen_k: 3,
-            head_dim: 32,
-            causal: false,
-            bf16: true,
-            pad: 0,
-            seed: 17175172606630142381,
-            scale: None,
-            deterministic: false,
-        };
+        let case = Case { seed: 17175172606630142381, ..Case::dense(1, 2, 1, 3, 32, false) };
         let (p, [q, k, v, d_o]) = bf16_inputs(&case);
         let model = kernels::<bf16>(&p, 1.0 / 32f32.sqrt(), &q, &k, &v, &d_o);
         let round = |x: f64| bf16::from_f64(x).to_f64();
@@ -136,19 +124,7 @@ mod tests {
     /// rounding (D = rowsum(dO ∘ O) from the bf16 O, scaled up by a peaked softmax), not a bug.
     #[test]
     fn the_v11_failure_is_kernel_arithmetic() {
-        let case = Case {
-            batch: 3,
-            heads: 1,
-            seqlen_q: 1,
-            seqlen_k: 97,
-            head_dim: 256,
-            causal: false,
-            bf16: true,
-            pad: 0,
-            seed: 13604030930923466508,
-            scale: Some(1.2115306),
-            deterministic: false,
-        };
+        let case = Case { seed: 13604030930923466508, scale: Some(1.2115306), ..Case::dense(3, 1, 1, 97, 256, false) };
         let (p, [q, k, v, d_o]) = bf16_inputs(&case);
         let model = kernels::<bf16>(&p, 1.2115306, &q, &k, &v, &d_o);
         let round = |x: f64| bf16::from_f64(x).to_f64();
@@ -168,7 +144,7 @@ mod tests {
     /// The model agrees with the exact reference to within the bound on ordinary inputs.
     #[test]
     fn the_model_is_close_to_the_reference() {
-        let p = Problem { batch: 1, heads: 2, seqlen_q: 37, seqlen_k: 53, head_dim: 64, scale: 0.125, causal: true };
+        let p = Problem::new(1, 2, 37, 53, 64, 0.125, true);
         let mut rng = StdRng::seed_from_u64(3);
         let (q, _) = random_inputs::<bf16>(&mut rng, p.q_len());
         let (k, _) = random_inputs::<bf16>(&mut rng, p.kv_len());

@@ -30,18 +30,94 @@ pub struct Case {
     pub scale: Option<f32>,
     /// Backward in deterministic mode (ordered dQ reductions).
     pub deterministic: bool,
+    /// The features of issue 9, each off by default. K/V heads (dividing `heads`).
+    pub heads_k: usize,
+    /// Sliding window `(left, right)`, -1 unbounded.
+    pub window: Option<(i32, i32)>,
+    pub softcap: Option<f32>,
+    pub alibi: Alibi,
+    /// A sink logit per query head, drawn from the seed.
+    pub sinks: bool,
+    /// Dropout probability; seed and offset come from the case's seed.
+    pub dropout: Option<f32>,
+}
+
+/// Which ALiBi slopes a case draws.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alibi {
+    None,
+    /// `(heads)`: shared by the batch.
+    PerHead,
+    /// `(batch, heads)`.
+    PerBatchHead,
+}
+
+/// The f32 feature inputs of a case (slopes, sinks, dropout seed/offset), drawn from its seed
+/// apart from Q, K, V and dO.
+pub struct Features {
+    pub slopes: Vec<f32>,
+    pub sinks: Vec<f32>,
+    pub dropout: Option<flash_attn::Dropout>,
 }
 
 impl Case {
+    /// A dense case: every feature off.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dense(batch: usize, heads: usize, seqlen_q: usize, seqlen_k: usize, head_dim: usize, causal: bool) -> Case {
+        Case {
+            batch,
+            heads,
+            seqlen_q,
+            seqlen_k,
+            head_dim,
+            causal,
+            bf16: true,
+            pad: 0,
+            seed: 0,
+            scale: None,
+            deterministic: false,
+            heads_k: heads,
+            window: None,
+            softcap: None,
+            alibi: Alibi::None,
+            sinks: false,
+            dropout: None,
+        }
+    }
+
+    pub fn features(&self) -> Features {
+        let mut rng = StdRng::seed_from_u64(self.seed ^ 0x5eed_f00d);
+        let slopes = match self.alibi {
+            Alibi::None => 0,
+            Alibi::PerHead => self.heads,
+            Alibi::PerBatchHead => self.batch * self.heads,
+        };
+        Features {
+            // Slopes of ALiBi's usual range (2^-8 .. 1/2 for 8 heads) and some steeper.
+            slopes: (0..slopes).map(|_| rng.gen_range(0.0f32..0.4)).collect(),
+            sinks: (0..if self.sinks { self.heads } else { 0 }).map(|_| rng.gen_range(-3.0f32..3.0)).collect(),
+            dropout: self.dropout.map(|p| flash_attn::Dropout { p, seed: rng.r#gen(), offset: rng.r#gen() }),
+        }
+    }
+
     pub fn problem(&self) -> Problem {
+        let f = self.features();
         Problem {
-            batch: self.batch,
-            heads: self.heads,
-            seqlen_q: self.seqlen_q,
-            seqlen_k: self.seqlen_k,
-            head_dim: self.head_dim,
-            scale: self.scale.map_or(1.0 / (self.head_dim as f64).sqrt(), f64::from),
-            causal: self.causal,
+            heads_k: self.heads_k,
+            window: self.window.map_or((-1, -1), |(l, r)| (l as i64, r as i64)),
+            softcap: self.softcap.map_or(0.0, f64::from),
+            alibi_slopes: f.slopes.iter().map(|&x| x as f64).collect(),
+            sinks: f.sinks.iter().map(|&x| x as f64).collect(),
+            dropout: f.dropout.map(|d| reference::Dropout { p: d.p as f64, seed: d.seed, offset: d.offset }),
+            ..Problem::new(
+                self.batch,
+                self.heads,
+                self.seqlen_q,
+                self.seqlen_k,
+                self.head_dim,
+                self.scale.map_or(1.0 / (self.head_dim as f64).sqrt(), f64::from),
+                self.causal,
+            )
         }
     }
 }
@@ -56,10 +132,15 @@ fn seqlen() -> impl Strategy<Value = usize> {
     ]
 }
 
+/// A random window edge: small ones that empty rows and tiles, tile-sized ones, unbounded.
+fn window_edge() -> impl Strategy<Value = i32> {
+    prop_oneof![Just(-1i32), 0i32..=8, prop::sample::select(vec![31i32, 63, 64, 100, 128, 200])]
+}
+
 pub fn case_strategy() -> impl Strategy<Value = Case> {
-    (
+    let dense = (
         1usize..=3,
-        1usize..=4,
+        1usize..=3,
         seqlen(),
         seqlen(),
         prop::sample::select(flash_attn::SUPPORTED_HEAD_DIMS.to_vec()),
@@ -69,22 +150,40 @@ pub fn case_strategy() -> impl Strategy<Value = Case> {
         any::<u64>(),
         prop_oneof![3 => Just(None), 1 => (0.05f32..1.5).prop_map(Some)],
         any::<bool>(),
+    );
+    // Each feature on in about a third of the cases, so that combinations come up too.
+    let features = (
+        prop::sample::select(vec![1usize, 1, 2, 4]),
+        prop_oneof![2 => Just(None), 1 => (window_edge(), window_edge()).prop_map(Some)],
+        prop_oneof![3 => Just(None), 1 => prop::sample::select(vec![5.0f32, 20.0, 50.0]).prop_map(Some)],
+        prop::sample::select(vec![Alibi::None, Alibi::None, Alibi::None, Alibi::PerHead, Alibi::PerBatchHead]),
+        prop::sample::select(vec![false, false, true]),
+        prop_oneof![3 => Just(None), 1 => prop::sample::select(vec![0.1f32, 0.5, 0.85]).prop_map(Some)],
+    );
+    (dense, features).prop_map(
+        |(
+            (batch, heads_k, seqlen_q, seqlen_k, head_dim, causal, bf16, pad, seed, scale, deterministic),
+            (group, window, softcap, alibi, sinks, dropout),
+        )| Case {
+            batch,
+            heads: heads_k * group,
+            seqlen_q,
+            seqlen_k,
+            head_dim: head_dim as usize,
+            causal,
+            bf16,
+            pad,
+            seed,
+            scale,
+            deterministic,
+            heads_k,
+            window,
+            softcap,
+            alibi,
+            sinks,
+            dropout,
+        },
     )
-        .prop_map(|(batch, heads, seqlen_q, seqlen_k, head_dim, causal, bf16, pad, seed, scale, deterministic)| {
-            Case {
-                batch,
-                heads,
-                seqlen_q,
-                seqlen_k,
-                head_dim: head_dim as usize,
-                causal,
-                bf16,
-                pad,
-                seed,
-                scale,
-                deterministic,
-            }
-        })
 }
 
 /// A layout whose heads sit `pad` elements apart beyond head_dim, and batches one extra head
@@ -277,7 +376,7 @@ pub fn run_case<T: Element>(
     let (v64, v) = random_inputs::<T>(&mut rng, p.kv_len());
     let (do64, d_o) = random_inputs::<T>(&mut rng, p.q_len());
     let q_shape = [p.batch, p.seqlen_q, p.heads, p.head_dim];
-    let kv_shape = [p.batch, p.seqlen_k, p.heads, p.head_dim];
+    let kv_shape = [p.batch, p.seqlen_k, p.heads_k, p.head_dim];
     let (lq, lkv) = (padded_layout(q_shape, case.pad), padded_layout(kv_shape, case.pad));
     // NaN in the gaps: a kernel that reads past a row or a head poisons its output.
     let upload = |values: &[T], layout: &Layout| cuda(DeviceBuffer::from_slice(&scatter(values, layout, T::nan())));
@@ -287,7 +386,21 @@ pub fn run_case<T: Element>(
     };
     let mut od = nan_image(&lq)?;
     let mut lse = cuda(DeviceBuffer::from_slice(&vec![f32::NAN; p.lse_len()]))?;
-    let params = AttentionParams { softmax_scale: case.scale, causal: p.causal, deterministic: case.deterministic };
+    let features = case.features();
+    let slopes = (!features.slopes.is_empty()).then(|| DeviceBuffer::from_slice(&features.slopes));
+    let slopes = slopes.transpose().map_err(|e| format!("CUDA: {e:?}"))?;
+    let sinks = (!features.sinks.is_empty()).then(|| DeviceBuffer::from_slice(&features.sinks));
+    let sinks = sinks.transpose().map_err(|e| format!("CUDA: {e:?}"))?;
+    let params = AttentionParams {
+        softmax_scale: case.scale,
+        causal: p.causal,
+        deterministic: case.deterministic,
+        window: case.window,
+        softcap: case.softcap,
+        alibi_slopes: slopes.as_deref(),
+        sinks: sinks.as_deref(),
+        dropout: features.dropout,
+    };
 
     fn view<T: Element>(buf: &DeviceBuffer<u16>, layout: Layout) -> GpuResult<TensorRef<'_, T>> {
         lib(TensorRef::<T>::from_slice(buf, 0, layout))
@@ -304,6 +417,7 @@ pub fn run_case<T: Element>(
     cuda(stream.synchronize())?;
 
     let want = lib(reference::forward(&p, &q64, &k64, &v64))?;
+    let fwd_want = want.clone();
     let round = |x: f64| T::from_f64(x).to_f64();
     let naive = lib(reference::forward_rounded(&p, &q64, &k64, &v64, &round))?;
     let mut o_image = vec![0u16; od.len()];
@@ -318,6 +432,10 @@ pub fn run_case<T: Element>(
 
     if backward {
         let (mut dqd, mut dkd, mut dvd) = (nan_image(&lq)?, nan_image(&lkv)?, nan_image(&lkv)?);
+        let mut d_sinks = match &sinks {
+            Some(_) => Some(cuda(DeviceBuffer::from_slice(&vec![f32::NAN; p.heads]))?),
+            None => None,
+        };
         lib(attention.backward_into(
             stream,
             view(&dod, lq)?,
@@ -329,6 +447,7 @@ pub fn run_case<T: Element>(
             lib(TensorMut::<T>::from_slice(&mut dqd, 0, lq))?,
             lib(TensorMut::<T>::from_slice(&mut dkd, 0, lkv))?,
             lib(TensorMut::<T>::from_slice(&mut dvd, 0, lkv))?,
+            d_sinks.as_deref_mut(),
             &params,
         ))?;
         cuda(stream.synchronize())?;
@@ -345,8 +464,46 @@ pub fn run_case<T: Element>(
             cuda(buf.copy_to(&mut image[..]))?;
             comparisons.push(compare_with(name, &gather::<T>(&image, &layout), w, n, unit_roundoff::<T>(), extra));
         }
+        if let Some(buf) = &d_sinks {
+            let mut got = vec![0f32; p.heads];
+            cuda(buf.copy_to(&mut got[..]))?;
+            let got: Vec<f64> = got.iter().map(|&x| x as f64).collect();
+            let extra = sink_gradient_o_sensitivity(&p, &fwd_want, &do64, unit_roundoff::<T>());
+            // The kernel sums in f32 over batch · seqlen_q rows: one f32 rounding per addend.
+            let summation = F32_UNIT_ROUNDOFF
+                * (p.batch * p.seqlen_q) as f64
+                * want.d_sinks.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            comparisons.push(compare_with(
+                "d_sinks",
+                &got,
+                &want.d_sinks,
+                &naive.d_sinks,
+                F32_UNIT_ROUNDOFF,
+                extra + summation,
+            ));
+        }
     }
     Ok(CaseOutcome { comparisons })
+}
+
+/// The shift of the sinks' gradient dσ_h = −Σ exp(σ_h − LSE_i) · D_i caused by computing D from
+/// O stored in a dtype of unit roundoff `u` (as [`reference::stored_o_sensitivity`] bounds it for
+/// dQ and dK): each D_i is off by up to u · Σ_c |dO_ic · O_ic|. The largest over the heads.
+pub fn sink_gradient_o_sensitivity(p: &Problem, f: &reference::Forward, d_o: &[f64], u: f64) -> f64 {
+    let mut worst = 0.0f64;
+    for (h, &sink) in p.sinks.iter().enumerate() {
+        let mut shift = 0.0;
+        for b in 0..p.batch {
+            for i in 0..p.seqlen_q {
+                let lse = f.lse[(b * p.heads + h) * p.seqlen_q + i];
+                let row = ((b * p.seqlen_q + i) * p.heads + h) * p.head_dim;
+                let dot: f64 = (row..row + p.head_dim).map(|c| (d_o[c] * f.o[c]).abs()).sum();
+                shift += (sink - lse).exp() * u * dot;
+            }
+        }
+        worst = worst.max(shift);
+    }
+    worst
 }
 
 /// A CUDA context on device 0, or why there is none (no device, no driver).

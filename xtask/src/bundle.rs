@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const RUN_SCRIPT: &str = r#"#!/usr/bin/env bash
-# Runs the bundled GPU binaries. Usage: run.sh [tests|demo|bench|all] (default: all).
+# Runs the bundled GPU binaries. Usage: run.sh [tests|demo|bench|features|all] (default: all;
+# `features`, issue 9's feature rows against FA4 and torch, is not part of `all`).
 # Logs and JSON reports go to $OUT (or ./out beside this script).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +32,19 @@ case $what in bench|all)
   driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
   run report python3 "$here/report.py" "$out/ours.jsonl" "$out/torch.jsonl" --date "$(date -u +%F)" \
       --driver "$driver" --out "$out/results.jsonl" --plot "$out/plot.png" --table "$out/table.md" ;;
+esac
+case $what in features)
+  # FA4 comes from the kit that ../shared/anchors/fa4/prepare.sh stages into /tmp/fa4; without it
+  # the anchors script still measures the torch rows.
+  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,clocks_event_reasons.active --format=csv -lms 250 > "$out/clocks_features.csv" &
+  sampler=$!
+  run features "$here/bin/bench" --features all --out "$out/ours_features.jsonl"
+  if [ -f /tmp/fa4/env.sh ]; then source /tmp/fa4/env.sh; else echo "no /tmp/fa4/env.sh: FA4 not staged" | tee -a "$out/log.txt"; fi
+  run feature-anchors python3 "$here/feature_anchors.py" --out "$out/fa4_features.jsonl" --seqlens 4096,16384
+  kill $sampler
+  driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
+  run feature-report python3 "$here/feature_report.py" "$out/ours_features.jsonl" "$out/fa4_features.jsonl" \
+      --date "$(date -u +%F)" --driver "$driver" --out "$out/features.jsonl" --table "$out/features.md" ;;
 esac
 exit $status
 "#;
@@ -88,7 +102,16 @@ pub fn run(args: &[String]) -> Result<(), String> {
             copy(&root.join("target/ptx").join(&name), bundle.join("ptx").join(&name))?;
         }
     }
-    for script in ["torch_anchors.py", "report.py", "profile.sh", "ab.sh", "check.sh", "ncu_ab.sh"] {
+    for script in [
+        "torch_anchors.py",
+        "report.py",
+        "feature_anchors.py",
+        "feature_report.py",
+        "profile.sh",
+        "ab.sh",
+        "check.sh",
+        "ncu_ab.sh",
+    ] {
         copy(&root.join("benches").join(script), bundle.join(script))?;
     }
     let script = bundle.join("run.sh");

@@ -1,4 +1,5 @@
-//! Assemble PTX with ptxas and report per-kernel resources. Spills, stack frames, leftover
+//! Assemble PTX with ptxas and report per-kernel resources. Spills and stack frames (beyond a
+//! small budget for the `_mods` kernels), leftover
 //! `.func` calls, missing registry kernels, parameter blocks of the wrong size and `wgmma`
 //! register hazards ([`crate::wgmma_check`]) fail the build.
 
@@ -71,9 +72,13 @@ fn parse(report: &str) -> Vec<(String, Resources)> {
     out
 }
 
+/// Largest spill stack frame a `_mods` kernel may have (the dense kernels may have none).
+const MODS_STACK_BUDGET: u32 = 256;
+
 pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String> {
     let ptxas = find_ptxas(root)?;
     let mut failures = Vec::new();
+    let mut mods_spills = Vec::new();
     println!(
         "{:<34} {:>6} {:>5} {:>11} {:>12} {:>6} {:>13}",
         "kernel", "arch", "regs", "smem static", "smem dynamic", "stack", "spill st/ld"
@@ -125,7 +130,14 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
                 "{:<34} {:>6} {:>5} {:>11} {:>12} {:>6} {:>6}/{:<6}",
                 name, arch, r.registers, r.static_smem, dynamic, r.stack, r.spill_stores, r.spill_loads
             );
-            if r.stack > 0 || r.spill_stores > 0 || r.spill_loads > 0 {
+            let modifiers = KERNELS.iter().any(|k| k.name == name && k.modifiers);
+            if modifiers && r.stack <= MODS_STACK_BUDGET {
+                // The `_mods` kernels carry every modifier's registers at once; a small spill
+                // there costs only the calls that use a modifier (reported, not fatal).
+                if r.stack > 0 {
+                    mods_spills.push(format!("{name} ({arch}): {} bytes", r.stack));
+                }
+            } else if r.stack > 0 || r.spill_stores > 0 || r.spill_loads > 0 {
                 failures.push(format!(
                     "{name} ({arch}): {} bytes stack frame, {} / {} bytes spilled",
                     r.stack, r.spill_stores, r.spill_loads
@@ -133,9 +145,15 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
             }
         }
     }
+    if !mods_spills.is_empty() {
+        println!(
+            "ptxas: `_mods` kernels with a spill stack frame (budget {MODS_STACK_BUDGET} bytes): {}",
+            mods_spills.join(", ")
+        );
+    }
     if failures.is_empty() {
         println!(
-            "ptxas: every kernel assembled with no spill and no stack frame; no instruction touches an in-flight wgmma register"
+            "ptxas: every dense kernel assembled with no spill and no stack frame; no instruction touches an in-flight wgmma register"
         );
         Ok(())
     } else {
