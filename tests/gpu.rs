@@ -3,7 +3,8 @@
 //! Without a CUDA device every test reports as ignored.
 //!
 //! Case counts: FLASH_ATTN_FWD_CASES (default 200) and FLASH_ATTN_BWD_CASES (default 100).
-//! FLASH_ATTN_KERNELS=name,... tests those registry kernels instead of the defaults.
+//! FLASH_ATTN_KERNELS=name,... tests those registry kernels instead of the defaults;
+//! FLASH_ATTN_PORTABLE=1 tests the portable family on Hopper too.
 //! FLASH_ATTN_TEST_REPORT=path appends one JSON line per property test with its largest errors.
 
 use cust::stream::{Stream, StreamFlags};
@@ -30,6 +31,10 @@ fn gpu() -> Result<Gpu, Failed> {
     let context = gpu_context().map_err(Failed::from)?;
     let stream = Stream::new(StreamFlags::NON_BLOCKING, None).map_err(|e| format!("stream: {e:?}"))?;
     let mut attention = FlashAttention::new().map_err(|e| e.to_string())?;
+    // FLASH_ATTN_PORTABLE=1: the portable `mma.sync` kernels also on Hopper (the other family).
+    if std::env::var("FLASH_ATTN_PORTABLE").is_ok_and(|v| v == "1") {
+        attention = attention.portable_kernels_only();
+    }
     // FLASH_ATTN_KERNELS=name,name: test these registry kernels in place of the defaults for
     // their role, dtype and head dim (measurement variants before they become defaults).
     for name in std::env::var("FLASH_ATTN_KERNELS").unwrap_or_default().split(',').filter(|n| !n.is_empty()) {

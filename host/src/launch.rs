@@ -229,6 +229,7 @@ impl FlashAttention {
         let pre = self.kernel(Role::BackwardPreprocess, T::DTYPE, &shape, &mods)?;
         let convert = self.kernel(Role::BackwardConvertDq, T::DTYPE, &shape, &mods)?;
         let sink_gradient = self.kernel(Role::BackwardSinkGradient, T::DTYPE, &shape, &mods)?;
+        let reduce_kv = self.kernel(Role::BackwardReduceKv, T::DTYPE, &shape, &mods)?;
 
         // O(seqlen) scratch: D = rowsum(dO∘O) and the f32 dQ accumulator, freed in stream order.
         let rows = shape.batch as usize * shape.heads as usize * shape.seqlen_q as usize;
@@ -249,6 +250,18 @@ impl FlashAttention {
         } else {
             None
         };
+        // Grouped K/V heads: every query head's dK and dV rows in f32, summed per group after the
+        // main kernel (O(batch · seqlen_k · heads · head_dim)).
+        let grouped = shape.heads_k != shape.heads;
+        let dkv_accum = if grouped {
+            let per_half =
+                shape.batch as usize * shape.seqlen_k as usize * shape.heads as usize * shape.head_dim as usize;
+            // SAFETY: f32 has no invalid bit patterns; the main kernel writes every row before the
+            // reduction reads it (each key block writes all its keys' rows, masked or not).
+            Some(unsafe { self.scratch.alloc::<f32>(2 * per_half, stream) }?)
+        } else {
+            None
+        };
         let p = BwdParams {
             fwd: forward_params(shape, mods, [&qa, &ka, &va, &oa], lse),
             d_o: doa.address,
@@ -263,13 +276,17 @@ impl FlashAttention {
             dv_strides: dva.strides(),
             dq_semaphore: semaphores.as_ref().map_or(0, |s| s.as_device_ptr().as_raw()),
             d_sinks,
+            dkv_accum: dkv_accum.as_ref().map_or(0, |a| a.as_device_ptr().as_raw()),
         };
         let (b, h) = (shape.batch, shape.heads);
-        // The main kernel runs one block per (key tile, K/V head); the row kernels per query head.
         let launched = self
             .launch(stream, pre, grid(pre, shape.seqlen_q, h, b), &p)
-            .and_then(|()| self.launch(stream, main, grid(main, shape.seqlen_k, shape.heads_k, b), &p))
+            .and_then(|()| self.launch(stream, main, grid(main, shape.seqlen_k, h, b), &p))
             .and_then(|()| self.launch(stream, convert, grid(convert, shape.seqlen_q, h, b), &p))
+            .and_then(|()| match grouped {
+                true => self.launch(stream, reduce_kv, grid(reduce_kv, shape.seqlen_k, shape.heads_k, b), &p),
+                false => Ok(()),
+            })
             .and_then(|()| match d_sinks {
                 0 => Ok(()),
                 _ => self.launch(stream, sink_gradient, (1, h, 1), &p),
@@ -277,7 +294,8 @@ impl FlashAttention {
         let freed = dq_accum.drop_async(stream).during("cuMemFreeAsync");
         let freed_d = softmax_d.drop_async(stream).during("cuMemFreeAsync");
         let freed_s = semaphores.map_or(Ok(()), |s| s.drop_async(stream).during("cuMemFreeAsync"));
-        launched.and(freed).and(freed_d).and(freed_s)
+        let freed_kv = dkv_accum.map_or(Ok(()), |a| a.drop_async(stream).during("cuMemFreeAsync"));
+        launched.and(freed).and(freed_d).and(freed_s).and(freed_kv)
     }
 
     /// The kernel for a role, dtype and head dim, with the score modifiers where the call uses

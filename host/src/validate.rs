@@ -124,8 +124,9 @@ pub fn inputs(q: &Arg, k: &Arg, v: &Arg, params: &AttentionParams) -> Result<Att
     }
     // b·h·seqlen_q·head_dim floats of dQ accumulator must be addressable with i64 offsets.
     // Both the dQ accumulator and new dK, dV allocations must be addressable with i64 offsets.
+    // With grouped K/V heads the backward also keeps f32 dK, dV rows per query head.
     for (name, layout) in [("q", ql), ("k", kl)] {
-        let elements = layout.batch() as u128 * layout.heads() as u128 * layout.seqlen() as u128 * head_dim as u128;
+        let elements = layout.batch() as u128 * ql.heads() as u128 * layout.seqlen() as u128 * head_dim as u128;
         if elements > (i64::MAX / 8) as u128 {
             return Err(Error::invalid(name, "batch · heads · seqlen · head_dim overflows the kernels' offsets"));
         }

@@ -10,10 +10,10 @@
 //! of dV += Pᵀ·dO and dK += dSᵀ·Q, and a key's statistics never leave its warp.
 
 use crate::modifiers::{ScoreMods, dv_operand, fragment_element};
-use crate::params::{AttnShape, BwdParams, row_stat_index};
+use crate::params::{AttnShape, BwdParams, dkv_accum_half, dkv_accum_index, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Element, MAX_HEAD_DIM_TILES8, MAX_SEQ_TILES8, SmemTile, accumulators_as_a, warp_sum};
-use crate::tiling::{Mask, QuerySteps, ceil_div, dq_semaphore_index, dq_turn, query_heads_of};
+use crate::tiling::{Mask, ceil_div, dq_semaphore_index, dq_turn, kv_head_of, query_heads_of};
 use crate::traits::{BwdTraits, ROW_KERNEL_WARPS, WARP_ROWS};
 
 const LOG2_E: f32 = core::f32::consts::LOG2_E;
@@ -28,9 +28,8 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParam
     let mask = Mask::of(shape);
     let tid = ptx::thread_idx();
     let (warp, lane) = (tid / 32, tid % 32);
-    // One block per (key tile, K/V head, batch): it visits the query heads of its group in turn.
-    let (block_x, kv_head, batch) = ptx::block_idx();
-    let heads = query_heads_of(shape, kv_head);
+    let (block_x, head, batch) = ptx::block_idx();
+    let kv_head = kv_head_of(shape, head);
     let k_begin = block_x * T::BLOCK_N;
     // Warps `w` and `w + key_groups` share keys; `d_part` picks their slice of dK, dV columns.
     let key_groups = T::WARPS / T::D_SPLIT;
@@ -58,9 +57,9 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParam
         v_s.load_async(T::BLOCK_N, v_ptr, f.v_strides.row, key_rows, tid, T::THREADS);
     }
 
-    // Start copying query tile `q_tile` of query head `head` (Q, dO, LSE, D) into `stage`. Rows
-    // past seqlen_q arrive as zeros; the mask keeps them out of every product.
-    let load_queries = |(head, q_tile): (u32, u32), stage: u32| {
+    // Start copying query tile `q_tile` (Q, dO, LSE, D) into `stage`. Rows past seqlen_q arrive
+    // as zeros; the mask keeps them out of every product.
+    let load_queries = |q_tile: u32, stage: u32| {
         let q_begin = q_tile * T::BLOCK_M;
         let q_rows = shape.seqlen_q - q_begin;
         let base = stage_base(stage);
@@ -100,25 +99,21 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParam
     let mut dv = [[0f32; 4]; MAX_HEAD_DIM_TILES8];
     let (query_lo, query_hi) = mask.query_range(k_begin, k_begin + T::BLOCK_N);
     let (first_tile, end_tile) = (query_lo / T::BLOCK_M, ceil_div(query_hi, T::BLOCK_M));
-    let steps = QuerySteps::new(heads, first_tile, end_tile);
-    if steps.count > 0 {
-        load_queries(steps.first(), 0);
+    if first_tile < end_tile {
+        load_queries(first_tile, 0);
     }
     cp_async_commit();
     cp_async_wait_all();
     sync_threads();
 
-    let mut pair = steps.first();
-    for step in 0..steps.count {
-        let stage = step % 2;
-        let next = steps.after(pair);
-        if step + 1 < steps.count {
-            load_queries(next, 1 - stage);
+    // SAFETY: the host validated the modifiers' device arrays.
+    let mods = unsafe { ScoreMods::for_backward::<MODS>(f, batch, head) };
+    for q_tile in first_tile..end_tile {
+        let stage = (q_tile - first_tile) % 2;
+        if q_tile + 1 < end_tile {
+            load_queries(q_tile + 1, 1 - stage);
             cp_async_commit();
         }
-        let (head, q_tile) = pair;
-        // SAFETY: the host validated the modifiers' device arrays.
-        let mods = unsafe { ScoreMods::for_backward::<MODS>(f, batch, head) };
         let q_begin = q_tile * T::BLOCK_M;
         let base = stage_base(stage);
         let (q_s, do_s) = (tile(base - smem + T::Q_IN_STAGE), tile(base - smem + T::DO_IN_STAGE));
@@ -222,31 +217,116 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParam
             }
             unit += T::WARPS;
         }
-        if step + 1 < steps.count {
+        if q_tile + 1 < end_tile {
             cp_async_wait_all();
         }
         // The next tile has landed, and everyone is done with this stage and with dSᵀ.
         sync_threads();
         pass_dq_turn(p, head, q_tile, T::BLOCK_M, tid);
-        pair = next;
     }
 
     for half in 0..2 {
         let key = warp_k0 + lane / 4 + 8 * half as u32;
         if key < shape.seqlen_k {
-            let dk_row = (p.dk as *mut u16).wrapping_offset(p.dk_strides.offset(batch, key, kv_head) as isize);
-            let dv_row = (p.dv as *mut u16).wrapping_offset(p.dv_strides.offset(batch, key, kv_head) as isize);
+            let rows = DkvRows::of(p, batch, key, head, kv_head);
             for t in 0..2 * slice_tiles16 {
-                let col = (16 * slice16_0 + 8 * t as u32 + 2 * (lane % 4)) as isize;
-                let dk_pair = E::pack(dk[t][2 * half] * shape.scale, dk[t][2 * half + 1] * shape.scale);
-                let dv_pair = E::pack(dv[t][2 * half], dv[t][2 * half + 1]);
-                // SAFETY: key < seqlen_k, col + 1 < head_dim; rows are 16-byte aligned (host-checked).
-                unsafe {
-                    *(dk_row.wrapping_offset(col) as *mut u32) = dk_pair;
-                    *(dv_row.wrapping_offset(col) as *mut u32) = dv_pair;
-                }
+                let col = 16 * slice16_0 + 8 * t as u32 + 2 * (lane % 4);
+                let dk_pair = [dk[t][2 * half] * shape.scale, dk[t][2 * half + 1] * shape.scale];
+                // SAFETY: key < seqlen_k and col + 1 < head_dim.
+                unsafe { rows.store::<E>(col, dk_pair, [dv[t][2 * half], dv[t][2 * half + 1]]) };
             }
         }
+    }
+}
+
+/// Where one key's dK and dV rows go: the outputs (input dtype, caller's strides, the K/V
+/// head), or with grouped K/V heads this query head's rows of the f32 accumulator that
+/// [`reduce_kv_groups`] sums over each group.
+pub(crate) struct DkvRows {
+    dk: *mut u8,
+    dv: *mut u8,
+    accumulate: bool,
+}
+
+impl DkvRows {
+    #[inline(always)]
+    pub(crate) fn of(p: &BwdParams, batch: u32, key: u32, head: u32, kv_head: u32) -> Self {
+        let shape = &p.fwd.shape;
+        if p.dkv_accum == 0 {
+            let dk = (p.dk as *mut u16).wrapping_offset(p.dk_strides.offset(batch, key, kv_head) as isize);
+            let dv = (p.dv as *mut u16).wrapping_offset(p.dv_strides.offset(batch, key, kv_head) as isize);
+            return DkvRows { dk: dk as *mut u8, dv: dv as *mut u8, accumulate: false };
+        }
+        let dk = (p.dkv_accum as *mut f32).wrapping_offset(dkv_accum_index(shape, batch, key, head) as isize);
+        let dv = dk.wrapping_offset(dkv_accum_half(shape) as isize);
+        DkvRows { dk: dk as *mut u8, dv: dv as *mut u8, accumulate: true }
+    }
+
+    /// Store columns `col` and `col + 1` of dK and dV.
+    ///
+    /// # Safety
+    /// `col` is even and `col + 1 < head_dim`, the rows are those of a key below seqlen_k; the
+    /// outputs' rows are 16-byte aligned (host-checked) and the accumulator 256-byte aligned.
+    #[inline(always)]
+    pub(crate) unsafe fn store<E: Element>(&self, col: u32, dk: [f32; 2], dv: [f32; 2]) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            if self.accumulate {
+                *(self.dk.wrapping_add(4 * col as usize) as *mut [f32; 2]) = dk;
+                *(self.dv.wrapping_add(4 * col as usize) as *mut [f32; 2]) = dv;
+            } else {
+                *(self.dk.wrapping_add(2 * col as usize) as *mut u32) = E::pack(dk[0], dk[1]);
+                *(self.dv.wrapping_add(2 * col as usize) as *mut u32) = E::pack(dv[0], dv[1]);
+            }
+        }
+    }
+}
+
+/// Grouped K/V heads: dK and dV of each K/V head as the sums of its query heads' rows in the f32
+/// accumulator, in head order (deterministic). One warp per key row, 8 columns per lane.
+///
+/// # Safety
+/// Launched with `ROW_KERNEL_THREADS` threads and grid `(ceil(seqlen_k / ROW_KERNEL_WARPS),
+/// heads_k, batch)` after the main kernel wrote every query head's rows of `dkv_accum`.
+#[inline(always)]
+pub unsafe fn reduce_kv_groups<E: Element>(p: &BwdParams) {
+    let shape = &p.fwd.shape;
+    let tid = ptx::thread_idx();
+    let (block_x, kv_head, batch) = ptx::block_idx();
+    let (key, lane) = (block_x * ROW_KERNEL_WARPS + tid / 32, tid % 32);
+    if key >= shape.seqlen_k {
+        return;
+    }
+    let (first, end) = query_heads_of(shape, kv_head);
+    let accum = p.dkv_accum as *const f32;
+    let half = dkv_accum_half(shape) as usize;
+    let mut chunk = lane;
+    while chunk < shape.head_dim / 8 {
+        let at = 8 * chunk as usize;
+        let (mut dk, mut dv) = ([0f32; 8], [0f32; 8]);
+        for head in first..end {
+            let row = dkv_accum_index(shape, batch, key, head) as usize + at;
+            // SAFETY: the accumulator holds 2 · batch · seqlen_k · heads · head_dim floats,
+            // 256-byte aligned; row + 8 stays inside this head's row (head_dim % 8 == 0).
+            let (k8, v8) = unsafe {
+                (*(accum.wrapping_add(row) as *const [f32; 8]), *(accum.wrapping_add(half + row) as *const [f32; 8]))
+            };
+            for i in 0..8 {
+                dk[i] += k8[i];
+                dv[i] += v8[i];
+            }
+        }
+        let pack =
+            |x: [f32; 8]| Chunk([E::pack(x[0], x[1]), E::pack(x[2], x[3]), E::pack(x[4], x[5]), E::pack(x[6], x[7])]);
+        let dk_row = (p.dk as *mut u16).wrapping_offset(p.dk_strides.offset(batch, key, kv_head) as isize);
+        let dv_row = (p.dv as *mut u16).wrapping_offset(p.dv_strides.offset(batch, key, kv_head) as isize);
+        // SAFETY: key < seqlen_k and the chunk's 8 columns lie inside dK's and dV's rows, which
+        // are 16-byte aligned (host-checked).
+        unsafe {
+            *(dk_row.wrapping_add(at) as *mut Chunk) = pack(dk);
+            *(dv_row.wrapping_add(at) as *mut Chunk) = pack(dv);
+        }
+        chunk += 32;
     }
 }
 

@@ -7,14 +7,12 @@
 //! register operands; dSᵀ goes to shared memory once, and dQ = dS·K is split by columns over
 //! the two warpgroups and added to the f32 accumulator with vector reductions.
 
-use crate::backward::{dv_operands, pass_dq_turn, wait_for_dq_turn};
+use crate::backward::{DkvRows, dv_operands, pass_dq_turn, wait_for_dq_turn};
 use crate::modifiers::{ScoreMods, fragment_element};
 use crate::params::{BwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, accumulators_as_a};
-use crate::tiling::{
-    Mask, QuerySteps, SW128_ROW_GROUP_BYTES, ceil_div, dq_staging_offset, query_heads_of, wgmma_descriptor,
-};
+use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, dq_staging_offset, kv_head_of, wgmma_descriptor};
 use crate::traits::{BwdWgmmaTraits, padding_fits};
 use crate::warpgroup::{Waited, WgmmaElement, panel_descriptors, wait};
 
@@ -42,9 +40,8 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
     let mask = Mask::of(shape);
     let tid = ptx::thread_idx();
     let (warpgroup, warp, lane) = (tid / 128, tid / 32, tid % 32);
-    // One block per (key tile, K/V head, batch): it visits the query heads of its group in turn.
-    let (block_x, kv_head, batch) = ptx::block_idx();
-    let heads = query_heads_of(shape, kv_head);
+    let (block_x, head, batch) = ptx::block_idx();
+    let kv_head = kv_head_of(shape, head);
     let k_begin = block_x * T::BLOCK_N;
     // Warp w owns keys 16w..16w+16 of the block (warpgroup g: keys 64g..64g+64).
     let warp_k0 = k_begin + 16 * warp;
@@ -77,9 +74,9 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
         v_s.load_async(v_ptr, f.v_strides.row, key_rows, tid, T::THREADS);
     }
 
-    // Start copying query tile `tile_index` of query head `head` (Q, dO, LSE, D) into `stage`.
-    // Rows past seqlen_q arrive as zeros; the mask keeps them out of every product.
-    let load_queries = |(head, tile_index): (u32, u32), stage: u32| {
+    // Start copying query tile `q_tile` (Q, dO, LSE, D) into `stage`. Rows past seqlen_q arrive
+    // as zeros; the mask keeps them out of every product.
+    let load_queries = |tile_index: u32, stage: u32| {
         let q_begin = tile_index * T::BLOCK_M;
         let q_rows = shape.seqlen_q - q_begin;
         let stats = smem + stage_offset(stage);
@@ -112,9 +109,8 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
     let mut dv = [[0f32; 4]; 32];
     let (query_lo, query_hi) = mask.query_range(k_begin, k_begin + T::BLOCK_N);
     let (first_tile, end_tile) = (query_lo / T::BLOCK_M, ceil_div(query_hi, T::BLOCK_M));
-    let steps = QuerySteps::new(heads, first_tile, end_tile);
-    if steps.count > 0 {
-        load_queries(steps.first(), 0);
+    if first_tile < end_tile {
+        load_queries(first_tile, 0);
     }
     cp_async_commit();
     cp_async_wait_all();
@@ -135,17 +131,14 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
         wgmma_descriptor(k_s.panel(dq_col0 / 64, 0) + (dq_col0 % 64) * 2, T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
     let ds_desc = wgmma_descriptor(ds_s.panel(dq_row0 / 64, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
 
-    let mut pair = steps.first();
-    for step in 0..steps.count {
-        let stage = step % 2;
-        let next = steps.after(pair);
-        if step + 1 < steps.count {
-            load_queries(next, 1 - stage);
+    // SAFETY: the host validated the modifiers' device arrays.
+    let mods = unsafe { ScoreMods::for_backward::<MODS>(f, batch, head) };
+    for q_tile_index in first_tile..end_tile {
+        let stage = (q_tile_index - first_tile) % 2;
+        if q_tile_index + 1 < end_tile {
+            load_queries(q_tile_index + 1, 1 - stage);
             cp_async_commit();
         }
-        let (head, q_tile_index) = pair;
-        // SAFETY: the host validated the modifiers' device arrays.
-        let mods = unsafe { ScoreMods::for_backward::<MODS>(f, batch, head) };
         let q_begin = q_tile_index * T::BLOCK_M;
         let (q_s, do_s) = (q_tile(stage), do_tile(stage));
         let stats = smem + stage_offset(stage);
@@ -300,7 +293,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
                 unsafe { ptx::st_shared_f32x2(at, acc[t][2 * half] * shape.scale, acc[t][2 * half + 1] * shape.scale) };
             }
         }
-        if step + 1 < steps.count {
+        if q_tile_index + 1 < end_tile {
             cp_async_wait_all();
         }
         // The next tile has landed, the dQ rows are staged, and everyone is done with this stage
@@ -333,25 +326,19 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
             sync_threads();
         }
         pass_dq_turn(p, head, q_tile_index, T::BLOCK_M, tid);
-        pair = next;
     }
     ptx::bulk_wait_complete();
 
     for half in 0..2 {
         let key = warp_k0 + lane / 4 + 8 * half as u32;
         if key < shape.seqlen_k {
-            let dk_row = (p.dk as *mut u16).wrapping_offset(p.dk_strides.offset(batch, key, kv_head) as isize);
-            let dv_row = (p.dv as *mut u16).wrapping_offset(p.dv_strides.offset(batch, key, kv_head) as isize);
+            let rows = DkvRows::of(p, batch, key, head, kv_head);
             // The data columns only: the padding's gradients are zeros nobody asked for.
             for t in 0..(T::DATA_HEAD_DIM / 8) as usize {
-                let col = (8 * t as u32 + 2 * (lane % 4)) as isize;
-                let dk_pair = E::pack(dk[t][2 * half] * shape.scale, dk[t][2 * half + 1] * shape.scale);
-                let dv_pair = E::pack(dv[t][2 * half], dv[t][2 * half + 1]);
-                // SAFETY: key < seqlen_k, col + 1 < head_dim; rows are 16-byte aligned (host-checked).
-                unsafe {
-                    *(dk_row.wrapping_offset(col) as *mut u32) = dk_pair;
-                    *(dv_row.wrapping_offset(col) as *mut u32) = dv_pair;
-                }
+                let col = 8 * t as u32 + 2 * (lane % 4);
+                let dk_pair = [dk[t][2 * half] * shape.scale, dk[t][2 * half + 1] * shape.scale];
+                // SAFETY: key < seqlen_k and col + 1 < head_dim.
+                unsafe { rows.store::<E>(col, dk_pair, [dv[t][2 * half], dv[t][2 * half + 1]]) };
             }
         }
     }

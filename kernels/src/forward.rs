@@ -322,7 +322,9 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits, const MODS: bool>(p: &FwdParam
 
     // Epilogue: normalize; stage O in this warp's own rows of the Q tile (no other warp reads
     // them, and every read of Q is behind the loop's last barrier), then write whole 16-byte
-    // chunks to global memory; write the LSE.
+    // chunks to global memory; write the LSE. The warp barrier orders this warp's own reads of
+    // Q (the fragments read before a loop that may have run no iteration) before the stores.
+    ptx::sync_warp();
     let lane = ptx::opaque(lane);
     for m in 0..m_tiles {
         for half in 0..2 {

@@ -211,9 +211,7 @@ impl ScoreMods {
             }
         }
         for e in 0..4 {
-            if !visible[e] {
-                s[e] = 0.0;
-            }
+            s[e] = if visible[e] { s[e] } else { 0.0 };
         }
     }
 

@@ -109,6 +109,23 @@ pub struct BwdParams {
     pub dq_semaphore: u64,
     /// f32 (heads): the sinks' gradient, written by the sink-gradient kernel when sinks are on.
     pub d_sinks: u64,
+    /// Grouped K/V heads (heads_k < heads): f32 (2, batch, seqlen_k, heads, head_dim) contiguous,
+    /// each query head's dK then dV, which the group reduction sums into dK and dV. 0: the main
+    /// kernel writes dK and dV itself.
+    pub dkv_accum: u64,
+}
+
+/// Index of element `(batch, key, head, 0)` of dK's half of the grouped-heads accumulator
+/// ([`BwdParams::dkv_accum`]); dV's half starts [`dkv_accum_half`] floats later.
+#[inline(always)]
+pub const fn dkv_accum_index(shape: &AttnShape, batch: u32, key: u32, head: u32) -> i64 {
+    ((batch as i64 * shape.seqlen_k as i64 + key as i64) * shape.heads as i64 + head as i64) * shape.head_dim as i64
+}
+
+/// Floats in one half (dK or dV) of the grouped-heads accumulator.
+#[inline(always)]
+pub const fn dkv_accum_half(shape: &AttnShape) -> i64 {
+    shape.batch as i64 * shape.seqlen_k as i64 * shape.heads as i64 * shape.head_dim as i64
 }
 
 /// Index of `(batch, head, row)` in the contiguous (batch, heads, seqlen_q) LSE / D arrays.

@@ -22,6 +22,8 @@ pub enum Role {
     BackwardConvertDq,
     /// The sinks' gradient, after the preprocess (one block per head).
     BackwardSinkGradient,
+    /// Grouped K/V heads: dK and dV as sums over each group's query heads.
+    BackwardReduceKv,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,6 +186,8 @@ pub const KERNELS: &[KernelInfo] = registry! {
         base("flash_bwd_preprocess_f16", Role::BackwardPreprocess, Dtype::F16),
         base("flash_bwd_convert_dq_bf16", Role::BackwardConvertDq, Dtype::Bf16),
         base("flash_bwd_convert_dq_f16", Role::BackwardConvertDq, Dtype::F16),
+        base("flash_bwd_reduce_kv_groups_bf16", Role::BackwardReduceKv, Dtype::Bf16),
+        base("flash_bwd_reduce_kv_groups_f16", Role::BackwardReduceKv, Dtype::F16),
         // Measurement variants: after the defaults, so `find` never picks them.
         fwd_wgmma::<FwdWgmmaHdim128Sync>("flash_fwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim64Narrow>("flash_bwd_wgmma_bf16_hdim64_narrow", Dtype::Bf16),
@@ -231,6 +235,7 @@ mod tests {
                     Role::BackwardPreprocess,
                     Role::BackwardConvertDq,
                     Role::BackwardSinkGradient,
+                    Role::BackwardReduceKv,
                 ] {
                     for sm90a in [false, true] {
                         for mods in [false, true] {

@@ -219,37 +219,6 @@ pub const fn query_heads_of(shape: &AttnShape, kv_head: u32) -> (u32, u32) {
     (kv_head * group, (kv_head + 1) * group)
 }
 
-/// The backward's walk over (query head, query tile) pairs of one key block: every query tile
-/// `[first_tile, end_tile)` of the first head of its group, then of the next head, and so on.
-/// The pipeline prefetches [`QuerySteps::after`] the current pair, across head boundaries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QuerySteps {
-    pub heads: (u32, u32),
-    pub first_tile: u32,
-    pub end_tile: u32,
-    /// Number of pairs: heads × tiles (0 when the block sees no query).
-    pub count: u32,
-}
-
-impl QuerySteps {
-    #[inline(always)]
-    pub const fn new(heads: (u32, u32), first_tile: u32, end_tile: u32) -> Self {
-        let tiles = end_tile.saturating_sub(first_tile);
-        QuerySteps { heads, first_tile, end_tile, count: tiles * (heads.1 - heads.0) }
-    }
-
-    #[inline(always)]
-    pub const fn first(&self) -> (u32, u32) {
-        (self.heads.0, self.first_tile)
-    }
-
-    /// The pair after `(head, tile)` (past the last one: the next head's first tile).
-    #[inline(always)]
-    pub const fn after(&self, (head, tile): (u32, u32)) -> (u32, u32) {
-        if tile + 1 < self.end_tile { (head, tile + 1) } else { (head + 1, self.first_tile) }
-    }
-}
-
 /// The (row, chunk) that thread `tid` of `threads` copies in its `i`-th step of a tile load,
 /// chunks numbered row by row: chunk `tid + i · threads`. When `threads` is a multiple of the
 /// row's chunk count, every step keeps the thread's chunk column and moves it
@@ -511,7 +480,7 @@ mod tests {
     }
 
     #[test]
-    fn query_steps_visit_every_head_and_tile_once() {
+    fn query_heads_of_a_kv_head_are_its_group() {
         for (heads, heads_k) in [(8u32, 2u32), (4, 4), (6, 1)] {
             let shape = AttnShape { heads, heads_k, ..AttnShape::default() };
             let mut all = Vec::new();
@@ -519,18 +488,6 @@ mod tests {
                 let group = query_heads_of(&shape, kv);
                 assert_eq!(group, (kv * heads / heads_k, (kv + 1) * heads / heads_k));
                 assert!((group.0..group.1).all(|h| kv_head_of(&shape, h) == kv));
-                for (first, end) in [(0u32, 5u32), (3, 4), (2, 2)] {
-                    let steps = QuerySteps::new(group, first, end);
-                    let mut at = steps.first();
-                    let mut seen = Vec::new();
-                    for _ in 0..steps.count {
-                        seen.push(at);
-                        at = steps.after(at);
-                    }
-                    let want: Vec<(u32, u32)> =
-                        (group.0..group.1).flat_map(|h| (first..end).map(move |t| (h, t))).collect();
-                    assert_eq!(seen, want);
-                }
                 all.extend(group.0..group.1);
             }
             assert_eq!(all, (0..heads).collect::<Vec<_>>());

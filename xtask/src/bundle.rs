@@ -110,6 +110,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "profile.sh",
         "ab.sh",
         "check.sh",
+        "check_features.sh",
         "ncu_ab.sh",
     ] {
         copy(&root.join("benches").join(script), bundle.join(script))?;
