@@ -146,7 +146,7 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParam
             // SAFETY: col + 1 < BLOCK_M indexes the staged statistics.
             let stat = |base: u32, i: u32| unsafe { ptx::ld_shared_f32(base + 4 * (col + i)) };
             let (lse_log2, d) = ([stat(lse_s, 0) * LOG2_E, stat(lse_s, 1) * LOG2_E], [stat(d_s, 0), stat(d_s, 1)]);
-            let visible = [0u32, 1, 2, 3].map(|e| unmasked || mask.allows(query + e % 2, key + 8 * (e / 2)));
+            let visible = |e: u32| unmasked || mask.allows(query + e % 2, key + 8 * (e / 2));
             mods.probabilities::<MODS>(&mut s[t], query, key, shape.scale_log2, lse_log2, visible);
             for e in 0..4 {
                 let (q, k) = (query + e as u32 % 2, key + 8 * (e as u32 / 2));
@@ -229,12 +229,13 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParam
         let key = warp_k0 + lane / 4 + 8 * half as u32;
         if key < shape.seqlen_k {
             let rows = DkvRows::of(p, batch, key, head, kv_head);
-            for t in 0..2 * slice_tiles16 {
+            let pair = |t: usize| {
                 let col = 16 * slice16_0 + 8 * t as u32 + 2 * (lane % 4);
                 let dk_pair = [dk[t][2 * half] * shape.scale, dk[t][2 * half + 1] * shape.scale];
-                // SAFETY: key < seqlen_k and col + 1 < head_dim.
-                unsafe { rows.store::<E>(col, dk_pair, [dv[t][2 * half], dv[t][2 * half + 1]]) };
-            }
+                (col, dk_pair, [dv[t][2 * half], dv[t][2 * half + 1]])
+            };
+            // SAFETY: key < seqlen_k and every col + 1 < head_dim.
+            unsafe { rows.store::<E>(2 * slice_tiles16, pair) };
         }
     }
 }
@@ -262,21 +263,28 @@ impl DkvRows {
         DkvRows { dk: dk as *mut u8, dv: dv as *mut u8, accumulate: true }
     }
 
-    /// Store columns `col` and `col + 1` of dK and dV.
+    /// Store `count` pairs of dK and dV elements, pair `i` at columns `col, col + 1` given by
+    /// `pair(i) = (col, dk, dv)` (the branch between the two destinations taken once).
     ///
     /// # Safety
-    /// `col` is even and `col + 1 < head_dim`, the rows are those of a key below seqlen_k; the
-    /// outputs' rows are 16-byte aligned (host-checked) and the accumulator 256-byte aligned.
+    /// Every `col` is even with `col + 1 < head_dim`, the rows are those of a key below seqlen_k;
+    /// the outputs' rows are 16-byte aligned (host-checked) and the accumulator 256-byte aligned.
     #[inline(always)]
-    pub(crate) unsafe fn store<E: Element>(&self, col: u32, dk: [f32; 2], dv: [f32; 2]) {
+    pub(crate) unsafe fn store<E: Element>(&self, count: usize, pair: impl Fn(usize) -> (u32, [f32; 2], [f32; 2])) {
         // SAFETY: guaranteed by the caller.
         unsafe {
             if self.accumulate {
-                *(self.dk.wrapping_add(4 * col as usize) as *mut [f32; 2]) = dk;
-                *(self.dv.wrapping_add(4 * col as usize) as *mut [f32; 2]) = dv;
+                for i in 0..count {
+                    let (col, dk, dv) = pair(i);
+                    *(self.dk.wrapping_add(4 * col as usize) as *mut [f32; 2]) = dk;
+                    *(self.dv.wrapping_add(4 * col as usize) as *mut [f32; 2]) = dv;
+                }
             } else {
-                *(self.dk.wrapping_add(2 * col as usize) as *mut u32) = E::pack(dk[0], dk[1]);
-                *(self.dv.wrapping_add(2 * col as usize) as *mut u32) = E::pack(dv[0], dv[1]);
+                for i in 0..count {
+                    let (col, dk, dv) = pair(i);
+                    *(self.dk.wrapping_add(2 * col as usize) as *mut u32) = E::pack(dk[0], dk[1]);
+                    *(self.dv.wrapping_add(2 * col as usize) as *mut u32) = E::pack(dv[0], dv[1]);
+                }
             }
         }
     }

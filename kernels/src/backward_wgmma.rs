@@ -164,7 +164,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
                 let (key, col) = fragment_element(warp_k0, 0, lane, t as u32, 0);
                 // SAFETY: col + 1 < BLOCK_M indexes the staged statistics.
                 let lse = |i: u32| unsafe { ptx::ld_shared_f32(lse_s + 4 * (col + i)) } * LOG2_E;
-                let visible = [0u32, 1, 2, 3].map(|e| !masked || mask.allows(q_begin + col + e % 2, key + 8 * (e / 2)));
+                let visible = |e: u32| !masked || mask.allows(q_begin + col + e % 2, key + 8 * (e / 2));
                 mods.probabilities::<MODS>(&mut s[t], q_begin + col, key, shape.scale_log2, [lse(0), lse(1)], visible);
             }
         };
@@ -334,12 +334,13 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
         if key < shape.seqlen_k {
             let rows = DkvRows::of(p, batch, key, head, kv_head);
             // The data columns only: the padding's gradients are zeros nobody asked for.
-            for t in 0..(T::DATA_HEAD_DIM / 8) as usize {
+            let pair = |t: usize| {
                 let col = 8 * t as u32 + 2 * (lane % 4);
                 let dk_pair = [dk[t][2 * half] * shape.scale, dk[t][2 * half + 1] * shape.scale];
-                // SAFETY: key < seqlen_k and col + 1 < head_dim.
-                unsafe { rows.store::<E>(col, dk_pair, [dv[t][2 * half], dv[t][2 * half + 1]]) };
-            }
+                (col, dk_pair, [dv[t][2 * half], dv[t][2 * half + 1]])
+            };
+            // SAFETY: key < seqlen_k and every col + 1 < head_dim.
+            unsafe { rows.store::<E>((T::DATA_HEAD_DIM / 8) as usize, pair) };
         }
     }
 }

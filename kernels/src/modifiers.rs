@@ -183,7 +183,7 @@ impl ScoreMods {
 
     /// Backward: one 8-column tile of Pᵀ (rows: keys, columns: queries) from the raw scores, in
     /// place. `s[e]` holds the pair `(q + e % 2, k + 8 · (e / 2))` (a lane's four elements,
-    /// [`fragment_element`]), `lse_log2` the two queries' LSE · log2 e, `visible` the mask.
+    /// [`fragment_element`]), `lse_log2` the two queries' LSE · log2 e, `visible(e)` the mask.
     /// With dropout, a dropped entry is stored negated and a kept one times `1 / (1 − p)`: the
     /// sign carries the mask to [`ScoreMods::score_gradient`], and `max(x, 0)` is the dropped
     /// probability that dV = Pᵀ·dO needs ([`dv_operand`]). One Philox block serves each pair
@@ -196,13 +196,21 @@ impl ScoreMods {
         k: u32,
         scale_log2: f32,
         lse_log2: [f32; 2],
-        visible: [bool; 4],
+        visible: impl Fn(u32) -> bool,
     ) {
+        if !MODS {
+            // One select per element after its exponential: no branch, no mask array.
+            for e in 0..4 {
+                let p = math::exp2(fma(s[e], scale_log2, -lse_log2[e % 2]));
+                s[e] = if visible(e as u32) { p } else { 0.0 };
+            }
+            return;
+        }
         for e in 0..4 {
-            let x = if MODS { self.score(s[e], q + e as u32 % 2, k + 8 * (e as u32 / 2)) } else { s[e] };
+            let x = self.score(s[e], q + e as u32 % 2, k + 8 * (e as u32 / 2));
             s[e] = math::exp2(fma(x, scale_log2, -lse_log2[e % 2]));
         }
-        if MODS && self.dropout.on() {
+        if self.dropout.on() {
             for half in 0..2 {
                 let (a, b) = self.dropout.keeps_query_pair(q, k + 8 * half as u32);
                 let d = self.dropout.scale;
@@ -211,7 +219,7 @@ impl ScoreMods {
             }
         }
         for e in 0..4 {
-            s[e] = if visible[e] { s[e] } else { 0.0 };
+            s[e] = if visible(e as u32) { s[e] } else { 0.0 };
         }
     }
 
@@ -543,7 +551,7 @@ mod tests {
             for k in 0..8 {
                 let raw = |e: u32| 0.1 * ((q + e % 2) * 4 + k + 8 * (e / 2)) as f32;
                 let mut tile = [raw(0), raw(1), raw(2), raw(3)];
-                mods.probabilities::<true>(&mut tile, q, k, s.scale_log2, [lse * LOG2_E; 2], [true; 4]);
+                mods.probabilities::<true>(&mut tile, q, k, s.scale_log2, [lse * LOG2_E; 2], |_| true);
                 for (e, &encoded) in tile.iter().enumerate() {
                     let (qe, ke) = (q + e as u32 % 2, k + 8 * (e as u32 / 2));
                     let prob = ((0.5 * raw(e as u32)) as f64 - lse as f64).exp();
@@ -559,7 +567,7 @@ mod tests {
         }
         assert_eq!(seen, [true, true], "both kept and dropped pairs drawn");
         let mut hidden = [1.0f32; 4];
-        mods.probabilities::<true>(&mut hidden, 0, 0, s.scale_log2, [0.0; 2], [false, true, false, false]);
+        mods.probabilities::<true>(&mut hidden, 0, 0, s.scale_log2, [0.0; 2], |e| e == 1);
         assert_eq!(hidden.map(|x| x == 0.0), [true, false, true, true]);
     }
 
