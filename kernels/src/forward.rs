@@ -6,6 +6,26 @@
 //! leave registers: S = Q·Kᵀ, the online softmax turns S into P in place, and O += P·V. Only O
 //! and the LSE are written. The score step (mask, and in the `MODS` kernels softcap, ALiBi,
 //! dropout and sinks) is [`crate::modifiers`]'.
+//!
+//! A block loads only the K/V tiles of [`Mask::key_range`] of its queries (causal and windowed
+//! blocks skip the rest), and blocks take Q tiles heaviest first ([`q_tile_of_block`]). K and V
+//! are read in place at the query head's K/V head ([`kv_head_of`]): grouped-query attention costs
+//! the forward nothing. Each K or V fragment a warp reads feeds the mmas of all its `M_TILES`
+//! tiles, which divides shared-memory traffic per FLOP by `M_TILES` at the cost of registers;
+//! with `Q_IN_REGISTERS` the Q fragments are loaded once, otherwise again for every K tile. Every
+//! iteration commits one `cp.async` group, empty or not, so that "all groups but the newest"
+//! always means "up to the next tile".
+//!
+//! Per K/V tile: S = Q·Kᵀ on K fragments from `ldmatrix`; per-element masking only in tiles that
+//! [`Mask::tile_is_unmasked`] does not clear; the online softmax in base 2, which rescales O only
+//! when some row's max grew by more than `RESCALE_THRESHOLD` (a warp vote); O += P·V with P packed
+//! from the score accumulators into A-operand registers (`accumulators_as_a`) and V from
+//! `ldmatrix.trans`. Each row starts at [`OnlineSoftmax::starting_at`]: with an attention sink, as
+//! if it had seen one key of the sink's score and a zero value row, so the sink joins the
+//! denominator and the LSE with no work in the loop. The epilogue reduces each row's sum over its
+//! quad, normalizes O, stages it in the warp's own rows of the Q tile and writes whole 16-byte
+//! chunks at the caller's strides; LSE = (max + log₂ sum) · ln 2. Rows that saw no key (and no
+//! sink) write O = 0 and LSE = +∞.
 
 use crate::modifiers::{ScoreMods, finish_row, forward_dropout, forward_scores};
 use crate::params::{FwdParams, row_stat_index};
