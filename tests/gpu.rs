@@ -338,6 +338,42 @@ fn deterministic_backward() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Dropout's mask as the GPU draws it (the generator every kernel uses) is bit for bit the
+/// reference's, which implements Philox-4x32-10 on its own; and it keeps about 1 − p.
+fn dropout_mask_matches_reference() -> Result<(), Failed> {
+    let gpu = gpu()?;
+    for (shape, p, seed, offset) in [
+        ([2usize, 3, 37, 101], 0.1f32, 0u64, 0u64),
+        ([1, 2, 128, 129], 0.5, 0xdead_beef_1234, 7 << 32 | 3),
+        ([3, 1, 1, 300], 0.85, u64::MAX, u64::MAX),
+    ] {
+        let d = flash_attn::Dropout { p, seed, offset };
+        let mask = gpu.attention.dropout_mask(&gpu.stream, shape, &d).map_err(|e| e.to_string())?;
+        gpu.stream.synchronize().map_err(|e| format!("{e:?}"))?;
+        let mut got = vec![0u8; mask.len()];
+        cust::memory::CopyDestination::copy_to(&*mask, &mut got[..]).map_err(|e| format!("{e:?}"))?;
+        let [b, h, sq, sk] = shape;
+        let r = flash_attn::reference::Dropout { p: p as f64, seed, offset };
+        let mut kept = 0usize;
+        for (at, &g) in got.iter().enumerate() {
+            let (j, i, hh, bb) = (at % sk, at / sk % sq, at / (sk * sq) % h, at / (sk * sq * h));
+            let want = flash_attn::reference::dropout_keeps(&r, h, bb, hh, i, j);
+            if g != want as u8 {
+                return Err(format!("dropout mask {shape:?} p {p}: entry (b {bb}, h {hh}, i {i}, j {j}) is {g}, the reference says {want}").into());
+            }
+            kept += g as usize;
+        }
+        // Binomial: within 5 standard deviations of n (1 − p).
+        let n = (b * h * sq * sk) as f64;
+        let sigma = (n * p as f64 * (1.0 - p as f64)).sqrt();
+        if (kept as f64 - n * (1.0 - p as f64)).abs() > 5.0 * sigma + 1.0 {
+            return Err(format!("dropout mask {shape:?} p {p}: kept {kept} of {n}").into());
+        }
+        eprintln!("dropout mask {shape:?} p {p}: bit for bit the reference's; kept {kept} of {n}");
+    }
+    Ok(())
+}
+
 fn main() {
     let mut args = Arguments::from_args();
     // One CUDA context at a time: the trials run one after another.
@@ -355,6 +391,7 @@ fn main() {
             property("backward", cases("FLASH_ATTN_BWD_CASES", 100), true)
         }),
         Trial::test("gpu::deterministic_backward_is_reproducible", deterministic_backward),
+        Trial::test("gpu::dropout_mask_matches_reference", dropout_mask_matches_reference),
     ];
     let trials = trials.into_iter().map(|t| t.with_ignored_flag(no_gpu.is_some())).collect();
     libtest_mimic::run(&args, trials).exit();

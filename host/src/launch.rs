@@ -1,10 +1,21 @@
 //! Loading the PTX and launching the kernels.
+//!
+//! [`FlashAttention::new`] loads the embedded PTX for the device (sm_90a on compute capability
+//! 9.0, holding the `wgmma` kernels beside the portable ones; sm_80 on other 8.0+ devices, which
+//! JIT-compile it), raises `MAX_DYNAMIC_SHARED_SIZE_BYTES` for kernels above 48 KiB and creates
+//! the backward's scratch pool. `forward`/`backward` allocate contiguous outputs and call
+//! `forward_into`/`backward_into`, which validate every argument first (`validate`), fill the
+//! parameter block, pick each kernel from the registry (with the `_mods` twins when
+//! `validate::needs_modifier_kernels`) and launch with `cuLaunchKernel`, the block passed by value.
+//! The backward queues preprocess, main kernel, convert_dq, and where needed the grouped K/V
+//! reduction (its f32 `dkv_accum` scratch only when `heads_k < heads`) and the sink gradient.
+//! Everything is queued on the caller's stream; nothing synchronizes.
 
 use crate::error::{CudaContext, Error, Result, check_raw};
 use crate::scratch::ScratchPool;
 use crate::tensor::{DeviceTensor, Element, TensorMut, TensorRef};
 use crate::validate::{self, Arg};
-use crate::{AttentionParams, PTX_SM80, PTX_SM90A, SM_80_PROBLEM, SM_90A_PROBLEM};
+use crate::{AttentionParams, Dropout, PTX_SM80, PTX_SM90A, SM_80_PROBLEM, SM_90A_PROBLEM};
 use cust::context::CurrentContext;
 use cust::device::DeviceAttribute;
 use cust::memory::{DeviceBuffer, DeviceSlice};
@@ -296,6 +307,42 @@ impl FlashAttention {
         let freed_s = semaphores.map_or(Ok(()), |s| s.drop_async(stream).during("cuMemFreeAsync"));
         let freed_kv = dkv_accum.map_or(Ok(()), |a| a.drop_async(stream).during("cuMemFreeAsync"));
         launched.and(freed).and(freed_d).and(freed_s).and(freed_kv)
+    }
+
+    /// Test only: dropout's keep decisions for a `(batch, heads, seqlen_q, seqlen_k)` problem as
+    /// bytes (1 kept, 0 dropped; same layout), computed on the GPU by the generator the kernels
+    /// use, so that tests can hold it against the reference's own Philox. The one place that
+    /// allocates seqlen_q × seqlen_k on the device, hence limited to 2^24 entries.
+    #[doc(hidden)]
+    pub fn dropout_mask(&self, stream: &Stream, shape: [usize; 4], dropout: &Dropout) -> Result<DeviceBuffer<u8>> {
+        let [batch, heads, seqlen_q, seqlen_k] = shape;
+        let entries = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX);
+        if shape.contains(&0) || entries > 1 << 24 {
+            return Err(Error::invalid("shape", format!("{shape:?}: between 1 and 2^24 entries, none zero, expected")));
+        }
+        let dims = AttnShape {
+            batch: batch as u32,
+            heads: heads as u32,
+            heads_k: heads as u32,
+            seqlen_q: seqlen_q as u32,
+            seqlen_k: seqlen_k as u32,
+            head_dim: 64,
+            scale: 1.0,
+            scale_log2: std::f32::consts::LOG2_E,
+            window_left: -1,
+            window_right: -1,
+        };
+        let params = AttentionParams { dropout: Some(*dropout), ..Default::default() };
+        let mods = validate::modifiers(&params, &dims)?;
+        if mods.dropout_keep_threshold == 0 {
+            return Err(Error::invalid("dropout", "p = 0 drops nothing: there is no mask"));
+        }
+        // SAFETY: u8 has no invalid bit patterns; the kernel writes every byte.
+        let mask = unsafe { DeviceBuffer::<u8>::uninitialized(entries) }.during("cuMemAlloc")?;
+        let p = FwdParams { shape: dims, o: mask.as_device_ptr().as_raw(), mods, ..FwdParams::default() };
+        let info = self.kernel(Role::DropoutMask, registry::Dtype::Bf16, &dims, &Modifiers::default())?;
+        self.launch(stream, info, grid(info, dims.seqlen_q, dims.heads, dims.batch), &p)?;
+        Ok(mask)
     }
 
     /// The kernel for a role, dtype and head dim, with the score modifiers where the call uses

@@ -1,5 +1,15 @@
 //! Argument checks. Everything here runs before any allocation or launch; each failure names
 //! the argument and what is wrong with it.
+//!
+//! Per tensor: no zero dimension, a 16-byte-aligned base, outer strides that are multiples of 8
+//! elements (unless the dimension has size 1), a span within the kernels' 63-bit offsets, batch
+//! and heads within CUDA's grid limit, seqlen ≤ 2³⁰. Across tensors: K and V of one shape, matching
+//! Q in batch and head_dim, K/V heads dividing Q's (GQA/MQA), a supported head dim, outputs of
+//! exactly the expected shape and not overlapping themselves, an LSE long enough (inputs may
+//! overlap: broadcasting is fine). Per call: a positive finite scale (and scale · log₂e), window
+//! edges ≥ −1, and [`modifiers`] (softcap, ALiBi slopes of `(heads)` or `(batch, heads)`, one sink
+//! per query head, dropout p in [0, 1)), which also decides whether the call needs the `_mods`
+//! kernels ([`needs_modifier_kernels`]).
 
 use crate::AttentionParams;
 use crate::error::{Error, Result};

@@ -1,16 +1,42 @@
 //! FlashAttention-2 backward.
 //!
-//! Three launches: [`preprocess`] computes D = rowsum(dO ∘ O) and clears the f32 dQ accumulator;
-//! [`flash_bwd`] runs one block per K/V tile, looping over the query tiles that see it, with dK
-//! and dV accumulated in registers and dQ added to the accumulator with atomics; [`convert_dq`]
-//! writes dQ in the input dtype.
+//! Launches, in this order on one stream: [`preprocess`] computes D = rowsum(dO ∘ O) and clears the
+//! f32 dQ accumulator; [`flash_bwd`] runs one block per K/V tile and query head, looping over the
+//! query tiles that see it, with dK and dV accumulated in registers and dQ added to the
+//! accumulator with atomics; [`convert_dq`] writes dQ in the input dtype. With grouped K/V heads
+//! [`reduce_kv_groups`] then sums each group's dK and dV, and with attention sinks
+//! [`sink_gradient`] computes their gradient. The row kernels run one warp per row, one 16-byte
+//! chunk per lane.
 //!
-//! Inside [`flash_bwd`] each group of `D_SPLIT` warps owns 16 keys and works in the transposed orientation
-//! (Sᵀ = K·Qᵀ), so that Pᵀ and dSᵀ come out of the accumulators already shaped as the A operand
-//! of dV += Pᵀ·dO and dK += dSᵀ·Q, and a key's statistics never leave its warp.
+//! Inside [`flash_bwd`] each group of `D_SPLIT` warps owns 16 keys and works in the transposed
+//! orientation (Sᵀ = K·Qᵀ), so that Pᵀ and dSᵀ come out of the accumulators already shaped as the
+//! A operand of dV += Pᵀ·dO and dK += dSᵀ·Q, and a key's statistics never leave its warp. With
+//! `D_SPLIT` = 2 (head_dim 192, 256) the two warps of a group compute the same Sᵀ and dPᵀ and
+//! accumulate different column halves of dK and dV, which would not fit one warp's registers.
+//!
+//! K and V are loaded once, from the K/V head ([`kv_head_of`]). The block visits the query tiles
+//! of [`Mask::query_range`] (causal and windowed blocks skip queries that see none of their keys).
+//! Each tile's Q, dO, LSE and D form one shared-memory stage, double-buffered: the next tile's
+//! copies (4 bytes per query for LSE and D) are issued before this tile's work. P is recomputed
+//! from the forward's LSE, which already holds the sink's term, so sinks change nothing here.
+//! dSᵀ goes to shared memory once, as 16-bit values; dQ += scale · dS·K is computed in units of 16
+//! queries × `DQ_COLS` columns handed round-robin to the warps and added with
+//! `red.global.add.v2.f32` on sm_90 (two scalar reductions on sm_80). After the loop dK (times
+//! the scale) and dV are written once ([`DkvRows`]): packed into dK and dV, or, with grouped K/V
+//! heads, as this query head's f32 rows of `BwdParams::dkv_accum`, so that no two blocks write the
+//! same row and [`reduce_kv_groups`] adds the group in head order.
+//!
+//! Deterministic mode (`BwdParams::dq_semaphore` set): before adding its dQ part of a query tile,
+//! a block's thread 0 spins (`ld.acquire.gpu`) until the tile's counter equals the block's turn
+//! ([`dq_turn`]: its rank among the key blocks that visit the tile); after the block's barrier it
+//! fences and increments the counter with release semantics, so the f32 additions into each dQ
+//! element happen in key-block order on every run. Blocks wait only on lower-numbered blocks of
+//! the same head, which are dispatched first. dK, dV and the sinks' gradient (a fixed-order sum)
+//! are reproducible in either mode.
 
+use crate::modifiers::Dropout;
 use crate::modifiers::{ScoreMods, dv_operand, fragment_element};
-use crate::params::{AttnShape, BwdParams, dkv_accum_half, dkv_accum_index, row_stat_index};
+use crate::params::{AttnShape, BwdParams, FwdParams, dkv_accum_half, dkv_accum_index, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Element, MAX_HEAD_DIM_TILES8, MAX_SEQ_TILES8, SmemTile, accumulators_as_a, warp_sum};
 use crate::tiling::{Mask, ceil_div, dq_semaphore_index, dq_turn, kv_head_of, query_heads_of};
@@ -137,7 +163,7 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParam
         }
 
         // Pᵀ = exp(scale·Sᵀ - LSE) recomputed from the forward's LSE; dSᵀ = Pᵀ ∘ (dPᵀ - D)
-        // (with the modifiers: `ScoreMods::probability` and `score_gradient`). `s` becomes Pᵀ
+        // (with the modifiers: `ScoreMods::probabilities` and `score_gradient`). `s` becomes Pᵀ
         // and `dp` becomes dSᵀ, in place.
         let unmasked = mask.tile_is_unmasked(q_begin, q_begin + T::BLOCK_M, warp_k0, warp_k0 + WARP_ROWS);
         for t in 0..m_tiles8 {
@@ -445,6 +471,28 @@ fn row_kernel_position(shape: &AttnShape) -> Option<(u32, u32, u32, u32)> {
     let (block_x, head, batch) = ptx::block_idx();
     let row = block_x * ROW_KERNEL_WARPS + tid / 32;
     (row < shape.seqlen_q).then_some((row, head, batch, tid % 32))
+}
+
+/// Test only: dropout's keep decisions as bytes (1 kept, 0 dropped), `(batch, heads, seqlen_q,
+/// seqlen_k)` contiguous at `p.o`, from the same [`crate::modifiers::Dropout`] the attention
+/// kernels use, so that a test can hold them against the reference's own Philox. One warp per
+/// query row.
+///
+/// # Safety
+/// Launched with `ROW_KERNEL_THREADS` threads and grid `(ceil(seqlen_q / ROW_KERNEL_WARPS),
+/// heads, batch)`, `p.o` holding batch · heads · seqlen_q · seqlen_k bytes.
+#[inline(always)]
+pub unsafe fn dropout_mask(p: &FwdParams) {
+    let shape = &p.shape;
+    let Some((row, head, batch, lane)) = row_kernel_position(shape) else { return };
+    let dropout = Dropout::new(&p.mods, batch * shape.heads + head);
+    let base = (row_stat_index(shape, batch, head, row) * shape.seqlen_k as i64) as usize;
+    let mut key = lane;
+    while key < shape.seqlen_k {
+        // SAFETY: guaranteed by the caller: the byte lies inside the mask buffer.
+        unsafe { *(p.o as *mut u8).wrapping_add(base + key as usize) = dropout.keeps(row, key) as u8 };
+        key += 32;
+    }
 }
 
 /// Eight 16-bit elements or four f32: the unit of the row kernels' global accesses.

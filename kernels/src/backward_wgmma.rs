@@ -1,11 +1,31 @@
 //! FlashAttention-2 backward on Hopper's warpgroup tensor cores (sm_90a).
 //!
-//! Same algorithm and launches as [`crate::backward`] (preprocess, this kernel, convert_dq);
-//! the main kernel's GEMMs become warpgroup GEMMs. A block owns 128 keys, 64 per warpgroup,
-//! in the transposed orientation: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ read K, V, Q and dO straight from
-//! shared memory; Pᵀ and dSᵀ are formed in registers and feed dV += Pᵀ·dO and dK += dSᵀ·Q as
-//! register operands; dSᵀ goes to shared memory once, and dQ = dS·K is split by columns over
-//! the two warpgroups and added to the f32 accumulator with vector reductions.
+//! Same algorithm and launches as [`crate::backward`] (preprocess, this kernel, convert_dq, and
+//! the group reduction and sink gradient where needed); the main kernel's GEMMs become warpgroup
+//! GEMMs. A block owns 128 keys, 64 per warpgroup, in the transposed orientation: Sᵀ = K·Qᵀ and
+//! dPᵀ = V·dOᵀ read K, V, Q and dO straight from shared memory; Pᵀ and dSᵀ are formed in
+//! registers and feed dV += Pᵀ·dO and dK += dSᵀ·Q as register operands; dSᵀ is stored once to
+//! shared memory (swizzled) and published by a block barrier, and dQ = dS·K (both operands
+//! MN-major from shared memory) is split between the two warpgroups. The exponentials run in one
+//! loop for tiles the mask does not touch and another that selects masked elements to 0 after
+//! `ex2` (no per-element branch).
+//!
+//! Schedules (`BwdWgmmaTraits`): head_dim 128 (`BwdWgmmaPipelined`) takes 64 queries per step,
+//! forms Pᵀ while dPᵀ = V·dOᵀ is in flight and dSᵀ (and its store) while dV += Pᵀ·dO is, and splits
+//! dQ by columns; head_dim 64 (`BwdWgmmaWide`) takes 128 queries per step (N = 128 score GEMMs,
+//! k = 128 for dV and dK), forms Pᵀ before dPᵀ is issued so that two score arrays are live only
+//! while dSᵀ is computed, and splits dQ by rows. head_dim 96 and 32 run these two padded, as the
+//! Hopper forward does (only the data columns of dK, dV and dQ are written).
+//!
+//! dQ accumulation: each warpgroup stores its part of the tile's dQ (times the scale) in f32 to a
+//! staging tile whose rows are padded by 32 bytes (so a half-warp's accumulator pairs hit every
+//! bank once); after the step's closing barrier one thread per query row issues
+//! `cp.reduce.async.bulk.global.shared::cta.add.f32` for its row, and waits for the read
+//! (`cp.async.bulk.wait_group.read`) before the next step's barrier, the last point before the
+//! staging is rewritten. The bulk-copy unit does the additions in L2; the threads issue no
+//! per-element reductions. In deterministic mode the issuing threads also fence the async proxy
+//! after the turn's acquire and wait for their reductions to complete before the barrier that
+//! precedes the release. dK and dV go out through `backward::DkvRows`, as in the portable kernel.
 
 use crate::backward::{DkvRows, dv_operands, pass_dq_turn, wait_for_dq_turn};
 use crate::modifiers::{ScoreMods, fragment_element};

@@ -1,7 +1,7 @@
 //! The `extern "gpu-kernel"` entry points: one per (kernel, dtype, configuration), each a thin
 //! call into the generic kernel. Names match [`crate::registry::KERNELS`].
 
-use crate::backward::{convert_dq, flash_bwd, preprocess, reduce_kv_groups, sink_gradient};
+use crate::backward::{convert_dq, dropout_mask, flash_bwd, preprocess, reduce_kv_groups, sink_gradient};
 use crate::forward::flash_fwd;
 use crate::params::{BwdParams, FwdParams};
 use crate::tile::{Bf16, F16};
@@ -185,5 +185,6 @@ entry!(flash_bwd_preprocess_f16, BwdParams, preprocess::<F16>);
 entry!(flash_bwd_convert_dq_bf16, BwdParams, convert_dq::<Bf16>);
 entry!(flash_bwd_convert_dq_f16, BwdParams, convert_dq::<F16>);
 entry!(flash_bwd_sink_gradient, BwdParams, sink_gradient);
+entry!(flash_dropout_mask, FwdParams, dropout_mask);
 entry!(flash_bwd_reduce_kv_groups_bf16, BwdParams, reduce_kv_groups::<Bf16>);
 entry!(flash_bwd_reduce_kv_groups_f16, BwdParams, reduce_kv_groups::<F16>);

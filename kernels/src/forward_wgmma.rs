@@ -8,7 +8,18 @@
 //! head_dim 64 configuration: four per SM) overlap one block's softmax with another's GEMMs;
 //! the pipelined configuration (`FwdWgmmaTraits::PIPELINED`, the head_dim 128 default) also
 //! overlaps inside a warpgroup: S = Q·Kⱼᵀ and P·Vⱼ₋₁ are issued back to back, tile j's softmax
-//! runs while P·V is in flight, and O is rescaled only after waiting for it.
+//! runs while P·V is in flight, and O is rescaled only after waiting for it. It keeps three K/V
+//! stages, since tile t's stage is read in iterations t and t + 1. head_dim 192 and 256 run
+//! unpipelined on 64-key tiles, their Q and K descriptors one per 64-column panel
+//! (`warpgroup::PanelDescriptors`). The shipped configurations, with the reasons for each, are in
+//! `traits.rs`; the shared-memory layout and descriptors in [`crate::warpgroup`]'s docs.
+//!
+//! Padded head dims: `DATA_HEAD_DIM` (the tensors') may be below `HEAD_DIM` (the GEMMs', whole
+//! 64-column panels). The loads fill the columns past the data with zeros (`Sw128Tile` with
+//! `data_chunks`: `cp.async` with no source bytes), so every product over the padded head dim
+//! equals the one over the data, and only the data columns of O are written: head_dim 96 runs the
+//! head_dim 128 kernel this way. Masks, grouped K/V heads, sinks and (in the `MODS` kernels) the
+//! score modifiers are the portable forward's, through the same [`crate::modifiers`] calls.
 
 use crate::forward::{OnlineSoftmax, online_softmax, online_softmax_deferred, rescale};
 use crate::modifiers::{ScoreMods, finish_row, forward_dropout, forward_scores};

@@ -1,4 +1,15 @@
 //! Every entry point in the PTX, with the launch shape the host must use for it.
+//!
+//! [`KERNELS`] lists each kernel as a [`KernelInfo`] (name, [`Role`], [`Dtype`], head dim, threads,
+//! dynamic shared memory, rows per block, parameter-block size), built from the tile
+//! configurations by `const fn`, so the host launches exactly what the kernels were compiled for.
+//! Every forward and backward main kernel has a `_mods` twin of the same configuration that also
+//! runs softcap, ALiBi and dropout; the dense kernels handle masks, grouped K/V heads and sinks.
+//! [`find`] is how the host picks a kernel: by role, dtype, head dim and whether the call needs
+//! the modifiers, a Hopper-only kernel first where the sm_90a PTX is loaded. Entries after the
+//! defaults are measurement variants that only a choice by name reaches
+//! (`FlashAttention::with_kernel`, `bench --kernel`, `FLASH_ATTN_KERNELS` in the GPU tests).
+//! [`in_ptx_for`] is what `cargo xtask build-ptx` checks each PTX against.
 
 use crate::params::{BwdParams, FwdParams};
 use crate::traits::{
@@ -24,6 +35,8 @@ pub enum Role {
     BackwardSinkGradient,
     /// Grouped K/V heads: dK and dV as sums over each group's query heads.
     BackwardReduceKv,
+    /// Test only: dropout's keep decisions as bytes (`FwdParams`, written to `o`).
+    DropoutMask,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +68,7 @@ pub struct KernelInfo {
 /// come from a tile configuration.
 const fn base(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
     let param_bytes = match role {
-        Role::Forward => core::mem::size_of::<FwdParams>(),
+        Role::Forward | Role::DropoutMask => core::mem::size_of::<FwdParams>(),
         _ => core::mem::size_of::<BwdParams>(),
     } as u32;
     KernelInfo {
@@ -188,6 +201,8 @@ pub const KERNELS: &[KernelInfo] = registry! {
         base("flash_bwd_convert_dq_f16", Role::BackwardConvertDq, Dtype::F16),
         base("flash_bwd_reduce_kv_groups_bf16", Role::BackwardReduceKv, Dtype::Bf16),
         base("flash_bwd_reduce_kv_groups_f16", Role::BackwardReduceKv, Dtype::F16),
+        // Reads no tensor: one entry serves both dtypes.
+        base("flash_dropout_mask", Role::DropoutMask, Dtype::Bf16),
         // Measurement variants: after the defaults, so `find` never picks them.
         fwd_wgmma::<FwdWgmmaHdim128Sync>("flash_fwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim64Narrow>("flash_bwd_wgmma_bf16_hdim64_narrow", Dtype::Bf16),
@@ -201,14 +216,14 @@ pub fn by_name(name: &str) -> Option<&'static KernelInfo> {
 }
 
 /// The kernel for a role, dtype and head dim (head dim ignored for the row kernels, dtype for
-/// the sink gradient), with or without the score modifiers (`modifiers` matters for the
+/// the sink gradient and the dropout mask), with or without the score modifiers (`modifiers` matters for the
 /// forward and backward main kernels only): with the sm_90a PTX loaded, a Hopper-only kernel
 /// where one exists, else the portable one.
 pub fn find(role: Role, dtype: Dtype, head_dim: u32, sm90a: bool, modifiers: bool) -> Option<&'static KernelInfo> {
     let main = matches!(role, Role::Forward | Role::Backward);
     let fits = |k: &&KernelInfo| {
         k.role == role
-            && (k.dtype == dtype || role == Role::BackwardSinkGradient)
+            && (k.dtype == dtype || matches!(role, Role::BackwardSinkGradient | Role::DropoutMask))
             && (k.head_dim == 0 || k.head_dim == head_dim)
             && (!main || k.modifiers == modifiers)
     };
@@ -236,6 +251,7 @@ mod tests {
                     Role::BackwardConvertDq,
                     Role::BackwardSinkGradient,
                     Role::BackwardReduceKv,
+                    Role::DropoutMask,
                 ] {
                     for sm90a in [false, true] {
                         for mods in [false, true] {

@@ -3,6 +3,17 @@
 //!
 //! Fragment layouts follow the PTX ISA for `mma.m16n8k16`: a lane holds accumulator elements
 //! at rows `lane / 4` and `lane / 4 + 8`, columns `2 · (lane % 4)` and `+ 1` of each 8-wide tile.
+//!
+//! [`Element`] (`Bf16`, `F16`: mma, pack, convert) is what the kernels are generic over.
+//! [`SmemTile`] is a tile in the portable kernels' swizzled layout (`tiling::tile_byte_offset`):
+//! `load_async` issues the `cp.async` copies of a whole tile across the block, zero-filling rows
+//! past the sequence end without reading them, and the `a_fragment*` / `b_fragments*` methods
+//! load mma operands with `ldmatrix` (`.trans` for operands whose rows run along the reduction).
+//! [`Sw128Tile`] is the Hopper kernels' 128-byte-swizzled tile; its `data_chunks` zero-fill the
+//! columns of a padded head dim. [`accumulators_as_a`] turns two f32 accumulator tiles into the A
+//! operand of the next mma in registers, which is how P and dSᵀ reach their GEMMs without shared
+//! memory. Register arrays are sized for the largest configuration (`MAX_HEAD_DIM_TILES8` etc.);
+//! loops run to the configuration's count and unroll fully.
 
 use crate::ptx;
 use crate::tiling::{copy_position, sw128_byte_offset, tile_byte_offset};

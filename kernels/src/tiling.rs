@@ -1,6 +1,15 @@
 //! Index, tiling and masking math shared by the kernels and the host.
 //!
 //! Everything here is plain integer arithmetic, compiled into the PTX and unit-tested on the CPU.
+//!
+//! [`Mask`] is the one definition of which keys a query sees (bottom-right aligned window; causal
+//! is `(-1, 0)`); its [`Mask::key_range`] and [`Mask::query_range`] let forward and backward
+//! blocks skip whole tiles, and [`Mask::tile_is_unmasked`] lets a tile skip per-element masking
+//! (all three tested against brute force over shapes and windows). [`kv_head_of`] and
+//! [`query_heads_of`] map query heads to K/V heads and back (GQA/MQA). The rest: the two
+//! shared-memory swizzles ([`tile_byte_offset`] for `ldmatrix`, tested conflict-free for every
+//! phase; [`sw128_byte_offset`] and [`wgmma_descriptor`] for `wgmma`), the deterministic
+//! backward's turns ([`dq_turn`]), and the forward's heaviest-first Q tile order.
 
 use crate::params::AttnShape;
 
@@ -197,8 +206,8 @@ pub const fn wgmma_descriptor(addr: u32, leading_bytes: u32, stride_bytes: u32) 
         | (1u64 << 62)
 }
 
-/// The K/V head that query head `head` reads: heads are grouped evenly over `heads_k` (equal
-/// counts today; grouped-query attention later). Written without a panicking division: the host
+/// The K/V head that query head `head` reads: heads are grouped evenly over `heads_k`
+/// (grouped-query attention; `heads_k == heads` is the plain case). Written without a panicking division: the host
 /// guarantees `heads_k` divides `heads`, and a zero would fall back to the head itself.
 #[inline(always)]
 pub const fn kv_head_of(shape: &AttnShape, head: u32) -> u32 {

@@ -6,6 +6,18 @@
 //! holds 16-bit tiles in swizzled 16-byte chunks (see [`crate::tiling::tile_byte_offset`]); the
 //! Hopper configurations use the 128-byte-swizzled layout that `wgmma` reads
 //! ([`crate::tiling::sw128_byte_offset`]).
+//!
+//! Four traits, one per kernel family: [`FwdTraits`] and [`BwdTraits`] (portable), and
+//! [`FwdWgmmaTraits`] and [`BwdWgmmaTraits`] (Hopper). Each configuration sets a few constants
+//! (head dim, tile rows, warps or warpgroups, stages, schedule) and derives everything else as
+//! associated constants: rows per warp and per block, thread count, the shared-memory offset of
+//! every tile and stage, and the dynamic shared memory in total. The registry and the host read
+//! the same constants, so launch shapes cannot drift from the kernels. The `FwdHdim*`, `BwdHdim*`,
+//! `FwdWgmmaHdim*` and `BwdWgmmaHdim*` types are the shipped configurations (the reasons for
+//! each are on the type; `benches/NOTES.md` has the measurements), and [`SUPPORTED_HEAD_DIMS`]
+//! lists their head dims. The unit tests check each configuration's divisibility assumptions, that
+//! the portable ones fit an A100 block's 163 KiB of shared memory (the sm_80 PTX runs there) and
+//! the Hopper ones the H100's 227 KiB, and that padded head dims fit [`padding_fits`].
 
 /// Rows of one `mma.m16n8k16` tile: a warp owns a multiple of these.
 pub const WARP_ROWS: u32 = 16;

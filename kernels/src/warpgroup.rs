@@ -3,6 +3,24 @@
 //! Shapes are passed as values that are constants at every call site; after inlining only the
 //! matching arm remains. A shape with no generated GEMM traps (the kernel traits' tests keep the
 //! shipped configurations inside the generated set).
+//!
+//! How the Hopper kernels feed the tensor cores: `wgmma` is issued by a warpgroup (4 warps, 128
+//! threads) for 64 rows at a time and reads its B operand (and optionally A) straight from shared
+//! memory through a 64-bit descriptor (`tiling::wgmma_descriptor`: address, leading and stride
+//! byte offsets, swizzle mode), so no `ldmatrix` and no operand registers are spent on them. Every
+//! tile uses the 128-byte swizzle (`tiling::sw128_byte_offset`, loaded by `tile::Sw128Tile`):
+//! 64-column panels, rows 128 bytes apart, 16-byte chunk `c` of row `r` at `c ^ (r % 8)`, panels
+//! 1024-byte aligned (the kernels round the dynamic shared-memory base up; the traits reserve the
+//! extra kilobyte). A K-major operand takes one descriptor per panel ([`PanelDescriptors`], up to
+//! four); operands whose rows run along the GEMM's reduction dimension ("MN-major": V in P·V, dO
+//! and Q in the backward's dV and dK GEMMs, dSᵀ and K in dQ) use `wgmma`'s transpose bits, the
+//! leading offset stepping between panels and the stride offset between 8-row groups. `cp.async`
+//! writes through the generic proxy, so every thread fences (`fence.proxy.async.shared::cta`)
+//! before the barrier that publishes a tile to the tensor cores.
+//!
+//! The `*_issue` GEMMs leave accumulators in flight across `asm!` statements; [`wait`] names the
+//! accumulators it covers as in-out operands, so that the compiler cannot move a use above it, and
+//! `xtask/src/wgmma_check.rs` checks every build's PTX for an instruction that touches one anyway.
 
 use crate::ptx::wgmma;
 use crate::tile::{Bf16, Element, F16};

@@ -1,4 +1,13 @@
 //! `cargo xtask build-ptx`: kernels crate → bitcode → (our linker) → PTX → ptxas check.
+//!
+//! For each arch (`sm_80`, `sm_90a`, or `--arch`): `cargo rustc --release -p flash-attn-kernels
+//! --crate-type cdylib --target nvptx64-nvidia-cuda -Zbuild-std=core` into
+//! `target/ptx-build/<arch>/` (fat LTO, one codegen unit, `opt-level=3`, `panic=abort`,
+//! `-Ctarget-cpu=<arch>`) with this binary as the linker ([`link`]), the result copied to
+//! `target/ptx/flash_attn.<arch>.ptx`, then the ptxas check ([`ptxas`]). The arch's fingerprint is
+//! removed first and written only after every check passed, and only if no input changed during
+//! the build, so `host/build.rs` never embeds PTX that is stale or failed its checks. This file is
+//! an input of the fingerprint.
 
 use crate::{link, ptxas};
 use flash_attn_kernels::fingerprint;

@@ -7,6 +7,12 @@
 //! `llvm-link` merges the bitcode, `opt` internalizes everything but the kernels and optimizes,
 //! `llc` lowers to PTX for the requested `--target-cpu`. A last pass adds the `.maxntid` /
 //! `.minnctapersm` directives that the registry asks for (Rust has no attribute for them).
+//!
+//! `build-ptx` makes the xtask binary the target's linker and sets `FLASH_ATTN_XTASK_LINKER` in
+//! the nested cargo's environment, so that `main` dispatches here. Two flags carry weight: opt's
+//! raised unroll threshold, without which the kernels' tile loops stay rolled and their register
+//! arrays go to local memory (the ptxas check would then fail on spills), and llc's PTX ISA 8.1
+//! (`+ptx81`), for the sm_90 vector reductions. This file is an input of the kernels' fingerprint.
 
 use flash_attn_kernels::registry;
 use std::path::{Path, PathBuf};
