@@ -188,6 +188,7 @@ impl ScoreMods {
     /// sign carries the mask to [`ScoreMods::score_gradient`], and `max(x, 0)` is the dropped
     /// probability that dV = Pᵀ·dO needs ([`dv_operand`]). One Philox block serves each pair
     /// of queries.
+    #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
     #[inline(always)]
     pub fn probabilities<const MODS: bool>(
         &self,
@@ -223,7 +224,7 @@ impl ScoreMods {
         }
     }
 
-    /// Backward: dSᵀ (the gradient of the scaled score) from [`ScoreMods::probability`]'s `p`,
+    /// Backward: dSᵀ (the gradient of the scaled score) from [`ScoreMods::probabilities`]'s `p`,
     /// dPᵀ = dO·V and D = rowsum(dO ∘ O): `P · (z · dP − D)` with `z` the dropout factor, times
     /// the softcap's derivative.
     #[inline(always)]
@@ -244,7 +245,7 @@ impl ScoreMods {
     }
 }
 
-/// The dropped probability for dV = Pᵀ·dO from [`ScoreMods::probability`]'s encoding.
+/// The dropped probability for dV = Pᵀ·dO from [`ScoreMods::probabilities`]'s encoding.
 #[inline(always)]
 pub fn dv_operand<const MODS: bool>(p: f32) -> f32 {
     if MODS { p.max(0.0) } else { p }
