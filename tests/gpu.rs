@@ -4,7 +4,8 @@
 //!
 //! Case counts: FLASH_ATTN_FWD_CASES (default 200) and FLASH_ATTN_BWD_CASES (default 100).
 //! FLASH_ATTN_KERNELS=name,... tests those registry kernels instead of the defaults;
-//! FLASH_ATTN_PORTABLE=1 tests the portable family on Hopper too.
+//! FLASH_ATTN_PORTABLE=1 tests the portable family on Hopper too. Overrides replace dense kernels
+//! only: cases with softcap, ALiBi or dropout run the default `_mods` kernels.
 //! FLASH_ATTN_TEST_REPORT=path appends one JSON line per property test with its largest errors.
 
 use cust::stream::{Stream, StreamFlags};

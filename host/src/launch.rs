@@ -124,6 +124,7 @@ impl FlashAttention {
         params: &AttentionParams,
     ) -> Result<ForwardOutput<T>> {
         let shape = validate::inputs(&Arg::of("q", &q), &Arg::of("k", &k), &Arg::of("v", &v), params)?;
+        validate::modifiers(params, &shape)?; // before allocating: bad options never allocate
         let mut o = DeviceTensor::uninitialized(validate::q_shape(&shape))?;
         let mut lse = lse_buffer(&shape)?;
         self.forward_into(stream, q, k, v, o.view_mut(), &mut lse, params)?;
@@ -171,12 +172,12 @@ impl FlashAttention {
         let [qa, ka, va, oa, doa] =
             [("q", &q), ("k", &k), ("v", &v), ("o", &o), ("d_o", &d_o)].map(|(n, t)| Arg::of(n, t));
         let shape = validate::backward_inputs([&qa, &ka, &va, &oa, &doa], lse.len(), params)?;
+        validate::modifiers(params, &shape)?; // before allocating: bad options never allocate
         let mut dq = DeviceTensor::uninitialized(validate::q_shape(&shape))?;
         let mut dk = DeviceTensor::uninitialized(validate::kv_shape(&shape))?;
         let mut dv = DeviceTensor::uninitialized(validate::kv_shape(&shape))?;
         let mut d_sinks = match params.sinks {
-            // SAFETY: f32 has no invalid bit patterns; the sink-gradient kernel writes every one.
-            Some(_) => Some(unsafe { DeviceBuffer::<f32>::uninitialized(shape.heads as usize) }.during("cuMemAlloc")?),
+            Some(_) => Some(DeviceBuffer::<f32>::zeroed(shape.heads as usize).during("cuMemAlloc")?),
             None => None,
         };
         let sinks_out = d_sinks.as_deref_mut();
@@ -317,8 +318,11 @@ impl FlashAttention {
     pub fn dropout_mask(&self, stream: &Stream, shape: [usize; 4], dropout: &Dropout) -> Result<DeviceBuffer<u8>> {
         let [batch, heads, seqlen_q, seqlen_k] = shape;
         let entries = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX);
-        if shape.contains(&0) || entries > 1 << 24 {
-            return Err(Error::invalid("shape", format!("{shape:?}: between 1 and 2^24 entries, none zero, expected")));
+        if shape.contains(&0) || entries > 1 << 24 || batch > validate::MAX_GRID_YZ || heads > validate::MAX_GRID_YZ {
+            return Err(Error::invalid(
+                "shape",
+                format!("{shape:?}: between 1 and 2^24 entries, none zero, batch and heads at most 65535, expected"),
+            ));
         }
         let dims = AttnShape {
             batch: batch as u32,
@@ -337,8 +341,7 @@ impl FlashAttention {
         if mods.dropout_keep_threshold == 0 {
             return Err(Error::invalid("dropout", "p = 0 drops nothing: there is no mask"));
         }
-        // SAFETY: u8 has no invalid bit patterns; the kernel writes every byte.
-        let mask = unsafe { DeviceBuffer::<u8>::uninitialized(entries) }.during("cuMemAlloc")?;
+        let mask = DeviceBuffer::<u8>::zeroed(entries).during("cuMemAlloc")?;
         let p = FwdParams { shape: dims, o: mask.as_device_ptr().as_raw(), mods, ..FwdParams::default() };
         let info = self.kernel(Role::DropoutMask, registry::Dtype::Bf16, &dims, &Modifiers::default())?;
         self.launch(stream, info, grid(info, dims.seqlen_q, dims.heads, dims.batch), &p)?;
@@ -370,11 +373,12 @@ impl FlashAttention {
         head_dim: u32,
         modifiers: bool,
     ) -> Option<&'static KernelInfo> {
-        let chosen = self
-            .overrides
-            .iter()
-            .copied()
-            .find(|k| k.role == role && k.dtype == dtype && k.head_dim == head_dim && k.modifiers == modifiers);
+        // An override replaces the main kernel of its role, dtype, head dim and flavour (dense or
+        // `_mods`); the measurement variants are all dense, so calls with modifiers keep theirs.
+        let main = matches!(role, Role::Forward | Role::Backward);
+        let chosen = self.overrides.iter().copied().find(|k| {
+            k.role == role && k.dtype == dtype && k.head_dim == head_dim && (!main || k.modifiers == modifiers)
+        });
         chosen.or_else(|| registry::find(role, dtype, head_dim, self.hopper_kernels, modifiers))
     }
 
@@ -387,7 +391,10 @@ impl FlashAttention {
         let args = [params as *const P as *mut c_void];
         // SAFETY: the parameter block has the size and layout the entry point declares (checked
         // above and by `cargo xtask build-ptx`); every pointer in it was validated to address
-        // memory of the validated shape and strides; block size and dynamic shared memory come
+        // memory of the validated shape and strides (tensors), or of the checked lengths
+        // (`validate::modifiers`: ALiBi slopes of heads or batch · heads floats, sinks of heads;
+        // d_sinks of at least heads; the scratch sized here: D, the dQ accumulator, the turn
+        // counters, with grouped K/V heads 2 · batch · seqlen_k · heads · head_dim floats); block size and dynamic shared memory come
         // from the kernel's registry entry. The borrowed buffers outlive the call: the caller's
         // are freed with `cuMemFree`, which waits for queued kernels, and the backward's scratch
         // is freed in stream order (`cuMemFreeAsync` on this stream) after its last launch.

@@ -1,5 +1,5 @@
 //! Stream-ordered scratch memory for the backward (D, the f32 dQ accumulator, the deterministic
-//! mode's turn counters), from a memory pool of our own that keeps freed memory for the next
+//! mode's turn counters, with grouped K/V heads each query head's f32 dK/dV rows), from a memory pool of our own that keeps freed memory for the next
 //! call.
 //!
 //! The device's default pool returns freed memory to the driver at every synchronization, so a

@@ -113,7 +113,7 @@ pub fn inputs(q: &Arg, k: &Arg, v: &Arg, params: &AttentionParams) -> Result<Att
     if kl.head_dim() != ql.head_dim() {
         return Err(Error::invalid("k", format!("head_dim {} differs from q's {}", kl.head_dim(), ql.head_dim())));
     }
-    if kl.heads() > ql.heads() || !ql.heads().is_multiple_of(kl.heads()) {
+    if !ql.heads().is_multiple_of(kl.heads()) {
         return Err(Error::invalid(
             "k",
             format!(
@@ -177,6 +177,16 @@ pub fn modifiers(params: &AttentionParams, shape: &AttnShape) -> Result<Modifier
     if let Some(cap) = params.softcap {
         if !(cap.is_finite() && cap > 0.0) {
             return Err(Error::invalid("params.softcap", format!("{cap} is not a positive finite number")));
+        }
+        // The kernels work with softcap / scale and scale / softcap in f32: both must be normal.
+        if !((cap / shape.scale).is_normal() && (shape.scale / cap).is_normal()) {
+            return Err(Error::invalid(
+                "params.softcap",
+                format!(
+                    "{cap} is out of range for softmax scale {}: cap / scale and scale / cap must be normal",
+                    shape.scale
+                ),
+            ));
         }
         m.softcap = cap;
     }
@@ -429,7 +439,7 @@ mod tests {
         let none = modifiers(&AttentionParams::default(), &s).unwrap();
         assert_eq!(none, Modifiers::default());
         assert!(!needs_modifier_kernels(&none));
-        for cap in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        for cap in [0.0, -1.0, f32::NAN, f32::INFINITY, f32::MAX, 1e38, 1e-40] {
             let params = AttentionParams { softcap: Some(cap), ..Default::default() };
             assert_invalid(modifiers(&params, &s), "params.softcap");
         }

@@ -18,7 +18,7 @@
 //! ([`ScoreMods::softcap_slope`]), so no kernel keeps a second array of scores alive.
 //!
 //! Kernels that run the modifiers are the `_mods` entry points (a const generic `MODS`); the
-//! dense ones compile the mask alone. Everything here is plain arithmetic compiled into the PTX
+//! dense ones compile the mask and the sinks' starting state alone. Everything here is plain arithmetic compiled into the PTX
 //! and unit-tested on the CPU, with the host's `exp2`/`log2` in place of the hardware's.
 
 #[cfg(target_arch = "nvptx64")]

@@ -60,8 +60,9 @@ pub struct FwdParams {
     pub k_strides: Strides,
     pub v_strides: Strides,
     pub o_strides: Strides,
-    /// Score modifiers and dropout: read by the `_mods` kernels only (the host launches one of
-    /// those whenever a field is on); zero means off.
+    /// Score modifiers and dropout: softcap, ALiBi and dropout are read by the `_mods` kernels
+    /// only (the host launches one of those whenever one is on), the sinks by every forward
+    /// kernel; zero means off.
     pub mods: Modifiers,
 }
 

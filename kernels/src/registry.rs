@@ -3,7 +3,7 @@
 //! [`KERNELS`] lists each kernel as a [`KernelInfo`] (name, [`Role`], [`Dtype`], head dim, threads,
 //! dynamic shared memory, rows per block, parameter-block size), built from the tile
 //! configurations by `const fn`, so the host launches exactly what the kernels were compiled for.
-//! Every forward and backward main kernel has a `_mods` twin of the same configuration that also
+//! Every default forward and backward main kernel (not the measurement variants) has a `_mods` twin of the same configuration that also
 //! runs softcap, ALiBi and dropout; the dense kernels handle masks, grouped K/V heads and sinks.
 //! [`find`] is how the host picks a kernel: by role, dtype, head dim and whether the call needs
 //! the modifiers, a Hopper-only kernel first where the sm_90a PTX is loaded. Entries after the
@@ -60,7 +60,7 @@ pub struct KernelInfo {
     /// Only in the sm_90a PTX (Hopper's `wgmma`); preferred there over the portable kernel.
     pub requires_sm90a: bool,
     /// A `_mods` kernel: runs the score modifiers and dropout ([`crate::modifiers`]). The dense
-    /// kernels handle masks (causal, windows) and grouped K/V heads, nothing else.
+    /// kernels handle masks (causal, windows), grouped K/V heads and sinks, nothing else.
     pub modifiers: bool,
 }
 

@@ -62,7 +62,6 @@ pub struct Features {
 
 impl Case {
     /// A dense case: every feature off.
-    #[allow(clippy::too_many_arguments)]
     pub fn dense(batch: usize, heads: usize, seqlen_q: usize, seqlen_k: usize, head_dim: usize, causal: bool) -> Case {
         Case {
             batch,
@@ -387,10 +386,9 @@ pub fn run_case<T: Element>(
     let mut od = nan_image(&lq)?;
     let mut lse = cuda(DeviceBuffer::from_slice(&vec![f32::NAN; p.lse_len()]))?;
     let features = case.features();
-    let slopes = (!features.slopes.is_empty()).then(|| DeviceBuffer::from_slice(&features.slopes));
-    let slopes = slopes.transpose().map_err(|e| format!("CUDA: {e:?}"))?;
-    let sinks = (!features.sinks.is_empty()).then(|| DeviceBuffer::from_slice(&features.sinks));
-    let sinks = sinks.transpose().map_err(|e| format!("CUDA: {e:?}"))?;
+    // A feature's device array, or None when the case leaves it off.
+    let device = |x: &[f32]| cuda((!x.is_empty()).then(|| DeviceBuffer::from_slice(x)).transpose());
+    let (slopes, sinks) = (device(&features.slopes)?, device(&features.sinks)?);
     let params = AttentionParams {
         softmax_scale: case.scale,
         causal: p.causal,
