@@ -39,6 +39,7 @@ if has features; then
   python3 "$here/feature_report.py" "$out/ours_features.jsonl" "$out/fa4_features.jsonl" --date "$(date -u +%F)" \
     --driver "$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)" \
     --out "$out/features.jsonl" --table "$out/features.md" 2>&1 | tee -a "$out/log.txt"
+  python3 "$here/feature_plot.py" "$out/features.jsonl" --out "$out/features.png" 2>&1 | tee -a "$out/log.txt"
 fi
 if has sanitize; then
   # The property tests on small random cases under the sanitizers: every feature and both

@@ -44,7 +44,8 @@ case $what in features)
   kill $sampler
   driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
   run feature-report python3 "$here/feature_report.py" "$out/ours_features.jsonl" "$out/fa4_features.jsonl" \
-      --date "$(date -u +%F)" --driver "$driver" --out "$out/features.jsonl" --table "$out/features.md" ;;
+      --date "$(date -u +%F)" --driver "$driver" --out "$out/features.jsonl" --table "$out/features.md"
+  run feature-plot python3 "$here/feature_plot.py" "$out/features.jsonl" --out "$out/features.png" ;;
 esac
 exit $status
 "#;
@@ -107,6 +108,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "report.py",
         "feature_anchors.py",
         "feature_report.py",
+        "feature_plot.py",
         "profile.sh",
         "ab.sh",
         "check.sh",
