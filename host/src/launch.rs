@@ -373,12 +373,9 @@ impl FlashAttention {
         head_dim: u32,
         modifiers: bool,
     ) -> Option<&'static KernelInfo> {
-        // An override replaces the main kernel of its role, dtype, head dim and flavour (dense or
-        // `_mods`); the measurement variants are all dense, so calls with modifiers keep theirs.
-        let main = matches!(role, Role::Forward | Role::Backward);
-        let chosen = self.overrides.iter().copied().find(|k| {
-            k.role == role && k.dtype == dtype && k.head_dim == head_dim && (!main || k.modifiers == modifiers)
-        });
+        // An override replaces the kernel it serves (`KernelInfo::serves`, the registry's rule);
+        // the measurement variants are all dense, so calls with modifiers keep their `_mods` kernel.
+        let chosen = self.overrides.iter().copied().find(|k| k.serves(role, dtype, head_dim, modifiers));
         chosen.or_else(|| registry::find(role, dtype, head_dim, self.hopper_kernels, modifiers))
     }
 

@@ -64,6 +64,19 @@ pub struct KernelInfo {
     pub modifiers: bool,
 }
 
+impl KernelInfo {
+    /// Whether this kernel runs `role` for this dtype and head dim (row kernels: any head dim;
+    /// the sink gradient and the dropout mask: either dtype), dense or with the score modifiers
+    /// (a distinction of the forward and backward main kernels only).
+    pub fn serves(&self, role: Role, dtype: Dtype, head_dim: u32, modifiers: bool) -> bool {
+        let main = matches!(role, Role::Forward | Role::Backward);
+        self.role == role
+            && (self.dtype == dtype || matches!(role, Role::BackwardSinkGradient | Role::DropoutMask))
+            && (self.head_dim == 0 || self.head_dim == head_dim)
+            && (!main || self.modifiers == modifiers)
+    }
+}
+
 /// An entry with the row kernels' launch shape; the constructors below override the fields that
 /// come from a tile configuration.
 const fn base(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
@@ -220,13 +233,7 @@ pub fn by_name(name: &str) -> Option<&'static KernelInfo> {
 /// forward and backward main kernels only): with the sm_90a PTX loaded, a Hopper-only kernel
 /// where one exists, else the portable one.
 pub fn find(role: Role, dtype: Dtype, head_dim: u32, sm90a: bool, modifiers: bool) -> Option<&'static KernelInfo> {
-    let main = matches!(role, Role::Forward | Role::Backward);
-    let fits = |k: &&KernelInfo| {
-        k.role == role
-            && (k.dtype == dtype || matches!(role, Role::BackwardSinkGradient | Role::DropoutMask))
-            && (k.head_dim == 0 || k.head_dim == head_dim)
-            && (!main || k.modifiers == modifiers)
-    };
+    let fits = |k: &&KernelInfo| k.serves(role, dtype, head_dim, modifiers);
     let hopper = KERNELS.iter().filter(fits).find(|k| k.requires_sm90a && sm90a);
     hopper.or_else(|| KERNELS.iter().filter(fits).find(|k| !k.requires_sm90a))
 }

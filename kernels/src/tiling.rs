@@ -211,21 +211,24 @@ pub const fn wgmma_descriptor(addr: u32, leading_bytes: u32, stride_bytes: u32) 
 /// guarantees `heads_k` divides `heads`, and a zero would fall back to the head itself.
 #[inline(always)]
 pub const fn kv_head_of(shape: &AttnShape, head: u32) -> u32 {
-    let group = match shape.heads.checked_div(shape.heads_k) {
-        Some(g) if g > 0 => g,
-        _ => 1,
-    };
-    head / group
+    head / group_size(shape)
 }
 
 /// The query heads `[begin, end)` that read K/V head `kv_head` (all of them attend with it).
 #[inline(always)]
 pub const fn query_heads_of(shape: &AttnShape, kv_head: u32) -> (u32, u32) {
-    let group = match shape.heads.checked_div(shape.heads_k) {
+    let group = group_size(shape);
+    (kv_head * group, (kv_head + 1) * group)
+}
+
+/// Query heads per K/V head, `heads / heads_k`; 1 where that is not positive (never for a
+/// validated shape), so that no caller divides by zero.
+#[inline(always)]
+const fn group_size(shape: &AttnShape) -> u32 {
+    match shape.heads.checked_div(shape.heads_k) {
         Some(g) if g > 0 => g,
         _ => 1,
-    };
-    (kv_head * group, (kv_head + 1) * group)
+    }
 }
 
 /// The (row, chunk) that thread `tid` of `threads` copies in its `i`-th step of a tile load,
