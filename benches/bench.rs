@@ -9,6 +9,12 @@
 //! feature rows instead (head_dim 128, bf16; see [`FEATURES`]), the same rows as
 //! `feature_anchors.py`, with FLOPs counted on the visible area of the mask.
 //!
+//! `bench --serving decode,varlen [--out FILE]`: issue 10's serving rows (see [`serving`]):
+//! decode against a KV cache (32 query heads over 8 KV heads, head_dim 128, bf16, seqlen_q 1 and
+//! 4, split-KV chosen by the library) and a packed prefill of 64 sequences of 64 to 8192 tokens
+//! (causal, forward and backward), with the dense causal forward and backward at the mean length
+//! beside it; `serving_anchors.py` times the same rows with torch SDPA and FlashAttention-4.
+//!
 //! Timing follows the anchors' `triton.testing.do_bench` (warmup 25 ms, rep 100 ms, median):
 //! the call count fills 100 ms, and a 256 MB buffer is zeroed before each timed call, outside
 //! its events, so that every call starts from a cold L2 and the GPU's power state (it runs at
@@ -40,6 +46,8 @@ struct Options {
     kernels: Vec<String>,
     /// Feature rows by name (`all`: every one); empty: the grid.
     features: Vec<String>,
+    /// Serving rows: `decode`, `varlen`.
+    serving: Vec<String>,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
@@ -56,6 +64,7 @@ fn options() -> Options {
         portable: false,
         kernels: Vec::new(),
         features: Vec::new(),
+        serving: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -72,6 +81,7 @@ fn options() -> Options {
             "--kernel" => o.kernels = list(&v),
             "--features" if v == "all" => o.features = FEATURES.iter().map(|f| f.name.to_string()).collect(),
             "--features" => o.features = list(&v),
+            "--serving" => o.serving = list(&v),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -155,6 +165,11 @@ fn main() {
     let mut out = o.out.as_ref().map(|p| std::fs::File::create(p).expect("cannot create --out file"));
     if !o.features.is_empty() {
         features(&o, &card, &mut out);
+        drop(context);
+        return;
+    }
+    if !o.serving.is_empty() {
+        serving(&o, &card, &mut out);
         drop(context);
         return;
     }
@@ -405,6 +420,182 @@ fn features(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
                 writeln!(file, "{json},\"card\":\"{card}\",\"timing\":\"{timing}\"}}").unwrap();
             }
         }
+    }
+}
+
+/// The decode grid of issue 10: (batch, cache length).
+const DECODE: [(usize, usize); 8] =
+    [(1, 1024), (1, 4096), (1, 16384), (1, 32768), (8, 4096), (8, 32768), (64, 4096), (64, 32768)];
+
+/// The packed prefill's 64 lengths from 64 to 8192: a 64-bit LCG from seed 10, the same
+/// sequence `serving_anchors.py` draws.
+fn prefill_lengths() -> Vec<usize> {
+    let mut x: u64 = 10;
+    (0..64)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            64 + ((x >> 33) % (8192 - 64 + 1)) as usize
+        })
+        .collect()
+}
+
+/// `--serving`: decode against a KV cache and a packed causal prefill (see the module docs).
+fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
+    const D: usize = 128;
+    const H: usize = 32;
+    const HK: usize = 8;
+    let stream = Stream::new(StreamFlags::NON_BLOCKING, None).unwrap();
+    let attention = FlashAttention::new().unwrap();
+    let mut rng = StdRng::seed_from_u64(10);
+    let mut flush = DeviceBuffer::<u32>::zeroed(FLUSH_WORDS).unwrap();
+    let timing = if o.iters == 0 { "do_bench".to_string() } else { format!("{} calls", o.iters) };
+    let upload = |rng: &mut StdRng, n: usize| {
+        // Random values are costly to draw on the host for 4 GB caches: one 16M-element block,
+        // repeated.
+        let block = 1 << 24;
+        let (_, host) = random_inputs::<bf16>(rng, n.min(block));
+        let buf = DeviceBuffer::<u16>::zeroed(n).unwrap();
+        let bits: &[u16] = bytemuck::cast_slice(&host);
+        let mut at = 0;
+        while at < n {
+            let len = (n - at).min(bits.len());
+            let mut part = buf.index(at..at + len);
+            cust::memory::CopyDestination::copy_from(&mut part, &bits[..len]).unwrap();
+            at += len;
+        }
+        buf
+    };
+    let emit = |out: &mut Option<std::fs::File>, json: String| {
+        if let Some(file) = out.as_mut() {
+            writeln!(file, "{json},\"card\":\"{card}\",\"timing\":\"{timing}\"}}").unwrap();
+        }
+    };
+    if o.serving.iter().any(|s| s == "decode") {
+        println!("{:>5} {:>6} {:>3} | {:>9} {:>8}", "batch", "cache", "sq", "us", "GB/s");
+        for &(b, cache_len) in &DECODE {
+            let kv_len = b * cache_len * HK * D;
+            let (k, v) = (upload(&mut rng, kv_len), upload(&mut rng, kv_len));
+            let lens = DeviceBuffer::from_slice(&vec![cache_len as i32; b]).unwrap();
+            for sq in [1usize, 4] {
+                let q = upload(&mut rng, b * sq * H * D);
+                let mut o_buf = DeviceBuffer::<u16>::zeroed(b * sq * H * D).unwrap();
+                let mut lse = DeviceBuffer::<f32>::zeroed(b * H * sq).unwrap();
+                let (ql, kl) = (Layout::contiguous([b, sq, H, D]), Layout::contiguous([b, cache_len, HK, D]));
+                let qv = TensorRef::<bf16>::from_slice(&q, 0, ql).unwrap();
+                let (kv, vv) =
+                    (TensorRef::<bf16>::from_slice(&k, 0, kl).unwrap(), TensorRef::<bf16>::from_slice(&v, 0, kl).unwrap());
+                let cache = flash_attn::KvCache::new(&lens);
+                let params = AttentionParams::default();
+                let mut run = || {
+                    let o_out = TensorMut::<bf16>::from_slice(&mut o_buf, 0, ql).unwrap();
+                    attention.forward_with_kvcache_into(&stream, qv, kv, vv, o_out, &mut lse, &cache, &params)
+                };
+                run().unwrap();
+                stream.synchronize().unwrap();
+                let ms = time_calls(&stream, &mut flush, o.iters, || run().unwrap());
+                let bytes = 2.0 * kv_len as f64 * 2.0;
+                let gbps = bytes / (ms as f64 * 1e-3) / 1e9;
+                println!("{b:>5} {cache_len:>6} {sq:>3} | {:>9.1} {gbps:>8.0}", ms * 1e3);
+                emit(
+                    out,
+                    format!(
+                        "{{\"row\":\"decode\",\"batch\":{b},\"cache_len\":{cache_len},\"seqlen_q\":{sq},\"page_size\":0,\"heads\":{H},\"heads_k\":{HK},\"head_dim\":{D},\"ours_us\":{:.2},\"ours_gbps\":{gbps:.1}",
+                        ms * 1e3
+                    ),
+                );
+            }
+        }
+    }
+    if o.serving.iter().any(|s| s == "varlen") {
+        let lens = prefill_lengths();
+        let total: usize = lens.iter().sum();
+        let mut cu = vec![0i32];
+        for &n in &lens {
+            cu.push(cu.last().unwrap() + n as i32);
+        }
+        let max = *lens.iter().max().unwrap();
+        let mean = total / lens.len();
+        let pairs: u64 = lens.iter().map(|&n| (n * (n + 1) / 2) as u64).sum();
+        let cu_d = DeviceBuffer::from_slice(&cu).unwrap();
+        let (q, k, v, d_o) =
+            (upload(&mut rng, total * H * D), upload(&mut rng, total * HK * D), upload(&mut rng, total * HK * D), upload(&mut rng, total * H * D));
+        let (ql, kl) = (Layout::contiguous([1, total, H, D]), Layout::contiguous([1, total, HK, D]));
+        let view = |buf, layout| TensorRef::<bf16>::from_slice(buf, 0, layout).unwrap();
+        let (qv, kv, vv, dov) = (view(&q, ql), view(&k, kl), view(&v, kl), view(&d_o, ql));
+        let varlen = flash_attn::Varlen {
+            cu_seqlens_q: &cu_d,
+            cu_seqlens_k: &cu_d,
+            max_seqlen_q: max,
+            max_seqlen_k: max,
+            seqused_k: None,
+            check_offsets: true,
+        };
+        let params = AttentionParams { causal: true, ..Default::default() };
+        let mut o_buf = DeviceBuffer::<u16>::zeroed(total * H * D).unwrap();
+        let mut lse = DeviceBuffer::<f32>::zeroed(total * H).unwrap();
+        let (mut dq, mut dk, mut dv) = (
+            DeviceBuffer::<u16>::zeroed(total * H * D).unwrap(),
+            DeviceBuffer::<u16>::zeroed(total * HK * D).unwrap(),
+            DeviceBuffer::<u16>::zeroed(total * HK * D).unwrap(),
+        );
+        let mut run = |backward: bool| {
+            if !backward {
+                let o_out = TensorMut::<bf16>::from_slice(&mut o_buf, 0, ql).unwrap();
+                return attention.forward_varlen_into(&stream, qv, kv, vv, o_out, &mut lse, &varlen, &params);
+            }
+            let o_in = TensorRef::<bf16>::from_slice(&o_buf, 0, ql).unwrap();
+            let outs = [
+                TensorMut::<bf16>::from_slice(&mut dq, 0, ql).unwrap(),
+                TensorMut::<bf16>::from_slice(&mut dk, 0, kl).unwrap(),
+                TensorMut::<bf16>::from_slice(&mut dv, 0, kl).unwrap(),
+            ];
+            attention.backward_varlen_into(&stream, [dov, qv, kv, vv, o_in], &lse, outs, None, &varlen, &params)
+        };
+        run(false).unwrap();
+        run(true).unwrap();
+        stream.synchronize().unwrap();
+        let fms = time_calls(&stream, &mut flush, o.iters, || run(false).unwrap());
+        let bms = time_calls(&stream, &mut flush, o.iters, || run(true).unwrap());
+        let flops = 4.0 * (D * H) as f64 * pairs as f64;
+        let (ft, bt) = (flops / fms as f64 / 1e9, 2.5 * flops / bms as f64 / 1e9);
+        println!("varlen prefill: {} sequences, {total} tokens (mean {mean}, max {max}): fwd {fms:.3} ms {ft:.1} TFLOP/s, bwd {bms:.3} ms {bt:.1} TFLOP/s", lens.len());
+        emit(
+            out,
+            format!(
+                "{{\"row\":\"varlen\",\"sequences\":{},\"total_tokens\":{total},\"mean_len\":{mean},\"max_len\":{max},\"visible_pairs\":{pairs},\"heads\":{H},\"heads_k\":{HK},\"head_dim\":{D},\"causal\":true,\"fwd_ms\":{fms:.4},\"bwd_ms\":{bms:.4},\"fwd_tflops\":{ft:.2},\"bwd_tflops\":{bt:.2}",
+                lens.len()
+            ),
+        );
+        // The dense batch at the mean length beside it: 64 sequences of `mean` tokens.
+        let (b, s) = (lens.len(), mean);
+        let (ql, kl) = (Layout::contiguous([b, s, H, D]), Layout::contiguous([b, s, HK, D]));
+        let (qv, kv, vv, dov) = (view(&q, ql), view(&k, kl), view(&v, kl), view(&d_o, ql));
+        let mut run = |backward: bool| {
+            if !backward {
+                let o_out = TensorMut::<bf16>::from_slice(&mut o_buf, 0, ql).unwrap();
+                return attention.forward_into(&stream, qv, kv, vv, o_out, &mut lse, &params);
+            }
+            let o_in = TensorRef::<bf16>::from_slice(&o_buf, 0, ql).unwrap();
+            let dq_out = TensorMut::<bf16>::from_slice(&mut dq, 0, ql).unwrap();
+            let dk_out = TensorMut::<bf16>::from_slice(&mut dk, 0, kl).unwrap();
+            let dv_out = TensorMut::<bf16>::from_slice(&mut dv, 0, kl).unwrap();
+            attention.backward_into(&stream, dov, qv, kv, vv, o_in, &lse, dq_out, dk_out, dv_out, None, &params)
+        };
+        run(false).unwrap();
+        run(true).unwrap();
+        stream.synchronize().unwrap();
+        let fms = time_calls(&stream, &mut flush, o.iters, || run(false).unwrap());
+        let bms = time_calls(&stream, &mut flush, o.iters, || run(true).unwrap());
+        let pairs = (b * s * (s + 1) / 2) as u64;
+        let flops = 4.0 * (D * H) as f64 * pairs as f64;
+        let (ft, bt) = (flops / fms as f64 / 1e9, 2.5 * flops / bms as f64 / 1e9);
+        println!("dense at the mean length: {b} x {s}: fwd {fms:.3} ms {ft:.1} TFLOP/s, bwd {bms:.3} ms {bt:.1} TFLOP/s");
+        emit(
+            out,
+            format!(
+                "{{\"row\":\"dense_mean\",\"batch\":{b},\"seqlen\":{s},\"visible_pairs\":{pairs},\"heads\":{H},\"heads_k\":{HK},\"head_dim\":{D},\"causal\":true,\"fwd_ms\":{fms:.4},\"bwd_ms\":{bms:.4},\"fwd_tflops\":{ft:.2},\"bwd_tflops\":{bt:.2}"
+            ),
+        );
     }
 }
 

@@ -10,7 +10,9 @@
 
 use cust::stream::{Stream, StreamFlags};
 use flash_attn::{AttentionParams, DeviceTensor, Error, FlashAttention, TensorRef};
-use flash_attn_tests::{Case, Comparison, case_strategy, gpu_context, random_inputs, run_case};
+use flash_attn_tests::serving::{ServingCase, kvcache_strategy, run_serving_case, varlen_strategy};
+use flash_attn_tests::{CaseOutcome, Comparison, case_strategy, gpu_context, random_inputs, run_case};
+use proptest::strategy::Strategy;
 use half::{bf16, f16};
 use libtest_mimic::{Arguments, Failed, Trial};
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -46,10 +48,10 @@ fn gpu() -> Result<Gpu, Failed> {
 
 /// Largest error / tolerance per compared tensor over all cases, for the summary.
 #[derive(Default)]
-struct Worst(Vec<(Comparison, Case)>);
+struct Worst(Vec<(Comparison, String)>);
 
 impl Worst {
-    fn add(&mut self, c: Comparison, case: Case) {
+    fn add(&mut self, c: Comparison, case: String) {
         match self.0.iter_mut().find(|(w, _)| w.name == c.name) {
             Some(entry) if c.error / c.tolerance > entry.0.error / entry.0.tolerance => *entry = (c, case),
             Some(_) => {}
@@ -59,26 +61,59 @@ impl Worst {
 }
 
 fn property(name: &'static str, count: u32, backward: bool) -> Result<(), Failed> {
+    property_of(name, count, case_strategy(), |gpu, case| {
+        let outcome = if case.bf16 {
+            run_case::<bf16>(&gpu.attention, &gpu.stream, case, backward)
+        } else {
+            run_case::<f16>(&gpu.attention, &gpu.stream, case, backward)
+        };
+        (case.bf16, outcome)
+    })
+}
+
+/// Serving cases: packed batches (forward and backward) or KV-cache forwards.
+fn serving_property(name: &'static str, count: u32, kvcache: bool) -> Result<(), Failed> {
+    let run = |gpu: &Gpu, case: &ServingCase| {
+        let outcome = if case.base.bf16 {
+            run_serving_case::<bf16>(&gpu.attention, &gpu.stream, case, true)
+        } else {
+            run_serving_case::<f16>(&gpu.attention, &gpu.stream, case, true)
+        };
+        (case.base.bf16, outcome)
+    };
+    match kvcache {
+        false => property_of(name, count, varlen_strategy(), run),
+        true => property_of(name, count, kvcache_strategy(), run),
+    }
+}
+
+/// Run `count` random cases of `strategy` through `run` (which says whether the case was bf16
+/// and what its comparisons were), summarizing the worst error / tolerance per tensor.
+fn property_of<S: Strategy>(
+    name: &'static str,
+    count: u32,
+    strategy: S,
+    run: impl Fn(&Gpu, &S::Value) -> (bool, Result<CaseOutcome, String>),
+) -> Result<(), Failed>
+where
+    S::Value: std::fmt::Debug,
+{
     let gpu = gpu()?;
     let worst = RefCell::new(Worst::default());
     let tally = RefCell::new((0u32, 0u32));
     let mut runner = TestRunner::new(Config { cases: count, failure_persistence: None, ..Config::default() });
-    let result = runner.run(&case_strategy(), |case| {
-        let outcome = if case.bf16 {
-            run_case::<bf16>(&gpu.attention, &gpu.stream, &case, backward)
-        } else {
-            run_case::<f16>(&gpu.attention, &gpu.stream, &case, backward)
-        }
-        .map_err(TestCaseError::fail)?;
+    let result = runner.run(&strategy, |case| {
+        let (is_bf16, outcome) = run(&gpu, &case);
+        let outcome = outcome.map_err(TestCaseError::fail)?;
         outcome.check().map_err(TestCaseError::fail)?;
         let mut t = tally.borrow_mut();
-        if case.bf16 {
+        if is_bf16 {
             t.0 += 1
         } else {
             t.1 += 1
         }
         for c in outcome.comparisons {
-            worst.borrow_mut().add(c, case);
+            worst.borrow_mut().add(c, format!("{case:?}"));
         }
         Ok(())
     });
@@ -91,7 +126,7 @@ fn property(name: &'static str, count: u32, backward: bool) -> Result<(), Failed
     );
     for (i, (c, case)) in worst.borrow().0.iter().enumerate() {
         lines.push(format!(
-            "  {:>3}: max error {:.3e}, tolerance {:.3e} (naive {:.3e}), ratio {:.2} at {:?}",
+            "  {:>3}: max error {:.3e}, tolerance {:.3e} (naive {:.3e}), ratio {:.2} at {}",
             c.name,
             c.error,
             c.tolerance,
@@ -100,7 +135,7 @@ fn property(name: &'static str, count: u32, backward: bool) -> Result<(), Failed
             case
         ));
         json += &format!(
-            "{}{{\"tensor\":\"{}\",\"error\":{:e},\"tolerance\":{:e},\"naive_error\":{:e},\"case\":\"{:?}\"}}",
+            "{}{{\"tensor\":\"{}\",\"error\":{:e},\"tolerance\":{:e},\"naive_error\":{:e},\"case\":\"{}\"}}",
             if i > 0 { "," } else { "" },
             c.name,
             c.error,
@@ -244,6 +279,66 @@ fn bad_input() -> Result<(), Failed> {
             params,
         );
         expect(result, "d_sinks")?;
+    }
+
+    // Packed batches and KV caches: offsets and lengths of the wrong length or (checked on the
+    // host) the wrong values; a cache batch without a map; seqused_k in the backward.
+    let ints = |x: &[i32]| cust::memory::DeviceBuffer::from_slice(x).map_err(|e| format!("{e:?}"));
+    let (cu_good, cu_short, cu_down, cu_long) = (ints(&[0, 6, 16])?, ints(&[0, 16])?, ints(&[0, 9, 7])?, ints(&[0, 3, 15])?);
+    let varlen = |cu_q, cu_k, max_q: usize| flash_attn::Varlen {
+        cu_seqlens_q: cu_q,
+        cu_seqlens_k: cu_k,
+        max_seqlen_q: max_q,
+        max_seqlen_k: 10,
+        seqused_k: None,
+        check_offsets: true,
+    };
+    for (v, argument) in [
+        (varlen(&cu_good, &cu_short, 10), "varlen.cu_seqlens_k"),
+        (varlen(&cu_down, &cu_good, 10), "varlen.cu_seqlens_q"),
+        (varlen(&cu_long, &cu_good, 16), "varlen.cu_seqlens_q"),
+        (varlen(&cu_good, &cu_good, 9), "varlen.cu_seqlens_q"),
+        (varlen(&cu_good, &cu_good, 0), "varlen.max_seqlen_q"),
+    ] {
+        expect(a.forward_varlen_into(s, q.view(), k.view(), k.view(), o.view_mut(), &mut lse, &v, &params), argument)?;
+    }
+    let q2 = DeviceTensor::filled([2, 8, 2, 64], bf16::ONE).map_err(|e| e.to_string())?;
+    expect(
+        a.forward_varlen_into(s, q2.view(), k.view(), k.view(), o.view_mut(), &mut lse, &varlen(&cu_good, &cu_good, 10), &params),
+        "q",
+    )?;
+    let used = ints(&[3, 4])?;
+    let with_used = flash_attn::Varlen { seqused_k: Some(&used), ..varlen(&cu_good, &cu_good, 10) };
+    expect(
+        a.backward_varlen_into(
+            s,
+            [d_o.view(), q.view(), k.view(), k.view(), o.view()],
+            &lse,
+            [dq.view_mut(), dk.view_mut(), dv.view_mut()],
+            None,
+            &with_used,
+            &params,
+        ),
+        "varlen.seqused_k",
+    )?;
+    let cache_q = DeviceTensor::filled([2, 1, 2, 64], bf16::ONE).map_err(|e| e.to_string())?;
+    let cache = DeviceTensor::filled([3, 16, 2, 64], bf16::ONE).map_err(|e| e.to_string())?;
+    let mut cache_o = DeviceTensor::filled([2, 1, 2, 64], bf16::NAN).map_err(|e| e.to_string())?;
+    let (lens, too_long, one_len, idx, idx_bad) = (ints(&[5, 16])?, ints(&[5, 17])?, ints(&[5])?, ints(&[2, 0])?, ints(&[2, 3])?);
+    for (c, argument) in [
+        (flash_attn::KvCache { cache_batch_idx: Some(&idx), ..flash_attn::KvCache::new(&one_len) }, "cache.cache_seqlens"),
+        (flash_attn::KvCache { check_lengths: true, cache_batch_idx: Some(&idx), ..flash_attn::KvCache::new(&too_long) }, "cache.cache_seqlens"),
+        (flash_attn::KvCache { check_lengths: true, cache_batch_idx: Some(&idx_bad), ..flash_attn::KvCache::new(&lens) }, "cache.cache_batch_idx"),
+        (flash_attn::KvCache::new(&lens), "k_cache"),
+        (flash_attn::KvCache { num_splits: 1000, cache_batch_idx: Some(&idx), ..flash_attn::KvCache::new(&lens) }, "cache.num_splits"),
+    ] {
+        expect(
+            a.forward_with_kvcache_into(s, cache_q.view(), cache.view(), cache.view(), cache_o.view_mut(), &mut lse, &c, &params),
+            argument,
+        )?;
+    }
+    if !cache_o.to_host().map_err(|e| e.to_string())?.iter().all(|x| x.is_nan()) {
+        return Err("an invalid KV-cache call wrote to its output: a kernel was launched".into());
     }
 
     s.synchronize().map_err(|e| format!("{e:?}"))?;
@@ -393,6 +488,12 @@ fn main() {
         }),
         Trial::test("gpu::deterministic_backward_is_reproducible", deterministic_backward),
         Trial::test("gpu::dropout_mask_matches_reference", dropout_mask_matches_reference),
+        Trial::test("gpu::varlen_matches_reference", || {
+            serving_property("varlen", cases("FLASH_ATTN_VARLEN_CASES", 100), false)
+        }),
+        Trial::test("gpu::kvcache_matches_reference", || {
+            serving_property("kvcache", cases("FLASH_ATTN_KVCACHE_CASES", 150), true)
+        }),
     ];
     let trials = trials.into_iter().map(|t| t.with_ignored_flag(no_gpu.is_some())).collect();
     libtest_mimic::run(&args, trials).exit();

@@ -32,8 +32,10 @@ pub struct FlashAttention {
     hopper_kernels: bool,
     /// Kernels chosen by name, each for its role, dtype and head dim (see `with_kernel`).
     overrides: Vec<&'static KernelInfo>,
-    /// The backward's O(seqlen) scratch memory.
-    scratch: ScratchPool,
+    /// The backward's and split-KV's O(seqlen) scratch memory.
+    pub(crate) scratch: ScratchPool,
+    /// Streaming multiprocessors of the device (the split-KV heuristic's target).
+    pub(crate) sm_count: u32,
 }
 
 /// O (contiguous, the inputs' dtype) and the natural-log LSE, f32 (batch, heads, seqlen_q).
@@ -86,7 +88,13 @@ impl FlashAttention {
             check_raw(result, "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")?;
         }
         let scratch = ScratchPool::new(device.as_raw())?;
-        Ok(FlashAttention { module, hopper_kernels: arch == "sm_90a", overrides: Vec::new(), scratch })
+        let sm_count =
+            device.get_attribute(DeviceAttribute::MultiprocessorCount).during("cuDeviceGetAttribute")?.max(1) as u32;
+        Ok(FlashAttention { module, hopper_kernels: arch == "sm_90a", overrides: Vec::new(), scratch, sm_count })
+    }
+
+    pub(crate) fn hopper_kernels(&self) -> bool {
+        self.hopper_kernels
     }
 
     /// Use only the portable `mma.sync` kernels, also on Hopper (for comparisons and for
@@ -150,9 +158,41 @@ impl FlashAttention {
         validate::output(&oa, validate::q_shape(&shape))?;
         validate::lse("lse", lse.len(), &shape)?;
         let mods = validate::modifiers(params, &shape)?;
-        let p = forward_params(shape, mods, [&qa, &ka, &va, &oa], lse);
+        self.run_forward::<T>(stream, shape, mods, [&qa, &ka, &va, &oa], lse.as_device_ptr().as_raw())
+    }
+
+    /// Launch a validated forward: the main kernel, and with split-KV
+    /// (`shape.layout.num_splits` > 1) the combine kernel over f32 partials from the scratch pool
+    /// (O(splits · batch · heads · seqlen_q · head_dim), freed in stream order).
+    pub(crate) fn run_forward<T: Element>(
+        &self,
+        stream: &Stream,
+        shape: AttnShape,
+        mods: Modifiers,
+        args: [&Arg; 4],
+        lse: u64,
+    ) -> Result<()> {
+        let mut p = forward_params(shape, mods, args, lse);
         let info = self.kernel(Role::Forward, T::DTYPE, &shape, &mods)?;
-        self.launch(stream, info, grid(info, shape.seqlen_q, shape.heads, shape.batch), &p)
+        let splits = shape.layout.splits();
+        if splits == 1 {
+            return self.launch(stream, info, grid(info, shape.seqlen_q, shape.heads, shape.batch), &p);
+        }
+        let combine = self.kernel(Role::ForwardCombine, T::DTYPE, &shape, &mods)?;
+        let rows = shape.stat_rows() as usize * splits as usize;
+        // SAFETY: f32 has no invalid bit patterns; every split writes each of its rows' partial
+        // O and LSE before the combine kernel reads them (`forward::write_partial`).
+        let o_accum = unsafe { self.scratch.alloc::<f32>(rows * shape.head_dim as usize, stream) }?;
+        let lse_accum = unsafe { self.scratch.alloc::<f32>(rows, stream) }?;
+        p.o_accum = o_accum.as_device_ptr().as_raw();
+        p.lse_accum = lse_accum.as_device_ptr().as_raw();
+        let (x, heads, _) = grid(info, shape.seqlen_q, shape.heads, shape.batch);
+        let launched = self
+            .launch(stream, info, (x, heads, shape.batch * splits), &p)
+            .and_then(|()| self.launch(stream, combine, grid(combine, shape.seqlen_q, heads, shape.batch), &p));
+        let freed_o = o_accum.drop_async(stream).during("cuMemFreeAsync");
+        let freed_l = lse_accum.drop_async(stream).during("cuMemFreeAsync");
+        launched.and(freed_o).and(freed_l)
     }
 
     /// Backward into new tensors dQ, dK, dV (contiguous). `o` and `lse` come from the forward
@@ -225,18 +265,31 @@ impl FlashAttention {
         validate::output(&dka, validate::kv_shape(&shape))?;
         validate::output(&dva, validate::kv_shape(&shape))?;
         let mods = validate::modifiers(params, &shape)?;
-        let d_sinks = match (params.sinks.is_some(), d_sinks) {
-            (true, Some(out)) if out.len() >= shape.heads as usize => out.as_device_ptr().as_raw(),
-            (true, Some(out)) => {
-                return Err(Error::invalid(
-                    "d_sinks",
-                    format!("holds {} floats; one per query head ({}) needed", out.len(), shape.heads),
-                ));
-            }
-            (true, None) => return Err(Error::invalid("d_sinks", "required when params.sinks is set")),
-            (false, Some(_)) => return Err(Error::invalid("d_sinks", "given, but params.sinks is not set")),
-            (false, None) => 0,
-        };
+        let d_sinks = validate::sink_gradient(params, d_sinks, &shape)?;
+        let lse = lse.as_device_ptr().as_raw();
+        self.run_backward::<T>(
+            stream,
+            shape,
+            mods,
+            [&qa, &ka, &va, &oa, &doa, &dqa, &dka, &dva],
+            lse,
+            d_sinks,
+            params.deterministic,
+        )
+    }
+
+    /// Launch a validated backward (see the module docs for the kernels and their scratch).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_backward<T: Element>(
+        &self,
+        stream: &Stream,
+        shape: AttnShape,
+        mods: Modifiers,
+        [qa, ka, va, oa, doa, dqa, dka, dva]: [&Arg; 8],
+        lse: u64,
+        d_sinks: u64,
+        deterministic: bool,
+    ) -> Result<()> {
         let main = self.kernel(Role::Backward, T::DTYPE, &shape, &mods)?;
         let pre = self.kernel(Role::BackwardPreprocess, T::DTYPE, &shape, &mods)?;
         let convert = self.kernel(Role::BackwardConvertDq, T::DTYPE, &shape, &mods)?;
@@ -244,13 +297,13 @@ impl FlashAttention {
         let reduce_kv = self.kernel(Role::BackwardReduceKv, T::DTYPE, &shape, &mods)?;
 
         // O(seqlen) scratch: D = rowsum(dO∘O) and the f32 dQ accumulator, freed in stream order.
-        let rows = shape.batch as usize * shape.heads as usize * shape.seqlen_q as usize;
+        let rows = shape.stat_rows() as usize;
         // SAFETY: f32 has no invalid bit patterns; the preprocess kernel writes both buffers
         // before anything reads them.
         let softmax_d = unsafe { self.scratch.alloc::<f32>(rows, stream) }?;
         let dq_accum = unsafe { self.scratch.alloc::<f32>(rows * shape.head_dim as usize, stream) }?;
         // Deterministic mode: one zeroed turn counter per (batch, head, query tile).
-        let semaphores = if params.deterministic {
+        let semaphores = if deterministic {
             let tiles = shape.seqlen_q.div_ceil(main.query_tile_rows) as usize;
             let count = shape.batch as usize * shape.heads as usize * tiles;
             // SAFETY: u32 has no invalid bit patterns, and the buffer is zeroed in stream order
@@ -266,8 +319,11 @@ impl FlashAttention {
         // main kernel (O(batch · seqlen_k · heads · head_dim)).
         let grouped = shape.heads_k != shape.heads;
         let dkv_accum = if grouped {
-            let per_half =
-                shape.batch as usize * shape.seqlen_k as usize * shape.heads as usize * shape.head_dim as usize;
+            let keys = match shape.layout.cu_seqlens_k {
+                0 => shape.batch as usize * shape.seqlen_k as usize,
+                _ => shape.layout.total_k as usize,
+            };
+            let per_half = keys * shape.heads as usize * shape.head_dim as usize;
             // SAFETY: f32 has no invalid bit patterns; the main kernel writes every row before the
             // reduction reads it (each key block writes all its keys' rows, masked or not).
             Some(unsafe { self.scratch.alloc::<f32>(2 * per_half, stream) }?)
@@ -275,7 +331,7 @@ impl FlashAttention {
             None
         };
         let p = BwdParams {
-            fwd: forward_params(shape, mods, [&qa, &ka, &va, &oa], lse),
+            fwd: forward_params(shape, mods, [qa, ka, va, oa], lse),
             d_o: doa.address,
             dq: dqa.address,
             dk: dka.address,
@@ -335,6 +391,7 @@ impl FlashAttention {
             scale_log2: std::f32::consts::LOG2_E,
             window_left: -1,
             window_right: -1,
+            layout: Default::default(),
         };
         let params = AttentionParams { dropout: Some(*dropout), ..Default::default() };
         let mods = validate::modifiers(&params, &dims)?;
@@ -357,7 +414,7 @@ impl FlashAttention {
         shape: &AttnShape,
         mods: &Modifiers,
     ) -> Result<&'static KernelInfo> {
-        self.choose(role, dtype, shape.head_dim, validate::needs_modifier_kernels(mods)).ok_or(
+        self.choose(role, dtype, shape.head_dim, validate::needs_feature_kernels(shape, mods)).ok_or(
             Error::UnsupportedHeadDim {
                 argument: "q",
                 head_dim: shape.head_dim as usize,
@@ -440,19 +497,21 @@ fn grid(info: &KernelInfo, rows: u32, heads: u32, batch: u32) -> (u32, u32, u32)
 
 /// The forward's parameter block from validated Q, K, V, O, the LSE buffer and the modifiers
 /// (the backward carries the same block).
-fn forward_params(shape: AttnShape, mods: Modifiers, [q, k, v, o]: [&Arg; 4], lse: &DeviceSlice<f32>) -> FwdParams {
+fn forward_params(shape: AttnShape, mods: Modifiers, [q, k, v, o]: [&Arg; 4], lse: u64) -> FwdParams {
     FwdParams {
         shape,
         q: q.address,
         k: k.address,
         v: v.address,
         o: o.address,
-        lse: lse.as_device_ptr().as_raw(),
+        lse,
         q_strides: q.strides(),
         k_strides: k.strides(),
         v_strides: v.strides(),
         o_strides: o.strides(),
         mods,
+        o_accum: 0,
+        lse_accum: 0,
     }
 }
 

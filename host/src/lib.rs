@@ -22,12 +22,14 @@ pub mod error;
 mod launch;
 pub mod reference;
 mod scratch;
+pub mod serving;
 pub mod tensor;
 mod validate;
 
 pub use cust::memory::DeviceSlice;
 pub use error::{Error, Result};
 pub use launch::{FlashAttention, ForwardOutput, Gradients};
+pub use serving::{KvCache, Varlen};
 pub use tensor::{DeviceTensor, Element, Layout, TensorMut, TensorRef};
 
 pub use flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS;

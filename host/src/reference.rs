@@ -87,6 +87,9 @@ pub struct Problem {
     /// Attention-sink logits, one per query head (natural log); empty = off.
     pub sinks: Vec<f64>,
     pub dropout: Option<Dropout>,
+    /// Batch entry 0 is entry `first_batch` of a larger batch (one sequence of a packed batch,
+    /// checked on its own): dropout's counters use the larger batch's index. 0 otherwise.
+    pub first_batch: usize,
 }
 
 impl Problem {
@@ -114,6 +117,7 @@ impl Problem {
             alibi_slopes: Vec::new(),
             sinks: Vec::new(),
             dropout: None,
+            first_batch: 0,
         }
     }
 
@@ -506,7 +510,7 @@ impl<'a> Head<'a> {
         let drop = keys
             .clone()
             .map(|j| match p.active_dropout() {
-                Some(d) if dropout_keeps(d, p.heads, self.b, self.h, i, j) => 1.0 / (1.0 - d.p),
+                Some(d) if dropout_keeps(d, p.heads, p.first_batch + self.b, self.h, i, j) => 1.0 / (1.0 - d.p),
                 Some(_) => 0.0,
                 None => 1.0,
             })

@@ -92,9 +92,13 @@ impl<'a> Arg<'a> {
         Ok(())
     }
 
+    /// The kernels' strides. A batch of one has batch stride 0: it is never used for a dense
+    /// batch, and packed sequences (whose tensors are one batch entry) rely on it
+    /// (`FwdParams::sequence` places each sequence by its rows).
     pub fn strides(&self) -> Strides {
         let s = self.layout.strides;
-        Strides { batch: s[0] as i64, row: s[1] as i64, head: s[2] as i64 }
+        let batch = if self.layout.batch() == 1 { 0 } else { s[0] as i64 };
+        Strides { batch, row: s[1] as i64, head: s[2] as i64 }
     }
 }
 
@@ -153,6 +157,7 @@ pub fn inputs(q: &Arg, k: &Arg, v: &Arg, params: &AttentionParams) -> Result<Att
         scale_log2: scale * std::f32::consts::LOG2_E,
         window_left,
         window_right,
+        layout: Default::default(),
     })
 }
 
@@ -231,6 +236,32 @@ pub fn modifiers(params: &AttentionParams, shape: &AttnShape) -> Result<Modifier
 /// heads and sinks run in every kernel).
 pub fn needs_modifier_kernels(m: &Modifiers) -> bool {
     m.softcap != 0.0 || m.alibi_slopes != 0 || m.dropout_keep_threshold != 0
+}
+
+/// Whether the call needs the feature (`_mods`) kernels: a modifier ([`needs_modifier_kernels`])
+/// or rows that are not a dense batch's (packed sequences, a KV cache, split-KV), which only
+/// those kernels resolve per sequence (`FwdParams::sequence`).
+pub fn needs_feature_kernels(shape: &AttnShape, m: &Modifiers) -> bool {
+    needs_modifier_kernels(m) || shape.layout != flash_attn_kernels::params::SeqLayout::default()
+}
+
+/// The sinks' gradient buffer: required (at least `heads` floats) exactly when the call has
+/// sinks; its device address, or 0.
+pub fn sink_gradient(
+    params: &AttentionParams,
+    d_sinks: Option<&mut cust::memory::DeviceSlice<f32>>,
+    shape: &AttnShape,
+) -> Result<u64> {
+    match (params.sinks.is_some(), d_sinks) {
+        (true, Some(out)) if out.len() >= shape.heads as usize => Ok(out.as_device_ptr().as_raw()),
+        (true, Some(out)) => Err(Error::invalid(
+            "d_sinks",
+            format!("holds {} floats; one per query head ({}) needed", out.len(), shape.heads),
+        )),
+        (true, None) => Err(Error::invalid("d_sinks", "required when params.sinks is set")),
+        (false, Some(_)) => Err(Error::invalid("d_sinks", "given, but params.sinks is not set")),
+        (false, None) => Ok(0),
+    }
 }
 
 /// An output (O, dQ, dK, dV) must have exactly the expected shape and must not overlap itself.

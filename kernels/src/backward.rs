@@ -49,8 +49,23 @@ const LOG2_E: f32 = core::f32::consts::LOG2_E;
 /// `T::SMEM_BYTES` of dynamic shared memory, after [`preprocess`] on the same parameters.
 #[inline(always)]
 pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParams) {
+    // The `MODS` kernels also serve packed batches: the block's sequence resolved, the kernel
+    // runs as on a dense batch of one. The dense kernels read the parameter block as it is
+    // (and compile to the code they had before).
+    let sequence;
+    let p = if MODS {
+        // SAFETY: the host validated the layout's arrays.
+        sequence = unsafe { p.sequence(ptx::block_idx().2) };
+        &sequence
+    } else {
+        p
+    };
     let f = &p.fwd;
     let shape = &f.shape;
+    // Blocks past this sequence's keys (a packed batch's shorter sequences) have nothing to do.
+    if MODS && ptx::block_idx().0 * T::BLOCK_N >= shape.seqlen_k {
+        return;
+    }
     let mask = Mask::of(shape);
     let tid = ptx::thread_idx();
     let (warp, lane) = (tid / 32, tid % 32);
@@ -105,7 +120,7 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParam
             );
             if tid < T::BLOCK_M {
                 let in_range = tid < q_rows;
-                let at = row_stat_index(shape, batch, head, if in_range { q_begin + tid } else { 0 }) as isize;
+                let at = row_stat_index::<MODS>(shape, batch, head, if in_range { q_begin + tid } else { 0 }) as isize;
                 let bytes = if in_range { 4 } else { 0 };
                 ptx::cp_async_4(
                     base + T::LSE_IN_STAGE + 4 * tid,
@@ -210,7 +225,7 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParam
         }
         sync_threads();
 
-        wait_for_dq_turn(p, block_x, head, q_tile, T::BLOCK_M, T::BLOCK_N, tid);
+        wait_for_dq_turn::<MODS>(p, block_x, head, q_tile, T::BLOCK_M, T::BLOCK_N, tid);
         // dQ += scale · dS·K, in units of 16 queries × DQ_COLS columns spread over the warps.
         let col_units = T::HEAD_DIM / T::DQ_COLS;
         let mut unit = warp;
@@ -229,7 +244,7 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParam
             for half in 0..2 {
                 let row = q_begin + 16 * q16 + lane / 4 + 8 * half as u32;
                 if row < shape.seqlen_q {
-                    let base = row_stat_index(shape, batch, head, row) * shape.head_dim as i64;
+                    let base = row_stat_index::<MODS>(shape, batch, head, row) * shape.head_dim as i64;
                     for t in 0..2 * acc_tiles16 {
                         let col = c_unit * T::DQ_COLS + 8 * t as u32 + 2 * (lane % 4);
                         let at = (p.dq_accum as *mut f32).wrapping_offset((base + col as i64) as isize);
@@ -248,13 +263,13 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParam
         }
         // The next tile has landed, and everyone is done with this stage and with dSᵀ.
         sync_threads();
-        pass_dq_turn(p, head, q_tile, T::BLOCK_M, tid);
+        pass_dq_turn::<MODS>(p, head, q_tile, T::BLOCK_M, tid);
     }
 
     for half in 0..2 {
         let key = warp_k0 + lane / 4 + 8 * half as u32;
         if key < shape.seqlen_k {
-            let rows = DkvRows::of(p, batch, key, head, kv_head);
+            let rows = DkvRows::of::<MODS>(p, batch, key, head, kv_head);
             let pair = |t: usize| {
                 let col = 16 * slice16_0 + 8 * t as u32 + 2 * (lane % 4);
                 let dk_pair = [dk[t][2 * half] * shape.scale, dk[t][2 * half + 1] * shape.scale];
@@ -277,15 +292,15 @@ pub(crate) struct DkvRows {
 
 impl DkvRows {
     #[inline(always)]
-    pub(crate) fn of(p: &BwdParams, batch: u32, key: u32, head: u32, kv_head: u32) -> Self {
+    pub(crate) fn of<const SEQ: bool>(p: &BwdParams, batch: u32, key: u32, head: u32, kv_head: u32) -> Self {
         let shape = &p.fwd.shape;
         if p.dkv_accum == 0 {
             let dk = (p.dk as *mut u16).wrapping_offset(p.dk_strides.offset(batch, key, kv_head) as isize);
             let dv = (p.dv as *mut u16).wrapping_offset(p.dv_strides.offset(batch, key, kv_head) as isize);
             return DkvRows { dk: dk as *mut u8, dv: dv as *mut u8, accumulate: false };
         }
-        let dk = (p.dkv_accum as *mut f32).wrapping_offset(dkv_accum_index(shape, batch, key, head) as isize);
-        let dv = dk.wrapping_offset(dkv_accum_half(shape) as isize);
+        let dk = (p.dkv_accum as *mut f32).wrapping_offset(dkv_accum_index::<SEQ>(shape, batch, key, head) as isize);
+        let dv = dk.wrapping_offset(dkv_accum_half::<SEQ>(shape) as isize);
         DkvRows { dk: dk as *mut u8, dv: dv as *mut u8, accumulate: true }
     }
 
@@ -324,22 +339,24 @@ impl DkvRows {
 /// heads_k, batch)` after the main kernel wrote every query head's rows of `dkv_accum`.
 #[inline(always)]
 pub unsafe fn reduce_kv_groups<E: Element>(p: &BwdParams) {
-    let shape = &p.fwd.shape;
     let tid = ptx::thread_idx();
     let (block_x, kv_head, batch) = ptx::block_idx();
+    // SAFETY: the host validated the layout's arrays.
+    let p = &unsafe { p.sequence(batch) };
+    let shape = &p.fwd.shape;
     let (key, lane) = (block_x * ROW_KERNEL_WARPS + tid / 32, tid % 32);
     if key >= shape.seqlen_k {
         return;
     }
     let (first, end) = query_heads_of(shape, kv_head);
     let accum = p.dkv_accum as *const f32;
-    let half = dkv_accum_half(shape) as usize;
+    let half = dkv_accum_half::<true>(shape) as usize;
     let mut chunk = lane;
     while chunk < shape.head_dim / 8 {
         let at = 8 * chunk as usize;
         let (mut dk, mut dv) = ([0f32; 8], [0f32; 8]);
         for head in first..end {
-            let row = dkv_accum_index(shape, batch, key, head) as usize + at;
+            let row = dkv_accum_index::<true>(shape, batch, key, head) as usize + at;
             // SAFETY: the accumulator holds 2 · batch · seqlen_k · heads · head_dim floats,
             // 256-byte aligned; row + 8 stays inside this head's row (head_dim % 8 == 0).
             let (k8, v8) = unsafe {
@@ -367,19 +384,19 @@ pub unsafe fn reduce_kv_groups<E: Element>(p: &BwdParams) {
 /// The turn counter of query tile `q_tile` of query head `head` (this block's batch) in deterministic mode
 /// (null otherwise).
 #[inline(always)]
-fn dq_semaphore(p: &BwdParams, head: u32, q_tile: u32, block_m: u32) -> *mut u32 {
+fn dq_semaphore<const SEQ: bool>(p: &BwdParams, head: u32, q_tile: u32, block_m: u32) -> *mut u32 {
     if p.dq_semaphore == 0 {
         return core::ptr::null_mut();
     }
     let (_, _, batch) = ptx::block_idx();
-    let index = dq_semaphore_index(&p.fwd.shape, batch, head, q_tile, block_m);
+    let index = dq_semaphore_index::<SEQ>(&p.fwd.shape, batch, head, q_tile, block_m);
     (p.dq_semaphore as *mut u32).wrapping_offset(index as isize)
 }
 
 /// Deterministic mode: before this block adds its part of query tile `q_tile`'s dQ, wait until
 /// the key blocks before it have added theirs. Every thread of the block calls this.
 #[inline(always)]
-pub(crate) fn wait_for_dq_turn(
+pub(crate) fn wait_for_dq_turn<const SEQ: bool>(
     p: &BwdParams,
     key_block: u32,
     head: u32,
@@ -388,7 +405,7 @@ pub(crate) fn wait_for_dq_turn(
     block_n: u32,
     tid: u32,
 ) {
-    let counter = dq_semaphore(p, head, q_tile, block_m);
+    let counter = dq_semaphore::<SEQ>(p, head, q_tile, block_m);
     if counter.is_null() {
         return;
     }
@@ -403,8 +420,8 @@ pub(crate) fn wait_for_dq_turn(
 /// Deterministic mode: hand query tile `q_tile` to the next key block. Called by every thread
 /// after a barrier that follows all of this block's dQ reductions for the tile.
 #[inline(always)]
-pub(crate) fn pass_dq_turn(p: &BwdParams, head: u32, q_tile: u32, block_m: u32, tid: u32) {
-    let counter = dq_semaphore(p, head, q_tile, block_m);
+pub(crate) fn pass_dq_turn<const SEQ: bool>(p: &BwdParams, head: u32, q_tile: u32, block_m: u32, tid: u32) {
+    let counter = dq_semaphore::<SEQ>(p, head, q_tile, block_m);
     if tid == 0 && !counter.is_null() {
         // SAFETY: as in `wait_for_dq_turn`.
         unsafe { ptx::fence_and_release_increment(counter) };
@@ -434,9 +451,11 @@ pub unsafe fn sink_gradient(p: &BwdParams) {
     let sink = unsafe { *(p.fwd.mods.sinks as *const f32).wrapping_add(head as usize) };
     let mut sum = 0.0f32;
     for batch in 0..shape.batch {
+        // SAFETY: the host validated the layout's arrays.
+        let shape = &unsafe { p.fwd.sequence(batch) }.shape;
         let mut row = tid;
         while row < shape.seqlen_q {
-            let at = row_stat_index(shape, batch, head, row) as usize;
+            let at = row_stat_index::<true>(shape, batch, head, row) as usize;
             // SAFETY: LSE and D hold batch · heads · seqlen_q floats.
             let (lse, d) =
                 unsafe { (*(p.fwd.lse as *const f32).wrapping_add(at), *(p.softmax_d as *const f32).wrapping_add(at)) };
@@ -464,13 +483,24 @@ pub unsafe fn sink_gradient(p: &BwdParams) {
 }
 
 /// The query row (with its head and batch) of this warp in a row kernel, and the lane; `None`
-/// for warps past seqlen_q.
+/// for warps past seqlen_q (the sequence's, for which `shape` must be resolved).
 #[inline(always)]
 fn row_kernel_position(shape: &AttnShape) -> Option<(u32, u32, u32, u32)> {
     let tid = ptx::thread_idx();
     let (block_x, head, batch) = ptx::block_idx();
     let row = block_x * ROW_KERNEL_WARPS + tid / 32;
     (row < shape.seqlen_q).then_some((row, head, batch, tid % 32))
+}
+
+/// This row kernel's sequence's parameter block ([`BwdParams::sequence`]).
+///
+/// # Safety
+/// The host validated the layout's arrays.
+#[inline(always)]
+unsafe fn row_kernel_sequence(p: &BwdParams) -> BwdParams {
+    let (_, _, batch) = ptx::block_idx();
+    // SAFETY: forwarded from the caller.
+    unsafe { p.sequence(batch) }
 }
 
 /// Test only: dropout's keep decisions as bytes (1 kept, 0 dropped), `(batch, heads, seqlen_q,
@@ -486,7 +516,8 @@ pub unsafe fn dropout_mask(p: &FwdParams) {
     let shape = &p.shape;
     let Some((row, head, batch, lane)) = row_kernel_position(shape) else { return };
     let dropout = Dropout::new(&p.mods, batch * shape.heads + head);
-    let base = (row_stat_index(shape, batch, head, row) * shape.seqlen_k as i64) as usize;
+    let row_index = (batch as i64 * shape.heads as i64 + head as i64) * shape.seqlen_q as i64 + row as i64;
+    let base = (row_index * shape.seqlen_k as i64) as usize;
     let mut key = lane;
     while key < shape.seqlen_k {
         // SAFETY: guaranteed by the caller: the byte lies inside the mask buffer.
@@ -509,11 +540,13 @@ struct Chunk([u32; 4]);
 /// batch)` on a validated parameter block (rows 16-byte aligned, head_dim a multiple of 8).
 #[inline(always)]
 pub unsafe fn preprocess<E: Element>(p: &BwdParams) {
+    // SAFETY: the host validated the layout's arrays.
+    let p = &unsafe { row_kernel_sequence(p) };
     let shape = &p.fwd.shape;
     let Some((row, head, batch, lane)) = row_kernel_position(shape) else { return };
     let o = (p.fwd.o as *const u16).wrapping_offset(p.fwd.o_strides.offset(batch, row, head) as isize);
     let d_o = (p.d_o as *const u16).wrapping_offset(p.do_strides.offset(batch, row, head) as isize);
-    let stat = row_stat_index(shape, batch, head, row);
+    let stat = row_stat_index::<true>(shape, batch, head, row);
     let accum = (p.dq_accum as *mut f32).wrapping_offset((stat * shape.head_dim as i64) as isize);
     let mut sum = 0.0f32;
     let mut chunk = lane;
@@ -548,9 +581,11 @@ pub unsafe fn preprocess<E: Element>(p: &BwdParams) {
 /// As [`preprocess`], after [`flash_bwd`] completed on the same parameters.
 #[inline(always)]
 pub unsafe fn convert_dq<E: Element>(p: &BwdParams) {
+    // SAFETY: the host validated the layout's arrays.
+    let p = &unsafe { row_kernel_sequence(p) };
     let shape = &p.fwd.shape;
     let Some((row, head, batch, lane)) = row_kernel_position(shape) else { return };
-    let stat = row_stat_index(shape, batch, head, row);
+    let stat = row_stat_index::<true>(shape, batch, head, row);
     let accum = (p.dq_accum as *const f32).wrapping_offset((stat * shape.head_dim as i64) as isize);
     let dq = (p.dq as *mut u16).wrapping_offset(p.dq_strides.offset(batch, row, head) as isize);
     let mut chunk = lane;

@@ -2,7 +2,7 @@
 //! call into the generic kernel. Names match [`crate::registry::KERNELS`].
 
 use crate::backward::{convert_dq, dropout_mask, flash_bwd, preprocess, reduce_kv_groups, sink_gradient};
-use crate::forward::flash_fwd;
+use crate::forward::{combine_splits, flash_fwd};
 use crate::params::{BwdParams, FwdParams};
 use crate::tile::{Bf16, F16};
 use crate::traits::{
@@ -186,5 +186,7 @@ entry!(flash_bwd_convert_dq_bf16, BwdParams, convert_dq::<Bf16>);
 entry!(flash_bwd_convert_dq_f16, BwdParams, convert_dq::<F16>);
 entry!(flash_bwd_sink_gradient, BwdParams, sink_gradient);
 entry!(flash_dropout_mask, FwdParams, dropout_mask);
+entry!(flash_fwd_combine_bf16, FwdParams, combine_splits::<Bf16>);
+entry!(flash_fwd_combine_f16, FwdParams, combine_splits::<F16>);
 entry!(flash_bwd_reduce_kv_groups_bf16, BwdParams, reduce_kv_groups::<Bf16>);
 entry!(flash_bwd_reduce_kv_groups_f16, BwdParams, reduce_kv_groups::<F16>);

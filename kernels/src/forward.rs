@@ -33,7 +33,7 @@ use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{
     Element, MAX_HEAD_DIM_TILES8, MAX_HEAD_DIM_TILES16, MAX_SEQ_TILES8, SmemTile, accumulators_as_a, quad_max, quad_sum,
 };
-use crate::tiling::{Mask, ceil_div, kv_head_of, q_tile_of_block};
+use crate::tiling::{Mask, ceil_div, kv_head_of, q_tile_of_block, split_tiles};
 use crate::traits::{FwdTraits, MAX_WARP_M_TILES};
 
 /// The running max may lag the true one by up to this much (log2 units) before the warp pays
@@ -179,14 +179,33 @@ fn wait_for_older_tiles<T: FwdTraits>() {
 /// `T::SMEM_BYTES` of dynamic shared memory, on a parameter block the host validated.
 #[inline(always)]
 pub unsafe fn flash_fwd<E: Element, T: FwdTraits, const MODS: bool>(p: &FwdParams) {
+    // The `MODS` kernels also serve packed batches, KV caches and split-KV: the block's
+    // sequence (and split) resolved, the kernel runs as on a dense batch of one. The dense
+    // kernels read the parameter block as it is (and compile to the code they had before).
+    let (sequence_index, split) = if MODS { p.shape.layout.split_of(ptx::block_idx().2) } else { (0, 0) };
+    let sequence;
+    let p = if MODS {
+        // SAFETY: the host validated the layout's arrays.
+        sequence = unsafe { p.sequence(sequence_index) };
+        &sequence
+    } else {
+        p
+    };
     let shape = &p.shape;
+    // Blocks past this sequence's queries (a packed batch's shorter sequences) exit at once.
+    if MODS && ptx::block_idx().0 >= ceil_div(shape.seqlen_q, T::BLOCK_M) {
+        return;
+    }
     let mask = Mask::of(shape);
     let tid = ptx::thread_idx();
     let (warp, lane) = (tid / 32, tid % 32);
     let (block_x, head, batch) = ptx::block_idx();
+    let batch = if MODS { sequence_index } else { batch };
     let kv_head = kv_head_of(shape, head);
     // SAFETY: the host validated the modifiers' device arrays (slopes, sinks).
     let (mods, sink_log2, output_scale) = unsafe { ScoreMods::for_forward::<MODS>(p, batch, head) };
+    // With split-KV the sink joins the first split only.
+    let sink_log2 = if MODS && split != 0 { f32::NEG_INFINITY } else { sink_log2 };
     let q_begin = q_tile_of_block(block_x, ceil_div(shape.seqlen_q, T::BLOCK_M)) * T::BLOCK_M;
     let warp_row0 = warp * T::WARP_M;
     let warp_q0 = q_begin + warp_row0;
@@ -235,7 +254,8 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits, const MODS: bool>(p: &FwdParam
     };
 
     let (key_lo, key_hi) = mask.key_range(q_begin, q_begin + T::BLOCK_M);
-    let (first_tile, end_tile) = (key_lo / T::BLOCK_N, ceil_div(key_hi, T::BLOCK_N));
+    let tiles = (key_lo / T::BLOCK_N, ceil_div(key_hi, T::BLOCK_N));
+    let (first_tile, end_tile) = if MODS { split_tiles(tiles, split, shape.layout.splits()) } else { tiles };
 
     // SAFETY: as for K and V above.
     unsafe { q_tile.load_async(T::BLOCK_M, q_ptr, p.q_strides.row, shape.seqlen_q - q_begin, tid, T::THREADS) };
@@ -346,6 +366,14 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits, const MODS: bool>(p: &FwdParam
     // Q (the fragments read before a loop that may have run no iteration) before the stores.
     ptx::sync_warp();
     let lane = ptx::opaque(lane);
+    if MODS && shape.layout.num_splits > 1 {
+        for m in 0..m_tiles {
+            let row0 = warp_q0 + 16 * m as u32 + lane / 4;
+            // SAFETY: the host sized the partials for every split and row (`FwdParams::o_accum`).
+            unsafe { write_partial(p, split, head, row0, lane, &softmax[m], &o[m], d_tiles8, output_scale) };
+        }
+        return;
+    }
     for m in 0..m_tiles {
         for half in 0..2 {
             let local_row = warp_row0 + 16 * m as u32 + lane / 4 + 8 * half as u32;
@@ -359,7 +387,7 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits, const MODS: bool>(p: &FwdParam
             }
             if lane % 4 == 0 && row < shape.seqlen_q {
                 // SAFETY: the LSE buffer holds batch · heads · seqlen_q floats (host-checked).
-                unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index(shape, batch, head, row) as isize) = lse };
+                unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index::<MODS>(shape, batch, head, row) as isize) = lse };
             }
         }
     }
@@ -379,5 +407,128 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits, const MODS: bool>(p: &FwdParam
             }
         }
         index += 32;
+    }
+}
+
+/// Split-KV epilogue: rows `row0` and `row0 + 8` of this lane's 16-row tile, normalized by this
+/// split's own sum, to the f32 partials (`FwdParams::o_accum`, `lse_accum`), +inf LSE where the
+/// split saw no key. Straight from the accumulators: each lane writes its two columns of every
+/// 8-column tile (decode-sized tiles, where this is not the bottleneck).
+///
+/// # Safety
+/// `p` is a sequence's validated block in split mode: the partials hold `splits · stat_rows`
+/// rows of `head_dim` floats (and one float each).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn write_partial<const ND: usize>(
+    p: &FwdParams,
+    split: u32,
+    head: u32,
+    row0: u32,
+    lane: u32,
+    softmax: &OnlineSoftmax,
+    o: &[[f32; 4]; ND],
+    d_tiles8: usize,
+    output_scale: f32,
+) {
+    let shape = &p.shape;
+    for half in 0..2 {
+        let row = row0 + 8 * half as u32;
+        let (inv, lse) = finish_row(softmax.max[half], quad_sum(softmax.sum[half]));
+        if row >= shape.seqlen_q {
+            continue;
+        }
+        let inv = inv * output_scale;
+        let at = split as i64 * shape.layout.stat_rows + row_stat_index::<true>(shape, 0, head, row);
+        let out = (p.o_accum as *mut f32).wrapping_offset((at * shape.head_dim as i64) as isize);
+        for t in 0..d_tiles8 {
+            let col = 8 * t + 2 * (lane % 4) as usize;
+            if col < shape.head_dim as usize {
+                // SAFETY: inside row `at` of the partials (caller); 8-byte aligned (even column).
+                unsafe { *(out.wrapping_add(col) as *mut [f32; 2]) = [o[t][2 * half] * inv, o[t][2 * half + 1] * inv] };
+            }
+        }
+        if lane % 4 == 0 {
+            // SAFETY: as above.
+            unsafe { *(p.lse_accum as *mut f32).wrapping_offset(at as isize) = lse };
+        }
+    }
+}
+
+/// Split-KV: merge each row's partial results by their LSEs, `lse = log Σ exp(lse_s)` and
+/// `O = Σ exp(lse_s − lse) · O_s` over the splits that saw a key, into O (the caller's dtype
+/// and strides) and the LSE; a row no split saw is O = 0, LSE = +inf as in the forward. One
+/// warp per row, 8 columns per lane.
+///
+/// # Safety
+/// Launched with `ROW_KERNEL_THREADS` threads and grid `(ceil(seqlen_q / ROW_KERNEL_WARPS), heads,
+/// batch)` after the split forward on the same validated parameter block.
+#[inline(always)]
+pub unsafe fn combine_splits<E: Element>(p: &FwdParams) {
+    let tid = ptx::thread_idx();
+    let (block_x, head, batch) = ptx::block_idx();
+    // SAFETY: the host validated the layout's arrays.
+    let p = &unsafe { p.sequence(batch) };
+    let shape = &p.shape;
+    let (row, lane) = (block_x * crate::traits::ROW_KERNEL_WARPS + tid / 32, tid % 32);
+    if row >= shape.seqlen_q {
+        return;
+    }
+    let splits = shape.layout.splits();
+    let stride = shape.layout.stat_rows;
+    let stat = row_stat_index::<true>(shape, batch, head, row);
+    let lse_at = |s: u32| {
+        // SAFETY: the partials hold splits · stat_rows floats (caller).
+        unsafe { *(p.lse_accum as *const f32).wrapping_offset((s as i64 * stride + stat) as isize) }
+    };
+    let mut max = f32::NEG_INFINITY;
+    for s in 0..splits {
+        let l = lse_at(s);
+        if l != f32::INFINITY {
+            max = max.max(l);
+        }
+    }
+    let mut sum = 0.0f32;
+    if max != f32::NEG_INFINITY {
+        for s in 0..splits {
+            let l = lse_at(s);
+            if l != f32::INFINITY {
+                sum += ptx::exp2((l - max) * core::f32::consts::LOG2_E);
+            }
+        }
+    }
+    let lse = if sum == 0.0 { f32::INFINITY } else { max + ptx::log2(sum) * core::f32::consts::LN_2 };
+    let mut chunk = lane;
+    while chunk < shape.head_dim / 8 {
+        let mut acc = [0f32; 8];
+        if sum != 0.0 {
+            for s in 0..splits {
+                let l = lse_at(s);
+                if l == f32::INFINITY {
+                    continue;
+                }
+                let w = ptx::exp2((l - lse) * core::f32::consts::LOG2_E);
+                let at = ((s as i64 * stride + stat) * shape.head_dim as i64) as usize + 8 * chunk as usize;
+                // SAFETY: inside the row's partial output (caller); 16-byte aligned (head_dim % 8 == 0,
+                // a 256-byte aligned buffer).
+                let (lo, hi) = unsafe {
+                    let base = (p.o_accum as *const f32).wrapping_add(at);
+                    (*(base as *const [f32; 4]), *(base.wrapping_add(4) as *const [f32; 4]))
+                };
+                for i in 0..4 {
+                    acc[i] += w * lo[i];
+                    acc[4 + i] += w * hi[i];
+                }
+            }
+        }
+        let packed = [E::pack(acc[0], acc[1]), E::pack(acc[2], acc[3]), E::pack(acc[4], acc[5]), E::pack(acc[6], acc[7])];
+        let out = (p.o as *mut u16).wrapping_offset(p.o_strides.offset(batch, row, head) as isize + 8 * chunk as isize);
+        // SAFETY: inside row `row` of O, whose rows the host checked to be 16-byte aligned.
+        unsafe { ptx::st_global_v4(out as *mut u8, packed) };
+        chunk += 32;
+    }
+    if lane == 0 {
+        // SAFETY: the LSE buffer holds the statistics' rows (host-checked).
+        unsafe { *(p.lse as *mut f32).wrapping_offset(stat as isize) = lse };
     }
 }

@@ -21,12 +21,12 @@
 //! head_dim 128 kernel this way. Masks, grouped K/V heads, sinks and (in the `MODS` kernels) the
 //! score modifiers are the portable forward's, through the same [`crate::modifiers`] calls.
 
-use crate::forward::{OnlineSoftmax, online_softmax, online_softmax_deferred, rescale};
+use crate::forward::{OnlineSoftmax, online_softmax, online_softmax_deferred, rescale, write_partial};
 use crate::modifiers::{ScoreMods, finish_row, forward_dropout, forward_scores};
 use crate::params::{FwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, accumulators_as_a, quad_sum};
-use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, kv_head_of, q_tile_of_block, wgmma_descriptor};
+use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, kv_head_of, q_tile_of_block, split_tiles, wgmma_descriptor};
 use crate::traits::{FwdWgmmaTraits, padding_fits};
 use crate::warpgroup::{Waited, WgmmaElement, panel_descriptors, wait};
 
@@ -60,14 +60,33 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bo
     // The generated GEMMs: 128-key tiles and the pipelined loop's waits up to head_dim 128.
     const { assert!(T::HEAD_DIM <= 128 || (T::BLOCK_N == 64 && !T::PIPELINED)) };
     const { assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM)) };
+    // The `MODS` kernels also serve packed batches, KV caches and split-KV: the block's
+    // sequence (and split) resolved, the kernel runs as on a dense batch of one. The dense
+    // kernels read the parameter block as it is (and compile to the code they had before).
+    let (sequence_index, split) = if MODS { p.shape.layout.split_of(ptx::block_idx().2) } else { (0, 0) };
+    let sequence;
+    let p = if MODS {
+        // SAFETY: the host validated the layout's arrays.
+        sequence = unsafe { p.sequence(sequence_index) };
+        &sequence
+    } else {
+        p
+    };
     let shape = &p.shape;
+    // Blocks past this sequence's queries (a packed batch's shorter sequences) exit at once.
+    if MODS && ptx::block_idx().0 >= ceil_div(shape.seqlen_q, T::BLOCK_M) {
+        return;
+    }
     let mask = Mask::of(shape);
     let tid = ptx::thread_idx();
     let (warpgroup, warp, lane) = (tid / 128, tid / 32, tid % 32);
     let (block_x, head, batch) = ptx::block_idx();
+    let batch = if MODS { sequence_index } else { batch };
     let kv_head = kv_head_of(shape, head);
     // SAFETY: the host validated the modifiers' device arrays (slopes, sinks).
     let (mods, sink_log2, output_scale) = unsafe { ScoreMods::for_forward::<MODS>(p, batch, head) };
+    // With split-KV the sink joins the first split only.
+    let sink_log2 = if MODS && split != 0 { f32::NEG_INFINITY } else { sink_log2 };
     let q_begin = q_tile_of_block(block_x, ceil_div(shape.seqlen_q, T::BLOCK_M)) * T::BLOCK_M;
     // Warp w of the block owns query rows 16w..16w+16 (warpgroup g: rows 64g..64g+64).
     let warp_row0 = 16 * warp;
@@ -112,7 +131,8 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bo
     };
 
     let (key_lo, key_hi) = mask.key_range(q_begin, q_begin + T::BLOCK_M);
-    let (first_tile, end_tile) = (key_lo / T::BLOCK_N, ceil_div(key_hi, T::BLOCK_N));
+    let tiles = (key_lo / T::BLOCK_N, ceil_div(key_hi, T::BLOCK_N));
+    let (first_tile, end_tile) = if MODS { split_tiles(tiles, split, shape.layout.splits()) } else { tiles };
 
     // SAFETY: as for K and V above.
     unsafe { q_tile.load_async(q_ptr, p.q_strides.row, shape.seqlen_q - q_begin, tid, T::THREADS) };
@@ -244,6 +264,11 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bo
     // reads of Q finished inside the last GEMM), then write whole 16-byte chunks; write the LSE.
     ptx::fence_proxy_async_shared();
     let lane = ptx::opaque(lane);
+    if MODS && shape.layout.num_splits > 1 {
+        // SAFETY: the host sized the partials for every split and row (`FwdParams::o_accum`).
+        unsafe { write_partial(p, split, head, warp_q0 + lane / 4, lane, &softmax[0], &o[0], d_tiles8, output_scale) };
+        return;
+    }
     for half in 0..2 {
         let local_row = warp_row0 + lane / 4 + 8 * half as u32;
         let row = q_begin + local_row;
@@ -257,7 +282,7 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bo
         }
         if lane % 4 == 0 && row < shape.seqlen_q {
             // SAFETY: the LSE buffer holds batch · heads · seqlen_q floats (host-checked).
-            unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index(shape, batch, head, row) as isize) = lse };
+            unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index::<MODS>(shape, batch, head, row) as isize) = lse };
         }
     }
     ptx::sync_warp();

@@ -479,6 +479,7 @@ mod tests {
             scale_log2: scale * LOG2_E,
             window_left: -1,
             window_right: -1,
+            layout: Default::default(),
         }
     }
 

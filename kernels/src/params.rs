@@ -43,6 +43,148 @@ pub struct AttnShape {
     /// Causal attention is `window_left = -1, window_right = 0`.
     pub window_left: i32,
     pub window_right: i32,
+    /// Where each sequence's rows live: a dense batch (all zeros), a packed variable-length
+    /// batch, a KV cache with per-sequence lengths (see [`SeqLayout`] and [`AttnShape::sequence`]).
+    pub layout: SeqLayout,
+}
+
+/// The addressing layer: where sequence `b`'s query and key rows live and how many there are.
+/// The host fills the first part (zero means the dense case); [`AttnShape::sequence`] fills
+/// the rest for one sequence, and the kernels then run exactly as on a dense batch of one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SeqLayout {
+    /// i32 (batch + 1), non-decreasing: sequence b's queries are packed rows
+    /// `cu_seqlens_q[b] .. cu_seqlens_q[b + 1]` (the tensors' batch strides are 0). 0: dense.
+    pub cu_seqlens_q: u64,
+    /// i32 (batch + 1): the same for the keys. 0: dense (or a cache, see `seqused_k`).
+    pub cu_seqlens_k: u64,
+    /// i32 (batch): sequence b uses only its first `seqused_k[b]` keys (a KV cache's
+    /// `cache_seqlens`). 0: all of them.
+    pub seqused_k: u64,
+    /// i32 (batch): sequence b reads K/V batch entry `k_batch_index[b]` (`cache_batch_idx`).
+    /// 0: entry b.
+    pub k_batch_index: u64,
+    /// Packed queries in all (the LSE is (heads, total_q) then); 0 for a dense batch.
+    pub total_q: u32,
+    /// Packed keys in all (rows of the grouped-heads dK/dV accumulator); 0 for a dense batch.
+    pub total_k: u32,
+    /// Split-KV: each (query tile, head, sequence) is cut into this many key ranges whose
+    /// partial results the combine kernel merges (grid z = batch · num_splits). 0 or 1: none.
+    pub num_splits: u32,
+    /// The grid's query rows per sequence (`max_seqlen_q`): sizes the deterministic turn
+    /// counters. 0: seqlen_q.
+    pub max_seqlen_q: u32,
+    /// Per sequence, filled by [`AttnShape::sequence`]: index of the sequence's row 0 of head 0
+    /// in the row statistics (LSE, D, the dQ accumulator's rows), and the statistics' head stride.
+    pub stat_base: i64,
+    /// Per sequence: the statistics' rows in all ([`AttnShape::stat_rows`] of the whole batch),
+    /// one split's share of the split-KV partials.
+    pub stat_rows: i64,
+    pub stat_head_stride: u32,
+    /// Per sequence: the sequence's first key row in the grouped-heads dK/dV accumulator, and
+    /// that accumulator's key rows in all (one half: dK's or dV's).
+    pub dkv_row0: u32,
+    pub dkv_keys: u32,
+    pub reserved: u32,
+}
+
+/// One sequence's place in the batch: its lengths and where its rows start. From
+/// [`SeqLayout`]'s arrays for packed batches and caches, from the strides otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeqBounds {
+    pub seqlen_q: u32,
+    pub seqlen_k: u32,
+    /// Packed row of the sequence's query 0 (0 for a dense batch).
+    pub q_row0: u32,
+    /// Packed row of the sequence's key 0 (0 for a dense batch).
+    pub k_row0: u32,
+    /// K/V batch entry the sequence reads.
+    pub k_batch: u32,
+}
+
+impl SeqLayout {
+    /// Sequence `batch`'s bounds, from the layout's arrays as read by `read(array, index)`; a
+    /// dense batch's are `(seqlen_q, seqlen_k)` from row 0 of entry `batch`.
+    #[inline(always)]
+    pub fn bounds(&self, batch: u32, seqlen_q: u32, seqlen_k: u32, read: impl Fn(u64, u32) -> u32) -> SeqBounds {
+        let mut b = SeqBounds { seqlen_q, seqlen_k, q_row0: 0, k_row0: 0, k_batch: batch };
+        if self.cu_seqlens_q != 0 {
+            b.q_row0 = read(self.cu_seqlens_q, batch);
+            b.seqlen_q = read(self.cu_seqlens_q, batch + 1) - b.q_row0;
+        }
+        if self.cu_seqlens_k != 0 {
+            b.k_row0 = read(self.cu_seqlens_k, batch);
+            b.seqlen_k = read(self.cu_seqlens_k, batch + 1) - b.k_row0;
+        }
+        if self.seqused_k != 0 {
+            b.seqlen_k = read(self.seqused_k, batch);
+        }
+        if self.k_batch_index != 0 {
+            b.k_batch = read(self.k_batch_index, batch);
+        }
+        b
+    }
+
+    /// `(sequence, split)` of grid z index `z` (grid z = batch · num_splits).
+    #[inline(always)]
+    pub const fn split_of(&self, z: u32) -> (u32, u32) {
+        if self.num_splits <= 1 { (z, 0) } else { (z / self.num_splits, z % self.num_splits) }
+    }
+
+    pub const fn splits(&self) -> u32 {
+        if self.num_splits <= 1 { 1 } else { self.num_splits }
+    }
+}
+
+impl AttnShape {
+    /// The shape of sequence `batch` alone, with its bounds: its own `seqlen_q` and `seqlen_k`
+    /// (so the mask, the modifiers and the tile ranges are the sequence's), and the row
+    /// statistics' placement (`stat_base`, `stat_head_stride`, `dkv_row0`).
+    #[inline(always)]
+    pub fn for_sequence(&self, b: &SeqBounds, batch: u32) -> AttnShape {
+        let mut s = *self;
+        s.layout.stat_rows = self.stat_rows();
+        s.seqlen_q = b.seqlen_q;
+        s.seqlen_k = b.seqlen_k;
+        if self.layout.cu_seqlens_q != 0 {
+            s.layout.stat_base = b.q_row0 as i64;
+            s.layout.stat_head_stride = self.layout.total_q;
+        } else {
+            s.layout.stat_base = batch as i64 * self.heads as i64 * self.seqlen_q as i64;
+            s.layout.stat_head_stride = self.seqlen_q;
+        }
+        (s.layout.dkv_row0, s.layout.dkv_keys) = if self.layout.cu_seqlens_k != 0 {
+            (b.k_row0, self.layout.total_k)
+        } else {
+            (batch * self.seqlen_k, self.batch * self.seqlen_k)
+        };
+        if s.layout.max_seqlen_q == 0 {
+            s.layout.max_seqlen_q = self.seqlen_q;
+        }
+        s
+    }
+
+    /// Rows of the row statistics in all: `batch · heads · seqlen_q`, or `heads · total_q`
+    /// for a packed batch (one split's share of the split-KV partials).
+    #[inline(always)]
+    pub const fn stat_rows(&self) -> i64 {
+        if self.layout.cu_seqlens_q != 0 {
+            self.heads as i64 * self.layout.total_q as i64
+        } else {
+            self.batch as i64 * self.heads as i64 * self.seqlen_q as i64
+        }
+    }
+}
+
+/// Read element `i` of an i32 device array (the layout's offsets and lengths).
+///
+/// # Safety
+/// `array` points at an i32 array with more than `i` elements that the host validated.
+#[inline(always)]
+pub unsafe fn read_index(array: u64, i: u32) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe { *(array as *const i32).wrapping_add(i as usize) as u32 }
 }
 
 /// Forward: O = softmax(scale · Q Kᵀ) V, and the log-sum-exp of each row.
@@ -64,6 +206,43 @@ pub struct FwdParams {
     /// only (the host launches one of those whenever one is on), the sinks by every forward
     /// kernel; zero means off.
     pub mods: Modifiers,
+    /// Split-KV (`shape.layout.num_splits` > 1): f32 (splits, stat rows, head_dim) partial
+    /// outputs, each normalized by its own split's sum, and f32 (splits, stat rows) partial
+    /// LSEs (+inf where a split saw no key), merged by the combine kernel into O and the LSE.
+    pub o_accum: u64,
+    pub lse_accum: u64,
+}
+
+impl FwdParams {
+    /// The parameter block of sequence `batch` alone: its shape ([`AttnShape::for_sequence`])
+    /// and Q, K, V, O moved to its rows, so that a kernel indexing `(batch, row, head)` at the
+    /// original strides lands on the sequence's rows (packed tensors have batch stride 0, and a
+    /// cache's K/V entry is `k_batch`).
+    ///
+    /// # Safety
+    /// The layout's arrays are 0 or validated (batch + 1 offsets, batch lengths and indices).
+    #[inline(always)]
+    pub unsafe fn sequence(&self, batch: u32) -> FwdParams {
+        let shape = &self.shape;
+        // SAFETY: forwarded from the caller.
+        let b = shape.layout.bounds(batch, shape.seqlen_q, shape.seqlen_k, |a, i| unsafe { read_index(a, i) });
+        let mut p = *self;
+        p.shape = shape.for_sequence(&b, batch);
+        let rows = |addr: u64, strides: &Strides, row0: u32| move_rows(addr, strides, row0, 0);
+        p.q = rows(self.q, &self.q_strides, b.q_row0);
+        p.o = rows(self.o, &self.o_strides, b.q_row0);
+        let k_entry = b.k_batch as i64 - batch as i64;
+        p.k = move_rows(self.k, &self.k_strides, b.k_row0, k_entry);
+        p.v = move_rows(self.v, &self.v_strides, b.k_row0, k_entry);
+        p
+    }
+}
+
+/// `addr` (of 16-bit elements) moved by `row0` rows and `entries` batch entries.
+#[inline(always)]
+pub const fn move_rows(addr: u64, strides: &Strides, row0: u32, entries: i64) -> u64 {
+    let elements = row0 as i64 * strides.row + entries * strides.batch;
+    addr.wrapping_add((elements * 2) as u64)
 }
 
 /// Softcap, ALiBi, attention sinks and dropout (see [`crate::modifiers`] for the definitions).
@@ -116,21 +295,113 @@ pub struct BwdParams {
     pub dkv_accum: u64,
 }
 
+impl BwdParams {
+    /// [`FwdParams::sequence`] for the backward: dO and dQ move with Q, dK and dV with K.
+    ///
+    /// # Safety
+    /// As [`FwdParams::sequence`].
+    #[inline(always)]
+    pub unsafe fn sequence(&self, batch: u32) -> BwdParams {
+        let mut p = *self;
+        // SAFETY: forwarded from the caller.
+        p.fwd = unsafe { self.fwd.sequence(batch) };
+        let shape = &self.fwd.shape;
+        // SAFETY: as above (the same reads again; they hit the cache).
+        let b = shape.layout.bounds(batch, shape.seqlen_q, shape.seqlen_k, |a, i| unsafe { read_index(a, i) });
+        p.d_o = move_rows(self.d_o, &self.do_strides, b.q_row0, 0);
+        p.dq = move_rows(self.dq, &self.dq_strides, b.q_row0, 0);
+        p.dk = move_rows(self.dk, &self.dk_strides, b.k_row0, 0);
+        p.dv = move_rows(self.dv, &self.dv_strides, b.k_row0, 0);
+        p
+    }
+}
+
 /// Index of element `(batch, key, head, 0)` of dK's half of the grouped-heads accumulator
 /// ([`BwdParams::dkv_accum`]); dV's half starts [`dkv_accum_half`] floats later.
+/// With `SEQ`, `shape` is a sequence's ([`AttnShape::for_sequence`]), which places it; with
+/// `SEQ` false (the dense kernels, whose shape is the batch's) the dense formula.
 #[inline(always)]
-pub const fn dkv_accum_index(shape: &AttnShape, batch: u32, key: u32, head: u32) -> i64 {
-    ((batch as i64 * shape.seqlen_k as i64 + key as i64) * shape.heads as i64 + head as i64) * shape.head_dim as i64
+pub const fn dkv_accum_index<const SEQ: bool>(shape: &AttnShape, batch: u32, key: u32, head: u32) -> i64 {
+    let row0 = if SEQ { shape.layout.dkv_row0 as i64 } else { batch as i64 * shape.seqlen_k as i64 };
+    ((row0 + key as i64) * shape.heads as i64 + head as i64) * shape.head_dim as i64
 }
 
 /// Floats in one half (dK or dV) of the grouped-heads accumulator.
+/// `shape` is a sequence's ([`AttnShape::for_sequence`]): `dkv_keys` is `total_k` for a packed
+/// batch, else `batch · seqlen_k`; with `SEQ` false the dense batch's `batch · seqlen_k`.
 #[inline(always)]
-pub const fn dkv_accum_half(shape: &AttnShape) -> i64 {
-    shape.batch as i64 * shape.seqlen_k as i64 * shape.heads as i64 * shape.head_dim as i64
+pub const fn dkv_accum_half<const SEQ: bool>(shape: &AttnShape) -> i64 {
+    let keys = if SEQ { shape.layout.dkv_keys as i64 } else { shape.batch as i64 * shape.seqlen_k as i64 };
+    keys * shape.heads as i64 * shape.head_dim as i64
 }
 
-/// Index of `(batch, head, row)` in the contiguous (batch, heads, seqlen_q) LSE / D arrays.
+/// Index of `(head, row)` of a sequence in the row statistics (LSE, D): contiguous
+/// (batch, heads, seqlen_q) for a dense batch, (heads, total_q) for a packed one. `shape` is
+/// the sequence's ([`AttnShape::for_sequence`]), which places it. With `SEQ` false (the dense
+/// kernels, whose shape is the whole dense batch's) the dense formula.
 #[inline(always)]
-pub const fn row_stat_index(shape: &AttnShape, batch: u32, head: u32, row: u32) -> i64 {
-    (batch as i64 * shape.heads as i64 + head as i64) * shape.seqlen_q as i64 + row as i64
+pub const fn row_stat_index<const SEQ: bool>(shape: &AttnShape, batch: u32, head: u32, row: u32) -> i64 {
+    if SEQ {
+        shape.layout.stat_base + head as i64 * shape.layout.stat_head_stride as i64 + row as i64
+    } else {
+        (batch as i64 * shape.heads as i64 + head as i64) * shape.seqlen_q as i64 + row as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout's arrays read on the host (the same code the kernels run on the device).
+    fn bounds(layout: &SeqLayout, batch: u32, sq: u32, sk: u32) -> SeqBounds {
+        layout.bounds(batch, sq, sk, |a, i| unsafe { read_index(a, i) })
+    }
+
+    #[test]
+    fn a_dense_batch_is_every_entry_whole() {
+        let shape = AttnShape { batch: 3, heads: 2, seqlen_q: 5, seqlen_k: 7, ..AttnShape::default() };
+        let b = bounds(&shape.layout, 2, 5, 7);
+        assert_eq!(b, SeqBounds { seqlen_q: 5, seqlen_k: 7, q_row0: 0, k_row0: 0, k_batch: 2 });
+        let s = shape.for_sequence(&b, 2);
+        // The dense formulas: (batch, heads, seqlen_q) statistics, batch · seqlen_k key rows.
+        for (head, row) in [(0, 0), (1, 4)] {
+            assert_eq!(row_stat_index::<true>(&s, 2, head, row), row_stat_index::<false>(&shape, 2, head, row));
+        }
+        assert_eq!(dkv_accum_index::<true>(&s, 2, 3, 1), dkv_accum_index::<false>(&shape, 2, 3, 1));
+        assert_eq!(dkv_accum_half::<true>(&s), dkv_accum_half::<false>(&shape));
+        assert_eq!(s.layout.stat_rows, 30);
+        assert_eq!(shape.layout.split_of(4), (4, 0));
+    }
+
+    #[test]
+    fn packed_sequences_and_caches_resolve_to_their_rows() {
+        let (cu_q, cu_k, used, idx) = ([0i32, 4, 4, 9], [0i32, 10, 12, 20], [3i32, 2, 0], [2i32, 0, 1]);
+        let layout = SeqLayout {
+            cu_seqlens_q: cu_q.as_ptr() as u64,
+            cu_seqlens_k: cu_k.as_ptr() as u64,
+            total_q: 9,
+            total_k: 20,
+            num_splits: 4,
+            ..SeqLayout::default()
+        };
+        let shape = AttnShape { batch: 3, heads: 2, seqlen_q: 5, seqlen_k: 10, head_dim: 8, layout, ..AttnShape::default() };
+        let b = bounds(&layout, 2, 5, 10);
+        assert_eq!(b, SeqBounds { seqlen_q: 5, seqlen_k: 8, q_row0: 4, k_row0: 12, k_batch: 2 });
+        let s = shape.for_sequence(&b, 2);
+        // (heads, total_q) statistics: head 1, row 3 of sequence 2 is 9 + 4 + 3.
+        assert_eq!(row_stat_index::<true>(&s, 2, 1, 3), 16);
+        assert_eq!(s.layout.stat_rows, 18);
+        // Key 1 of sequence 2 is packed row 13 of the (total_k, heads, d) accumulator.
+        assert_eq!(dkv_accum_index::<true>(&s, 2, 1, 1), (13 * 2 + 1) * 8);
+        assert_eq!(dkv_accum_half::<true>(&s), 20 * 2 * 8);
+        assert_eq!(shape.layout.split_of(11), (2, 3));
+        // A cache: lengths in use and a batch map.
+        let cache = SeqLayout { seqused_k: used.as_ptr() as u64, k_batch_index: idx.as_ptr() as u64, ..SeqLayout::default() };
+        assert_eq!(bounds(&cache, 0, 1, 64), SeqBounds { seqlen_q: 1, seqlen_k: 3, q_row0: 0, k_row0: 0, k_batch: 2 });
+        assert_eq!(bounds(&cache, 2, 1, 64).seqlen_k, 0);
+        // K moves to its cache entry: entry 2 from batch 0 at batch stride 1000 elements.
+        let strides = Strides { batch: 1000, row: 16, head: 8 };
+        assert_eq!(move_rows(0x1000, &strides, 0, 2), 0x1000 + 4000);
+        assert_eq!(move_rows(0x1000, &strides, 3, 0), 0x1000 + 96);
+    }
 }

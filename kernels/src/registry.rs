@@ -37,6 +37,8 @@ pub enum Role {
     BackwardReduceKv,
     /// Test only: dropout's keep decisions as bytes (`FwdParams`, written to `o`).
     DropoutMask,
+    /// Split-KV: merge the splits' partial outputs by their LSEs (`FwdParams`).
+    ForwardCombine,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +57,8 @@ pub struct KernelInfo {
     /// Backward main kernels: query rows per inner iteration (sizes the deterministic mode's
     /// turn counters); 0 for the others.
     pub query_tile_rows: u32,
+    /// Forward main kernels: keys per K/V tile (the split-KV heuristic's unit); 0 for the others.
+    pub key_tile_rows: u32,
     /// Blocks that should share an SM: above 1, `build-ptx` asks ptxas for registers to match.
     pub min_blocks_per_sm: u32,
     /// Only in the sm_90a PTX (Hopper's `wgmma`); preferred there over the portable kernel.
@@ -81,7 +85,7 @@ impl KernelInfo {
 /// come from a tile configuration.
 const fn base(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
     let param_bytes = match role {
-        Role::Forward | Role::DropoutMask => core::mem::size_of::<FwdParams>(),
+        Role::Forward | Role::DropoutMask | Role::ForwardCombine => core::mem::size_of::<FwdParams>(),
         _ => core::mem::size_of::<BwdParams>(),
     } as u32;
     KernelInfo {
@@ -94,6 +98,7 @@ const fn base(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
         block_rows: ROW_KERNEL_THREADS / 32,
         param_bytes,
         query_tile_rows: 0,
+        key_tile_rows: 0,
         min_blocks_per_sm: 1,
         requires_sm90a: false,
         modifiers: false,
@@ -106,6 +111,7 @@ const fn fwd<T: FwdTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
         threads: T::THREADS,
         dynamic_smem_bytes: T::SMEM_BYTES,
         block_rows: T::BLOCK_M,
+        key_tile_rows: T::BLOCK_N,
         ..base(name, Role::Forward, dtype)
     }
 }
@@ -116,6 +122,7 @@ const fn fwd_wgmma<T: FwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> Kerne
         threads: T::THREADS,
         dynamic_smem_bytes: T::SMEM_BYTES,
         block_rows: T::BLOCK_M,
+        key_tile_rows: T::BLOCK_N,
         requires_sm90a: true,
         ..base(name, Role::Forward, dtype)
     }
@@ -216,6 +223,8 @@ pub const KERNELS: &[KernelInfo] = registry! {
         base("flash_bwd_reduce_kv_groups_f16", Role::BackwardReduceKv, Dtype::F16),
         // Reads no tensor: one entry serves both dtypes.
         base("flash_dropout_mask", Role::DropoutMask, Dtype::Bf16),
+        base("flash_fwd_combine_bf16", Role::ForwardCombine, Dtype::Bf16),
+        base("flash_fwd_combine_f16", Role::ForwardCombine, Dtype::F16),
         // Measurement variants: after the defaults, so `find` never picks them.
         fwd_wgmma::<FwdWgmmaHdim128Sync>("flash_fwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim64Narrow>("flash_bwd_wgmma_bf16_hdim64_narrow", Dtype::Bf16),
@@ -259,6 +268,7 @@ mod tests {
                     Role::BackwardSinkGradient,
                     Role::BackwardReduceKv,
                     Role::DropoutMask,
+                    Role::ForwardCombine,
                 ] {
                     for sm90a in [false, true] {
                         for mods in [false, true] {

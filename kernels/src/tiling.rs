@@ -164,8 +164,17 @@ pub const fn dq_turn(mask: &Mask, key_block: u32, q_tile: u32, block_m: u32, blo
 
 /// Index of the turn counter of `(batch, head, q_tile)` in the deterministic-mode array.
 #[inline(always)]
-pub const fn dq_semaphore_index(shape: &AttnShape, batch: u32, head: u32, q_tile: u32, block_m: u32) -> i64 {
-    (batch as i64 * shape.heads as i64 + head as i64) * ceil_div(shape.seqlen_q, block_m) as i64 + q_tile as i64
+pub const fn dq_semaphore_index<const SEQ: bool>(
+    shape: &AttnShape,
+    batch: u32,
+    head: u32,
+    q_tile: u32,
+    block_m: u32,
+) -> i64 {
+    // Sized by the grid's rows per sequence (a sequence's shape, `SEQ`, carries the batch's
+    // max_seqlen_q), not this sequence's.
+    let rows = if SEQ { shape.layout.max_seqlen_q } else { shape.seqlen_q };
+    (batch as i64 * shape.heads as i64 + head as i64) * ceil_div(rows, block_m) as i64 + q_tile as i64
 }
 
 /// Hopper's tensor-core layout ("128-byte swizzle"): a tile of `rows` rows is cut into panels of
@@ -246,6 +255,42 @@ pub const fn copy_position(tid: u32, i: u32, threads: u32, chunks_per_row: u32) 
     }
 }
 
+/// Split-KV: the key tiles `first..end` a block covers cut into `splits` near-equal ranges
+/// (the first ones one tile longer); range `split` of them, empty when there are fewer tiles
+/// than splits. `splits` 1 is the whole range.
+#[inline(always)]
+pub const fn split_tiles((first, end): (u32, u32), split: u32, splits: u32) -> (u32, u32) {
+    if splits <= 1 {
+        return (first, end);
+    }
+    let n = if end > first { end - first } else { 0 };
+    let (per, extra) = (n / splits, n % splits);
+    let lo = first + split * per + if split < extra { split } else { extra };
+    let len = per + if split < extra { 1 } else { 0 };
+    (lo, lo + len)
+}
+
+/// The host's split-KV choice: enough splits that `blocks` (query tiles · heads · batch) fill
+/// `sms` multiprocessors about `waves` times over, each split keeping at least `min_tiles` key
+/// tiles of the `key_tiles` a block sees, at most `max_splits`. 1 when the grid already fills the
+/// GPU or the keys are few.
+pub const fn choose_splits(blocks: u32, key_tiles: u32, sms: u32, min_tiles: u32, max_splits: u32) -> u32 {
+    if blocks == 0 || key_tiles == 0 || blocks >= sms {
+        return 1;
+    }
+    // Blocks wanted: two per SM hide the epilogue and the tail.
+    let wanted = ceil_div(2 * sms, blocks);
+    let by_keys = if min_tiles == 0 { key_tiles } else { key_tiles / min_tiles };
+    let mut s = wanted;
+    if s > by_keys {
+        s = by_keys;
+    }
+    if s > max_splits {
+        s = max_splits;
+    }
+    if s < 1 { 1 } else { s }
+}
+
 /// Grid dimension x of the forward: Q tiles, issued heaviest first for causal masks.
 #[inline(always)]
 pub const fn q_tile_of_block(block_x: u32, num_q_tiles: u32) -> u32 {
@@ -254,6 +299,44 @@ pub const fn q_tile_of_block(block_x: u32, num_q_tiles: u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn split_ranges_partition_the_key_tiles() {
+        for first in [0u32, 3] {
+            for n in 0..40u32 {
+                for splits in 1..20u32 {
+                    let mut next = first;
+                    let mut longest = 0;
+                    let mut shortest = u32::MAX;
+                    for split in 0..splits {
+                        let (lo, hi) = super::split_tiles((first, first + n), split, splits);
+                        assert_eq!(lo, next, "ranges follow each other");
+                        assert!(hi >= lo);
+                        longest = longest.max(hi - lo);
+                        shortest = shortest.min(hi - lo);
+                        next = hi;
+                    }
+                    assert_eq!(next, first + n, "ranges cover every tile");
+                    assert!(longest - shortest <= 1, "near-equal");
+                }
+            }
+        }
+        assert_eq!(super::split_tiles((5, 5), 0, 4), (5, 5));
+    }
+
+    #[test]
+    fn split_choice_fills_the_gpu_only_when_needed() {
+        use super::choose_splits;
+        // Decode, batch 1, 32 heads, 32k keys in 128-key tiles: up to the cap.
+        assert_eq!(choose_splits(32, 256, 132, 4, 64), 9);
+        // A full grid needs no split; nor do few keys.
+        assert_eq!(choose_splits(264, 256, 132, 4, 64), 1);
+        assert_eq!(choose_splits(8, 3, 132, 4, 64), 1);
+        // Bounded by the keys and by the cap.
+        assert_eq!(choose_splits(1, 16, 132, 4, 64), 4);
+        assert_eq!(choose_splits(1, 10_000, 132, 4, 64), 64);
+        assert_eq!(choose_splits(0, 10, 132, 4, 64), 1);
+    }
 
     #[test]
     fn dq_staging_stores_are_conflict_free_and_rows_bulk_aligned() {

@@ -3,6 +3,7 @@
 //! comparison against the f64 reference under FlashAttention's tolerance rule.
 
 pub mod emulate;
+pub mod serving;
 
 use cust::memory::{CopyDestination, DeviceBuffer};
 use cust::stream::Stream;
@@ -122,7 +123,7 @@ impl Case {
 }
 
 /// Sequence lengths that stress the tiling: 1, primes, tile sizes ± 1, and anything up to 300.
-fn seqlen() -> impl Strategy<Value = usize> {
+pub(crate) fn seqlen() -> impl Strategy<Value = usize> {
     prop_oneof![
         Just(1usize),
         prop::sample::select(vec![2usize, 3, 7, 13, 17, 31, 61, 97, 127, 131, 251, 257]),
@@ -335,11 +336,11 @@ impl Comparison {
 
 pub type GpuResult<T> = Result<T, String>;
 
-fn cuda<T>(r: cust::error::CudaResult<T>) -> GpuResult<T> {
+pub(crate) fn cuda<T>(r: cust::error::CudaResult<T>) -> GpuResult<T> {
     r.map_err(|e| format!("CUDA: {e:?}"))
 }
 
-fn lib<T>(r: flash_attn::Result<T>) -> GpuResult<T> {
+pub(crate) fn lib<T>(r: flash_attn::Result<T>) -> GpuResult<T> {
     r.map_err(|e| e.to_string())
 }
 

@@ -113,6 +113,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "ab.sh",
         "check.sh",
         "check_features.sh",
+        "check_serving.sh",
+        "serving_anchors.py",
         "ncu_ab.sh",
     ] {
         copy(&root.join("benches").join(script), bundle.join(script))?;

@@ -1,0 +1,494 @@
+//! Serving shapes: packed variable-length batches (prefill, training) and KV caches (decode),
+//! with split-KV for decodes too small to fill the GPU.
+//!
+//! Both are an addressing layer over the same kernels: the host describes where each
+//! sequence's rows live ([`flash_attn_kernels::params::SeqLayout`]: cumulative offsets, used
+//! lengths, a cache's batch index), and every block of a feature (`_mods`) kernel resolves its
+//! sequence (`FwdParams::sequence`) and then runs as on a dense batch of one. Blocks past a
+//! sequence's end exit before loading anything, so padding costs one block launch and no work.
+//!
+//! Layouts, as FlashAttention's:
+//! - packed tensors are one batch entry, `(1, total_tokens, heads, head_dim)`; sequence `b` is
+//!   rows `cu_seqlens[b] .. cu_seqlens[b + 1]`; the LSE of a packed batch is `(heads, total_q)`;
+//! - a KV cache is `(batch_cache, seqlen_cache, heads_k, head_dim)`; sequence `b` attends to
+//!   the first `cache_seqlens[b]` rows of entry `cache_batch_idx[b]` (default `b`); causal
+//!   masks and windows are bottom-right aligned to each sequence's own lengths.
+//!
+//! The offsets and lengths live on the device. Their lengths (batch + 1, batch) are always
+//! checked; their values only with `check_offsets` / `check_lengths`, which copy them to the host
+//! (synchronously) first. Unchecked, the kernels trust them, as FlashAttention's do: offsets
+//! that are not non-decreasing or run past the tensors make the kernels read out of bounds.
+
+use crate::error::{CudaContext, Error, Result};
+use crate::launch::{FlashAttention, ForwardOutput, Gradients};
+use crate::tensor::{DeviceTensor, Element, TensorMut, TensorRef};
+use crate::validate::{self, Arg, MAX_GRID_YZ, MAX_SEQLEN};
+use crate::AttentionParams;
+use cust::memory::{CopyDestination, DeviceBuffer, DeviceSlice};
+use cust::stream::Stream;
+use flash_attn_kernels::params::AttnShape;
+use flash_attn_kernels::registry::{self, Role};
+use flash_attn_kernels::tiling::choose_splits;
+
+/// A packed batch of variable-length sequences (FlashAttention's `flash_attn_varlen_func`
+/// arguments).
+#[derive(Clone, Copy)]
+pub struct Varlen<'a> {
+    /// i32 (batch + 1): sequence `b`'s queries are packed rows `cu_seqlens_q[b] ..
+    /// cu_seqlens_q[b + 1]` of Q (and O, dO, dQ).
+    pub cu_seqlens_q: &'a DeviceSlice<i32>,
+    /// i32 (batch + 1): the same for K and V (and dK, dV).
+    pub cu_seqlens_k: &'a DeviceSlice<i32>,
+    /// The longest sequence's queries and keys (the grid is sized by them).
+    pub max_seqlen_q: usize,
+    pub max_seqlen_k: usize,
+    /// i32 (batch): sequence `b` uses only its first `seqused_k[b]` keys.
+    pub seqused_k: Option<&'a DeviceSlice<i32>>,
+    /// Copy the offsets to the host and check them before launching (synchronous: they must be
+    /// ready). Off, the kernels trust them.
+    pub check_offsets: bool,
+}
+
+/// A KV cache for [`FlashAttention::forward_with_kvcache`] (FlashAttention's
+/// `flash_attn_with_kvcache` arguments).
+#[derive(Clone, Copy)]
+pub struct KvCache<'a> {
+    /// i32 (batch): keys in use per sequence (at most the cache's seqlen).
+    pub cache_seqlens: &'a DeviceSlice<i32>,
+    /// i32 (batch): the cache entry of each sequence (default: sequence `b` uses entry `b`).
+    pub cache_batch_idx: Option<&'a DeviceSlice<i32>>,
+    /// Split-KV: 0 chooses from the shape and the SM count ([`choose_splits`]); 1 never splits.
+    pub num_splits: usize,
+    /// Copy the lengths and indices to the host and check them before launching.
+    pub check_lengths: bool,
+}
+
+impl<'a> KvCache<'a> {
+    pub fn new(cache_seqlens: &'a DeviceSlice<i32>) -> Self {
+        KvCache { cache_seqlens, cache_batch_idx: None, num_splits: 0, check_lengths: false }
+    }
+}
+
+/// Most splits the heuristic picks (and the most a caller may ask for).
+pub const MAX_SPLITS: usize = 128;
+
+fn to_host(name: &'static str, slice: &DeviceSlice<i32>) -> Result<Vec<i32>> {
+    let mut host = vec![0i32; slice.len()];
+    slice.copy_to(&mut host[..]).during("cuMemcpyDtoH (offsets)").map_err(|e| match e {
+        Error::Cuda { operation, name: cuda, code } => Error::Cuda { operation, name: format!("{cuda} ({name})"), code },
+        other => other,
+    })?;
+    Ok(host)
+}
+
+/// `cu` (batch + 1 offsets) starts at 0, never decreases, ends at `total`, and no sequence is
+/// longer than `max`.
+pub(crate) fn check_cu_seqlens(name: &'static str, cu: &[i32], total: usize, max: usize) -> Result<()> {
+    if cu.first() != Some(&0) {
+        return Err(Error::invalid(name, format!("starts at {:?}; 0 expected", cu.first())));
+    }
+    for (b, pair) in cu.windows(2).enumerate() {
+        if pair[1] < pair[0] {
+            return Err(Error::invalid(name, format!("decreases at sequence {b}: {} then {}", pair[0], pair[1])));
+        }
+        let len = (pair[1] - pair[0]) as usize;
+        if len > max {
+            return Err(Error::invalid(name, format!("sequence {b} has {len} rows, more than max_seqlen {max}")));
+        }
+    }
+    let last = *cu.last().unwrap_or(&0);
+    if last as usize != total {
+        return Err(Error::invalid(name, format!("ends at {last}, but the packed tensor has {total} rows")));
+    }
+    Ok(())
+}
+
+/// Each of `values` lies in `0..=max` (lengths) or `0..max` with `exclusive` (indices).
+pub(crate) fn check_range(name: &'static str, values: &[i32], max: usize, exclusive: bool) -> Result<()> {
+    for (b, &x) in values.iter().enumerate() {
+        if x < 0 || x as usize > max || (exclusive && x as usize == max) {
+            let bound = if exclusive { format!("0..{max}") } else { format!("0..={max}") };
+            return Err(Error::invalid(name, format!("entry {b} is {x}, outside {bound}")));
+        }
+    }
+    Ok(())
+}
+
+fn array_len(name: &'static str, len: usize, expected: usize, what: &str) -> Result<()> {
+    if len != expected {
+        return Err(Error::invalid(name, format!("holds {len} entries; {what} = {expected} expected")));
+    }
+    Ok(())
+}
+
+fn packed(arg: &Arg) -> Result<()> {
+    if arg.layout.batch() != 1 {
+        return Err(Error::invalid(
+            arg.name,
+            format!("batch {} in a packed batch; (1, total_tokens, heads, head_dim) expected", arg.layout.batch()),
+        ));
+    }
+    Ok(())
+}
+
+fn seqlen_bound(name: &'static str, value: usize) -> Result<u32> {
+    if value == 0 || value > MAX_SEQLEN {
+        return Err(Error::invalid(name, format!("{value} is outside 1..={MAX_SEQLEN}")));
+    }
+    Ok(value as u32)
+}
+
+/// The shape of a packed batch from validated packed Q, K, V (`base`, batch 1) and the offsets.
+fn varlen_shape(base: AttnShape, v: &Varlen) -> Result<AttnShape> {
+    if v.cu_seqlens_q.len() < 2 || v.cu_seqlens_q.len() - 1 > MAX_GRID_YZ {
+        return Err(Error::invalid(
+            "varlen.cu_seqlens_q",
+            format!("holds {} entries; batch + 1 with batch in 1..={MAX_GRID_YZ} expected", v.cu_seqlens_q.len()),
+        ));
+    }
+    let batch = v.cu_seqlens_q.len() - 1;
+    array_len("varlen.cu_seqlens_k", v.cu_seqlens_k.len(), batch + 1, "batch + 1")?;
+    if let Some(used) = v.seqused_k {
+        array_len("varlen.seqused_k", used.len(), batch, "batch")?;
+    }
+    let max_q = seqlen_bound("varlen.max_seqlen_q", v.max_seqlen_q)?;
+    let max_k = seqlen_bound("varlen.max_seqlen_k", v.max_seqlen_k)?;
+    let (total_q, total_k) = (base.seqlen_q, base.seqlen_k);
+    if v.check_offsets {
+        check_cu_seqlens("varlen.cu_seqlens_q", &to_host("cu_seqlens_q", v.cu_seqlens_q)?, total_q as usize, v.max_seqlen_q)?;
+        let cu_k = to_host("cu_seqlens_k", v.cu_seqlens_k)?;
+        check_cu_seqlens("varlen.cu_seqlens_k", &cu_k, total_k as usize, v.max_seqlen_k)?;
+        if let Some(used) = v.seqused_k {
+            let used = to_host("seqused_k", used)?;
+            for (b, (&u, pair)) in used.iter().zip(cu_k.windows(2)).enumerate() {
+                if u < 0 || u > pair[1] - pair[0] {
+                    return Err(Error::invalid(
+                        "varlen.seqused_k",
+                        format!("entry {b} is {u}, outside 0..={} (the sequence's keys)", pair[1] - pair[0]),
+                    ));
+                }
+            }
+        }
+    }
+    let mut shape = base;
+    shape.batch = batch as u32;
+    shape.seqlen_q = max_q;
+    shape.seqlen_k = max_k;
+    shape.layout.cu_seqlens_q = v.cu_seqlens_q.as_device_ptr().as_raw();
+    shape.layout.cu_seqlens_k = v.cu_seqlens_k.as_device_ptr().as_raw();
+    shape.layout.seqused_k = v.seqused_k.map_or(0, |s| s.as_device_ptr().as_raw());
+    shape.layout.total_q = total_q;
+    shape.layout.total_k = total_k;
+    shape.layout.max_seqlen_q = max_q;
+    Ok(shape)
+}
+
+impl FlashAttention {
+    /// Forward of a packed variable-length batch: Q `(1, total_q, heads, d)`, K and V
+    /// `(1, total_k, heads_k, d)`; O like Q and the LSE `(heads, total_q)`. Every option of
+    /// [`AttentionParams`] applies per sequence (masks bottom-right aligned to each
+    /// sequence's lengths; ALiBi slopes `(heads)` or `(batch, heads)`).
+    pub fn forward_varlen<T: Element>(
+        &self,
+        stream: &Stream,
+        q: TensorRef<'_, T>,
+        k: TensorRef<'_, T>,
+        v: TensorRef<'_, T>,
+        varlen: &Varlen,
+        params: &AttentionParams,
+    ) -> Result<ForwardOutput<T>> {
+        let (qa, ka, va) = (Arg::of("q", &q), Arg::of("k", &k), Arg::of("v", &v));
+        let shape = self.varlen_inputs(&qa, &ka, &va, varlen, params)?;
+        validate::modifiers(params, &shape)?; // before allocating: bad options never allocate
+        let mut o = DeviceTensor::uninitialized(q.layout().shape)?;
+        let mut lse = stat_buffer(&shape)?;
+        self.forward_varlen_into(stream, q, k, v, o.view_mut(), &mut lse, varlen, params)?;
+        Ok(ForwardOutput { o, lse })
+    }
+
+    /// [`FlashAttention::forward_varlen`] into caller-provided O (Q's shape, any
+    /// non-overlapping strides) and LSE (at least heads · total_q floats).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_varlen_into<T: Element>(
+        &self,
+        stream: &Stream,
+        q: TensorRef<'_, T>,
+        k: TensorRef<'_, T>,
+        v: TensorRef<'_, T>,
+        o: TensorMut<'_, T>,
+        lse: &mut DeviceSlice<f32>,
+        varlen: &Varlen,
+        params: &AttentionParams,
+    ) -> Result<()> {
+        let (qa, ka, va) = (Arg::of("q", &q), Arg::of("k", &k), Arg::of("v", &v));
+        let shape = self.varlen_inputs(&qa, &ka, &va, varlen, params)?;
+        let o_ref = o.as_ref();
+        let oa = Arg::of("o", &o_ref);
+        validate::output(&oa, q.layout().shape)?;
+        stat_len("lse", lse.len(), &shape)?;
+        let mods = validate::modifiers(params, &shape)?;
+        self.run_forward::<T>(stream, shape, mods, [&qa, &ka, &va, &oa], lse.as_device_ptr().as_raw())
+    }
+
+    /// Backward of [`FlashAttention::forward_varlen`]: dQ like Q, dK and dV like K (sums over
+    /// each K/V head's query heads), the sinks' gradient when the call has sinks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_varlen<T: Element>(
+        &self,
+        stream: &Stream,
+        d_o: TensorRef<'_, T>,
+        q: TensorRef<'_, T>,
+        k: TensorRef<'_, T>,
+        v: TensorRef<'_, T>,
+        o: TensorRef<'_, T>,
+        lse: &DeviceSlice<f32>,
+        varlen: &Varlen,
+        params: &AttentionParams,
+    ) -> Result<Gradients<T>> {
+        let (qa, ka, va) = (Arg::of("q", &q), Arg::of("k", &k), Arg::of("v", &v));
+        if varlen.seqused_k.is_some() {
+            return Err(Error::invalid(
+                "varlen.seqused_k",
+                "the backward takes every key of each sequence: seqused_k is for the forward only",
+            ));
+        }
+        let shape = self.varlen_inputs(&qa, &ka, &va, varlen, params)?;
+        validate::modifiers(params, &shape)?; // before allocating: bad options never allocate
+        let mut dq = DeviceTensor::<T>::uninitialized(q.layout().shape)?;
+        let mut dk = DeviceTensor::<T>::uninitialized(k.layout().shape)?;
+        let mut dv = DeviceTensor::<T>::uninitialized(k.layout().shape)?;
+        let mut d_sinks = match params.sinks {
+            Some(_) => Some(DeviceBuffer::<f32>::zeroed(shape.heads as usize).during("cuMemAlloc")?),
+            None => None,
+        };
+        let sinks_out = d_sinks.as_deref_mut();
+        self.backward_varlen_into(
+            stream,
+            [d_o, q, k, v, o],
+            lse,
+            [dq.view_mut(), dk.view_mut(), dv.view_mut()],
+            sinks_out,
+            varlen,
+            params,
+        )?;
+        Ok(Gradients { dq, dk, dv, d_sinks })
+    }
+
+    /// [`FlashAttention::backward_varlen`] into caller-provided dQ, dK, dV (any non-overlapping
+    /// strides) and, with sinks, their gradient (`heads` floats): inputs `[d_o, q, k, v, o]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_varlen_into<T: Element>(
+        &self,
+        stream: &Stream,
+        [d_o, q, k, v, o]: [TensorRef<'_, T>; 5],
+        lse: &DeviceSlice<f32>,
+        [dq, dk, dv]: [TensorMut<'_, T>; 3],
+        d_sinks: Option<&mut DeviceSlice<f32>>,
+        varlen: &Varlen,
+        params: &AttentionParams,
+    ) -> Result<()> {
+        let [qa, ka, va, oa, doa] =
+            [("q", &q), ("k", &k), ("v", &v), ("o", &o), ("d_o", &d_o)].map(|(n, t)| Arg::of(n, t));
+        if varlen.seqused_k.is_some() {
+            return Err(Error::invalid(
+                "varlen.seqused_k",
+                "the backward takes every key of each sequence: seqused_k is for the forward only",
+            ));
+        }
+        let shape = self.varlen_inputs(&qa, &ka, &va, varlen, params)?;
+        validate::same_shape(&oa, q.layout().shape)?;
+        validate::same_shape(&doa, q.layout().shape)?;
+        stat_len("lse", lse.len(), &shape)?;
+        let (dq_ref, dk_ref, dv_ref) = (dq.as_ref(), dk.as_ref(), dv.as_ref());
+        let (dqa, dka, dva) = (Arg::of("dq", &dq_ref), Arg::of("dk", &dk_ref), Arg::of("dv", &dv_ref));
+        validate::output(&dqa, q.layout().shape)?;
+        validate::output(&dka, k.layout().shape)?;
+        validate::output(&dva, k.layout().shape)?;
+        let mods = validate::modifiers(params, &shape)?;
+        let d_sinks = validate::sink_gradient(params, d_sinks, &shape)?;
+        self.run_backward::<T>(
+            stream,
+            shape,
+            mods,
+            [&qa, &ka, &va, &oa, &doa, &dqa, &dka, &dva],
+            lse.as_device_ptr().as_raw(),
+            d_sinks,
+            params.deterministic,
+        )
+    }
+
+    fn varlen_inputs(&self, q: &Arg, k: &Arg, v: &Arg, varlen: &Varlen, params: &AttentionParams) -> Result<AttnShape> {
+        let base = validate::inputs(q, k, v, params)?;
+        packed(q)?;
+        packed(k)?;
+        varlen_shape(base, varlen)
+    }
+
+    /// Attention of Q `(batch, seqlen_q, heads, d)` against a KV cache `(batch_cache,
+    /// seqlen_cache, heads_k, d)`, each sequence over its first `cache_seqlens[b]` keys (of
+    /// entry `cache_batch_idx[b]`); O like Q and the LSE `(batch, heads, seqlen_q)`. Causal masks
+    /// and windows are aligned to each sequence's length: query `i` sits at key position
+    /// `cache_seqlens[b] - seqlen_q + i` (new tokens at the end of the cache). Decodes too small
+    /// to fill the GPU split the keys across blocks and merge by LSE (`KvCache::num_splits`).
+    pub fn forward_with_kvcache<T: Element>(
+        &self,
+        stream: &Stream,
+        q: TensorRef<'_, T>,
+        k_cache: TensorRef<'_, T>,
+        v_cache: TensorRef<'_, T>,
+        cache: &KvCache,
+        params: &AttentionParams,
+    ) -> Result<ForwardOutput<T>> {
+        let (qa, ka, va) = (Arg::of("q", &q), Arg::of("k_cache", &k_cache), Arg::of("v_cache", &v_cache));
+        let shape = self.kvcache_inputs(&qa, &ka, &va, cache, params)?;
+        validate::modifiers(params, &shape)?; // before allocating: bad options never allocate
+        let mut o = DeviceTensor::uninitialized(q.layout().shape)?;
+        let mut lse = stat_buffer(&shape)?;
+        self.forward_with_kvcache_into(stream, q, k_cache, v_cache, o.view_mut(), &mut lse, cache, params)?;
+        Ok(ForwardOutput { o, lse })
+    }
+
+    /// [`FlashAttention::forward_with_kvcache`] into caller-provided O (Q's shape) and LSE
+    /// (batch · heads · seqlen_q floats).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with_kvcache_into<T: Element>(
+        &self,
+        stream: &Stream,
+        q: TensorRef<'_, T>,
+        k_cache: TensorRef<'_, T>,
+        v_cache: TensorRef<'_, T>,
+        o: TensorMut<'_, T>,
+        lse: &mut DeviceSlice<f32>,
+        cache: &KvCache,
+        params: &AttentionParams,
+    ) -> Result<()> {
+        let (qa, ka, va) = (Arg::of("q", &q), Arg::of("k_cache", &k_cache), Arg::of("v_cache", &v_cache));
+        let mut shape = self.kvcache_inputs(&qa, &ka, &va, cache, params)?;
+        let o_ref = o.as_ref();
+        let oa = Arg::of("o", &o_ref);
+        validate::output(&oa, q.layout().shape)?;
+        stat_len("lse", lse.len(), &shape)?;
+        let mods = validate::modifiers(params, &shape)?;
+        shape.layout.num_splits = self.splits_for::<T>(&shape, cache.num_splits)?;
+        self.run_forward::<T>(stream, shape, mods, [&qa, &ka, &va, &oa], lse.as_device_ptr().as_raw())
+    }
+
+    /// How many key ranges a forward of `shape` splits into: `requested` (at most
+    /// [`MAX_SPLITS`]), or with 0 the heuristic from the grid and the SM count.
+    pub(crate) fn splits_for<T: Element>(&self, shape: &AttnShape, requested: usize) -> Result<u32> {
+        let info = registry::find(Role::Forward, T::DTYPE, shape.head_dim, self.hopper_kernels(), true).ok_or(
+            Error::UnsupportedHeadDim {
+                argument: "q",
+                head_dim: shape.head_dim as usize,
+                supported: &flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS,
+            },
+        )?;
+        let key_tiles = shape.seqlen_k.div_ceil(info.key_tile_rows.max(1));
+        let splits = match requested {
+            0 => {
+                let blocks = shape.seqlen_q.div_ceil(info.block_rows) * shape.heads * shape.batch;
+                choose_splits(blocks, key_tiles, self.sm_count, 4, MAX_SPLITS as u32)
+            }
+            n if n <= MAX_SPLITS => n as u32,
+            n => return Err(Error::invalid("cache.num_splits", format!("{n} exceeds {MAX_SPLITS}"))),
+        };
+        if splits as usize * shape.batch as usize > MAX_GRID_YZ {
+            return Err(Error::invalid(
+                "cache.num_splits",
+                format!("{splits} splits × batch {} exceed the grid's {MAX_GRID_YZ}", shape.batch),
+            ));
+        }
+        Ok(splits)
+    }
+
+    fn kvcache_inputs(
+        &self,
+        q: &Arg,
+        k: &Arg,
+        v: &Arg,
+        cache: &KvCache,
+        params: &AttentionParams,
+    ) -> Result<AttnShape> {
+        // Checked as Q against K, V of Q's batch (the cache's own batch may differ with
+        // `cache_batch_idx`), then the cache's batch on its own.
+        let batch = q.layout.batch();
+        let cache_batch = k.layout.batch();
+        let same_batch = |a: &Arg<'_>| {
+            let mut l = *a.layout;
+            l.shape[0] = batch;
+            l
+        };
+        let (kl, vl) = (same_batch(k), same_batch(v));
+        let (k1, v1) = (Arg { name: k.name, address: k.address, layout: &kl }, Arg { name: v.name, address: v.address, layout: &vl });
+        if k.layout.shape != v.layout.shape {
+            return Err(Error::invalid("v_cache", format!("shape {:?} differs from k_cache's {:?}", v.layout.shape, k.layout.shape)));
+        }
+        let mut shape = validate::inputs(q, &k1, &v1, params)?;
+        array_len("cache.cache_seqlens", cache.cache_seqlens.len(), batch, "batch")?;
+        match cache.cache_batch_idx {
+            Some(idx) => array_len("cache.cache_batch_idx", idx.len(), batch, "batch")?,
+            None if cache_batch != batch => {
+                return Err(Error::invalid(
+                    "k_cache",
+                    format!("batch {cache_batch} differs from q's {batch} and no cache_batch_idx maps them"),
+                ));
+            }
+            None => {}
+        }
+        if cache.check_lengths {
+            check_range("cache.cache_seqlens", &to_host("cache_seqlens", cache.cache_seqlens)?, k.layout.seqlen(), false)?;
+            if let Some(idx) = cache.cache_batch_idx {
+                check_range("cache.cache_batch_idx", &to_host("cache_batch_idx", idx)?, cache_batch, true)?;
+            }
+        }
+        shape.layout.seqused_k = cache.cache_seqlens.as_device_ptr().as_raw();
+        shape.layout.k_batch_index = cache.cache_batch_idx.map_or(0, |s| s.as_device_ptr().as_raw());
+        Ok(shape)
+    }
+}
+
+/// The row statistics (LSE) of a call: heads · total_q floats for a packed batch, else batch ·
+/// heads · seqlen_q.
+fn stat_buffer(shape: &AttnShape) -> Result<DeviceBuffer<f32>> {
+    // SAFETY: f32 has no invalid bit patterns; the forward writes every row's LSE.
+    unsafe { DeviceBuffer::<f32>::uninitialized(shape.stat_rows() as usize) }.during("cuMemAlloc")
+}
+
+fn stat_len(name: &'static str, len: usize, shape: &AttnShape) -> Result<()> {
+    let rows = shape.stat_rows() as usize;
+    if len < rows {
+        return Err(Error::invalid(name, format!("holds {len} floats; {rows} (one per query row and head) needed")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argument<T: std::fmt::Debug>(r: Result<T>) -> &'static str {
+        match r {
+            Err(Error::InvalidArgument { argument, .. }) => argument,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn offsets_are_checked_against_the_packed_tensor() {
+        assert!(check_cu_seqlens("cu", &[0, 3, 3, 10], 10, 7).is_ok());
+        // Not starting at 0, decreasing, a sequence over max, not ending at the total.
+        for (cu, total, max) in [(&[1, 3, 10][..], 10, 9), (&[0, 5, 4, 10], 10, 9), (&[0, 8, 10], 10, 7), (&[0, 3, 9], 10, 9)]
+        {
+            assert_eq!(argument(check_cu_seqlens("cu", cu, total, max)), "cu", "{cu:?}");
+        }
+    }
+
+    #[test]
+    fn lengths_and_indices_stay_in_range() {
+        assert!(check_range("lens", &[0, 5, 16], 16, false).is_ok());
+        assert_eq!(argument(check_range("lens", &[17], 16, false)), "lens");
+        assert_eq!(argument(check_range("lens", &[-1], 16, false)), "lens");
+        assert!(check_range("idx", &[0, 2], 3, true).is_ok());
+        assert_eq!(argument(check_range("idx", &[3], 3, true)), "idx");
+    }
+}
