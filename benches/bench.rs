@@ -471,20 +471,39 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
         }
     };
     if o.serving.iter().any(|s| s == "decode") {
-        println!("{:>5} {:>6} {:>3} | {:>9} {:>8}", "batch", "cache", "sq", "us", "GB/s");
+        println!("{:>5} {:>6} {:>3} {:>4} | {:>9} {:>8}", "batch", "cache", "sq", "page", "us", "GB/s");
         for &(b, cache_len) in &DECODE {
             let kv_len = b * cache_len * HK * D;
             let (k, v) = (upload(&mut rng, kv_len), upload(&mut rng, kv_len));
             let lens = DeviceBuffer::from_slice(&vec![cache_len as i32; b]).unwrap();
-            for sq in [1usize, 4] {
+            // Paged: the same cache as pages in a shuffled order (seqlen_q 1).
+            let mut order: Vec<i32> = (0..(b * cache_len / 16) as i32).collect();
+            rand::seq::SliceRandom::shuffle(&mut order[..], &mut rng);
+            for (sq, page_size) in [(1usize, 0usize), (4, 0), (1, 16), (1, 256)] {
                 let q = upload(&mut rng, b * sq * H * D);
                 let mut o_buf = DeviceBuffer::<u16>::zeroed(b * sq * H * D).unwrap();
                 let mut lse = DeviceBuffer::<f32>::zeroed(b * H * sq).unwrap();
-                let (ql, kl) = (Layout::contiguous([b, sq, H, D]), Layout::contiguous([b, cache_len, HK, D]));
+                let kl = match page_size {
+                    0 => Layout::contiguous([b, cache_len, HK, D]),
+                    n => Layout::contiguous([b * cache_len / n, n, HK, D]),
+                };
+                let ql = Layout::contiguous([b, sq, H, D]);
                 let qv = TensorRef::<bf16>::from_slice(&q, 0, ql).unwrap();
                 let (kv, vv) =
                     (TensorRef::<bf16>::from_slice(&k, 0, kl).unwrap(), TensorRef::<bf16>::from_slice(&v, 0, kl).unwrap());
-                let cache = flash_attn::KvCache::new(&lens);
+                // Pages of `page_size` rows, shuffled: a permutation of the page ids.
+                let table: Vec<i32> = match page_size {
+                    0 => vec![0],
+                    n => {
+                        let pages = (b * cache_len / n) as i32;
+                        order.iter().copied().filter(|&x| x < pages).collect()
+                    }
+                };
+                let table_d = DeviceBuffer::from_slice(&table).unwrap();
+                let cache = flash_attn::KvCache {
+                    block_table: (page_size > 0).then_some(&*table_d),
+                    ..flash_attn::KvCache::new(&lens)
+                };
                 let params = AttentionParams::default();
                 let mut run = || {
                     let o_out = TensorMut::<bf16>::from_slice(&mut o_buf, 0, ql).unwrap();
@@ -495,11 +514,11 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
                 let ms = time_calls(&stream, &mut flush, o.iters, || run().unwrap());
                 let bytes = 2.0 * kv_len as f64 * 2.0;
                 let gbps = bytes / (ms as f64 * 1e-3) / 1e9;
-                println!("{b:>5} {cache_len:>6} {sq:>3} | {:>9.1} {gbps:>8.0}", ms * 1e3);
+                println!("{b:>5} {cache_len:>6} {sq:>3} {page_size:>4} | {:>9.1} {gbps:>8.0}", ms * 1e3);
                 emit(
                     out,
                     format!(
-                        "{{\"row\":\"decode\",\"batch\":{b},\"cache_len\":{cache_len},\"seqlen_q\":{sq},\"page_size\":0,\"heads\":{H},\"heads_k\":{HK},\"head_dim\":{D},\"ours_us\":{:.2},\"ours_gbps\":{gbps:.1}",
+                        "{{\"row\":\"decode\",\"batch\":{b},\"cache_len\":{cache_len},\"seqlen_q\":{sq},\"page_size\":{page_size},\"heads\":{H},\"heads_k\":{HK},\"head_dim\":{D},\"ours_us\":{:.2},\"ours_gbps\":{gbps:.1}",
                         ms * 1e3
                     ),
                 );

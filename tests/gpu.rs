@@ -331,12 +331,28 @@ fn bad_input() -> Result<(), Failed> {
         (flash_attn::KvCache { check_lengths: true, cache_batch_idx: Some(&idx_bad), ..flash_attn::KvCache::new(&lens) }, "cache.cache_batch_idx"),
         (flash_attn::KvCache::new(&lens), "k_cache"),
         (flash_attn::KvCache { num_splits: 1000, cache_batch_idx: Some(&idx), ..flash_attn::KvCache::new(&lens) }, "cache.num_splits"),
+        (flash_attn::KvCache { block_table: Some(&one_len), ..flash_attn::KvCache::new(&lens) }, "cache.block_table"),
+        (flash_attn::KvCache { block_table: Some(&idx), cache_batch_idx: Some(&idx), ..flash_attn::KvCache::new(&lens) }, "cache.cache_batch_idx"),
+        (flash_attn::KvCache { block_table: Some(&idx_bad), check_lengths: true, ..flash_attn::KvCache::new(&lens) }, "cache.block_table"),
     ] {
         expect(
             a.forward_with_kvcache_into(s, cache_q.view(), cache.view(), cache.view(), cache_o.view_mut(), &mut lse, &c, &params),
             argument,
         )?;
     }
+    // Pages of 8 rows (not a multiple of 16); dropout in the (inference) KV-cache forward.
+    let pages8 = DeviceTensor::filled([6, 8, 2, 64], bf16::ONE).map_err(|e| e.to_string())?;
+    let c = flash_attn::KvCache { block_table: Some(&idx), ..flash_attn::KvCache::new(&lens) };
+    expect(
+        a.forward_with_kvcache_into(s, cache_q.view(), pages8.view(), pages8.view(), cache_o.view_mut(), &mut lse, &c, &params),
+        "k_cache",
+    )?;
+    let dropout = AttentionParams { dropout: Some(flash_attn::Dropout { p: 0.1, seed: 1, offset: 0 }), ..Default::default() };
+    let c = flash_attn::KvCache { cache_batch_idx: Some(&idx), ..flash_attn::KvCache::new(&lens) };
+    expect(
+        a.forward_with_kvcache_into(s, cache_q.view(), cache.view(), cache.view(), cache_o.view_mut(), &mut lse, &c, &dropout),
+        "params.dropout",
+    )?;
     if !cache_o.to_host().map_err(|e| e.to_string())?.iter().all(|x| x.is_nan()) {
         return Err("an invalid KV-cache call wrote to its output: a kernel was launched".into());
     }

@@ -407,7 +407,7 @@ impl FlashAttention {
 
     /// The kernel for a role, dtype and head dim, with the score modifiers where the call uses
     /// them: a `with_kernel` override, else the registry's.
-    fn kernel(
+    pub(crate) fn kernel(
         &self,
         role: Role,
         dtype: registry::Dtype,
@@ -437,7 +437,7 @@ impl FlashAttention {
     }
 
     /// Launch one kernel over `grid` blocks.
-    fn launch<P: Copy>(&self, stream: &Stream, info: &KernelInfo, grid: (u32, u32, u32), params: &P) -> Result<()> {
+    pub(crate) fn launch<P: Copy>(&self, stream: &Stream, info: &KernelInfo, grid: (u32, u32, u32), params: &P) -> Result<()> {
         // The registry pairs each kernel with its parameter block; a mismatch is a bug here,
         // never a user error, and `cargo xtask build-ptx` checks the PTX side of it.
         debug_assert_eq!(std::mem::size_of::<P>(), info.param_bytes as usize, "{}: wrong parameter block", info.name);
@@ -491,13 +491,13 @@ fn module_load_error(ptx: &str, error: cust::error::CudaError) -> Error {
 }
 
 /// `(ceil(rows / block_rows), heads, batch)`: the grid of a kernel tiled over `rows`.
-fn grid(info: &KernelInfo, rows: u32, heads: u32, batch: u32) -> (u32, u32, u32) {
+pub(crate) fn grid(info: &KernelInfo, rows: u32, heads: u32, batch: u32) -> (u32, u32, u32) {
     (rows.div_ceil(info.block_rows), heads, batch)
 }
 
 /// The forward's parameter block from validated Q, K, V, O, the LSE buffer and the modifiers
 /// (the backward carries the same block).
-fn forward_params(shape: AttnShape, mods: Modifiers, [q, k, v, o]: [&Arg; 4], lse: u64) -> FwdParams {
+pub(crate) fn forward_params(shape: AttnShape, mods: Modifiers, [q, k, v, o]: [&Arg; 4], lse: u64) -> FwdParams {
     FwdParams {
         shape,
         q: q.address,

@@ -20,15 +20,15 @@
 //! that are not non-decreasing or run past the tensors make the kernels read out of bounds.
 
 use crate::error::{CudaContext, Error, Result};
-use crate::launch::{FlashAttention, ForwardOutput, Gradients};
+use crate::launch::{FlashAttention, ForwardOutput, Gradients, forward_params, grid as launch_grid};
 use crate::tensor::{DeviceTensor, Element, TensorMut, TensorRef};
 use crate::validate::{self, Arg, MAX_GRID_YZ, MAX_SEQLEN};
 use crate::AttentionParams;
 use cust::memory::{CopyDestination, DeviceBuffer, DeviceSlice};
 use cust::stream::Stream;
-use flash_attn_kernels::params::AttnShape;
+use flash_attn_kernels::params::{AttnShape, Modifiers};
 use flash_attn_kernels::registry::{self, Role};
-use flash_attn_kernels::tiling::choose_splits;
+use flash_attn_kernels::tiling::{DECODE_ROWS, choose_splits};
 
 /// A packed batch of variable-length sequences (FlashAttention's `flash_attn_varlen_func`
 /// arguments).
@@ -59,13 +59,18 @@ pub struct KvCache<'a> {
     pub cache_batch_idx: Option<&'a DeviceSlice<i32>>,
     /// Split-KV: 0 chooses from the shape and the SM count ([`choose_splits`]); 1 never splits.
     pub num_splits: usize,
+    /// A paged cache (vLLM's layout): i32 (batch, max_blocks_per_seq), sequence `b`'s key `j`
+    /// in page `block_table[b][j / page_size]` of K, V shaped (num_pages, page_size, heads_k,
+    /// head_dim); page_size a multiple of 16. Not with `cache_batch_idx`. Decode-shaped calls
+    /// only (`heads / heads_k · seqlen_q ≤ 16`).
+    pub block_table: Option<&'a DeviceSlice<i32>>,
     /// Copy the lengths and indices to the host and check them before launching.
     pub check_lengths: bool,
 }
 
 impl<'a> KvCache<'a> {
     pub fn new(cache_seqlens: &'a DeviceSlice<i32>) -> Self {
-        KvCache { cache_seqlens, cache_batch_idx: None, num_splits: 0, check_lengths: false }
+        KvCache { cache_seqlens, cache_batch_idx: None, num_splits: 0, block_table: None, check_lengths: false }
     }
 }
 
@@ -318,9 +323,9 @@ impl FlashAttention {
     }
 
     fn varlen_inputs(&self, q: &Arg, k: &Arg, v: &Arg, varlen: &Varlen, params: &AttentionParams) -> Result<AttnShape> {
-        let base = validate::inputs(q, k, v, params)?;
         packed(q)?;
         packed(k)?;
+        let base = validate::inputs(q, k, v, params)?;
         varlen_shape(base, varlen)
     }
 
@@ -369,8 +374,64 @@ impl FlashAttention {
         validate::output(&oa, q.layout().shape)?;
         stat_len("lse", lse.len(), &shape)?;
         let mods = validate::modifiers(params, &shape)?;
+        if mods.dropout_keep_threshold != 0 {
+            return Err(Error::invalid("params.dropout", "the KV-cache forward is inference: no dropout"));
+        }
+        let lse = lse.as_device_ptr().as_raw();
+        if decode_shaped(&shape) {
+            return self.run_decode::<T>(stream, shape, mods, [&qa, &ka, &va, &oa], lse, cache.num_splits);
+        }
+        if shape.layout.page_size != 0 {
+            return Err(Error::invalid(
+                "cache.block_table",
+                format!(
+                    "a paged cache serves decode-shaped calls (heads / heads_k · seqlen_q ≤ {DECODE_ROWS}); this one has {}",
+                    shape.heads / shape.heads_k * shape.seqlen_q
+                ),
+            ));
+        }
         shape.layout.num_splits = self.splits_for::<T>(&shape, cache.num_splits)?;
-        self.run_forward::<T>(stream, shape, mods, [&qa, &ka, &va, &oa], lse.as_device_ptr().as_raw())
+        self.run_forward::<T>(stream, shape, mods, [&qa, &ka, &va, &oa], lse)
+    }
+
+    /// The decode kernel (a K/V group's query heads and tokens in one tile), split-KV and the
+    /// combine kernel when the grid is too small for the GPU.
+    fn run_decode<T: Element>(
+        &self,
+        stream: &Stream,
+        mut shape: AttnShape,
+        mods: Modifiers,
+        args: [&Arg; 4],
+        lse: u64,
+        requested: usize,
+    ) -> Result<()> {
+        let info = self.kernel(Role::ForwardDecode, T::DTYPE, &shape, &mods)?;
+        let key_tiles = shape.seqlen_k.div_ceil(info.key_tile_rows);
+        let splits = match requested {
+            0 => choose_splits(shape.heads_k * shape.batch, key_tiles, self.sm_count, 2, MAX_SPLITS as u32),
+            n if n <= MAX_SPLITS => n as u32,
+            n => return Err(Error::invalid("cache.num_splits", format!("{n} exceeds {MAX_SPLITS}"))),
+        };
+        shape.layout.num_splits = splits;
+        let mut p = forward_params(shape, mods, args, lse);
+        let grid = (splits, shape.heads_k, shape.batch);
+        if splits == 1 {
+            return self.launch(stream, info, grid, &p);
+        }
+        let combine = self.kernel(Role::ForwardCombine, T::DTYPE, &shape, &mods)?;
+        let rows = shape.stat_rows() as usize * splits as usize;
+        // SAFETY: f32 has no invalid bit patterns; every split writes each of its rows' partial
+        // O and LSE before the combine kernel reads them.
+        let o_accum = unsafe { self.scratch.alloc::<f32>(rows * shape.head_dim as usize, stream) }?;
+        let lse_accum = unsafe { self.scratch.alloc::<f32>(rows, stream) }?;
+        p.o_accum = o_accum.as_device_ptr().as_raw();
+        p.lse_accum = lse_accum.as_device_ptr().as_raw();
+        let launched = self
+            .launch(stream, info, grid, &p)
+            .and_then(|()| self.launch(stream, combine, launch_grid(combine, shape.seqlen_q, shape.heads, shape.batch), &p));
+        let freed_o = o_accum.drop_async(stream).during("cuMemFreeAsync");
+        let freed_l = lse_accum.drop_async(stream).during("cuMemFreeAsync");
+        launched.and(freed_o).and(freed_l)
     }
 
     /// How many key ranges a forward of `shape` splits into: `requested` (at most
@@ -426,8 +487,11 @@ impl FlashAttention {
         let mut shape = validate::inputs(q, &k1, &v1, params)?;
         array_len("cache.cache_seqlens", cache.cache_seqlens.len(), batch, "batch")?;
         match cache.cache_batch_idx {
+            Some(_) if cache.block_table.is_some() => {
+                return Err(Error::invalid("cache.cache_batch_idx", "not with a block_table (the table maps the pages)"));
+            }
             Some(idx) => array_len("cache.cache_batch_idx", idx.len(), batch, "batch")?,
-            None if cache_batch != batch => {
+            None if cache_batch != batch && cache.block_table.is_none() => {
                 return Err(Error::invalid(
                     "k_cache",
                     format!("batch {cache_batch} differs from q's {batch} and no cache_batch_idx maps them"),
@@ -435,7 +499,7 @@ impl FlashAttention {
             }
             None => {}
         }
-        if cache.check_lengths {
+        if cache.check_lengths && cache.block_table.is_none() {
             check_range("cache.cache_seqlens", &to_host("cache_seqlens", cache.cache_seqlens)?, k.layout.seqlen(), false)?;
             if let Some(idx) = cache.cache_batch_idx {
                 check_range("cache.cache_batch_idx", &to_host("cache_batch_idx", idx)?, cache_batch, true)?;
@@ -443,8 +507,42 @@ impl FlashAttention {
         }
         shape.layout.seqused_k = cache.cache_seqlens.as_device_ptr().as_raw();
         shape.layout.k_batch_index = cache.cache_batch_idx.map_or(0, |s| s.as_device_ptr().as_raw());
+        if let Some(table) = cache.block_table {
+            let page_size = k.layout.seqlen();
+            if !page_size.is_multiple_of(16) {
+                return Err(Error::invalid(
+                    "k_cache",
+                    format!("page size (dimension 1) {page_size} is not a multiple of 16"),
+                ));
+            }
+            if table.is_empty() || !table.len().is_multiple_of(batch) {
+                return Err(Error::invalid(
+                    "cache.block_table",
+                    format!("holds {} entries; (batch = {batch}, max_blocks_per_seq) expected", table.len()),
+                ));
+            }
+            let stride = table.len() / batch;
+            if cache.check_lengths {
+                check_range("cache.block_table", &to_host("block_table", table)?, cache_batch, true)?;
+                check_range("cache.cache_seqlens", &to_host("cache_seqlens", cache.cache_seqlens)?, stride * page_size, false)?;
+            }
+            // The sequences' key range: up to max_blocks_per_seq pages.
+            shape.seqlen_k = u32::try_from(stride * page_size)
+                .ok()
+                .filter(|&n| n as usize <= MAX_SEQLEN)
+                .ok_or_else(|| Error::invalid("cache.block_table", "max_blocks_per_seq · page_size exceeds 2^30 keys"))?;
+            shape.layout.page_size = page_size as u32;
+            shape.layout.block_table = table.as_device_ptr().as_raw();
+            shape.layout.block_table_stride = stride as u32;
+        }
         Ok(shape)
     }
+}
+
+/// Whether a KV-cache call runs the decode kernel: a K/V group's query heads times the new
+/// tokens fit its 16-row tile.
+pub(crate) fn decode_shaped(shape: &AttnShape) -> bool {
+    shape.heads / shape.heads_k * shape.seqlen_q <= DECODE_ROWS
 }
 
 /// The row statistics (LSE) of a call: heads · total_q floats for a packed batch, else batch ·

@@ -2,6 +2,7 @@
 //! call into the generic kernel. Names match [`crate::registry::KERNELS`].
 
 use crate::backward::{convert_dq, dropout_mask, flash_bwd, preprocess, reduce_kv_groups, sink_gradient};
+use crate::decode::flash_decode;
 use crate::forward::{combine_splits, flash_fwd};
 use crate::params::{BwdParams, FwdParams};
 use crate::tile::{Bf16, F16};
@@ -190,3 +191,15 @@ entry!(flash_fwd_combine_bf16, FwdParams, combine_splits::<Bf16>);
 entry!(flash_fwd_combine_f16, FwdParams, combine_splits::<F16>);
 entry!(flash_bwd_reduce_kv_groups_bf16, BwdParams, reduce_kv_groups::<Bf16>);
 entry!(flash_bwd_reduce_kv_groups_f16, BwdParams, reduce_kv_groups::<F16>);
+entry!(flash_fwd_decode_bf16_hdim32, FwdParams, flash_decode::<Bf16, 32>);
+entry!(flash_fwd_decode_bf16_hdim64, FwdParams, flash_decode::<Bf16, 64>);
+entry!(flash_fwd_decode_bf16_hdim96, FwdParams, flash_decode::<Bf16, 96>);
+entry!(flash_fwd_decode_bf16_hdim128, FwdParams, flash_decode::<Bf16, 128>);
+entry!(flash_fwd_decode_bf16_hdim192, FwdParams, flash_decode::<Bf16, 192>);
+entry!(flash_fwd_decode_bf16_hdim256, FwdParams, flash_decode::<Bf16, 256>);
+entry!(flash_fwd_decode_f16_hdim32, FwdParams, flash_decode::<F16, 32>);
+entry!(flash_fwd_decode_f16_hdim64, FwdParams, flash_decode::<F16, 64>);
+entry!(flash_fwd_decode_f16_hdim96, FwdParams, flash_decode::<F16, 96>);
+entry!(flash_fwd_decode_f16_hdim128, FwdParams, flash_decode::<F16, 128>);
+entry!(flash_fwd_decode_f16_hdim192, FwdParams, flash_decode::<F16, 192>);
+entry!(flash_fwd_decode_f16_hdim256, FwdParams, flash_decode::<F16, 256>);

@@ -432,25 +432,28 @@ pub(crate) unsafe fn write_partial<const ND: usize>(
     output_scale: f32,
 ) {
     let shape = &p.shape;
+    // The 8-column tiles outermost: every index into O is a constant after unrolling.
+    let mut at = [0i64; 2];
+    let mut inv = [0f32; 2];
     for half in 0..2 {
         let row = row0 + 8 * half as u32;
-        let (inv, lse) = finish_row(softmax.max[half], quad_sum(softmax.sum[half]));
-        if row >= shape.seqlen_q {
-            continue;
+        let (i, lse) = finish_row(softmax.max[half], quad_sum(softmax.sum[half]));
+        inv[half] = i * output_scale;
+        at[half] = split as i64 * shape.layout.stat_rows + row_stat_index::<true>(shape, 0, head, row);
+        if lane % 4 == 0 && row < shape.seqlen_q {
+            // SAFETY: inside the partial LSEs (caller).
+            unsafe { *(p.lse_accum as *mut f32).wrapping_offset(at[half] as isize) = lse };
         }
-        let inv = inv * output_scale;
-        let at = split as i64 * shape.layout.stat_rows + row_stat_index::<true>(shape, 0, head, row);
-        let out = (p.o_accum as *mut f32).wrapping_offset((at * shape.head_dim as i64) as isize);
-        for t in 0..d_tiles8 {
+    }
+    for t in 0..d_tiles8 {
+        for half in 0..2 {
             let col = 8 * t + 2 * (lane % 4) as usize;
-            if col < shape.head_dim as usize {
+            if row0 + 8 * (half as u32) < shape.seqlen_q && col < shape.head_dim as usize {
+                let out = (p.o_accum as *mut f32).wrapping_offset((at[half] * shape.head_dim as i64) as isize);
+                let v = [o[t][2 * half] * inv[half], o[t][2 * half + 1] * inv[half]];
                 // SAFETY: inside row `at` of the partials (caller); 8-byte aligned (even column).
-                unsafe { *(out.wrapping_add(col) as *mut [f32; 2]) = [o[t][2 * half] * inv, o[t][2 * half + 1] * inv] };
+                unsafe { *(out.wrapping_add(col) as *mut [f32; 2]) = v };
             }
-        }
-        if lane % 4 == 0 {
-            // SAFETY: as above.
-            unsafe { *(p.lse_accum as *mut f32).wrapping_offset(at as isize) = lse };
         }
     }
 }

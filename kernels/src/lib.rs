@@ -43,6 +43,8 @@ mod backward;
 #[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]
 mod backward_wgmma;
 #[cfg(target_arch = "nvptx64")]
+mod decode;
+#[cfg(target_arch = "nvptx64")]
 mod entry;
 #[cfg(target_arch = "nvptx64")]
 mod forward;

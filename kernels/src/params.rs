@@ -86,6 +86,13 @@ pub struct SeqLayout {
     /// that accumulator's key rows in all (one half: dK's or dV's).
     pub dkv_row0: u32,
     pub dkv_keys: u32,
+    /// Paged KV cache: keys live in pages of `page_size` rows (K, V of shape (pages, page_size,
+    /// heads_k, head_dim), the page index in the batch stride); key `j` of sequence `b` is row
+    /// `j % page_size` of page `block_table[b · block_table_stride + j / page_size]` (i32).
+    /// 0: contiguous. Read by the decode kernel only.
+    pub page_size: u32,
+    pub block_table: u64,
+    pub block_table_stride: u32,
     pub reserved: u32,
 }
 

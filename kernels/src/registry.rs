@@ -12,6 +12,7 @@
 //! [`in_ptx_for`] is what `cargo xtask build-ptx` checks each PTX against.
 
 use crate::params::{BwdParams, FwdParams};
+use crate::tiling::{DECODE_ROWS, DECODE_WARPS, decode_block_keys, decode_smem_bytes};
 use crate::traits::{
     BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim32, BwdWgmmaHdim64,
     BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaTraits, FwdHdim32, FwdHdim64,
@@ -39,6 +40,9 @@ pub enum Role {
     DropoutMask,
     /// Split-KV: merge the splits' partial outputs by their LSEs (`FwdParams`).
     ForwardCombine,
+    /// Decode against a KV cache: a K/V group's query heads and new tokens packed into one tile
+    /// (`FwdParams`; grid (splits, heads_k, batch)).
+    ForwardDecode,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +89,9 @@ impl KernelInfo {
 /// come from a tile configuration.
 const fn base(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
     let param_bytes = match role {
-        Role::Forward | Role::DropoutMask | Role::ForwardCombine => core::mem::size_of::<FwdParams>(),
+        Role::Forward | Role::DropoutMask | Role::ForwardCombine | Role::ForwardDecode => {
+            core::mem::size_of::<FwdParams>()
+        }
         _ => core::mem::size_of::<BwdParams>(),
     } as u32;
     KernelInfo {
@@ -125,6 +131,18 @@ const fn fwd_wgmma<T: FwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> Kerne
         key_tile_rows: T::BLOCK_N,
         requires_sm90a: true,
         ..base(name, Role::Forward, dtype)
+    }
+}
+
+/// The decode kernel for head dim `D` (see `decode.rs`: 4 warps, one 16-row packed tile).
+const fn decode<const D: u32>(name: &'static str, dtype: Dtype) -> KernelInfo {
+    KernelInfo {
+        head_dim: D,
+        threads: DECODE_WARPS * 32,
+        dynamic_smem_bytes: decode_smem_bytes(D),
+        block_rows: DECODE_ROWS,
+        key_tile_rows: decode_block_keys(D),
+        ..base(name, Role::ForwardDecode, dtype)
     }
 }
 
@@ -225,6 +243,18 @@ pub const KERNELS: &[KernelInfo] = registry! {
         base("flash_dropout_mask", Role::DropoutMask, Dtype::Bf16),
         base("flash_fwd_combine_bf16", Role::ForwardCombine, Dtype::Bf16),
         base("flash_fwd_combine_f16", Role::ForwardCombine, Dtype::F16),
+        decode::<32>("flash_fwd_decode_bf16_hdim32", Dtype::Bf16),
+        decode::<64>("flash_fwd_decode_bf16_hdim64", Dtype::Bf16),
+        decode::<96>("flash_fwd_decode_bf16_hdim96", Dtype::Bf16),
+        decode::<128>("flash_fwd_decode_bf16_hdim128", Dtype::Bf16),
+        decode::<192>("flash_fwd_decode_bf16_hdim192", Dtype::Bf16),
+        decode::<256>("flash_fwd_decode_bf16_hdim256", Dtype::Bf16),
+        decode::<32>("flash_fwd_decode_f16_hdim32", Dtype::F16),
+        decode::<64>("flash_fwd_decode_f16_hdim64", Dtype::F16),
+        decode::<96>("flash_fwd_decode_f16_hdim96", Dtype::F16),
+        decode::<128>("flash_fwd_decode_f16_hdim128", Dtype::F16),
+        decode::<192>("flash_fwd_decode_f16_hdim192", Dtype::F16),
+        decode::<256>("flash_fwd_decode_f16_hdim256", Dtype::F16),
         // Measurement variants: after the defaults, so `find` never picks them.
         fwd_wgmma::<FwdWgmmaHdim128Sync>("flash_fwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim64Narrow>("flash_bwd_wgmma_bf16_hdim64_narrow", Dtype::Bf16),
@@ -269,6 +299,7 @@ mod tests {
                     Role::BackwardReduceKv,
                     Role::DropoutMask,
                     Role::ForwardCombine,
+                    Role::ForwardDecode,
                 ] {
                     for sm90a in [false, true] {
                         for mods in [false, true] {

@@ -291,6 +291,29 @@ pub const fn choose_splits(blocks: u32, key_tiles: u32, sms: u32, min_tiles: u32
     if s < 1 { 1 } else { s }
 }
 
+// The decode kernel's shape (`decode.rs`), shared with the registry and the host.
+
+/// Warps per block, each streaming its own key tiles.
+pub const DECODE_WARPS: u32 = 4;
+/// Packed query rows (one mma tile): group · seqlen_q must fit.
+pub const DECODE_ROWS: u32 = 16;
+
+/// Keys per warp tile for head dim `d`.
+pub const fn decode_keys(d: u32) -> u32 {
+    if d <= 128 { 32 } else { 16 }
+}
+
+/// Dynamic shared memory of the decode kernel for head dim `d`: the Q tile and each warp's two
+/// K and V stages (the merge reuses the stages).
+pub const fn decode_smem_bytes(d: u32) -> u32 {
+    DECODE_ROWS * d * 2 + DECODE_WARPS * 2 * 2 * decode_keys(d) * d * 2
+}
+
+/// Keys one block iteration covers (the split heuristic's unit).
+pub const fn decode_block_keys(d: u32) -> u32 {
+    DECODE_WARPS * decode_keys(d)
+}
+
 /// Grid dimension x of the forward: Q tiles, issued heaviest first for causal masks.
 #[inline(always)]
 pub const fn q_tile_of_block(block_x: u32, num_q_tiles: u32) -> u32 {

@@ -275,6 +275,13 @@ pub fn unit_roundoff<T: Element>() -> f64 {
 /// Unit roundoff of f32, the LSE's type.
 pub const F32_UNIT_ROUNDOFF: f64 = 1.0 / (1u64 << 24) as f64;
 
+/// The LSE's own rounding: the kernels keep the row max in log2 units and finish with
+/// `(max · log2 e + log2 sum) · ln 2` in f32, four roundings (the scale into base 2, lg2, the
+/// add, the scale back) after the sum, where the f64 naive computation has none. Seen on the
+/// H200 (2026-12-02 serving run): rows that see only their sink (no key) have LSE = σ, off by
+/// 2 units (1.19e-7 at |σ| ≈ 1.7), over the one-unit bound.
+pub const LSE_ROUNDOFF: f64 = 4.0 * F32_UNIT_ROUNDOFF;
+
 /// One compared tensor: the kernel's error, the naive low-precision computation's error (both
 /// against the f64 reference) and the tolerance derived from them.
 #[derive(Clone, Copy, Debug)]
@@ -426,7 +433,7 @@ pub fn run_case<T: Element>(
     let lse64: Vec<f64> = lse_host.iter().map(|&x| x as f64).collect();
     let mut comparisons = vec![
         compare("o", &gather::<T>(&o_image, &lq), &want.o, &naive.o, unit_roundoff::<T>()),
-        compare("lse", &lse64, &want.lse, &naive.lse, F32_UNIT_ROUNDOFF),
+        compare("lse", &lse64, &want.lse, &naive.lse, LSE_ROUNDOFF),
     ];
 
     if backward {

@@ -5,7 +5,7 @@
 //! packed batch's), and the comparisons run over the whole packed output.
 
 use crate::{
-    Alibi, Case, CaseOutcome, F32_UNIT_ROUNDOFF, GpuResult, case_strategy, compare, compare_with, cuda, lib,
+    Alibi, Case, CaseOutcome, F32_UNIT_ROUNDOFF, GpuResult, LSE_ROUNDOFF, case_strategy, compare, compare_with, cuda, lib,
     random_inputs, seqlen, unit_roundoff,
 };
 use cust::memory::{CopyDestination, DeviceBuffer};
@@ -23,8 +23,16 @@ pub enum Source {
     /// Packed K/V with `cu_seqlens_k`; `seqused_k` trims each sequence's keys when set.
     Varlen { seqused_k: Option<Vec<usize>> },
     /// A cache of `cache_len` rows per entry and `cache_batch` entries; sequence b reads the
-    /// first `seqlens_k[b]` rows of entry `batch_idx[b]` (identity when None).
-    KvCache { cache_len: usize, cache_batch: usize, batch_idx: Option<Vec<usize>>, num_splits: usize },
+    /// first `seqlens_k[b]` rows of entry `batch_idx[b]` (identity when None). With `pages`, a
+    /// paged cache instead: `pages.0` rows a page, sequence b's pages `pages.1[b]` (shuffled,
+    /// from a pool with unused pages), `cache_batch` pages in all.
+    KvCache {
+        cache_len: usize,
+        cache_batch: usize,
+        batch_idx: Option<Vec<usize>>,
+        num_splits: usize,
+        pages: Option<(usize, Vec<Vec<usize>>)>,
+    },
 }
 
 /// One serving case: the features of `base` (its batch is the number of sequences; seqlens
@@ -81,9 +89,12 @@ pub fn kvcache_strategy() -> impl Strategy<Value = ServingCase> {
         any::<bool>(),
         prop::sample::select(vec![0usize, 0, 1, 2, 3, 7, 16]),
         any::<u64>(),
+        prop::sample::select(vec![0usize, 0, 16, 32, 48, 256]),
     );
-    shape.prop_map(|(base, batch, seqlen_q, cache_len, extra, shuffle, num_splits, seed)| {
+    shape.prop_map(|(base, batch, seqlen_q, cache_len, extra, shuffle, num_splits, seed, page_size)| {
         let mut rng = StdRng::seed_from_u64(seed);
+        // Paged caches serve decode shapes: a K/V group's heads times the tokens fit 16 rows.
+        let seqlen_q = if page_size > 0 { seqlen_q.min(16 / (base.heads / base.heads_k)).max(1) } else { seqlen_q };
         let cache_batch = batch + extra;
         let batch_idx = (shuffle || extra > 0).then(|| {
             let mut entries: Vec<usize> = (0..cache_batch).collect();
@@ -98,13 +109,23 @@ pub fn kvcache_strategy() -> impl Strategy<Value = ServingCase> {
                 _ => rand::Rng::gen_range(&mut rng, 0..=cache_len),
             })
             .collect();
+        let (cache_batch, batch_idx, pages) = if page_size == 0 {
+            (cache_batch, batch_idx, None)
+        } else {
+            // Every sequence gets cache_len's pages; the pool has some spare, shuffled.
+            let per_seq = cache_len.div_ceil(page_size);
+            let pool = batch * per_seq + extra + 1;
+            let mut ids: Vec<usize> = (0..pool).collect();
+            ids.shuffle(&mut rng);
+            let tables = (0..batch).map(|b| ids[b * per_seq..(b + 1) * per_seq].to_vec()).collect();
+            (pool, None, Some((page_size, tables)))
+        };
         ServingCase {
-            // Dropout is for training; the KV cache path is inference (it runs, but the cases
-            // spend their time on the cache's addressing instead).
+            // Dropout is for training; the KV-cache forward rejects it (a typed error).
             base: Case { batch, dropout: None, deterministic: false, ..base },
             seqlens_q: vec![seqlen_q; batch],
             seqlens_k,
-            source: Source::KvCache { cache_len, cache_batch, batch_idx, num_splits },
+            source: Source::KvCache { cache_len, cache_batch, batch_idx, num_splits, pages },
         }
     })
 }
@@ -167,6 +188,9 @@ pub fn run_serving_case<T: Element>(
             let total_k: usize = case.seqlens_k.iter().sum();
             (total_k, [1, total_k, heads_k, d])
         }
+        Source::KvCache { pages: Some((page_size, _)), cache_batch, .. } => {
+            (page_size * cache_batch, [*cache_batch, *page_size, heads_k, d])
+        }
         Source::KvCache { cache_len, cache_batch, .. } => {
             (cache_len * cache_batch, [*cache_batch, *cache_len, heads_k, d])
         }
@@ -216,6 +240,10 @@ pub fn run_serving_case<T: Element>(
         Source::KvCache { batch_idx, .. } => (Some(ints(&case.seqlens_k)?), batch_idx.as_deref().map(ints).transpose()?),
         _ => (None, None),
     };
+    let table_d = match &case.source {
+        Source::KvCache { pages: Some((_, tables)), .. } => Some(ints(&tables.concat())?),
+        _ => None,
+    };
     let varlen = Varlen {
         cu_seqlens_q: &cu_q_d,
         cu_seqlens_k: &cu_k_d,
@@ -240,6 +268,7 @@ pub fn run_serving_case<T: Element>(
                 cache_seqlens: lens_d.as_deref().unwrap(),
                 cache_batch_idx: idx_d.as_deref(),
                 num_splits: *num_splits,
+                block_table: table_d.as_deref(),
                 check_lengths: true,
             };
             lib(attention.forward_with_kvcache_into(
@@ -260,24 +289,26 @@ pub fn run_serving_case<T: Element>(
     let round = |x: f64| T::from_f64(x).to_f64();
     let (mut want_o, mut naive_o) = (vec![0.0; total_q * heads * d], vec![0.0; total_q * heads * d]);
     let (mut want_lse, mut naive_lse) = (vec![0.0; total_q * heads], vec![0.0; total_q * heads]);
-    let kv_rows_of = |b: usize| -> (usize, usize) {
-        // First row and rows of sequence b's keys in the K/V tensors (row = heads_k · d values).
+    // Row of the K/V tensors (of heads_k · d values) holding key j of sequence b: packed,
+    // a cache entry's, or through the sequence's pages (the reference gathers them).
+    let key_row = |b: usize, j: usize| -> usize {
         match &case.source {
-            Source::Varlen { .. } => (offsets(&case.seqlens_k)[b], case.keys_used(b)),
-            Source::KvCache { cache_len, batch_idx, .. } => {
-                let entry = batch_idx.as_ref().map_or(b, |i| i[b]);
-                (entry * cache_len, case.seqlens_k[b])
-            }
+            Source::Varlen { .. } => offsets(&case.seqlens_k)[b] + j,
+            Source::KvCache { pages: Some((page_size, tables)), .. } => tables[b][j / page_size] * page_size + j % page_size,
+            Source::KvCache { cache_len, batch_idx, .. } => batch_idx.as_ref().map_or(b, |i| i[b]) * cache_len + j,
         }
+    };
+    let kv_rows_of = |b: usize| -> (usize, usize) { (key_row(b, 0), case.keys_used(b)) };
+    let gather = |x: &[f64], b: usize, n: usize| -> Vec<f64> {
+        (0..n).flat_map(|j| x[key_row(b, j) * heads_k * d..][..heads_k * d].iter().copied()).collect()
     };
     let per_seq: Vec<_> = (0..batch)
         .map(|b| {
             let p = case.problem(b);
-            let (q0, k0) = (cu_q[b], kv_rows_of(b).0);
+            let q0 = cu_q[b];
             let qs = &q64[q0 * heads * d..][..p.seqlen_q * heads * d];
-            let ks = &k64[k0 * heads_k * d..][..p.seqlen_k * heads_k * d];
-            let vs = &v64[k0 * heads_k * d..][..p.seqlen_k * heads_k * d];
-            (p, qs.to_vec(), ks.to_vec(), vs.to_vec())
+            let (ks, vs) = (gather(&k64, b, p.seqlen_k), gather(&v64, b, p.seqlen_k));
+            (p, qs.to_vec(), ks, vs)
         })
         .collect();
     for (b, (p, qs, ks, vs)) in per_seq.iter().enumerate() {
@@ -306,7 +337,7 @@ pub fn run_serving_case<T: Element>(
     let got_lse: Vec<f64> = lse_host[..total_q * heads].iter().map(|&x| x as f64).collect();
     let mut comparisons = vec![
         compare("o", &got_o, &want_o, &naive_o, unit_roundoff::<T>()),
-        compare("lse", &got_lse, &want_lse, &naive_lse, F32_UNIT_ROUNDOFF),
+        compare("lse", &got_lse, &want_lse, &naive_lse, LSE_ROUNDOFF),
     ];
 
     // The backward takes no `seqused_k` (a typed error, tested with the bad input).
