@@ -69,8 +69,14 @@ def decode_rows(f):
                     row[f"{name}_error"] = err
             if flash_attn_varlen_func is not None:
                 used = torch.full((b,), L, device="cuda", dtype=torch.int32)
-                call = lambda: flash_attn_varlen_func(q, k, v, seqused_k=used, max_seqlen_k=L, num_splits=0)
-                ms, err = safe(lambda: (call(), torch.cuda.synchronize(), bench(call))[2])
+                # FA4's split heuristic where it has split-KV (not on SM90: then one split).
+                ms, err = None, None
+                for splits in (0, 1):
+                    call = lambda: flash_attn_varlen_func(q, k, v, seqused_k=used, max_seqlen_k=L, num_splits=splits)
+                    ms, err = safe(lambda: (call(), torch.cuda.synchronize(), bench(call))[2])
+                    if ms is not None:
+                        row["fa4_num_splits"] = splits
+                        break
                 row["fa4_us"] = None if ms is None else ms * 1e3
                 if err:
                     row["fa4_error"] = err
@@ -80,7 +86,7 @@ def decode_rows(f):
                     pages = b * L // page
                     kp, vp = k.reshape(pages, page, HK, D), v.reshape(pages, page, HK, D)
                     table = torch.arange(pages, device="cuda", dtype=torch.int32).reshape(b, L // page)
-                    call = lambda: flash_attn_varlen_func(q, kp, vp, seqused_k=used, page_table=table, num_splits=0)
+                    call = lambda: flash_attn_varlen_func(q, kp, vp, seqused_k=used, page_table=table, num_splits=row.get("fa4_num_splits", 1))
                     ms, err = safe(lambda: (call(), torch.cuda.synchronize(), bench(call))[2])
                     row["fa4_paged256_us"] = None if ms is None else ms * 1e3
                     if err:

@@ -22,7 +22,7 @@ use cust::memory::{DeviceBuffer, DeviceSlice};
 use cust::module::Module;
 use cust::stream::Stream;
 use flash_attn_kernels::params::{AttnShape, BwdParams, FwdParams, Modifiers};
-use flash_attn_kernels::registry::{self, KernelInfo, Role};
+use flash_attn_kernels::registry::{self, Flavor, KernelInfo, Role};
 use std::ffi::c_void;
 
 /// The loaded kernels, for the context that was current when [`FlashAttention::new`] ran.
@@ -119,7 +119,8 @@ impl FlashAttention {
     /// Name of the forward kernel that runs for this dtype and head dim (dense, or with the
     /// score modifiers: softcap, ALiBi, dropout), if any.
     pub fn forward_kernel_name<T: Element>(&self, head_dim: usize, modifiers: bool) -> Option<&'static str> {
-        self.choose(Role::Forward, T::DTYPE, head_dim as u32, modifiers).map(|k| k.name)
+        let flavor = if modifiers { Flavor::Modifiers } else { Flavor::Dense };
+        self.choose(Role::Forward, T::DTYPE, head_dim as u32, flavor).map(|k| k.name)
     }
 
     /// Forward into new tensors: O (contiguous) and the LSE. Queued on `stream`; no sync.
@@ -414,7 +415,7 @@ impl FlashAttention {
         shape: &AttnShape,
         mods: &Modifiers,
     ) -> Result<&'static KernelInfo> {
-        self.choose(role, dtype, shape.head_dim, validate::needs_feature_kernels(shape, mods)).ok_or(
+        self.choose(role, dtype, shape.head_dim, validate::flavor(shape, mods)).ok_or(
             Error::UnsupportedHeadDim {
                 argument: "q",
                 head_dim: shape.head_dim as usize,
@@ -428,12 +429,12 @@ impl FlashAttention {
         role: Role,
         dtype: registry::Dtype,
         head_dim: u32,
-        modifiers: bool,
+        flavor: Flavor,
     ) -> Option<&'static KernelInfo> {
         // An override replaces the kernel it serves (`KernelInfo::serves`, the registry's rule);
         // the measurement variants are all dense, so calls with modifiers keep their `_mods` kernel.
-        let chosen = self.overrides.iter().copied().find(|k| k.serves(role, dtype, head_dim, modifiers));
-        chosen.or_else(|| registry::find(role, dtype, head_dim, self.hopper_kernels, modifiers))
+        let chosen = self.overrides.iter().copied().find(|k| k.serves(role, dtype, head_dim, flavor));
+        chosen.or_else(|| registry::find(role, dtype, head_dim, self.hopper_kernels, flavor))
     }
 
     /// Launch one kernel over `grid` blocks.

@@ -27,7 +27,7 @@ use crate::AttentionParams;
 use cust::memory::{CopyDestination, DeviceBuffer, DeviceSlice};
 use cust::stream::Stream;
 use flash_attn_kernels::params::{AttnShape, Modifiers};
-use flash_attn_kernels::registry::{self, Role};
+use flash_attn_kernels::registry::{self, Flavor, Role};
 use flash_attn_kernels::tiling::{DECODE_ROWS, choose_splits};
 
 /// A packed batch of variable-length sequences (FlashAttention's `flash_attn_varlen_func`
@@ -437,7 +437,7 @@ impl FlashAttention {
     /// How many key ranges a forward of `shape` splits into: `requested` (at most
     /// [`MAX_SPLITS`]), or with 0 the heuristic from the grid and the SM count.
     pub(crate) fn splits_for<T: Element>(&self, shape: &AttnShape, requested: usize) -> Result<u32> {
-        let info = registry::find(Role::Forward, T::DTYPE, shape.head_dim, self.hopper_kernels(), true).ok_or(
+        let info = registry::find(Role::Forward, T::DTYPE, shape.head_dim, self.hopper_kernels(), Flavor::Sequences).ok_or(
             Error::UnsupportedHeadDim {
                 argument: "q",
                 head_dim: shape.head_dim as usize,

@@ -238,11 +238,19 @@ pub fn needs_modifier_kernels(m: &Modifiers) -> bool {
     m.softcap != 0.0 || m.alibi_slopes != 0 || m.dropout_keep_threshold != 0
 }
 
-/// Whether the call needs the feature (`_mods`) kernels: a modifier ([`needs_modifier_kernels`])
-/// or rows that are not a dense batch's (packed sequences, a KV cache, split-KV), which only
-/// those kernels resolve per sequence (`FwdParams::sequence`).
-pub fn needs_feature_kernels(shape: &AttnShape, m: &Modifiers) -> bool {
-    needs_modifier_kernels(m) || shape.layout != flash_attn_kernels::params::SeqLayout::default()
+/// Which twin of the main kernels a call needs: `_mods` for a modifier
+/// ([`needs_modifier_kernels`]), else `_seq` for rows that are not a dense batch's (packed
+/// sequences, a KV cache, split-KV: those twins resolve each block's sequence,
+/// `FwdParams::sequence`), else the dense kernel.
+pub fn flavor(shape: &AttnShape, m: &Modifiers) -> flash_attn_kernels::registry::Flavor {
+    use flash_attn_kernels::registry::Flavor;
+    if needs_modifier_kernels(m) {
+        Flavor::Modifiers
+    } else if shape.layout != flash_attn_kernels::params::SeqLayout::default() {
+        Flavor::Sequences
+    } else {
+        Flavor::Dense
+    }
 }
 
 /// The sinks' gradient buffer: required (at least `heads` floats) exactly when the call has

@@ -48,12 +48,12 @@ const LOG2_E: f32 = core::f32::consts::LOG2_E;
 /// Launched with `T::THREADS` threads, grid `(ceil(seqlen_k / BLOCK_N), heads, batch)` and
 /// `T::SMEM_BYTES` of dynamic shared memory, after [`preprocess`] on the same parameters.
 #[inline(always)]
-pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParams) {
-    // The `MODS` kernels also serve packed batches: the block's sequence resolved, the kernel
+pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool, const SEQ: bool>(p: &BwdParams) {
+    // The `SEQ` kernels (`_seq`, `_mods`) serve packed batches: the block's sequence resolved, the kernel
     // runs as on a dense batch of one. The dense kernels read the parameter block as it is
     // (and compile to the code they had before).
     let sequence;
-    let p = if MODS {
+    let p = if SEQ {
         // SAFETY: the host validated the layout's arrays.
         sequence = unsafe { p.sequence(ptx::block_idx().2) };
         &sequence
@@ -63,7 +63,7 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParam
     let f = &p.fwd;
     let shape = &f.shape;
     // Blocks past this sequence's keys (a packed batch's shorter sequences) have nothing to do.
-    if MODS && ptx::block_idx().0 * T::BLOCK_N >= shape.seqlen_k {
+    if SEQ && ptx::block_idx().0 * T::BLOCK_N >= shape.seqlen_k {
         return;
     }
     let mask = Mask::of(shape);
@@ -120,7 +120,7 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParam
             );
             if tid < T::BLOCK_M {
                 let in_range = tid < q_rows;
-                let at = row_stat_index::<MODS>(shape, batch, head, if in_range { q_begin + tid } else { 0 }) as isize;
+                let at = row_stat_index::<SEQ>(shape, batch, head, if in_range { q_begin + tid } else { 0 }) as isize;
                 let bytes = if in_range { 4 } else { 0 };
                 ptx::cp_async_4(
                     base + T::LSE_IN_STAGE + 4 * tid,
@@ -225,7 +225,7 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParam
         }
         sync_threads();
 
-        wait_for_dq_turn::<MODS>(p, block_x, head, q_tile, T::BLOCK_M, T::BLOCK_N, tid);
+        wait_for_dq_turn::<SEQ>(p, block_x, head, q_tile, T::BLOCK_M, T::BLOCK_N, tid);
         // dQ += scale · dS·K, in units of 16 queries × DQ_COLS columns spread over the warps.
         let col_units = T::HEAD_DIM / T::DQ_COLS;
         let mut unit = warp;
@@ -244,7 +244,7 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParam
             for half in 0..2 {
                 let row = q_begin + 16 * q16 + lane / 4 + 8 * half as u32;
                 if row < shape.seqlen_q {
-                    let base = row_stat_index::<MODS>(shape, batch, head, row) * shape.head_dim as i64;
+                    let base = row_stat_index::<SEQ>(shape, batch, head, row) * shape.head_dim as i64;
                     for t in 0..2 * acc_tiles16 {
                         let col = c_unit * T::DQ_COLS + 8 * t as u32 + 2 * (lane % 4);
                         let at = (p.dq_accum as *mut f32).wrapping_offset((base + col as i64) as isize);
@@ -263,13 +263,13 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool>(p: &BwdParam
         }
         // The next tile has landed, and everyone is done with this stage and with dSᵀ.
         sync_threads();
-        pass_dq_turn::<MODS>(p, head, q_tile, T::BLOCK_M, tid);
+        pass_dq_turn::<SEQ>(p, head, q_tile, T::BLOCK_M, tid);
     }
 
     for half in 0..2 {
         let key = warp_k0 + lane / 4 + 8 * half as u32;
         if key < shape.seqlen_k {
-            let rows = DkvRows::of::<MODS>(p, batch, key, head, kv_head);
+            let rows = DkvRows::of::<SEQ>(p, batch, key, head, kv_head);
             let pair = |t: usize| {
                 let col = 16 * slice16_0 + 8 * t as u32 + 2 * (lane % 4);
                 let dk_pair = [dk[t][2 * half] * shape.scale, dk[t][2 * half + 1] * shape.scale];

@@ -50,16 +50,16 @@ fn shared_writes_done() {
 /// `T::SMEM_BYTES` of dynamic shared memory, after `preprocess` on the same parameters, on an
 /// sm_90a device.
 #[inline(always)]
-pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bool>(p: &BwdParams) {
+pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bool, const SEQ: bool>(p: &BwdParams) {
     // The generated GEMM shapes (the issue-only forms and waits stop at head_dim 128), and
     // padding that stays inside the last 64-column panel in whole chunks.
     const { assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128) };
     const { assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM)) };
-    // The `MODS` kernels also serve packed batches: the block's sequence resolved, the kernel
+    // The `SEQ` kernels (`_seq`, `_mods`) serve packed batches: the block's sequence resolved, the kernel
     // runs as on a dense batch of one. The dense kernels read the parameter block as it is
     // (and compile to the code they had before).
     let sequence;
-    let p = if MODS {
+    let p = if SEQ {
         // SAFETY: the host validated the layout's arrays.
         sequence = unsafe { p.sequence(ptx::block_idx().2) };
         &sequence
@@ -69,7 +69,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
     let f = &p.fwd;
     let shape = &f.shape;
     // Blocks past this sequence's keys (a packed batch's shorter sequences) have nothing to do.
-    if MODS && ptx::block_idx().0 * T::BLOCK_N >= shape.seqlen_k {
+    if SEQ && ptx::block_idx().0 * T::BLOCK_N >= shape.seqlen_k {
         return;
     }
     let mask = Mask::of(shape);
@@ -124,7 +124,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
             do_tile(stage).load_async(do_ptr, p.do_strides.row, q_rows, tid, T::THREADS);
             if tid < T::BLOCK_M {
                 let in_range = tid < q_rows;
-                let at = row_stat_index::<MODS>(shape, batch, head, if in_range { q_begin + tid } else { 0 }) as isize;
+                let at = row_stat_index::<SEQ>(shape, batch, head, if in_range { q_begin + tid } else { 0 }) as isize;
                 let bytes = if in_range { 4 } else { 0 };
                 ptx::cp_async_4(
                     stats + T::LSE_IN_STAGE + 4 * tid,
@@ -334,14 +334,14 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
         // The next tile has landed, the dQ rows are staged, and everyone is done with this stage
         // and with dSᵀ.
         shared_writes_done();
-        wait_for_dq_turn::<MODS>(p, block_x, head, q_tile_index, T::BLOCK_M, T::BLOCK_N, tid);
+        wait_for_dq_turn::<SEQ>(p, block_x, head, q_tile_index, T::BLOCK_M, T::BLOCK_N, tid);
         let deterministic = p.dq_semaphore != 0;
         let row = q_begin + tid;
         if tid < T::BLOCK_M && row < shape.seqlen_q {
             if deterministic {
                 ptx::fence_proxy_async();
             }
-            let base = row_stat_index::<MODS>(shape, batch, head, row) * shape.head_dim as i64;
+            let base = row_stat_index::<SEQ>(shape, batch, head, row) * shape.head_dim as i64;
             // SAFETY: the accumulator holds batch·heads·seqlen_q·head_dim floats, rows of
             // head_dim·4 bytes (a multiple of 16) in a 256-byte aligned allocation; the staged
             // row was fenced for the async proxy before the barrier above and is rewritten only
@@ -360,14 +360,14 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
             ptx::bulk_wait_complete();
             sync_threads();
         }
-        pass_dq_turn::<MODS>(p, head, q_tile_index, T::BLOCK_M, tid);
+        pass_dq_turn::<SEQ>(p, head, q_tile_index, T::BLOCK_M, tid);
     }
     ptx::bulk_wait_complete();
 
     for half in 0..2 {
         let key = warp_k0 + lane / 4 + 8 * half as u32;
         if key < shape.seqlen_k {
-            let rows = DkvRows::of::<MODS>(p, batch, key, head, kv_head);
+            let rows = DkvRows::of::<SEQ>(p, batch, key, head, kv_head);
             // The data columns only: the padding's gradients are zeros nobody asked for.
             let pair = |t: usize| {
                 let col = 8 * t as u32 + 2 * (lane % 4);

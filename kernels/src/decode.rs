@@ -26,32 +26,52 @@ use crate::ptx::{self, cp_async_commit, sync_threads};
 use crate::tile::{Element, SmemTile, accumulators_as_a, quad_sum};
 use crate::tiling::{DECODE_ROWS, DECODE_WARPS, Mask, ceil_div, decode_keys, split_tiles};
 
+/// Where a key tile's rows live: `(first page's row-0 offset, second page's, first key of the
+/// second page)` in elements from the head's base. A contiguous cache is one "page"; a tile of
+/// at most 32 keys spans at most two pages of 16 or more rows, so a paged cache costs two
+/// table reads per tile (the same for every lane), issued before the copies.
+///
+/// # Safety
+/// `p` is a sequence's validated block; the table entries of keys below `k_begin + valid` exist.
+#[inline(always)]
+unsafe fn tile_pages(p: &FwdParams, k_begin: u32, valid: u32, page_stride: i64, row_stride: i64) -> (i64, i64, u32) {
+    let layout = &p.shape.layout;
+    if layout.page_size == 0 {
+        return (0, 0, u32::MAX);
+    }
+    let page_size = layout.page_size.max(1);
+    let last = k_begin + valid.max(1) - 1;
+    let row0 = layout.block_table_stride * ptx::block_idx().2;
+    let table = layout.block_table as *const i32;
+    // SAFETY: the host validated the table: (batch, block_table_stride) i32, pages in range;
+    // `last` is a key the sequence has.
+    let (a, b) = unsafe {
+        (*table.wrapping_add((row0 + k_begin / page_size) as usize), *table.wrapping_add((row0 + last / page_size) as usize))
+    };
+    let base = |page: i32, first_key: u32| page as i64 * page_stride - (first_key % page_size) as i64 * row_stride;
+    let second = (k_begin / page_size + 1) * page_size;
+    // Offsets such that key `j` is at `offset + j · row_stride` within its page.
+    (base(a, k_begin) - k_begin as i64 * row_stride, base(b, second) - second as i64 * row_stride, second)
+}
+
 /// Start copying `rows` key rows from `k_begin` of K or V (`base` at this head) into `tile`:
-/// whole 16-byte chunks by the warp's 32 lanes, rows past `valid` as zeros. Paged caches look
-/// every row up in the block table.
+/// whole 16-byte chunks by the warp's 32 lanes, rows past `valid` as zeros, paged rows at the
+/// offsets [`tile_pages`] found.
 ///
 /// # Safety
 /// `p` is a sequence's validated block; rows below `valid` exist (in the pages the table names).
 #[inline(always)]
 unsafe fn load_keys(p: &FwdParams, tile: SmemTile, base: u64, row_stride: i64, page_stride: i64, rows: u32, k_begin: u32, valid: u32, lane: u32) {
-    let layout = &p.shape.layout;
     let chunks = tile.chunks_per_row;
+    // SAFETY: forwarded from the caller.
+    let (first, second, second_key) = unsafe { tile_pages(p, k_begin, valid, page_stride, row_stride) };
     let mut i = lane;
     while i < rows * chunks {
         let (row, chunk) = (i / chunks, i % chunks);
         let key = k_begin + row;
         let in_range = row < valid;
-        let at = if !in_range {
-            0
-        } else if layout.page_size == 0 {
-            key as i64 * row_stride
-        } else {
-            let page_size = layout.page_size.max(1);
-            let slot = layout.block_table_stride * ptx::block_idx().2 + key / page_size;
-            // SAFETY: the host validated the table: (batch, block_table_stride) i32, pages in range.
-            let page = unsafe { *(layout.block_table as *const i32).wrapping_add(slot as usize) } as i64;
-            page * page_stride + (key % page_size) as i64 * row_stride
-        };
+        let page = if key < second_key { first } else { second };
+        let at = if in_range { page + key as i64 * row_stride } else { 0 };
         let src = (base as *const u16).wrapping_offset(at as isize + 8 * chunk as isize);
         // SAFETY: in-range rows are readable (caller); others copy no bytes from row 0.
         unsafe { ptx::cp_async_16(tile.chunk(row, chunk), src as *const u8, if in_range { 16 } else { 0 }) };
@@ -61,10 +81,10 @@ unsafe fn load_keys(p: &FwdParams, tile: SmemTile, base: u64, row_stride: i64, p
 
 /// # Safety
 /// Launched with `DECODE_WARPS · 32` threads, grid `(splits, heads_k, batch)` and
-/// [`decode_smem_bytes`]`(D)` of dynamic shared memory, on a validated parameter block with
+/// `decode_smem_bytes(D, STAGES)` of dynamic shared memory, on a validated parameter block with
 /// `heads / heads_k · seqlen_q ≤ DECODE_ROWS` and no dropout.
 #[inline(always)]
-pub unsafe fn flash_decode<E: Element, const D: u32>(p: &FwdParams) {
+pub unsafe fn flash_decode<E: Element, const D: u32, const STAGES: u32>(p: &FwdParams) {
     const { assert!(D % 16 == 0 && D <= 256) };
     let keys_per_tile = decode_keys(D);
     let (split, kv_head, batch) = ptx::block_idx();
@@ -80,7 +100,7 @@ pub unsafe fn flash_decode<E: Element, const D: u32>(p: &FwdParams) {
     let smem = ptx::dynamic_smem_base();
     let q_tile = SmemTile { base: smem, chunks_per_row: chunks };
     let stage_bytes = keys_per_tile * D * 2;
-    let warp_base = smem + DECODE_ROWS * D * 2 + warp * 4 * stage_bytes;
+    let warp_base = smem + DECODE_ROWS * D * 2 + warp * 2 * STAGES * stage_bytes;
     let k_tile = |stage: u32| SmemTile { base: warp_base + stage * 2 * stage_bytes, chunks_per_row: chunks };
     let v_tile = |stage: u32| SmemTile { base: warp_base + (stage * 2 + 1) * stage_bytes, chunks_per_row: chunks };
     // Row r of the tile: token r / group of query head kv_head · group + r % group.
@@ -116,12 +136,21 @@ pub unsafe fn flash_decode<E: Element, const D: u32>(p: &FwdParams) {
             load_keys(p, v_tile(stage), v_base, p.v_strides.row, p.v_strides.batch, keys_per_tile, k_begin, valid, lane);
         }
     };
+    // Tiles first, first + 4, ... go to stages 0, 1, ...: STAGES - 1 of them ahead.
     let first = tiles.0 + warp;
-    if first < tiles.1 {
-        load(first, 0);
+    for ahead in 0..STAGES - 1 {
+        let tile = first + ahead * DECODE_WARPS;
+        if tile < tiles.1 {
+            load(tile, ahead);
+        }
+        cp_async_commit();
     }
-    cp_async_commit();
-    ptx::cp_async_wait_all();
+    // The Q tile (the oldest group) has landed for the whole block.
+    if STAGES == 3 {
+        ptx::cp_async_wait_all_but_two();
+    } else {
+        ptx::cp_async_wait_all_but_one();
+    }
     sync_threads();
 
     // Each lane's two rows: lane / 4 and lane / 4 + 8, with their heads' modifiers and sinks.
@@ -145,12 +174,18 @@ pub unsafe fn flash_decode<E: Element, const D: u32>(p: &FwdParams) {
     let mut stage = 0;
     let mut tile = first;
     while tile < tiles.1 {
-        let next = tile + DECODE_WARPS;
-        if next < tiles.1 {
-            load(next, 1 - stage);
+        // Refill the stage the previous iteration used with the tile STAGES - 1 ahead; one group
+        // per iteration, empty or not, so "all but the newest STAGES - 2" is this tile.
+        let ahead = tile + (STAGES - 1) * DECODE_WARPS;
+        if ahead < tiles.1 {
+            load(ahead, (stage + STAGES - 1) % STAGES);
         }
         cp_async_commit();
-        ptx::cp_async_wait_all_but_one();
+        if STAGES == 3 {
+            ptx::cp_async_wait_all_but_two();
+        } else {
+            ptx::cp_async_wait_all_but_one();
+        }
         ptx::sync_warp();
         let (keys, values) = (k_tile(stage), v_tile(stage));
         let lane = ptx::opaque(lane);
@@ -188,8 +223,8 @@ pub unsafe fn flash_decode<E: Element, const D: u32>(p: &FwdParams) {
         }
         // Everyone in the warp is done with this stage before it is refilled.
         ptx::sync_warp();
-        stage = 1 - stage;
-        tile = next;
+        stage = (stage + 1) % STAGES;
+        tile += DECODE_WARPS;
     }
     ptx::cp_async_wait_all();
 

@@ -28,38 +28,41 @@ macro_rules! entry {
     };
 }
 
-/// A kernel's dense entry point and its `_mods` twin (score modifiers and dropout on).
+/// A kernel's dense entry point, its `_mods` twin (score modifiers, dropout and sequence
+/// layouts on) and its `_seq` twin (sequence layouts only).
 macro_rules! pair {
-    ($name:ident, $mods:ident, $params:ty, $kernel:ident, $e:ty, $t:ty) => {
-        entry!($name, $params, $kernel::<$e, $t, false>);
-        entry!($mods, $params, $kernel::<$e, $t, true>);
+    ($name:ident, $mods:ident, $seq:ident, $params:ty, $kernel:ident, $e:ty, $t:ty) => {
+        entry!($name, $params, $kernel::<$e, $t, false, false>);
+        entry!($mods, $params, $kernel::<$e, $t, true, true>);
+        entry!($seq, $params, $kernel::<$e, $t, false, true>);
     };
 }
 
-pair!(flash_fwd_bf16_hdim96, flash_fwd_bf16_hdim96_mods, FwdParams, flash_fwd, Bf16, FwdHdim96);
-pair!(flash_bwd_bf16_hdim96, flash_bwd_bf16_hdim96_mods, BwdParams, flash_bwd, Bf16, BwdHdim96);
-pair!(flash_fwd_f16_hdim96, flash_fwd_f16_hdim96_mods, FwdParams, flash_fwd, F16, FwdHdim96);
-pair!(flash_bwd_f16_hdim96, flash_bwd_f16_hdim96_mods, BwdParams, flash_bwd, F16, BwdHdim96);
-pair!(flash_fwd_bf16_hdim192, flash_fwd_bf16_hdim192_mods, FwdParams, flash_fwd, Bf16, FwdHdim192);
-pair!(flash_bwd_bf16_hdim192, flash_bwd_bf16_hdim192_mods, BwdParams, flash_bwd, Bf16, BwdHdim192);
-pair!(flash_fwd_f16_hdim192, flash_fwd_f16_hdim192_mods, FwdParams, flash_fwd, F16, FwdHdim192);
-pair!(flash_bwd_f16_hdim192, flash_bwd_f16_hdim192_mods, BwdParams, flash_bwd, F16, BwdHdim192);
-pair!(flash_fwd_bf16_hdim256, flash_fwd_bf16_hdim256_mods, FwdParams, flash_fwd, Bf16, FwdHdim256);
-pair!(flash_bwd_bf16_hdim256, flash_bwd_bf16_hdim256_mods, BwdParams, flash_bwd, Bf16, BwdHdim256);
-pair!(flash_fwd_f16_hdim256, flash_fwd_f16_hdim256_mods, FwdParams, flash_fwd, F16, FwdHdim256);
-pair!(flash_bwd_f16_hdim256, flash_bwd_f16_hdim256_mods, BwdParams, flash_bwd, F16, BwdHdim256);
-pair!(flash_fwd_bf16_hdim32, flash_fwd_bf16_hdim32_mods, FwdParams, flash_fwd, Bf16, FwdHdim32);
-pair!(flash_fwd_f16_hdim32, flash_fwd_f16_hdim32_mods, FwdParams, flash_fwd, F16, FwdHdim32);
-pair!(flash_bwd_bf16_hdim32, flash_bwd_bf16_hdim32_mods, BwdParams, flash_bwd, Bf16, BwdHdim32);
-pair!(flash_bwd_f16_hdim32, flash_bwd_f16_hdim32_mods, BwdParams, flash_bwd, F16, BwdHdim32);
-pair!(flash_fwd_bf16_hdim64, flash_fwd_bf16_hdim64_mods, FwdParams, flash_fwd, Bf16, FwdHdim64);
-pair!(flash_fwd_bf16_hdim128, flash_fwd_bf16_hdim128_mods, FwdParams, flash_fwd, Bf16, FwdHdim128);
-pair!(flash_fwd_f16_hdim64, flash_fwd_f16_hdim64_mods, FwdParams, flash_fwd, F16, FwdHdim64);
-pair!(flash_fwd_f16_hdim128, flash_fwd_f16_hdim128_mods, FwdParams, flash_fwd, F16, FwdHdim128);
-pair!(flash_bwd_bf16_hdim64, flash_bwd_bf16_hdim64_mods, BwdParams, flash_bwd, Bf16, BwdHdim64);
-pair!(flash_bwd_bf16_hdim128, flash_bwd_bf16_hdim128_mods, BwdParams, flash_bwd, Bf16, BwdHdim128);
-pair!(flash_bwd_f16_hdim64, flash_bwd_f16_hdim64_mods, BwdParams, flash_bwd, F16, BwdHdim64);
-pair!(flash_bwd_f16_hdim128, flash_bwd_f16_hdim128_mods, BwdParams, flash_bwd, F16, BwdHdim128);
+
+pair!(flash_fwd_bf16_hdim96, flash_fwd_bf16_hdim96_mods, flash_fwd_bf16_hdim96_seq, FwdParams, flash_fwd, Bf16, FwdHdim96);
+pair!(flash_bwd_bf16_hdim96, flash_bwd_bf16_hdim96_mods, flash_bwd_bf16_hdim96_seq, BwdParams, flash_bwd, Bf16, BwdHdim96);
+pair!(flash_fwd_f16_hdim96, flash_fwd_f16_hdim96_mods, flash_fwd_f16_hdim96_seq, FwdParams, flash_fwd, F16, FwdHdim96);
+pair!(flash_bwd_f16_hdim96, flash_bwd_f16_hdim96_mods, flash_bwd_f16_hdim96_seq, BwdParams, flash_bwd, F16, BwdHdim96);
+pair!(flash_fwd_bf16_hdim192, flash_fwd_bf16_hdim192_mods, flash_fwd_bf16_hdim192_seq, FwdParams, flash_fwd, Bf16, FwdHdim192);
+pair!(flash_bwd_bf16_hdim192, flash_bwd_bf16_hdim192_mods, flash_bwd_bf16_hdim192_seq, BwdParams, flash_bwd, Bf16, BwdHdim192);
+pair!(flash_fwd_f16_hdim192, flash_fwd_f16_hdim192_mods, flash_fwd_f16_hdim192_seq, FwdParams, flash_fwd, F16, FwdHdim192);
+pair!(flash_bwd_f16_hdim192, flash_bwd_f16_hdim192_mods, flash_bwd_f16_hdim192_seq, BwdParams, flash_bwd, F16, BwdHdim192);
+pair!(flash_fwd_bf16_hdim256, flash_fwd_bf16_hdim256_mods, flash_fwd_bf16_hdim256_seq, FwdParams, flash_fwd, Bf16, FwdHdim256);
+pair!(flash_bwd_bf16_hdim256, flash_bwd_bf16_hdim256_mods, flash_bwd_bf16_hdim256_seq, BwdParams, flash_bwd, Bf16, BwdHdim256);
+pair!(flash_fwd_f16_hdim256, flash_fwd_f16_hdim256_mods, flash_fwd_f16_hdim256_seq, FwdParams, flash_fwd, F16, FwdHdim256);
+pair!(flash_bwd_f16_hdim256, flash_bwd_f16_hdim256_mods, flash_bwd_f16_hdim256_seq, BwdParams, flash_bwd, F16, BwdHdim256);
+pair!(flash_fwd_bf16_hdim32, flash_fwd_bf16_hdim32_mods, flash_fwd_bf16_hdim32_seq, FwdParams, flash_fwd, Bf16, FwdHdim32);
+pair!(flash_fwd_f16_hdim32, flash_fwd_f16_hdim32_mods, flash_fwd_f16_hdim32_seq, FwdParams, flash_fwd, F16, FwdHdim32);
+pair!(flash_bwd_bf16_hdim32, flash_bwd_bf16_hdim32_mods, flash_bwd_bf16_hdim32_seq, BwdParams, flash_bwd, Bf16, BwdHdim32);
+pair!(flash_bwd_f16_hdim32, flash_bwd_f16_hdim32_mods, flash_bwd_f16_hdim32_seq, BwdParams, flash_bwd, F16, BwdHdim32);
+pair!(flash_fwd_bf16_hdim64, flash_fwd_bf16_hdim64_mods, flash_fwd_bf16_hdim64_seq, FwdParams, flash_fwd, Bf16, FwdHdim64);
+pair!(flash_fwd_bf16_hdim128, flash_fwd_bf16_hdim128_mods, flash_fwd_bf16_hdim128_seq, FwdParams, flash_fwd, Bf16, FwdHdim128);
+pair!(flash_fwd_f16_hdim64, flash_fwd_f16_hdim64_mods, flash_fwd_f16_hdim64_seq, FwdParams, flash_fwd, F16, FwdHdim64);
+pair!(flash_fwd_f16_hdim128, flash_fwd_f16_hdim128_mods, flash_fwd_f16_hdim128_seq, FwdParams, flash_fwd, F16, FwdHdim128);
+pair!(flash_bwd_bf16_hdim64, flash_bwd_bf16_hdim64_mods, flash_bwd_bf16_hdim64_seq, BwdParams, flash_bwd, Bf16, BwdHdim64);
+pair!(flash_bwd_bf16_hdim128, flash_bwd_bf16_hdim128_mods, flash_bwd_bf16_hdim128_seq, BwdParams, flash_bwd, Bf16, BwdHdim128);
+pair!(flash_bwd_f16_hdim64, flash_bwd_f16_hdim64_mods, flash_bwd_f16_hdim64_seq, BwdParams, flash_bwd, F16, BwdHdim64);
+pair!(flash_bwd_f16_hdim128, flash_bwd_f16_hdim128_mods, flash_bwd_f16_hdim128_seq, BwdParams, flash_bwd, F16, BwdHdim128);
 #[cfg(target_feature = "sm_90a")]
 mod hopper {
     use super::*;
@@ -67,118 +70,92 @@ mod hopper {
     use crate::forward_wgmma::flash_fwd_wgmma;
     use crate::traits::*;
 
-    pair!(
-        flash_fwd_wgmma_bf16_hdim64,
-        flash_fwd_wgmma_bf16_hdim64_mods,
+    pair!(flash_fwd_wgmma_bf16_hdim64, flash_fwd_wgmma_bf16_hdim64_mods, flash_fwd_wgmma_bf16_hdim64_seq,
         FwdParams,
         flash_fwd_wgmma,
         Bf16,
         FwdWgmmaHdim64
     );
-    pair!(flash_fwd_wgmma_f16_hdim64, flash_fwd_wgmma_f16_hdim64_mods, FwdParams, flash_fwd_wgmma, F16, FwdWgmmaHdim64);
-    pair!(
-        flash_fwd_wgmma_bf16_hdim128,
-        flash_fwd_wgmma_bf16_hdim128_mods,
+    pair!(flash_fwd_wgmma_f16_hdim64, flash_fwd_wgmma_f16_hdim64_mods, flash_fwd_wgmma_f16_hdim64_seq, FwdParams, flash_fwd_wgmma, F16, FwdWgmmaHdim64);
+    pair!(flash_fwd_wgmma_bf16_hdim128, flash_fwd_wgmma_bf16_hdim128_mods, flash_fwd_wgmma_bf16_hdim128_seq,
         FwdParams,
         flash_fwd_wgmma,
         Bf16,
         FwdWgmmaHdim128
     );
-    pair!(
-        flash_fwd_wgmma_f16_hdim128,
-        flash_fwd_wgmma_f16_hdim128_mods,
+    pair!(flash_fwd_wgmma_f16_hdim128, flash_fwd_wgmma_f16_hdim128_mods, flash_fwd_wgmma_f16_hdim128_seq,
         FwdParams,
         flash_fwd_wgmma,
         F16,
         FwdWgmmaHdim128
     );
-    pair!(
-        flash_fwd_wgmma_bf16_hdim96,
-        flash_fwd_wgmma_bf16_hdim96_mods,
+    pair!(flash_fwd_wgmma_bf16_hdim96, flash_fwd_wgmma_bf16_hdim96_mods, flash_fwd_wgmma_bf16_hdim96_seq,
         FwdParams,
         flash_fwd_wgmma,
         Bf16,
         FwdWgmmaHdim96
     );
-    pair!(flash_fwd_wgmma_f16_hdim96, flash_fwd_wgmma_f16_hdim96_mods, FwdParams, flash_fwd_wgmma, F16, FwdWgmmaHdim96);
-    pair!(
-        flash_bwd_wgmma_bf16_hdim96,
-        flash_bwd_wgmma_bf16_hdim96_mods,
+    pair!(flash_fwd_wgmma_f16_hdim96, flash_fwd_wgmma_f16_hdim96_mods, flash_fwd_wgmma_f16_hdim96_seq, FwdParams, flash_fwd_wgmma, F16, FwdWgmmaHdim96);
+    pair!(flash_bwd_wgmma_bf16_hdim96, flash_bwd_wgmma_bf16_hdim96_mods, flash_bwd_wgmma_bf16_hdim96_seq,
         BwdParams,
         flash_bwd_wgmma,
         Bf16,
         BwdWgmmaHdim96
     );
-    pair!(flash_bwd_wgmma_f16_hdim96, flash_bwd_wgmma_f16_hdim96_mods, BwdParams, flash_bwd_wgmma, F16, BwdWgmmaHdim96);
-    pair!(
-        flash_bwd_wgmma_bf16_hdim32,
-        flash_bwd_wgmma_bf16_hdim32_mods,
+    pair!(flash_bwd_wgmma_f16_hdim96, flash_bwd_wgmma_f16_hdim96_mods, flash_bwd_wgmma_f16_hdim96_seq, BwdParams, flash_bwd_wgmma, F16, BwdWgmmaHdim96);
+    pair!(flash_bwd_wgmma_bf16_hdim32, flash_bwd_wgmma_bf16_hdim32_mods, flash_bwd_wgmma_bf16_hdim32_seq,
         BwdParams,
         flash_bwd_wgmma,
         Bf16,
         BwdWgmmaHdim32
     );
-    pair!(flash_bwd_wgmma_f16_hdim32, flash_bwd_wgmma_f16_hdim32_mods, BwdParams, flash_bwd_wgmma, F16, BwdWgmmaHdim32);
-    pair!(
-        flash_fwd_wgmma_bf16_hdim192,
-        flash_fwd_wgmma_bf16_hdim192_mods,
+    pair!(flash_bwd_wgmma_f16_hdim32, flash_bwd_wgmma_f16_hdim32_mods, flash_bwd_wgmma_f16_hdim32_seq, BwdParams, flash_bwd_wgmma, F16, BwdWgmmaHdim32);
+    pair!(flash_fwd_wgmma_bf16_hdim192, flash_fwd_wgmma_bf16_hdim192_mods, flash_fwd_wgmma_bf16_hdim192_seq,
         FwdParams,
         flash_fwd_wgmma,
         Bf16,
         FwdWgmmaHdim192
     );
-    pair!(
-        flash_fwd_wgmma_f16_hdim192,
-        flash_fwd_wgmma_f16_hdim192_mods,
+    pair!(flash_fwd_wgmma_f16_hdim192, flash_fwd_wgmma_f16_hdim192_mods, flash_fwd_wgmma_f16_hdim192_seq,
         FwdParams,
         flash_fwd_wgmma,
         F16,
         FwdWgmmaHdim192
     );
-    pair!(
-        flash_fwd_wgmma_bf16_hdim256,
-        flash_fwd_wgmma_bf16_hdim256_mods,
+    pair!(flash_fwd_wgmma_bf16_hdim256, flash_fwd_wgmma_bf16_hdim256_mods, flash_fwd_wgmma_bf16_hdim256_seq,
         FwdParams,
         flash_fwd_wgmma,
         Bf16,
         FwdWgmmaHdim256
     );
-    pair!(
-        flash_fwd_wgmma_f16_hdim256,
-        flash_fwd_wgmma_f16_hdim256_mods,
+    pair!(flash_fwd_wgmma_f16_hdim256, flash_fwd_wgmma_f16_hdim256_mods, flash_fwd_wgmma_f16_hdim256_seq,
         FwdParams,
         flash_fwd_wgmma,
         F16,
         FwdWgmmaHdim256
     );
-    pair!(
-        flash_bwd_wgmma_bf16_hdim64,
-        flash_bwd_wgmma_bf16_hdim64_mods,
+    pair!(flash_bwd_wgmma_bf16_hdim64, flash_bwd_wgmma_bf16_hdim64_mods, flash_bwd_wgmma_bf16_hdim64_seq,
         BwdParams,
         flash_bwd_wgmma,
         Bf16,
         BwdWgmmaHdim64
     );
-    pair!(flash_bwd_wgmma_f16_hdim64, flash_bwd_wgmma_f16_hdim64_mods, BwdParams, flash_bwd_wgmma, F16, BwdWgmmaHdim64);
-    pair!(
-        flash_bwd_wgmma_bf16_hdim128,
-        flash_bwd_wgmma_bf16_hdim128_mods,
+    pair!(flash_bwd_wgmma_f16_hdim64, flash_bwd_wgmma_f16_hdim64_mods, flash_bwd_wgmma_f16_hdim64_seq, BwdParams, flash_bwd_wgmma, F16, BwdWgmmaHdim64);
+    pair!(flash_bwd_wgmma_bf16_hdim128, flash_bwd_wgmma_bf16_hdim128_mods, flash_bwd_wgmma_bf16_hdim128_seq,
         BwdParams,
         flash_bwd_wgmma,
         Bf16,
         BwdWgmmaHdim128
     );
-    pair!(
-        flash_bwd_wgmma_f16_hdim128,
-        flash_bwd_wgmma_f16_hdim128_mods,
+    pair!(flash_bwd_wgmma_f16_hdim128, flash_bwd_wgmma_f16_hdim128_mods, flash_bwd_wgmma_f16_hdim128_seq,
         BwdParams,
         flash_bwd_wgmma,
         F16,
         BwdWgmmaHdim128
     );
-    entry!(flash_fwd_wgmma_bf16_hdim128_sync, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128Sync, false>);
-    entry!(flash_bwd_wgmma_bf16_hdim64_narrow, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim64Narrow, false>);
-    entry!(flash_bwd_wgmma_bf16_hdim128_sync, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128Sync, false>);
+    entry!(flash_fwd_wgmma_bf16_hdim128_sync, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128Sync, false, false>);
+    entry!(flash_bwd_wgmma_bf16_hdim64_narrow, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim64Narrow, false, false>);
+    entry!(flash_bwd_wgmma_bf16_hdim128_sync, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128Sync, false, false>);
 }
 
 entry!(flash_bwd_preprocess_bf16, BwdParams, preprocess::<Bf16>);
@@ -191,15 +168,31 @@ entry!(flash_fwd_combine_bf16, FwdParams, combine_splits::<Bf16>);
 entry!(flash_fwd_combine_f16, FwdParams, combine_splits::<F16>);
 entry!(flash_bwd_reduce_kv_groups_bf16, BwdParams, reduce_kv_groups::<Bf16>);
 entry!(flash_bwd_reduce_kv_groups_f16, BwdParams, reduce_kv_groups::<F16>);
-entry!(flash_fwd_decode_bf16_hdim32, FwdParams, flash_decode::<Bf16, 32>);
-entry!(flash_fwd_decode_bf16_hdim64, FwdParams, flash_decode::<Bf16, 64>);
-entry!(flash_fwd_decode_bf16_hdim96, FwdParams, flash_decode::<Bf16, 96>);
-entry!(flash_fwd_decode_bf16_hdim128, FwdParams, flash_decode::<Bf16, 128>);
-entry!(flash_fwd_decode_bf16_hdim192, FwdParams, flash_decode::<Bf16, 192>);
-entry!(flash_fwd_decode_bf16_hdim256, FwdParams, flash_decode::<Bf16, 256>);
-entry!(flash_fwd_decode_f16_hdim32, FwdParams, flash_decode::<F16, 32>);
-entry!(flash_fwd_decode_f16_hdim64, FwdParams, flash_decode::<F16, 64>);
-entry!(flash_fwd_decode_f16_hdim96, FwdParams, flash_decode::<F16, 96>);
-entry!(flash_fwd_decode_f16_hdim128, FwdParams, flash_decode::<F16, 128>);
-entry!(flash_fwd_decode_f16_hdim192, FwdParams, flash_decode::<F16, 192>);
-entry!(flash_fwd_decode_f16_hdim256, FwdParams, flash_decode::<F16, 256>);
+entry!(flash_fwd_decode_bf16_hdim32, FwdParams, flash_decode::<Bf16, 32, 2>);
+entry!(flash_fwd_decode_bf16_hdim64, FwdParams, flash_decode::<Bf16, 64, 2>);
+entry!(flash_fwd_decode_bf16_hdim96, FwdParams, flash_decode::<Bf16, 96, 2>);
+entry!(flash_fwd_decode_bf16_hdim128, FwdParams, flash_decode::<Bf16, 128, 2>);
+entry!(flash_fwd_decode_bf16_hdim192, FwdParams, flash_decode::<Bf16, 192, 2>);
+entry!(flash_fwd_decode_bf16_hdim256, FwdParams, flash_decode::<Bf16, 256, 2>);
+entry!(flash_fwd_decode_f16_hdim32, FwdParams, flash_decode::<F16, 32, 2>);
+entry!(flash_fwd_decode_f16_hdim64, FwdParams, flash_decode::<F16, 64, 2>);
+entry!(flash_fwd_decode_f16_hdim96, FwdParams, flash_decode::<F16, 96, 2>);
+entry!(flash_fwd_decode_f16_hdim128, FwdParams, flash_decode::<F16, 128, 2>);
+entry!(flash_fwd_decode_f16_hdim192, FwdParams, flash_decode::<F16, 192, 2>);
+entry!(flash_fwd_decode_f16_hdim256, FwdParams, flash_decode::<F16, 256, 2>);
+#[cfg(target_feature = "sm_90a")]
+mod decode_sm90 {
+    use super::*;
+    entry!(flash_fwd_decode_bf16_hdim32_sm90, FwdParams, flash_decode::<Bf16, 32, 3>);
+    entry!(flash_fwd_decode_bf16_hdim64_sm90, FwdParams, flash_decode::<Bf16, 64, 3>);
+    entry!(flash_fwd_decode_bf16_hdim96_sm90, FwdParams, flash_decode::<Bf16, 96, 3>);
+    entry!(flash_fwd_decode_bf16_hdim128_sm90, FwdParams, flash_decode::<Bf16, 128, 3>);
+    entry!(flash_fwd_decode_bf16_hdim192_sm90, FwdParams, flash_decode::<Bf16, 192, 3>);
+    entry!(flash_fwd_decode_bf16_hdim256_sm90, FwdParams, flash_decode::<Bf16, 256, 3>);
+    entry!(flash_fwd_decode_f16_hdim32_sm90, FwdParams, flash_decode::<F16, 32, 3>);
+    entry!(flash_fwd_decode_f16_hdim64_sm90, FwdParams, flash_decode::<F16, 64, 3>);
+    entry!(flash_fwd_decode_f16_hdim96_sm90, FwdParams, flash_decode::<F16, 96, 3>);
+    entry!(flash_fwd_decode_f16_hdim128_sm90, FwdParams, flash_decode::<F16, 128, 3>);
+    entry!(flash_fwd_decode_f16_hdim192_sm90, FwdParams, flash_decode::<F16, 192, 3>);
+    entry!(flash_fwd_decode_f16_hdim256_sm90, FwdParams, flash_decode::<F16, 256, 3>);
+}

@@ -178,13 +178,13 @@ fn wait_for_older_tiles<T: FwdTraits>() {
 /// Launched with `T::THREADS` threads, grid `(ceil(seqlen_q / BLOCK_M), heads, batch)` and
 /// `T::SMEM_BYTES` of dynamic shared memory, on a parameter block the host validated.
 #[inline(always)]
-pub unsafe fn flash_fwd<E: Element, T: FwdTraits, const MODS: bool>(p: &FwdParams) {
-    // The `MODS` kernels also serve packed batches, KV caches and split-KV: the block's
+pub unsafe fn flash_fwd<E: Element, T: FwdTraits, const MODS: bool, const SEQ: bool>(p: &FwdParams) {
+    // The `SEQ` kernels (`_seq`, `_mods`) serve packed batches, KV caches and split-KV: the block's
     // sequence (and split) resolved, the kernel runs as on a dense batch of one. The dense
     // kernels read the parameter block as it is (and compile to the code they had before).
-    let (sequence_index, split) = if MODS { p.shape.layout.split_of(ptx::block_idx().2) } else { (0, 0) };
+    let (sequence_index, split) = if SEQ { p.shape.layout.split_of(ptx::block_idx().2) } else { (0, 0) };
     let sequence;
-    let p = if MODS {
+    let p = if SEQ {
         // SAFETY: the host validated the layout's arrays.
         sequence = unsafe { p.sequence(sequence_index) };
         &sequence
@@ -193,19 +193,19 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits, const MODS: bool>(p: &FwdParam
     };
     let shape = &p.shape;
     // Blocks past this sequence's queries (a packed batch's shorter sequences) exit at once.
-    if MODS && ptx::block_idx().0 >= ceil_div(shape.seqlen_q, T::BLOCK_M) {
+    if SEQ && ptx::block_idx().0 >= ceil_div(shape.seqlen_q, T::BLOCK_M) {
         return;
     }
     let mask = Mask::of(shape);
     let tid = ptx::thread_idx();
     let (warp, lane) = (tid / 32, tid % 32);
     let (block_x, head, batch) = ptx::block_idx();
-    let batch = if MODS { sequence_index } else { batch };
+    let batch = if SEQ { sequence_index } else { batch };
     let kv_head = kv_head_of(shape, head);
     // SAFETY: the host validated the modifiers' device arrays (slopes, sinks).
     let (mods, sink_log2, output_scale) = unsafe { ScoreMods::for_forward::<MODS>(p, batch, head) };
     // With split-KV the sink joins the first split only.
-    let sink_log2 = if MODS && split != 0 { f32::NEG_INFINITY } else { sink_log2 };
+    let sink_log2 = if SEQ && split != 0 { f32::NEG_INFINITY } else { sink_log2 };
     let q_begin = q_tile_of_block(block_x, ceil_div(shape.seqlen_q, T::BLOCK_M)) * T::BLOCK_M;
     let warp_row0 = warp * T::WARP_M;
     let warp_q0 = q_begin + warp_row0;
@@ -255,7 +255,7 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits, const MODS: bool>(p: &FwdParam
 
     let (key_lo, key_hi) = mask.key_range(q_begin, q_begin + T::BLOCK_M);
     let tiles = (key_lo / T::BLOCK_N, ceil_div(key_hi, T::BLOCK_N));
-    let (first_tile, end_tile) = if MODS { split_tiles(tiles, split, shape.layout.splits()) } else { tiles };
+    let (first_tile, end_tile) = if SEQ { split_tiles(tiles, split, shape.layout.splits()) } else { tiles };
 
     // SAFETY: as for K and V above.
     unsafe { q_tile.load_async(T::BLOCK_M, q_ptr, p.q_strides.row, shape.seqlen_q - q_begin, tid, T::THREADS) };
@@ -366,7 +366,7 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits, const MODS: bool>(p: &FwdParam
     // Q (the fragments read before a loop that may have run no iteration) before the stores.
     ptx::sync_warp();
     let lane = ptx::opaque(lane);
-    if MODS && shape.layout.num_splits > 1 {
+    if SEQ && shape.layout.num_splits > 1 {
         for m in 0..m_tiles {
             let row0 = warp_q0 + 16 * m as u32 + lane / 4;
             // SAFETY: the host sized the partials for every split and row (`FwdParams::o_accum`).
@@ -387,7 +387,7 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits, const MODS: bool>(p: &FwdParam
             }
             if lane % 4 == 0 && row < shape.seqlen_q {
                 // SAFETY: the LSE buffer holds batch · heads · seqlen_q floats (host-checked).
-                unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index::<MODS>(shape, batch, head, row) as isize) = lse };
+                unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index::<SEQ>(shape, batch, head, row) as isize) = lse };
             }
         }
     }

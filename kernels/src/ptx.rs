@@ -249,6 +249,13 @@ pub fn cp_async_wait_all_but_one() {
     unsafe { asm!("cp.async.wait_group 1;", options(nostack)) }
 }
 
+/// Wait until at most two `cp.async` groups of this thread are still in flight (the newest).
+#[inline(always)]
+pub fn cp_async_wait_all_but_two() {
+    // SAFETY: no operands.
+    unsafe { asm!("cp.async.wait_group 2;", options(nostack)) }
+}
+
 /// 2^x, the hardware approximation (relative error about 2^-22), flushing denormals.
 #[inline(always)]
 pub fn exp2(x: f32) -> f32 {

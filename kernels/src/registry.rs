@@ -12,7 +12,7 @@
 //! [`in_ptx_for`] is what `cargo xtask build-ptx` checks each PTX against.
 
 use crate::params::{BwdParams, FwdParams};
-use crate::tiling::{DECODE_ROWS, DECODE_WARPS, decode_block_keys, decode_smem_bytes};
+use crate::tiling::{DECODE_ROWS, DECODE_WARPS, decode_block_keys, decode_smem_bytes, decode_stages};
 use crate::traits::{
     BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim32, BwdWgmmaHdim64,
     BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaTraits, FwdHdim32, FwdHdim64,
@@ -67,21 +67,41 @@ pub struct KernelInfo {
     pub min_blocks_per_sm: u32,
     /// Only in the sm_90a PTX (Hopper's `wgmma`); preferred there over the portable kernel.
     pub requires_sm90a: bool,
-    /// A `_mods` kernel: runs the score modifiers and dropout ([`crate::modifiers`]). The dense
-    /// kernels handle masks (causal, windows), grouped K/V heads and sinks, nothing else.
+    /// A `_mods` kernel: runs the score modifiers and dropout ([`crate::modifiers`]), and the
+    /// sequence layouts. The dense kernels handle masks (causal, windows), grouped K/V heads and
+    /// sinks, nothing else.
     pub modifiers: bool,
+    /// Resolves each block's sequence ([`crate::params::FwdParams::sequence`]: packed batches,
+    /// KV caches, split-KV): the `_seq` and `_mods` kernels.
+    pub sequences: bool,
+}
+
+/// Which twin of a main kernel a call needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// A dense batch, no score modifier: the dense kernel.
+    Dense,
+    /// Packed sequences or a KV cache, no score modifier: the `_seq` twin.
+    Sequences,
+    /// Softcap, ALiBi or dropout (any layout): the `_mods` twin.
+    Modifiers,
 }
 
 impl KernelInfo {
     /// Whether this kernel runs `role` for this dtype and head dim (row kernels: any head dim;
     /// the sink gradient and the dropout mask: either dtype), dense or with the score modifiers
     /// (a distinction of the forward and backward main kernels only).
-    pub fn serves(&self, role: Role, dtype: Dtype, head_dim: u32, modifiers: bool) -> bool {
+    pub fn serves(&self, role: Role, dtype: Dtype, head_dim: u32, flavor: Flavor) -> bool {
         let main = matches!(role, Role::Forward | Role::Backward);
+        let twin = match flavor {
+            Flavor::Dense => !self.modifiers && !self.sequences,
+            Flavor::Sequences => !self.modifiers && self.sequences,
+            Flavor::Modifiers => self.modifiers,
+        };
         self.role == role
             && (self.dtype == dtype || matches!(role, Role::BackwardSinkGradient | Role::DropoutMask))
             && (self.head_dim == 0 || self.head_dim == head_dim)
-            && (!main || self.modifiers == modifiers)
+            && (!main || twin)
     }
 }
 
@@ -108,6 +128,7 @@ const fn base(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
         min_blocks_per_sm: 1,
         requires_sm90a: false,
         modifiers: false,
+        sequences: false,
     }
 }
 
@@ -134,12 +155,14 @@ const fn fwd_wgmma<T: FwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> Kerne
     }
 }
 
-/// The decode kernel for head dim `D` (see `decode.rs`: 4 warps, one 16-row packed tile).
-const fn decode<const D: u32>(name: &'static str, dtype: Dtype) -> KernelInfo {
+/// The decode kernel for head dim `D` (see `decode.rs`: 4 warps, one 16-row packed tile), its
+/// sm_90a build with three K/V stages per warp (`_sm90` names), the portable one with two.
+const fn decode<const D: u32>(name: &'static str, dtype: Dtype, sm90a: bool) -> KernelInfo {
     KernelInfo {
         head_dim: D,
         threads: DECODE_WARPS * 32,
-        dynamic_smem_bytes: decode_smem_bytes(D),
+        dynamic_smem_bytes: decode_smem_bytes(D, decode_stages(sm90a)),
+        requires_sm90a: sm90a,
         block_rows: DECODE_ROWS,
         key_tile_rows: decode_block_keys(D),
         ..base(name, Role::ForwardDecode, dtype)
@@ -170,13 +193,14 @@ const fn bwd_wgmma<T: BwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> Kerne
     }
 }
 
-/// Every kernel with its `_mods` twin (same configuration, `modifiers: true`), then the
-/// kernels that have none.
+/// Every kernel with its `_mods` twin (same configuration, `modifiers: true`) and its `_seq`
+/// twin (`sequences: true`), then the kernels that have none.
 macro_rules! registry {
     (paired: [$($ctor:ident::<$t:ty>($name:literal, $dtype:expr)),* $(,)?], single: [$($single:expr),* $(,)?] $(,)?) => {
         &[
             $($ctor::<$t>($name, $dtype),)*
-            $(KernelInfo { name: concat!($name, "_mods"), modifiers: true, ..$ctor::<$t>($name, $dtype) },)*
+            $(KernelInfo { name: concat!($name, "_mods"), modifiers: true, sequences: true, ..$ctor::<$t>($name, $dtype) },)*
+            $(KernelInfo { name: concat!($name, "_seq"), sequences: true, ..$ctor::<$t>($name, $dtype) },)*
             $($single,)*
         ]
     };
@@ -243,18 +267,30 @@ pub const KERNELS: &[KernelInfo] = registry! {
         base("flash_dropout_mask", Role::DropoutMask, Dtype::Bf16),
         base("flash_fwd_combine_bf16", Role::ForwardCombine, Dtype::Bf16),
         base("flash_fwd_combine_f16", Role::ForwardCombine, Dtype::F16),
-        decode::<32>("flash_fwd_decode_bf16_hdim32", Dtype::Bf16),
-        decode::<64>("flash_fwd_decode_bf16_hdim64", Dtype::Bf16),
-        decode::<96>("flash_fwd_decode_bf16_hdim96", Dtype::Bf16),
-        decode::<128>("flash_fwd_decode_bf16_hdim128", Dtype::Bf16),
-        decode::<192>("flash_fwd_decode_bf16_hdim192", Dtype::Bf16),
-        decode::<256>("flash_fwd_decode_bf16_hdim256", Dtype::Bf16),
-        decode::<32>("flash_fwd_decode_f16_hdim32", Dtype::F16),
-        decode::<64>("flash_fwd_decode_f16_hdim64", Dtype::F16),
-        decode::<96>("flash_fwd_decode_f16_hdim96", Dtype::F16),
-        decode::<128>("flash_fwd_decode_f16_hdim128", Dtype::F16),
-        decode::<192>("flash_fwd_decode_f16_hdim192", Dtype::F16),
-        decode::<256>("flash_fwd_decode_f16_hdim256", Dtype::F16),
+        decode::<32>("flash_fwd_decode_bf16_hdim32_sm90", Dtype::Bf16, true),
+        decode::<64>("flash_fwd_decode_bf16_hdim64_sm90", Dtype::Bf16, true),
+        decode::<96>("flash_fwd_decode_bf16_hdim96_sm90", Dtype::Bf16, true),
+        decode::<128>("flash_fwd_decode_bf16_hdim128_sm90", Dtype::Bf16, true),
+        decode::<192>("flash_fwd_decode_bf16_hdim192_sm90", Dtype::Bf16, true),
+        decode::<256>("flash_fwd_decode_bf16_hdim256_sm90", Dtype::Bf16, true),
+        decode::<32>("flash_fwd_decode_f16_hdim32_sm90", Dtype::F16, true),
+        decode::<64>("flash_fwd_decode_f16_hdim64_sm90", Dtype::F16, true),
+        decode::<96>("flash_fwd_decode_f16_hdim96_sm90", Dtype::F16, true),
+        decode::<128>("flash_fwd_decode_f16_hdim128_sm90", Dtype::F16, true),
+        decode::<192>("flash_fwd_decode_f16_hdim192_sm90", Dtype::F16, true),
+        decode::<256>("flash_fwd_decode_f16_hdim256_sm90", Dtype::F16, true),
+        decode::<32>("flash_fwd_decode_bf16_hdim32", Dtype::Bf16, false),
+        decode::<64>("flash_fwd_decode_bf16_hdim64", Dtype::Bf16, false),
+        decode::<96>("flash_fwd_decode_bf16_hdim96", Dtype::Bf16, false),
+        decode::<128>("flash_fwd_decode_bf16_hdim128", Dtype::Bf16, false),
+        decode::<192>("flash_fwd_decode_bf16_hdim192", Dtype::Bf16, false),
+        decode::<256>("flash_fwd_decode_bf16_hdim256", Dtype::Bf16, false),
+        decode::<32>("flash_fwd_decode_f16_hdim32", Dtype::F16, false),
+        decode::<64>("flash_fwd_decode_f16_hdim64", Dtype::F16, false),
+        decode::<96>("flash_fwd_decode_f16_hdim96", Dtype::F16, false),
+        decode::<128>("flash_fwd_decode_f16_hdim128", Dtype::F16, false),
+        decode::<192>("flash_fwd_decode_f16_hdim192", Dtype::F16, false),
+        decode::<256>("flash_fwd_decode_f16_hdim256", Dtype::F16, false),
         // Measurement variants: after the defaults, so `find` never picks them.
         fwd_wgmma::<FwdWgmmaHdim128Sync>("flash_fwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim64Narrow>("flash_bwd_wgmma_bf16_hdim64_narrow", Dtype::Bf16),
@@ -271,8 +307,8 @@ pub fn by_name(name: &str) -> Option<&'static KernelInfo> {
 /// the sink gradient and the dropout mask), with or without the score modifiers (`modifiers` matters for the
 /// forward and backward main kernels only): with the sm_90a PTX loaded, a Hopper-only kernel
 /// where one exists, else the portable one.
-pub fn find(role: Role, dtype: Dtype, head_dim: u32, sm90a: bool, modifiers: bool) -> Option<&'static KernelInfo> {
-    let fits = |k: &&KernelInfo| k.serves(role, dtype, head_dim, modifiers);
+pub fn find(role: Role, dtype: Dtype, head_dim: u32, sm90a: bool, flavor: Flavor) -> Option<&'static KernelInfo> {
+    let fits = |k: &&KernelInfo| k.serves(role, dtype, head_dim, flavor);
     let hopper = KERNELS.iter().filter(fits).find(|k| k.requires_sm90a && sm90a);
     hopper.or_else(|| KERNELS.iter().filter(fits).find(|k| !k.requires_sm90a))
 }
@@ -302,21 +338,25 @@ mod tests {
                     Role::ForwardDecode,
                 ] {
                     for sm90a in [false, true] {
-                        for mods in [false, true] {
-                            let k =
-                                find(role, dtype, d, sm90a, mods).unwrap_or_else(|| panic!("{role:?} {dtype:?} {d}"));
+                        for flavor in [Flavor::Dense, Flavor::Sequences, Flavor::Modifiers] {
+                            let k = find(role, dtype, d, sm90a, flavor)
+                                .unwrap_or_else(|| panic!("{role:?} {dtype:?} {d} {flavor:?}"));
                             assert!(sm90a || !k.requires_sm90a);
                             if matches!(role, Role::Forward | Role::Backward) {
-                                assert_eq!(k.modifiers, mods, "{}", k.name);
-                                assert_eq!(k.name.ends_with("_mods"), mods, "{}", k.name);
+                                let suffix = match flavor {
+                                    Flavor::Dense => !k.name.ends_with("_mods") && !k.name.ends_with("_seq"),
+                                    Flavor::Sequences => k.name.ends_with("_seq"),
+                                    Flavor::Modifiers => k.name.ends_with("_mods"),
+                                };
+                                assert!(suffix, "{flavor:?}: {}", k.name);
                             }
                         }
                     }
                 }
             }
         }
-        assert!(find(Role::Forward, Dtype::Bf16, 80, true, false).is_none());
-        assert!(find(Role::Forward, Dtype::Bf16, 128, true, false).unwrap().requires_sm90a);
+        assert!(find(Role::Forward, Dtype::Bf16, 80, true, Flavor::Dense).is_none());
+        assert!(find(Role::Forward, Dtype::Bf16, 128, true, Flavor::Dense).unwrap().requires_sm90a);
     }
 
     #[test]
@@ -329,13 +369,22 @@ mod tests {
                 (Role::Backward, [true, true, true, true, false, false]),
             ] {
                 for (d, expected) in crate::traits::SUPPORTED_HEAD_DIMS.iter().zip(hopper) {
-                    for mods in [false, true] {
-                        let k = find(role, dtype, *d, true, mods).unwrap();
+                    for flavor in [Flavor::Dense, Flavor::Sequences, Flavor::Modifiers] {
+                        let k = find(role, dtype, *d, true, flavor).unwrap();
                         assert_eq!(k.requires_sm90a, expected, "{role:?} {dtype:?} {d}: {}", k.name);
                         assert_eq!(k.head_dim, *d);
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn decode_kernels_fit_their_devices() {
+        // The sm_80 PTX runs on an A100 (163 KiB a block); sm_90a on an H100/H200 (227 KiB).
+        for k in KERNELS.iter().filter(|k| k.role == Role::ForwardDecode) {
+            let limit = if k.requires_sm90a { 227 } else { 163 } * 1024;
+            assert!(k.dynamic_smem_bytes <= limit, "{}: {} bytes", k.name, k.dynamic_smem_bytes);
         }
     }
 

@@ -303,10 +303,16 @@ pub const fn decode_keys(d: u32) -> u32 {
     if d <= 128 { 32 } else { 16 }
 }
 
-/// Dynamic shared memory of the decode kernel for head dim `d`: the Q tile and each warp's two
+/// K/V stages per warp of the decode kernel: three on Hopper (two tiles in flight per warp: a
+/// decode is bound by the bytes in flight), two where shared memory is an A100's 163 KiB.
+pub const fn decode_stages(sm90a: bool) -> u32 {
+    if sm90a { 3 } else { 2 }
+}
+
+/// Dynamic shared memory of the decode kernel for head dim `d`: the Q tile and each warp's
 /// K and V stages (the merge reuses the stages).
-pub const fn decode_smem_bytes(d: u32) -> u32 {
-    DECODE_ROWS * d * 2 + DECODE_WARPS * 2 * 2 * decode_keys(d) * d * 2
+pub const fn decode_smem_bytes(d: u32, stages: u32) -> u32 {
+    DECODE_ROWS * d * 2 + DECODE_WARPS * stages * 2 * decode_keys(d) * d * 2
 }
 
 /// Keys one block iteration covers (the split heuristic's unit).

@@ -130,7 +130,8 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
                 "{:<34} {:>6} {:>5} {:>11} {:>12} {:>6} {:>6}/{:<6}",
                 name, arch, r.registers, r.static_smem, dynamic, r.stack, r.spill_stores, r.spill_loads
             );
-            let modifiers = KERNELS.iter().any(|k| k.name == name && k.modifiers);
+            // The `_mods` and `_seq` twins (a sequence's resolved layout in registers too).
+            let modifiers = KERNELS.iter().any(|k| k.name == name && (k.modifiers || k.sequences));
             if modifiers && r.stack <= MODS_STACK_BUDGET {
                 // The `_mods` kernels carry every modifier's registers at once; a small spill
                 // there costs only the calls that use a modifier (reported, not fatal).
@@ -147,7 +148,7 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
     }
     if !mods_spills.is_empty() {
         println!(
-            "ptxas: `_mods` kernels with a spill stack frame (budget {MODS_STACK_BUDGET} bytes): {}",
+            "ptxas: `_mods` / `_seq` kernels with a spill stack frame (budget {MODS_STACK_BUDGET} bytes): {}",
             mods_spills.join(", ")
         );
     }
