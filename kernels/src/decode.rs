@@ -48,10 +48,11 @@ unsafe fn tile_pages(p: &FwdParams, k_begin: u32, valid: u32, page_stride: i64, 
     let (a, b) = unsafe {
         (*table.wrapping_add((row0 + k_begin / page_size) as usize), *table.wrapping_add((row0 + last / page_size) as usize))
     };
-    let base = |page: i32, first_key: u32| page as i64 * page_stride - (first_key % page_size) as i64 * row_stride;
-    let second = (k_begin / page_size + 1) * page_size;
-    // Offsets such that key `j` is at `offset + j · row_stride` within its page.
-    (base(a, k_begin) - k_begin as i64 * row_stride, base(b, second) - second as i64 * row_stride, second)
+    // Offsets such that key `j` of a page that starts at key `start` is at `offset + j · row_stride`.
+    let offset = |page: i32, start: u32| page as i64 * page_stride - start as i64 * row_stride;
+    let first_start = k_begin / page_size * page_size;
+    let second = first_start + page_size;
+    (offset(a, first_start), offset(b, second), second)
 }
 
 /// Start copying `rows` key rows from `k_begin` of K or V (`base` at this head) into `tile`:
@@ -63,8 +64,8 @@ unsafe fn tile_pages(p: &FwdParams, k_begin: u32, valid: u32, page_stride: i64, 
 #[inline(always)]
 unsafe fn load_keys(p: &FwdParams, tile: SmemTile, base: u64, row_stride: i64, page_stride: i64, rows: u32, k_begin: u32, valid: u32, lane: u32) {
     let chunks = tile.chunks_per_row;
-    // SAFETY: forwarded from the caller.
-    let (first, second, second_key) = unsafe { tile_pages(p, k_begin, valid, page_stride, row_stride) };
+    // SAFETY: forwarded from the caller (the tile's own rows: at most `rows` of them).
+    let (first, second, second_key) = unsafe { tile_pages(p, k_begin, valid.min(rows), page_stride, row_stride) };
     let mut i = lane;
     while i < rows * chunks {
         let (row, chunk) = (i / chunks, i % chunks);
