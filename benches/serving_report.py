@@ -48,7 +48,7 @@ def main():
             fmt = lambda x: "–" if x is None else f"{x:.1f}"
             md.append(f"| {r['batch']} | {r['cache_len']} | {r['seqlen_q']} | {r['page_size']} | {r['ours_us']:.1f} | "
                       f"{r['ours_gbps']:.0f} | {fmt(flash)} | {fmt(cudnn)} | {fmt(fa4)} | "
-                      f"{'–' if best is None else f'{best / r['ours_us']:.2f}'} |")
+                      f"{'–' if best is None else format(best / r['ours_us'], '.2f')} |")
     md += ["", "Paged rows compare with FA4's paged forward (pages of 256) where the page size is 256; "
            "torch has no paged path.", "",
            "## Packed prefill (64 sequences of 64–8192 tokens, causal, GQA 32/8, head_dim 128, bf16; TFLOP/s on the real lengths)", "",
