@@ -489,8 +489,10 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
                 };
                 let ql = Layout::contiguous([b, sq, H, D]);
                 let qv = TensorRef::<bf16>::from_slice(&q, 0, ql).unwrap();
-                let (kv, vv) =
-                    (TensorRef::<bf16>::from_slice(&k, 0, kl).unwrap(), TensorRef::<bf16>::from_slice(&v, 0, kl).unwrap());
+                let (kv, vv) = (
+                    TensorRef::<bf16>::from_slice(&k, 0, kl).unwrap(),
+                    TensorRef::<bf16>::from_slice(&v, 0, kl).unwrap(),
+                );
                 // Pages of `page_size` rows, shuffled: a permutation of the page ids.
                 let table: Vec<i32> = match page_size {
                     0 => vec![0],
@@ -536,8 +538,12 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
         let mean = total / lens.len();
         let pairs: u64 = lens.iter().map(|&n| (n * (n + 1) / 2) as u64).sum();
         let cu_d = DeviceBuffer::from_slice(&cu).unwrap();
-        let (q, k, v, d_o) =
-            (upload(&mut rng, total * H * D), upload(&mut rng, total * HK * D), upload(&mut rng, total * HK * D), upload(&mut rng, total * H * D));
+        let (q, k, v, d_o) = (
+            upload(&mut rng, total * H * D),
+            upload(&mut rng, total * HK * D),
+            upload(&mut rng, total * HK * D),
+            upload(&mut rng, total * H * D),
+        );
         let (ql, kl) = (Layout::contiguous([1, total, H, D]), Layout::contiguous([1, total, HK, D]));
         let view = |buf, layout| TensorRef::<bf16>::from_slice(buf, 0, layout).unwrap();
         let (qv, kv, vv, dov) = (view(&q, ql), view(&k, kl), view(&v, kl), view(&d_o, ql));
@@ -577,7 +583,10 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
         let bms = time_calls(&stream, &mut flush, o.iters, || run(true).unwrap());
         let flops = 4.0 * (D * H) as f64 * pairs as f64;
         let (ft, bt) = (flops / fms as f64 / 1e9, 2.5 * flops / bms as f64 / 1e9);
-        println!("varlen prefill: {} sequences, {total} tokens (mean {mean}, max {max}): fwd {fms:.3} ms {ft:.1} TFLOP/s, bwd {bms:.3} ms {bt:.1} TFLOP/s", lens.len());
+        println!(
+            "varlen prefill: {} sequences, {total} tokens (mean {mean}, max {max}): fwd {fms:.3} ms {ft:.1} TFLOP/s, bwd {bms:.3} ms {bt:.1} TFLOP/s",
+            lens.len()
+        );
         emit(
             out,
             format!(
@@ -608,7 +617,9 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
         let pairs = (b * s * (s + 1) / 2) as u64;
         let flops = 4.0 * (D * H) as f64 * pairs as f64;
         let (ft, bt) = (flops / fms as f64 / 1e9, 2.5 * flops / bms as f64 / 1e9);
-        println!("dense at the mean length: {b} x {s}: fwd {fms:.3} ms {ft:.1} TFLOP/s, bwd {bms:.3} ms {bt:.1} TFLOP/s");
+        println!(
+            "dense at the mean length: {b} x {s}: fwd {fms:.3} ms {ft:.1} TFLOP/s, bwd {bms:.3} ms {bt:.1} TFLOP/s"
+        );
         emit(
             out,
             format!(

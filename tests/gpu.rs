@@ -12,9 +12,9 @@ use cust::stream::{Stream, StreamFlags};
 use flash_attn::{AttentionParams, DeviceTensor, Error, FlashAttention, TensorRef};
 use flash_attn_tests::serving::{ServingCase, kvcache_strategy, run_serving_case, varlen_strategy};
 use flash_attn_tests::{CaseOutcome, Comparison, case_strategy, gpu_context, random_inputs, run_case};
-use proptest::strategy::Strategy;
 use half::{bf16, f16};
 use libtest_mimic::{Arguments, Failed, Trial};
+use proptest::strategy::Strategy;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use rand::SeedableRng;
 use std::cell::RefCell;
@@ -284,7 +284,8 @@ fn bad_input() -> Result<(), Failed> {
     // Packed batches and KV caches: offsets and lengths of the wrong length or (checked on the
     // host) the wrong values; a cache batch without a map; seqused_k in the backward.
     let ints = |x: &[i32]| cust::memory::DeviceBuffer::from_slice(x).map_err(|e| format!("{e:?}"));
-    let (cu_good, cu_short, cu_down, cu_long) = (ints(&[0, 6, 16])?, ints(&[0, 16])?, ints(&[0, 9, 7])?, ints(&[0, 3, 15])?);
+    let (cu_good, cu_short, cu_down, cu_long) =
+        (ints(&[0, 6, 16])?, ints(&[0, 16])?, ints(&[0, 9, 7])?, ints(&[0, 3, 15])?);
     let varlen = |cu_q, cu_k, max_q: usize| flash_attn::Varlen {
         cu_seqlens_q: cu_q,
         cu_seqlens_k: cu_k,
@@ -304,7 +305,16 @@ fn bad_input() -> Result<(), Failed> {
     }
     let q2 = DeviceTensor::filled([2, 8, 2, 64], bf16::ONE).map_err(|e| e.to_string())?;
     expect(
-        a.forward_varlen_into(s, q2.view(), k.view(), k.view(), o.view_mut(), &mut lse, &varlen(&cu_good, &cu_good, 10), &params),
+        a.forward_varlen_into(
+            s,
+            q2.view(),
+            k.view(),
+            k.view(),
+            o.view_mut(),
+            &mut lse,
+            &varlen(&cu_good, &cu_good, 10),
+            &params,
+        ),
         "q",
     )?;
     let used = ints(&[3, 4])?;
@@ -324,19 +334,59 @@ fn bad_input() -> Result<(), Failed> {
     let cache_q = DeviceTensor::filled([2, 1, 2, 64], bf16::ONE).map_err(|e| e.to_string())?;
     let cache = DeviceTensor::filled([3, 16, 2, 64], bf16::ONE).map_err(|e| e.to_string())?;
     let mut cache_o = DeviceTensor::filled([2, 1, 2, 64], bf16::NAN).map_err(|e| e.to_string())?;
-    let (lens, too_long, one_len, idx, idx_bad) = (ints(&[5, 16])?, ints(&[5, 17])?, ints(&[5])?, ints(&[2, 0])?, ints(&[2, 3])?);
+    let (lens, too_long, one_len, idx, idx_bad) =
+        (ints(&[5, 16])?, ints(&[5, 17])?, ints(&[5])?, ints(&[2, 0])?, ints(&[2, 3])?);
     for (c, argument) in [
-        (flash_attn::KvCache { cache_batch_idx: Some(&idx), ..flash_attn::KvCache::new(&one_len) }, "cache.cache_seqlens"),
-        (flash_attn::KvCache { check_lengths: true, cache_batch_idx: Some(&idx), ..flash_attn::KvCache::new(&too_long) }, "cache.cache_seqlens"),
-        (flash_attn::KvCache { check_lengths: true, cache_batch_idx: Some(&idx_bad), ..flash_attn::KvCache::new(&lens) }, "cache.cache_batch_idx"),
+        (
+            flash_attn::KvCache { cache_batch_idx: Some(&idx), ..flash_attn::KvCache::new(&one_len) },
+            "cache.cache_seqlens",
+        ),
+        (
+            flash_attn::KvCache {
+                check_lengths: true,
+                cache_batch_idx: Some(&idx),
+                ..flash_attn::KvCache::new(&too_long)
+            },
+            "cache.cache_seqlens",
+        ),
+        (
+            flash_attn::KvCache {
+                check_lengths: true,
+                cache_batch_idx: Some(&idx_bad),
+                ..flash_attn::KvCache::new(&lens)
+            },
+            "cache.cache_batch_idx",
+        ),
         (flash_attn::KvCache::new(&lens), "k_cache"),
-        (flash_attn::KvCache { num_splits: 1000, cache_batch_idx: Some(&idx), ..flash_attn::KvCache::new(&lens) }, "cache.num_splits"),
+        (
+            flash_attn::KvCache { num_splits: 1000, cache_batch_idx: Some(&idx), ..flash_attn::KvCache::new(&lens) },
+            "cache.num_splits",
+        ),
         (flash_attn::KvCache { block_table: Some(&one_len), ..flash_attn::KvCache::new(&lens) }, "cache.block_table"),
-        (flash_attn::KvCache { block_table: Some(&idx), cache_batch_idx: Some(&idx), ..flash_attn::KvCache::new(&lens) }, "cache.cache_batch_idx"),
-        (flash_attn::KvCache { block_table: Some(&idx_bad), check_lengths: true, ..flash_attn::KvCache::new(&lens) }, "cache.block_table"),
+        (
+            flash_attn::KvCache {
+                block_table: Some(&idx),
+                cache_batch_idx: Some(&idx),
+                ..flash_attn::KvCache::new(&lens)
+            },
+            "cache.cache_batch_idx",
+        ),
+        (
+            flash_attn::KvCache { block_table: Some(&idx_bad), check_lengths: true, ..flash_attn::KvCache::new(&lens) },
+            "cache.block_table",
+        ),
     ] {
         expect(
-            a.forward_with_kvcache_into(s, cache_q.view(), cache.view(), cache.view(), cache_o.view_mut(), &mut lse, &c, &params),
+            a.forward_with_kvcache_into(
+                s,
+                cache_q.view(),
+                cache.view(),
+                cache.view(),
+                cache_o.view_mut(),
+                &mut lse,
+                &c,
+                &params,
+            ),
             argument,
         )?;
     }
@@ -344,13 +394,32 @@ fn bad_input() -> Result<(), Failed> {
     let pages8 = DeviceTensor::filled([6, 8, 2, 64], bf16::ONE).map_err(|e| e.to_string())?;
     let c = flash_attn::KvCache { block_table: Some(&idx), ..flash_attn::KvCache::new(&lens) };
     expect(
-        a.forward_with_kvcache_into(s, cache_q.view(), pages8.view(), pages8.view(), cache_o.view_mut(), &mut lse, &c, &params),
+        a.forward_with_kvcache_into(
+            s,
+            cache_q.view(),
+            pages8.view(),
+            pages8.view(),
+            cache_o.view_mut(),
+            &mut lse,
+            &c,
+            &params,
+        ),
         "k_cache",
     )?;
-    let dropout = AttentionParams { dropout: Some(flash_attn::Dropout { p: 0.1, seed: 1, offset: 0 }), ..Default::default() };
+    let dropout =
+        AttentionParams { dropout: Some(flash_attn::Dropout { p: 0.1, seed: 1, offset: 0 }), ..Default::default() };
     let c = flash_attn::KvCache { cache_batch_idx: Some(&idx), ..flash_attn::KvCache::new(&lens) };
     expect(
-        a.forward_with_kvcache_into(s, cache_q.view(), cache.view(), cache.view(), cache_o.view_mut(), &mut lse, &c, &dropout),
+        a.forward_with_kvcache_into(
+            s,
+            cache_q.view(),
+            cache.view(),
+            cache.view(),
+            cache_o.view_mut(),
+            &mut lse,
+            &c,
+            &dropout,
+        ),
         "params.dropout",
     )?;
     if !cache_o.to_host().map_err(|e| e.to_string())?.iter().all(|x| x.is_nan()) {

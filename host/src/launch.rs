@@ -415,22 +415,14 @@ impl FlashAttention {
         shape: &AttnShape,
         mods: &Modifiers,
     ) -> Result<&'static KernelInfo> {
-        self.choose(role, dtype, shape.head_dim, validate::flavor(shape, mods)).ok_or(
-            Error::UnsupportedHeadDim {
-                argument: "q",
-                head_dim: shape.head_dim as usize,
-                supported: &flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS,
-            },
-        )
+        self.choose(role, dtype, shape.head_dim, validate::flavor(shape, mods)).ok_or(Error::UnsupportedHeadDim {
+            argument: "q",
+            head_dim: shape.head_dim as usize,
+            supported: &flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS,
+        })
     }
 
-    fn choose(
-        &self,
-        role: Role,
-        dtype: registry::Dtype,
-        head_dim: u32,
-        flavor: Flavor,
-    ) -> Option<&'static KernelInfo> {
+    fn choose(&self, role: Role, dtype: registry::Dtype, head_dim: u32, flavor: Flavor) -> Option<&'static KernelInfo> {
         // An override replaces the kernel it serves (`KernelInfo::serves`, the registry's rule);
         // the measurement variants are all dense, so calls with modifiers keep their `_mods` kernel.
         let chosen = self.overrides.iter().copied().find(|k| k.serves(role, dtype, head_dim, flavor));
@@ -438,7 +430,13 @@ impl FlashAttention {
     }
 
     /// Launch one kernel over `grid` blocks.
-    pub(crate) fn launch<P: Copy>(&self, stream: &Stream, info: &KernelInfo, grid: (u32, u32, u32), params: &P) -> Result<()> {
+    pub(crate) fn launch<P: Copy>(
+        &self,
+        stream: &Stream,
+        info: &KernelInfo,
+        grid: (u32, u32, u32),
+        params: &P,
+    ) -> Result<()> {
         // The registry pairs each kernel with its parameter block; a mismatch is a bug here,
         // never a user error, and `cargo xtask build-ptx` checks the PTX side of it.
         debug_assert_eq!(std::mem::size_of::<P>(), info.param_bytes as usize, "{}: wrong parameter block", info.name);

@@ -19,11 +19,11 @@
 //! (synchronously) first. Unchecked, the kernels trust them, as FlashAttention's do: offsets
 //! that are not non-decreasing or run past the tensors make the kernels read out of bounds.
 
+use crate::AttentionParams;
 use crate::error::{CudaContext, Error, Result};
 use crate::launch::{FlashAttention, ForwardOutput, Gradients, forward_params, grid as launch_grid};
 use crate::tensor::{DeviceTensor, Element, TensorMut, TensorRef};
 use crate::validate::{self, Arg, MAX_GRID_YZ, MAX_SEQLEN};
-use crate::AttentionParams;
 use cust::memory::{CopyDestination, DeviceBuffer, DeviceSlice};
 use cust::stream::Stream;
 use flash_attn_kernels::params::{AttnShape, Modifiers};
@@ -80,7 +80,9 @@ pub const MAX_SPLITS: usize = 128;
 fn to_host(name: &'static str, slice: &DeviceSlice<i32>) -> Result<Vec<i32>> {
     let mut host = vec![0i32; slice.len()];
     slice.copy_to(&mut host[..]).during("cuMemcpyDtoH (offsets)").map_err(|e| match e {
-        Error::Cuda { operation, name: cuda, code } => Error::Cuda { operation, name: format!("{cuda} ({name})"), code },
+        Error::Cuda { operation, name: cuda, code } => {
+            Error::Cuda { operation, name: format!("{cuda} ({name})"), code }
+        }
         other => other,
     })?;
     Ok(host)
@@ -160,7 +162,12 @@ fn varlen_shape(base: AttnShape, v: &Varlen) -> Result<AttnShape> {
     let max_k = seqlen_bound("varlen.max_seqlen_k", v.max_seqlen_k)?;
     let (total_q, total_k) = (base.seqlen_q, base.seqlen_k);
     if v.check_offsets {
-        check_cu_seqlens("varlen.cu_seqlens_q", &to_host("cu_seqlens_q", v.cu_seqlens_q)?, total_q as usize, v.max_seqlen_q)?;
+        check_cu_seqlens(
+            "varlen.cu_seqlens_q",
+            &to_host("cu_seqlens_q", v.cu_seqlens_q)?,
+            total_q as usize,
+            v.max_seqlen_q,
+        )?;
         let cu_k = to_host("cu_seqlens_k", v.cu_seqlens_k)?;
         check_cu_seqlens("varlen.cu_seqlens_k", &cu_k, total_k as usize, v.max_seqlen_k)?;
         if let Some(used) = v.seqused_k {
@@ -426,9 +433,9 @@ impl FlashAttention {
         let lse_accum = unsafe { self.scratch.alloc::<f32>(rows, stream) }?;
         p.o_accum = o_accum.as_device_ptr().as_raw();
         p.lse_accum = lse_accum.as_device_ptr().as_raw();
-        let launched = self
-            .launch(stream, info, grid, &p)
-            .and_then(|()| self.launch(stream, combine, launch_grid(combine, shape.seqlen_q, shape.heads, shape.batch), &p));
+        let launched = self.launch(stream, info, grid, &p).and_then(|()| {
+            self.launch(stream, combine, launch_grid(combine, shape.seqlen_q, shape.heads, shape.batch), &p)
+        });
         let freed_o = o_accum.drop_async(stream).during("cuMemFreeAsync");
         let freed_l = lse_accum.drop_async(stream).during("cuMemFreeAsync");
         launched.and(freed_o).and(freed_l)
@@ -437,13 +444,12 @@ impl FlashAttention {
     /// How many key ranges a forward of `shape` splits into: `requested` (at most
     /// [`MAX_SPLITS`]), or with 0 the heuristic from the grid and the SM count.
     pub(crate) fn splits_for<T: Element>(&self, shape: &AttnShape, requested: usize) -> Result<u32> {
-        let info = registry::find(Role::Forward, T::DTYPE, shape.head_dim, self.hopper_kernels(), Flavor::Sequences).ok_or(
-            Error::UnsupportedHeadDim {
+        let info = registry::find(Role::Forward, T::DTYPE, shape.head_dim, self.hopper_kernels(), Flavor::Sequences)
+            .ok_or(Error::UnsupportedHeadDim {
                 argument: "q",
                 head_dim: shape.head_dim as usize,
                 supported: &flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS,
-            },
-        )?;
+            })?;
         let key_tiles = shape.seqlen_k.div_ceil(info.key_tile_rows.max(1));
         let splits = match requested {
             0 => {
@@ -480,15 +486,24 @@ impl FlashAttention {
             l
         };
         let (kl, vl) = (same_batch(k), same_batch(v));
-        let (k1, v1) = (Arg { name: k.name, address: k.address, layout: &kl }, Arg { name: v.name, address: v.address, layout: &vl });
+        let (k1, v1) = (
+            Arg { name: k.name, address: k.address, layout: &kl },
+            Arg { name: v.name, address: v.address, layout: &vl },
+        );
         if k.layout.shape != v.layout.shape {
-            return Err(Error::invalid("v_cache", format!("shape {:?} differs from k_cache's {:?}", v.layout.shape, k.layout.shape)));
+            return Err(Error::invalid(
+                "v_cache",
+                format!("shape {:?} differs from k_cache's {:?}", v.layout.shape, k.layout.shape),
+            ));
         }
         let mut shape = validate::inputs(q, &k1, &v1, params)?;
         array_len("cache.cache_seqlens", cache.cache_seqlens.len(), batch, "batch")?;
         match cache.cache_batch_idx {
             Some(_) if cache.block_table.is_some() => {
-                return Err(Error::invalid("cache.cache_batch_idx", "not with a block_table (the table maps the pages)"));
+                return Err(Error::invalid(
+                    "cache.cache_batch_idx",
+                    "not with a block_table (the table maps the pages)",
+                ));
             }
             Some(idx) => array_len("cache.cache_batch_idx", idx.len(), batch, "batch")?,
             None if cache_batch != batch && cache.block_table.is_none() => {
@@ -500,7 +515,12 @@ impl FlashAttention {
             None => {}
         }
         if cache.check_lengths && cache.block_table.is_none() {
-            check_range("cache.cache_seqlens", &to_host("cache_seqlens", cache.cache_seqlens)?, k.layout.seqlen(), false)?;
+            check_range(
+                "cache.cache_seqlens",
+                &to_host("cache_seqlens", cache.cache_seqlens)?,
+                k.layout.seqlen(),
+                false,
+            )?;
             if let Some(idx) = cache.cache_batch_idx {
                 check_range("cache.cache_batch_idx", &to_host("cache_batch_idx", idx)?, cache_batch, true)?;
             }
@@ -524,13 +544,18 @@ impl FlashAttention {
             let stride = table.len() / batch;
             if cache.check_lengths {
                 check_range("cache.block_table", &to_host("block_table", table)?, cache_batch, true)?;
-                check_range("cache.cache_seqlens", &to_host("cache_seqlens", cache.cache_seqlens)?, stride * page_size, false)?;
+                check_range(
+                    "cache.cache_seqlens",
+                    &to_host("cache_seqlens", cache.cache_seqlens)?,
+                    stride * page_size,
+                    false,
+                )?;
             }
             // The sequences' key range: up to max_blocks_per_seq pages.
-            shape.seqlen_k = u32::try_from(stride * page_size)
-                .ok()
-                .filter(|&n| n as usize <= MAX_SEQLEN)
-                .ok_or_else(|| Error::invalid("cache.block_table", "max_blocks_per_seq · page_size exceeds 2^30 keys"))?;
+            shape.seqlen_k =
+                u32::try_from(stride * page_size).ok().filter(|&n| n as usize <= MAX_SEQLEN).ok_or_else(|| {
+                    Error::invalid("cache.block_table", "max_blocks_per_seq · page_size exceeds 2^30 keys")
+                })?;
             shape.layout.page_size = page_size as u32;
             shape.layout.block_table = table.as_device_ptr().as_raw();
             shape.layout.block_table_stride = stride as u32;
@@ -575,7 +600,8 @@ mod tests {
     fn offsets_are_checked_against_the_packed_tensor() {
         assert!(check_cu_seqlens("cu", &[0, 3, 3, 10], 10, 7).is_ok());
         // Not starting at 0, decreasing, a sequence over max, not ending at the total.
-        for (cu, total, max) in [(&[1, 3, 10][..], 10, 9), (&[0, 5, 4, 10], 10, 9), (&[0, 8, 10], 10, 7), (&[0, 3, 9], 10, 9)]
+        for (cu, total, max) in
+            [(&[1, 3, 10][..], 10, 9), (&[0, 5, 4, 10], 10, 9), (&[0, 8, 10], 10, 7), (&[0, 3, 9], 10, 9)]
         {
             assert_eq!(argument(check_cu_seqlens("cu", cu, total, max)), "cu", "{cu:?}");
         }

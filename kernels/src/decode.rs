@@ -46,7 +46,10 @@ unsafe fn tile_pages(p: &FwdParams, k_begin: u32, valid: u32, page_stride: i64, 
     // SAFETY: the host validated the table: (batch, block_table_stride) i32, pages in range;
     // `last` is a key the sequence has.
     let (a, b) = unsafe {
-        (*table.wrapping_add((row0 + k_begin / page_size) as usize), *table.wrapping_add((row0 + last / page_size) as usize))
+        (
+            *table.wrapping_add((row0 + k_begin / page_size) as usize),
+            *table.wrapping_add((row0 + last / page_size) as usize),
+        )
     };
     // Offsets such that key `j` of a page that starts at key `start` is at `offset + j · row_stride`.
     let offset = |page: i32, start: u32| page as i64 * page_stride - start as i64 * row_stride;
@@ -62,7 +65,17 @@ unsafe fn tile_pages(p: &FwdParams, k_begin: u32, valid: u32, page_stride: i64, 
 /// # Safety
 /// `p` is a sequence's validated block; rows below `valid` exist (in the pages the table names).
 #[inline(always)]
-unsafe fn load_keys(p: &FwdParams, tile: SmemTile, base: u64, row_stride: i64, page_stride: i64, rows: u32, k_begin: u32, valid: u32, lane: u32) {
+unsafe fn load_keys(
+    p: &FwdParams,
+    tile: SmemTile,
+    base: u64,
+    row_stride: i64,
+    page_stride: i64,
+    rows: u32,
+    k_begin: u32,
+    valid: u32,
+    lane: u32,
+) {
     let chunks = tile.chunks_per_row;
     // SAFETY: forwarded from the caller (the tile's own rows: at most `rows` of them).
     let (first, second, second_key) = unsafe { tile_pages(p, k_begin, valid.min(rows), page_stride, row_stride) };
@@ -133,8 +146,28 @@ pub unsafe fn flash_decode<E: Element, const D: u32, const STAGES: u32>(p: &FwdP
         let valid = shape.seqlen_k.saturating_sub(k_begin);
         // SAFETY: the sequence's first seqlen_k keys exist (host-checked cache lengths, table).
         unsafe {
-            load_keys(p, k_tile(stage), k_base, p.k_strides.row, p.k_strides.batch, keys_per_tile, k_begin, valid, lane);
-            load_keys(p, v_tile(stage), v_base, p.v_strides.row, p.v_strides.batch, keys_per_tile, k_begin, valid, lane);
+            load_keys(
+                p,
+                k_tile(stage),
+                k_base,
+                p.k_strides.row,
+                p.k_strides.batch,
+                keys_per_tile,
+                k_begin,
+                valid,
+                lane,
+            );
+            load_keys(
+                p,
+                v_tile(stage),
+                v_base,
+                p.v_strides.row,
+                p.v_strides.batch,
+                keys_per_tile,
+                k_begin,
+                valid,
+                lane,
+            );
         }
     };
     // Tiles first, first + 4, ... go to stages 0, 1, ...: STAGES - 1 of them ahead.
@@ -206,11 +239,8 @@ pub unsafe fn flash_decode<E: Element, const D: u32, const STAGES: u32>(p: &FwdP
             for e in 0..4 {
                 let (r, key) = fragment_element(0, k_begin, lane, t as u32, e as u32);
                 let token = r / group;
-                s[0][t][e] = if mask.allows(token, key) {
-                    mods[e / 2].score(s[0][t][e], token, key)
-                } else {
-                    f32::NEG_INFINITY
-                };
+                s[0][t][e] =
+                    if mask.allows(token, key) { mods[e / 2].score(s[0][t][e], token, key) } else { f32::NEG_INFINITY };
             }
         }
         online_softmax(&mut softmax, &mut s, &mut o, 1, n8, d8, shape.scale_log2);
@@ -331,7 +361,8 @@ pub unsafe fn flash_decode<E: Element, const D: u32, const STAGES: u32>(p: &FwdP
             // SAFETY: the LSE (and in split mode the partial LSEs) hold the statistics' rows.
             unsafe {
                 if split_mode {
-                    *(p.lse_accum as *mut f32).wrapping_offset((split as i64 * shape.layout.stat_rows + stat) as isize) = lse[half];
+                    *(p.lse_accum as *mut f32)
+                        .wrapping_offset((split as i64 * shape.layout.stat_rows + stat) as isize) = lse[half];
                 } else {
                     *(p.lse as *mut f32).wrapping_offset(stat as isize) = lse[half];
                 }

@@ -38,31 +38,174 @@ macro_rules! pair {
     };
 }
 
-
-pair!(flash_fwd_bf16_hdim96, flash_fwd_bf16_hdim96_mods, flash_fwd_bf16_hdim96_seq, FwdParams, flash_fwd, Bf16, FwdHdim96);
-pair!(flash_bwd_bf16_hdim96, flash_bwd_bf16_hdim96_mods, flash_bwd_bf16_hdim96_seq, BwdParams, flash_bwd, Bf16, BwdHdim96);
+pair!(
+    flash_fwd_bf16_hdim96,
+    flash_fwd_bf16_hdim96_mods,
+    flash_fwd_bf16_hdim96_seq,
+    FwdParams,
+    flash_fwd,
+    Bf16,
+    FwdHdim96
+);
+pair!(
+    flash_bwd_bf16_hdim96,
+    flash_bwd_bf16_hdim96_mods,
+    flash_bwd_bf16_hdim96_seq,
+    BwdParams,
+    flash_bwd,
+    Bf16,
+    BwdHdim96
+);
 pair!(flash_fwd_f16_hdim96, flash_fwd_f16_hdim96_mods, flash_fwd_f16_hdim96_seq, FwdParams, flash_fwd, F16, FwdHdim96);
 pair!(flash_bwd_f16_hdim96, flash_bwd_f16_hdim96_mods, flash_bwd_f16_hdim96_seq, BwdParams, flash_bwd, F16, BwdHdim96);
-pair!(flash_fwd_bf16_hdim192, flash_fwd_bf16_hdim192_mods, flash_fwd_bf16_hdim192_seq, FwdParams, flash_fwd, Bf16, FwdHdim192);
-pair!(flash_bwd_bf16_hdim192, flash_bwd_bf16_hdim192_mods, flash_bwd_bf16_hdim192_seq, BwdParams, flash_bwd, Bf16, BwdHdim192);
-pair!(flash_fwd_f16_hdim192, flash_fwd_f16_hdim192_mods, flash_fwd_f16_hdim192_seq, FwdParams, flash_fwd, F16, FwdHdim192);
-pair!(flash_bwd_f16_hdim192, flash_bwd_f16_hdim192_mods, flash_bwd_f16_hdim192_seq, BwdParams, flash_bwd, F16, BwdHdim192);
-pair!(flash_fwd_bf16_hdim256, flash_fwd_bf16_hdim256_mods, flash_fwd_bf16_hdim256_seq, FwdParams, flash_fwd, Bf16, FwdHdim256);
-pair!(flash_bwd_bf16_hdim256, flash_bwd_bf16_hdim256_mods, flash_bwd_bf16_hdim256_seq, BwdParams, flash_bwd, Bf16, BwdHdim256);
-pair!(flash_fwd_f16_hdim256, flash_fwd_f16_hdim256_mods, flash_fwd_f16_hdim256_seq, FwdParams, flash_fwd, F16, FwdHdim256);
-pair!(flash_bwd_f16_hdim256, flash_bwd_f16_hdim256_mods, flash_bwd_f16_hdim256_seq, BwdParams, flash_bwd, F16, BwdHdim256);
-pair!(flash_fwd_bf16_hdim32, flash_fwd_bf16_hdim32_mods, flash_fwd_bf16_hdim32_seq, FwdParams, flash_fwd, Bf16, FwdHdim32);
+pair!(
+    flash_fwd_bf16_hdim192,
+    flash_fwd_bf16_hdim192_mods,
+    flash_fwd_bf16_hdim192_seq,
+    FwdParams,
+    flash_fwd,
+    Bf16,
+    FwdHdim192
+);
+pair!(
+    flash_bwd_bf16_hdim192,
+    flash_bwd_bf16_hdim192_mods,
+    flash_bwd_bf16_hdim192_seq,
+    BwdParams,
+    flash_bwd,
+    Bf16,
+    BwdHdim192
+);
+pair!(
+    flash_fwd_f16_hdim192,
+    flash_fwd_f16_hdim192_mods,
+    flash_fwd_f16_hdim192_seq,
+    FwdParams,
+    flash_fwd,
+    F16,
+    FwdHdim192
+);
+pair!(
+    flash_bwd_f16_hdim192,
+    flash_bwd_f16_hdim192_mods,
+    flash_bwd_f16_hdim192_seq,
+    BwdParams,
+    flash_bwd,
+    F16,
+    BwdHdim192
+);
+pair!(
+    flash_fwd_bf16_hdim256,
+    flash_fwd_bf16_hdim256_mods,
+    flash_fwd_bf16_hdim256_seq,
+    FwdParams,
+    flash_fwd,
+    Bf16,
+    FwdHdim256
+);
+pair!(
+    flash_bwd_bf16_hdim256,
+    flash_bwd_bf16_hdim256_mods,
+    flash_bwd_bf16_hdim256_seq,
+    BwdParams,
+    flash_bwd,
+    Bf16,
+    BwdHdim256
+);
+pair!(
+    flash_fwd_f16_hdim256,
+    flash_fwd_f16_hdim256_mods,
+    flash_fwd_f16_hdim256_seq,
+    FwdParams,
+    flash_fwd,
+    F16,
+    FwdHdim256
+);
+pair!(
+    flash_bwd_f16_hdim256,
+    flash_bwd_f16_hdim256_mods,
+    flash_bwd_f16_hdim256_seq,
+    BwdParams,
+    flash_bwd,
+    F16,
+    BwdHdim256
+);
+pair!(
+    flash_fwd_bf16_hdim32,
+    flash_fwd_bf16_hdim32_mods,
+    flash_fwd_bf16_hdim32_seq,
+    FwdParams,
+    flash_fwd,
+    Bf16,
+    FwdHdim32
+);
 pair!(flash_fwd_f16_hdim32, flash_fwd_f16_hdim32_mods, flash_fwd_f16_hdim32_seq, FwdParams, flash_fwd, F16, FwdHdim32);
-pair!(flash_bwd_bf16_hdim32, flash_bwd_bf16_hdim32_mods, flash_bwd_bf16_hdim32_seq, BwdParams, flash_bwd, Bf16, BwdHdim32);
+pair!(
+    flash_bwd_bf16_hdim32,
+    flash_bwd_bf16_hdim32_mods,
+    flash_bwd_bf16_hdim32_seq,
+    BwdParams,
+    flash_bwd,
+    Bf16,
+    BwdHdim32
+);
 pair!(flash_bwd_f16_hdim32, flash_bwd_f16_hdim32_mods, flash_bwd_f16_hdim32_seq, BwdParams, flash_bwd, F16, BwdHdim32);
-pair!(flash_fwd_bf16_hdim64, flash_fwd_bf16_hdim64_mods, flash_fwd_bf16_hdim64_seq, FwdParams, flash_fwd, Bf16, FwdHdim64);
-pair!(flash_fwd_bf16_hdim128, flash_fwd_bf16_hdim128_mods, flash_fwd_bf16_hdim128_seq, FwdParams, flash_fwd, Bf16, FwdHdim128);
+pair!(
+    flash_fwd_bf16_hdim64,
+    flash_fwd_bf16_hdim64_mods,
+    flash_fwd_bf16_hdim64_seq,
+    FwdParams,
+    flash_fwd,
+    Bf16,
+    FwdHdim64
+);
+pair!(
+    flash_fwd_bf16_hdim128,
+    flash_fwd_bf16_hdim128_mods,
+    flash_fwd_bf16_hdim128_seq,
+    FwdParams,
+    flash_fwd,
+    Bf16,
+    FwdHdim128
+);
 pair!(flash_fwd_f16_hdim64, flash_fwd_f16_hdim64_mods, flash_fwd_f16_hdim64_seq, FwdParams, flash_fwd, F16, FwdHdim64);
-pair!(flash_fwd_f16_hdim128, flash_fwd_f16_hdim128_mods, flash_fwd_f16_hdim128_seq, FwdParams, flash_fwd, F16, FwdHdim128);
-pair!(flash_bwd_bf16_hdim64, flash_bwd_bf16_hdim64_mods, flash_bwd_bf16_hdim64_seq, BwdParams, flash_bwd, Bf16, BwdHdim64);
-pair!(flash_bwd_bf16_hdim128, flash_bwd_bf16_hdim128_mods, flash_bwd_bf16_hdim128_seq, BwdParams, flash_bwd, Bf16, BwdHdim128);
+pair!(
+    flash_fwd_f16_hdim128,
+    flash_fwd_f16_hdim128_mods,
+    flash_fwd_f16_hdim128_seq,
+    FwdParams,
+    flash_fwd,
+    F16,
+    FwdHdim128
+);
+pair!(
+    flash_bwd_bf16_hdim64,
+    flash_bwd_bf16_hdim64_mods,
+    flash_bwd_bf16_hdim64_seq,
+    BwdParams,
+    flash_bwd,
+    Bf16,
+    BwdHdim64
+);
+pair!(
+    flash_bwd_bf16_hdim128,
+    flash_bwd_bf16_hdim128_mods,
+    flash_bwd_bf16_hdim128_seq,
+    BwdParams,
+    flash_bwd,
+    Bf16,
+    BwdHdim128
+);
 pair!(flash_bwd_f16_hdim64, flash_bwd_f16_hdim64_mods, flash_bwd_f16_hdim64_seq, BwdParams, flash_bwd, F16, BwdHdim64);
-pair!(flash_bwd_f16_hdim128, flash_bwd_f16_hdim128_mods, flash_bwd_f16_hdim128_seq, BwdParams, flash_bwd, F16, BwdHdim128);
+pair!(
+    flash_bwd_f16_hdim128,
+    flash_bwd_f16_hdim128_mods,
+    flash_bwd_f16_hdim128_seq,
+    BwdParams,
+    flash_bwd,
+    F16,
+    BwdHdim128
+);
 #[cfg(target_feature = "sm_90a")]
 mod hopper {
     use super::*;
@@ -70,84 +213,163 @@ mod hopper {
     use crate::forward_wgmma::flash_fwd_wgmma;
     use crate::traits::*;
 
-    pair!(flash_fwd_wgmma_bf16_hdim64, flash_fwd_wgmma_bf16_hdim64_mods, flash_fwd_wgmma_bf16_hdim64_seq,
+    pair!(
+        flash_fwd_wgmma_bf16_hdim64,
+        flash_fwd_wgmma_bf16_hdim64_mods,
+        flash_fwd_wgmma_bf16_hdim64_seq,
         FwdParams,
         flash_fwd_wgmma,
         Bf16,
         FwdWgmmaHdim64
     );
-    pair!(flash_fwd_wgmma_f16_hdim64, flash_fwd_wgmma_f16_hdim64_mods, flash_fwd_wgmma_f16_hdim64_seq, FwdParams, flash_fwd_wgmma, F16, FwdWgmmaHdim64);
-    pair!(flash_fwd_wgmma_bf16_hdim128, flash_fwd_wgmma_bf16_hdim128_mods, flash_fwd_wgmma_bf16_hdim128_seq,
+    pair!(
+        flash_fwd_wgmma_f16_hdim64,
+        flash_fwd_wgmma_f16_hdim64_mods,
+        flash_fwd_wgmma_f16_hdim64_seq,
+        FwdParams,
+        flash_fwd_wgmma,
+        F16,
+        FwdWgmmaHdim64
+    );
+    pair!(
+        flash_fwd_wgmma_bf16_hdim128,
+        flash_fwd_wgmma_bf16_hdim128_mods,
+        flash_fwd_wgmma_bf16_hdim128_seq,
         FwdParams,
         flash_fwd_wgmma,
         Bf16,
         FwdWgmmaHdim128
     );
-    pair!(flash_fwd_wgmma_f16_hdim128, flash_fwd_wgmma_f16_hdim128_mods, flash_fwd_wgmma_f16_hdim128_seq,
+    pair!(
+        flash_fwd_wgmma_f16_hdim128,
+        flash_fwd_wgmma_f16_hdim128_mods,
+        flash_fwd_wgmma_f16_hdim128_seq,
         FwdParams,
         flash_fwd_wgmma,
         F16,
         FwdWgmmaHdim128
     );
-    pair!(flash_fwd_wgmma_bf16_hdim96, flash_fwd_wgmma_bf16_hdim96_mods, flash_fwd_wgmma_bf16_hdim96_seq,
+    pair!(
+        flash_fwd_wgmma_bf16_hdim96,
+        flash_fwd_wgmma_bf16_hdim96_mods,
+        flash_fwd_wgmma_bf16_hdim96_seq,
         FwdParams,
         flash_fwd_wgmma,
         Bf16,
         FwdWgmmaHdim96
     );
-    pair!(flash_fwd_wgmma_f16_hdim96, flash_fwd_wgmma_f16_hdim96_mods, flash_fwd_wgmma_f16_hdim96_seq, FwdParams, flash_fwd_wgmma, F16, FwdWgmmaHdim96);
-    pair!(flash_bwd_wgmma_bf16_hdim96, flash_bwd_wgmma_bf16_hdim96_mods, flash_bwd_wgmma_bf16_hdim96_seq,
+    pair!(
+        flash_fwd_wgmma_f16_hdim96,
+        flash_fwd_wgmma_f16_hdim96_mods,
+        flash_fwd_wgmma_f16_hdim96_seq,
+        FwdParams,
+        flash_fwd_wgmma,
+        F16,
+        FwdWgmmaHdim96
+    );
+    pair!(
+        flash_bwd_wgmma_bf16_hdim96,
+        flash_bwd_wgmma_bf16_hdim96_mods,
+        flash_bwd_wgmma_bf16_hdim96_seq,
         BwdParams,
         flash_bwd_wgmma,
         Bf16,
         BwdWgmmaHdim96
     );
-    pair!(flash_bwd_wgmma_f16_hdim96, flash_bwd_wgmma_f16_hdim96_mods, flash_bwd_wgmma_f16_hdim96_seq, BwdParams, flash_bwd_wgmma, F16, BwdWgmmaHdim96);
-    pair!(flash_bwd_wgmma_bf16_hdim32, flash_bwd_wgmma_bf16_hdim32_mods, flash_bwd_wgmma_bf16_hdim32_seq,
+    pair!(
+        flash_bwd_wgmma_f16_hdim96,
+        flash_bwd_wgmma_f16_hdim96_mods,
+        flash_bwd_wgmma_f16_hdim96_seq,
+        BwdParams,
+        flash_bwd_wgmma,
+        F16,
+        BwdWgmmaHdim96
+    );
+    pair!(
+        flash_bwd_wgmma_bf16_hdim32,
+        flash_bwd_wgmma_bf16_hdim32_mods,
+        flash_bwd_wgmma_bf16_hdim32_seq,
         BwdParams,
         flash_bwd_wgmma,
         Bf16,
         BwdWgmmaHdim32
     );
-    pair!(flash_bwd_wgmma_f16_hdim32, flash_bwd_wgmma_f16_hdim32_mods, flash_bwd_wgmma_f16_hdim32_seq, BwdParams, flash_bwd_wgmma, F16, BwdWgmmaHdim32);
-    pair!(flash_fwd_wgmma_bf16_hdim192, flash_fwd_wgmma_bf16_hdim192_mods, flash_fwd_wgmma_bf16_hdim192_seq,
+    pair!(
+        flash_bwd_wgmma_f16_hdim32,
+        flash_bwd_wgmma_f16_hdim32_mods,
+        flash_bwd_wgmma_f16_hdim32_seq,
+        BwdParams,
+        flash_bwd_wgmma,
+        F16,
+        BwdWgmmaHdim32
+    );
+    pair!(
+        flash_fwd_wgmma_bf16_hdim192,
+        flash_fwd_wgmma_bf16_hdim192_mods,
+        flash_fwd_wgmma_bf16_hdim192_seq,
         FwdParams,
         flash_fwd_wgmma,
         Bf16,
         FwdWgmmaHdim192
     );
-    pair!(flash_fwd_wgmma_f16_hdim192, flash_fwd_wgmma_f16_hdim192_mods, flash_fwd_wgmma_f16_hdim192_seq,
+    pair!(
+        flash_fwd_wgmma_f16_hdim192,
+        flash_fwd_wgmma_f16_hdim192_mods,
+        flash_fwd_wgmma_f16_hdim192_seq,
         FwdParams,
         flash_fwd_wgmma,
         F16,
         FwdWgmmaHdim192
     );
-    pair!(flash_fwd_wgmma_bf16_hdim256, flash_fwd_wgmma_bf16_hdim256_mods, flash_fwd_wgmma_bf16_hdim256_seq,
+    pair!(
+        flash_fwd_wgmma_bf16_hdim256,
+        flash_fwd_wgmma_bf16_hdim256_mods,
+        flash_fwd_wgmma_bf16_hdim256_seq,
         FwdParams,
         flash_fwd_wgmma,
         Bf16,
         FwdWgmmaHdim256
     );
-    pair!(flash_fwd_wgmma_f16_hdim256, flash_fwd_wgmma_f16_hdim256_mods, flash_fwd_wgmma_f16_hdim256_seq,
+    pair!(
+        flash_fwd_wgmma_f16_hdim256,
+        flash_fwd_wgmma_f16_hdim256_mods,
+        flash_fwd_wgmma_f16_hdim256_seq,
         FwdParams,
         flash_fwd_wgmma,
         F16,
         FwdWgmmaHdim256
     );
-    pair!(flash_bwd_wgmma_bf16_hdim64, flash_bwd_wgmma_bf16_hdim64_mods, flash_bwd_wgmma_bf16_hdim64_seq,
+    pair!(
+        flash_bwd_wgmma_bf16_hdim64,
+        flash_bwd_wgmma_bf16_hdim64_mods,
+        flash_bwd_wgmma_bf16_hdim64_seq,
         BwdParams,
         flash_bwd_wgmma,
         Bf16,
         BwdWgmmaHdim64
     );
-    pair!(flash_bwd_wgmma_f16_hdim64, flash_bwd_wgmma_f16_hdim64_mods, flash_bwd_wgmma_f16_hdim64_seq, BwdParams, flash_bwd_wgmma, F16, BwdWgmmaHdim64);
-    pair!(flash_bwd_wgmma_bf16_hdim128, flash_bwd_wgmma_bf16_hdim128_mods, flash_bwd_wgmma_bf16_hdim128_seq,
+    pair!(
+        flash_bwd_wgmma_f16_hdim64,
+        flash_bwd_wgmma_f16_hdim64_mods,
+        flash_bwd_wgmma_f16_hdim64_seq,
+        BwdParams,
+        flash_bwd_wgmma,
+        F16,
+        BwdWgmmaHdim64
+    );
+    pair!(
+        flash_bwd_wgmma_bf16_hdim128,
+        flash_bwd_wgmma_bf16_hdim128_mods,
+        flash_bwd_wgmma_bf16_hdim128_seq,
         BwdParams,
         flash_bwd_wgmma,
         Bf16,
         BwdWgmmaHdim128
     );
-    pair!(flash_bwd_wgmma_f16_hdim128, flash_bwd_wgmma_f16_hdim128_mods, flash_bwd_wgmma_f16_hdim128_seq,
+    pair!(
+        flash_bwd_wgmma_f16_hdim128,
+        flash_bwd_wgmma_f16_hdim128_mods,
+        flash_bwd_wgmma_f16_hdim128_seq,
         BwdParams,
         flash_bwd_wgmma,
         F16,

@@ -387,7 +387,9 @@ pub unsafe fn flash_fwd<E: Element, T: FwdTraits, const MODS: bool, const SEQ: b
             }
             if lane % 4 == 0 && row < shape.seqlen_q {
                 // SAFETY: the LSE buffer holds batch · heads · seqlen_q floats (host-checked).
-                unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index::<SEQ>(shape, batch, head, row) as isize) = lse };
+                unsafe {
+                    *(p.lse as *mut f32).wrapping_offset(row_stat_index::<SEQ>(shape, batch, head, row) as isize) = lse
+                };
             }
         }
     }
@@ -524,7 +526,8 @@ pub unsafe fn combine_splits<E: Element>(p: &FwdParams) {
                 }
             }
         }
-        let packed = [E::pack(acc[0], acc[1]), E::pack(acc[2], acc[3]), E::pack(acc[4], acc[5]), E::pack(acc[6], acc[7])];
+        let packed =
+            [E::pack(acc[0], acc[1]), E::pack(acc[2], acc[3]), E::pack(acc[4], acc[5]), E::pack(acc[6], acc[7])];
         let out = (p.o as *mut u16).wrapping_offset(p.o_strides.offset(batch, row, head) as isize + 8 * chunk as isize);
         // SAFETY: inside row `row` of O, whose rows the host checked to be 16-byte aligned.
         unsafe { ptx::st_global_v4(out as *mut u8, packed) };

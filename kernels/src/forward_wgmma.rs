@@ -26,7 +26,9 @@ use crate::modifiers::{ScoreMods, finish_row, forward_dropout, forward_scores};
 use crate::params::{FwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, accumulators_as_a, quad_sum};
-use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, kv_head_of, q_tile_of_block, split_tiles, wgmma_descriptor};
+use crate::tiling::{
+    Mask, SW128_ROW_GROUP_BYTES, ceil_div, kv_head_of, q_tile_of_block, split_tiles, wgmma_descriptor,
+};
 use crate::traits::{FwdWgmmaTraits, padding_fits};
 use crate::warpgroup::{Waited, WgmmaElement, panel_descriptors, wait};
 
@@ -282,7 +284,9 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bo
         }
         if lane % 4 == 0 && row < shape.seqlen_q {
             // SAFETY: the LSE buffer holds batch · heads · seqlen_q floats (host-checked).
-            unsafe { *(p.lse as *mut f32).wrapping_offset(row_stat_index::<SEQ>(shape, batch, head, row) as isize) = lse };
+            unsafe {
+                *(p.lse as *mut f32).wrapping_offset(row_stat_index::<SEQ>(shape, batch, head, row) as isize) = lse
+            };
         }
     }
     ptx::sync_warp();

@@ -391,7 +391,8 @@ mod tests {
             num_splits: 4,
             ..SeqLayout::default()
         };
-        let shape = AttnShape { batch: 3, heads: 2, seqlen_q: 5, seqlen_k: 10, head_dim: 8, layout, ..AttnShape::default() };
+        let shape =
+            AttnShape { batch: 3, heads: 2, seqlen_q: 5, seqlen_k: 10, head_dim: 8, layout, ..AttnShape::default() };
         let b = bounds(&layout, 2, 5, 10);
         assert_eq!(b, SeqBounds { seqlen_q: 5, seqlen_k: 8, q_row0: 4, k_row0: 12, k_batch: 2 });
         let s = shape.for_sequence(&b, 2);
@@ -403,7 +404,8 @@ mod tests {
         assert_eq!(dkv_accum_half::<true>(&s), 20 * 2 * 8);
         assert_eq!(shape.layout.split_of(11), (2, 3));
         // A cache: lengths in use and a batch map.
-        let cache = SeqLayout { seqused_k: used.as_ptr() as u64, k_batch_index: idx.as_ptr() as u64, ..SeqLayout::default() };
+        let cache =
+            SeqLayout { seqused_k: used.as_ptr() as u64, k_batch_index: idx.as_ptr() as u64, ..SeqLayout::default() };
         assert_eq!(bounds(&cache, 0, 1, 64), SeqBounds { seqlen_q: 1, seqlen_k: 3, q_row0: 0, k_row0: 0, k_batch: 2 });
         assert_eq!(bounds(&cache, 2, 1, 64).seqlen_k, 0);
         // K moves to its cache entry: entry 2 from batch 0 at batch stride 1000 elements.

@@ -5,8 +5,8 @@
 //! packed batch's), and the comparisons run over the whole packed output.
 
 use crate::{
-    Alibi, Case, CaseOutcome, F32_UNIT_ROUNDOFF, GpuResult, LSE_ROUNDOFF, case_strategy, compare, compare_with, cuda, lib,
-    random_inputs, seqlen, unit_roundoff,
+    Alibi, Case, CaseOutcome, F32_UNIT_ROUNDOFF, GpuResult, LSE_ROUNDOFF, case_strategy, compare, compare_with, cuda,
+    lib, random_inputs, seqlen, unit_roundoff,
 };
 use cust::memory::{CopyDestination, DeviceBuffer};
 use cust::stream::Stream;
@@ -65,12 +65,7 @@ pub fn varlen_strategy() -> impl Strategy<Value = ServingCase> {
                 let mut rng = StdRng::seed_from_u64(seed);
                 let seqused_k =
                     used.then(|| seqlens_k.iter().map(|&n| rand::Rng::gen_range(&mut rng, 0..=n)).collect());
-                ServingCase {
-                    base: Case { batch, ..base },
-                    seqlens_q,
-                    seqlens_k,
-                    source: Source::Varlen { seqused_k },
-                }
+                ServingCase { base: Case { batch, ..base }, seqlens_q, seqlens_k, source: Source::Varlen { seqused_k } }
             },
         )
     })
@@ -212,7 +207,9 @@ pub fn run_serving_case<T: Element>(
     let bits = |x: &[T]| -> Vec<u16> { x.iter().map(|&e| bytemuck::cast::<T, u16>(e)).collect() };
     let upload = |x: &[T], layout: &Layout| cuda(DeviceBuffer::from_slice(&bits(&pad(x.to_vec(), layout))));
     let (qd, kd, vd, dod) = (upload(&q, &lq)?, upload(&k, &lkv)?, upload(&v, &lkv)?, upload(&d_o, &lq)?);
-    let nan = |layout: &Layout| cuda(DeviceBuffer::from_slice(&vec![bytemuck::cast::<T, u16>(T::nan()); layout.element_count()]));
+    let nan = |layout: &Layout| {
+        cuda(DeviceBuffer::from_slice(&vec![bytemuck::cast::<T, u16>(T::nan()); layout.element_count()]))
+    };
     let mut od = nan(&lq)?;
     let stat_rows = heads * total_q.max(if packed { 1 } else { 0 });
     let mut lse = cuda(DeviceBuffer::from_slice(&vec![f32::NAN; stat_rows.max(1)]))?;
@@ -237,7 +234,9 @@ pub fn run_serving_case<T: Element>(
         _ => None,
     };
     let (lens_d, idx_d) = match &case.source {
-        Source::KvCache { batch_idx, .. } => (Some(ints(&case.seqlens_k)?), batch_idx.as_deref().map(ints).transpose()?),
+        Source::KvCache { batch_idx, .. } => {
+            (Some(ints(&case.seqlens_k)?), batch_idx.as_deref().map(ints).transpose()?)
+        }
         _ => (None, None),
     };
     let table_d = match &case.source {
@@ -294,7 +293,9 @@ pub fn run_serving_case<T: Element>(
     let key_row = |b: usize, j: usize| -> usize {
         match &case.source {
             Source::Varlen { .. } => offsets(&case.seqlens_k)[b] + j,
-            Source::KvCache { pages: Some((page_size, tables)), .. } => tables[b][j / page_size] * page_size + j % page_size,
+            Source::KvCache { pages: Some((page_size, tables)), .. } => {
+                tables[b][j / page_size] * page_size + j % page_size
+            }
             Source::KvCache { cache_len, batch_idx, .. } => batch_idx.as_ref().map_or(b, |i| i[b]) * cache_len + j,
         }
     };
@@ -331,7 +332,8 @@ pub fn run_serving_case<T: Element>(
     }
     let mut o_image = vec![0u16; od.len()];
     cuda(od.copy_to(&mut o_image[..]))?;
-    let got_o: Vec<f64> = o_image[..total_q * heads * d].iter().map(|&x| bytemuck::cast::<u16, T>(x).to_f64()).collect();
+    let got_o: Vec<f64> =
+        o_image[..total_q * heads * d].iter().map(|&x| bytemuck::cast::<u16, T>(x).to_f64()).collect();
     let mut lse_host = vec![0f32; lse.len()];
     cuda(lse.copy_to(&mut lse_host[..]))?;
     let got_lse: Vec<f64> = lse_host[..total_q * heads].iter().map(|&x| x as f64).collect();
@@ -366,7 +368,8 @@ pub fn run_serving_case<T: Element>(
             [vec![0.0; total_q * heads * d], vec![0.0; total_k * heads_k * d], vec![0.0; total_k * heads_k * d]],
             [vec![0.0; total_q * heads * d], vec![0.0; total_k * heads_k * d], vec![0.0; total_k * heads_k * d]],
         );
-        let (mut want_ds, mut naive_ds) = (vec![0.0; sinks.as_ref().map_or(0, |_| heads)], vec![0.0; sinks.as_ref().map_or(0, |_| heads)]);
+        let (mut want_ds, mut naive_ds) =
+            (vec![0.0; sinks.as_ref().map_or(0, |_| heads)], vec![0.0; sinks.as_ref().map_or(0, |_| heads)]);
         let (mut dq_shift, mut dk_shift) = (0.0f64, 0.0f64);
         for (b, (p, qs, ks, vs)) in per_seq.iter().enumerate() {
             let dos = &do64[cu_q[b] * heads * d..][..p.seqlen_q * heads * d];
@@ -388,10 +391,13 @@ pub fn run_serving_case<T: Element>(
                 }
             }
         }
-        for (i, (name, buf, elems)) in
-            [("dq", &dqd, total_q * heads * d), ("dk", &dkd, total_k * heads_k * d), ("dv", &dvd, total_k * heads_k * d)]
-                .into_iter()
-                .enumerate()
+        for (i, (name, buf, elems)) in [
+            ("dq", &dqd, total_q * heads * d),
+            ("dk", &dkd, total_k * heads_k * d),
+            ("dv", &dvd, total_k * heads_k * d),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let mut image = vec![0u16; buf.len()];
             cuda(buf.copy_to(&mut image[..]))?;
