@@ -173,24 +173,39 @@ impl FlashAttention {
         args: [&Arg; 4],
         lse: u64,
     ) -> Result<()> {
-        let mut p = forward_params(shape, mods, args, lse);
+        let p = forward_params(shape, mods, args, lse);
         let info = self.kernel(Role::Forward, T::DTYPE, &shape, &mods)?;
+        let (x, heads, _) = grid(info, shape.seqlen_q, shape.heads, shape.batch);
+        self.launch_split::<T>(stream, info, (x, heads, shape.batch * shape.layout.splits()), p)
+    }
+
+    /// Launch a forward kernel over `main_grid`; with split-KV (`num_splits` > 1) give it f32
+    /// partials from the scratch pool (O(splits · stat rows · head_dim), freed in stream order)
+    /// and queue the combine kernel that merges them into O and the LSE.
+    pub(crate) fn launch_split<T: Element>(
+        &self,
+        stream: &Stream,
+        info: &KernelInfo,
+        main_grid: (u32, u32, u32),
+        mut p: FwdParams,
+    ) -> Result<()> {
+        let shape = p.shape;
         let splits = shape.layout.splits();
         if splits == 1 {
-            return self.launch(stream, info, grid(info, shape.seqlen_q, shape.heads, shape.batch), &p);
+            return self.launch(stream, info, main_grid, &p);
         }
-        let combine = self.kernel(Role::ForwardCombine, T::DTYPE, &shape, &mods)?;
+        let combine = self.kernel(Role::ForwardCombine, T::DTYPE, &shape, &p.mods)?;
         let rows = shape.stat_rows() as usize * splits as usize;
         // SAFETY: f32 has no invalid bit patterns; every split writes each of its rows' partial
-        // O and LSE before the combine kernel reads them (`forward::write_partial`).
+        // O and LSE before the combine kernel reads them (`forward::write_partial`, the decode
+        // kernel's epilogue).
         let o_accum = unsafe { self.scratch.alloc::<f32>(rows * shape.head_dim as usize, stream) }?;
         let lse_accum = unsafe { self.scratch.alloc::<f32>(rows, stream) }?;
         p.o_accum = o_accum.as_device_ptr().as_raw();
         p.lse_accum = lse_accum.as_device_ptr().as_raw();
-        let (x, heads, _) = grid(info, shape.seqlen_q, shape.heads, shape.batch);
         let launched = self
-            .launch(stream, info, (x, heads, shape.batch * splits), &p)
-            .and_then(|()| self.launch(stream, combine, grid(combine, shape.seqlen_q, heads, shape.batch), &p));
+            .launch(stream, info, main_grid, &p)
+            .and_then(|()| self.launch(stream, combine, grid(combine, shape.seqlen_q, shape.heads, shape.batch), &p));
         let freed_o = o_accum.drop_async(stream).during("cuMemFreeAsync");
         let freed_l = lse_accum.drop_async(stream).during("cuMemFreeAsync");
         launched.and(freed_o).and(freed_l)

@@ -21,7 +21,7 @@
 
 use crate::AttentionParams;
 use crate::error::{CudaContext, Error, Result};
-use crate::launch::{FlashAttention, ForwardOutput, Gradients, forward_params, grid as launch_grid};
+use crate::launch::{FlashAttention, ForwardOutput, Gradients, forward_params};
 use crate::tensor::{DeviceTensor, Element, TensorMut, TensorRef};
 use crate::validate::{self, Arg, MAX_GRID_YZ, MAX_SEQLEN};
 use cust::memory::{CopyDestination, DeviceBuffer, DeviceSlice};
@@ -420,25 +420,8 @@ impl FlashAttention {
             n => return Err(Error::invalid("cache.num_splits", format!("{n} exceeds {MAX_SPLITS}"))),
         };
         shape.layout.num_splits = splits;
-        let mut p = forward_params(shape, mods, args, lse);
-        let grid = (splits, shape.heads_k, shape.batch);
-        if splits == 1 {
-            return self.launch(stream, info, grid, &p);
-        }
-        let combine = self.kernel(Role::ForwardCombine, T::DTYPE, &shape, &mods)?;
-        let rows = shape.stat_rows() as usize * splits as usize;
-        // SAFETY: f32 has no invalid bit patterns; every split writes each of its rows' partial
-        // O and LSE before the combine kernel reads them.
-        let o_accum = unsafe { self.scratch.alloc::<f32>(rows * shape.head_dim as usize, stream) }?;
-        let lse_accum = unsafe { self.scratch.alloc::<f32>(rows, stream) }?;
-        p.o_accum = o_accum.as_device_ptr().as_raw();
-        p.lse_accum = lse_accum.as_device_ptr().as_raw();
-        let launched = self.launch(stream, info, grid, &p).and_then(|()| {
-            self.launch(stream, combine, launch_grid(combine, shape.seqlen_q, shape.heads, shape.batch), &p)
-        });
-        let freed_o = o_accum.drop_async(stream).during("cuMemFreeAsync");
-        let freed_l = lse_accum.drop_async(stream).during("cuMemFreeAsync");
-        launched.and(freed_o).and(freed_l)
+        let p = forward_params(shape, mods, args, lse);
+        self.launch_split::<T>(stream, info, (splits, shape.heads_k, shape.batch), p)
     }
 
     /// How many key ranges a forward of `shape` splits into: `requested` (at most
