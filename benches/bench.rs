@@ -9,6 +9,11 @@
 //! feature rows instead (head_dim 128, bf16; see [`FEATURES`]), the same rows as
 //! `feature_anchors.py`, with FLOPs counted on the visible area of the mask.
 //!
+//! `bench --serving continuous [--out FILE]`: a continuous-batching server's attention (see
+//! [`continuous`]): requests arrive, prefill packed (varlen) and write their K/V into pages, and
+//! decode one token a step through the paged cache, appending as they go; reports tokens/s and
+//! the P50/P99 step latency, and writes every step's schedule for `serving_replay.py`.
+//!
 //! `bench --serving decode,varlen [--out FILE]`: issue 10's serving rows (see [`serving`]):
 //! decode against a KV cache (32 query heads over 8 KV heads, head_dim 128, bf16, seqlen_q 1 and
 //! 4, split-KV chosen by the library) and a packed prefill of 64 sequences of 64 to 8192 tokens
@@ -46,7 +51,7 @@ struct Options {
     kernels: Vec<String>,
     /// Feature rows by name (`all`: every one); empty: the grid.
     features: Vec<String>,
-    /// Serving rows: `decode`, `varlen`.
+    /// Serving rows: `decode`, `varlen`, `continuous`.
     serving: Vec<String>,
 }
 
@@ -470,6 +475,11 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
             writeln!(file, "{json},\"card\":\"{card}\",\"timing\":\"{timing}\"}}").unwrap();
         }
     };
+    if o.serving.iter().any(|s| s == "continuous") {
+        for page_size in [16, 256] {
+            continuous(&attention, &stream, page_size, &timing, card, out);
+        }
+    }
     if o.serving.iter().any(|s| s == "decode") {
         println!("{:>5} {:>6} {:>3} {:>4} | {:>9} {:>8}", "batch", "cache", "sq", "page", "us", "GB/s");
         for &(b, cache_len) in &DECODE {
@@ -626,6 +636,277 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
                 "{{\"row\":\"dense_mean\",\"batch\":{b},\"seqlen\":{s},\"visible_pairs\":{pairs},\"heads\":{H},\"heads_k\":{HK},\"head_dim\":{D},\"causal\":true,\"fwd_ms\":{fms:.4},\"bwd_ms\":{bms:.4},\"fwd_tflops\":{ft:.2},\"bwd_tflops\":{bt:.2}"
             ),
         );
+    }
+}
+
+/// The continuous-batching workload: `REQUESTS` requests with prompts of 128–4096 tokens and
+/// outputs of 32–512 (a 64-bit LCG from seed 7, as `serving_replay.py`), one arriving every
+/// other step, at most `SLOTS` running. Each step admits waiting requests while the prompt
+/// budget lasts, prefills them packed (causal `forward_varlen`) and writes their K/V into their
+/// pages (`append_kv`), then decodes one token for every request admitted in an earlier step
+/// (`forward_with_kvcache_append`: the new token's K/V appended, then attention through the
+/// block table). Pages (of `page_size` keys, a shuffled pool) are taken at admission for prompt
+/// and output and given back when the request finishes.
+struct Workload {
+    prompts: Vec<usize>,
+    outputs: Vec<usize>,
+}
+
+const REQUESTS: usize = 256;
+const SLOTS: usize = 64;
+const MAX_PROMPT: usize = 4096;
+const MAX_OUTPUT: usize = 512;
+const PREFILL_BUDGET: usize = 8192;
+
+fn workload() -> Workload {
+    let mut x: u64 = 7;
+    let mut draw = |lo: usize, hi: usize| {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        lo + ((x >> 33) % (hi - lo + 1) as u64) as usize
+    };
+    let (mut prompts, mut outputs) = (Vec::new(), Vec::new());
+    for _ in 0..REQUESTS {
+        prompts.push(draw(128, MAX_PROMPT));
+        outputs.push(draw(32, MAX_OUTPUT));
+    }
+    Workload { prompts, outputs }
+}
+
+/// One run of the workload through the library (see [`Workload`]); a JSON row per step
+/// (`"row":"step"`: the prefilled requests and prompt lengths, the decoded requests and their
+/// cache lengths before the step, the GPU time of the step) and a summary row.
+fn continuous(
+    attention: &FlashAttention,
+    stream: &Stream,
+    page_size: usize,
+    timing: &str,
+    card: &str,
+    out: &mut Option<std::fs::File>,
+) {
+    const D: usize = 128;
+    const H: usize = 32;
+    const HK: usize = 8;
+    let w = workload();
+    let per_seq = (MAX_PROMPT + MAX_OUTPUT).div_ceil(page_size);
+    let pool = SLOTS * per_seq;
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut free: Vec<usize> = (0..pool).collect();
+    rand::seq::SliceRandom::shuffle(&mut free[..], &mut rng);
+    let random = |rng: &mut StdRng, n: usize| {
+        let (_, host) = random_inputs::<bf16>(rng, n.min(1 << 22));
+        let bits: Vec<u16> = bytemuck::cast_slice(&host).to_vec();
+        let data: Vec<u16> = bits.iter().copied().cycle().take(n).collect();
+        DeviceBuffer::from_slice(&data).unwrap()
+    };
+    let cache_layout = Layout::contiguous([pool, page_size, HK, D]);
+    let (mut k_cache, mut v_cache) = (
+        DeviceBuffer::<u16>::zeroed(cache_layout.element_count()).unwrap(),
+        DeviceBuffer::<u16>::zeroed(cache_layout.element_count()).unwrap(),
+    );
+    // Prompt tokens (any content: the timing does not depend on it) and decode inputs.
+    let (pq, pk, pv) = (
+        random(&mut rng, PREFILL_BUDGET.max(MAX_PROMPT) * H * D),
+        random(&mut rng, PREFILL_BUDGET.max(MAX_PROMPT) * HK * D),
+        random(&mut rng, PREFILL_BUDGET.max(MAX_PROMPT) * HK * D),
+    );
+    let (dq, dk, dv) =
+        (random(&mut rng, SLOTS * H * D), random(&mut rng, SLOTS * HK * D), random(&mut rng, SLOTS * HK * D));
+    let mut o_buf = DeviceBuffer::<u16>::zeroed(PREFILL_BUDGET.max(MAX_PROMPT) * H * D).unwrap();
+    let mut lse = DeviceBuffer::<f32>::zeroed(PREFILL_BUDGET.max(MAX_PROMPT) * H).unwrap();
+    let zero = DeviceBuffer::from_slice(&[0i32]).unwrap();
+    let causal = AttentionParams { causal: true, ..Default::default() };
+    let event = || Event::new(EventFlags::DEFAULT).unwrap();
+    let (start, end) = (event(), event());
+
+    // Request state: pages, tokens in the cache, tokens generated.
+    let mut pages: Vec<Vec<usize>> = vec![Vec::new(); REQUESTS];
+    let mut length = vec![0usize; REQUESTS];
+    let mut generated = vec![0usize; REQUESTS];
+    let (mut waiting, mut running): (std::collections::VecDeque<usize>, Vec<usize>) = Default::default();
+    let (mut arrived, mut step) = (0usize, 0usize);
+    let (mut step_us, mut prefill_tokens, mut decode_tokens) = (Vec::new(), 0usize, 0usize);
+    while arrived < REQUESTS || !waiting.is_empty() || !running.is_empty() {
+        // One arrival every other step.
+        if step % 2 == 0 && arrived < REQUESTS {
+            waiting.push_back(arrived);
+            arrived += 1;
+        }
+        let decoding = running.clone();
+        let mut admitted = Vec::new();
+        let mut budget = PREFILL_BUDGET;
+        while let Some(&r) = waiting.front() {
+            if running.len() + admitted.len() >= SLOTS || (w.prompts[r] > budget && !admitted.is_empty()) {
+                break;
+            }
+            waiting.pop_front();
+            budget = budget.saturating_sub(w.prompts[r]);
+            let need = (w.prompts[r] + w.outputs[r]).div_ceil(page_size);
+            pages[r] = free.split_off(free.len() - need);
+            admitted.push(r);
+        }
+        // Host-side preparation (before the step's events): offsets, tables, lengths.
+        let table_row = |r: usize| {
+            let mut row: Vec<i32> = pages[r].iter().map(|&p| p as i32).collect();
+            row.resize(per_seq, 0);
+            row
+        };
+        let prompt_lens: Vec<usize> = admitted.iter().map(|&r| w.prompts[r]).collect();
+        let total: usize = prompt_lens.iter().sum();
+        let mut cu = vec![0i32];
+        for &n in &prompt_lens {
+            cu.push(cu.last().unwrap() + n as i32);
+        }
+        let cu_d = DeviceBuffer::from_slice(&cu).unwrap();
+        let tables: Vec<DeviceBuffer<i32>> =
+            admitted.iter().map(|&r| DeviceBuffer::from_slice(&table_row(r)).unwrap()).collect();
+        let decode_lens: Vec<usize> = decoding.iter().map(|&r| length[r]).collect();
+        let lens_d =
+            DeviceBuffer::from_slice(&decode_lens.iter().map(|&n| n as i32).collect::<Vec<_>>().max_len_one()).unwrap();
+        let table_d =
+            DeviceBuffer::from_slice(&decoding.iter().flat_map(|&r| table_row(r)).collect::<Vec<_>>().max_len_one())
+                .unwrap();
+
+        start.record(stream).unwrap();
+        if !admitted.is_empty() {
+            let max = *prompt_lens.iter().max().unwrap();
+            let (ql, kl) = (Layout::contiguous([1, total, H, D]), Layout::contiguous([1, total, HK, D]));
+            let view = |buf, layout| TensorRef::<bf16>::from_slice(buf, 0, layout).unwrap();
+            let varlen = flash_attn::Varlen {
+                cu_seqlens_q: &cu_d,
+                cu_seqlens_k: &cu_d,
+                max_seqlen_q: max,
+                max_seqlen_k: max,
+                seqused_k: None,
+                check_offsets: false,
+            };
+            let o_out = TensorMut::<bf16>::from_slice(&mut o_buf, 0, ql).unwrap();
+            attention
+                .forward_varlen_into(
+                    stream,
+                    view(&pq, ql),
+                    view(&pk, kl),
+                    view(&pv, kl),
+                    o_out,
+                    &mut lse,
+                    &varlen,
+                    &causal,
+                )
+                .unwrap();
+            // Each prompt's K/V into its pages.
+            let mut row0 = 0;
+            for (i, &n) in prompt_lens.iter().enumerate() {
+                let nl = Layout::contiguous([1, n, HK, D]);
+                let new = flash_attn::Append {
+                    k: TensorRef::<bf16>::from_slice(&pk, row0 * HK * D, nl).unwrap(),
+                    v: TensorRef::<bf16>::from_slice(&pv, row0 * HK * D, nl).unwrap(),
+                    rotary: None,
+                };
+                let cache = flash_attn::KvCache { block_table: Some(&tables[i]), ..flash_attn::KvCache::new(&zero) };
+                let kc = TensorMut::<bf16>::from_slice(&mut k_cache, 0, cache_layout).unwrap();
+                let vc = TensorMut::<bf16>::from_slice(&mut v_cache, 0, cache_layout).unwrap();
+                attention.append_kv(stream, kc, vc, &new, &cache).unwrap();
+                row0 += n;
+            }
+        }
+        if !decoding.is_empty() {
+            let b = decoding.len();
+            let (ql, nl) = (Layout::contiguous([b, 1, H, D]), Layout::contiguous([b, 1, HK, D]));
+            let new = flash_attn::Append {
+                k: TensorRef::<bf16>::from_slice(&dk, 0, nl).unwrap(),
+                v: TensorRef::<bf16>::from_slice(&dv, 0, nl).unwrap(),
+                rotary: None,
+            };
+            let cache = flash_attn::KvCache { block_table: Some(&table_d), ..flash_attn::KvCache::new(&lens_d) };
+            let kc = TensorMut::<bf16>::from_slice(&mut k_cache, 0, cache_layout).unwrap();
+            let vc = TensorMut::<bf16>::from_slice(&mut v_cache, 0, cache_layout).unwrap();
+            let o_out = TensorMut::<bf16>::from_slice(&mut o_buf, 0, ql).unwrap();
+            let q = TensorRef::<bf16>::from_slice(&dq, 0, ql).unwrap();
+            attention
+                .forward_with_kvcache_append_into(
+                    stream,
+                    q,
+                    kc,
+                    vc,
+                    &new,
+                    o_out,
+                    &mut lse,
+                    &cache,
+                    &AttentionParams::default(),
+                )
+                .unwrap();
+        }
+        end.record(stream).unwrap();
+        end.synchronize().unwrap();
+        let us = end.elapsed_time_f32(&start).unwrap() as f64 * 1e3;
+        if !admitted.is_empty() || !decoding.is_empty() {
+            step_us.push(us);
+        }
+        prefill_tokens += total;
+        decode_tokens += decoding.len();
+        if let Some(file) = out.as_mut() {
+            let list = |x: &[usize]| x.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+            writeln!(
+                file,
+                "{{\"row\":\"step\",\"page_size\":{page_size},\"step\":{step},\"prefill_ids\":[{}],\"prefill\":[{}],\"decode_ids\":[{}],\"decode\":[{}],\"ours_us\":{us:.2},\"card\":\"{card}\"}}",
+                list(&admitted),
+                list(&prompt_lens),
+                list(&decoding),
+                list(&decode_lens)
+            )
+            .unwrap();
+        }
+        // After the step: prompts are in the cache (their first token came with the prefill),
+        // decoded requests hold one more key; finished requests free their pages.
+        for &r in &admitted {
+            length[r] = w.prompts[r];
+            generated[r] = 1;
+        }
+        running.extend(admitted);
+        for &r in &decoding {
+            length[r] += 1;
+            generated[r] += 1;
+        }
+        running.retain(|&r| {
+            let done = generated[r] >= w.outputs[r];
+            if done {
+                free.append(&mut pages[r]);
+            }
+            !done
+        });
+        step += 1;
+    }
+    let total_ms = step_us.iter().sum::<f64>() / 1e3;
+    let tokens = prefill_tokens + decode_tokens;
+    let mut sorted = step_us.clone();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+    let (p50, p99) = (pct(0.5), pct(0.99));
+    let rate = tokens as f64 / (total_ms * 1e-3);
+    println!(
+        "continuous batching, pages of {page_size}: {REQUESTS} requests, {} steps, {prefill_tokens} prefill + {decode_tokens} decode tokens in {total_ms:.1} ms: {rate:.0} tokens/s, step P50 {p50:.1} us, P99 {p99:.1} us",
+        step_us.len()
+    );
+    if let Some(file) = out.as_mut() {
+        writeln!(
+            file,
+            "{{\"row\":\"continuous\",\"page_size\":{page_size},\"requests\":{REQUESTS},\"slots\":{SLOTS},\"steps\":{},\"prefill_tokens\":{prefill_tokens},\"decode_tokens\":{decode_tokens},\"attention_ms\":{total_ms:.3},\"tokens_per_s\":{rate:.0},\"p50_us\":{p50:.2},\"p99_us\":{p99:.2},\"heads\":{H},\"heads_k\":{HK},\"head_dim\":{D},\"card\":\"{card}\",\"timing\":\"{timing}; events around each step\"}}",
+            step_us.len()
+        )
+        .unwrap();
+    }
+}
+
+/// A device array needs at least one entry: an empty list becomes `[0]` (unused then).
+trait MaxLenOne {
+    fn max_len_one(self) -> Self;
+}
+
+impl MaxLenOne for Vec<i32> {
+    fn max_len_one(mut self) -> Self {
+        if self.is_empty() {
+            self.push(0);
+        }
+        self
     }
 }
 

@@ -72,7 +72,8 @@ fn property(name: &'static str, count: u32, backward: bool) -> Result<(), Failed
 }
 
 /// Serving cases: packed batches (forward and backward) or KV-cache forwards.
-fn serving_property(name: &'static str, count: u32, kvcache: bool) -> Result<(), Failed> {
+/// `kvcache`: KV-cache cases (with `append`: all of them appending first); else packed batches.
+fn serving_property(name: &'static str, count: u32, kvcache: bool, append: bool) -> Result<(), Failed> {
     let run = |gpu: &Gpu, case: &ServingCase| {
         let outcome = if case.base.bf16 {
             run_serving_case::<bf16>(&gpu.attention, &gpu.stream, case, true)
@@ -83,7 +84,7 @@ fn serving_property(name: &'static str, count: u32, kvcache: bool) -> Result<(),
     };
     match kvcache {
         false => property_of(name, count, varlen_strategy(), run),
-        true => property_of(name, count, kvcache_strategy(), run),
+        true => property_of(name, count, kvcache_strategy(append), run),
     }
 }
 
@@ -422,6 +423,54 @@ fn bad_input() -> Result<(), Failed> {
         ),
         "params.dropout",
     )?;
+    // Appends: new K/V of the wrong shape, rotary tables of a bad width or too few positions,
+    // lengths that leave no room for the new tokens. The cache must stay as it was.
+    let mut cache_k = DeviceTensor::filled([3, 16, 2, 64], bf16::ONE).map_err(|e| e.to_string())?;
+    let mut cache_v = DeviceTensor::filled([3, 16, 2, 64], bf16::ONE).map_err(|e| e.to_string())?;
+    let new_kv = DeviceTensor::filled([2, 1, 2, 64], bf16::ZERO).map_err(|e| e.to_string())?;
+    let new_3 = DeviceTensor::filled([2, 1, 3, 64], bf16::ZERO).map_err(|e| e.to_string())?;
+    let table =
+        |rows: usize, half: usize| DeviceTensor::filled([1, rows, 1, half], bf16::ONE).map_err(|e| e.to_string());
+    let (table_ok, table_short, table_wide, table_odd) =
+        (table(16, 16)?, table(15, 16)?, table(16, 40)?, table(16, 12)?);
+    let room = ints(&[5, 15])?; // with one new token each: 16 fits, 15 + 1 = 16 fits
+    let full = ints(&[5, 16])?; // 16 + 1 does not
+    fn appended<'a>(k: &'a DeviceTensor<bf16>, cos: Option<&'a DeviceTensor<bf16>>) -> flash_attn::Append<'a, bf16> {
+        let rotary = cos.map(|c| flash_attn::Rotary { cos: c.view(), sin: c.view(), interleaved: false });
+        flash_attn::Append { k: k.view(), v: k.view(), rotary }
+    }
+    for (new, lengths, argument) in [
+        (appended(&new_3, None), &room, "append.k"),
+        (appended(&new_kv, Some(&table_short)), &room, "append.rotary.cos"),
+        (appended(&new_kv, Some(&table_wide)), &room, "append.rotary.cos"),
+        (appended(&new_kv, Some(&table_odd)), &room, "append.rotary.cos"),
+        (appended(&new_kv, Some(&table_ok)), &full, "cache.cache_seqlens"),
+    ] {
+        let c = flash_attn::KvCache {
+            cache_batch_idx: Some(&idx),
+            check_lengths: true,
+            ..flash_attn::KvCache::new(lengths)
+        };
+        expect(
+            a.forward_with_kvcache_append_into(
+                s,
+                cache_q.view(),
+                cache_k.view_mut(),
+                cache_v.view_mut(),
+                &new,
+                cache_o.view_mut(),
+                &mut lse,
+                &c,
+                &params,
+            ),
+            argument,
+        )?;
+    }
+    for (name, t) in [("k_cache", &cache_k), ("v_cache", &cache_v)] {
+        if !t.to_host().map_err(|e| e.to_string())?.iter().all(|&x| x == bf16::ONE) {
+            return Err(format!("an invalid append wrote to {name}: a kernel was launched").into());
+        }
+    }
     if !cache_o.to_host().map_err(|e| e.to_string())?.iter().all(|x| x.is_nan()) {
         return Err("an invalid KV-cache call wrote to its output: a kernel was launched".into());
     }
@@ -574,10 +623,13 @@ fn main() {
         Trial::test("gpu::deterministic_backward_is_reproducible", deterministic_backward),
         Trial::test("gpu::dropout_mask_matches_reference", dropout_mask_matches_reference),
         Trial::test("gpu::varlen_matches_reference", || {
-            serving_property("varlen", cases("FLASH_ATTN_VARLEN_CASES", 100), false)
+            serving_property("varlen", cases("FLASH_ATTN_VARLEN_CASES", 100), false, false)
         }),
         Trial::test("gpu::kvcache_matches_reference", || {
-            serving_property("kvcache", cases("FLASH_ATTN_KVCACHE_CASES", 150), true)
+            serving_property("kvcache", cases("FLASH_ATTN_KVCACHE_CASES", 150), true, false)
+        }),
+        Trial::test("gpu::kvcache_append_matches_reference", || {
+            serving_property("kvcache_append", cases("FLASH_ATTN_APPEND_CASES", 150), true, true)
         }),
     ];
     let trials = trials.into_iter().map(|t| t.with_ignored_flag(no_gpu.is_some())).collect();

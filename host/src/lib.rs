@@ -29,7 +29,7 @@ mod validate;
 pub use cust::memory::DeviceSlice;
 pub use error::{Error, Result};
 pub use launch::{FlashAttention, ForwardOutput, Gradients};
-pub use serving::{KvCache, Varlen};
+pub use serving::{Append, KvCache, Rotary, Varlen};
 pub use tensor::{DeviceTensor, Element, Layout, TensorMut, TensorRef};
 
 pub use flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS;

@@ -38,6 +38,11 @@
 //!    (`t_raw` the score before the cap); `dQ_i = scale Σ_j dS_ij K_j`,
 //!    `dK_j = scale Σ_{i, h → hk} dS_ij Q_i`, `dV_j = Σ_{i, h → hk} P_ij z_ij dO_i` (summing over
 //!    every query head of the kv head) and `d_sink_h = -Σ_{b, i} exp(s_h - LSE_bhi) D_bhi`.
+//! 8. Rotary embedding (KV-cache appends) of a row `x` at position `p`, with tables `cos[p][i]`,
+//!    `sin[p][i]` for `i < rotary_dim / 2`: each pair `(x_a, x_b)` becomes
+//!    `(x_a cos − x_b sin, x_a sin + x_b cos)`, where `(a, b) = (2i, 2i + 1)` interleaved and
+//!    `(i, i + rotary_dim / 2)` otherwise; elements from `rotary_dim` on are unchanged
+//!    ([`rotary`]).
 //!
 //! Slices whose lengths do not match the [`Problem`], and problems whose features are
 //! inconsistent, come back as [`Error::InvalidArgument`] naming the culprit, as everywhere in the
@@ -617,8 +622,43 @@ fn backward_impl<R: Fn(f64) -> f64>(
     Ok(Gradients { dq, dk, dv, d_sinks })
 }
 
+/// Rotary embedding of one row (definition 8): the first `2 · cos.len()` elements of `x` turned
+/// in pairs by the angles whose cosines and sines are `cos` and `sin` (one table row, the
+/// row's position's), interleaved pairs or halves.
+pub fn rotary(x: &mut [f64], cos: &[f64], sin: &[f64], interleaved: bool) -> Result<()> {
+    let half = cos.len();
+    if sin.len() != half || 2 * half > x.len() {
+        return Err(Error::invalid(
+            "cos",
+            format!("{half} cosines, {} sines for a row of {}: equal, at most half the row", sin.len(), x.len()),
+        ));
+    }
+    for i in 0..half {
+        let (a, b) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+        let (xa, xb) = (x[a], x[b]);
+        x[a] = xa * cos[i] - xb * sin[i];
+        x[b] = xa * sin[i] + xb * cos[i];
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rotary_turns_pairs_and_keeps_the_rest() {
+        // A quarter turn of pair 0 and a half turn of pair 1, 4 rotated elements of 6.
+        let (cos, sin) = ([0.0, -1.0], [1.0, 0.0]);
+        let mut halves = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        rotary(&mut halves, &cos, &sin, false).unwrap();
+        // Pairs (0, 2) and (1, 3).
+        assert_eq!(halves, [-3.0, -2.0, 1.0, -4.0, 5.0, 6.0]);
+        let mut pairs = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        rotary(&mut pairs, &cos, &sin, true).unwrap();
+        assert!(rotary(&mut pairs, &[0.0; 4], &[0.0; 4], true).is_err());
+        // Pairs (0, 1) and (2, 3).
+        assert_eq!(pairs, [-2.0, 1.0, -3.0, -4.0, 5.0, 6.0]);
+    }
+
     use super::*;
 
     /// Tiny deterministic xorshift64* generator; values uniform in [-1, 1).

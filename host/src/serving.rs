@@ -21,13 +21,15 @@
 
 use crate::AttentionParams;
 use crate::error::{CudaContext, Error, Result};
-use crate::launch::{FlashAttention, ForwardOutput, Gradients, forward_params};
+use crate::launch::{FlashAttention, ForwardOutput, Gradients, forward_params, grid};
+use crate::tensor::Layout;
 use crate::tensor::{DeviceTensor, Element, TensorMut, TensorRef};
 use crate::validate::{self, Arg, MAX_GRID_YZ, MAX_SEQLEN};
 use cust::memory::{CopyDestination, DeviceBuffer, DeviceSlice};
 use cust::stream::Stream;
-use flash_attn_kernels::params::{AttnShape, Modifiers};
+use flash_attn_kernels::params::{AppendParams, AttnShape, Modifiers};
 use flash_attn_kernels::registry::{self, Flavor, Role};
+use flash_attn_kernels::rotary::append_rows;
 use flash_attn_kernels::tiling::{DECODE_ROWS, choose_splits};
 
 /// A packed batch of variable-length sequences (FlashAttention's `flash_attn_varlen_func`
@@ -72,6 +74,33 @@ impl<'a> KvCache<'a> {
     pub fn new(cache_seqlens: &'a DeviceSlice<i32>) -> Self {
         KvCache { cache_seqlens, cache_batch_idx: None, num_splits: 0, block_table: None, check_lengths: false }
     }
+}
+
+/// New keys and values for [`FlashAttention::forward_with_kvcache_append`]: appended to each
+/// sequence's cache at its current length before the attention reads it (FlashAttention's `k`,
+/// `v`, `rotary_cos`, `rotary_sin` arguments).
+#[derive(Clone, Copy)]
+pub struct Append<'a, T: Element> {
+    /// `(batch, seqlen_new, heads_k, head_dim)`: sequence `b`'s token `t` goes to cache position
+    /// `cache_seqlens[b] + t`.
+    pub k: TensorRef<'a, T>,
+    pub v: TensorRef<'a, T>,
+    /// Rotary embedding of the new keys (into the cache) and of the queries (the attention reads
+    /// the rotated copy; `q` itself is left alone).
+    pub rotary: Option<Rotary<'a, T>>,
+}
+
+/// Rotary tables: `cos` and `sin` of position `p`, frequency `i` at `(0, p, 0, i)` of shapes
+/// `(1, seqlen_ro, 1, rotary_dim / 2)`, `rotary_dim` a multiple of 16 and at most head_dim,
+/// `seqlen_ro` at least the cache's capacity. The first `rotary_dim` elements of each row are
+/// turned in pairs: `(2i, 2i + 1)` when `interleaved` (GPT-J), else `(i, i + rotary_dim / 2)`
+/// (GPT-NeoX). New key `t` sits at position `cache_seqlens[b] + t`; query `t` too with causal or
+/// window masks, and otherwise every query at `cache_seqlens[b]` (FlashAttention's rule).
+#[derive(Clone, Copy)]
+pub struct Rotary<'a, T: Element> {
+    pub cos: TensorRef<'a, T>,
+    pub sin: TensorRef<'a, T>,
+    pub interleaved: bool,
 }
 
 /// Most splits the heuristic picks (and the most a caller may ask for).
@@ -380,13 +409,143 @@ impl FlashAttention {
         let oa = Arg::of("o", &o_ref);
         validate::output(&oa, q.layout().shape)?;
         stat_len("lse", lse.len(), &shape)?;
-        let mods = validate::modifiers(params, &shape)?;
-        if mods.dropout_keep_threshold != 0 {
-            return Err(Error::invalid("params.dropout", "the KV-cache forward is inference: no dropout"));
+        let mods = kvcache_modifiers(params, &shape)?;
+        self.kvcache_attention::<T>(stream, &mut shape, mods, [&qa, &ka, &va, &oa], lse.as_device_ptr().as_raw(), cache)
+    }
+
+    /// [`FlashAttention::forward_with_kvcache`] after appending new keys and values (with rotary
+    /// embedding when `new.rotary` is set) to the cache, as FlashAttention's
+    /// `flash_attn_with_kvcache` with `k`, `v`: sequence `b` then attends to its first
+    /// `cache_seqlens[b] + seqlen_new` keys, the new ones last. `cache_seqlens` itself is not
+    /// changed (the caller advances it). With `check_lengths` the new lengths are checked against
+    /// the cache's capacity; unchecked, rows that would land past it are dropped and the
+    /// lengths are capped at it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with_kvcache_append<T: Element>(
+        &self,
+        stream: &Stream,
+        q: TensorRef<'_, T>,
+        k_cache: TensorMut<'_, T>,
+        v_cache: TensorMut<'_, T>,
+        new: &Append<'_, T>,
+        cache: &KvCache,
+        params: &AttentionParams,
+    ) -> Result<ForwardOutput<T>> {
+        let (k_ref, v_ref) = (k_cache.as_ref(), v_cache.as_ref());
+        let (qa, ka, va) = (Arg::of("q", &q), Arg::of("k_cache", &k_ref), Arg::of("v_cache", &v_ref));
+        let shape = self.kvcache_inputs(&qa, &ka, &va, cache, params)?;
+        kvcache_modifiers(params, &shape)?; // before allocating: bad options never allocate
+        append_params(&shape, &qa, &ka, &va, new, cache)?;
+        let mut o = DeviceTensor::uninitialized(q.layout().shape)?;
+        let mut lse = stat_buffer(&shape)?;
+        self.forward_with_kvcache_append_into(stream, q, k_cache, v_cache, new, o.view_mut(), &mut lse, cache, params)?;
+        Ok(ForwardOutput { o, lse })
+    }
+
+    /// [`FlashAttention::forward_with_kvcache_append`] into caller-provided O (Q's shape) and
+    /// LSE (batch · heads · seqlen_q floats).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with_kvcache_append_into<T: Element>(
+        &self,
+        stream: &Stream,
+        q: TensorRef<'_, T>,
+        k_cache: TensorMut<'_, T>,
+        v_cache: TensorMut<'_, T>,
+        new: &Append<'_, T>,
+        o: TensorMut<'_, T>,
+        lse: &mut DeviceSlice<f32>,
+        cache: &KvCache,
+        params: &AttentionParams,
+    ) -> Result<()> {
+        let (k_ref, v_ref) = (k_cache.as_ref(), v_cache.as_ref());
+        let (qa, ka, va) = (Arg::of("q", &q), Arg::of("k_cache", &k_ref), Arg::of("v_cache", &v_ref));
+        let mut shape = self.kvcache_inputs(&qa, &ka, &va, cache, params)?;
+        let o_ref = o.as_ref();
+        let oa = Arg::of("o", &o_ref);
+        validate::output(&oa, q.layout().shape)?;
+        stat_len("lse", lse.len(), &shape)?;
+        let mods = kvcache_modifiers(params, &shape)?;
+        let mut a = append_params(&shape, &qa, &ka, &va, new, cache)?;
+        let append = self.kernel(Role::KvAppend, T::DTYPE, &shape, &mods)?;
+
+        // Stream-ordered scratch: the new lengths, and with rotary the rotated queries.
+        // SAFETY: i32 has no invalid bit patterns; the append kernel writes every entry before
+        // the attention reads it.
+        let lengths = unsafe { self.scratch.alloc::<i32>(shape.batch as usize, stream) }?;
+        a.seqlens_out = lengths.as_device_ptr().as_raw();
+        let q_layout = Layout::contiguous(q.layout().shape);
+        let q_rotated = match new.rotary {
+            // SAFETY: u16 has no invalid bit patterns; the append kernel writes every query row
+            // before the attention reads it.
+            Some(_) => Some(unsafe { self.scratch.alloc::<u16>(q_layout.element_count(), stream) }?),
+            None => None,
+        };
+        if let Some(buffer) = &q_rotated {
+            a.q_out = buffer.as_device_ptr().as_raw();
+            a.q_out_strides = Arg { name: "q", address: a.q_out, layout: &q_layout }.strides();
         }
-        let lse = lse.as_device_ptr().as_raw();
-        if decode_shaped(&shape) {
-            return self.run_decode::<T>(stream, shape, mods, [&qa, &ka, &va, &oa], lse, cache.num_splits);
+        let rows = append_rows(&a);
+        let launched = self.launch(stream, append, grid(append, rows, 1, 1), &a).and_then(|()| {
+            shape.layout.seqused_k = a.seqlens_out;
+            let q_arg = match &q_rotated {
+                Some(_) => Arg { name: "q", address: a.q_out, layout: &q_layout },
+                None => Arg { name: "q", address: qa.address, layout: qa.layout },
+            };
+            self.kvcache_attention::<T>(
+                stream,
+                &mut shape,
+                mods,
+                [&q_arg, &ka, &va, &oa],
+                lse.as_device_ptr().as_raw(),
+                cache,
+            )
+        });
+        let freed = lengths.drop_async(stream).during("cuMemFreeAsync");
+        let freed_q = q_rotated.map_or(Ok(()), |b| b.drop_async(stream).during("cuMemFreeAsync"));
+        launched.and(freed).and(freed_q)
+    }
+
+    /// Append new keys and values to a KV cache without attending (a prompt's K/V after its
+    /// prefill, into the pages a server manages): sequence `b`'s new token `t` goes to position
+    /// `cache_seqlens[b] + t`, the keys turned by `new.rotary` when set. Arguments and checks as
+    /// in [`FlashAttention::forward_with_kvcache_append`].
+    pub fn append_kv<T: Element>(
+        &self,
+        stream: &Stream,
+        k_cache: TensorMut<'_, T>,
+        v_cache: TensorMut<'_, T>,
+        new: &Append<'_, T>,
+        cache: &KvCache,
+    ) -> Result<()> {
+        let (k_ref, v_ref) = (k_cache.as_ref(), v_cache.as_ref());
+        let (ka, va) = (Arg::of("k_cache", &k_ref), Arg::of("v_cache", &v_ref));
+        // The new keys stand in for the queries: the cache is checked against them.
+        let na = Arg::of("append.k", &new.k);
+        let params = AttentionParams::default();
+        let shape = self.kvcache_inputs(&na, &ka, &va, cache, &params)?;
+        let mut a = append_params(&shape, &na, &ka, &va, new, cache)?;
+        let append = self.kernel(Role::KvAppend, T::DTYPE, &shape, &Modifiers::default())?;
+        // The new lengths are written but unused here: they go to scratch.
+        // SAFETY: i32 has no invalid bit patterns; nothing reads the buffer.
+        let lengths = unsafe { self.scratch.alloc::<i32>(shape.batch as usize, stream) }?;
+        a.seqlens_out = lengths.as_device_ptr().as_raw();
+        let launched = self.launch(stream, append, grid(append, append_rows(&a), 1, 1), &a);
+        launched.and(lengths.drop_async(stream).during("cuMemFreeAsync"))
+    }
+
+    /// The attention of a validated KV-cache call: the decode kernel for decode shapes, else the
+    /// sequence forward with split-KV.
+    fn kvcache_attention<T: Element>(
+        &self,
+        stream: &Stream,
+        shape: &mut AttnShape,
+        mods: Modifiers,
+        args: [&Arg; 4],
+        lse: u64,
+        cache: &KvCache,
+    ) -> Result<()> {
+        if decode_shaped(shape) {
+            return self.run_decode::<T>(stream, *shape, mods, args, lse, cache.num_splits);
         }
         if shape.layout.page_size != 0 {
             return Err(Error::invalid(
@@ -397,8 +556,8 @@ impl FlashAttention {
                 ),
             ));
         }
-        shape.layout.num_splits = self.splits_for::<T>(&shape, cache.num_splits)?;
-        self.run_forward::<T>(stream, shape, mods, [&qa, &ka, &va, &oa], lse)
+        shape.layout.num_splits = self.splits_for::<T>(shape, cache.num_splits)?;
+        self.run_forward::<T>(stream, *shape, mods, args, lse)
     }
 
     /// The decode kernel (a K/V group's query heads and tokens in one tile), split-KV and the
@@ -545,6 +704,132 @@ impl FlashAttention {
         }
         Ok(shape)
     }
+}
+
+/// The score modifiers of a KV-cache call: every one but dropout (inference).
+fn kvcache_modifiers(params: &AttentionParams, shape: &AttnShape) -> Result<Modifiers> {
+    let mods = validate::modifiers(params, shape)?;
+    if mods.dropout_keep_threshold != 0 {
+        return Err(Error::invalid("params.dropout", "the KV-cache forward is inference: no dropout"));
+    }
+    Ok(mods)
+}
+
+/// The append kernel's parameters from a validated KV-cache call (`shape`, with the cache's
+/// capacity as `seqlen_k`) and the new keys, values and rotary tables, all checked here; the
+/// scratch addresses (`seqlens_out`, `q_out`) are the caller's to fill.
+fn append_params<T: Element>(
+    shape: &AttnShape,
+    q: &Arg,
+    k_cache: &Arg,
+    v_cache: &Arg,
+    new: &Append<'_, T>,
+    cache: &KvCache,
+) -> Result<AppendParams> {
+    let (k, v) = (Arg::of("append.k", &new.k), Arg::of("append.v", &new.v));
+    k.check_basic()?;
+    v.check_basic()?;
+    let seqlen_new = k.layout.seqlen();
+    let expected = [shape.batch as usize, seqlen_new, shape.heads_k as usize, shape.head_dim as usize];
+    if k.layout.shape != expected {
+        return Err(Error::invalid(
+            "append.k",
+            format!("shape {:?}; (batch, seqlen_new, heads_k, head_dim) = {expected:?} expected", k.layout.shape),
+        ));
+    }
+    if v.layout.shape != expected {
+        return Err(Error::invalid(
+            "append.v",
+            format!("shape {:?} differs from append.k's {expected:?}", v.layout.shape),
+        ));
+    }
+    let capacity = shape.seqlen_k;
+    if seqlen_new > capacity as usize {
+        return Err(Error::invalid(
+            "append.k",
+            format!("{seqlen_new} new tokens do not fit a cache of {capacity} keys a sequence"),
+        ));
+    }
+    let rows = shape.batch as u64
+        * (shape.seqlen_q as u64 * shape.heads as u64 + 2 * seqlen_new as u64 * shape.heads_k as u64);
+    if rows > i32::MAX as u64 {
+        return Err(Error::invalid("append.k", format!("{rows} rows to append and rotate exceed 2^31")));
+    }
+    if cache.check_lengths {
+        let lens = to_host("cache_seqlens", cache.cache_seqlens)?;
+        check_range("cache.cache_seqlens", &lens, capacity as usize - seqlen_new, false).map_err(|e| match e {
+            Error::InvalidArgument { argument, problem } => Error::InvalidArgument {
+                argument,
+                problem: format!("{problem}: with {seqlen_new} new tokens the cache holds {capacity}"),
+            },
+            other => other,
+        })?;
+    }
+    let mut a = AppendParams {
+        batch: shape.batch,
+        seqlen_new: seqlen_new as u32,
+        seqlen_q: shape.seqlen_q,
+        heads: shape.heads,
+        heads_k: shape.heads_k,
+        head_dim: shape.head_dim,
+        k_new: k.address,
+        v_new: v.address,
+        k_new_strides: k.strides(),
+        v_new_strides: v.strides(),
+        k_cache: k_cache.address,
+        v_cache: v_cache.address,
+        k_cache_strides: k_cache.strides(),
+        v_cache_strides: v_cache.strides(),
+        cache_seqlens: cache.cache_seqlens.as_device_ptr().as_raw(),
+        cache_batch_idx: shape.layout.k_batch_index,
+        block_table: shape.layout.block_table,
+        block_table_stride: shape.layout.block_table_stride,
+        page_size: shape.layout.page_size,
+        capacity,
+        q_position_step: (shape.window_left >= 0 || shape.window_right >= 0) as u32,
+        q: q.address,
+        q_strides: q.strides(),
+        ..Default::default()
+    };
+    if let Some(r) = &new.rotary {
+        let (cos, sin) = (Arg::of("append.rotary.cos", &r.cos), Arg::of("append.rotary.sin", &r.sin));
+        cos.check_basic()?;
+        sin.check_basic()?;
+        let [one, rows, one_h, half] = cos.layout.shape;
+        let rotary_dim = 2 * half;
+        if one != 1 || one_h != 1 || !rotary_dim.is_multiple_of(16) || rotary_dim > shape.head_dim as usize {
+            return Err(Error::invalid(
+                "append.rotary.cos",
+                format!(
+                    "shape {:?}; (1, seqlen_ro, 1, rotary_dim / 2) with rotary_dim a multiple of 16 and at most head_dim {} expected",
+                    cos.layout.shape, shape.head_dim
+                ),
+            ));
+        }
+        if sin.layout.shape != cos.layout.shape {
+            return Err(Error::invalid(
+                "append.rotary.sin",
+                format!("shape {:?} differs from cos's {:?}", sin.layout.shape, cos.layout.shape),
+            ));
+        }
+        if rows < capacity as usize {
+            return Err(Error::invalid(
+                "append.rotary.cos",
+                format!("{rows} positions; the cache holds {capacity} (seqlen_ro ≥ capacity expected)"),
+            ));
+        }
+        if cos.layout.strides[1] != sin.layout.strides[1] {
+            return Err(Error::invalid("append.rotary.sin", "row stride differs from cos's"));
+        }
+        a.rotary_cos = cos.address;
+        a.rotary_sin = sin.address;
+        a.rotary_row_stride = u32::try_from(cos.layout.strides[1])
+            .map_err(|_| Error::invalid("append.rotary.cos", "row stride exceeds 2^32 elements"))?;
+        a.rotary_rows = u32::try_from(rows).unwrap_or(u32::MAX);
+        a.rotary_dim = rotary_dim as u32;
+        a.rotary_interleaved = r.interleaved as u32;
+    }
+    Ok(a)
 }
 
 /// Whether a KV-cache call runs the decode kernel: a K/V group's query heads times the new

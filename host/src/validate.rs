@@ -36,7 +36,7 @@ impl<'a> Arg<'a> {
         Arg { name, address: t.ptr.as_raw(), layout: &t.layout }
     }
 
-    fn check_basic(&self) -> Result<()> {
+    pub(crate) fn check_basic(&self) -> Result<()> {
         for (i, dim) in DIMS.iter().enumerate() {
             if self.layout.shape[i] == 0 {
                 return Err(Error::invalid(self.name, format!("dimension {dim} is 0 (shape {:?})", self.layout.shape)));

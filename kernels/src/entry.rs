@@ -1,10 +1,11 @@
 //! The `extern "gpu-kernel"` entry points: one per (kernel, dtype, configuration), each a thin
 //! call into the generic kernel. Names match [`crate::registry::KERNELS`].
 
+use crate::append::append_kv;
 use crate::backward::{convert_dq, dropout_mask, flash_bwd, preprocess, reduce_kv_groups, sink_gradient};
 use crate::decode::flash_decode;
 use crate::forward::{combine_splits, flash_fwd};
-use crate::params::{BwdParams, FwdParams};
+use crate::params::{AppendParams, BwdParams, FwdParams};
 use crate::tile::{Bf16, F16};
 use crate::traits::{
     BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128,
@@ -388,6 +389,8 @@ entry!(flash_bwd_sink_gradient, BwdParams, sink_gradient);
 entry!(flash_dropout_mask, FwdParams, dropout_mask);
 entry!(flash_fwd_combine_bf16, FwdParams, combine_splits::<Bf16>);
 entry!(flash_fwd_combine_f16, FwdParams, combine_splits::<F16>);
+entry!(flash_kv_append_bf16, AppendParams, append_kv::<Bf16>);
+entry!(flash_kv_append_f16, AppendParams, append_kv::<F16>);
 entry!(flash_bwd_reduce_kv_groups_bf16, BwdParams, reduce_kv_groups::<Bf16>);
 entry!(flash_bwd_reduce_kv_groups_f16, BwdParams, reduce_kv_groups::<F16>);
 entry!(flash_fwd_decode_bf16_hdim32, FwdParams, flash_decode::<Bf16, 32, 2>);

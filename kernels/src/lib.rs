@@ -4,12 +4,12 @@
 //! GPU code: the forward and backward kernels with their `extern "gpu-kernel"` entry points. Built
 //! for the host it is the contract between host and kernels: the parameter block ([`params`]),
 //! the tile configurations ([`traits`]), the list of entry points ([`registry`]) and the index,
-//! tiling and masking math ([`tiling`]) that both sides use and that is unit-tested on the CPU.
+//! tiling and masking math ([`tiling`], [`rotary`] for cache appends) that both sides use and that is unit-tested on the CPU.
 //! The score step of every kernel ([`modifiers`]: softcap, ALiBi, sinks, dropout's Philox) is
 //! shared the same way, so its arithmetic is tested on the CPU too.
 //!
 //! The GPU-only modules: `ptx` (all inline assembly), `tile` (the primitives), `forward` and
-//! `backward` (the portable `mma.sync` kernels, sm_80 and up), `entry`; and, only when the target
+//! `backward` (the portable `mma.sync` kernels, sm_80 and up), `decode`, `append`, `entry`; and, only when the target
 //! CPU is sm_90a, `warpgroup`, `forward_wgmma` and `backward_wgmma` (the `wgmma` kernels).
 //! [`fingerprint`] exists on the host only. The panic handler traps.
 #![no_std]
@@ -32,12 +32,15 @@ extern crate std;
 pub mod modifiers;
 pub mod params;
 pub mod registry;
+pub mod rotary;
 pub mod tiling;
 pub mod traits;
 
 #[cfg(not(target_arch = "nvptx64"))]
 pub mod fingerprint;
 
+#[cfg(target_arch = "nvptx64")]
+mod append;
 #[cfg(target_arch = "nvptx64")]
 mod backward;
 #[cfg(all(target_arch = "nvptx64", target_feature = "sm_90a"))]

@@ -252,6 +252,65 @@ pub const fn move_rows(addr: u64, strides: &Strides, row0: u32, entries: i64) ->
     addr.wrapping_add((elements * 2) as u64)
 }
 
+/// Appending new keys and values to a KV cache before attending to it (`append.rs`): K/V rows
+/// `(b, t, h)` of the new tensors go to position `cache_seqlens[b] + t` of sequence `b`'s cache
+/// (its entry `cache_batch_idx[b]`, or its pages), with rotary embedding on the keys and, into
+/// `q_out`, on the queries. Zero addresses mean off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AppendParams {
+    pub batch: u32,
+    /// New K/V tokens per sequence.
+    pub seqlen_new: u32,
+    /// Query tokens per sequence (rows rotated into `q_out`).
+    pub seqlen_q: u32,
+    pub heads: u32,
+    pub heads_k: u32,
+    pub head_dim: u32,
+    pub k_new: u64,
+    pub v_new: u64,
+    pub k_new_strides: Strides,
+    pub v_new_strides: Strides,
+    /// The cache: `(entries, capacity, heads_k, d)` contiguous per entry, or with `page_size`
+    /// pages `(pages, page_size, heads_k, d)` (the batch stride is then the page stride).
+    pub k_cache: u64,
+    pub v_cache: u64,
+    pub k_cache_strides: Strides,
+    pub v_cache_strides: Strides,
+    /// i32 (batch): keys already in each sequence's cache.
+    pub cache_seqlens: u64,
+    /// i32 (batch): the cache entry of each sequence; 0: entry `b`.
+    pub cache_batch_idx: u64,
+    /// i32 (batch, block_table_stride): each sequence's pages; 0: a contiguous cache.
+    pub block_table: u64,
+    pub block_table_stride: u32,
+    pub page_size: u32,
+    /// Keys a sequence's cache holds (the entry's rows, or table width × page size): rows that
+    /// would land past it are not written.
+    pub capacity: u32,
+    /// Query token `t` sits at position `cache_seqlens[b] + t · q_position_step` (1 with causal
+    /// or window masks, 0 otherwise: every query at the first new position, as FlashAttention).
+    pub q_position_step: u32,
+    /// i32 (batch), written: `min(cache_seqlens[b] + seqlen_new, capacity)`, the keys the
+    /// attention that follows sees.
+    pub seqlens_out: u64,
+    /// The queries and their rotated copy (`(batch, seqlen_q, heads, d)`); `q_out` 0: no copy.
+    pub q: u64,
+    pub q_out: u64,
+    pub q_strides: Strides,
+    pub q_out_strides: Strides,
+    /// Rotary tables: `(rotary_rows, rotary_dim / 2)` of the element type, `rotary_row_stride`
+    /// elements a row; cos 0: no rotary.
+    pub rotary_cos: u64,
+    pub rotary_sin: u64,
+    pub rotary_row_stride: u32,
+    pub rotary_rows: u32,
+    /// Elements rotated at the start of each row (a multiple of 16, at most head_dim).
+    pub rotary_dim: u32,
+    /// Nonzero: pairs `(2i, 2i + 1)` (GPT-J); zero: halves `(i, i + rotary_dim / 2)` (GPT-NeoX).
+    pub rotary_interleaved: u32,
+}
+
 /// Softcap, ALiBi, attention sinks and dropout (see [`crate::modifiers`] for the definitions).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -11,7 +11,7 @@
 //! (`FlashAttention::with_kernel`, `bench --kernel`, `FLASH_ATTN_KERNELS` in the GPU tests).
 //! [`in_ptx_for`] is what `cargo xtask build-ptx` checks each PTX against.
 
-use crate::params::{BwdParams, FwdParams};
+use crate::params::{AppendParams, BwdParams, FwdParams};
 use crate::tiling::{DECODE_ROWS, DECODE_WARPS, decode_block_keys, decode_smem_bytes, decode_stages};
 use crate::traits::{
     BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim32, BwdWgmmaHdim64,
@@ -43,6 +43,9 @@ pub enum Role {
     /// Decode against a KV cache: a K/V group's query heads and new tokens packed into one tile
     /// (`FwdParams`; grid (splits, heads_k, batch)).
     ForwardDecode,
+    /// Append new keys and values to a KV cache, with rotary embedding (`AppendParams`; one
+    /// warp per row).
+    KvAppend,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +115,7 @@ const fn base(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
         Role::Forward | Role::DropoutMask | Role::ForwardCombine | Role::ForwardDecode => {
             core::mem::size_of::<FwdParams>()
         }
+        Role::KvAppend => core::mem::size_of::<AppendParams>(),
         _ => core::mem::size_of::<BwdParams>(),
     } as u32;
     KernelInfo {
@@ -267,6 +271,8 @@ pub const KERNELS: &[KernelInfo] = registry! {
         base("flash_dropout_mask", Role::DropoutMask, Dtype::Bf16),
         base("flash_fwd_combine_bf16", Role::ForwardCombine, Dtype::Bf16),
         base("flash_fwd_combine_f16", Role::ForwardCombine, Dtype::F16),
+        base("flash_kv_append_bf16", Role::KvAppend, Dtype::Bf16),
+        base("flash_kv_append_f16", Role::KvAppend, Dtype::F16),
         decode::<32>("flash_fwd_decode_bf16_hdim32_sm90", Dtype::Bf16, true),
         decode::<64>("flash_fwd_decode_bf16_hdim64_sm90", Dtype::Bf16, true),
         decode::<96>("flash_fwd_decode_bf16_hdim96_sm90", Dtype::Bf16, true),

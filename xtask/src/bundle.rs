@@ -115,6 +115,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "check_features.sh",
         "check_serving.sh",
         "serving_anchors.py",
+        "serving_replay.py",
+        "serving_report.py",
         "ncu_ab.sh",
     ] {
         copy(&root.join("benches").join(script), bundle.join(script))?;
