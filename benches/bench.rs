@@ -53,6 +53,8 @@ struct Options {
     features: Vec<String>,
     /// Serving rows: `decode`, `varlen`, `continuous`.
     serving: Vec<String>,
+    /// `--decode-points 64x32768,1x16384`: only these (batch, cache length) decode rows.
+    decode_points: Vec<(usize, usize)>,
 }
 
 fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
@@ -70,6 +72,7 @@ fn options() -> Options {
         kernels: Vec::new(),
         features: Vec::new(),
         serving: Vec::new(),
+        decode_points: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -87,6 +90,13 @@ fn options() -> Options {
             "--features" if v == "all" => o.features = FEATURES.iter().map(|f| f.name.to_string()).collect(),
             "--features" => o.features = list(&v),
             "--serving" => o.serving = list(&v),
+            "--decode-points" => {
+                o.decode_points = v
+                    .split(',')
+                    .filter_map(|p| p.split_once('x'))
+                    .filter_map(|(b, l)| Some((b.parse().ok()?, l.parse().ok()?)))
+                    .collect()
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -482,7 +492,8 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
     }
     if o.serving.iter().any(|s| s == "decode") {
         println!("{:>5} {:>6} {:>3} {:>4} | {:>9} {:>8}", "batch", "cache", "sq", "page", "us", "GB/s");
-        for &(b, cache_len) in &DECODE {
+        let points = if o.decode_points.is_empty() { DECODE.to_vec() } else { o.decode_points.clone() };
+        for &(b, cache_len) in &points {
             let kv_len = b * cache_len * HK * D;
             let (k, v) = (upload(&mut rng, kv_len), upload(&mut rng, kv_len));
             let lens = DeviceBuffer::from_slice(&vec![cache_len as i32; b]).unwrap();

@@ -5,7 +5,7 @@
 # (needs /tmp/fa4 staged; see ../shared/anchors/fa4), the continuous-batching run replayed through
 # FlashAttention-4, compute-sanitizer (memcheck on both families, racecheck and synccheck on
 # the default one) on the serving cases.
-# `STEPS` picks: tests portable ab serving continuous sanitize racecheck (default: the first four).
+# `STEPS` picks: tests portable ab serving continuous ncu sanitize racecheck (default: the first four).
 # Usage (GPU machine): [FWD=200 BWD=100 VARLEN=100 KVCACHE=150 APPEND=150] [STEPS="tests ab"] bash bundle/check_serving.sh
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -53,6 +53,10 @@ if has continuous; then
   if [ -f /tmp/fa4/env.sh ]; then source /tmp/fa4/env.sh; else log "no /tmp/fa4/env.sh: FA4 not staged"; fi
   log "continuous batching: FA4 replay"
   timeout ${RTIME:-240} python3 "$here/serving_replay.py" --steps "$out/ours_continuous.jsonl" --out "$out/replay_continuous.jsonl" 2>&1 | tee -a "$out/log.txt"
+fi
+if has ncu; then
+  log "ncu: decode kernel"
+  bash "$here/decode_ncu.sh" 2>&1 | tee -a "$out/log.txt"
 fi
 if has racecheck; then
   for tool in racecheck synccheck; do

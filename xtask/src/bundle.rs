@@ -118,6 +118,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "serving_replay.py",
         "serving_report.py",
         "ncu_ab.sh",
+        "decode_ncu.sh",
     ] {
         copy(&root.join("benches").join(script), bundle.join(script))?;
     }
