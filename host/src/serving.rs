@@ -30,7 +30,7 @@ use cust::stream::Stream;
 use flash_attn_kernels::params::{AppendParams, AttnShape, Modifiers};
 use flash_attn_kernels::registry::{self, Flavor, Role};
 use flash_attn_kernels::rotary::append_rows;
-use flash_attn_kernels::tiling::{DECODE_ROWS, choose_splits};
+use flash_attn_kernels::tiling::{DECODE_ROWS, choose_decode_splits, choose_splits};
 
 /// A packed batch of variable-length sequences (FlashAttention's `flash_attn_varlen_func`
 /// arguments).
@@ -92,7 +92,8 @@ pub struct Append<'a, T: Element> {
 
 /// Rotary tables: `cos` and `sin` of position `p`, frequency `i` at `(0, p, 0, i)` of shapes
 /// `(1, seqlen_ro, 1, rotary_dim / 2)`, `rotary_dim` a multiple of 16 and at most head_dim,
-/// `seqlen_ro` at least the cache's capacity. The first `rotary_dim` elements of each row are
+/// `seqlen_ro` at least the cache's capacity (with a causal mask or a window and more queries
+/// than new keys: capacity + seqlen_q − seqlen_new, the queries' last position). The first `rotary_dim` elements of each row are
 /// turned in pairs: `(2i, 2i + 1)` when `interleaved` (GPT-J), else `(i, i + rotary_dim / 2)`
 /// (GPT-NeoX). New key `t` sits at position `cache_seqlens[b] + t`; query `t` too with causal or
 /// window masks, and otherwise every query at `cache_seqlens[b]` (FlashAttention's rule).
@@ -574,7 +575,7 @@ impl FlashAttention {
         let info = self.kernel(Role::ForwardDecode, T::DTYPE, &shape, &mods)?;
         let key_tiles = shape.seqlen_k.div_ceil(info.key_tile_rows);
         let splits = match requested {
-            0 => choose_splits(shape.heads_k * shape.batch, key_tiles, self.sm_count, 2, MAX_SPLITS as u32),
+            0 => choose_decode_splits(shape.heads_k * shape.batch, key_tiles, self.sm_count, 2, MAX_SPLITS as u32),
             n if n <= MAX_SPLITS => n as u32,
             n => return Err(Error::invalid("cache.num_splits", format!("{n} exceeds {MAX_SPLITS}"))),
         };
@@ -812,10 +813,18 @@ fn append_params<T: Element>(
                 format!("shape {:?} differs from cos's {:?}", sin.layout.shape, cos.layout.shape),
             ));
         }
-        if rows < capacity as usize {
+        // Keys land at positions below the capacity; queries rotated at stepping positions
+        // (causal or windowed calls) reach `seqlen_q - seqlen_new` further when there are more
+        // queries than new keys.
+        let needed =
+            capacity as usize + (a.q_position_step as usize) * (shape.seqlen_q as usize).saturating_sub(seqlen_new);
+        if rows < needed {
             return Err(Error::invalid(
                 "append.rotary.cos",
-                format!("{rows} positions; the cache holds {capacity} (seqlen_ro ≥ capacity expected)"),
+                format!(
+                    "{rows} positions; the cache holds {capacity} and queries reach position {} (seqlen_ro ≥ {needed} expected)",
+                    needed - 1
+                ),
             ));
         }
         if cos.layout.strides[1] != sin.layout.strides[1] {

@@ -291,6 +291,32 @@ pub const fn choose_splits(blocks: u32, key_tiles: u32, sms: u32, min_tiles: u32
     if s < 1 { 1 } else { s }
 }
 
+/// The decode kernel's split-KV choice. A decode block takes most of an SM's shared memory
+/// (`decode_smem_bytes`: one block per SM on Hopper and A100), so `groups · splits` blocks run in
+/// whole waves of `sms`; a wave lasts as long as its blocks' key blocks plus about one key
+/// block's worth of fixed cost (launch, the Q tile, filling the pipeline). The choice minimises
+/// `waves · (ceil(key_blocks / s) + 1)` over `s` in `1..=max_splits` with at least `min_blocks`
+/// key blocks a split, the smallest `s` on ties. (Measured on the H200 in v18: the 2-per-SM
+/// rule of [`choose_splits`] left the last of 2.4 waves 40% full at batch 8.)
+pub const fn choose_decode_splits(groups: u32, key_blocks: u32, sms: u32, min_blocks: u32, max_splits: u32) -> u32 {
+    if groups == 0 || key_blocks == 0 || sms == 0 {
+        return 1;
+    }
+    let by_keys = if min_blocks == 0 { key_blocks } else { key_blocks / min_blocks };
+    let limit = if by_keys < max_splits { by_keys } else { max_splits };
+    let (mut best, mut best_cost) = (1u32, u64::MAX);
+    let mut s = 1u32;
+    while s <= limit {
+        let waves = ceil_div(groups * s, sms) as u64;
+        let cost = waves * (ceil_div(key_blocks, s) as u64 + 1);
+        if cost < best_cost {
+            (best, best_cost) = (s, cost);
+        }
+        s += 1;
+    }
+    best
+}
+
 // The decode kernel's shape (`decode.rs`), shared with the registry and the host.
 
 /// Warps per block, each streaming its own key tiles.
@@ -365,6 +391,33 @@ mod tests {
         assert_eq!(choose_splits(1, 16, 132, 4, 64), 4);
         assert_eq!(choose_splits(1, 10_000, 132, 4, 64), 64);
         assert_eq!(choose_splits(0, 10, 132, 4, 64), 1);
+    }
+
+    #[test]
+    fn decode_splits_fill_whole_waves() {
+        use super::{choose_decode_splits, decode_smem_bytes, decode_stages};
+        // One decode block per SM: two do not fit 228 KiB (Hopper) or 164 KiB (A100).
+        assert!(2 * decode_smem_bytes(128, decode_stages(true)) > 228 * 1024);
+        assert!(2 * decode_smem_bytes(128, decode_stages(false)) > 164 * 1024);
+        // Batch 8 × 8 K/V heads, 4k keys in 128-key blocks: two splits, 128 blocks in one wave
+        // (five would make 320 blocks: two full waves and one 42% full).
+        assert_eq!(choose_decode_splits(64, 32, 132, 2, 128), 2);
+        assert_eq!(choose_decode_splits(64, 256, 132, 2, 128), 2);
+        // Batch 1: 16 splits fill one wave of 128 blocks.
+        assert_eq!(choose_decode_splits(8, 128, 132, 2, 128), 16);
+        assert_eq!(choose_decode_splits(8, 256, 132, 2, 128), 16);
+        // A grid of several waves already: no split; few keys: bounded by them.
+        assert_eq!(choose_decode_splits(512, 256, 132, 2, 128), 1);
+        assert_eq!(choose_decode_splits(8, 8, 132, 2, 128), 4);
+        assert_eq!(choose_decode_splits(8, 1, 132, 2, 128), 1);
+        assert_eq!(choose_decode_splits(0, 10, 132, 2, 128), 1);
+        // Every choice is within the bounds.
+        for groups in [1, 3, 8, 64, 100, 131, 132, 133, 1000] {
+            for key_blocks in [1, 2, 7, 64, 1000] {
+                let s = choose_decode_splits(groups, key_blocks, 132, 2, 128);
+                assert!(s >= 1 && s <= 128 && (s == 1 || s <= key_blocks / 2), "{groups} {key_blocks}: {s}");
+            }
+        }
     }
 
     #[test]

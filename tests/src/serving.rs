@@ -341,10 +341,17 @@ pub fn run_serving_case<T: Element>(
     let new_len = new_layout.map_or(0, |l| l.element_count());
     let (k_new64, k_new) = random_inputs::<T>(&mut rng, new_len);
     let (v_new64, v_new) = random_inputs::<T>(&mut rng, new_len);
-    let tables =
-        append.as_ref().and_then(|(a, capacity)| a.rotary.map(|(rd, _)| rotary_tables::<T>(*capacity, rd / 2)));
-    let table_layout =
-        append.as_ref().and_then(|(a, capacity)| a.rotary.map(|(rd, _)| Layout::contiguous([1, *capacity, 1, rd / 2])));
+    // Rotated queries step with causal or window masks, and reach past the new keys' last
+    // position when there are more of them (the host's rule for seqlen_ro).
+    let q_step = usize::from(c.causal || c.window.is_some_and(|(l, r)| l >= 0 || r >= 0));
+    let table_rows =
+        |a: &AppendCase, capacity: usize| capacity + q_step * case.seqlens_q[0].saturating_sub(a.seqlen_new);
+    let tables = append
+        .as_ref()
+        .and_then(|(a, capacity)| a.rotary.map(|(rd, _)| rotary_tables::<T>(table_rows(a, *capacity), rd / 2)));
+    let table_layout = append
+        .as_ref()
+        .and_then(|(a, capacity)| a.rotary.map(|(rd, _)| Layout::contiguous([1, table_rows(a, *capacity), 1, rd / 2])));
     let (k_new_d, v_new_d) = match new_layout {
         Some(l) => (Some(upload(&k_new, &l)?), Some(upload(&v_new, &l)?)),
         None => (None, None),
@@ -497,8 +504,7 @@ pub fn run_serving_case<T: Element>(
         }
         if a.rotary.is_some() && !a.separate {
             // Queries at the new positions with causal or window masks, else all at the first.
-            let step = usize::from(c.causal || c.window.is_some_and(|(l, r)| l >= 0 || r >= 0));
-            let sq = case.seqlens_q[0];
+            let (step, sq) = (q_step, case.seqlens_q[0]);
             for b in 0..batch {
                 for t in 0..sq {
                     let pos = case.seqlens_k[b] + t * step;
