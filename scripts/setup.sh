@@ -9,7 +9,9 @@
 #      extracted into .cache/libcuda (no system install);
 #   c. ptxas, from PyPI's nvidia-cuda-nvcc-cu12, into .cache/nvcc;
 #   d. .cache/env.sh, which exports CUDA_LIBRARY_PATH, PTXAS and, on machines without an NVIDIA
-#      driver only, LD_LIBRARY_PATH for the extracted libcuda.so.1.
+#      driver only, LD_LIBRARY_PATH for the extracted libcuda.so.1;
+#   e. .cache/venv, a Python virtual environment with maturin (builds the wheel) and pytest
+#      (the Python tests); no torch: the CPU-side Python tests need none.
 #
 # Idempotent: every step checks for its result first, so a second run downloads nothing.
 #
@@ -224,6 +226,19 @@ if cmp -s "$tmp_env" "$ENV_FILE"; then
 else
     mv "$tmp_env" "$ENV_FILE"
     say "env: wrote $ENV_FILE"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# e. Python virtual environment (maturin, pytest)
+# ---------------------------------------------------------------------------------------------
+VENV="$CACHE/venv"
+PY_PINS=("maturin==1.16.0" "pytest==9.2.0")
+if [[ -x "$VENV/bin/maturin" && -x "$VENV/bin/pytest" ]]; then
+    say "python venv present: $VENV"
+else
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PINS[@]}"
+    say "python venv: $VENV (${PY_PINS[*]})"
 fi
 
 END_NS=$(date +%s%N)

@@ -15,3 +15,8 @@ source "$ROOT/scripts/setup.sh"
 cargo xtask build-ptx
 # --release: the CPU reference property tests are far too slow unoptimized.
 cargo test --workspace --release "$@"
+
+# The Python package: build the wheel (PTX embedded), install it into the venv, run its tests.
+# Without torch and a GPU, the GPU tests report as skipped.
+bash "$ROOT/python/build_wheel.sh"
+"$ROOT/.cache/venv/bin/python" -m pytest -q -rs "$ROOT/python/tests"

@@ -88,8 +88,9 @@ fn from_cust(error: cust::error::CudaError, operation: &'static str) -> Error {
     Error::Cuda { operation, name, code }
 }
 
-/// Attach the operation's name and CUDA's error name to a driver result.
-pub(crate) trait CudaContext<T> {
+/// Attach the operation's name and CUDA's error name to a driver result (public for bindings
+/// that call cust themselves, such as the Python package).
+pub trait CudaContext<T> {
     fn during(self, operation: &'static str) -> Result<T>;
 }
 

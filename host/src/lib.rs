@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 pub mod error;
+pub mod external;
 mod launch;
 pub mod reference;
 mod scratch;
@@ -28,6 +29,7 @@ mod validate;
 
 pub use cust::memory::DeviceSlice;
 pub use error::{Error, Result};
+pub use external::ExternalStream;
 pub use launch::{FlashAttention, ForwardOutput, Gradients};
 pub use serving::{Append, KvCache, Rotary, Varlen};
 pub use tensor::{DeviceTensor, Element, Layout, TensorMut, TensorRef};

@@ -189,14 +189,14 @@ use cust::memory::GpuBuffer as _;
 pub struct TensorRef<'a, T: Element> {
     pub(crate) ptr: DevicePointer<u16>,
     pub(crate) layout: Layout,
-    _borrow: PhantomData<&'a T>,
+    pub(crate) _borrow: PhantomData<&'a T>,
 }
 
 /// A mutably borrowed tensor (outputs).
 pub struct TensorMut<'a, T: Element> {
     pub(crate) ptr: DevicePointer<u16>,
     pub(crate) layout: Layout,
-    _borrow: PhantomData<&'a mut T>,
+    pub(crate) _borrow: PhantomData<&'a mut T>,
 }
 
 fn check_extent(argument: &'static str, slice_len: usize, offset: usize, layout: &Layout) -> Result<()> {

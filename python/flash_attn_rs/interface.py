@@ -1,0 +1,404 @@
+"""FlashAttention-2's Python functions over the Rust kernels.
+
+Every tensor argument is checked here (a CUDA tensor, float16/bfloat16 or the stated dtype, the
+stated rank, a contiguous last dimension, one device) and then handed to the Rust side as
+``(address, shape, strides)``: views are used as they are, never copied. Outputs are allocated
+with torch (its caching allocator and memory statistics see them) on the inputs' device, and
+every launch goes on ``torch.cuda.current_stream(device)``, in the device's primary context (the
+one torch uses). The backward's scratch (the f32 dQ accumulator and row statistics, O(seqlen))
+comes from the library's own stream-ordered pool, not from torch's allocator.
+
+The checks run before torch is imported, so that they can be tested without it; torch is
+imported on the first call that gets past them.
+"""
+
+import math
+
+_DTYPES = {"torch.float16": "f16", "torch.bfloat16": "bf16"}
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _core():
+    from . import _core as core
+
+    return core
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks (no torch needed: they read only the tensor's attributes)
+
+
+def _device_of(name, t):
+    device = getattr(t, "device", None)
+    if getattr(device, "type", None) != "cuda":
+        raise ValueError(f"{name}: a CUDA tensor is expected, got a tensor on {device}")
+    return device.index if device.index is not None else 0
+
+
+def _check(name, t, rank, dtype=None):
+    """Checks one tensor and returns its device ordinal; `dtype` None means float16/bfloat16."""
+    if t is None or not hasattr(t, "data_ptr"):
+        raise TypeError(f"{name}: a torch tensor is expected, got {type(t).__name__}")
+    device = _device_of(name, t)
+    kind = str(t.dtype)
+    if dtype is None and kind not in _DTYPES:
+        raise TypeError(f"{name}: dtype {kind}; torch.float16 or torch.bfloat16 expected")
+    if dtype is not None and kind != dtype:
+        raise TypeError(f"{name}: dtype {kind}; {dtype} expected")
+    if len(t.shape) != rank:
+        raise ValueError(f"{name}: {len(t.shape)} dimensions (shape {tuple(t.shape)}); {rank} expected")
+    if rank > 0 and t.shape[-1] != 1 and t.stride()[-1] != 1:
+        raise ValueError(f"{name}: the last dimension must be contiguous (stride 1); strides are {tuple(t.stride())}")
+    return device
+
+
+def _same(names_and_tensors, device):
+    for name, t in names_and_tensors:
+        if t is not None and _device_of(name, t) != device:
+            raise ValueError(f"{name}: on cuda:{_device_of(name, t)}, the other tensors on cuda:{device}")
+
+
+def _same_dtype(first, names_and_tensors):
+    for name, t in names_and_tensors:
+        if t is not None and str(t.dtype) != str(first.dtype):
+            raise TypeError(f"{name}: dtype {t.dtype} differs from q's {first.dtype}")
+
+
+def _desc(t):
+    """(address, shape, strides) of a 4-D tensor, or of a 3-D packed one as (1, total, h, d)."""
+    shape, strides = tuple(t.shape), tuple(t.stride())
+    if len(shape) == 3:
+        shape, strides = (1,) + shape, (strides[0] * max(shape[0], 1),) + strides
+    return (t.data_ptr(), list(shape), list(strides[:3]))
+
+
+def _buf(t):
+    return (t.data_ptr(), t.numel())
+
+
+def _flat(name, t, dtype, shapes):
+    """A small contiguous device array (slopes, sinks, offsets, lengths) of one of `shapes`."""
+    device = _check(name, t, len(t.shape) if hasattr(t, "shape") else 1, dtype)
+    if tuple(t.shape) not in [tuple(s) for s in shapes]:
+        raise ValueError(f"{name}: shape {tuple(t.shape)}; one of {[tuple(s) for s in shapes]} expected")
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: must be contiguous")
+    return device
+
+
+def _window(window_size):
+    try:
+        left, right = (int(x) for x in window_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"window_size: a pair (left, right) is expected, got {window_size!r}") from None
+    if left < -1 or right < -1:
+        raise ValueError(f"window_size: {window_size!r}; each side is -1 (unbounded) or at least 0")
+    return None if (left, right) == (-1, -1) else (left, right)
+
+
+def _scalars(softmax_scale, softcap, dropout_p, head_dim):
+    if softmax_scale is not None:
+        softmax_scale = float(softmax_scale)
+        if not math.isfinite(softmax_scale) or softmax_scale <= 0:
+            raise ValueError(f"softmax_scale: {softmax_scale}; a positive finite number is expected")
+    softcap = float(softcap or 0.0)
+    if softcap < 0 or not math.isfinite(softcap):
+        raise ValueError(f"softcap: {softcap}; 0 (off) or a positive number is expected")
+    dropout_p = float(dropout_p or 0.0)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p: {dropout_p}; a probability in [0, 1) is expected")
+    core = None
+    try:
+        core = _core()
+    except ImportError:
+        pass
+    if core is not None and head_dim not in core.supported_head_dims():
+        raise ValueError(f"q: head_dim {head_dim} is not supported (supported: {core.supported_head_dims()})")
+    return softmax_scale, (softcap if softcap > 0 else None), dropout_p
+
+
+def _modifiers(alibi_slopes, sinks, batch, heads, device):
+    if alibi_slopes is not None:
+        _flat("alibi_slopes", alibi_slopes, "torch.float32", [(heads,), (batch, heads)])
+        _same([("alibi_slopes", alibi_slopes)], device)
+    if sinks is not None:
+        _flat("sinks", sinks, "torch.float32", [(heads,)])
+        _same([("sinks", sinks)], device)
+
+
+def _dropout_state(dropout_p, device):
+    """(p, seed, offset) from torch's CUDA generator of `device`, so that torch.manual_seed
+    reproduces a run; the generator's offset is advanced past this call."""
+    if dropout_p == 0.0:
+        return None
+    torch = _torch()
+    gen = torch.cuda.default_generators[device]
+    seed = gen.initial_seed() & ((1 << 64) - 1)
+    offset = gen.get_offset()
+    gen.set_offset(offset + 4)  # the mask is keyed by (seed, offset, b, h, i, j): one step each call
+    return (dropout_p, seed, offset)
+
+
+def _options(softmax_scale, causal, deterministic, window, softcap, alibi_slopes, sinks, dropout):
+    return (
+        softmax_scale,
+        bool(causal),
+        bool(deterministic),
+        window,
+        softcap,
+        None if alibi_slopes is None else _buf(alibi_slopes),
+        None if sinks is None else _buf(sinks),
+        dropout,
+    )
+
+
+def _stream(device):
+    return _torch().cuda.current_stream(device).cuda_stream
+
+
+def _dtype_name(t):
+    return _DTYPES[str(t.dtype)]
+
+
+def _last_contiguous(t):
+    return t if t.shape[-1] == 1 or t.stride()[-1] == 1 else t.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd functions (built on first use, so that importing the package needs no torch)
+
+_FUNCTIONS = {}
+
+
+def _functions():
+    if _FUNCTIONS:
+        return _FUNCTIONS
+    torch = _torch()
+
+    class FlashAttnFunc(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, sinks, opts, alibi_slopes):
+            device = q.device.index
+            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            b, sq, h, _ = q.shape
+            lse = torch.empty((b, h, sq), dtype=torch.float32, device=q.device)
+            _core().forward(device, _stream(device), _dtype_name(q), _desc(q), _desc(k), _desc(v), _desc(out), _buf(lse), opts)
+            ctx.save_for_backward(q, k, v, out, lse, sinks, alibi_slopes)
+            ctx.opts = opts
+            ctx.mark_non_differentiable(lse)
+            return out, lse
+
+        @staticmethod
+        def backward(ctx, d_out, _d_lse):
+            q, k, v, out, lse, sinks, _alibi = ctx.saved_tensors
+            d_out = _last_contiguous(d_out)
+            dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+            dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+            d_sinks = None if sinks is None else torch.empty(sinks.shape, dtype=torch.float32, device=q.device)
+            device = q.device.index
+            _core().backward(
+                device, _stream(device), _dtype_name(q),
+                [_desc(d_out), _desc(q), _desc(k), _desc(v), _desc(out)], _buf(lse),
+                [_desc(dq), _desc(dk), _desc(dv)], None if d_sinks is None else _buf(d_sinks), ctx.opts,
+            )
+            return dq, dk, dv, d_sinks, None, None
+
+    class FlashAttnVarlenFunc(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, sinks, cu_q, cu_k, used, varlen_sizes, opts, alibi_slopes):
+            device = q.device.index
+            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            lse = torch.empty((q.shape[1], q.shape[0]), dtype=torch.float32, device=q.device)
+            varlen = (_buf(cu_q), _buf(cu_k), varlen_sizes[0], varlen_sizes[1], None if used is None else _buf(used))
+            _core().forward_varlen(device, _stream(device), _dtype_name(q), _desc(q), _desc(k), _desc(v), _desc(out), _buf(lse), varlen, opts)
+            ctx.save_for_backward(q, k, v, out, lse, sinks, cu_q, cu_k, alibi_slopes)
+            ctx.opts, ctx.sizes, ctx.has_used = opts, varlen_sizes, used is not None
+            ctx.mark_non_differentiable(lse)
+            return out, lse
+
+        @staticmethod
+        def backward(ctx, d_out, _d_lse):
+            q, k, v, out, lse, sinks, cu_q, cu_k, _alibi = ctx.saved_tensors
+            if ctx.has_used:
+                raise NotImplementedError("flash_attn_varlen_func: the backward with seqused_k is not supported yet")
+            d_out = _last_contiguous(d_out)
+            dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+            dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+            d_sinks = None if sinks is None else torch.empty(sinks.shape, dtype=torch.float32, device=q.device)
+            device = q.device.index
+            varlen = (_buf(cu_q), _buf(cu_k), ctx.sizes[0], ctx.sizes[1], None)
+            _core().backward_varlen(
+                device, _stream(device), _dtype_name(q),
+                [_desc(d_out), _desc(q), _desc(k), _desc(v), _desc(out)], _buf(lse),
+                [_desc(dq), _desc(dk), _desc(dv)], None if d_sinks is None else _buf(d_sinks), varlen, ctx.opts,
+            )
+            return dq, dk, dv, d_sinks, None, None, None, None, None, None
+
+    _FUNCTIONS.update(dense=FlashAttnFunc, varlen=FlashAttnVarlenFunc)
+    return _FUNCTIONS
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions (FlashAttention-2's names, arguments and return conventions)
+
+
+def flash_attn_func(
+    q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+    alibi_slopes=None, deterministic=False, return_attn_probs=False, sinks=None,
+):
+    """Attention of q (batch, seqlen_q, heads, d) over k, v (batch, seqlen_k, heads_k, d);
+    heads_k divides heads (GQA/MQA). Returns out (batch, seqlen_q, heads, d), or with
+    ``return_attn_probs`` ``(out, softmax_lse, None)``: the natural-log LSE (batch, heads,
+    seqlen_q), f32; the probabilities themselves are never materialized (None). Differentiable
+    in q, k, v and ``sinks`` (one f32 logit per query head joining each row's softmax)."""
+    device = _check("q", q, 4)
+    for name, t in (("k", k), ("v", v)):
+        _check(name, t, 4)
+    _same([("k", k), ("v", v)], device)
+    _same_dtype(q, [("k", k), ("v", v)])
+    b, _, h, d = q.shape
+    window = _window(window_size)
+    scale, cap, p = _scalars(softmax_scale, softcap, dropout_p, d)
+    _modifiers(alibi_slopes, sinks, b, h, device)
+    opts = _options(scale, causal, deterministic, window, cap, alibi_slopes, sinks, _dropout_state(p, device))
+    out, lse = _functions()["dense"].apply(q, k, v, sinks, opts, alibi_slopes)
+    return (out, lse, None) if return_attn_probs else out
+
+
+def flash_attn_varlen_func(
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0, softmax_scale=None,
+    causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+    return_attn_probs=False, sinks=None, seqused_k=None,
+):
+    """Packed variable-length attention: q (total_q, heads, d), k, v (total_k, heads_k, d),
+    ``cu_seqlens_q``/``cu_seqlens_k`` int32 (batch + 1) offsets; masks align to each sequence.
+    Returns out (total_q, heads, d), or ``(out, softmax_lse (heads, total_q), None)``.
+    ``seqused_k`` (int32, batch) limits each sequence's keys (forward only). The offsets are
+    used as they are on the device (FlashAttention's contract): keep them valid."""
+    device = _check("q", q, 3)
+    for name, t in (("k", k), ("v", v)):
+        _check(name, t, 3)
+    _same([("k", k), ("v", v)], device)
+    _same_dtype(q, [("k", k), ("v", v)])
+    for name, t in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        _check(name, t, 1, "torch.int32")
+        _same([(name, t)], device)
+    if cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.shape[0] < 2:
+        raise ValueError(
+            f"cu_seqlens_k: shape {tuple(cu_seqlens_k.shape)}; (batch + 1,) like cu_seqlens_q's {tuple(cu_seqlens_q.shape)}, batch ≥ 1, expected"
+        )
+    batch = cu_seqlens_q.shape[0] - 1
+    if seqused_k is not None:
+        _flat("seqused_k", seqused_k, "torch.int32", [(batch,)])
+        _same([("seqused_k", seqused_k)], device)
+    for name, n in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if int(n) < 0:
+            raise ValueError(f"{name}: {n}; a length ≥ 0 is expected")
+    _, h, d = q.shape
+    window = _window(window_size)
+    scale, cap, p = _scalars(softmax_scale, softcap, dropout_p, d)
+    _modifiers(alibi_slopes, sinks, batch, h, device)
+    opts = _options(scale, causal, deterministic, window, cap, alibi_slopes, sinks, _dropout_state(p, device))
+    sizes = (max(int(max_seqlen_q), 1), max(int(max_seqlen_k), 1))
+    out, lse = _functions()["varlen"].apply(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, sizes, opts, alibi_slopes)
+    return (out, lse, None) if return_attn_probs else out
+
+
+def flash_attn_with_kvcache(
+    q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None, cache_seqlens=None,
+    cache_batch_idx=None, block_table=None, softmax_scale=None, causal=False, window_size=(-1, -1),
+    softcap=0.0, rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False,
+    sinks=None,
+):
+    """Decode and chunked attention against a KV cache (inference; no gradient).
+
+    q (batch, seqlen_q, heads, d); k_cache, v_cache (batch_cache, seqlen_cache, heads_k, d), or
+    paged (num_blocks, page_size, heads_k, d) with ``block_table`` int32 (batch,
+    max_blocks_per_seq), page_size a multiple of 16. ``cache_seqlens`` (int or int32 (batch,)):
+    keys in use per sequence (default: the whole cache). With ``k``, ``v`` (batch, seqlen_new,
+    heads_k, d) the new tokens are written into the cache in place at ``cache_seqlens[b]``
+    (``cache_seqlens`` itself is not changed), rotated by ``rotary_cos``/``rotary_sin``
+    (seqlen_ro, rotary_dim / 2) when given, and q rotated likewise, then attended over
+    ``cache_seqlens + seqlen_new`` keys. Returns out, or ``(out, softmax_lse)`` (batch, heads,
+    seqlen_q)."""
+    device = _check("q", q, 4)
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        _check(name, t, 4)
+    _same([("k_cache", k_cache), ("v_cache", v_cache)], device)
+    _same_dtype(q, [("k_cache", k_cache), ("v_cache", v_cache)])
+    b, sq, h, d = q.shape
+    if (k is None) != (v is None):
+        raise ValueError("k: k and v are given together or not at all")
+    if k is not None:
+        for name, t in (("k", k), ("v", v)):
+            _check(name, t, 4)
+        _same([("k", k), ("v", v)], device)
+        _same_dtype(q, [("k", k), ("v", v)])
+    if (rotary_cos is None) != (rotary_sin is None):
+        raise ValueError("rotary_cos: rotary_cos and rotary_sin are given together or not at all")
+    if rotary_cos is not None and k is None:
+        raise ValueError("rotary_cos: rotary embedding applies to new keys: give k and v too")
+    if rotary_cos is not None:
+        for name, t in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
+            # float16/bfloat16, or float32 (cast to q's dtype, as the kernels read q's type)
+            _check(name, t, 2, "torch.float32" if str(t.dtype) == "torch.float32" else None)
+        _same([("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)], device)
+    if block_table is not None:
+        _check("block_table", block_table, 2, "torch.int32")
+        _same([("block_table", block_table)], device)
+        if block_table.shape[0] != b:
+            raise ValueError(f"block_table: shape {tuple(block_table.shape)}; (batch = {b}, max_blocks_per_seq) expected")
+        if not block_table.is_contiguous():
+            raise ValueError("block_table: must be contiguous")
+        if cache_batch_idx is not None:
+            raise ValueError("cache_batch_idx: not with a paged cache (block_table)")
+    if cache_batch_idx is not None:
+        _flat("cache_batch_idx", cache_batch_idx, "torch.int32", [(b,)])
+        _same([("cache_batch_idx", cache_batch_idx)], device)
+    if cache_seqlens is not None and not isinstance(cache_seqlens, int):
+        _flat("cache_seqlens", cache_seqlens, "torch.int32", [(b,)])
+        _same([("cache_seqlens", cache_seqlens)], device)
+    if isinstance(cache_seqlens, int) and cache_seqlens < 0:
+        raise ValueError(f"cache_seqlens: {cache_seqlens}; a length ≥ 0 is expected")
+    if cache_seqlens is None and block_table is not None:
+        raise ValueError("cache_seqlens: required with a paged cache (block_table)")
+    if int(num_splits) < 0:
+        raise ValueError(f"num_splits: {num_splits}; 0 (automatic) or a count ≥ 1 is expected")
+    window = _window(window_size)
+    scale, cap, _ = _scalars(softmax_scale, softcap, 0.0, d)
+    _modifiers(alibi_slopes, sinks, b, h, device)
+
+    torch = _torch()
+    if cache_seqlens is None or isinstance(cache_seqlens, int):
+        n = k_cache.shape[1] if cache_seqlens is None else cache_seqlens
+        cache_seqlens = torch.full((b,), n, dtype=torch.int32, device=q.device)
+    append = None
+    if k is not None:
+        rotary = None
+        if rotary_cos is not None:
+            cos, sin = rotary_cos.to(q.dtype), rotary_sin.to(q.dtype)
+            rotary = (_table(cos), _table(sin), bool(rotary_interleaved))
+        append = (_desc(k), _desc(v), rotary)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((b, h, sq), dtype=torch.float32, device=q.device)
+    opts = _options(scale, causal, False, window, cap, alibi_slopes, sinks, None)
+    _core().forward_kvcache(
+        device, _stream(device), _dtype_name(q), _desc(q), _desc(k_cache), _desc(v_cache), _desc(out), _buf(lse),
+        _buf(cache_seqlens), None if cache_batch_idx is None else _buf(cache_batch_idx),
+        None if block_table is None else _buf(block_table), int(num_splits), append, opts,
+    )
+    return (out, lse) if return_softmax_lse else out
+
+
+def _table(t):
+    """A (seqlen_ro, rotary_dim / 2) table as the kernels' (1, seqlen_ro, 1, rotary_dim / 2)."""
+    t = _last_contiguous(t)
+    rows, half = t.shape
+    return (t.data_ptr(), [1, rows, 1, half], [t.stride()[0] * max(rows, 1), t.stride()[0], half])
