@@ -485,6 +485,53 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
             writeln!(file, "{json},\"card\":\"{card}\",\"timing\":\"{timing}\"}}").unwrap();
         }
     };
+    if o.serving.iter().any(|s| s == "overhead") {
+        // The per-call cost of the Rust API at a shape too small to fill the GPU (batch 1,
+        // seqlen 128, 16 heads, head_dim 128, bf16): 1000 back-to-back forwards, host time per
+        // call and GPU time per call (events around all of them), for the Python package's
+        // overhead to be held against (python/scripts/bench_py.py measures the same shape).
+        let shape = [1, 128, 16, 128];
+        let n = shape.iter().product::<usize>();
+        let (q, k, v) = (upload(&mut rng, n), upload(&mut rng, n), upload(&mut rng, n));
+        let mut o_buf = DeviceBuffer::<u16>::zeroed(n).unwrap();
+        let mut lse = DeviceBuffer::<f32>::zeroed(16 * 128).unwrap();
+        let layout = Layout::contiguous(shape);
+        let params = AttentionParams::default();
+        let mut call = || {
+            let (qv, kv, vv) = (
+                TensorRef::<bf16>::from_slice(&q, 0, layout).unwrap(),
+                TensorRef::<bf16>::from_slice(&k, 0, layout).unwrap(),
+                TensorRef::<bf16>::from_slice(&v, 0, layout).unwrap(),
+            );
+            let ov = TensorMut::<bf16>::from_slice(&mut o_buf, 0, layout).unwrap();
+            attention.forward_into(&stream, qv, kv, vv, ov, &mut lse, &params).unwrap();
+        };
+        for _ in 0..100 {
+            call();
+        }
+        stream.synchronize().unwrap();
+        let calls = 1000;
+        let (start, end) = (Event::new(EventFlags::DEFAULT).unwrap(), Event::new(EventFlags::DEFAULT).unwrap());
+        let t0 = std::time::Instant::now();
+        start.record(&stream).unwrap();
+        for _ in 0..calls {
+            call();
+        }
+        let host_us = t0.elapsed().as_secs_f64() * 1e6 / calls as f64;
+        end.record(&stream).unwrap();
+        end.synchronize().unwrap();
+        let wall_us = t0.elapsed().as_secs_f64() * 1e6 / calls as f64;
+        let gpu_us = end.elapsed_time_f32(&start).unwrap() as f64 * 1e3 / calls as f64;
+        println!(
+            "overhead (1x128x16x128 bf16 forward, {calls} calls): host {host_us:.2} us/call, wall {wall_us:.2} us/call, events {gpu_us:.2} us/call"
+        );
+        emit(
+            out,
+            format!(
+                "{{\"row\":\"overhead\",\"api\":\"rust\",\"batch\":1,\"seqlen\":128,\"heads\":16,\"head_dim\":128,\"calls\":{calls},\"host_us_per_call\":{host_us:.3},\"wall_us_per_call\":{wall_us:.3},\"event_us_per_call\":{gpu_us:.3}"
+            ),
+        );
+    }
     if o.serving.iter().any(|s| s == "continuous") {
         for page_size in [16, 256] {
             continuous(&attention, &stream, page_size, &timing, card, out);

@@ -139,8 +139,13 @@ def _dropout_state(dropout_p, device):
     torch = _torch()
     gen = torch.cuda.default_generators[device]
     seed = gen.initial_seed() & ((1 << 64) - 1)
-    offset = gen.get_offset()
-    gen.set_offset(offset + 4)  # the mask is keyed by (seed, offset, b, h, i, j): one step each call
+    try:
+        offset = gen.get_offset()
+        # The mask is keyed by (seed, offset, b, h, i, j): a fresh offset a call is enough;
+        # torch's CUDA generator takes offsets in steps of 4.
+        gen.set_offset(offset + 4)
+    except (AttributeError, RuntimeError):  # a torch without offsets: draw one from its RNG
+        offset = int(torch.randint(0, 1 << 62, (1,)).item())
     return (dropout_p, seed, offset)
 
 
