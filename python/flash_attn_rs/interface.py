@@ -17,15 +17,25 @@ import math
 _DTYPES = {"torch.float16": "f16", "torch.bfloat16": "bf16"}
 
 
-def _torch():
-    import torch
+_MODULES = {}
 
+
+def _torch():
+    torch = _MODULES.get("torch")
+    if torch is None:
+        import torch
+
+        _MODULES["torch"] = torch
     return torch
 
 
 def _core():
-    from . import _core as core
+    core = _MODULES.get("core")
+    if core is None:
+        from . import _core as core
 
+        _MODULES["core"] = core
+        _MODULES["head_dims"] = frozenset(core.supported_head_dims())
     return core
 
 
@@ -112,13 +122,13 @@ def _scalars(softmax_scale, softcap, dropout_p, head_dim):
     dropout_p = float(dropout_p or 0.0)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p: {dropout_p}; a probability in [0, 1) is expected")
-    core = None
     try:
-        core = _core()
-    except ImportError:
+        _core()
+    except ImportError:  # the Rust side checks it again
         pass
-    if core is not None and head_dim not in core.supported_head_dims():
-        raise ValueError(f"q: head_dim {head_dim} is not supported (supported: {core.supported_head_dims()})")
+    dims = _MODULES.get("head_dims")
+    if dims is not None and head_dim not in dims:
+        raise ValueError(f"q: head_dim {head_dim} is not supported (supported: {sorted(dims)})")
     return softmax_scale, (softcap if softcap > 0 else None), dropout_p
 
 
@@ -163,7 +173,11 @@ def _options(softmax_scale, causal, deterministic, window, softcap, alibi_slopes
 
 
 def _stream(device):
-    return _torch().cuda.current_stream(device).cuda_stream
+    """The raw handle of torch's current stream on `device` (torch's own fast accessor, the one
+    Triton uses, where it exists)."""
+    torch = _torch()
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return raw(device) if raw is not None else torch.cuda.current_stream(device).cuda_stream
 
 
 def _dtype_name(t):
@@ -172,6 +186,32 @@ def _dtype_name(t):
 
 def _last_contiguous(t):
     return t if t.shape[-1] == 1 or t.stride()[-1] == 1 else t.contiguous()
+
+
+def _dense_forward(q, k, v, opts):
+    torch = _torch()
+    device = q.device.index
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    b, sq, h, _ = q.shape
+    lse = torch.empty((b, h, sq), dtype=torch.float32, device=q.device)
+    _core().forward(device, _stream(device), _dtype_name(q), _desc(q), _desc(k), _desc(v), _desc(out), _buf(lse), opts)
+    return out, lse
+
+
+def _varlen_forward(q, k, v, cu_q, cu_k, used, sizes, opts):
+    torch = _torch()
+    device = q.device.index
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((q.shape[1], q.shape[0]), dtype=torch.float32, device=q.device)
+    varlen = (_buf(cu_q), _buf(cu_k), sizes[0], sizes[1], None if used is None else _buf(used))
+    _core().forward_varlen(device, _stream(device), _dtype_name(q), _desc(q), _desc(k), _desc(v), _desc(out), _buf(lse), varlen, opts)
+    return out, lse
+
+
+def _needs_grad(*tensors):
+    """Whether autograd must record the call (otherwise the forward runs without the
+    autograd.Function's bookkeeping: inference, `torch.no_grad()`)."""
+    return _torch().is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,11 +228,7 @@ def _functions():
     class FlashAttnFunc(torch.autograd.Function):
         @staticmethod
         def forward(ctx, q, k, v, sinks, opts, alibi_slopes):
-            device = q.device.index
-            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-            b, sq, h, _ = q.shape
-            lse = torch.empty((b, h, sq), dtype=torch.float32, device=q.device)
-            _core().forward(device, _stream(device), _dtype_name(q), _desc(q), _desc(k), _desc(v), _desc(out), _buf(lse), opts)
+            out, lse = _dense_forward(q, k, v, opts)
             ctx.save_for_backward(q, k, v, out, lse, sinks, alibi_slopes)
             ctx.opts = opts
             ctx.mark_non_differentiable(lse)
@@ -217,11 +253,7 @@ def _functions():
     class FlashAttnVarlenFunc(torch.autograd.Function):
         @staticmethod
         def forward(ctx, q, k, v, sinks, cu_q, cu_k, used, varlen_sizes, opts, alibi_slopes):
-            device = q.device.index
-            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-            lse = torch.empty((q.shape[1], q.shape[0]), dtype=torch.float32, device=q.device)
-            varlen = (_buf(cu_q), _buf(cu_k), varlen_sizes[0], varlen_sizes[1], None if used is None else _buf(used))
-            _core().forward_varlen(device, _stream(device), _dtype_name(q), _desc(q), _desc(k), _desc(v), _desc(out), _buf(lse), varlen, opts)
+            out, lse = _varlen_forward(q, k, v, cu_q, cu_k, used, varlen_sizes, opts)
             ctx.save_for_backward(q, k, v, out, lse, sinks, cu_q, cu_k, alibi_slopes)
             ctx.opts, ctx.sizes, ctx.has_used = opts, varlen_sizes, used is not None
             ctx.mark_non_differentiable(lse)
@@ -273,7 +305,10 @@ def flash_attn_func(
     scale, cap, p = _scalars(softmax_scale, softcap, dropout_p, d)
     _modifiers(alibi_slopes, sinks, b, h, device)
     opts = _options(scale, causal, deterministic, window, cap, alibi_slopes, sinks, _dropout_state(p, device))
-    out, lse = _functions()["dense"].apply(q, k, v, sinks, opts, alibi_slopes)
+    if _needs_grad(q, k, v, sinks):
+        out, lse = _functions()["dense"].apply(q, k, v, sinks, opts, alibi_slopes)
+    else:
+        out, lse = _dense_forward(q, k, v, opts)
     return (out, lse, None) if return_attn_probs else out
 
 
@@ -312,7 +347,10 @@ def flash_attn_varlen_func(
     _modifiers(alibi_slopes, sinks, batch, h, device)
     opts = _options(scale, causal, deterministic, window, cap, alibi_slopes, sinks, _dropout_state(p, device))
     sizes = (max(int(max_seqlen_q), 1), max(int(max_seqlen_k), 1))
-    out, lse = _functions()["varlen"].apply(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, sizes, opts, alibi_slopes)
+    if _needs_grad(q, k, v, sinks):
+        out, lse = _functions()["varlen"].apply(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, sizes, opts, alibi_slopes)
+    else:
+        out, lse = _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, sizes, opts)
     return (out, lse, None) if return_attn_probs else out
 
 

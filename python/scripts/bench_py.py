@@ -198,6 +198,29 @@ def section_overhead(sink, a, fa4):
     q, k, v = (torch.randn(b, s, h, d, generator=g, device="cuda", dtype=dt) for _ in range(3))
     qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
     impls = [("flash_attn_rs", None, lambda: ours_func(q, k, v))]
+    # Where the per-call time goes (ours): the Rust call alone with prepared arguments, on the
+    # default stream and on a side stream, the two output allocations, the stream lookup.
+    from flash_attn_rs import interface as fi
+    core = fi._core()
+    o_pre = torch.empty_like(q)
+    lse_pre = torch.empty((b, h, s), dtype=torch.float32, device=q.device)
+    opts = fi._options(None, False, False, None, None, None, None, None)
+    args = (0, "bf16", fi._desc(q), fi._desc(k), fi._desc(v), fi._desc(o_pre), fi._buf(lse_pre), opts)
+    side = torch.cuda.Stream()
+
+    def on_side(fn):
+        def run():
+            with torch.cuda.stream(side):
+                fn()
+        return run
+
+    impls += [
+        ("ours: rust call only (default stream)", None, lambda: core.forward(args[0], fi._stream(0), *args[1:])),
+        ("ours: rust call only (side stream)", None, on_side(lambda: core.forward(args[0], fi._stream(0), *args[1:]))),
+        ("ours: flash_attn_func (side stream)", None, on_side(lambda: ours_func(q, k, v))),
+        ("ours: torch.empty x2", None, lambda: (torch.empty_like(q), torch.empty((b, h, s), dtype=torch.float32, device=q.device))),
+        ("ours: stream lookup", None, lambda: fi._stream(0)),
+    ]
     if sdpa_kernel is not None:
         sdpa = lambda: F.scaled_dot_product_attention(qt, kt, vt)
         impls += [("sdpa_flash", SDPBackend.FLASH_ATTENTION, sdpa), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION, sdpa)]

@@ -60,9 +60,12 @@ class Fake:
 
 @pytest.fixture(autouse=True)
 def no_torch_imported():
-    """Every check must fire before torch is imported: nothing is allocated or launched."""
+    """Every check must fire before torch is imported: nothing is allocated or launched. (Where
+    torch was imported already, by the GPU tests in the same run, this cannot be observed.)"""
+    before = "torch" in sys.modules
     yield
-    assert "torch" not in sys.modules, "an argument check imported torch (it would allocate or launch)"
+    if not before:
+        assert "torch" not in sys.modules, "an argument check imported torch (it would allocate or launch)"
 
 
 def qkv(b=2, sq=64, sk=64, h=8, hk=8, d=64, **kw):
