@@ -67,6 +67,33 @@ def _check(name, t, rank, dtype=None):
     return device
 
 
+def _tensor(name, t, rank, device=None, kind=None):
+    """One pass over a float16/bfloat16 tensor: checks as `_check` (and, given them, the same
+    device and dtype as q's) and returns (device ordinal, dtype name, descriptor)."""
+    try:
+        shape, strides, dev, dtype = t.shape, t.stride(), t.device, str(t.dtype)
+    except AttributeError:
+        raise TypeError(f"{name}: a torch tensor is expected, got {type(t).__name__}") from None
+    if dev.type != "cuda":
+        raise ValueError(f"{name}: a CUDA tensor is expected, got a tensor on {dev}")
+    index = dev.index or 0
+    if dtype not in _DTYPES:
+        raise TypeError(f"{name}: dtype {dtype}; torch.float16 or torch.bfloat16 expected")
+    if kind is not None and dtype != kind:
+        raise TypeError(f"{name}: dtype {dtype} differs from q's {kind}")
+    if device is not None and index != device:
+        raise ValueError(f"{name}: on cuda:{index}, the other tensors on cuda:{device}")
+    if len(shape) != rank:
+        raise ValueError(f"{name}: {len(shape)} dimensions (shape {tuple(shape)}); {rank} expected")
+    if shape[-1] != 1 and strides[-1] != 1:
+        raise ValueError(f"{name}: the last dimension must be contiguous (stride 1); strides are {tuple(strides)}")
+    if rank == 3:
+        desc = (t.data_ptr(), (1,) + tuple(shape), (strides[0] * max(shape[0], 1), strides[0], strides[1]))
+    else:
+        desc = (t.data_ptr(), tuple(shape), strides[:3])
+    return index, dtype, desc
+
+
 def _same(names_and_tensors, device):
     for name, t in names_and_tensors:
         if t is not None and _device_of(name, t) != device:
@@ -160,6 +187,9 @@ def _dropout_state(dropout_p, device):
 
 
 def _options(softmax_scale, causal, deterministic, window, softcap, alibi_slopes, sinks, dropout):
+    if not causal and not deterministic and window is None and softcap is None and alibi_slopes is None \
+            and sinks is None and dropout is None and softmax_scale is None:
+        return None  # every option off: the Rust side's defaults
     return (
         softmax_scale,
         bool(causal),
@@ -188,13 +218,16 @@ def _last_contiguous(t):
     return t if t.shape[-1] == 1 or t.stride()[-1] == 1 else t.contiguous()
 
 
-def _dense_forward(q, k, v, opts):
-    torch = _torch()
-    device = q.device.index
+def _dense_forward(q, checked, opts):
+    """The forward into torch-allocated O and LSE; `checked` is (device, dtype name, and the
+    descriptors of q, k, v) from `_tensor`."""
+    torch = _MODULES["torch"]
+    device, kind, qd, kd, vd = checked
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     b, sq, h, _ = q.shape
     lse = torch.empty((b, h, sq), dtype=torch.float32, device=q.device)
-    _core().forward(device, _stream(device), _dtype_name(q), _desc(q), _desc(k), _desc(v), _desc(out), _buf(lse), opts)
+    od = (out.data_ptr(), qd[1], out.stride()[:3])
+    _core().forward(device, _stream(device), _DTYPES[kind], qd, kd, vd, od, (lse.data_ptr(), b * h * sq), opts)
     return out, lse
 
 
@@ -211,7 +244,7 @@ def _varlen_forward(q, k, v, cu_q, cu_k, used, sizes, opts):
 def _needs_grad(*tensors):
     """Whether autograd must record the call (otherwise the forward runs without the
     autograd.Function's bookkeeping: inference, `torch.no_grad()`)."""
-    return _torch().is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return _MODULES["torch"].is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,8 +260,8 @@ def _functions():
 
     class FlashAttnFunc(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, q, k, v, sinks, opts, alibi_slopes):
-            out, lse = _dense_forward(q, k, v, opts)
+        def forward(ctx, q, k, v, sinks, opts, alibi_slopes, checked):
+            out, lse = _dense_forward(q, checked, opts)
             ctx.save_for_backward(q, k, v, out, lse, sinks, alibi_slopes)
             ctx.opts = opts
             ctx.mark_non_differentiable(lse)
@@ -248,7 +281,7 @@ def _functions():
                 [_desc(d_out), _desc(q), _desc(k), _desc(v), _desc(out)], _buf(lse),
                 [_desc(dq), _desc(dk), _desc(dv)], None if d_sinks is None else _buf(d_sinks), ctx.opts,
             )
-            return dq, dk, dv, d_sinks, None, None
+            return dq, dk, dv, d_sinks, None, None, None
 
     class FlashAttnVarlenFunc(torch.autograd.Function):
         @staticmethod
@@ -295,20 +328,19 @@ def flash_attn_func(
     ``return_attn_probs`` ``(out, softmax_lse, None)``: the natural-log LSE (batch, heads,
     seqlen_q), f32; the probabilities themselves are never materialized (None). Differentiable
     in q, k, v and ``sinks`` (one f32 logit per query head joining each row's softmax)."""
-    device = _check("q", q, 4)
-    for name, t in (("k", k), ("v", v)):
-        _check(name, t, 4)
-    _same([("k", k), ("v", v)], device)
-    _same_dtype(q, [("k", k), ("v", v)])
-    b, _, h, d = q.shape
-    window = _window(window_size)
+    device, kind, qd = _tensor("q", q, 4)
+    kd, vd = _tensor("k", k, 4, device, kind)[2], _tensor("v", v, 4, device, kind)[2]
+    b, _, h, d = qd[1]
+    window = None if window_size == (-1, -1) else _window(window_size)
     scale, cap, p = _scalars(softmax_scale, softcap, dropout_p, d)
     _modifiers(alibi_slopes, sinks, b, h, device)
     opts = _options(scale, causal, deterministic, window, cap, alibi_slopes, sinks, _dropout_state(p, device))
+    checked = (device, kind, qd, kd, vd)
+    _torch()
     if _needs_grad(q, k, v, sinks):
-        out, lse = _functions()["dense"].apply(q, k, v, sinks, opts, alibi_slopes)
+        out, lse = _functions()["dense"].apply(q, k, v, sinks, opts, alibi_slopes, checked)
     else:
-        out, lse = _dense_forward(q, k, v, opts)
+        out, lse = _dense_forward(q, checked, opts)
     return (out, lse, None) if return_attn_probs else out
 
 

@@ -30,7 +30,8 @@ type AppendArgs = (Desc, Desc, Option<(Desc, Desc, bool)>);
 
 /// Options shared by every call, in `AttentionParams`' order: softmax_scale, causal,
 /// deterministic, window, softcap, alibi slopes, sinks, dropout `(p, seed, offset)`.
-#[derive(FromPyObject)]
+/// `None` from Python: every option off.
+#[derive(FromPyObject, Default)]
 struct Options(
     Option<f32>,
     bool,
@@ -176,9 +177,10 @@ fn forward(
     v: Desc,
     o: Desc,
     lse: Buf,
-    opts: Options,
+    opts: Option<Options>,
 ) -> PyResult<()> {
     check_dtype(dtype)?;
+    let opts = opts.unwrap_or_default();
     let e = engine(device)?;
     let s = stream(raw_stream)?;
     let slices = opts.slices();
@@ -198,9 +200,10 @@ fn backward(
     lse: Buf,
     grads: [Desc; 3],
     d_sinks: Option<Buf>,
-    opts: Options,
+    opts: Option<Options>,
 ) -> PyResult<()> {
     check_dtype(dtype)?;
+    let opts = opts.unwrap_or_default();
     let e = engine(device)?;
     let s = stream(raw_stream)?;
     let slices = opts.slices();
@@ -256,9 +259,10 @@ fn forward_varlen(
     o: Desc,
     lse: Buf,
     varlen: VarlenArgs,
-    opts: Options,
+    opts: Option<Options>,
 ) -> PyResult<()> {
     check_dtype(dtype)?;
+    let opts = opts.unwrap_or_default();
     let e = engine(device)?;
     let s = stream(raw_stream)?;
     let slices = opts.slices();
@@ -283,9 +287,10 @@ fn backward_varlen(
     grads: [Desc; 3],
     d_sinks: Option<Buf>,
     varlen: VarlenArgs,
-    opts: Options,
+    opts: Option<Options>,
 ) -> PyResult<()> {
     check_dtype(dtype)?;
+    let opts = opts.unwrap_or_default();
     let e = engine(device)?;
     let s = stream(raw_stream)?;
     let slices = opts.slices();
@@ -327,9 +332,10 @@ fn forward_kvcache(
     block_table: Option<Buf>,
     num_splits: usize,
     append: Option<AppendArgs>,
-    opts: Options,
+    opts: Option<Options>,
 ) -> PyResult<()> {
     check_dtype(dtype)?;
+    let opts = opts.unwrap_or_default();
     let e = engine(device)?;
     let s = stream(raw_stream)?;
     let slices = opts.slices();
