@@ -8,8 +8,9 @@ every launch goes on ``torch.cuda.current_stream(device)``, in the device's prim
 one torch uses). The backward's scratch (the f32 dQ accumulator and row statistics, O(seqlen))
 comes from the library's own stream-ordered pool, not from torch's allocator.
 
-The checks run before torch is imported, so that they can be tested without it; torch is
-imported on the first call that gets past them.
+The checks need no torch (they read only the tensors' attributes), so the package imports and
+its checks are tested without torch. Where torch is installed it is imported with the package,
+and the dense function is also registered as custom operators for torch.compile (`_ops`).
 """
 
 import math
@@ -149,11 +150,7 @@ def _scalars(softmax_scale, softcap, dropout_p, head_dim):
     dropout_p = float(dropout_p or 0.0)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p: {dropout_p}; a probability in [0, 1) is expected")
-    try:
-        _core()
-    except ImportError:  # the Rust side checks it again
-        pass
-    dims = _MODULES.get("head_dims")
+    dims = _MODULES.get("head_dims")  # from the extension, loaded with the package
     if dims is not None and head_dim not in dims:
         raise ValueError(f"q: head_dim {head_dim} is not supported (supported: {sorted(dims)})")
     return softmax_scale, (softcap if softcap > 0 else None), dropout_p
@@ -316,6 +313,90 @@ def _functions():
 
 
 # ---------------------------------------------------------------------------------------------
+# torch.compile: the dense forward and backward as custom operators (`flash_attn_rs::fwd`,
+# `flash_attn_rs::bwd`) with fake-tensor implementations and a registered autograd formula, so
+# that Dynamo traces `flash_attn_func` without a graph break. Eager calls keep the cheaper path
+# above (a custom operator's dispatch costs more than the autograd.Function).
+
+_OPS = {}
+
+
+def _ops():
+    if _OPS:
+        return _OPS
+    torch = _torch()
+    from typing import Optional, Tuple
+
+    Tensor = torch.Tensor
+
+    def options(softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, seed,
+                offset, deterministic):
+        window = None if (window_left, window_right) == (-1, -1) else (window_left, window_right)
+        dropout = (dropout_p, seed, offset) if dropout_p > 0 else None
+        return _options(softmax_scale, causal, deterministic, window, softcap if softcap > 0 else None, alibi_slopes,
+                        sinks, dropout)
+
+    @torch.library.custom_op("flash_attn_rs::fwd", mutates_args=(), device_types="cuda")
+    def fwd(q: Tensor, k: Tensor, v: Tensor, sinks: Optional[Tensor], alibi_slopes: Optional[Tensor],
+            softmax_scale: Optional[float], causal: bool, window_left: int, window_right: int, softcap: float,
+            dropout_p: float, seed: int, offset: int, deterministic: bool) -> Tuple[Tensor, Tensor]:
+        device, kind, qd = _tensor("q", q, 4)
+        checked = (device, kind, qd, _tensor("k", k, 4, device, kind)[2], _tensor("v", v, 4, device, kind)[2])
+        opts = options(softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, seed,
+                       offset, deterministic)
+        return _dense_forward(q, checked, opts)
+
+    @fwd.register_fake
+    def _(q, k, v, sinks, alibi_slopes, softmax_scale, causal, window_left, window_right, softcap, dropout_p, seed,
+          offset, deterministic):
+        b, sq, h, _ = q.shape
+        return q.new_empty(q.shape), q.new_empty((b, h, sq), dtype=torch.float32)
+
+    @torch.library.custom_op("flash_attn_rs::bwd", mutates_args=(), device_types="cuda")
+    def bwd(d_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, sinks: Optional[Tensor],
+            alibi_slopes: Optional[Tensor], softmax_scale: Optional[float], causal: bool, window_left: int,
+            window_right: int, softcap: float, dropout_p: float, seed: int, offset: int,
+            deterministic: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        d_out = _last_contiguous(d_out)
+        dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+        d_sinks = torch.empty(sinks.shape if sinks is not None else (0,), dtype=torch.float32, device=q.device)
+        opts = options(softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, seed,
+                       offset, deterministic)
+        device = q.device.index
+        _core().backward(
+            device, _stream(device), _dtype_name(q),
+            [_desc(d_out), _desc(q), _desc(k), _desc(v), _desc(out)], _buf(lse),
+            [_desc(dq), _desc(dk), _desc(dv)], None if sinks is None else _buf(d_sinks), opts,
+        )
+        return dq, dk, dv, d_sinks
+
+    @bwd.register_fake
+    def _(d_out, q, k, v, out, lse, sinks, alibi_slopes, *scalars):
+        d_sinks = q.new_empty(sinks.shape if sinks is not None else (0,), dtype=torch.float32)
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), d_sinks
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, sinks, alibi_slopes = inputs[:5]
+        ctx.save_for_backward(q, k, v, output[0], output[1], sinks, alibi_slopes)
+        ctx.scalars = inputs[5:]
+
+    def backward(ctx, d_out, _d_lse):
+        q, k, v, out, lse, sinks, alibi_slopes = ctx.saved_tensors
+        dq, dk, dv, d_sinks = bwd(d_out, q, k, v, out, lse, sinks, alibi_slopes, *ctx.scalars)
+        return (dq, dk, dv, d_sinks if sinks is not None else None, None) + (None,) * len(ctx.scalars)
+
+    fwd.register_autograd(backward, setup_context=setup_context)
+    _OPS.update(fwd=fwd, bwd=bwd)
+    _MODULES["ops"] = True
+    return _OPS
+
+
+def _compiling():
+    compiler = getattr(_torch(), "compiler", None)
+    return compiler is not None and compiler.is_compiling()
+
+
+# ---------------------------------------------------------------------------------------------
 # Public functions (FlashAttention-2's names, arguments and return conventions)
 
 
@@ -328,6 +409,9 @@ def flash_attn_func(
     ``return_attn_probs`` ``(out, softmax_lse, None)``: the natural-log LSE (batch, heads,
     seqlen_q), f32; the probabilities themselves are never materialized (None). Differentiable
     in q, k, v and ``sinks`` (one f32 logit per query head joining each row's softmax)."""
+    if _MODULES.get("ops") and _compiling():
+        return _traced_flash_attn(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                                  deterministic, return_attn_probs, sinks)
     device, kind, qd = _tensor("q", q, 4)
     kd, vd = _tensor("k", k, 4, device, kind)[2], _tensor("v", v, 4, device, kind)[2]
     b, _, h, d = qd[1]
@@ -341,6 +425,19 @@ def flash_attn_func(
         out, lse = _functions()["dense"].apply(q, k, v, sinks, opts, alibi_slopes, checked)
     else:
         out, lse = _dense_forward(q, checked, opts)
+    return (out, lse, None) if return_attn_probs else out
+
+
+def _traced_flash_attn(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                       return_attn_probs, sinks):
+    """`flash_attn_func` under torch.compile: the checks that need no tensor data here, the rest
+    inside the operator when it runs. Dropout's seed and offset are read from torch's generator
+    here, which Dynamo runs outside the graph (one graph break with dropout on)."""
+    window = _window(window_size) or (-1, -1)
+    scale, cap, p = _scalars(softmax_scale, softcap, dropout_p, q.shape[-1])
+    dropout = _dropout_state(p, q.device.index or 0) if p > 0 else (0.0, 0, 0)
+    out, lse = _ops()["fwd"](q, k, v, sinks, alibi_slopes, scale, bool(causal), window[0], window[1], cap or 0.0,
+                             dropout[0], dropout[1], dropout[2], bool(deterministic))
     return (out, lse, None) if return_attn_probs else out
 
 
@@ -477,3 +574,22 @@ def _table(t):
     t = _last_contiguous(t)
     rows, half = t.shape
     return (t.data_ptr(), [1, rows, 1, half], [t.stride()[0] * max(rows, 1), t.stride()[0], half])
+
+
+def _register_if_torch():
+    """With torch installed, import it and the extension now and register the custom
+    operators, so that torch.compile never traces an import or a registration. Without torch
+    (the CPU-side tests) the package imports all the same."""
+    try:
+        _core()
+    except ImportError:  # no extension (a source checkout): the Rust side's checks still apply
+        pass
+    try:
+        torch = _torch()
+    except ImportError:
+        return
+    if hasattr(torch, "library") and hasattr(torch.library, "custom_op"):
+        _ops()
+
+
+_register_if_torch()
