@@ -589,7 +589,11 @@ def _register_if_torch():
     except ImportError:
         return
     if hasattr(torch, "library") and hasattr(torch.library, "custom_op"):
-        _ops()
+        try:
+            _ops()
+        except Exception as e:  # a torch whose custom-op API differs: eager calls still work
+            _OPS.clear()
+            _MODULES["ops_error"] = repr(e)
 
 
 _register_if_torch()
