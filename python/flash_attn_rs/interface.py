@@ -238,6 +238,14 @@ def _varlen_forward(q, k, v, cu_q, cu_k, used, sizes, opts):
     return out, lse
 
 
+def _gradients_like(q, k, v, sinks):
+    """dQ, dK, dV (contiguous, the inputs' shapes) and the sinks' f32 gradient (None without)."""
+    torch = _torch()
+    dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+    d_sinks = None if sinks is None else torch.empty(sinks.shape, dtype=torch.float32, device=q.device)
+    return dq, dk, dv, d_sinks
+
+
 def _needs_grad(*tensors):
     """Whether autograd must record the call (otherwise the forward runs without the
     autograd.Function's bookkeeping: inference, `torch.no_grad()`)."""
@@ -268,10 +276,7 @@ def _functions():
         def backward(ctx, d_out, _d_lse):
             q, k, v, out, lse, sinks, _alibi = ctx.saved_tensors
             d_out = _last_contiguous(d_out)
-            dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-            dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-            dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-            d_sinks = None if sinks is None else torch.empty(sinks.shape, dtype=torch.float32, device=q.device)
+            dq, dk, dv, d_sinks = _gradients_like(q, k, v, sinks)
             device = q.device.index
             _core().backward(
                 device, _stream(device), _dtype_name(q),
@@ -295,10 +300,7 @@ def _functions():
             if ctx.has_used:
                 raise NotImplementedError("flash_attn_varlen_func: the backward with seqused_k is not supported yet")
             d_out = _last_contiguous(d_out)
-            dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-            dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-            dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-            d_sinks = None if sinks is None else torch.empty(sinks.shape, dtype=torch.float32, device=q.device)
+            dq, dk, dv, d_sinks = _gradients_like(q, k, v, sinks)
             device = q.device.index
             varlen = (_buf(cu_q), _buf(cu_k), ctx.sizes[0], ctx.sizes[1], None)
             _core().backward_varlen(
@@ -358,8 +360,9 @@ def _ops():
             window_right: int, softcap: float, dropout_p: float, seed: int, offset: int,
             deterministic: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         d_out = _last_contiguous(d_out)
-        dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
-        d_sinks = torch.empty(sinks.shape if sinks is not None else (0,), dtype=torch.float32, device=q.device)
+        dq, dk, dv, d_sinks = _gradients_like(q, k, v, sinks)
+        if d_sinks is None:  # an operator returns tensors: an empty one stands for None
+            d_sinks = torch.empty((0,), dtype=torch.float32, device=q.device)
         opts = options(softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, seed,
                        offset, deterministic)
         device = q.device.index

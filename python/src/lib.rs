@@ -165,6 +165,30 @@ impl Options {
     }
 }
 
+/// What every call starts with: the dtype checked, the device's engine current, torch's
+/// stream borrowed, the options' device arrays viewed.
+struct Call {
+    engine: Arc<Engine>,
+    stream: ExternalStream,
+    opts: Options,
+    slices: Slices,
+}
+
+impl Call {
+    fn begin(device: u32, raw_stream: usize, dtype: &str, opts: Option<Options>) -> PyResult<Self> {
+        check_dtype(dtype)?;
+        let opts = opts.unwrap_or_default();
+        let engine = engine(device)?;
+        let stream = stream(raw_stream)?;
+        let slices = opts.slices();
+        Ok(Call { engine, stream, opts, slices })
+    }
+
+    fn params(&self) -> AttentionParams<'_> {
+        self.opts.params(&self.slices)
+    }
+}
+
 /// Dense forward: O and the LSE `(batch, heads, seqlen_q)` into the given tensors.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
@@ -179,14 +203,10 @@ fn forward(
     lse: Buf,
     opts: Option<Options>,
 ) -> PyResult<()> {
-    check_dtype(dtype)?;
-    let opts = opts.unwrap_or_default();
-    let e = engine(device)?;
-    let s = stream(raw_stream)?;
-    let slices = opts.slices();
-    let params = opts.params(&slices);
+    let call = Call::begin(device, raw_stream, dtype, opts)?;
+    let (e, s, params) = (&call.engine, &call.stream, call.params());
     let mut lse = slice::<f32>(lse);
-    by_dtype!(dtype, T => e.attention.forward_into::<T>(&s, input(&q), input(&k), input(&v), output(&o), &mut lse, &params).map_err(py_error))
+    by_dtype!(dtype, T => e.attention.forward_into::<T>(s, input(&q), input(&k), input(&v), output(&o), &mut lse, &params).map_err(py_error))
 }
 
 /// Dense backward into dQ, dK, dV (and the sinks' gradient).
@@ -202,19 +222,15 @@ fn backward(
     d_sinks: Option<Buf>,
     opts: Option<Options>,
 ) -> PyResult<()> {
-    check_dtype(dtype)?;
-    let opts = opts.unwrap_or_default();
-    let e = engine(device)?;
-    let s = stream(raw_stream)?;
-    let slices = opts.slices();
-    let params = opts.params(&slices);
+    let call = Call::begin(device, raw_stream, dtype, opts)?;
+    let (e, s, params) = (&call.engine, &call.stream, call.params());
     let lse = slice::<f32>(lse);
     let mut d_sinks = d_sinks.map(slice::<f32>);
     let [d_o, q, k, v, o] = inputs;
     let [dq, dk, dv] = grads;
     by_dtype!(dtype, T => e
         .attention
-        .backward_into::<T>(&s, input(&d_o), input(&q), input(&k), input(&v), input(&o), &lse, output(&dq), output(&dk), output(&dv), d_sinks.as_mut(), &params)
+        .backward_into::<T>(s, input(&d_o), input(&q), input(&k), input(&v), input(&o), &lse, output(&dq), output(&dk), output(&dv), d_sinks.as_mut(), &params)
         .map_err(py_error))
 }
 
@@ -261,17 +277,13 @@ fn forward_varlen(
     varlen: VarlenArgs,
     opts: Option<Options>,
 ) -> PyResult<()> {
-    check_dtype(dtype)?;
-    let opts = opts.unwrap_or_default();
-    let e = engine(device)?;
-    let s = stream(raw_stream)?;
-    let slices = opts.slices();
-    let params = opts.params(&slices);
+    let call = Call::begin(device, raw_stream, dtype, opts)?;
+    let (e, s, params) = (&call.engine, &call.stream, call.params());
     let vs = varlen.slices();
     let mut lse = slice::<f32>(lse);
     by_dtype!(dtype, T => e
         .attention
-        .forward_varlen_into::<T>(&s, input(&q), input(&k), input(&v), output(&o), &mut lse, &vs.varlen(), &params)
+        .forward_varlen_into::<T>(s, input(&q), input(&k), input(&v), output(&o), &mut lse, &vs.varlen(), &params)
         .map_err(py_error))
 }
 
@@ -289,12 +301,8 @@ fn backward_varlen(
     varlen: VarlenArgs,
     opts: Option<Options>,
 ) -> PyResult<()> {
-    check_dtype(dtype)?;
-    let opts = opts.unwrap_or_default();
-    let e = engine(device)?;
-    let s = stream(raw_stream)?;
-    let slices = opts.slices();
-    let params = opts.params(&slices);
+    let call = Call::begin(device, raw_stream, dtype, opts)?;
+    let (e, s, params) = (&call.engine, &call.stream, call.params());
     let vs = varlen.slices();
     let lse = slice::<f32>(lse);
     let mut d_sinks = d_sinks.map(slice::<f32>);
@@ -303,7 +311,7 @@ fn backward_varlen(
     by_dtype!(dtype, T => e
         .attention
         .backward_varlen_into::<T>(
-            &s,
+            s,
             [input(&d_o), input(&q), input(&k), input(&v), input(&o)],
             &lse,
             [output(&dq), output(&dk), output(&dv)],
@@ -334,12 +342,8 @@ fn forward_kvcache(
     append: Option<AppendArgs>,
     opts: Option<Options>,
 ) -> PyResult<()> {
-    check_dtype(dtype)?;
-    let opts = opts.unwrap_or_default();
-    let e = engine(device)?;
-    let s = stream(raw_stream)?;
-    let slices = opts.slices();
-    let params = opts.params(&slices);
+    let call = Call::begin(device, raw_stream, dtype, opts)?;
+    let (e, s, params) = (&call.engine, &call.stream, call.params());
     let (lens, idx, table) =
         (slice::<i32>(cache_seqlens), cache_batch_idx.map(slice::<i32>), block_table.map(slice::<i32>));
     let cache = KvCache {
@@ -354,7 +358,7 @@ fn forward_kvcache(
     by_dtype!(dtype, T => match &append {
         None => e
             .attention
-            .forward_with_kvcache_into::<T>(&s, input(&q), input(&k_cache), input(&v_cache), output(&o), &mut lse, &cache, &params)
+            .forward_with_kvcache_into::<T>(s, input(&q), input(&k_cache), input(&v_cache), output(&o), &mut lse, &cache, &params)
             .map_err(py_error),
         Some((k, v, rotary)) => {
             let new = Append::<T> {
@@ -363,7 +367,7 @@ fn forward_kvcache(
                 rotary: rotary.as_ref().map(|(c, s, interleaved)| Rotary { cos: input(c), sin: input(s), interleaved: *interleaved }),
             };
             e.attention
-                .forward_with_kvcache_append_into::<T>(&s, input(&q), output(&k_cache), output(&v_cache), &new, output(&o), &mut lse, &cache, &params)
+                .forward_with_kvcache_append_into::<T>(s, input(&q), output(&k_cache), output(&v_cache), &new, output(&o), &mut lse, &cache, &params)
                 .map_err(py_error)
         }
     })
