@@ -1,0 +1,78 @@
+"""torch.compile tracing of `flash_attn_func` without a GPU: the custom operators
+(`flash_attn_rs::fwd`, `::bwd`) get CPU kernels here (plain attention in f32), so that Dynamo's
+trace, the fake-tensor implementations and the registered autograd formula are exercised on a
+machine with only a CPU build of torch. Skipped without torch; the kernels themselves are
+tested on the GPU (`test_gpu.py::test_torch_compile_fullgraph`).
+"""
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (the CPU-side tests need none)")
+
+from flash_attn_rs import flash_attn_func  # noqa: E402
+from flash_attn_rs import interface  # noqa: E402
+
+if not interface._MODULES.get("ops"):
+    pytest.skip(f"custom operators not registered: {interface._MODULES.get('ops_error')}", allow_module_level=True)
+
+
+def scores(q, k, scale, causal):
+    s = q.transpose(1, 2).float() @ k.transpose(1, 2).float().transpose(-1, -2) * scale
+    if causal:
+        sq, sk = s.shape[-2:]
+        s = s.masked_fill(~torch.ones(sq, sk, dtype=torch.bool).tril(sk - sq), float("-inf"))
+    return s
+
+
+def cpu_forward(q, k, v, sinks, alibi, scale, causal, wl, wr, cap, p, seed, offset, det):
+    scale = scale or 1 / math.sqrt(q.shape[-1])
+    s = scores(q, k, scale, causal)
+    lse = torch.logsumexp(s, -1)
+    o = torch.softmax(s, -1) @ v.transpose(1, 2).float()
+    return o.transpose(1, 2).to(q.dtype).contiguous(), lse
+
+
+def cpu_backward(d_out, q, k, v, out, lse, sinks, alibi, scale, causal, wl, wr, cap, p, seed, offset, det):
+    # The softmax backward written out: dS = P ∘ (dO·Vᵀ − rowsum(dO ∘ O)).
+    scale = scale or 1 / math.sqrt(q.shape[-1])
+    prob = torch.softmax(scores(q, k, scale, causal), -1)
+    do, vt = d_out.transpose(1, 2).float(), v.transpose(1, 2).float()
+    ot = out.transpose(1, 2).float()
+    dv = prob.transpose(-1, -2) @ do
+    ds = prob * (do @ vt.transpose(-1, -2) - (do * ot).sum(-1, keepdim=True))
+    dq = ds @ k.transpose(1, 2).float() * scale
+    dk = ds.transpose(-1, -2) @ q.transpose(1, 2).float() * scale
+    back = lambda x, like: x.transpose(1, 2).to(like.dtype).contiguous()  # noqa: E731
+    return back(dq, q), back(dk, k), back(dv, v), q.new_empty((0,), dtype=torch.float32)
+
+
+torch.library.register_kernel("flash_attn_rs::fwd", "cpu", cpu_forward)
+torch.library.register_kernel("flash_attn_rs::bwd", "cpu", cpu_backward)
+
+
+def test_compiled_flash_attn_func_has_no_graph_break_and_the_right_gradients():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 48, 4, 32, generator=gen, dtype=torch.float32).to(torch.bfloat16).requires_grad_()
+               for _ in range(3))
+    do = torch.randn(2, 48, 4, 32, generator=gen).to(torch.bfloat16)
+
+    def step(q, k, v):
+        return flash_attn_func(q, k, v, causal=True)
+
+    explain = torch._dynamo.explain(step)(q, k, v)
+    assert explain.graph_break_count == 0, explain.break_reasons
+    torch._dynamo.reset()
+    out = torch.compile(step, fullgraph=True, backend="aot_eager")(q, k, v)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+
+    # Against autograd through the same math in f64.
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    s = scores(q64, k64, 1 / math.sqrt(32), True).double()
+    ref = (torch.softmax(s, -1) @ v64.transpose(1, 2)).transpose(1, 2)
+    want = torch.autograd.grad(ref, (q64, k64, v64), do.double())
+    # bf16 inputs and outputs, f32 math: a few bf16 units of the values' scale.
+    assert (out.double() - ref).abs().max() < 2e-2
+    for got, exp in zip(grads, want):
+        assert (got.double() - exp).abs().max() < 4e-2 * max(1.0, float(exp.abs().max()))
