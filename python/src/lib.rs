@@ -63,13 +63,43 @@ fn cuda<T>(r: cust::error::CudaResult<T>, operation: &'static str) -> PyResult<T
     r.during(operation).map_err(py_error)
 }
 
-/// The engine of device `ordinal`, made current on this thread (first use: retains the
-/// primary context and loads the PTX, a few hundred milliseconds).
-fn engine(ordinal: u32) -> PyResult<Arc<Engine>> {
+/// `cuInit`, once a process.
+fn init() -> PyResult<()> {
     static INIT: OnceLock<Result<(), String>> = OnceLock::new();
     INIT.get_or_init(|| cuda(cust::init(cust::CudaFlags::empty()), "cuInit").map_err(|e| e.to_string()))
         .clone()
-        .map_err(PyRuntimeError::new_err)?;
+        .map_err(PyRuntimeError::new_err)
+}
+
+/// Sets the thread's current context back to the one a call found (dropped at the end of the
+/// call): on a host with several GPUs, torch's idea of the current device stays its own.
+struct RestoreContext(cust::sys::CUcontext);
+
+impl RestoreContext {
+    fn save() -> PyResult<Self> {
+        let mut current: cust::sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: `current` is valid for the call; the driver is initialized (`engine`).
+        let result = unsafe { cust::sys::cuCtxGetCurrent(&mut current) };
+        if result != cust::sys::CUresult::CUDA_SUCCESS {
+            return Err(PyRuntimeError::new_err(format!("cuCtxGetCurrent failed: CUresult {}", result as u32)));
+        }
+        Ok(RestoreContext(current))
+    }
+}
+
+impl Drop for RestoreContext {
+    fn drop(&mut self) {
+        // SAFETY: the handle was current on this thread when the call began (or null), and a
+        // context made current by torch or by us outlives the call (primary contexts are kept
+        // retained). The launches are queued already and do not need it.
+        unsafe { cust::sys::cuCtxSetCurrent(self.0) };
+    }
+}
+
+/// The engine of device `ordinal`, made current on this thread (first use: retains the
+/// primary context and loads the PTX, a few hundred milliseconds).
+fn engine(ordinal: u32) -> PyResult<Arc<Engine>> {
+    init()?;
     let mut engines = ENGINES.get_or_init(|| Mutex::new(Vec::new())).lock().unwrap_or_else(|p| p.into_inner());
     let slot = ordinal as usize;
     if engines.len() <= slot {
@@ -172,16 +202,19 @@ struct Call {
     stream: ExternalStream,
     opts: Options,
     slices: Slices,
+    _restore: RestoreContext,
 }
 
 impl Call {
     fn begin(device: u32, raw_stream: usize, dtype: &str, opts: Option<Options>) -> PyResult<Self> {
         check_dtype(dtype)?;
         let opts = opts.unwrap_or_default();
+        init()?;
+        let restore = RestoreContext::save()?;
         let engine = engine(device)?;
         let stream = stream(raw_stream)?;
         let slices = opts.slices();
-        Ok(Call { engine, stream, opts, slices })
+        Ok(Call { engine, stream, opts, slices, _restore: restore })
     }
 
     fn params(&self) -> AttentionParams<'_> {
