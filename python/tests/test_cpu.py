@@ -183,3 +183,14 @@ def test_transformers_module_imports_without_torch():
 
     module = importlib.import_module("flash_attn_rs.transformers")
     assert callable(module.register)
+
+
+def test_transformers_register_names_what_is_missing():
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is not None:
+        pytest.skip("transformers is installed: the GPU model checks cover register()")
+    from flash_attn_rs.transformers import register
+
+    with pytest.raises(ImportError, match="transformers"):
+        register()
