@@ -67,8 +67,9 @@ fn cuda_error_name(result: cust::sys::CUresult) -> String {
     format!("CUresult {}", result as u32)
 }
 
-/// The typed error for a raw driver result, or Ok for CUDA_SUCCESS.
-pub(crate) fn check_raw(result: cust::sys::CUresult, operation: &'static str) -> Result<()> {
+/// The typed error for a raw driver result, or Ok for CUDA_SUCCESS (public for bindings that
+/// call the driver API themselves).
+pub fn check_raw(result: cust::sys::CUresult, operation: &'static str) -> Result<()> {
     if result == cust::sys::CUresult::CUDA_SUCCESS {
         Ok(())
     } else {

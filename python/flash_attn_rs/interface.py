@@ -44,89 +44,63 @@ def _core():
 # Argument checks (no torch needed: they read only the tensor's attributes)
 
 
-def _device_of(name, t):
-    device = getattr(t, "device", None)
-    if getattr(device, "type", None) != "cuda":
-        raise ValueError(f"{name}: a CUDA tensor is expected, got a tensor on {device}")
-    return device.index if device.index is not None else 0
-
-
-def _check(name, t, rank, dtype=None):
-    """Checks one tensor and returns its device ordinal; `dtype` None means float16/bfloat16."""
-    if t is None or not hasattr(t, "data_ptr"):
-        raise TypeError(f"{name}: a torch tensor is expected, got {type(t).__name__}")
-    device = _device_of(name, t)
-    kind = str(t.dtype)
+def _check(name, t, rank, dtype=None, device=None, like=None):
+    """Checks one tensor: a CUDA tensor (on cuda:`device` when given) of `dtype` (None:
+    float16/bfloat16, and q's dtype `like` when given) and rank `rank`, with a contiguous last
+    dimension. Returns (device ordinal, dtype name, shape, strides)."""
+    try:
+        shape, strides, dev, kind = t.shape, t.stride(), t.device, str(t.dtype)
+        t.data_ptr
+    except AttributeError:
+        raise TypeError(f"{name}: a torch tensor is expected, got {type(t).__name__}") from None
+    if getattr(dev, "type", None) != "cuda":
+        raise ValueError(f"{name}: a CUDA tensor is expected, got a tensor on {dev}")
+    index = dev.index or 0
     if dtype is None and kind not in _DTYPES:
         raise TypeError(f"{name}: dtype {kind}; torch.float16 or torch.bfloat16 expected")
     if dtype is not None and kind != dtype:
         raise TypeError(f"{name}: dtype {kind}; {dtype} expected")
-    if len(t.shape) != rank:
-        raise ValueError(f"{name}: {len(t.shape)} dimensions (shape {tuple(t.shape)}); {rank} expected")
-    if rank > 0 and t.shape[-1] != 1 and t.stride()[-1] != 1:
-        raise ValueError(f"{name}: the last dimension must be contiguous (stride 1); strides are {tuple(t.stride())}")
-    return device
-
-
-def _tensor(name, t, rank, device=None, kind=None):
-    """One pass over a float16/bfloat16 tensor: checks as `_check` (and, given them, the same
-    device and dtype as q's) and returns (device ordinal, dtype name, descriptor)."""
-    try:
-        shape, strides, dev, dtype = t.shape, t.stride(), t.device, str(t.dtype)
-    except AttributeError:
-        raise TypeError(f"{name}: a torch tensor is expected, got {type(t).__name__}") from None
-    if dev.type != "cuda":
-        raise ValueError(f"{name}: a CUDA tensor is expected, got a tensor on {dev}")
-    index = dev.index or 0
-    if dtype not in _DTYPES:
-        raise TypeError(f"{name}: dtype {dtype}; torch.float16 or torch.bfloat16 expected")
-    if kind is not None and dtype != kind:
-        raise TypeError(f"{name}: dtype {dtype} differs from q's {kind}")
+    if like is not None and kind != like:
+        raise TypeError(f"{name}: dtype {kind} differs from q's {like}")
     if device is not None and index != device:
         raise ValueError(f"{name}: on cuda:{index}, the other tensors on cuda:{device}")
     if len(shape) != rank:
         raise ValueError(f"{name}: {len(shape)} dimensions (shape {tuple(shape)}); {rank} expected")
-    if shape[-1] != 1 and strides[-1] != 1:
+    if rank > 0 and shape[-1] != 1 and strides[-1] != 1:
         raise ValueError(f"{name}: the last dimension must be contiguous (stride 1); strides are {tuple(strides)}")
-    if rank == 3:
-        desc = (t.data_ptr(), (1,) + tuple(shape), (strides[0] * max(shape[0], 1), strides[0], strides[1]))
-    else:
-        desc = (t.data_ptr(), tuple(shape), strides[:3])
-    return index, dtype, desc
+    return index, kind, shape, strides
 
 
-def _same(names_and_tensors, device):
-    for name, t in names_and_tensors:
-        if t is not None and _device_of(name, t) != device:
-            raise ValueError(f"{name}: on cuda:{_device_of(name, t)}, the other tensors on cuda:{device}")
+def _descriptor(address, shape, strides):
+    """(address, shape, strides) as the Rust side takes it: a 4-D tensor's, or a 3-D packed
+    one's as (1, total, h, d)."""
+    if len(shape) == 3:
+        return (address, (1,) + tuple(shape), (strides[0] * max(shape[0], 1), strides[0], strides[1]))
+    return (address, tuple(shape), tuple(strides[:3]))
 
 
-def _same_dtype(first, names_and_tensors):
-    for name, t in names_and_tensors:
-        if t is not None and str(t.dtype) != str(first.dtype):
-            raise TypeError(f"{name}: dtype {t.dtype} differs from q's {first.dtype}")
+def _tensor(name, t, rank, device=None, like=None):
+    """`_check` of a float16/bfloat16 tensor, returning (device ordinal, dtype name,
+    descriptor)."""
+    index, kind, shape, strides = _check(name, t, rank, device=device, like=like)
+    return index, kind, _descriptor(t.data_ptr(), shape, strides)
 
 
 def _desc(t):
-    """(address, shape, strides) of a 4-D tensor, or of a 3-D packed one as (1, total, h, d)."""
-    shape, strides = tuple(t.shape), tuple(t.stride())
-    if len(shape) == 3:
-        shape, strides = (1,) + shape, (strides[0] * max(shape[0], 1),) + strides
-    return (t.data_ptr(), list(shape), list(strides[:3]))
+    return _descriptor(t.data_ptr(), t.shape, t.stride())
 
 
 def _buf(t):
     return (t.data_ptr(), t.numel())
 
 
-def _flat(name, t, dtype, shapes):
+def _flat(name, t, dtype, shapes, device):
     """A small contiguous device array (slopes, sinks, offsets, lengths) of one of `shapes`."""
-    device = _check(name, t, len(t.shape) if hasattr(t, "shape") else 1, dtype)
+    _check(name, t, len(t.shape) if hasattr(t, "shape") else 1, dtype, device)
     if tuple(t.shape) not in [tuple(s) for s in shapes]:
         raise ValueError(f"{name}: shape {tuple(t.shape)}; one of {[tuple(s) for s in shapes]} expected")
     if not t.is_contiguous():
         raise ValueError(f"{name}: must be contiguous")
-    return device
 
 
 def _window(window_size):
@@ -158,11 +132,9 @@ def _scalars(softmax_scale, softcap, dropout_p, head_dim):
 
 def _modifiers(alibi_slopes, sinks, batch, heads, device):
     if alibi_slopes is not None:
-        _flat("alibi_slopes", alibi_slopes, "torch.float32", [(heads,), (batch, heads)])
-        _same([("alibi_slopes", alibi_slopes)], device)
+        _flat("alibi_slopes", alibi_slopes, "torch.float32", [(heads,), (batch, heads)], device)
     if sinks is not None:
-        _flat("sinks", sinks, "torch.float32", [(heads,)])
-        _same([("sinks", sinks)], device)
+        _flat("sinks", sinks, "torch.float32", [(heads,)], device)
 
 
 def _dropout_state(dropout_p, device):
@@ -223,9 +195,22 @@ def _dense_forward(q, checked, opts):
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     b, sq, h, _ = q.shape
     lse = torch.empty((b, h, sq), dtype=torch.float32, device=q.device)
-    od = (out.data_ptr(), qd[1], out.stride()[:3])
+    od = _descriptor(out.data_ptr(), qd[1], out.stride())
     _core().forward(device, _stream(device), _DTYPES[kind], qd, kd, vd, od, (lse.data_ptr(), b * h * sq), opts)
     return out, lse
+
+
+def _dense_backward(d_out, q, k, v, out, lse, sinks, opts):
+    """dQ, dK, dV and the sinks' gradient (None without sinks) into torch-allocated tensors."""
+    d_out = _last_contiguous(d_out)
+    dq, dk, dv, d_sinks = _gradients_like(q, k, v, sinks)
+    device = q.device.index
+    _core().backward(
+        device, _stream(device), _dtype_name(q),
+        [_desc(d_out), _desc(q), _desc(k), _desc(v), _desc(out)], _buf(lse),
+        [_desc(dq), _desc(dk), _desc(dv)], None if d_sinks is None else _buf(d_sinks), opts,
+    )
+    return dq, dk, dv, d_sinks
 
 
 def _varlen_forward(q, k, v, cu_q, cu_k, used, sizes, opts):
@@ -275,14 +260,7 @@ def _functions():
         @staticmethod
         def backward(ctx, d_out, _d_lse):
             q, k, v, out, lse, sinks, _alibi = ctx.saved_tensors
-            d_out = _last_contiguous(d_out)
-            dq, dk, dv, d_sinks = _gradients_like(q, k, v, sinks)
-            device = q.device.index
-            _core().backward(
-                device, _stream(device), _dtype_name(q),
-                [_desc(d_out), _desc(q), _desc(k), _desc(v), _desc(out)], _buf(lse),
-                [_desc(dq), _desc(dk), _desc(dv)], None if d_sinks is None else _buf(d_sinks), ctx.opts,
-            )
+            dq, dk, dv, d_sinks = _dense_backward(d_out, q, k, v, out, lse, sinks, ctx.opts)
             return dq, dk, dv, d_sinks, None, None, None
 
     class FlashAttnVarlenFunc(torch.autograd.Function):
@@ -359,18 +337,11 @@ def _ops():
             alibi_slopes: Optional[Tensor], softmax_scale: Optional[float], causal: bool, window_left: int,
             window_right: int, softcap: float, dropout_p: float, seed: int, offset: int,
             deterministic: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        d_out = _last_contiguous(d_out)
-        dq, dk, dv, d_sinks = _gradients_like(q, k, v, sinks)
-        if d_sinks is None:  # an operator returns tensors: an empty one stands for None
-            d_sinks = torch.empty((0,), dtype=torch.float32, device=q.device)
         opts = options(softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, seed,
                        offset, deterministic)
-        device = q.device.index
-        _core().backward(
-            device, _stream(device), _dtype_name(q),
-            [_desc(d_out), _desc(q), _desc(k), _desc(v), _desc(out)], _buf(lse),
-            [_desc(dq), _desc(dk), _desc(dv)], None if sinks is None else _buf(d_sinks), opts,
-        )
+        dq, dk, dv, d_sinks = _dense_backward(d_out, q, k, v, out, lse, sinks, opts)
+        if d_sinks is None:  # an operator returns tensors: an empty one stands for None
+            d_sinks = torch.empty((0,), dtype=torch.float32, device=q.device)
         return dq, dk, dv, d_sinks
 
     @bwd.register_fake
@@ -454,22 +425,18 @@ def flash_attn_varlen_func(
     Returns out (total_q, heads, d), or ``(out, softmax_lse (heads, total_q), None)``.
     ``seqused_k`` (int32, batch) limits each sequence's keys (forward only). The offsets are
     used as they are on the device (FlashAttention's contract): keep them valid."""
-    device = _check("q", q, 3)
+    device, kind, _, _ = _check("q", q, 3)
     for name, t in (("k", k), ("v", v)):
-        _check(name, t, 3)
-    _same([("k", k), ("v", v)], device)
-    _same_dtype(q, [("k", k), ("v", v)])
+        _check(name, t, 3, device=device, like=kind)
     for name, t in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
-        _check(name, t, 1, "torch.int32")
-        _same([(name, t)], device)
+        _check(name, t, 1, "torch.int32", device)
     if cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.shape[0] < 2:
         raise ValueError(
             f"cu_seqlens_k: shape {tuple(cu_seqlens_k.shape)}; (batch + 1,) like cu_seqlens_q's {tuple(cu_seqlens_q.shape)}, batch ≥ 1, expected"
         )
     batch = cu_seqlens_q.shape[0] - 1
     if seqused_k is not None:
-        _flat("seqused_k", seqused_k, "torch.int32", [(batch,)])
-        _same([("seqused_k", seqused_k)], device)
+        _flat("seqused_k", seqused_k, "torch.int32", [(batch,)], device)
     for name, n in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         if int(n) < 0:
             raise ValueError(f"{name}: {n}; a length ≥ 0 is expected")
@@ -503,19 +470,15 @@ def flash_attn_with_kvcache(
     (seqlen_ro, rotary_dim / 2) when given, and q rotated likewise, then attended over
     ``cache_seqlens + seqlen_new`` keys. Returns out, or ``(out, softmax_lse)`` (batch, heads,
     seqlen_q)."""
-    device = _check("q", q, 4)
+    device, kind, _, _ = _check("q", q, 4)
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        _check(name, t, 4)
-    _same([("k_cache", k_cache), ("v_cache", v_cache)], device)
-    _same_dtype(q, [("k_cache", k_cache), ("v_cache", v_cache)])
+        _check(name, t, 4, device=device, like=kind)
     b, sq, h, d = q.shape
     if (k is None) != (v is None):
         raise ValueError("k: k and v are given together or not at all")
     if k is not None:
         for name, t in (("k", k), ("v", v)):
-            _check(name, t, 4)
-        _same([("k", k), ("v", v)], device)
-        _same_dtype(q, [("k", k), ("v", v)])
+            _check(name, t, 4, device=device, like=kind)
     if (rotary_cos is None) != (rotary_sin is None):
         raise ValueError("rotary_cos: rotary_cos and rotary_sin are given together or not at all")
     if rotary_cos is not None and k is None:
@@ -523,11 +486,9 @@ def flash_attn_with_kvcache(
     if rotary_cos is not None:
         for name, t in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
             # float16/bfloat16, or float32 (cast to q's dtype, as the kernels read q's type)
-            _check(name, t, 2, "torch.float32" if str(t.dtype) == "torch.float32" else None)
-        _same([("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)], device)
+            _check(name, t, 2, "torch.float32" if str(t.dtype) == "torch.float32" else None, device)
     if block_table is not None:
-        _check("block_table", block_table, 2, "torch.int32")
-        _same([("block_table", block_table)], device)
+        _check("block_table", block_table, 2, "torch.int32", device)
         if block_table.shape[0] != b:
             raise ValueError(f"block_table: shape {tuple(block_table.shape)}; (batch = {b}, max_blocks_per_seq) expected")
         if not block_table.is_contiguous():
@@ -535,11 +496,9 @@ def flash_attn_with_kvcache(
         if cache_batch_idx is not None:
             raise ValueError("cache_batch_idx: not with a paged cache (block_table)")
     if cache_batch_idx is not None:
-        _flat("cache_batch_idx", cache_batch_idx, "torch.int32", [(b,)])
-        _same([("cache_batch_idx", cache_batch_idx)], device)
+        _flat("cache_batch_idx", cache_batch_idx, "torch.int32", [(b,)], device)
     if cache_seqlens is not None and not isinstance(cache_seqlens, int):
-        _flat("cache_seqlens", cache_seqlens, "torch.int32", [(b,)])
-        _same([("cache_seqlens", cache_seqlens)], device)
+        _flat("cache_seqlens", cache_seqlens, "torch.int32", [(b,)], device)
     if isinstance(cache_seqlens, int) and cache_seqlens < 0:
         raise ValueError(f"cache_seqlens: {cache_seqlens}; a length ≥ 0 is expected")
     if cache_seqlens is None and block_table is not None:

@@ -78,11 +78,9 @@ struct RestoreContext(cust::sys::CUcontext);
 impl RestoreContext {
     fn save() -> PyResult<Self> {
         let mut current: cust::sys::CUcontext = std::ptr::null_mut();
-        // SAFETY: `current` is valid for the call; the driver is initialized (`engine`).
+        // SAFETY: `current` is valid for the call; the driver is initialized (`init`).
         let result = unsafe { cust::sys::cuCtxGetCurrent(&mut current) };
-        if result != cust::sys::CUresult::CUDA_SUCCESS {
-            return Err(PyRuntimeError::new_err(format!("cuCtxGetCurrent failed: CUresult {}", result as u32)));
-        }
+        flash_attn::error::check_raw(result, "cuCtxGetCurrent").map_err(py_error)?;
         Ok(RestoreContext(current))
     }
 }
@@ -98,8 +96,8 @@ impl Drop for RestoreContext {
 
 /// The engine of device `ordinal`, made current on this thread (first use: retains the
 /// primary context and loads the PTX, a few hundred milliseconds).
+/// Needs `init` first (`Call::begin`).
 fn engine(ordinal: u32) -> PyResult<Arc<Engine>> {
-    init()?;
     let mut engines = ENGINES.get_or_init(|| Mutex::new(Vec::new())).lock().unwrap_or_else(|p| p.into_inner());
     let slot = ordinal as usize;
     if engines.len() <= slot {
@@ -124,13 +122,18 @@ fn engine(ordinal: u32) -> PyResult<Arc<Engine>> {
 fn check_dtype(dtype: &str) -> PyResult<()> {
     match dtype {
         "bf16" | "f16" => Ok(()),
-        other => Err(PyTypeError::new_err(format!("dtype {other}: float16 or bfloat16 expected"))),
+        other => Err(dtype_error(other)),
     }
 }
 
+fn dtype_error(dtype: &str) -> PyErr {
+    PyTypeError::new_err(format!("dtype {dtype}: float16 or bfloat16 expected"))
+}
+
 fn stream(raw: usize) -> PyResult<ExternalStream> {
-    // SAFETY: the Python layer passes `torch.cuda.current_stream(device).cuda_stream`, a live
-    // stream of the device's primary context (made current by `engine`) for the whole call.
+    // SAFETY: the Python layer passes the raw handle of torch's current stream on the device,
+    // a live stream of the device's primary context (made current by `engine`) for the whole
+    // call.
     unsafe { ExternalStream::from_raw(raw as cust::sys::CUstream) }.map_err(py_error)
 }
 
@@ -166,7 +169,7 @@ macro_rules! by_dtype {
                 type $T = f16;
                 $body
             }
-            other => Err(PyTypeError::new_err(format!("dtype {other}: float16 or bfloat16 expected"))),
+            other => Err(dtype_error(other)),
         }
     };
 }
