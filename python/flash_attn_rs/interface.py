@@ -365,11 +365,6 @@ def _ops():
     return _OPS
 
 
-def _compiling():
-    compiler = getattr(_torch(), "compiler", None)
-    return compiler is not None and compiler.is_compiling()
-
-
 # ---------------------------------------------------------------------------------------------
 # Public functions (FlashAttention-2's names, arguments and return conventions)
 
@@ -383,9 +378,17 @@ def flash_attn_func(
     ``return_attn_probs`` ``(out, softmax_lse, None)``: the natural-log LSE (batch, heads,
     seqlen_q), f32; the probabilities themselves are never materialized (None). Differentiable
     in q, k, v and ``sinks`` (one f32 logit per query head joining each row's softmax)."""
-    if _MODULES.get("ops") and _compiling():
+    if _MODULES.get("ops") and _MODULES["is_compiling"]():
         return _traced_flash_attn(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
                                   deterministic, return_attn_probs, sinks)
+    try:
+        plan = _PLANS[(q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
+                       q.device, k.device, v.device, softmax_scale, causal, window_size, softcap, deterministic,
+                       dropout_p, alibi_slopes, sinks)]
+    except (AttributeError, TypeError, KeyError):  # a first call like this one (or a bad argument)
+        plan = None
+    if plan is not None:
+        return _planned_forward(q, k, v, plan, return_attn_probs)
     device, kind, qd = _tensor("q", q, 4)
     kd, vd = _tensor("k", k, 4, device, kind)[2], _tensor("v", v, 4, device, kind)[2]
     b, _, h, d = qd[1]
@@ -394,11 +397,53 @@ def flash_attn_func(
     _modifiers(alibi_slopes, sinks, b, h, device)
     opts = _options(scale, causal, deterministic, window, cap, alibi_slopes, sinks, _dropout_state(p, device))
     checked = (device, kind, qd, kd, vd)
-    _torch()
+    torch = _torch()
+    if alibi_slopes is None and sinks is None and p == 0.0:
+        _remember(q, k, v, softmax_scale, causal, window_size, softcap, deterministic, dropout_p, checked, opts)
     if _needs_grad(q, k, v, sinks):
         out, lse = _functions()["dense"].apply(q, k, v, sinks, opts, alibi_slopes, checked)
     else:
         out, lse = _dense_forward(q, checked, opts)
+    return (out, lse, None) if return_attn_probs else out
+
+
+# The dense function's checks, remembered: a call whose tensors have the shapes, strides, dtypes
+# and devices of an earlier call's, with the same options (no dropout, ALiBi or sinks, whose
+# state or tensors differ a call), would pass the same checks and build the same descriptors,
+# so it reuses them. Keyed by every attribute the checks read; bounded.
+_PLANS = {}
+_PLANS_MAX = 1024
+
+
+def _remember(q, k, v, softmax_scale, causal, window_size, softcap, deterministic, dropout_p, checked, opts):
+    try:
+        key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
+               k.device, v.device, softmax_scale, causal, window_size, softcap, deterministic, dropout_p, None, None)
+        hash(key)
+    except TypeError:  # an unhashable option (a list for window_size): not remembered
+        return
+    if len(_PLANS) >= _PLANS_MAX:
+        _PLANS.clear()
+    device, kind, qd, kd, vd = checked
+    b, sq, h, _ = qd[1]
+    _PLANS[key] = (device, _DTYPES[kind], qd[1:], kd[1:], vd[1:], q.device, b * h * sq, (b, h, sq), opts,
+                   (device, kind, None, None, None))
+
+
+def _planned_forward(q, k, v, plan, return_attn_probs):
+    """`flash_attn_func` after its checks: the remembered descriptors with this call's addresses."""
+    device, name, ql, kl, vl, dev, lse_len, lse_shape, opts, checked = plan
+    torch = _MODULES["torch"]
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        checked = checked[:2] + ((q.data_ptr(),) + ql, (k.data_ptr(),) + kl, (v.data_ptr(),) + vl)
+        out, lse = _functions()["dense"].apply(q, k, v, None, opts, None, checked)
+        return (out, lse, None) if return_attn_probs else out
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    # The LSE is shaped only where it is returned; a flat allocation is cheaper.
+    lse = torch.empty(lse_shape if return_attn_probs else lse_len, dtype=torch.float32, device=dev)
+    _MODULES["core"].forward(device, _stream(device), name, (q.data_ptr(),) + ql, (k.data_ptr(),) + kl,
+                             (v.data_ptr(),) + vl, (out.data_ptr(), ql[0], out.stride()[:3]), (lse.data_ptr(), lse_len),
+                             opts)
     return (out, lse, None) if return_attn_probs else out
 
 
@@ -550,6 +595,8 @@ def _register_if_torch():
         torch = _torch()
     except ImportError:
         return
+    compiler = getattr(torch, "compiler", None)
+    _MODULES["is_compiling"] = getattr(compiler, "is_compiling", None) or (lambda: False)
     if hasattr(torch, "library") and hasattr(torch.library, "custom_op"):
         try:
             _ops()

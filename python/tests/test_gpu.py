@@ -1057,3 +1057,58 @@ def test_torch_compile_fullgraph(capsys):
     assert torch.equal(out_c, out_e), "compiled forward differs from eager"
     assert all(torch.equal(a, b) for a, b in zip(grads_c, grads_e)), "compiled backward differs from eager"
     report(capsys, f"torch.compile: fullgraph, {explain.graph_count} graph, 0 breaks; forward and backward bit-identical to eager")
+
+
+def test_remembered_checks(capsys):
+    """A call like an earlier one (same shapes, strides, dtypes, devices and options) reuses the
+    earlier call's checks: it must give what a first call gives on the same inputs, and a call
+    that differs in any checked attribute must be checked afresh."""
+    from flash_attn_rs import interface
+
+    g = generator(24)
+    shapes = ((2, 200), (2, 260), 8, 2, 128, torch.bfloat16)
+    opts = dict(causal=True, softcap=15.0, deterministic=True)
+    interface._PLANS.clear()
+    runs = []
+    for i in range(3):  # the first call is checked; the next two reuse it with fresh inputs
+        q, k, v = (leaf(x) for x in make_qkv(g, *shapes, "transposed"))
+        do = randn(g, (2, 200, 8, 128), torch.bfloat16)
+        out = flash_attn_func(q, k, v, **opts)
+        grads = torch.autograd.grad(out, (q, k, v), do)
+        with torch.no_grad():
+            out_ng, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True, **opts)
+        saved = dict(interface._PLANS)
+        interface._PLANS.clear()  # the same inputs through the full checks
+        out_first = flash_attn_func(q, k, v, **opts)
+        grads_first = torch.autograd.grad(out_first, (q, k, v), do)
+        interface._PLANS.clear()
+        with torch.no_grad():
+            _, lse_first, _ = flash_attn_func(q, k, v, return_attn_probs=True, **opts)
+        interface._PLANS.update(saved)
+        assert len(saved) == 1, f"{len(saved)} remembered plans for one kind of call"
+        assert torch.equal(out, out_first) and torch.equal(out_ng, out_first), f"call {i}: output differs"
+        assert all(torch.equal(a, b) for a, b in zip(grads, grads_first)), f"call {i}: gradients differ"
+        assert lse.shape == (2, 8, 200) and torch.equal(lse, lse_first), f"call {i}: LSE differs"
+        runs.append(out)
+    assert not torch.equal(runs[0], runs[1]), "fresh inputs gave the same output"
+    # the same shapes with anything checked changed: checked again
+    q, k, v = make_qkv(g, *shapes, "transposed")
+    with pytest.raises(ValueError) as e:
+        flash_attn_func(q, k, v.cpu(), **opts)
+    assert names(e, "v")
+    with pytest.raises(TypeError) as e:
+        flash_attn_func(q, k.half(), v, **opts)
+    assert names(e, "k")
+    wide = randn(g, (2, 200, 8, 256), torch.bfloat16)
+    with pytest.raises(ValueError) as e:
+        flash_attn_func(wide[..., ::2], k, v, **opts)
+    assert names(e, "q")
+    # a contiguous q of the same shape (other strides) is a new plan, and right
+    chk = Checker("remembered")
+    chk.case = "remembered"
+    c = simple_case()
+    run_dense(c, chk)
+    run_dense(c, chk)
+    report(capsys, f"remembered checks: 3 calls x (grad, no-grad, LSE) bit-identical to freshly checked calls; "
+                   f"changed device/dtype/strides re-checked; {len(interface._PLANS)} plans; "
+                   f"worst error/tolerance {chk.worst:.3f}")
