@@ -6,7 +6,8 @@ stated rank, a contiguous last dimension, one device) and then handed to the Rus
 with torch (its caching allocator and memory statistics see them) on the inputs' device, and
 every launch goes on ``torch.cuda.current_stream(device)``, in the device's primary context (the
 one torch uses). The backward's scratch (the f32 dQ accumulator and row statistics, O(seqlen))
-comes from the library's own stream-ordered pool, not from torch's allocator.
+comes from the library's own stream-ordered pool, not from torch's allocator. An LSE that is
+neither returned nor kept for a backward goes to per-device scratch rows (`_SCRATCH`).
 
 The checks need no torch (they read only the tensors' attributes), so the package imports and
 its checks are tested without torch. Where torch is installed it is imported with the package,
@@ -430,6 +431,25 @@ def _remember(q, k, v, softmax_scale, causal, window_size, softcap, deterministi
                    (device, kind, None, None, None))
 
 
+# A forward whose LSE nobody asked for (inference, no gradient) writes it to a per-device f32
+# buffer instead of a fresh allocation (a torch allocation costs more than the rest of such a
+# call's host work). Launches on any stream may write it at once: the values are never read.
+# It only grows (geometrically), and a replaced buffer is kept, since a launch queued earlier may
+# still be writing to it: at most about twice the largest batch · heads · seqlen_q floats.
+_SCRATCH = {}
+_SCRATCH_KEPT = []
+
+
+def _grow_scratch(device, dev, n):
+    old = _SCRATCH.get(device)
+    size = max(n, 1 << 16, 2 * old.numel() if old is not None else 0)
+    t = _MODULES["torch"].empty(size, dtype=_MODULES["torch"].float32, device=dev)
+    if old is not None:
+        _SCRATCH_KEPT.append(old)
+    _SCRATCH[device] = t
+    return t
+
+
 def _planned_forward(q, k, v, plan, return_attn_probs):
     """`flash_attn_func` after its checks: the remembered descriptors with this call's addresses."""
     device, name, ql, kl, vl, dev, lse_len, lse_shape, opts, checked = plan
@@ -439,8 +459,12 @@ def _planned_forward(q, k, v, plan, return_attn_probs):
         out, lse = _functions()["dense"].apply(q, k, v, None, opts, None, checked)
         return (out, lse, None) if return_attn_probs else out
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    # The LSE is shaped only where it is returned; a flat allocation is cheaper.
-    lse = torch.empty(lse_shape if return_attn_probs else lse_len, dtype=torch.float32, device=dev)
+    if return_attn_probs:
+        lse = torch.empty(lse_shape, dtype=torch.float32, device=dev)
+    else:  # nobody reads it: the kernels write it to the device's scratch rows
+        lse = _SCRATCH.get(device)
+        if lse is None or lse.numel() < lse_len:
+            lse = _grow_scratch(device, dev, lse_len)
     _MODULES["core"].forward(device, _stream(device), name, (q.data_ptr(),) + ql, (k.data_ptr(),) + kl,
                              (v.data_ptr(),) + vl, (out.data_ptr(), ql[0], out.stride()[:3]), (lse.data_ptr(), lse_len),
                              opts)

@@ -219,6 +219,7 @@ def section_overhead(sink, a, fa4):
         ("ours: rust call only (side stream)", None, on_side(lambda: core.forward(args[0], fi._stream(0), *args[1:]))),
         ("ours: flash_attn_func (side stream)", None, on_side(lambda: ours_func(q, k, v))),
         ("ours: torch.empty x2", None, lambda: (torch.empty_like(q), torch.empty((b, h, s), dtype=torch.float32, device=q.device))),
+        ("ours: empty_like (the output alone)", None, lambda: torch.empty_like(q, memory_format=torch.contiguous_format)),
         ("ours: stream lookup", None, lambda: fi._stream(0)),
     ]
     if sdpa_kernel is not None:
