@@ -379,3 +379,273 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
         }
     }
 }
+
+/// The head_dim 256 backward (`BwdWgmmaSplit`): both warpgroups work on the block's 64 keys and
+/// split every head_dim-wide product by columns, so that each holds dK and dV for 128 columns
+/// (128 accumulator registers a thread instead of the 256 a 64-key split by keys would need).
+///
+/// Per 64-query step: warpgroup 0 computes Sᵀ = K·Qᵀ and Pᵀ while warpgroup 1 computes
+/// dPᵀ = V·dOᵀ (M = 64 keys, N = 64 queries, k = 256). Pᵀ (f32) goes to warpgroup 1 through the
+/// dQ staging rows, free at that point; warpgroup 1 forms dSᵀ and stores it to shared memory
+/// (swizzled), from where warpgroup 0 reads its fragments and the dQ GEMM reads it as an
+/// operand. Then each warpgroup runs dV += Pᵀ·dO, dK += dSᵀ·Q and dQ = dS·K for its 128 columns
+/// (N = 128, k = 64). One stage of Q/dO (shared memory: K, V 64 KiB, the stage 65 KiB, dQ staging
+/// 66 KiB), so the next tile's load is not overlapped with the step's GEMMs. dQ is reduced into
+/// the global accumulator as in [`flash_bwd_wgmma`] (one bulk reduction a row, after the step).
+///
+/// # Safety
+/// As [`flash_bwd_wgmma`].
+#[inline(always)]
+pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bool, const SEQ: bool>(
+    p: &BwdParams,
+) {
+    // The generated shapes: qk 64 × 256, pv and dq N = 128 over k = 64.
+    const { assert!(T::HEAD_DIM == 256 && T::BLOCK_N == 64 && T::BLOCK_M == 64 && T::WARPGROUPS == 2) };
+    const { assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM)) };
+    let sequence;
+    let p = if SEQ {
+        // SAFETY: the host validated the layout's arrays.
+        sequence = unsafe { p.sequence(ptx::block_idx().2) };
+        &sequence
+    } else {
+        p
+    };
+    let f = &p.fwd;
+    let shape = &f.shape;
+    if SEQ && ptx::block_idx().0 * T::BLOCK_N >= shape.seqlen_k {
+        return;
+    }
+    let mask = Mask::of(shape);
+    let tid = ptx::thread_idx();
+    let (warpgroup, warp, lane) = (tid / 128, tid / 32, tid % 32);
+    let wg_tid = tid % 128;
+    let (block_x, head, batch) = ptx::block_idx();
+    let kv_head = kv_head_of(shape, head);
+    let k_begin = block_x * T::BLOCK_N;
+    // Warp w of either warpgroup holds keys 16(w mod 4)..+16 of the block in its score fragments.
+    let warp_k0 = k_begin + 16 * (warp % 4);
+    // This warpgroup's columns of dK, dV and dQ.
+    let col0 = 128 * warpgroup;
+    let m_tiles8 = (T::BLOCK_M / 8) as usize;
+
+    let smem = ptx::dynamic_smem_base().next_multiple_of(1024);
+    let tile = |offset: u32, rows: u32, chunks_per_row: u32, data_chunks: u32| Sw128Tile {
+        base: smem + offset,
+        rows,
+        chunks_per_row,
+        data_chunks,
+    };
+    let k_s = tile(T::K_OFFSET, T::BLOCK_N, T::CHUNKS_PER_ROW, T::DATA_CHUNKS);
+    let v_s = tile(T::V_OFFSET, T::BLOCK_N, T::CHUNKS_PER_ROW, T::DATA_CHUNKS);
+    let ds_s = tile(T::DS_OFFSET, T::BLOCK_N, T::BLOCK_M / 8, T::BLOCK_M / 8);
+    let dq_s = smem + T::DQ_OFFSET;
+    let q_s = tile(T::STAGE_OFFSET + T::Q_IN_STAGE, T::BLOCK_M, T::CHUNKS_PER_ROW, T::DATA_CHUNKS);
+    let do_s = tile(T::STAGE_OFFSET + T::DO_IN_STAGE, T::BLOCK_M, T::CHUNKS_PER_ROW, T::DATA_CHUNKS);
+    let (lse_s, d_s) = (smem + T::STAGE_OFFSET + T::LSE_IN_STAGE, smem + T::STAGE_OFFSET + T::D_IN_STAGE);
+
+    let key_rows = shape.seqlen_k - k_begin;
+    // SAFETY: the host validated K and V (seqlen_k rows at these strides); rows past the end are
+    // zero-filled without being read.
+    unsafe {
+        let k_ptr = (f.k as *const u16).wrapping_offset(f.k_strides.offset(batch, k_begin, kv_head) as isize);
+        let v_ptr = (f.v as *const u16).wrapping_offset(f.v_strides.offset(batch, k_begin, kv_head) as isize);
+        k_s.load_async(k_ptr, f.k_strides.row, key_rows, tid, T::THREADS);
+        v_s.load_async(v_ptr, f.v_strides.row, key_rows, tid, T::THREADS);
+    }
+    // Query tile `tile_index` (Q, dO, LSE, D) into the stage; rows past seqlen_q arrive as zeros.
+    let load_queries = |tile_index: u32| {
+        let q_begin = tile_index * T::BLOCK_M;
+        let q_rows = shape.seqlen_q - q_begin;
+        // SAFETY: as in `flash_bwd_wgmma`'s `load_queries`.
+        unsafe {
+            let q_ptr = (f.q as *const u16).wrapping_offset(f.q_strides.offset(batch, q_begin, head) as isize);
+            let do_ptr = (p.d_o as *const u16).wrapping_offset(p.do_strides.offset(batch, q_begin, head) as isize);
+            q_s.load_async(q_ptr, f.q_strides.row, q_rows, tid, T::THREADS);
+            do_s.load_async(do_ptr, p.do_strides.row, q_rows, tid, T::THREADS);
+            if tid < T::BLOCK_M {
+                let in_range = tid < q_rows;
+                let at = row_stat_index::<SEQ>(shape, batch, head, if in_range { q_begin + tid } else { 0 }) as isize;
+                let bytes = if in_range { 4 } else { 0 };
+                ptx::cp_async_4(lse_s + 4 * tid, (f.lse as *const f32).wrapping_offset(at) as *const u8, bytes);
+                ptx::cp_async_4(d_s + 4 * tid, (p.softmax_d as *const f32).wrapping_offset(at) as *const u8, bytes);
+            }
+        }
+    };
+
+    let mut dk = [[0f32; 4]; 32];
+    let mut dv = [[0f32; 4]; 32];
+    let (query_lo, query_hi) = mask.query_range(k_begin, k_begin + T::BLOCK_N);
+    let (first_tile, end_tile) = (query_lo / T::BLOCK_M, ceil_div(query_hi, T::BLOCK_M));
+    if first_tile < end_tile {
+        load_queries(first_tile);
+    }
+    cp_async_commit();
+    cp_async_wait_all();
+    shared_writes_done();
+
+    // Warpgroup 0: A = K (Sᵀ); warpgroup 1: A = V (dPᵀ); all four 64-column panels, K-major.
+    let kv = if warpgroup == 0 { k_s } else { v_s };
+    let a_descs = panel_descriptors(4, |p| wgmma_descriptor(kv.panel(p, 0), 16, SW128_ROW_GROUP_BYTES));
+    let qdo = if warpgroup == 0 { q_s } else { do_s };
+    let b_descs = panel_descriptors(4, |p| wgmma_descriptor(qdo.panel(p, 0), 16, SW128_ROW_GROUP_BYTES));
+    // dO and Q as MN-major B operands of dV and dK, from this warpgroup's first column panel.
+    let mn_desc = |t: Sw128Tile| wgmma_descriptor(t.panel(col0 / 64, 0), T::BLOCK_M * 128, SW128_ROW_GROUP_BYTES);
+    let k_for_dq = wgmma_descriptor(k_s.panel(col0 / 64, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
+    let ds_desc = wgmma_descriptor(ds_s.panel(0, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
+    // Pᵀ handed from warpgroup 0 to warpgroup 1: pair j of a thread's fragment at
+    // (j · 128 + thread) · 8 bytes of the staging rows (consecutive threads, consecutive words).
+    let p_slot = |j: usize| dq_s + (j as u32 * 128 + wg_tid) * 8;
+    // The dSᵀ tile's address of a fragment pair (row = key in the block, col = query in the tile).
+    let ds_at = |t: usize, half: u32| {
+        let row = 16 * (warp % 4) + lane / 4 + 8 * half;
+        let col = 8 * t as u32 + 2 * (lane % 4);
+        ds_s.chunk(row, col / 8) + (col % 8) * 2
+    };
+
+    // SAFETY: the host validated the modifiers' device arrays.
+    let mods = unsafe { ScoreMods::for_backward::<MODS>(f, batch, head) };
+    for q_tile_index in first_tile..end_tile {
+        let q_begin = q_tile_index * T::BLOCK_M;
+        let lane = ptx::opaque(lane);
+        let mut s = [[0f32; 4]; 16];
+        // SAFETY: the whole warpgroup is here (block-uniform loop, warpgroup-uniform branch);
+        // every tile landed and was fenced for the async proxy before the last barrier.
+        unsafe { E::qk(T::BLOCK_M, T::HEAD_DIM, &mut s, a_descs, b_descs) };
+        if warpgroup == 0 {
+            let unmasked = mask.tile_is_unmasked(q_begin, q_begin + T::BLOCK_M, warp_k0, warp_k0 + 16);
+            let exponentials = |s: &mut [[f32; 4]; 16], masked: bool| {
+                for t in 0..m_tiles8 {
+                    let (key, col) = fragment_element(warp_k0, 0, lane, t as u32, 0);
+                    // SAFETY: col + 1 < BLOCK_M indexes the staged statistics.
+                    let lse = |i: u32| unsafe { ptx::ld_shared_f32(lse_s + 4 * (col + i)) } * LOG2_E;
+                    let visible = |e: u32| !masked || mask.allows(q_begin + col + e % 2, key + 8 * (e / 2));
+                    mods.probabilities::<MODS>(&mut s[t], q_begin + col, key, shape.scale_log2, [lse(0), lse(1)], visible);
+                }
+            };
+            if unmasked { exponentials(&mut s, false) } else { exponentials(&mut s, true) }
+            for t in 0..m_tiles8 {
+                for half in 0..2 {
+                    // SAFETY: p_slot stays inside the staging rows, which the previous step's
+                    // reductions finished reading before the last barrier.
+                    unsafe { ptx::st_shared_f32x2(p_slot(2 * t + half), s[t][2 * half], s[t][2 * half + 1]) };
+                }
+            }
+        }
+        sync_threads();
+        // Warpgroup 1: Pᵀ from warpgroup 0 in place of dPᵀ, and dSᵀ = Pᵀ ∘ (dPᵀ - D) packed two
+        // tiles at a time (so that no third 64-register array is live), then stored.
+        let mut ds_frags = [[0u32; 4]; 8];
+        if warpgroup == 1 {
+            #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
+            for kk in 0..m_tiles8 / 2 {
+                let mut ds = [[0f32; 4]; 2];
+                for u in 0..2 {
+                    let t = 2 * kk + u;
+                    for e in 0..4 {
+                        let (key, col) = fragment_element(warp_k0, 0, lane, t as u32, e as u32);
+                        // SAFETY: written by the same thread index of warpgroup 0 before the
+                        // barrier; col < BLOCK_M indexes the staged statistics.
+                        let (prob, d) = unsafe {
+                            (ptx::ld_shared_f32(p_slot(2 * t + e / 2) + 4 * (e as u32 % 2)), ptx::ld_shared_f32(d_s + 4 * col))
+                        };
+                        // SAFETY: as above (read only by the `_mods` kernels).
+                        let lse_log2 = if MODS { (unsafe { ptx::ld_shared_f32(lse_s + 4 * col) }) * LOG2_E } else { 0.0 };
+                        ds[u][e] = mods.score_gradient::<MODS>(prob, s[t][e], d, lse_log2, q_begin + col, key);
+                        s[t][e] = prob;
+                    }
+                }
+                ds_frags[kk] = accumulators_as_a::<E>(&ds[0], &ds[1]);
+            }
+            for t in 0..m_tiles8 {
+                for half in 0..2 {
+                    // SAFETY: inside the dSᵀ tile.
+                    unsafe { ptx::st_shared_u32(ds_at(t, half as u32), ds_frags[t / 2][2 * (t % 2) + half]) };
+                }
+            }
+        }
+        let mut p_frags = [[0u32; 4]; 8];
+        #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
+        for kk in 0..m_tiles8 / 2 {
+            p_frags[kk] = accumulators_as_a::<E>(&dv_operands::<MODS>(&s[2 * kk]), &dv_operands::<MODS>(&s[2 * kk + 1]));
+        }
+        shared_writes_done();
+        if warpgroup == 0 {
+            for t in 0..m_tiles8 {
+                for half in 0..2 {
+                    // SAFETY: stored by warpgroup 1 before the barrier (a 32-bit load; the bits
+                    // are kept as they are).
+                    ds_frags[t / 2][2 * (t % 2) + half] = unsafe { ptx::ld_shared_f32(ds_at(t, half as u32)) }.to_bits();
+                }
+            }
+        }
+        // SAFETY: as for the score GEMMs; dSᵀ was fenced and published by the barrier above, and
+        // each accumulator and fragment array is left alone until the wait names it.
+        unsafe {
+            E::pv_issue(128, T::BLOCK_M, &mut dv, &p_frags, mn_desc(do_s));
+            E::pv_issue(128, T::BLOCK_M, &mut dk, &ds_frags, mn_desc(q_s));
+        }
+        wait(0, Waited::Outputs(128, &mut dv, &mut dk));
+        let mut acc = [[0f32; 4]; 16];
+        // SAFETY: as above.
+        unsafe { E::dq(128, T::BLOCK_N, &mut acc, ds_desc, k_for_dq) };
+        for half in 0..2 {
+            let row = 16 * (warp % 4) + lane / 4 + 8 * half as u32;
+            for t in 0..16 {
+                let col = col0 + 8 * t as u32 + 2 * (lane % 4);
+                let at = dq_s + dq_staging_offset(row, col, T::DQ_ROW_BYTES);
+                // SAFETY: row < BLOCK_M and col + 1 < HEAD_DIM lie inside the staging rows, which
+                // warpgroup 1 finished reading Pᵀ from before the last barrier.
+                unsafe { ptx::st_shared_f32x2(at, acc[t][2 * half] * shape.scale, acc[t][2 * half + 1] * shape.scale) };
+            }
+        }
+        // dQ staged; everyone is done with the stage and with dSᵀ.
+        shared_writes_done();
+        wait_for_dq_turn::<SEQ>(p, block_x, head, q_tile_index, T::BLOCK_M, T::BLOCK_N, tid);
+        let deterministic = p.dq_semaphore != 0;
+        let row = q_begin + tid;
+        if tid < T::BLOCK_M && row < shape.seqlen_q {
+            if deterministic {
+                ptx::fence_proxy_async();
+            }
+            let base = row_stat_index::<SEQ>(shape, batch, head, row) * shape.head_dim as i64;
+            // SAFETY: as in `flash_bwd_wgmma`; the staged row is rewritten only after the
+            // `bulk_wait_read` below and the barrier after it.
+            unsafe {
+                ptx::bulk_reduce_add_f32(
+                    (p.dq_accum as *mut f32).wrapping_offset(base as isize),
+                    dq_s + dq_staging_offset(tid, 0, T::DQ_ROW_BYTES),
+                    T::DATA_HEAD_DIM * 4,
+                )
+            };
+            ptx::bulk_commit_group();
+        }
+        if deterministic {
+            ptx::bulk_wait_complete();
+            sync_threads();
+        }
+        pass_dq_turn::<SEQ>(p, head, q_tile_index, T::BLOCK_M, tid);
+        if q_tile_index + 1 < end_tile {
+            load_queries(q_tile_index + 1);
+            cp_async_commit();
+        }
+        // The staging rows are read before the next step hands Pᵀ through them.
+        ptx::bulk_wait_read();
+        cp_async_wait_all();
+        shared_writes_done();
+    }
+    ptx::bulk_wait_complete();
+
+    for half in 0..2 {
+        let key = warp_k0 + lane / 4 + 8 * half as u32;
+        if key < shape.seqlen_k {
+            let rows = DkvRows::of::<SEQ>(p, batch, key, head, kv_head);
+            let pair = |t: usize| {
+                let col = col0 + 8 * t as u32 + 2 * (lane % 4);
+                let dk_pair = [dk[t][2 * half] * shape.scale, dk[t][2 * half + 1] * shape.scale];
+                (col, dk_pair, [dv[t][2 * half], dv[t][2 * half + 1]])
+            };
+            // SAFETY: key < seqlen_k and every col + 1 < head_dim (128 columns from col0).
+            unsafe { rows.store::<E>(16, pair) };
+        }
+    }
+}

@@ -210,7 +210,7 @@ pair!(
 #[cfg(target_feature = "sm_90a")]
 mod hopper {
     use super::*;
-    use crate::backward_wgmma::flash_bwd_wgmma;
+    use crate::backward_wgmma::{flash_bwd_wgmma, flash_bwd_wgmma_split};
     use crate::forward_wgmma::flash_fwd_wgmma;
     use crate::traits::*;
 
@@ -375,6 +375,24 @@ mod hopper {
         flash_bwd_wgmma,
         F16,
         BwdWgmmaHdim128
+    );
+    pair!(
+        flash_bwd_wgmma_bf16_hdim256,
+        flash_bwd_wgmma_bf16_hdim256_mods,
+        flash_bwd_wgmma_bf16_hdim256_seq,
+        BwdParams,
+        flash_bwd_wgmma_split,
+        Bf16,
+        BwdWgmmaHdim256
+    );
+    pair!(
+        flash_bwd_wgmma_f16_hdim256,
+        flash_bwd_wgmma_f16_hdim256_mods,
+        flash_bwd_wgmma_f16_hdim256_seq,
+        BwdParams,
+        flash_bwd_wgmma_split,
+        F16,
+        BwdWgmmaHdim256
     );
     entry!(flash_fwd_wgmma_bf16_hdim128_sync, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128Sync, false, false>);
     entry!(flash_bwd_wgmma_bf16_hdim64_narrow, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim64Narrow, false, false>);

@@ -227,6 +227,19 @@ pub type BwdWgmmaHdim32 = BwdWgmmaWide<64, 32>;
 pub type BwdWgmmaHdim64Narrow = BwdWgmmaPipelined<64>;
 pub type BwdWgmmaHdim128Sync = BwdWgmma<128, 2, 1>;
 
+/// head_dim 256 on `wgmma` (`backward_wgmma::flash_bwd_wgmma_split`): both warpgroups on the
+/// same 64 keys, dK, dV and dQ split by columns (128 each), one Q/dO stage (204 KiB).
+pub type BwdWgmmaHdim256 = BwdWgmmaSplit<256>;
+
+/// The column-split Hopper backward: 64 keys and 64 queries a step, two warpgroups.
+pub struct BwdWgmmaSplit<const D: u32>;
+impl<const D: u32> BwdWgmmaTraits for BwdWgmmaSplit<D> {
+    const HEAD_DIM: u32 = D;
+    const BLOCK_N: u32 = 64;
+    /// One stage: the dQ staging rows follow it.
+    const DQ_OFFSET: u32 = Self::STAGE_OFFSET + Self::STAGE_BYTES;
+}
+
 /// The software-pipelined Hopper backward (two warpgroups); `DATA` as for
 /// [`FwdWgmmaPipelined`].
 pub struct BwdWgmmaPipelined<const D: u32, const DATA: u32 = 0>;
@@ -404,7 +417,7 @@ mod tests {
     }
 
     fn check_bwd_wgmma<T: BwdWgmmaTraits>() {
-        assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128);
+        assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128 || T::HEAD_DIM == 256 && T::BLOCK_N == 64);
         // dQ = dS·K is split by columns over the warpgroups: generated widths 32 and 64.
         assert!(
             (T::WARPGROUPS == 1 || T::WARPGROUPS == 2) && T::BLOCK_M == 64
@@ -434,6 +447,10 @@ mod tests {
         check_bwd_wgmma::<BwdWgmmaWide<64>>();
         check_bwd_wgmma::<BwdWgmmaHdim96>();
         check_bwd_wgmma::<BwdWgmmaHdim32>();
+        check_bwd_wgmma::<BwdWgmmaHdim256>();
+        // The split kernel hands Pᵀ (a 64 × 64 f32 tile: 32 floats a thread) through the dQ
+        // staging rows.
+        assert!(128 * 32 * 4 <= BwdWgmmaHdim256::BLOCK_M * BwdWgmmaHdim256::DQ_ROW_BYTES);
         check_fwd_wgmma::<FwdWgmmaHdim64>();
         check_fwd_wgmma::<FwdWgmmaHdim128>();
         check_fwd_wgmma::<FwdWgmmaHdim128Sync>();
