@@ -119,6 +119,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "serving_report.py",
         "ncu_ab.sh",
         "decode_ncu.sh",
+        "grid.sh",
+        "check_opt_in.sh",
     ] {
         copy(&root.join("benches").join(script), bundle.join(script))?;
     }
