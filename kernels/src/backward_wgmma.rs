@@ -112,32 +112,9 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
     // Start copying query tile `q_tile` (Q, dO, LSE, D) into `stage`. Rows past seqlen_q arrive
     // as zeros; the mask keeps them out of every product.
     let load_queries = |tile_index: u32, stage: u32| {
-        let q_begin = tile_index * T::BLOCK_M;
-        let q_rows = shape.seqlen_q - q_begin;
         let stats = smem + stage_offset(stage);
-        // SAFETY: Q and dO hold seqlen_q rows at these strides; LSE and D hold
-        // batch · heads · seqlen_q floats; rows past the end are zero-filled without a read.
-        unsafe {
-            let q_ptr = (f.q as *const u16).wrapping_offset(f.q_strides.offset(batch, q_begin, head) as isize);
-            let do_ptr = (p.d_o as *const u16).wrapping_offset(p.do_strides.offset(batch, q_begin, head) as isize);
-            q_tile(stage).load_async(q_ptr, f.q_strides.row, q_rows, tid, T::THREADS);
-            do_tile(stage).load_async(do_ptr, p.do_strides.row, q_rows, tid, T::THREADS);
-            if tid < T::BLOCK_M {
-                let in_range = tid < q_rows;
-                let at = row_stat_index::<SEQ>(shape, batch, head, if in_range { q_begin + tid } else { 0 }) as isize;
-                let bytes = if in_range { 4 } else { 0 };
-                ptx::cp_async_4(
-                    stats + T::LSE_IN_STAGE + 4 * tid,
-                    (f.lse as *const f32).wrapping_offset(at) as *const u8,
-                    bytes,
-                );
-                ptx::cp_async_4(
-                    stats + T::D_IN_STAGE + 4 * tid,
-                    (p.softmax_d as *const f32).wrapping_offset(at) as *const u8,
-                    bytes,
-                );
-            }
-        }
+        let rows = (q_tile(stage), do_tile(stage), stats + T::LSE_IN_STAGE, stats + T::D_IN_STAGE);
+        load_query_tile::<T, SEQ>(p, (batch, head), tile_index, rows, tid);
     };
 
     let mut dk = [[0f32; 4]; 32];
@@ -334,33 +311,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
         // The next tile has landed, the dQ rows are staged, and everyone is done with this stage
         // and with dSᵀ.
         shared_writes_done();
-        wait_for_dq_turn::<SEQ>(p, block_x, head, q_tile_index, T::BLOCK_M, T::BLOCK_N, tid);
-        let deterministic = p.dq_semaphore != 0;
-        let row = q_begin + tid;
-        if tid < T::BLOCK_M && row < shape.seqlen_q {
-            if deterministic {
-                ptx::fence_proxy_async();
-            }
-            let base = row_stat_index::<SEQ>(shape, batch, head, row) * shape.head_dim as i64;
-            // SAFETY: the accumulator holds batch·heads·seqlen_q·head_dim floats, rows of
-            // head_dim·4 bytes (a multiple of 16) in a 256-byte aligned allocation; the staged
-            // row was fenced for the async proxy before the barrier above and is rewritten only
-            // after the `bulk_wait_read` of the next iteration.
-            unsafe {
-                ptx::bulk_reduce_add_f32(
-                    (p.dq_accum as *mut f32).wrapping_offset(base as isize),
-                    dq_s + dq_staging_offset(tid, 0, T::DQ_ROW_BYTES),
-                    T::DATA_HEAD_DIM * 4,
-                )
-            };
-            ptx::bulk_commit_group();
-        }
-        if deterministic {
-            // The next key block may add only once these rows are in global memory.
-            ptx::bulk_wait_complete();
-            sync_threads();
-        }
-        pass_dq_turn::<SEQ>(p, head, q_tile_index, T::BLOCK_M, tid);
+        reduce_dq_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index, dq_s, tid);
     }
     ptx::bulk_wait_complete();
 
@@ -378,6 +329,79 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
             unsafe { rows.store::<E>((T::DATA_HEAD_DIM / 8) as usize, pair) };
         }
     }
+}
+
+/// Start copying query tile `tile_index` of (`batch`, `head`) into shared memory: Q and dO into
+/// their tiles, the rows' LSE and D (f32) to the two addresses. Rows past seqlen_q arrive as
+/// zeros; the mask keeps them out of every product. All `T::THREADS` threads call it.
+#[inline(always)]
+fn load_query_tile<T: BwdWgmmaTraits, const SEQ: bool>(
+    p: &BwdParams,
+    (batch, head): (u32, u32),
+    tile_index: u32,
+    (q_s, do_s, lse_s, d_s): (Sw128Tile, Sw128Tile, u32, u32),
+    tid: u32,
+) {
+    let (f, shape) = (&p.fwd, &p.fwd.shape);
+    let q_begin = tile_index * T::BLOCK_M;
+    let q_rows = shape.seqlen_q - q_begin;
+    // SAFETY: Q and dO hold seqlen_q rows at these strides; LSE and D hold
+    // batch · heads · seqlen_q floats; rows past the end are zero-filled without a read.
+    unsafe {
+        let q_ptr = (f.q as *const u16).wrapping_offset(f.q_strides.offset(batch, q_begin, head) as isize);
+        let do_ptr = (p.d_o as *const u16).wrapping_offset(p.do_strides.offset(batch, q_begin, head) as isize);
+        q_s.load_async(q_ptr, f.q_strides.row, q_rows, tid, T::THREADS);
+        do_s.load_async(do_ptr, p.do_strides.row, q_rows, tid, T::THREADS);
+        if tid < T::BLOCK_M {
+            let in_range = tid < q_rows;
+            let at = row_stat_index::<SEQ>(shape, batch, head, if in_range { q_begin + tid } else { 0 }) as isize;
+            let bytes = if in_range { 4 } else { 0 };
+            ptx::cp_async_4(lse_s + 4 * tid, (f.lse as *const f32).wrapping_offset(at) as *const u8, bytes);
+            ptx::cp_async_4(d_s + 4 * tid, (p.softmax_d as *const f32).wrapping_offset(at) as *const u8, bytes);
+        }
+    }
+}
+
+/// Add query tile `q_tile_index`'s staged dQ rows (at `dq_s`, fenced for the async proxy and
+/// published by the barrier just before) to the global accumulator: one bulk reduction per row,
+/// issued by the first `BLOCK_M` threads, in key-block turns in deterministic mode. All threads
+/// call it; the rows must not be rewritten before a `bulk_wait_read`.
+#[inline(always)]
+fn reduce_dq_rows<T: BwdWgmmaTraits, const SEQ: bool>(
+    p: &BwdParams,
+    (block_x, head, batch): (u32, u32, u32),
+    q_tile_index: u32,
+    dq_s: u32,
+    tid: u32,
+) {
+    let shape = &p.fwd.shape;
+    wait_for_dq_turn::<SEQ>(p, block_x, head, q_tile_index, T::BLOCK_M, T::BLOCK_N, tid);
+    let deterministic = p.dq_semaphore != 0;
+    let row = q_tile_index * T::BLOCK_M + tid;
+    if tid < T::BLOCK_M && row < shape.seqlen_q {
+        if deterministic {
+            ptx::fence_proxy_async();
+        }
+        let base = row_stat_index::<SEQ>(shape, batch, head, row) * shape.head_dim as i64;
+        // SAFETY: the accumulator holds batch·heads·seqlen_q·head_dim floats, rows of
+        // head_dim·4 bytes (a multiple of 16) in a 256-byte aligned allocation; the staged row
+        // was fenced for the async proxy before the caller's barrier and is rewritten only after
+        // a later `bulk_wait_read`.
+        unsafe {
+            ptx::bulk_reduce_add_f32(
+                (p.dq_accum as *mut f32).wrapping_offset(base as isize),
+                dq_s + dq_staging_offset(tid, 0, T::DQ_ROW_BYTES),
+                T::DATA_HEAD_DIM * 4,
+            )
+        };
+        ptx::bulk_commit_group();
+    }
+    if deterministic {
+        // The next key block may add only once these rows are in global memory.
+        ptx::bulk_wait_complete();
+        sync_threads();
+    }
+    pass_dq_turn::<SEQ>(p, head, q_tile_index, T::BLOCK_M, tid);
 }
 
 /// The head_dim 256 backward (`BwdWgmmaSplit`): both warpgroups work on the block's 64 keys and
@@ -453,24 +477,8 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
         v_s.load_async(v_ptr, f.v_strides.row, key_rows, tid, T::THREADS);
     }
     // Query tile `tile_index` (Q, dO, LSE, D) into the stage; rows past seqlen_q arrive as zeros.
-    let load_queries = |tile_index: u32| {
-        let q_begin = tile_index * T::BLOCK_M;
-        let q_rows = shape.seqlen_q - q_begin;
-        // SAFETY: as in `flash_bwd_wgmma`'s `load_queries`.
-        unsafe {
-            let q_ptr = (f.q as *const u16).wrapping_offset(f.q_strides.offset(batch, q_begin, head) as isize);
-            let do_ptr = (p.d_o as *const u16).wrapping_offset(p.do_strides.offset(batch, q_begin, head) as isize);
-            q_s.load_async(q_ptr, f.q_strides.row, q_rows, tid, T::THREADS);
-            do_s.load_async(do_ptr, p.do_strides.row, q_rows, tid, T::THREADS);
-            if tid < T::BLOCK_M {
-                let in_range = tid < q_rows;
-                let at = row_stat_index::<SEQ>(shape, batch, head, if in_range { q_begin + tid } else { 0 }) as isize;
-                let bytes = if in_range { 4 } else { 0 };
-                ptx::cp_async_4(lse_s + 4 * tid, (f.lse as *const f32).wrapping_offset(at) as *const u8, bytes);
-                ptx::cp_async_4(d_s + 4 * tid, (p.softmax_d as *const f32).wrapping_offset(at) as *const u8, bytes);
-            }
-        }
-    };
+    let load_queries =
+        |tile_index: u32| load_query_tile::<T, SEQ>(p, (batch, head), tile_index, (q_s, do_s, lse_s, d_s), tid);
 
     let mut dk = [[0f32; 4]; 32];
     let mut dv = [[0f32; 4]; 32];
@@ -519,10 +527,21 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
                     // SAFETY: col + 1 < BLOCK_M indexes the staged statistics.
                     let lse = |i: u32| unsafe { ptx::ld_shared_f32(lse_s + 4 * (col + i)) } * LOG2_E;
                     let visible = |e: u32| !masked || mask.allows(q_begin + col + e % 2, key + 8 * (e / 2));
-                    mods.probabilities::<MODS>(&mut s[t], q_begin + col, key, shape.scale_log2, [lse(0), lse(1)], visible);
+                    mods.probabilities::<MODS>(
+                        &mut s[t],
+                        q_begin + col,
+                        key,
+                        shape.scale_log2,
+                        [lse(0), lse(1)],
+                        visible,
+                    );
                 }
             };
-            if unmasked { exponentials(&mut s, false) } else { exponentials(&mut s, true) }
+            if unmasked {
+                exponentials(&mut s, false)
+            } else {
+                exponentials(&mut s, true)
+            }
             for t in 0..m_tiles8 {
                 for half in 0..2 {
                     // SAFETY: p_slot stays inside the staging rows, which the previous step's
@@ -546,10 +565,14 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
                         // SAFETY: written by the same thread index of warpgroup 0 before the
                         // barrier; col < BLOCK_M indexes the staged statistics.
                         let (prob, d) = unsafe {
-                            (ptx::ld_shared_f32(p_slot(2 * t + e / 2) + 4 * (e as u32 % 2)), ptx::ld_shared_f32(d_s + 4 * col))
+                            (
+                                ptx::ld_shared_f32(p_slot(2 * t + e / 2) + 4 * (e as u32 % 2)),
+                                ptx::ld_shared_f32(d_s + 4 * col),
+                            )
                         };
                         // SAFETY: as above (read only by the `_mods` kernels).
-                        let lse_log2 = if MODS { (unsafe { ptx::ld_shared_f32(lse_s + 4 * col) }) * LOG2_E } else { 0.0 };
+                        let lse_log2 =
+                            if MODS { (unsafe { ptx::ld_shared_f32(lse_s + 4 * col) }) * LOG2_E } else { 0.0 };
                         ds[u][e] = mods.score_gradient::<MODS>(prob, s[t][e], d, lse_log2, q_begin + col, key);
                         s[t][e] = prob;
                     }
@@ -566,7 +589,8 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
         let mut p_frags = [[0u32; 4]; 8];
         #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
         for kk in 0..m_tiles8 / 2 {
-            p_frags[kk] = accumulators_as_a::<E>(&dv_operands::<MODS>(&s[2 * kk]), &dv_operands::<MODS>(&s[2 * kk + 1]));
+            p_frags[kk] =
+                accumulators_as_a::<E>(&dv_operands::<MODS>(&s[2 * kk]), &dv_operands::<MODS>(&s[2 * kk + 1]));
         }
         shared_writes_done();
         if warpgroup == 0 {
@@ -574,7 +598,8 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
                 for half in 0..2 {
                     // SAFETY: stored by warpgroup 1 before the barrier (a 32-bit load; the bits
                     // are kept as they are).
-                    ds_frags[t / 2][2 * (t % 2) + half] = unsafe { ptx::ld_shared_f32(ds_at(t, half as u32)) }.to_bits();
+                    ds_frags[t / 2][2 * (t % 2) + half] =
+                        unsafe { ptx::ld_shared_f32(ds_at(t, half as u32)) }.to_bits();
                 }
             }
         }
@@ -600,30 +625,7 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
         }
         // dQ staged; everyone is done with the stage and with dSᵀ.
         shared_writes_done();
-        wait_for_dq_turn::<SEQ>(p, block_x, head, q_tile_index, T::BLOCK_M, T::BLOCK_N, tid);
-        let deterministic = p.dq_semaphore != 0;
-        let row = q_begin + tid;
-        if tid < T::BLOCK_M && row < shape.seqlen_q {
-            if deterministic {
-                ptx::fence_proxy_async();
-            }
-            let base = row_stat_index::<SEQ>(shape, batch, head, row) * shape.head_dim as i64;
-            // SAFETY: as in `flash_bwd_wgmma`; the staged row is rewritten only after the
-            // `bulk_wait_read` below and the barrier after it.
-            unsafe {
-                ptx::bulk_reduce_add_f32(
-                    (p.dq_accum as *mut f32).wrapping_offset(base as isize),
-                    dq_s + dq_staging_offset(tid, 0, T::DQ_ROW_BYTES),
-                    T::DATA_HEAD_DIM * 4,
-                )
-            };
-            ptx::bulk_commit_group();
-        }
-        if deterministic {
-            ptx::bulk_wait_complete();
-            sync_threads();
-        }
-        pass_dq_turn::<SEQ>(p, head, q_tile_index, T::BLOCK_M, tid);
+        reduce_dq_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index, dq_s, tid);
         if q_tile_index + 1 < end_tile {
             load_queries(q_tile_index + 1);
             cp_async_commit();

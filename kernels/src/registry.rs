@@ -15,9 +15,9 @@ use crate::params::{AppendParams, BwdParams, FwdParams};
 use crate::tiling::{DECODE_ROWS, DECODE_WARPS, decode_block_keys, decode_smem_bytes, decode_stages};
 use crate::traits::{
     BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim32, BwdWgmmaHdim64,
-    BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim256, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaTraits, FwdHdim32, FwdHdim64,
-    FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96, FwdWgmmaHdim128,
-    FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, ROW_KERNEL_THREADS,
+    BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaHdim256, BwdWgmmaTraits,
+    FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96,
+    FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -405,7 +405,13 @@ mod tests {
         assert_eq!(opt_in().count(), 6, "the head_dim 256 wgmma backward, two dtypes, three flavors");
         for k in opt_in() {
             assert_eq!(by_name(k.name).map(|b| b.name), Some(k.name));
-            let flavor = if k.modifiers { Flavor::Modifiers } else if k.sequences { Flavor::Sequences } else { Flavor::Dense };
+            let flavor = if k.modifiers {
+                Flavor::Modifiers
+            } else if k.sequences {
+                Flavor::Sequences
+            } else {
+                Flavor::Dense
+            };
             assert_ne!(find(k.role, k.dtype, k.head_dim, true, flavor).map(|f| f.name), Some(k.name));
         }
     }
