@@ -128,7 +128,9 @@ fn slice(values: &[f64], shape: [usize; 4], b: usize, h: usize, rows: std::ops::
 fn run<T: Element>(o: &Options) -> Result<(), String> {
     let lib = |e: flash_attn::Error| e.to_string();
     let stream = cuda(Stream::new(StreamFlags::NON_BLOCKING, None))?;
+    let started = std::time::Instant::now();
     let mut attention = FlashAttention::new().map_err(lib)?;
+    println!("kernels loaded from the {} in {:.2} s", attention.module_image(), started.elapsed().as_secs_f64());
     if o.portable {
         attention = attention.portable_kernels_only();
     }

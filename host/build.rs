@@ -1,5 +1,6 @@
 //! Embeds the PTX that `cargo xtask build-ptx` wrote, each arch only if it was built from the
-//! sources as they are now (see `flash_attn_kernels::fingerprint`). Otherwise the library still
+//! sources as they are now (see `flash_attn_kernels::fingerprint`), and beside it the cubin that
+//! build-ptx's ptxas check assembled from that PTX (empty if there is none). Otherwise the library still
 //! builds (so CPU-only machines can run the reference and validation tests) and
 //! `FlashAttention::new` reports what to run.
 
@@ -24,16 +25,21 @@ fn main() {
     for arch in ARCHES {
         println!("cargo:rerun-if-changed={}", ptx_dir.join(format!("flash_attn.{arch}.ptx")).display());
         println!("cargo:rerun-if-changed={}", ptx_dir.join(fingerprint::file_name(arch)).display());
-        let (text, problem) = match check(&current, &ptx_dir, arch) {
-            Ok(text) => (text, "None".to_string()),
+        let cubin_path = ptx_dir.join(format!("flash_attn.{arch}.cubin"));
+        println!("cargo:rerun-if-changed={}", cubin_path.display());
+        let (text, cubin, problem) = match check(&current, &ptx_dir, arch) {
+            // The fingerprint is written only after ptxas assembled this PTX into the cubin, so a
+            // current fingerprint vouches for both.
+            Ok(text) => (text, std::fs::read(&cubin_path).unwrap_or_default(), "None".to_string()),
             Err(reason) => {
                 println!(
                     "cargo:warning=flash-attn: {reason}; on such GPUs `FlashAttention::new` returns Error::PtxUnavailable"
                 );
-                (String::new(), format!("Some({reason:?})"))
+                (String::new(), Vec::new(), format!("Some({reason:?})"))
             }
         };
         std::fs::write(out.join(format!("flash_attn.{arch}.ptx")), text).unwrap();
+        std::fs::write(out.join(format!("flash_attn.{arch}.cubin")), cubin).unwrap();
         status += &format!("pub const {}_PROBLEM: Option<&str> = {problem};\n", arch.to_uppercase());
     }
     std::fs::write(out.join("ptx_status.rs"), status).unwrap();

@@ -15,7 +15,7 @@ use crate::error::{CudaContext, Error, Result, check_raw};
 use crate::scratch::ScratchPool;
 use crate::tensor::{DeviceTensor, Element, TensorMut, TensorRef};
 use crate::validate::{self, Arg};
-use crate::{AttentionParams, Dropout, PTX_SM80, PTX_SM90A, SM_80_PROBLEM, SM_90A_PROBLEM};
+use crate::{AttentionParams, CUBIN_SM80, CUBIN_SM90A, Dropout, PTX_SM80, PTX_SM90A, SM_80_PROBLEM, SM_90A_PROBLEM};
 use cust::context::CurrentContext;
 use cust::device::DeviceAttribute;
 use cust::memory::{DeviceBuffer, DeviceSlice};
@@ -36,6 +36,8 @@ pub struct FlashAttention {
     pub(crate) scratch: ScratchPool,
     /// Streaming multiprocessors of the device (the split-KV heuristic's target).
     pub(crate) sm_count: u32,
+    /// The module came from the build-time cubin, not the driver's JIT of the PTX.
+    from_cubin: bool,
 }
 
 /// O (contiguous, the inputs' dtype) and the natural-log LSE, f32 (batch, heads, seqlen_q).
@@ -61,9 +63,10 @@ impl FlashAttention {
         let device = CurrentContext::get_device().during("cuCtxGetDevice")?;
         let major = device.get_attribute(DeviceAttribute::ComputeCapabilityMajor).during("cuDeviceGetAttribute")?;
         let minor = device.get_attribute(DeviceAttribute::ComputeCapabilityMinor).during("cuDeviceGetAttribute")?;
-        let (arch, ptx, problem) = match (major, minor) {
-            (9, 0) => ("sm_90a", PTX_SM90A, SM_90A_PROBLEM),
-            (m, _) if m >= 8 => ("sm_80", PTX_SM80, SM_80_PROBLEM),
+        let (arch, ptx, cubin, problem) = match (major, minor) {
+            (9, 0) => ("sm_90a", PTX_SM90A, CUBIN_SM90A, SM_90A_PROBLEM),
+            (8, _) => ("sm_80", PTX_SM80, CUBIN_SM80, SM_80_PROBLEM),
+            (m, _) if m > 8 => ("sm_80", PTX_SM80, &[][..], SM_80_PROBLEM),
             _ => {
                 let name = device.name().unwrap_or_else(|_| "this device".into());
                 return Err(Error::UnsupportedDevice { name, compute_capability: (major, minor) });
@@ -72,7 +75,7 @@ impl FlashAttention {
         if let Some(problem) = problem {
             return Err(Error::PtxUnavailable { problem: problem.to_string() });
         }
-        let module = Module::from_ptx(ptx, &[]).map_err(|error| module_load_error(ptx, error))?;
+        let (module, from_cubin) = load_module(ptx, cubin)?;
         for info in registry::in_ptx_for(arch).filter(|k| k.dynamic_smem_bytes > 48 * 1024) {
             let function = module.get_function(info.name).during("cuModuleGetFunction")?;
             // SAFETY: `function` is a live handle of `module`; the attribute takes a byte count
@@ -90,7 +93,19 @@ impl FlashAttention {
         let scratch = ScratchPool::new(device.as_raw())?;
         let sm_count =
             device.get_attribute(DeviceAttribute::MultiprocessorCount).during("cuDeviceGetAttribute")?.max(1) as u32;
-        Ok(FlashAttention { module, hopper_kernels: arch == "sm_90a", overrides: Vec::new(), scratch, sm_count })
+        Ok(FlashAttention {
+            module,
+            hopper_kernels: arch == "sm_90a",
+            overrides: Vec::new(),
+            scratch,
+            sm_count,
+            from_cubin,
+        })
+    }
+
+    /// How the kernels were loaded: `"cubin"` (assembled at build time) or `"PTX (JIT)"`.
+    pub fn module_image(&self) -> &'static str {
+        if self.from_cubin { "cubin" } else { "PTX (JIT)" }
     }
 
     pub(crate) fn hopper_kernels(&self) -> bool {
@@ -489,6 +504,21 @@ impl FlashAttention {
 /// cust reports driver results it does not list (`CUDA_ERROR_UNSUPPORTED_PTX_VERSION` from a
 /// driver older than the PTX, for one) as `UnknownError`. Loading once more through the driver
 /// API recovers CUDA's own error; this runs only after a failure.
+/// The build-time cubin where there is one for this device (an sm_80 image runs on every 8.x
+/// part, the sm_90a one on 9.0), else the PTX through the driver's JIT. A cubin the driver
+/// refuses (an older driver than the ptxas that made it, say) falls back to the PTX;
+/// `FLASH_ATTN_JIT=1` skips the cubin, to compare the two loads.
+fn load_module(ptx: &str, cubin: &[u8]) -> Result<(Module, bool)> {
+    let jit_only = std::env::var_os("FLASH_ATTN_JIT").is_some_and(|v| v == "1");
+    if !cubin.is_empty() && !jit_only {
+        if let Ok(module) = Module::from_cubin(cubin, &[]) {
+            return Ok((module, true));
+        }
+    }
+    let module = Module::from_ptx(ptx, &[]).map_err(|error| module_load_error(ptx, error))?;
+    Ok((module, false))
+}
+
 fn module_load_error(ptx: &str, error: cust::error::CudaError) -> Error {
     let fallback = Err::<(), _>(error).during("cuModuleLoadData (PTX)").unwrap_err();
     let Ok(image) = std::ffi::CString::new(ptx) else { return fallback };

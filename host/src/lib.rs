@@ -85,4 +85,8 @@ mod ptx_status {
 }
 pub(crate) const PTX_SM80: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attn.sm_80.ptx"));
 pub(crate) const PTX_SM90A: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_attn.sm_90a.ptx"));
+/// The same kernels assembled by ptxas at build time (empty where build-ptx made none): loading
+/// them skips the driver's JIT compile of the PTX.
+pub(crate) const CUBIN_SM80: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flash_attn.sm_80.cubin"));
+pub(crate) const CUBIN_SM90A: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flash_attn.sm_90a.cubin"));
 pub(crate) use ptx_status::{SM_80_PROBLEM, SM_90A_PROBLEM};

@@ -4,7 +4,8 @@
 //! --crate-type cdylib --target nvptx64-nvidia-cuda -Zbuild-std=core` into
 //! `target/ptx-build/<arch>/` (fat LTO, one codegen unit, `opt-level=3`, `panic=abort`,
 //! `-Ctarget-cpu=<arch>`) with this binary as the linker ([`link`]), the result copied to
-//! `target/ptx/flash_attn.<arch>.ptx`, then the ptxas check ([`ptxas`]). The arch's fingerprint is
+//! `target/ptx/flash_attn.<arch>.ptx`, then the ptxas check ([`ptxas`]), which also writes the
+//! assembled `flash_attn.<arch>.cubin` beside it. The arch's fingerprint is
 //! removed first and written only after every check passed, and only if no input changed during
 //! the build, so `host/build.rs` never embeds PTX that is stale or failed its checks. This file is
 //! an input of the fingerprint.
@@ -45,6 +46,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     for arch in &arches {
         // Forget the old record first: if anything below fails, this arch reads as stale.
         let _ = std::fs::remove_file(out_dir.join(fingerprint::file_name(arch)));
+        let _ = std::fs::remove_file(out_dir.join(format!("flash_attn.{arch}.cubin")));
         let ptx = build_one(&root, arch)?;
         let dest = out_dir.join(format!("flash_attn.{arch}.ptx"));
         std::fs::copy(&ptx, &dest).map_err(|e| format!("copy {}: {e}", ptx.display()))?;
