@@ -134,6 +134,11 @@ fn run<T: Element>(o: &Options) -> Result<(), String> {
     if o.portable {
         attention = attention.portable_kernels_only();
     }
+    // FLASH_ATTN_KERNELS=name,...: run these registry kernels in place of the defaults (as the
+    // GPU tests do), e.g. to put an opt-in kernel under compute-sanitizer.
+    for name in std::env::var("FLASH_ATTN_KERNELS").unwrap_or_default().split(',').filter(|n| !n.is_empty()) {
+        attention = attention.with_kernel(name).ok_or(format!("FLASH_ATTN_KERNELS: no kernel {name} here"))?;
+    }
     let shape = [o.batch, o.seqlen, o.heads, o.head_dim];
     let n = shape.iter().product::<usize>();
     let dtype = if o.f16 { "f16" } else { "bf16" };

@@ -211,7 +211,7 @@ pair!(
 mod hopper {
     use super::*;
     use crate::backward_wgmma::{flash_bwd_wgmma, flash_bwd_wgmma_split};
-    use crate::forward_wgmma::flash_fwd_wgmma;
+    use crate::forward_wgmma::{flash_fwd_wgmma, flash_fwd_wgmma_ws};
     use crate::traits::*;
 
     pair!(
@@ -393,6 +393,24 @@ mod hopper {
         flash_bwd_wgmma_split,
         F16,
         BwdWgmmaHdim256
+    );
+    pair!(
+        flash_fwd_wgmma_ws_bf16_hdim128,
+        flash_fwd_wgmma_ws_bf16_hdim128_mods,
+        flash_fwd_wgmma_ws_bf16_hdim128_seq,
+        FwdParams,
+        flash_fwd_wgmma_ws,
+        Bf16,
+        FwdWgmmaWsHdim128
+    );
+    pair!(
+        flash_fwd_wgmma_ws_f16_hdim128,
+        flash_fwd_wgmma_ws_f16_hdim128_mods,
+        flash_fwd_wgmma_ws_f16_hdim128_seq,
+        FwdParams,
+        flash_fwd_wgmma_ws,
+        F16,
+        FwdWgmmaWsHdim128
     );
     entry!(flash_fwd_wgmma_bf16_hdim128_sync, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128Sync, false, false>);
     entry!(flash_bwd_wgmma_bf16_hdim64_narrow, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim64Narrow, false, false>);

@@ -170,26 +170,12 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bo
     let mut o = [[[0f32; 4]; HEAD_DIM_TILES8]; 1];
     let mut softmax = [OnlineSoftmax::starting_at(sink_log2, lane)];
     let (n_tiles8, d_tiles8) = ((T::BLOCK_N / 8) as usize, (T::HEAD_DIM / 8) as usize);
-    // The score step: modifiers (MODS), then -inf for keys the mask hides (tiles wholly inside
-    // the mask skip that); after the softmax, dropout.
-    let score_step = |s: &mut [[[f32; 4]; SEQ_TILES8]; 1], tile: u32, lane: u32| {
-        let k_begin = tile * T::BLOCK_N;
-        let masked = !mask.tile_is_unmasked(warp_q0, warp_q0 + 16, k_begin, k_begin + T::BLOCK_N);
-        forward_scores::<MODS, _>(&mut s[0], n_tiles8, warp_q0, k_begin, lane, &mask, masked, &mods);
-    };
-    let dropout_step = |s: &mut [[[f32; 4]; SEQ_TILES8]; 1], tile: u32, lane: u32| {
-        if MODS {
-            forward_dropout(&mut s[0], n_tiles8, warp_q0, tile * T::BLOCK_N, lane, &mods.dropout);
-        }
-    };
-    let probabilities_of = |s: &[[[f32; 4]; SEQ_TILES8]; 1]| {
-        let mut a = [[0u32; 4]; 8];
-        #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
-        for kk in 0..n_tiles8 / 2 {
-            a[kk] = accumulators_as_a::<E>(&s[0][2 * kk], &s[0][2 * kk + 1]);
-        }
-        a
-    };
+    let step = ScoreStep { warp_q0, block_n: T::BLOCK_N, mask: &mask, mods: &mods };
+    let score_step =
+        |s: &mut [[[f32; 4]; SEQ_TILES8]; 1], tile: u32, lane: u32| step.scores::<MODS>(&mut s[0], tile, lane);
+    let dropout_step =
+        |s: &mut [[[f32; 4]; SEQ_TILES8]; 1], tile: u32, lane: u32| step.dropout::<MODS>(&mut s[0], tile, lane);
+    let probabilities_of = |s: &[[[f32; 4]; SEQ_TILES8]; 1]| probabilities::<E>(&s[0], n_tiles8);
 
     if !T::PIPELINED {
         for tile in first_tile..end_tile {
@@ -262,22 +248,99 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bo
         unsafe { E::pv(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(previous_stage)) };
     }
 
-    // Epilogue: normalize; stage O in this warp's own rows of the Q tile (the tensor cores'
-    // reads of Q finished inside the last GEMM), then write whole 16-byte chunks; write the LSE.
+    // SAFETY: every GEMM that read the Q tile has completed (the last one waited).
+    unsafe {
+        write_output::<E, T, MODS, SEQ>(
+            p,
+            (batch, head, split),
+            q_tile,
+            q_begin,
+            warp_row0,
+            lane,
+            &softmax[0],
+            &o[0],
+            output_scale,
+        )
+    };
+}
+
+/// One warp's score step on a K/V tile: its first query row, the keys per tile, the mask and
+/// the modifiers.
+struct ScoreStep<'a> {
+    warp_q0: u32,
+    block_n: u32,
+    mask: &'a Mask,
+    mods: &'a ScoreMods,
+}
+
+impl ScoreStep<'_> {
+    /// Modifiers (MODS), then -inf for keys the mask hides (tiles wholly inside the mask skip
+    /// that), on the scores of key tile `tile`.
+    #[inline(always)]
+    fn scores<const MODS: bool>(&self, s: &mut [[f32; 4]; SEQ_TILES8], tile: u32, lane: u32) {
+        let k_begin = tile * self.block_n;
+        let masked = !self.mask.tile_is_unmasked(self.warp_q0, self.warp_q0 + 16, k_begin, k_begin + self.block_n);
+        let n_tiles8 = (self.block_n / 8) as usize;
+        forward_scores::<MODS, _>(s, n_tiles8, self.warp_q0, k_begin, lane, self.mask, masked, self.mods);
+    }
+
+    /// After the softmax: dropout on the probabilities (MODS only).
+    #[inline(always)]
+    fn dropout<const MODS: bool>(&self, s: &mut [[f32; 4]; SEQ_TILES8], tile: u32, lane: u32) {
+        if MODS {
+            let n_tiles8 = (self.block_n / 8) as usize;
+            forward_dropout(s, n_tiles8, self.warp_q0, tile * self.block_n, lane, &self.mods.dropout);
+        }
+    }
+}
+
+/// The probabilities as the A operand of P·V, in registers.
+#[inline(always)]
+fn probabilities<E: WgmmaElement>(s: &[[f32; 4]; SEQ_TILES8], n_tiles8: usize) -> [[u32; 4]; 8] {
+    let mut a = [[0u32; 4]; 8];
+    #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
+    for kk in 0..n_tiles8 / 2 {
+        a[kk] = accumulators_as_a::<E>(&s[2 * kk], &s[2 * kk + 1]);
+    }
+    a
+}
+
+/// Epilogue: normalize; stage O in this warp's own rows of the Q tile, then write whole 16-byte
+/// chunks; write the LSE (or, with split-KV, this split's partial rows).
+///
+/// # Safety
+/// The tensor cores' reads of the Q tile have finished (inside the last GEMM); `p` is the
+/// validated parameter block the kernel runs on; all 32 lanes of the warp call this.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn write_output<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bool, const SEQ: bool>(
+    p: &FwdParams,
+    (batch, head, split): (u32, u32, u32),
+    q_tile: Sw128Tile,
+    q_begin: u32,
+    warp_row0: u32,
+    lane: u32,
+    softmax: &OnlineSoftmax,
+    o: &[[f32; 4]; HEAD_DIM_TILES8],
+    output_scale: f32,
+) {
+    let shape = &p.shape;
+    let warp_q0 = q_begin + warp_row0;
+    let d_tiles8 = (T::HEAD_DIM / 8) as usize;
     ptx::fence_proxy_async_shared();
     let lane = ptx::opaque(lane);
     if SEQ && shape.layout.num_splits > 1 {
         // SAFETY: the host sized the partials for every split and row (`FwdParams::o_accum`).
-        unsafe { write_partial(p, split, head, warp_q0 + lane / 4, lane, &softmax[0], &o[0], d_tiles8, output_scale) };
+        unsafe { write_partial(p, split, head, warp_q0 + lane / 4, lane, softmax, o, d_tiles8, output_scale) };
         return;
     }
     for half in 0..2 {
         let local_row = warp_row0 + lane / 4 + 8 * half as u32;
         let row = q_begin + local_row;
-        let (inv, lse) = finish_row(softmax[0].max[half], quad_sum(softmax[0].sum[half]));
+        let (inv, lse) = finish_row(softmax.max[half], quad_sum(softmax.sum[half]));
         let inv = if MODS { inv * output_scale } else { inv };
         for t in 0..d_tiles8 {
-            let packed = E::pack(o[0][t][2 * half] * inv, o[0][t][2 * half + 1] * inv);
+            let packed = E::pack(o[t][2 * half] * inv, o[t][2 * half + 1] * inv);
             let col = 8 * t as u32 + 2 * (lane % 4);
             // SAFETY: the element lies in this warp's rows of the Q tile.
             unsafe { ptx::st_shared_u32(q_tile.chunk(local_row, col / 8) + (col % 8) * 2, packed) };
@@ -306,4 +369,253 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bo
         }
         index += 32;
     }
+}
+
+/// The producer's mbarriers (`FwdWgmmaTraits::MBARRIER_OFFSET`): "full" ones complete when a
+/// tile has landed (the producer's 128 threads arrive through `cp.async`), "empty" ones when
+/// every consumer thread is done reading a stage.
+#[derive(Clone, Copy)]
+struct Stages {
+    base: u32,
+    stages: u32,
+}
+
+impl Stages {
+    fn q_full(self) -> u32 {
+        self.base
+    }
+    fn k_full(self, stage: u32) -> u32 {
+        self.base + 8 * (1 + stage)
+    }
+    fn v_full(self, stage: u32) -> u32 {
+        self.base + 8 * (1 + self.stages + stage)
+    }
+    fn k_empty(self, stage: u32) -> u32 {
+        self.base + 8 * (1 + 2 * self.stages + stage)
+    }
+    fn v_empty(self, stage: u32) -> u32 {
+        self.base + 8 * (1 + 3 * self.stages + stage)
+    }
+
+    /// Tile `i` of the block's loop (counted from its first tile): its stage and the parity of
+    /// that stage's use (each stage's barriers complete one phase per use).
+    fn of(self, i: u32) -> (u32, u32) {
+        (i % self.stages, (i / self.stages) % 2)
+    }
+
+    /// Wait for a full barrier, then make what landed visible to this thread's `wgmma` reads.
+    ///
+    /// # Safety
+    /// `bar` is one of these barriers, initialized, and the phase is the current or the previous.
+    #[inline(always)]
+    unsafe fn acquire(bar: u32, parity: u32) {
+        // SAFETY: forwarded from the caller.
+        unsafe { ptx::mbarrier_wait(bar, parity) };
+        ptx::fence_proxy_async_shared();
+    }
+}
+
+/// The warp-specialized forward (`FwdWgmmaTraits::PRODUCER`): warpgroup 0 is the producer, which
+/// lowers its registers to 24 and only issues `cp.async` copies (Q once, then K and V of every
+/// tile into `STAGES` buffers each), each tile's arrival tracked by an mbarrier; warpgroups
+/// 1..=WARPGROUPS are the consumers (64 query rows each), which raise theirs to 240 and run the
+/// pipelined loop of [`flash_fwd_wgmma`] with no load instruction and no block barrier: S = Q·Kⱼᵀ
+/// and P·Vⱼ₋₁ issued together, tile j's softmax under P·V, a K stage released once its S is
+/// computed, a V stage once its P·V is. Each consumer runs at its own pace, so one's softmax
+/// can fall under the other's GEMMs. Masks, modifiers and layouts as in [`flash_fwd_wgmma`].
+///
+/// # Safety
+/// As [`flash_fwd_wgmma`], with `T::THREADS` threads (the producer included).
+#[inline(always)]
+pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bool, const SEQ: bool>(p: &FwdParams) {
+    const { assert!(T::PRODUCER && T::PIPELINED && T::HEAD_DIM <= 128 && T::WARPGROUPS == 2) };
+    const { assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM)) };
+    let (sequence_index, split) = if SEQ { p.shape.layout.split_of(ptx::block_idx().2) } else { (0, 0) };
+    let sequence;
+    let p = if SEQ {
+        // SAFETY: the host validated the layout's arrays.
+        sequence = unsafe { p.sequence(sequence_index) };
+        &sequence
+    } else {
+        p
+    };
+    let shape = &p.shape;
+    if SEQ && ptx::block_idx().0 >= ceil_div(shape.seqlen_q, T::BLOCK_M) {
+        return;
+    }
+    let mask = Mask::of(shape);
+    let tid = ptx::thread_idx();
+    let (block_x, head, batch) = ptx::block_idx();
+    let batch = if SEQ { sequence_index } else { batch };
+    let kv_head = kv_head_of(shape, head);
+    let q_begin = q_tile_of_block(block_x, ceil_div(shape.seqlen_q, T::BLOCK_M)) * T::BLOCK_M;
+
+    let smem = ptx::dynamic_smem_base().next_multiple_of(1024);
+    let tile = |offset: u32, rows: u32| Sw128Tile {
+        base: smem + offset,
+        rows,
+        chunks_per_row: T::CHUNKS_PER_ROW,
+        data_chunks: T::DATA_CHUNKS,
+    };
+    let q_tile = tile(T::Q_OFFSET, T::BLOCK_M);
+    let k_tile = |stage: u32| tile(T::K_OFFSET + stage * T::KV_TILE_BYTES, T::BLOCK_N);
+    let v_tile = |stage: u32| tile(T::V_OFFSET + stage * T::KV_TILE_BYTES, T::BLOCK_N);
+    let bars = Stages { base: smem + T::MBARRIER_OFFSET, stages: T::STAGES };
+    let consumer_threads = 128 * T::WARPGROUPS;
+    if tid == 0 {
+        // SAFETY: 8-byte aligned slots of this block's shared memory (traits), initialized once,
+        // before the barrier below and so before any use.
+        unsafe {
+            ptx::mbarrier_init(bars.q_full(), 128);
+            for stage in 0..T::STAGES {
+                ptx::mbarrier_init(bars.k_full(stage), 128);
+                ptx::mbarrier_init(bars.v_full(stage), 128);
+                ptx::mbarrier_init(bars.k_empty(stage), consumer_threads);
+                ptx::mbarrier_init(bars.v_empty(stage), consumer_threads);
+            }
+        }
+    }
+    // The only block-wide barrier: every thread sees the initialized mbarriers.
+    sync_threads();
+
+    let (key_lo, key_hi) = mask.key_range(q_begin, q_begin + T::BLOCK_M);
+    let tiles = (key_lo / T::BLOCK_N, ceil_div(key_hi, T::BLOCK_N));
+    let (first_tile, end_tile) = if SEQ { split_tiles(tiles, split, shape.layout.splits()) } else { tiles };
+
+    if tid < 128 {
+        ptx::setmaxnreg_dec_24();
+        let q_ptr = (p.q as *const u16).wrapping_offset(p.q_strides.offset(batch, q_begin, head) as isize);
+        let k_ptr = (p.k as *const u16).wrapping_offset(p.k_strides.offset(batch, 0, kv_head) as isize);
+        let v_ptr = (p.v as *const u16).wrapping_offset(p.v_strides.offset(batch, 0, kv_head) as isize);
+        // SAFETY: the host validated Q, K and V (rows at these strides; rows past the ends are
+        // zero-filled without being read); each stage is refilled only after its empty barrier
+        // completed the phase of its previous use, i.e. after every consumer's GEMMs on it.
+        unsafe {
+            q_tile.load_async(q_ptr, p.q_strides.row, shape.seqlen_q - q_begin, tid, 128);
+            ptx::cp_async_mbarrier_arrive(bars.q_full());
+            for tile in first_tile..end_tile {
+                let i = tile - first_tile;
+                let (stage, parity) = bars.of(i);
+                let k_begin = tile * T::BLOCK_N;
+                let rows = shape.seqlen_k - k_begin;
+                if i >= T::STAGES {
+                    ptx::mbarrier_wait(bars.k_empty(stage), parity ^ 1);
+                }
+                k_tile(stage).load_async(
+                    k_ptr.wrapping_offset(k_begin as isize * p.k_strides.row as isize),
+                    p.k_strides.row,
+                    rows,
+                    tid,
+                    128,
+                );
+                ptx::cp_async_mbarrier_arrive(bars.k_full(stage));
+                if i >= T::STAGES {
+                    ptx::mbarrier_wait(bars.v_empty(stage), parity ^ 1);
+                }
+                v_tile(stage).load_async(
+                    v_ptr.wrapping_offset(k_begin as isize * p.v_strides.row as isize),
+                    p.v_strides.row,
+                    rows,
+                    tid,
+                    128,
+                );
+                ptx::cp_async_mbarrier_arrive(bars.v_full(stage));
+            }
+        }
+        // Nothing of this thread stays in flight when it exits.
+        cp_async_wait_all();
+        return;
+    }
+    ptx::setmaxnreg_inc_240();
+
+    // Consumer warp w (0..8) owns query rows 16w..16w+16 of the block.
+    let ctid = tid - 128;
+    let (warpgroup, warp, lane) = (ctid / 128, ctid / 32, ctid % 32);
+    let warp_row0 = 16 * warp;
+    let warp_q0 = q_begin + warp_row0;
+    // SAFETY: the host validated the modifiers' device arrays (slopes, sinks).
+    let (mods, sink_log2, output_scale) = unsafe { ScoreMods::for_forward::<MODS>(p, batch, head) };
+    let sink_log2 = if SEQ && split != 0 { f32::NEG_INFINITY } else { sink_log2 };
+    let panels = T::HEAD_DIM / 64;
+    let q_descs = panel_descriptors(panels, |panel| {
+        wgmma_descriptor(q_tile.panel(panel, 64 * warpgroup), 16, SW128_ROW_GROUP_BYTES)
+    });
+    let k_descs = |stage: u32| {
+        let keys = k_tile(stage);
+        panel_descriptors(panels, |panel| wgmma_descriptor(keys.panel(panel, 0), 16, SW128_ROW_GROUP_BYTES))
+    };
+    let v_desc = |stage: u32| wgmma_descriptor(v_tile(stage).panel(0, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
+    let (n_tiles8, d_tiles8) = ((T::BLOCK_N / 8) as usize, (T::HEAD_DIM / 8) as usize);
+    let step = ScoreStep { warp_q0, block_n: T::BLOCK_N, mask: &mask, mods: &mods };
+
+    let mut o = [[[0f32; 4]; HEAD_DIM_TILES8]; 1];
+    let mut softmax = [OnlineSoftmax::starting_at(sink_log2, lane)];
+    // SAFETY (every wait and arrive below): the barriers were initialized before the block
+    // barrier; each consumer thread arrives once per use of a stage, after its GEMMs on it
+    // completed, and waits for the phase of the use it is at (the producer is at most one use
+    // ahead of the slowest consumer).
+    unsafe { Stages::acquire(bars.q_full(), 0) };
+    if first_tile < end_tile {
+        let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
+        // SAFETY: the whole warpgroup is here (warpgroup-uniform control flow); Q and the first
+        // K tile landed and were fenced for the async proxy.
+        unsafe {
+            Stages::acquire(bars.k_full(0), 0);
+            E::qk(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(0));
+            ptx::mbarrier_arrive(bars.k_empty(0));
+        }
+        step.scores::<MODS>(&mut s[0], first_tile, lane);
+        // O is still zero: no correction to apply.
+        let _ = online_softmax_deferred(&mut softmax, &mut s, 1, n_tiles8, shape.scale_log2);
+        step.dropout::<MODS>(&mut s[0], first_tile, lane);
+        let mut previous = probabilities::<E>(&s[0], n_tiles8);
+        for tile in first_tile + 1..end_tile {
+            let i = tile - first_tile;
+            let (stage, parity) = bars.of(i);
+            let (previous_stage, previous_parity) = bars.of(i - 1);
+            let lane = ptx::opaque(lane);
+            let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
+            // SAFETY: as above; the accumulators and `previous` are left alone until the waits
+            // below name them.
+            unsafe {
+                Stages::acquire(bars.k_full(stage), parity);
+                E::qk_issue(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(stage));
+                Stages::acquire(bars.v_full(previous_stage), previous_parity);
+                E::pv_issue(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(previous_stage));
+            }
+            wait(1, Waited::Scores(T::BLOCK_N, &mut s[0]));
+            // SAFETY: this thread's score GEMM on the stage has completed.
+            unsafe { ptx::mbarrier_arrive(bars.k_empty(stage)) };
+            step.scores::<MODS>(&mut s[0], tile, lane);
+            let correction = online_softmax_deferred(&mut softmax, &mut s, 1, n_tiles8, shape.scale_log2);
+            step.dropout::<MODS>(&mut s[0], tile, lane);
+            wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
+            // SAFETY: this thread's P·V GEMM on the previous stage has completed.
+            unsafe { ptx::mbarrier_arrive(bars.v_empty(previous_stage)) };
+            if let Some(correction) = correction {
+                rescale(&mut o, &correction, 1, d_tiles8);
+            }
+            previous = probabilities::<E>(&s[0], n_tiles8);
+        }
+        let (last_stage, last_parity) = bars.of(end_tile - 1 - first_tile);
+        // SAFETY: as for the score GEMM. No arrive: the producer loads nothing more.
+        unsafe {
+            Stages::acquire(bars.v_full(last_stage), last_parity);
+            E::pv(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(last_stage));
+        }
+    }
+    // SAFETY: every GEMM that read the Q tile has completed (the last one waited).
+    unsafe {
+        write_output::<E, T, MODS, SEQ>(
+            p,
+            (batch, head, split),
+            q_tile,
+            q_begin,
+            warp_row0,
+            lane,
+            &softmax[0],
+            &o[0],
+            output_scale,
+        )
+    };
 }

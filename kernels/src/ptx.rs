@@ -486,3 +486,85 @@ pub fn fence_proxy_async() {
     // SAFETY: a memory fence; no operands.
     unsafe { asm!("fence.proxy.async;", options(nostack)) }
 }
+
+/// Initialize the mbarrier at `addr` to expect `count` arrivals per phase (phase 0 open).
+///
+/// # Safety
+/// `addr` is an 8-byte aligned shared address of this block that no thread uses as an mbarrier
+/// yet; a block-wide barrier follows before any thread waits on or arrives at it.
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub unsafe fn mbarrier_init(addr: u32, count: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("mbarrier.init.shared::cta.b64 [{0}], {1};", in(reg32) addr, in(reg32) count, options(nostack)) }
+}
+
+/// One arrival at the mbarrier at `addr`, with release semantics: this thread's earlier memory
+/// operations (reads of a stage included) happen before the phase completes.
+///
+/// # Safety
+/// `addr` is an initialized mbarrier of this block whose current phase still expects this
+/// arrival.
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub unsafe fn mbarrier_arrive(addr: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("mbarrier.arrive.shared::cta.b64 _, [{0}];", in(reg32) addr, options(nostack)) }
+}
+
+/// An arrival at the mbarrier at `addr` that happens when every `cp.async` this thread issued so
+/// far has landed; the arrival is one of the phase's expected count (`.noinc`). The thread does
+/// not wait.
+///
+/// # Safety
+/// As [`mbarrier_arrive`].
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub unsafe fn cp_async_mbarrier_arrive(addr: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [{0}];", in(reg32) addr, options(nostack)) }
+}
+
+/// Wait until the phase of parity `parity` (0 or 1) of the mbarrier at `addr` has completed,
+/// with acquire semantics: what the arriving threads did before their arrivals is visible after.
+///
+/// # Safety
+/// `addr` is an initialized mbarrier of this block; the phase waited for is the current one or
+/// the one just before it (a wait two phases behind would pass at once).
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub unsafe fn mbarrier_wait(addr: u32, parity: u32) {
+    loop {
+        let done: u32;
+        // SAFETY: guaranteed by the caller. `try_wait` suspends the thread for a while in the
+        // hardware before it reports "not yet", so this loop does not spin hot.
+        unsafe {
+            asm!(
+                "{{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [{1}], {2}; selp.u32 {0}, 1, 0, p; }}",
+                out(reg32) done, in(reg32) addr, in(reg32) parity,
+                options(nostack),
+            )
+        };
+        if done != 0 {
+            return;
+        }
+    }
+}
+
+/// Lower this warpgroup's registers per thread to 24 (a producer that only issues copies),
+/// handing them to the warpgroups that raise theirs ([`setmaxnreg_inc_240`]).
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub fn setmaxnreg_dec_24() {
+    // SAFETY: executed by all 128 threads of a warpgroup together (warpgroup-uniform branch).
+    unsafe { asm!("setmaxnreg.dec.sync.aligned.u32 24;", options(nostack)) }
+}
+
+/// Raise this warpgroup's registers per thread to 240 (the consumers of a producer warpgroup
+/// that lowered its own to 24: 24 · 128 + 240 · 256 = 64 K registers).
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub fn setmaxnreg_inc_240() {
+    // SAFETY: executed by all 128 threads of a warpgroup together (warpgroup-uniform branch).
+    unsafe { asm!("setmaxnreg.inc.sync.aligned.u32 240;", options(nostack)) }
+}

@@ -17,7 +17,8 @@ use crate::traits::{
     BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim32, BwdWgmmaHdim64,
     BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaHdim256, BwdWgmmaTraits,
     FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96,
-    FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, ROW_KERNEL_THREADS,
+    FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsHdim128,
+    ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,9 +203,15 @@ const fn bwd_wgmma<T: BwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> Kerne
     }
 }
 
-/// [`bwd_wgmma`], not picked by default ([`KernelInfo::opt_in`]).
-const fn bwd_wgmma_opt_in<T: BwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
-    KernelInfo { opt_in: true, ..bwd_wgmma::<T>(name, dtype) }
+/// `kernel`, not picked by default ([`KernelInfo::opt_in`]): for a kernel that is tested but
+/// not yet measured against the default.
+const fn opt_in(kernel: KernelInfo) -> KernelInfo {
+    KernelInfo { opt_in: true, ..kernel }
+}
+
+/// The warp-specialized forward (v21), opt-in until it is measured against the default.
+const fn fwd_wgmma_ws<T: FwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
+    opt_in(fwd_wgmma::<T>(name, dtype))
 }
 
 /// Every kernel with its `_mods` twin (same configuration, `modifiers: true`) and its `_seq`
@@ -226,6 +233,8 @@ pub const KERNELS: &[KernelInfo] = registry! {
         fwd_wgmma::<FwdWgmmaHdim64>("flash_fwd_wgmma_f16_hdim64", Dtype::F16),
         fwd_wgmma::<FwdWgmmaHdim128>("flash_fwd_wgmma_bf16_hdim128", Dtype::Bf16),
         fwd_wgmma::<FwdWgmmaHdim128>("flash_fwd_wgmma_f16_hdim128", Dtype::F16),
+        fwd_wgmma_ws::<FwdWgmmaWsHdim128>("flash_fwd_wgmma_ws_bf16_hdim128", Dtype::Bf16),
+        fwd_wgmma_ws::<FwdWgmmaWsHdim128>("flash_fwd_wgmma_ws_f16_hdim128", Dtype::F16),
         fwd_wgmma::<FwdWgmmaHdim96>("flash_fwd_wgmma_bf16_hdim96", Dtype::Bf16),
         fwd_wgmma::<FwdWgmmaHdim96>("flash_fwd_wgmma_f16_hdim96", Dtype::F16),
         bwd_wgmma::<BwdWgmmaHdim96>("flash_bwd_wgmma_bf16_hdim96", Dtype::Bf16),
@@ -240,9 +249,9 @@ pub const KERNELS: &[KernelInfo] = registry! {
         bwd_wgmma::<BwdWgmmaHdim64>("flash_bwd_wgmma_f16_hdim64", Dtype::F16),
         bwd_wgmma::<BwdWgmmaHdim128>("flash_bwd_wgmma_bf16_hdim128", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim128>("flash_bwd_wgmma_f16_hdim128", Dtype::F16),
-        // Tested on the H200 (v19), speed not yet measured: opt-in until it is.
-        bwd_wgmma_opt_in::<BwdWgmmaHdim256>("flash_bwd_wgmma_bf16_hdim256", Dtype::Bf16),
-        bwd_wgmma_opt_in::<BwdWgmmaHdim256>("flash_bwd_wgmma_f16_hdim256", Dtype::F16),
+        // v20: 1.47–1.78× the portable kernel (benches/NOTES.md).
+        bwd_wgmma::<BwdWgmmaHdim256>("flash_bwd_wgmma_bf16_hdim256", Dtype::Bf16),
+        bwd_wgmma::<BwdWgmmaHdim256>("flash_bwd_wgmma_f16_hdim256", Dtype::F16),
         fwd::<FwdHdim96>("flash_fwd_bf16_hdim96", Dtype::Bf16),
         bwd::<BwdHdim96>("flash_bwd_bf16_hdim96", Dtype::Bf16),
         fwd::<FwdHdim96>("flash_fwd_f16_hdim96", Dtype::F16),
@@ -380,13 +389,13 @@ mod tests {
 
     #[test]
     fn hopper_kernels_where_they_pay() {
-        // benches/NOTES.md v14b–d: the forward on `wgmma` from head_dim 64 up (96 padded to
-        // 128), the backward at 32 (padded to 64), 64, 96 and 128; the rest stays portable (the
-        // head_dim 256 `wgmma` backward of v19 is opt-in until its speed is measured).
+        // benches/NOTES.md v14b–d, v20: the forward on `wgmma` from head_dim 64 up (96 padded to
+        // 128), the backward at 32 (padded to 64), 64, 96, 128 and 256 (the column-split
+        // kernel); head_dim 32 forward and 192 backward stay portable.
         for dtype in [Dtype::F16, Dtype::Bf16] {
             for (role, hopper) in [
                 (Role::Forward, [false, true, true, true, true, true]),
-                (Role::Backward, [true, true, true, true, false, false]),
+                (Role::Backward, [true, true, true, true, false, true]),
             ] {
                 for (d, expected) in crate::traits::SUPPORTED_HEAD_DIMS.iter().zip(hopper) {
                     for flavor in [Flavor::Dense, Flavor::Sequences, Flavor::Modifiers] {
@@ -402,7 +411,7 @@ mod tests {
     #[test]
     fn opt_in_kernels_are_reached_only_by_name() {
         let opt_in = || KERNELS.iter().filter(|k| k.opt_in);
-        assert_eq!(opt_in().count(), 6, "the head_dim 256 wgmma backward, two dtypes, three flavors");
+        assert_eq!(opt_in().count(), 6, "the warp-specialized head_dim 128 forward, two dtypes, three flavors");
         for k in opt_in() {
             assert_eq!(by_name(k.name).map(|b| b.name), Some(k.name));
             let flavor = if k.modifiers {

@@ -110,20 +110,30 @@ pub trait FwdWgmmaTraits {
     const WARPGROUPS: u32;
     /// K/V shared-memory buffers (2 or 3).
     const STAGES: u32 = 2;
-    /// Overlap each tile's softmax with the previous tile's P·V GEMM (needs 3 stages).
+    /// Overlap each tile's softmax with the previous tile's P·V GEMM (needs 3 stages, or 2 with
+    /// a producer).
     const PIPELINED: bool = false;
+    /// Warp-specialized: one more warpgroup, the producer, issues every load while the
+    /// `WARPGROUPS` consumers compute; stages are handed over through mbarriers, not block
+    /// barriers (`flash_fwd_wgmma_ws`).
+    const PRODUCER: bool = false;
 
+    /// Query rows: 64 per computing warpgroup.
     const BLOCK_M: u32 = 64 * Self::WARPGROUPS;
-    const THREADS: u32 = 128 * Self::WARPGROUPS;
+    const THREADS: u32 = 128 * (Self::WARPGROUPS + Self::PRODUCER as u32);
     const CHUNKS_PER_ROW: u32 = Self::HEAD_DIM / 8;
     const Q_TILE_BYTES: u32 = Self::BLOCK_M * Self::HEAD_DIM * 2;
     const KV_TILE_BYTES: u32 = Self::BLOCK_N * Self::HEAD_DIM * 2;
     const Q_OFFSET: u32 = 0;
     const K_OFFSET: u32 = Self::Q_TILE_BYTES;
     const V_OFFSET: u32 = Self::K_OFFSET + Self::STAGES * Self::KV_TILE_BYTES;
+    /// The producer's mbarriers (8 bytes each): Q full, then K full, V full, K empty and V empty
+    /// for every stage.
+    const MBARRIER_OFFSET: u32 = Self::V_OFFSET + Self::STAGES * Self::KV_TILE_BYTES;
+    const MBARRIER_BYTES: u32 = if Self::PRODUCER { 8 * (1 + 4 * Self::STAGES) } else { 0 };
     /// The kernel rounds its shared-memory base up to 1024 bytes (the swizzle's period): the
     /// extra kilobyte pays for that.
-    const SMEM_BYTES: u32 = Self::V_OFFSET + Self::STAGES * Self::KV_TILE_BYTES + 1024;
+    const SMEM_BYTES: u32 = Self::MBARRIER_OFFSET + Self::MBARRIER_BYTES + 1024;
 }
 
 /// A Hopper forward configuration: head_dim, warpgroups per block, keys per tile, K/V stages.
@@ -162,6 +172,25 @@ pub type FwdWgmmaHdim256 = FwdWgmma<256, 2, 64, 2>;
 /// quarter of the GEMM work is padding, but the `wgmma` rate more than pays for it (the
 /// 128-byte swizzle wants whole 64-column panels).
 pub type FwdWgmmaHdim96 = FwdWgmmaPipelined<128, 2, 128, 96>;
+/// The warp-specialized Hopper forward: a producer warpgroup loads Q, K and V (`cp.async`
+/// tracked by mbarriers) while `WARPGROUPS` consumers run the pipelined loop, each at its own
+/// pace; `STAGES` K and `STAGES` V buffers, released separately (K after S = Q·Kᵀ, V after P·V).
+pub struct FwdWgmmaWs<const D: u32, const WARPGROUPS: u32, const BLOCK_N: u32, const STAGES: u32, const DATA: u32 = 0>;
+impl<const D: u32, const W: u32, const N: u32, const S: u32, const DATA: u32> FwdWgmmaTraits
+    for FwdWgmmaWs<D, W, N, S, DATA>
+{
+    const HEAD_DIM: u32 = D;
+    const DATA_HEAD_DIM: u32 = if DATA == 0 { D } else { DATA };
+    const BLOCK_N: u32 = N;
+    const WARPGROUPS: u32 = W;
+    const STAGES: u32 = S;
+    const PIPELINED: bool = true;
+    const PRODUCER: bool = true;
+}
+/// head_dim 128 warp-specialized: two consumers on 128-key tiles, two stages each of K and V
+/// (160 KiB).
+pub type FwdWgmmaWsHdim128 = FwdWgmmaWs<128, 2, 128, 2>;
+
 /// The unpipelined head_dim 128 forward, kept for comparison (`bench --kernel NAME`).
 pub type FwdWgmmaHdim128Sync = FwdWgmma<128, 2, 128, 2>;
 
@@ -408,7 +437,9 @@ mod tests {
         // Padding stays within the last panel, in whole chunks.
         assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM));
         assert!(T::STAGES == 2 || T::STAGES == 3);
-        assert!(!T::PIPELINED || T::STAGES == 3);
+        assert!(!T::PIPELINED || T::STAGES == 3 || T::PRODUCER);
+        // The producer's loop is the pipelined one; its mbarriers are 8-byte aligned.
+        assert!(!T::PRODUCER || T::PIPELINED && T::MBARRIER_OFFSET % 8 == 0);
         // Every panel starts on a 1024-byte boundary of the aligned base.
         assert_eq!(T::Q_TILE_BYTES % 1024, 0);
         assert_eq!(T::KV_TILE_BYTES % 1024, 0);
@@ -454,6 +485,7 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaHdim64>();
         check_fwd_wgmma::<FwdWgmmaHdim128>();
         check_fwd_wgmma::<FwdWgmmaHdim128Sync>();
+        check_fwd_wgmma::<FwdWgmmaWsHdim128>();
         check_fwd_wgmma::<FwdWgmmaHdim192>();
         check_fwd_wgmma::<FwdWgmmaHdim256>();
         check_fwd_wgmma::<FwdWgmmaHdim96>();

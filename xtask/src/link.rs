@@ -170,7 +170,9 @@ pub fn run(args: Vec<String>) -> Result<(), String> {
 /// Rust has no attribute for PTX's per-entry performance directives, so the link step adds them:
 /// for a kernel the registry wants resident `min_blocks_per_sm` times per SM, `.maxntid` and
 /// `.minnctapersm` let ptxas budget registers for that occupancy (and `build-ptx` then fails if
-/// that budget spills).
+/// that budget spills). Kernels of more than 256 threads get them too: without them ptxas may use
+/// 255 registers a thread, which such a block could not launch with (the warp-specialized
+/// kernels then move registers between warpgroups with `setmaxnreg`).
 fn add_occupancy_directives(ptx: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(ptx).map_err(|e| e.to_string())?;
     let mut out = String::with_capacity(text.len() + 1024);
@@ -178,7 +180,7 @@ fn add_occupancy_directives(ptx: &Path) -> Result<(), String> {
     for line in text.lines() {
         if let Some(name) = line.strip_prefix(".visible .entry ").and_then(|l| l.strip_suffix('(')) {
             pending = registry::by_name(name)
-                .filter(|k| k.min_blocks_per_sm > 1)
+                .filter(|k| k.min_blocks_per_sm > 1 || k.threads > 256)
                 .map(|k| format!(".maxntid {}, 1, 1\n.minnctapersm {}\n", k.threads, k.min_blocks_per_sm));
         }
         out.push_str(line);
