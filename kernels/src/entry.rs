@@ -412,6 +412,25 @@ mod hopper {
         F16,
         FwdWgmmaWsHdim128
     );
+    pair!(
+        flash_fwd_wgmma_ws_bf16_hdim96,
+        flash_fwd_wgmma_ws_bf16_hdim96_mods,
+        flash_fwd_wgmma_ws_bf16_hdim96_seq,
+        FwdParams,
+        flash_fwd_wgmma_ws,
+        Bf16,
+        FwdWgmmaWsHdim96
+    );
+    pair!(
+        flash_fwd_wgmma_ws_f16_hdim96,
+        flash_fwd_wgmma_ws_f16_hdim96_mods,
+        flash_fwd_wgmma_ws_f16_hdim96_seq,
+        FwdParams,
+        flash_fwd_wgmma_ws,
+        F16,
+        FwdWgmmaWsHdim96
+    );
+    entry!(flash_fwd_wgmma_ws_pp_bf16_hdim128, FwdParams, flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsPingpongHdim128, false, false>);
     entry!(flash_fwd_wgmma_bf16_hdim128_sync, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128Sync, false, false>);
     entry!(flash_bwd_wgmma_bf16_hdim64_narrow, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim64Narrow, false, false>);
     entry!(flash_bwd_wgmma_bf16_hdim128_sync, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128Sync, false, false>);

@@ -429,6 +429,7 @@ impl Stages {
 #[inline(always)]
 pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bool, const SEQ: bool>(p: &FwdParams) {
     const { assert!(T::PRODUCER && T::PIPELINED && T::HEAD_DIM <= 128 && T::WARPGROUPS == 2) };
+    const { assert!(!T::PINGPONG || T::WARPGROUPS == 2) };
     const { assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM)) };
     let (sequence_index, split) = if SEQ { p.shape.layout.split_of(ptx::block_idx().2) } else { (0, 0) };
     let sequence;
@@ -555,15 +556,39 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
     // completed, and waits for the phase of the use it is at (the producer is at most one use
     // ahead of the slowest consumer).
     unsafe { Stages::acquire(bars.q_full(), 0) };
+    // Ping-pong (T::PINGPONG): consumer c issues its GEMMs only on its turn (named barrier 1 + c)
+    // and then passes the turn to the other (barrier 2 - c); both run the same number of issue
+    // points (the first S, one per loop iteration, the last P·V), consumer 0 going first. The
+    // last pass of consumer 1 is left out: nobody would take it.
+    let take_turn = || {
+        if T::PINGPONG {
+            // SAFETY: both consumers' 256 threads pair every wait with the other's pass.
+            unsafe { ptx::named_barrier_sync(1 + warpgroup, 256) }
+        }
+    };
+    let pass_turn = |last: bool| {
+        if T::PINGPONG && !(last && warpgroup == 1) {
+            // SAFETY: as above.
+            unsafe { ptx::named_barrier_arrive(2 - warpgroup, 256) }
+        }
+    };
     if first_tile < end_tile {
+        if T::PINGPONG && warpgroup == 1 {
+            // SAFETY: as above (consumer 0's first turn).
+            unsafe { ptx::named_barrier_arrive(1, 256) }
+        }
         let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
         // SAFETY: the whole warpgroup is here (warpgroup-uniform control flow); Q and the first
-        // K tile landed and were fenced for the async proxy.
+        // K tile landed and were fenced for the async proxy; `s` is left alone until the wait.
         unsafe {
             Stages::acquire(bars.k_full(0), 0);
-            E::qk(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(0));
-            ptx::mbarrier_arrive(bars.k_empty(0));
+            take_turn();
+            E::qk_issue(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(0));
+            pass_turn(false);
         }
+        wait(0, Waited::Scores(T::BLOCK_N, &mut s[0]));
+        // SAFETY: this thread's score GEMM on the stage has completed.
+        unsafe { ptx::mbarrier_arrive(bars.k_empty(0)) };
         step.scores::<MODS>(&mut s[0], first_tile, lane);
         // O is still zero: no correction to apply.
         let _ = online_softmax_deferred(&mut softmax, &mut s, 1, n_tiles8, shape.scale_log2);
@@ -579,9 +604,11 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
             // below name them.
             unsafe {
                 Stages::acquire(bars.k_full(stage), parity);
-                E::qk_issue(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(stage));
                 Stages::acquire(bars.v_full(previous_stage), previous_parity);
+                take_turn();
+                E::qk_issue(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(stage));
                 E::pv_issue(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(previous_stage));
+                pass_turn(false);
             }
             wait(1, Waited::Scores(T::BLOCK_N, &mut s[0]));
             // SAFETY: this thread's score GEMM on the stage has completed.
@@ -601,8 +628,11 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
         // SAFETY: as for the score GEMM. No arrive: the producer loads nothing more.
         unsafe {
             Stages::acquire(bars.v_full(last_stage), last_parity);
-            E::pv(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(last_stage));
+            take_turn();
+            E::pv_issue(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(last_stage));
+            pass_turn(true);
         }
+        wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
     }
     // SAFETY: every GEMM that read the Q tile has completed (the last one waited).
     unsafe {

@@ -568,3 +568,27 @@ pub fn setmaxnreg_inc_240() {
     // SAFETY: executed by all 128 threads of a warpgroup together (warpgroup-uniform branch).
     unsafe { asm!("setmaxnreg.inc.sync.aligned.u32 240;", options(nostack)) }
 }
+
+/// Wait at named barrier `id` (1..16; 0 is [`sync_threads`]'s) until `count` threads (a multiple
+/// of 32) have arrived at it or waited there, this warp's included.
+///
+/// # Safety
+/// Every warp that takes part calls this or [`named_barrier_arrive`] with the same `id` and
+/// `count`, in warp-uniform control flow, as many times as the protocol pairs them.
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub unsafe fn named_barrier_sync(id: u32, count: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("bar.sync {0}, {1};", in(reg32) id, in(reg32) count, options(nostack)) }
+}
+
+/// Arrive at named barrier `id` without waiting (see [`named_barrier_sync`]).
+///
+/// # Safety
+/// As [`named_barrier_sync`].
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub unsafe fn named_barrier_arrive(id: u32, count: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("bar.arrive {0}, {1};", in(reg32) id, in(reg32) count, options(nostack)) }
+}

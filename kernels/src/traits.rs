@@ -117,6 +117,9 @@ pub trait FwdWgmmaTraits {
     /// `WARPGROUPS` consumers compute; stages are handed over through mbarriers, not block
     /// barriers (`flash_fwd_wgmma_ws`).
     const PRODUCER: bool = false;
+    /// With a producer: the two consumers take turns issuing their GEMMs (named barriers), so
+    /// that one's softmax runs while the other's GEMMs hold the tensor cores.
+    const PINGPONG: bool = false;
 
     /// Query rows: 64 per computing warpgroup.
     const BLOCK_M: u32 = 64 * Self::WARPGROUPS;
@@ -175,10 +178,18 @@ pub type FwdWgmmaHdim96 = FwdWgmmaPipelined<128, 2, 128, 96>;
 /// The warp-specialized Hopper forward: a producer warpgroup loads Q, K and V (`cp.async`
 /// tracked by mbarriers) while `WARPGROUPS` consumers run the pipelined loop, each at its own
 /// pace; `STAGES` K and `STAGES` V buffers, released separately (K after S = Q·Kᵀ, V after P·V).
-pub struct FwdWgmmaWs<const D: u32, const WARPGROUPS: u32, const BLOCK_N: u32, const STAGES: u32, const DATA: u32 = 0>;
-impl<const D: u32, const W: u32, const N: u32, const S: u32, const DATA: u32> FwdWgmmaTraits
-    for FwdWgmmaWs<D, W, N, S, DATA>
+pub struct FwdWgmmaWs<
+    const D: u32,
+    const WARPGROUPS: u32,
+    const BLOCK_N: u32,
+    const STAGES: u32,
+    const DATA: u32 = 0,
+    const PINGPONG: bool = false,
+>;
+impl<const D: u32, const W: u32, const N: u32, const S: u32, const DATA: u32, const PP: bool> FwdWgmmaTraits
+    for FwdWgmmaWs<D, W, N, S, DATA, PP>
 {
+    const PINGPONG: bool = PP;
     const HEAD_DIM: u32 = D;
     const DATA_HEAD_DIM: u32 = if DATA == 0 { D } else { DATA };
     const BLOCK_N: u32 = N;
@@ -190,6 +201,10 @@ impl<const D: u32, const W: u32, const N: u32, const S: u32, const DATA: u32> Fw
 /// head_dim 128 warp-specialized: two consumers on 128-key tiles, two stages each of K and V
 /// (160 KiB).
 pub type FwdWgmmaWsHdim128 = FwdWgmmaWs<128, 2, 128, 2>;
+/// The same with the consumers' GEMMs in ping-pong order (v22, measured against it).
+pub type FwdWgmmaWsPingpongHdim128 = FwdWgmmaWs<128, 2, 128, 2, 0, true>;
+/// head_dim 96 on the warp-specialized head_dim 128 kernel, 32 columns zero-padded.
+pub type FwdWgmmaWsHdim96 = FwdWgmmaWs<128, 2, 128, 2, 96>;
 
 /// The unpipelined head_dim 128 forward, kept for comparison (`bench --kernel NAME`).
 pub type FwdWgmmaHdim128Sync = FwdWgmma<128, 2, 128, 2>;
@@ -440,6 +455,7 @@ mod tests {
         assert!(!T::PIPELINED || T::STAGES == 3 || T::PRODUCER);
         // The producer's loop is the pipelined one; its mbarriers are 8-byte aligned.
         assert!(!T::PRODUCER || T::PIPELINED && T::MBARRIER_OFFSET % 8 == 0);
+        assert!(!T::PINGPONG || T::PRODUCER && T::WARPGROUPS == 2);
         // Every panel starts on a 1024-byte boundary of the aligned base.
         assert_eq!(T::Q_TILE_BYTES % 1024, 0);
         assert_eq!(T::KV_TILE_BYTES % 1024, 0);
@@ -486,6 +502,8 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaHdim128>();
         check_fwd_wgmma::<FwdWgmmaHdim128Sync>();
         check_fwd_wgmma::<FwdWgmmaWsHdim128>();
+        check_fwd_wgmma::<FwdWgmmaWsPingpongHdim128>();
+        check_fwd_wgmma::<FwdWgmmaWsHdim96>();
         check_fwd_wgmma::<FwdWgmmaHdim192>();
         check_fwd_wgmma::<FwdWgmmaHdim256>();
         check_fwd_wgmma::<FwdWgmmaHdim96>();
