@@ -64,6 +64,7 @@ pub fn {name}({args}) {{
 for group in (0, 1):
     for count in (32, 64):
         out.append(wait_fn(group, f"wgmma_wait{group}_s{count}", ["s"], count, 16))
+    for count in (32, 64, 96, 128):
         out.append(wait_fn(group, f"wgmma_wait{group}_o{count}", ["o"], count, 32))
 for count in (32, 64):
     out.append(wait_fn(0, f"wgmma_wait0_oo{count}", ["a", "b"], count, 32))
@@ -73,8 +74,6 @@ for ty, ptxty in TYPES:
     suffix = "_issue" if issue_only else ""
     waits = [] if issue_only else ["wgmma.wait_group.sync.aligned 0;"]
     for n, panels in QK:
-        if issue_only and panels > 2:
-            continue  # the pipelined kernels stop at head_dim 128
         count = n // 2
         lines = []
         lines.append("{{")
@@ -117,8 +116,6 @@ pub unsafe fn wgmma_qk{suffix}_n{n}_p{panels}_{ty}(s: &mut [[f32; 4]; 16], desc_
     }}
 }}''')
     for n, ksteps in PV:
-        if issue_only and n > 128:
-            continue
         count = n // 2
         lines = ["{{", ".reg .b64 vb;", "wgmma.fence.sync.aligned;"]
         for step in range(ksteps):

@@ -430,7 +430,19 @@ mod hopper {
         F16,
         FwdWgmmaWsHdim96
     );
-    entry!(flash_fwd_wgmma_ws_pp_bf16_hdim128, FwdParams, flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsPingpongHdim128, false, false>);
+    // No `_mods` twin: with every modifier's registers it spills past the budget; the
+    // `_mods` calls at head_dim 256 run `flash_fwd_wgmma_bf16_hdim256_mods`.
+    entry!(flash_fwd_wgmma_ws_bf16_hdim256, FwdParams, flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsHdim256, false, false>);
+    entry!(flash_fwd_wgmma_ws_bf16_hdim256_seq, FwdParams, flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsHdim256, false, true>);
+    // No `_mods` twin: with every modifier's registers it spills past the budget; the
+    // `_mods` calls at head_dim 256 run `flash_fwd_wgmma_f16_hdim256_mods`.
+    entry!(flash_fwd_wgmma_ws_f16_hdim256, FwdParams, flash_fwd_wgmma_ws::<F16, FwdWgmmaWsHdim256, false, false>);
+    entry!(flash_fwd_wgmma_ws_f16_hdim256_seq, FwdParams, flash_fwd_wgmma_ws::<F16, FwdWgmmaWsHdim256, false, true>);
+    entry!(
+        flash_fwd_wgmma_ws_pp_bf16_hdim128,
+        FwdParams,
+        flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsPingpongHdim128, false, false>
+    );
     entry!(flash_fwd_wgmma_bf16_hdim128_sync, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128Sync, false, false>);
     entry!(flash_bwd_wgmma_bf16_hdim64_narrow, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim64Narrow, false, false>);
     entry!(flash_bwd_wgmma_bf16_hdim128_sync, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128Sync, false, false>);

@@ -416,9 +416,9 @@ impl Stages {
 }
 
 /// The warp-specialized forward (`FwdWgmmaTraits::PRODUCER`): warpgroup 0 is the producer, which
-/// lowers its registers to 24 and only issues `cp.async` copies (Q once, then K and V of every
+/// lowers its registers (`PRODUCER_REGISTERS`) and only issues `cp.async` copies (Q once, then K and V of every
 /// tile into `STAGES` buffers each), each tile's arrival tracked by an mbarrier; warpgroups
-/// 1..=WARPGROUPS are the consumers (64 query rows each), which raise theirs to 240 and run the
+/// 1..=WARPGROUPS are the consumers (64 query rows each), which raise theirs to the rest and run the
 /// pipelined loop of [`flash_fwd_wgmma`] with no load instruction and no block barrier: S = Q·Kⱼᵀ
 /// and P·Vⱼ₋₁ issued together, tile j's softmax under P·V, a K stage released once its S is
 /// computed, a V stage once its P·V is. Each consumer runs at its own pace, so one's softmax
@@ -428,7 +428,11 @@ impl Stages {
 /// As [`flash_fwd_wgmma`], with `T::THREADS` threads (the producer included).
 #[inline(always)]
 pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bool, const SEQ: bool>(p: &FwdParams) {
-    const { assert!(T::PRODUCER && T::PIPELINED && T::HEAD_DIM <= 128 && T::WARPGROUPS == 2) };
+    const { assert!(T::PRODUCER && T::PIPELINED && T::WARPGROUPS == 2) };
+    // The register splits the `setmaxnreg` calls below spell out.
+    const { assert!(matches!((T::PRODUCER_REGISTERS, T::CONSUMER_REGISTERS), (24, 240) | (40, 232))) };
+    // The generated issue-only GEMMs: 64- or 128-key tiles up to head_dim 128, 64-key tiles above.
+    const { assert!(T::HEAD_DIM <= 128 || T::BLOCK_N == 64) };
     const { assert!(!T::PINGPONG || T::WARPGROUPS == 2) };
     const { assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM)) };
     let (sequence_index, split) = if SEQ { p.shape.layout.split_of(ptx::block_idx().2) } else { (0, 0) };
@@ -484,7 +488,11 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
     let (first_tile, end_tile) = if SEQ { split_tiles(tiles, split, shape.layout.splits()) } else { tiles };
 
     if tid < 128 {
-        ptx::setmaxnreg_dec_24();
+        // (`setmaxnreg` takes an immediate: the shipped splits, constant-folded.)
+        match T::PRODUCER_REGISTERS {
+            24 => ptx::setmaxnreg_dec::<24>(),
+            _ => ptx::setmaxnreg_dec::<40>(),
+        }
         let q_ptr = (p.q as *const u16).wrapping_offset(p.q_strides.offset(batch, q_begin, head) as isize);
         let k_ptr = (p.k as *const u16).wrapping_offset(p.k_strides.offset(batch, 0, kv_head) as isize);
         let v_ptr = (p.v as *const u16).wrapping_offset(p.v_strides.offset(batch, 0, kv_head) as isize);
@@ -527,7 +535,10 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
         cp_async_wait_all();
         return;
     }
-    ptx::setmaxnreg_inc_240();
+    match T::CONSUMER_REGISTERS {
+        240 => ptx::setmaxnreg_inc::<240>(),
+        _ => ptx::setmaxnreg_inc::<232>(),
+    }
 
     // Consumer warp w (0..8) owns query rows 16w..16w+16 of the block.
     let ctid = tid - 128;
@@ -563,19 +574,27 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
     let take_turn = || {
         if T::PINGPONG {
             // SAFETY: both consumers' 256 threads pair every wait with the other's pass.
-            unsafe { ptx::named_barrier_sync(1 + warpgroup, 256) }
+            unsafe {
+                if warpgroup == 0 { ptx::named_barrier_sync::<1, 256>() } else { ptx::named_barrier_sync::<2, 256>() }
+            }
         }
     };
     let pass_turn = |last: bool| {
         if T::PINGPONG && !(last && warpgroup == 1) {
             // SAFETY: as above.
-            unsafe { ptx::named_barrier_arrive(2 - warpgroup, 256) }
+            unsafe {
+                if warpgroup == 0 {
+                    ptx::named_barrier_arrive::<2, 256>()
+                } else {
+                    ptx::named_barrier_arrive::<1, 256>()
+                }
+            }
         }
     };
     if first_tile < end_tile {
         if T::PINGPONG && warpgroup == 1 {
             // SAFETY: as above (consumer 0's first turn).
-            unsafe { ptx::named_barrier_arrive(1, 256) }
+            unsafe { ptx::named_barrier_arrive::<1, 256>() }
         }
         let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
         // SAFETY: the whole warpgroup is here (warpgroup-uniform control flow); Q and the first

@@ -551,44 +551,45 @@ pub unsafe fn mbarrier_wait(addr: u32, parity: u32) {
     }
 }
 
-/// Lower this warpgroup's registers per thread to 24 (a producer that only issues copies),
-/// handing them to the warpgroups that raise theirs ([`setmaxnreg_inc_240`]).
+/// Set this warpgroup's registers per thread to `N` (a multiple of 8 in 24..=256), lowering
+/// them (a producer that only issues copies hands registers back to the block's pool).
 #[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
 #[inline(always)]
-pub fn setmaxnreg_dec_24() {
-    // SAFETY: executed by all 128 threads of a warpgroup together (warpgroup-uniform branch).
-    unsafe { asm!("setmaxnreg.dec.sync.aligned.u32 24;", options(nostack)) }
+pub fn setmaxnreg_dec<const N: u32>() {
+    // SAFETY: executed by all 128 threads of a warpgroup together (warpgroup-uniform branch);
+    // `N` is at most the launch's registers per thread (`build-ptx` checks the split).
+    unsafe { asm!("setmaxnreg.dec.sync.aligned.u32 {n};", n = const N, options(nostack)) }
 }
 
-/// Raise this warpgroup's registers per thread to 240 (the consumers of a producer warpgroup
-/// that lowered its own to 24: 24 · 128 + 240 · 256 = 64 K registers).
+/// Raise this warpgroup's registers per thread to `N`, from the registers the producer handed
+/// back (`build-ptx` checks that the split fits the SM's 64 K registers).
 #[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
 #[inline(always)]
-pub fn setmaxnreg_inc_240() {
-    // SAFETY: executed by all 128 threads of a warpgroup together (warpgroup-uniform branch).
-    unsafe { asm!("setmaxnreg.inc.sync.aligned.u32 240;", options(nostack)) }
+pub fn setmaxnreg_inc<const N: u32>() {
+    // SAFETY: as for `setmaxnreg_dec`.
+    unsafe { asm!("setmaxnreg.inc.sync.aligned.u32 {n};", n = const N, options(nostack)) }
 }
 
-/// Wait at named barrier `id` (1..16; 0 is [`sync_threads`]'s) until `count` threads (a multiple
-/// of 32) have arrived at it or waited there, this warp's included.
+/// Wait at named barrier `ID` (1..16; 0 is [`sync_threads`]'s) until `COUNT` threads (whole
+/// warps) have arrived at it or waited there, this warp's included.
 ///
 /// # Safety
-/// Every warp that takes part calls this or [`named_barrier_arrive`] with the same `id` and
-/// `count`, in warp-uniform control flow, as many times as the protocol pairs them.
+/// Every warp that takes part calls this or [`named_barrier_arrive`] with the same `ID` and
+/// `COUNT`, in warp-uniform control flow, as many times as the protocol pairs them.
 #[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
 #[inline(always)]
-pub unsafe fn named_barrier_sync(id: u32, count: u32) {
+pub unsafe fn named_barrier_sync<const ID: u32, const COUNT: u32>() {
     // SAFETY: guaranteed by the caller.
-    unsafe { asm!("bar.sync {0}, {1};", in(reg32) id, in(reg32) count, options(nostack)) }
+    unsafe { asm!("bar.sync {id}, {count};", id = const ID, count = const COUNT, options(nostack)) }
 }
 
-/// Arrive at named barrier `id` without waiting (see [`named_barrier_sync`]).
+/// Arrive at named barrier `ID` without waiting (see [`named_barrier_sync`]).
 ///
 /// # Safety
 /// As [`named_barrier_sync`].
 #[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
 #[inline(always)]
-pub unsafe fn named_barrier_arrive(id: u32, count: u32) {
+pub unsafe fn named_barrier_arrive<const ID: u32, const COUNT: u32>() {
     // SAFETY: guaranteed by the caller.
-    unsafe { asm!("bar.arrive {0}, {1};", in(reg32) id, in(reg32) count, options(nostack)) }
+    unsafe { asm!("bar.arrive {id}, {count};", id = const ID, count = const COUNT, options(nostack)) }
 }

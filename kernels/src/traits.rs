@@ -120,6 +120,10 @@ pub trait FwdWgmmaTraits {
     /// With a producer: the two consumers take turns issuing their GEMMs (named barriers), so
     /// that one's softmax runs while the other's GEMMs hold the tensor cores.
     const PINGPONG: bool = false;
+    /// With a producer: its registers per thread after `setmaxnreg` (its unrolled tile loads need
+    /// more than 24 at head_dim 192/256), and the consumers' share of the rest of the SM's 64 K.
+    const PRODUCER_REGISTERS: u32 = 24;
+    const CONSUMER_REGISTERS: u32 = (65536 - 128 * Self::PRODUCER_REGISTERS) / (128 * Self::WARPGROUPS) / 8 * 8;
 
     /// Query rows: 64 per computing warpgroup.
     const BLOCK_M: u32 = 64 * Self::WARPGROUPS;
@@ -190,6 +194,7 @@ impl<const D: u32, const W: u32, const N: u32, const S: u32, const DATA: u32, co
     for FwdWgmmaWs<D, W, N, S, DATA, PP>
 {
     const PINGPONG: bool = PP;
+    const PRODUCER_REGISTERS: u32 = if D > 128 { 40 } else { 24 };
     const HEAD_DIM: u32 = D;
     const DATA_HEAD_DIM: u32 = if DATA == 0 { D } else { DATA };
     const BLOCK_N: u32 = N;
@@ -203,6 +208,11 @@ impl<const D: u32, const W: u32, const N: u32, const S: u32, const DATA: u32, co
 pub type FwdWgmmaWsHdim128 = FwdWgmmaWs<128, 2, 128, 2>;
 /// The same with the consumers' GEMMs in ping-pong order (v22, measured against it).
 pub type FwdWgmmaWsPingpongHdim128 = FwdWgmmaWs<128, 2, 128, 2, 0, true>;
+/// head_dim 256 warp-specialized: 64-key tiles, two stages of K and V (193 KiB); the consumers
+/// hold O (128 registers) beside one score tile and the previous P. (head_dim 192 the same way
+/// spilled 240 bytes in the producer, whose 24-chunk rows take the general load path: not
+/// shipped.)
+pub type FwdWgmmaWsHdim256 = FwdWgmmaWs<256, 2, 64, 2>;
 /// head_dim 96 on the warp-specialized head_dim 128 kernel, 32 columns zero-padded.
 pub type FwdWgmmaWsHdim96 = FwdWgmmaWs<128, 2, 128, 2, 96>;
 
@@ -448,7 +458,7 @@ mod tests {
         // Whole 128-byte panels, and the GEMM shapes `scripts/gen_wgmma.py` generates.
         assert!([64, 128, 192, 256].contains(&T::HEAD_DIM));
         assert!(T::BLOCK_N == 64 || T::BLOCK_N == 128);
-        assert!(T::HEAD_DIM <= 128 || (T::BLOCK_N == 64 && !T::PIPELINED));
+        assert!(T::HEAD_DIM <= 128 || (T::BLOCK_N == 64 && (!T::PIPELINED || T::PRODUCER)));
         // Padding stays within the last panel, in whole chunks.
         assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM));
         assert!(T::STAGES == 2 || T::STAGES == 3);
@@ -456,6 +466,13 @@ mod tests {
         // The producer's loop is the pipelined one; its mbarriers are 8-byte aligned.
         assert!(!T::PRODUCER || T::PIPELINED && T::MBARRIER_OFFSET % 8 == 0);
         assert!(!T::PINGPONG || T::PRODUCER && T::WARPGROUPS == 2);
+        // setmaxnreg takes multiples of 8 in 24..=256, and the split fits the SM.
+        if T::PRODUCER {
+            for n in [T::PRODUCER_REGISTERS, T::CONSUMER_REGISTERS] {
+                assert!(n % 8 == 0 && (24..=256).contains(&n));
+            }
+            assert!(128 * (T::PRODUCER_REGISTERS + T::WARPGROUPS * T::CONSUMER_REGISTERS) <= 65536);
+        }
         // Every panel starts on a 1024-byte boundary of the aligned base.
         assert_eq!(T::Q_TILE_BYTES % 1024, 0);
         assert_eq!(T::KV_TILE_BYTES % 1024, 0);
@@ -504,6 +521,7 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaWsHdim128>();
         check_fwd_wgmma::<FwdWgmmaWsPingpongHdim128>();
         check_fwd_wgmma::<FwdWgmmaWsHdim96>();
+        check_fwd_wgmma::<FwdWgmmaWsHdim256>();
         check_fwd_wgmma::<FwdWgmmaHdim192>();
         check_fwd_wgmma::<FwdWgmmaHdim256>();
         check_fwd_wgmma::<FwdWgmmaHdim96>();

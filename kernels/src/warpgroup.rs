@@ -88,9 +88,13 @@ pub fn wait(pending: u32, waited: Waited<'_>) {
         (_, Waited::Scores(64, s)) => wgmma::wgmma_wait0_s32(s),
         (_, Waited::Scores(_, s)) => wgmma::wgmma_wait0_s64(s),
         (1, Waited::Output(64, o)) => wgmma::wgmma_wait1_o32(o),
-        (1, Waited::Output(_, o)) => wgmma::wgmma_wait1_o64(o),
+        (1, Waited::Output(128, o)) => wgmma::wgmma_wait1_o64(o),
+        (1, Waited::Output(192, o)) => wgmma::wgmma_wait1_o96(o),
+        (1, Waited::Output(_, o)) => wgmma::wgmma_wait1_o128(o),
         (_, Waited::Output(64, o)) => wgmma::wgmma_wait0_o32(o),
-        (_, Waited::Output(_, o)) => wgmma::wgmma_wait0_o64(o),
+        (_, Waited::Output(128, o)) => wgmma::wgmma_wait0_o64(o),
+        (_, Waited::Output(192, o)) => wgmma::wgmma_wait0_o96(o),
+        (_, Waited::Output(_, o)) => wgmma::wgmma_wait0_o128(o),
         (_, Waited::Outputs(64, a, b)) => wgmma::wgmma_wait0_oo32(a, b),
         (_, Waited::Outputs(_, a, b)) => wgmma::wgmma_wait0_oo64(a, b),
     }
@@ -100,8 +104,8 @@ macro_rules! wgmma_element {
     ($ty:ty, qk: $qk64_1:ident, $qk64_2:ident, $qk128_1:ident, $qk128_2:ident, $qk64_3:ident, $qk64_4:ident,
      pv: $pv64_4:ident, $pv64_8:ident, $pv128_4:ident, $pv128_8:ident, $pv192_4:ident, $pv256_4:ident,
      dq: $dq32_8:ident, $dq64_8:ident, $dq64_4:ident, $dq128_4:ident,
-     qk_issue: $qki64_1:ident, $qki64_2:ident, $qki128_1:ident, $qki128_2:ident,
-     pv_issue: $pvi64_4:ident, $pvi64_8:ident, $pvi128_4:ident, $pvi128_8:ident) => {
+     qk_issue: $qki64_1:ident, $qki64_2:ident, $qki128_1:ident, $qki128_2:ident, $qki64_3:ident, $qki64_4:ident,
+     pv_issue: $pvi64_4:ident, $pvi64_8:ident, $pvi128_4:ident, $pvi128_8:ident, $pvi192_4:ident, $pvi256_4:ident) => {
         impl WgmmaElement for $ty {
             #[inline(always)]
             unsafe fn qk(n: u32, k_dim: u32, s: &mut [[f32; 4]; 16], a: PanelDescriptors, b: PanelDescriptors) {
@@ -140,6 +144,8 @@ macro_rules! wgmma_element {
                     match (n, k_dim) {
                         (64, 64) => wgmma::$qki64_1(s, [a[0]], [b[0]]),
                         (64, 128) => wgmma::$qki64_2(s, [a[0], a[1]], [b[0], b[1]]),
+                        (64, 192) => wgmma::$qki64_3(s, [a[0], a[1], a[2]], [b[0], b[1], b[2]]),
+                        (64, 256) => wgmma::$qki64_4(s, a, b),
                         (128, 64) => wgmma::$qki128_1(s, [a[0]], [b[0]]),
                         (128, 128) => wgmma::$qki128_2(s, [a[0], a[1]], [b[0], b[1]]),
                         _ => core::arch::nvptx::trap(),
@@ -155,6 +161,8 @@ macro_rules! wgmma_element {
                         (64, 128) => wgmma::$pvi64_8(o, p, b),
                         (128, 64) => wgmma::$pvi128_4(o, p, b),
                         (128, 128) => wgmma::$pvi128_8(o, p, b),
+                        (192, 64) => wgmma::$pvi192_4(o, p, b),
+                        (256, 64) => wgmma::$pvi256_4(o, p, b),
                         _ => core::arch::nvptx::trap(),
                     }
                 }
@@ -184,7 +192,9 @@ wgmma_element!(
     wgmma_pv_n256_k4_bf16,
     dq: wgmma_dq_n32_k8_bf16, wgmma_dq_n64_k8_bf16, wgmma_dq_n64_k4_bf16, wgmma_dq_n128_k4_bf16,
     qk_issue: wgmma_qk_issue_n64_p1_bf16, wgmma_qk_issue_n64_p2_bf16, wgmma_qk_issue_n128_p1_bf16, wgmma_qk_issue_n128_p2_bf16,
-    pv_issue: wgmma_pv_issue_n64_k4_bf16, wgmma_pv_issue_n64_k8_bf16, wgmma_pv_issue_n128_k4_bf16, wgmma_pv_issue_n128_k8_bf16
+    wgmma_qk_issue_n64_p3_bf16, wgmma_qk_issue_n64_p4_bf16,
+    pv_issue: wgmma_pv_issue_n64_k4_bf16, wgmma_pv_issue_n64_k8_bf16, wgmma_pv_issue_n128_k4_bf16, wgmma_pv_issue_n128_k8_bf16,
+    wgmma_pv_issue_n192_k4_bf16, wgmma_pv_issue_n256_k4_bf16
 );
 wgmma_element!(
     F16,
@@ -194,5 +204,7 @@ wgmma_element!(
     wgmma_pv_n256_k4_f16,
     dq: wgmma_dq_n32_k8_f16, wgmma_dq_n64_k8_f16, wgmma_dq_n64_k4_f16, wgmma_dq_n128_k4_f16,
     qk_issue: wgmma_qk_issue_n64_p1_f16, wgmma_qk_issue_n64_p2_f16, wgmma_qk_issue_n128_p1_f16, wgmma_qk_issue_n128_p2_f16,
-    pv_issue: wgmma_pv_issue_n64_k4_f16, wgmma_pv_issue_n64_k8_f16, wgmma_pv_issue_n128_k4_f16, wgmma_pv_issue_n128_k8_f16
+    wgmma_qk_issue_n64_p3_f16, wgmma_qk_issue_n64_p4_f16,
+    pv_issue: wgmma_pv_issue_n64_k4_f16, wgmma_pv_issue_n64_k8_f16, wgmma_pv_issue_n128_k4_f16, wgmma_pv_issue_n128_k8_f16,
+    wgmma_pv_issue_n192_k4_f16, wgmma_pv_issue_n256_k4_f16
 );

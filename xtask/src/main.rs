@@ -9,6 +9,7 @@
 //!
 //! The same binary doubles as the linker rustc calls for the nvptx target (see `link.rs`).
 
+mod barrier_check;
 mod build_ptx;
 mod bundle;
 mod link;

@@ -2,8 +2,9 @@
 //! PTX (`flash_attn.<arch>.cubin`) and embedded by `host/build.rs`, so loading the module on a
 //! matching GPU skips the driver's JIT compile (about 45 s for the sm_90a PTX). Spills and stack frames (beyond a
 //! small budget for the `_mods` kernels), leftover
-//! `.func` calls, missing registry kernels, parameter blocks of the wrong size and `wgmma`
-//! register hazards ([`crate::wgmma_check`]) fail the build.
+//! `.func` calls, missing registry kernels, parameter blocks of the wrong size, `wgmma`
+//! register hazards ([`crate::wgmma_check`]) and mbarrier / named-barrier / `setmaxnreg` misuse
+//! ([`crate::barrier_check`]) fail the build.
 
 use flash_attn_kernels::registry::{self, KERNELS};
 use std::path::{Path, PathBuf};
@@ -109,6 +110,7 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
             }
         }
         failures.extend(crate::wgmma_check::check(arch, &ptx_text));
+        failures.extend(crate::barrier_check::check(arch, &ptx_text));
         let parsed = parse(&text);
         // A call that survived optimization (a panic path, an outlined helper) costs a stack
         // frame and registers on every path; the kernels are meant to be fully inlined.
