@@ -246,8 +246,6 @@ pub const KERNELS: &[KernelInfo] = registry! {
         bwd_wgmma::<BwdWgmmaHdim32>("flash_bwd_wgmma_f16_hdim32", Dtype::F16),
         fwd_wgmma::<FwdWgmmaHdim192>("flash_fwd_wgmma_bf16_hdim192", Dtype::Bf16),
         fwd_wgmma::<FwdWgmmaHdim192>("flash_fwd_wgmma_f16_hdim192", Dtype::F16),
-        fwd_wgmma::<FwdWgmmaHdim256>("flash_fwd_wgmma_bf16_hdim256", Dtype::Bf16),
-        fwd_wgmma::<FwdWgmmaHdim256>("flash_fwd_wgmma_f16_hdim256", Dtype::F16),
         bwd_wgmma::<BwdWgmmaHdim64>("flash_bwd_wgmma_bf16_hdim64", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim64>("flash_bwd_wgmma_f16_hdim64", Dtype::F16),
         bwd_wgmma::<BwdWgmmaHdim128>("flash_bwd_wgmma_bf16_hdim128", Dtype::Bf16),
@@ -327,19 +325,30 @@ pub const KERNELS: &[KernelInfo] = registry! {
         bwd_wgmma::<BwdWgmmaHdim64Narrow>("flash_bwd_wgmma_bf16_hdim64_narrow", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim128Sync>("flash_bwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
         opt_in(fwd_wgmma::<FwdWgmmaWsPingpongHdim128>("flash_fwd_wgmma_ws_pp_bf16_hdim128", Dtype::Bf16)),
-        // The warp-specialized head_dim 256 forward, dense and `_seq` (no `_mods` twin: it spills).
-        fwd_wgmma_opt_in::<FwdWgmmaWsHdim256>("flash_fwd_wgmma_ws_bf16_hdim256", Dtype::Bf16),
-        fwd_wgmma_opt_in::<FwdWgmmaWsHdim256>("flash_fwd_wgmma_ws_f16_hdim256", Dtype::F16),
+        // v22: the warp-specialized head_dim 256 forward, 1.19–1.23× the unpipelined one, dense
+        // and `_seq`; with every modifier's registers it spills, so the `_mods` calls keep the
+        // unpipelined kernel (whose dense and `_seq` twins stay, opt-in, for A/B). Listed before
+        // those: `find` takes the first kernel that fits.
+        fwd_wgmma::<FwdWgmmaWsHdim256>("flash_fwd_wgmma_ws_bf16_hdim256", Dtype::Bf16),
+        fwd_wgmma::<FwdWgmmaWsHdim256>("flash_fwd_wgmma_ws_f16_hdim256", Dtype::F16),
+        KernelInfo { name: "flash_fwd_wgmma_ws_bf16_hdim256_seq", sequences: true, ..fwd_wgmma::<FwdWgmmaWsHdim256>("", Dtype::Bf16) },
+        KernelInfo { name: "flash_fwd_wgmma_ws_f16_hdim256_seq", sequences: true, ..fwd_wgmma::<FwdWgmmaWsHdim256>("", Dtype::F16) },
+        fwd_wgmma_opt_in::<FwdWgmmaHdim256>("flash_fwd_wgmma_bf16_hdim256", Dtype::Bf16),
+        fwd_wgmma_opt_in::<FwdWgmmaHdim256>("flash_fwd_wgmma_f16_hdim256", Dtype::F16),
         KernelInfo {
-            name: "flash_fwd_wgmma_ws_bf16_hdim256_seq",
+            name: "flash_fwd_wgmma_bf16_hdim256_mods",
+            modifiers: true,
             sequences: true,
-            ..fwd_wgmma_opt_in::<FwdWgmmaWsHdim256>("", Dtype::Bf16)
+            ..fwd_wgmma::<FwdWgmmaHdim256>("", Dtype::Bf16)
         },
         KernelInfo {
-            name: "flash_fwd_wgmma_ws_f16_hdim256_seq",
+            name: "flash_fwd_wgmma_f16_hdim256_mods",
+            modifiers: true,
             sequences: true,
-            ..fwd_wgmma_opt_in::<FwdWgmmaWsHdim256>("", Dtype::F16)
+            ..fwd_wgmma::<FwdWgmmaHdim256>("", Dtype::F16)
         },
+        KernelInfo { name: "flash_fwd_wgmma_bf16_hdim256_seq", sequences: true, ..fwd_wgmma_opt_in::<FwdWgmmaHdim256>("", Dtype::Bf16) },
+        KernelInfo { name: "flash_fwd_wgmma_f16_hdim256_seq", sequences: true, ..fwd_wgmma_opt_in::<FwdWgmmaHdim256>("", Dtype::F16) },
     ],
 };
 
@@ -426,10 +435,26 @@ mod tests {
     }
 
     #[test]
+    fn the_warp_specialized_forward_is_the_default_where_it_exists() {
+        // v21/v22: head_dim 96, 128 (every flavor) and 256 (dense and `_seq`; `_mods` keeps the
+        // unpipelined kernel, the warp-specialized twin would spill).
+        for (d, flavor, name) in [
+            (96, Flavor::Modifiers, "flash_fwd_wgmma_ws_bf16_hdim96_mods"),
+            (128, Flavor::Dense, "flash_fwd_wgmma_ws_bf16_hdim128"),
+            (128, Flavor::Sequences, "flash_fwd_wgmma_ws_bf16_hdim128_seq"),
+            (256, Flavor::Dense, "flash_fwd_wgmma_ws_bf16_hdim256"),
+            (256, Flavor::Sequences, "flash_fwd_wgmma_ws_bf16_hdim256_seq"),
+            (256, Flavor::Modifiers, "flash_fwd_wgmma_bf16_hdim256_mods"),
+        ] {
+            assert_eq!(find(Role::Forward, Dtype::Bf16, d, true, flavor).map(|k| k.name), Some(name));
+        }
+    }
+
+    #[test]
     fn opt_in_kernels_are_reached_only_by_name() {
         let opt_in = || KERNELS.iter().filter(|k| k.opt_in);
         // The pipelined head_dim 96/128 forward (two dtypes, three flavors), the ping-pong one,
-        // and the warp-specialized 256 one (two dtypes, dense and `_seq`).
+        // and the unpipelined 256 one (two dtypes, dense and `_seq`).
         assert_eq!(opt_in().count(), 17);
         for k in opt_in() {
             assert_eq!(by_name(k.name).map(|b| b.name), Some(k.name));
