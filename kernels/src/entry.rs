@@ -439,6 +439,11 @@ mod hopper {
     entry!(flash_fwd_wgmma_ws_f16_hdim256, FwdParams, flash_fwd_wgmma_ws::<F16, FwdWgmmaWsHdim256, false, false>);
     entry!(flash_fwd_wgmma_ws_f16_hdim256_seq, FwdParams, flash_fwd_wgmma_ws::<F16, FwdWgmmaWsHdim256, false, true>);
     entry!(
+        flash_fwd_wgmma_ws_n64_bf16_hdim64,
+        FwdParams,
+        flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsHdim64N64, false, false>
+    );
+    entry!(
         flash_fwd_wgmma_ws_pp_bf16_hdim128,
         FwdParams,
         flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsPingpongHdim128, false, false>

@@ -428,9 +428,9 @@ impl Stages {
 /// As [`flash_fwd_wgmma`], with `T::THREADS` threads (the producer included).
 #[inline(always)]
 pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bool, const SEQ: bool>(p: &FwdParams) {
-    const { assert!(T::PRODUCER && T::PIPELINED && T::WARPGROUPS == 2) };
+    const { assert!(T::PRODUCER && T::PIPELINED && (T::WARPGROUPS == 2 || T::WARPGROUPS == 3)) };
     // The register splits the `setmaxnreg` calls below spell out.
-    const { assert!(matches!((T::PRODUCER_REGISTERS, T::CONSUMER_REGISTERS), (24, 240) | (40, 232))) };
+    const { assert!(matches!((T::PRODUCER_REGISTERS, T::CONSUMER_REGISTERS), (24, 240) | (40, 232) | (24, 160))) };
     // The generated issue-only GEMMs: 64- or 128-key tiles up to head_dim 128, 64-key tiles above.
     const { assert!(T::HEAD_DIM <= 128 || T::BLOCK_N == 64) };
     const { assert!(!T::PINGPONG || T::WARPGROUPS == 2) };
@@ -537,7 +537,8 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
     }
     match T::CONSUMER_REGISTERS {
         240 => ptx::setmaxnreg_inc::<240>(),
-        _ => ptx::setmaxnreg_inc::<232>(),
+        232 => ptx::setmaxnreg_inc::<232>(),
+        _ => ptx::setmaxnreg_inc::<160>(),
     }
 
     // Consumer warp w (0..8) owns query rows 16w..16w+16 of the block.

@@ -17,8 +17,8 @@ use crate::traits::{
     BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim32, BwdWgmmaHdim64,
     BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaHdim256, BwdWgmmaTraits,
     FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96,
-    FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsHdim96,
-    FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsPingpongHdim128, ROW_KERNEL_THREADS,
+    FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsHdim64N64,
+    FwdWgmmaWsHdim96, FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsPingpongHdim128, ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,6 +325,7 @@ pub const KERNELS: &[KernelInfo] = registry! {
         bwd_wgmma::<BwdWgmmaHdim64Narrow>("flash_bwd_wgmma_bf16_hdim64_narrow", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim128Sync>("flash_bwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
         opt_in(fwd_wgmma::<FwdWgmmaWsPingpongHdim128>("flash_fwd_wgmma_ws_pp_bf16_hdim128", Dtype::Bf16)),
+        fwd_wgmma_opt_in::<FwdWgmmaWsHdim64N64>("flash_fwd_wgmma_ws_n64_bf16_hdim64", Dtype::Bf16),
         // v22: the warp-specialized head_dim 256 forward, 1.19–1.23× the unpipelined one, dense
         // and `_seq`; with every modifier's registers it spills, so the `_mods` calls keep the
         // unpipelined kernel (whose dense and `_seq` twins stay, opt-in, for A/B). Listed before
@@ -454,8 +455,8 @@ mod tests {
     fn opt_in_kernels_are_reached_only_by_name() {
         let opt_in = || KERNELS.iter().filter(|k| k.opt_in);
         // The pipelined head_dim 96/128 forward (two dtypes, three flavors), the ping-pong one,
-        // and the unpipelined 256 one (two dtypes, dense and `_seq`).
-        assert_eq!(opt_in().count(), 17);
+        // the unpipelined 256 one (two dtypes, dense and `_seq`) and a head_dim 64 candidate.
+        assert_eq!(opt_in().count(), 18);
         for k in opt_in() {
             assert_eq!(by_name(k.name).map(|b| b.name), Some(k.name));
             let flavor = if k.modifiers {

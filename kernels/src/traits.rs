@@ -213,6 +213,10 @@ pub type FwdWgmmaWsPingpongHdim128 = FwdWgmmaWs<128, 2, 128, 2, 0, true>;
 /// spilled 240 bytes in the producer, whose 24-chunk rows take the general load path: not
 /// shipped.)
 pub type FwdWgmmaWsHdim256 = FwdWgmmaWs<256, 2, 64, 2>;
+/// head_dim 64 warp-specialized, three consumers (192 query rows, 160 registers each), 64-key
+/// tiles: an opt-in candidate against the one-warpgroup kernel (four blocks per SM). (128-key
+/// tiles spilled 144 bytes at 160 registers.)
+pub type FwdWgmmaWsHdim64N64 = FwdWgmmaWs<64, 3, 64, 2>;
 /// head_dim 96 on the warp-specialized head_dim 128 kernel, 32 columns zero-padded.
 pub type FwdWgmmaWsHdim96 = FwdWgmmaWs<128, 2, 128, 2, 96>;
 
@@ -521,6 +525,7 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaWsHdim128>();
         check_fwd_wgmma::<FwdWgmmaWsPingpongHdim128>();
         check_fwd_wgmma::<FwdWgmmaWsHdim96>();
+        check_fwd_wgmma::<FwdWgmmaWsHdim64N64>();
         check_fwd_wgmma::<FwdWgmmaWsHdim256>();
         check_fwd_wgmma::<FwdWgmmaHdim192>();
         check_fwd_wgmma::<FwdWgmmaHdim256>();
