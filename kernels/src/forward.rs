@@ -179,18 +179,10 @@ fn wait_for_older_tiles<T: FwdTraits>() {
 /// `T::SMEM_BYTES` of dynamic shared memory, on a parameter block the host validated.
 #[inline(always)]
 pub unsafe fn flash_fwd<E: Element, T: FwdTraits, const MODS: bool, const SEQ: bool>(p: &FwdParams) {
-    // The `SEQ` kernels (`_seq`, `_mods`) serve packed batches, KV caches and split-KV: the block's
-    // sequence (and split) resolved, the kernel runs as on a dense batch of one. The dense
-    // kernels read the parameter block as it is (and compile to the code they had before).
-    let (sequence_index, split) = if SEQ { p.shape.layout.split_of(ptx::block_idx().2) } else { (0, 0) };
-    let sequence;
-    let p = if SEQ {
-        // SAFETY: the host validated the layout's arrays.
-        sequence = unsafe { p.sequence(sequence_index) };
-        &sequence
-    } else {
-        p
-    };
+    // The block's sequence (and split) for the `SEQ` kernels (`FwdParams::of_block`).
+    let mut sequence = core::mem::MaybeUninit::uninit();
+    // SAFETY: the host validated the layout's arrays.
+    let (p, sequence_index, split) = unsafe { p.of_block::<SEQ>(ptx::block_idx().2, &mut sequence) };
     let shape = &p.shape;
     // Blocks past this sequence's queries (a packed batch's shorter sequences) exit at once.
     if SEQ && ptx::block_idx().0 >= ceil_div(shape.seqlen_q, T::BLOCK_M) {

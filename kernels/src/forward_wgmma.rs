@@ -62,18 +62,10 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bo
     // The generated GEMMs: 128-key tiles and the pipelined loop's waits up to head_dim 128.
     const { assert!(T::HEAD_DIM <= 128 || (T::BLOCK_N == 64 && !T::PIPELINED)) };
     const { assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM)) };
-    // The `SEQ` kernels (`_seq`, `_mods`) serve packed batches, KV caches and split-KV: the block's
-    // sequence (and split) resolved, the kernel runs as on a dense batch of one. The dense
-    // kernels read the parameter block as it is (and compile to the code they had before).
-    let (sequence_index, split) = if SEQ { p.shape.layout.split_of(ptx::block_idx().2) } else { (0, 0) };
-    let sequence;
-    let p = if SEQ {
-        // SAFETY: the host validated the layout's arrays.
-        sequence = unsafe { p.sequence(sequence_index) };
-        &sequence
-    } else {
-        p
-    };
+    // The block's sequence (and split) for the `SEQ` kernels (`FwdParams::of_block`).
+    let mut sequence = core::mem::MaybeUninit::uninit();
+    // SAFETY: the host validated the layout's arrays.
+    let (p, sequence_index, split) = unsafe { p.of_block::<SEQ>(ptx::block_idx().2, &mut sequence) };
     let shape = &p.shape;
     // Blocks past this sequence's queries (a packed batch's shorter sequences) exit at once.
     if SEQ && ptx::block_idx().0 >= ceil_div(shape.seqlen_q, T::BLOCK_M) {
@@ -435,15 +427,9 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
     const { assert!(T::HEAD_DIM <= 128 || T::BLOCK_N == 64) };
     const { assert!(!T::PINGPONG || T::WARPGROUPS == 2) };
     const { assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM)) };
-    let (sequence_index, split) = if SEQ { p.shape.layout.split_of(ptx::block_idx().2) } else { (0, 0) };
-    let sequence;
-    let p = if SEQ {
-        // SAFETY: the host validated the layout's arrays.
-        sequence = unsafe { p.sequence(sequence_index) };
-        &sequence
-    } else {
-        p
-    };
+    let mut sequence = core::mem::MaybeUninit::uninit();
+    // SAFETY: the host validated the layout's arrays.
+    let (p, sequence_index, split) = unsafe { p.of_block::<SEQ>(ptx::block_idx().2, &mut sequence) };
     let shape = &p.shape;
     if SEQ && ptx::block_idx().0 >= ceil_div(shape.seqlen_q, T::BLOCK_M) {
         return;

@@ -226,6 +226,28 @@ impl FwdParams {
     /// original strides lands on the sequence's rows (packed tensors have batch stride 0, and a
     /// cache's K/V entry is `k_batch`).
     ///
+    /// The parameter block a forward block runs on: for the `SEQ` kernels (`_seq`, `_mods`, which
+    /// serve packed batches, KV caches and split-KV) the sequence and split of grid index
+    /// `block_z` resolved into `storage`, as a dense batch of one; the dense kernels read the
+    /// block as it is (and compile to the code they had before). Also the sequence's index in the
+    /// batch and the split (0 and 0 when not `SEQ`).
+    ///
+    /// # Safety
+    /// As [`FwdParams::sequence`].
+    #[inline(always)]
+    pub unsafe fn of_block<'a, const SEQ: bool>(
+        &'a self,
+        block_z: u32,
+        storage: &'a mut core::mem::MaybeUninit<FwdParams>,
+    ) -> (&'a FwdParams, u32, u32) {
+        if !SEQ {
+            return (self, 0, 0);
+        }
+        let (sequence_index, split) = self.shape.layout.split_of(block_z);
+        // SAFETY: forwarded from the caller.
+        (storage.write(unsafe { self.sequence(sequence_index) }), sequence_index, split)
+    }
+
     /// # Safety
     /// The layout's arrays are 0 or validated (batch + 1 offsets, batch lengths and indices).
     #[inline(always)]
