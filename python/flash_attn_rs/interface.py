@@ -224,6 +224,19 @@ def _varlen_forward(q, k, v, cu_q, cu_k, used, sizes, opts):
     return out, lse
 
 
+def _varlen_backward(d_out, q, k, v, out, lse, sinks, cu_q, cu_k, sizes, opts):
+    d_out = _last_contiguous(d_out)
+    dq, dk, dv, d_sinks = _gradients_like(q, k, v, sinks)
+    device = q.device.index
+    varlen = (_buf(cu_q), _buf(cu_k), sizes[0], sizes[1], None)
+    _core().backward_varlen(
+        device, _stream(device), _dtype_name(q),
+        [_desc(d_out), _desc(q), _desc(k), _desc(v), _desc(out)], _buf(lse),
+        [_desc(dq), _desc(dk), _desc(dv)], None if d_sinks is None else _buf(d_sinks), varlen, opts,
+    )
+    return dq, dk, dv, d_sinks
+
+
 def _gradients_like(q, k, v, sinks):
     """dQ, dK, dV (contiguous, the inputs' shapes) and the sinks' f32 gradient (None without)."""
     torch = _torch()
@@ -278,15 +291,7 @@ def _functions():
             q, k, v, out, lse, sinks, cu_q, cu_k, _alibi = ctx.saved_tensors
             if ctx.has_used:
                 raise NotImplementedError("flash_attn_varlen_func: the backward with seqused_k is not supported yet")
-            d_out = _last_contiguous(d_out)
-            dq, dk, dv, d_sinks = _gradients_like(q, k, v, sinks)
-            device = q.device.index
-            varlen = (_buf(cu_q), _buf(cu_k), ctx.sizes[0], ctx.sizes[1], None)
-            _core().backward_varlen(
-                device, _stream(device), _dtype_name(q),
-                [_desc(d_out), _desc(q), _desc(k), _desc(v), _desc(out)], _buf(lse),
-                [_desc(dq), _desc(dk), _desc(dv)], None if d_sinks is None else _buf(d_sinks), varlen, ctx.opts,
-            )
+            dq, dk, dv, d_sinks = _varlen_backward(d_out, q, k, v, out, lse, sinks, cu_q, cu_k, ctx.sizes, ctx.opts)
             return dq, dk, dv, d_sinks, None, None, None, None, None, None
 
     _FUNCTIONS.update(dense=FlashAttnFunc, varlen=FlashAttnVarlenFunc)
@@ -294,9 +299,10 @@ def _functions():
 
 
 # ---------------------------------------------------------------------------------------------
-# torch.compile: the dense forward and backward as custom operators (`flash_attn_rs::fwd`,
-# `flash_attn_rs::bwd`) with fake-tensor implementations and a registered autograd formula, so
-# that Dynamo traces `flash_attn_func` without a graph break. Eager calls keep the cheaper path
+# torch.compile: the dense and the varlen forward and backward as custom operators
+# (`flash_attn_rs::fwd`, `::bwd`, `::varlen_fwd`, `::varlen_bwd`) with fake-tensor implementations
+# and registered autograd formulas, so that Dynamo traces `flash_attn_func` and
+# `flash_attn_varlen_func` without a graph break. Eager calls keep the cheaper path
 # above (a custom operator's dispatch costs more than the autograd.Function).
 
 _OPS = {}
@@ -361,7 +367,61 @@ def _ops():
         return (dq, dk, dv, d_sinks if sinks is not None else None, None) + (None,) * len(ctx.scalars)
 
     fwd.register_autograd(backward, setup_context=setup_context)
-    _OPS.update(fwd=fwd, bwd=bwd)
+
+    # The varlen pair: the same, with the offsets (and seqused_k) as tensors and the longest
+    # lengths as integers.
+    @torch.library.custom_op("flash_attn_rs::varlen_fwd", mutates_args=(), device_types="cuda")
+    def varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                   seqused_k: Optional[Tensor], sinks: Optional[Tensor], alibi_slopes: Optional[Tensor],
+                   max_seqlen_q: int, max_seqlen_k: int, softmax_scale: Optional[float], causal: bool,
+                   window_left: int, window_right: int, softcap: float, dropout_p: float, seed: int, offset: int,
+                   deterministic: bool) -> Tuple[Tensor, Tensor]:
+        device, batch = _varlen_checks(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k)
+        _modifiers(alibi_slopes, sinks, batch, q.shape[1], device)
+        opts = options(softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, seed,
+                       offset, deterministic)
+        sizes = (max(max_seqlen_q, 1), max(max_seqlen_k, 1))
+        return _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, sizes, opts)
+
+    @varlen_fwd.register_fake
+    def _(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, sinks, alibi_slopes, *scalars):
+        total_q, h, _ = q.shape
+        return q.new_empty(q.shape), q.new_empty((h, total_q), dtype=torch.float32)
+
+    @torch.library.custom_op("flash_attn_rs::varlen_bwd", mutates_args=(), device_types="cuda")
+    def varlen_bwd(d_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu_seqlens_q: Tensor,
+                   cu_seqlens_k: Tensor, sinks: Optional[Tensor], alibi_slopes: Optional[Tensor], max_seqlen_q: int,
+                   max_seqlen_k: int, softmax_scale: Optional[float], causal: bool, window_left: int,
+                   window_right: int, softcap: float, dropout_p: float, seed: int, offset: int,
+                   deterministic: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        opts = options(softmax_scale, causal, window_left, window_right, softcap, alibi_slopes, sinks, dropout_p, seed,
+                       offset, deterministic)
+        sizes = (max(max_seqlen_q, 1), max(max_seqlen_k, 1))
+        dq, dk, dv, d_sinks = _varlen_backward(d_out, q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, sizes,
+                                               opts)
+        if d_sinks is None:
+            d_sinks = torch.empty((0,), dtype=torch.float32, device=q.device)
+        return dq, dk, dv, d_sinks
+
+    @varlen_bwd.register_fake
+    def _(d_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, sinks, alibi_slopes, *scalars):
+        d_sinks = q.new_empty(sinks.shape if sinks is not None else (0,), dtype=torch.float32)
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), d_sinks
+
+    def varlen_setup_context(ctx, inputs, output):
+        q, k, v, cu_q, cu_k, used, sinks, alibi_slopes = inputs[:8]
+        ctx.save_for_backward(q, k, v, output[0], output[1], cu_q, cu_k, sinks, alibi_slopes)
+        ctx.has_used, ctx.scalars = used is not None, inputs[8:]
+
+    def varlen_backward(ctx, d_out, _d_lse):
+        if ctx.has_used:
+            raise NotImplementedError("flash_attn_varlen_func: the backward with seqused_k is not supported yet")
+        q, k, v, out, lse, cu_q, cu_k, sinks, alibi_slopes = ctx.saved_tensors
+        dq, dk, dv, d_sinks = varlen_bwd(d_out, q, k, v, out, lse, cu_q, cu_k, sinks, alibi_slopes, *ctx.scalars)
+        return (dq, dk, dv, None, None, None, d_sinks if sinks is not None else None, None) + (None,) * len(ctx.scalars)
+
+    varlen_fwd.register_autograd(varlen_backward, setup_context=varlen_setup_context)
+    _OPS.update(fwd=fwd, bwd=bwd, varlen_fwd=varlen_fwd, varlen_bwd=varlen_bwd)
     _MODULES["ops"] = True
     return _OPS
 
@@ -484,16 +544,9 @@ def _traced_flash_attn(q, k, v, dropout_p, softmax_scale, causal, window_size, s
     return (out, lse, None) if return_attn_probs else out
 
 
-def flash_attn_varlen_func(
-    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0, softmax_scale=None,
-    causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
-    return_attn_probs=False, sinks=None, seqused_k=None,
-):
-    """Packed variable-length attention: q (total_q, heads, d), k, v (total_k, heads_k, d),
-    ``cu_seqlens_q``/``cu_seqlens_k`` int32 (batch + 1) offsets; masks align to each sequence.
-    Returns out (total_q, heads, d), or ``(out, softmax_lse (heads, total_q), None)``.
-    ``seqused_k`` (int32, batch) limits each sequence's keys (forward only). The offsets are
-    used as they are on the device (FlashAttention's contract): keep them valid."""
+def _varlen_checks(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k):
+    """The varlen call's tensor checks (eager, and inside the operator under torch.compile);
+    returns (device ordinal, batch)."""
     device, kind, _, _ = _check("q", q, 3)
     for name, t in (("k", k), ("v", v)):
         _check(name, t, 3, device=device, like=kind)
@@ -509,6 +562,37 @@ def flash_attn_varlen_func(
     for name, n in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         if int(n) < 0:
             raise ValueError(f"{name}: {n}; a length ≥ 0 is expected")
+    return device, batch
+
+
+def _traced_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+                   causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs, sinks, seqused_k):
+    """`flash_attn_varlen_func` under torch.compile: as `_traced_flash_attn`, the checks that need
+    no tensor data here, the rest inside `flash_attn_rs::varlen_fwd`."""
+    window = _window(window_size) or (-1, -1)
+    scale, cap, p = _scalars(softmax_scale, softcap, dropout_p, q.shape[-1])
+    dropout = _dropout_state(p, q.device.index or 0) if p > 0 else (0.0, 0, 0)
+    out, lse = _ops()["varlen_fwd"](q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, sinks, alibi_slopes,
+                                    int(max_seqlen_q), int(max_seqlen_k), scale, bool(causal), window[0], window[1],
+                                    cap or 0.0, dropout[0], dropout[1], dropout[2], bool(deterministic))
+    return (out, lse, None) if return_attn_probs else out
+
+
+def flash_attn_varlen_func(
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0, softmax_scale=None,
+    causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+    return_attn_probs=False, sinks=None, seqused_k=None,
+):
+    """Packed variable-length attention: q (total_q, heads, d), k, v (total_k, heads_k, d),
+    ``cu_seqlens_q``/``cu_seqlens_k`` int32 (batch + 1) offsets; masks align to each sequence.
+    Returns out (total_q, heads, d), or ``(out, softmax_lse (heads, total_q), None)``.
+    ``seqused_k`` (int32, batch) limits each sequence's keys (forward only). The offsets are
+    used as they are on the device (FlashAttention's contract): keep them valid."""
+    if _MODULES.get("ops") and _MODULES["is_compiling"]():
+        return _traced_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                              softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                              return_attn_probs, sinks, seqused_k)
+    device, batch = _varlen_checks(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k)
     _, h, d = q.shape
     window = _window(window_size)
     scale, cap, p = _scalars(softmax_scale, softcap, dropout_p, d)

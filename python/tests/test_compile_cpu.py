@@ -76,3 +76,69 @@ def test_compiled_flash_attn_func_has_no_graph_break_and_the_right_gradients():
     assert (out.double() - ref).abs().max() < 2e-2
     for got, exp in zip(grads, want):
         assert (got.double() - exp).abs().max() < 4e-2 * max(1.0, float(exp.abs().max()))
+
+
+def cpu_varlen_forward(q, k, v, cu_q, cu_k, used, sinks, alibi, max_q, max_k, scale, causal, wl, wr, cap, p, seed,
+                       offset, det):
+    # Each sequence as a dense batch of one, through the dense CPU kernel above.
+    outs, lses = [], []
+    for b in range(cu_q.shape[0] - 1):
+        (q0, q1), (k0, k1) = (int(cu_q[b]), int(cu_q[b + 1])), (int(cu_k[b]), int(cu_k[b + 1]))
+        o, lse = cpu_forward(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], None, None, scale, causal, wl, wr, cap,
+                             p, seed, offset, det)
+        outs.append(o[0])
+        lses.append(lse[0])
+    return torch.cat(outs).contiguous(), torch.cat(lses, -1).contiguous()
+
+
+def cpu_varlen_backward(d_out, q, k, v, out, lse, cu_q, cu_k, sinks, alibi, max_q, max_k, scale, causal, wl, wr,
+                        cap, p, seed, offset, det):
+    dqs, dks, dvs = [], [], []
+    for b in range(cu_q.shape[0] - 1):
+        (q0, q1), (k0, k1) = (int(cu_q[b]), int(cu_q[b + 1])), (int(cu_k[b]), int(cu_k[b + 1]))
+        dq, dk, dv, _ = cpu_backward(d_out[None, q0:q1], q[None, q0:q1], k[None, k0:k1], v[None, k0:k1],
+                                     out[None, q0:q1], None, None, None, scale, causal, wl, wr, cap, p, seed, offset,
+                                     det)
+        dqs.append(dq[0])
+        dks.append(dk[0])
+        dvs.append(dv[0])
+    return torch.cat(dqs), torch.cat(dks), torch.cat(dvs), q.new_empty((0,), dtype=torch.float32)
+
+
+torch.library.register_kernel("flash_attn_rs::varlen_fwd", "cpu", cpu_varlen_forward)
+torch.library.register_kernel("flash_attn_rs::varlen_bwd", "cpu", cpu_varlen_backward)
+
+
+def test_compiled_flash_attn_varlen_func_has_no_graph_break_and_the_right_gradients():
+    from flash_attn_rs import flash_attn_varlen_func
+
+    gen = torch.Generator().manual_seed(1)
+    lens_q, lens_k = [5, 17, 9], [7, 17, 12]
+    cu_q = torch.tensor([0, 5, 22, 31], dtype=torch.int32)
+    cu_k = torch.tensor([0, 7, 24, 36], dtype=torch.int32)
+    q = torch.randn(sum(lens_q), 4, 32, generator=gen).to(torch.bfloat16).requires_grad_()
+    k, v = (torch.randn(sum(lens_k), 4, 32, generator=gen).to(torch.bfloat16).requires_grad_() for _ in range(2))
+    do = torch.randn(sum(lens_q), 4, 32, generator=gen).to(torch.bfloat16)
+
+    def step(q, k, v):
+        return flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=True)
+
+    explain = torch._dynamo.explain(step)(q, k, v)
+    assert explain.graph_break_count == 0, explain.break_reasons
+    torch._dynamo.reset()
+    out = torch.compile(step, fullgraph=True, backend="aot_eager")(q, k, v)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+
+    # Against autograd through each sequence's attention in f64 (bottom-right causal mask).
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    refs = []
+    for b in range(3):
+        (q0, q1), (k0, k1) = (int(cu_q[b]), int(cu_q[b + 1])), (int(cu_k[b]), int(cu_k[b + 1]))
+        s = scores(q64[None, q0:q1], k64[None, k0:k1], 1 / math.sqrt(32), True).double()
+        refs.append((torch.softmax(s, -1) @ v64[None, k0:k1].transpose(1, 2)).transpose(1, 2)[0])
+    ref = torch.cat(refs)
+    want = torch.autograd.grad(ref, (q64, k64, v64), do.double())
+    # As the dense test: bf16 inputs and outputs, f32 math.
+    assert (out.double() - ref).abs().max() < 2e-2
+    for got, exp in zip(grads, want):
+        assert (got.double() - exp).abs().max() < 4e-2 * max(1.0, float(exp.abs().max()))
