@@ -49,17 +49,10 @@ const LOG2_E: f32 = core::f32::consts::LOG2_E;
 /// `T::SMEM_BYTES` of dynamic shared memory, after [`preprocess`] on the same parameters.
 #[inline(always)]
 pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool, const SEQ: bool>(p: &BwdParams) {
-    // The `SEQ` kernels (`_seq`, `_mods`) serve packed batches: the block's sequence resolved, the kernel
-    // runs as on a dense batch of one. The dense kernels read the parameter block as it is
-    // (and compile to the code they had before).
-    let sequence;
-    let p = if SEQ {
-        // SAFETY: the host validated the layout's arrays.
-        sequence = unsafe { p.sequence(ptx::block_idx().2) };
-        &sequence
-    } else {
-        p
-    };
+    // The block's sequence for the `SEQ` kernels (`BwdParams::of_block`).
+    let mut sequence = core::mem::MaybeUninit::uninit();
+    // SAFETY: the host validated the layout's arrays.
+    let p = unsafe { p.of_block::<SEQ>(ptx::block_idx().2, &mut sequence) };
     let f = &p.fwd;
     let shape = &f.shape;
     // Blocks past this sequence's keys (a packed batch's shorter sequences) have nothing to do.

@@ -55,17 +55,10 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
     // padding that stays inside the last 64-column panel in whole chunks.
     const { assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128) };
     const { assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM)) };
-    // The `SEQ` kernels (`_seq`, `_mods`) serve packed batches: the block's sequence resolved, the kernel
-    // runs as on a dense batch of one. The dense kernels read the parameter block as it is
-    // (and compile to the code they had before).
-    let sequence;
-    let p = if SEQ {
-        // SAFETY: the host validated the layout's arrays.
-        sequence = unsafe { p.sequence(ptx::block_idx().2) };
-        &sequence
-    } else {
-        p
-    };
+    // The block's sequence for the `SEQ` kernels (`BwdParams::of_block`).
+    let mut sequence = core::mem::MaybeUninit::uninit();
+    // SAFETY: the host validated the layout's arrays.
+    let p = unsafe { p.of_block::<SEQ>(ptx::block_idx().2, &mut sequence) };
     let f = &p.fwd;
     let shape = &f.shape;
     // Blocks past this sequence's keys (a packed batch's shorter sequences) have nothing to do.
@@ -426,14 +419,9 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
     // The generated shapes: qk 64 × 256, pv and dq N = 128 over k = 64.
     const { assert!(T::HEAD_DIM == 256 && T::BLOCK_N == 64 && T::BLOCK_M == 64 && T::WARPGROUPS == 2) };
     const { assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM)) };
-    let sequence;
-    let p = if SEQ {
-        // SAFETY: the host validated the layout's arrays.
-        sequence = unsafe { p.sequence(ptx::block_idx().2) };
-        &sequence
-    } else {
-        p
-    };
+    let mut sequence = core::mem::MaybeUninit::uninit();
+    // SAFETY: the host validated the layout's arrays.
+    let p = unsafe { p.of_block::<SEQ>(ptx::block_idx().2, &mut sequence) };
     let f = &p.fwd;
     let shape = &f.shape;
     if SEQ && ptx::block_idx().0 * T::BLOCK_N >= shape.seqlen_k {

@@ -386,6 +386,25 @@ pub struct BwdParams {
 impl BwdParams {
     /// [`FwdParams::sequence`] for the backward: dO and dQ move with Q, dK and dV with K.
     ///
+    /// The parameter block a backward block runs on: for the `SEQ` kernels the sequence of grid
+    /// index `block_z` resolved into `storage`, as a dense batch of one; the dense kernels read
+    /// the block as it is (see [`FwdParams::of_block`]).
+    ///
+    /// # Safety
+    /// As [`FwdParams::sequence`].
+    #[inline(always)]
+    pub unsafe fn of_block<'a, const SEQ: bool>(
+        &'a self,
+        block_z: u32,
+        storage: &'a mut core::mem::MaybeUninit<BwdParams>,
+    ) -> &'a BwdParams {
+        if !SEQ {
+            return self;
+        }
+        // SAFETY: forwarded from the caller.
+        storage.write(unsafe { self.sequence(block_z) })
+    }
+
     /// # Safety
     /// As [`FwdParams::sequence`].
     #[inline(always)]
