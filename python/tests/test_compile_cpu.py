@@ -52,6 +52,23 @@ torch.library.register_kernel("flash_attn_rs::fwd", "cpu", cpu_forward)
 torch.library.register_kernel("flash_attn_rs::bwd", "cpu", cpu_backward)
 
 
+def compiled_matches_reference(step, reference, inputs, do):
+    """`step` traced by Dynamo with no graph break, and compiled (fullgraph, aot_eager) giving
+    output and gradients of `inputs` close to autograd through `reference` in f64."""
+    explain = torch._dynamo.explain(step)(*inputs)
+    assert explain.graph_break_count == 0, explain.break_reasons
+    torch._dynamo.reset()
+    out = torch.compile(step, fullgraph=True, backend="aot_eager")(*inputs)
+    grads = torch.autograd.grad(out, inputs, do)
+    inputs64 = [x.detach().double().requires_grad_() for x in inputs]
+    ref = reference(*inputs64)
+    want = torch.autograd.grad(ref, inputs64, do.double())
+    # bf16 inputs and outputs, f32 math: a few bf16 units of the values' scale.
+    assert (out.double() - ref).abs().max() < 2e-2
+    for got, exp in zip(grads, want):
+        assert (got.double() - exp).abs().max() < 4e-2 * max(1.0, float(exp.abs().max()))
+
+
 def test_compiled_flash_attn_func_has_no_graph_break_and_the_right_gradients():
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 48, 4, 32, generator=gen, dtype=torch.float32).to(torch.bfloat16).requires_grad_()
@@ -61,21 +78,11 @@ def test_compiled_flash_attn_func_has_no_graph_break_and_the_right_gradients():
     def step(q, k, v):
         return flash_attn_func(q, k, v, causal=True)
 
-    explain = torch._dynamo.explain(step)(q, k, v)
-    assert explain.graph_break_count == 0, explain.break_reasons
-    torch._dynamo.reset()
-    out = torch.compile(step, fullgraph=True, backend="aot_eager")(q, k, v)
-    grads = torch.autograd.grad(out, (q, k, v), do)
+    def reference(q64, k64, v64):  # the same math in f64
+        s = scores(q64, k64, 1 / math.sqrt(32), True).double()
+        return (torch.softmax(s, -1) @ v64.transpose(1, 2)).transpose(1, 2)
 
-    # Against autograd through the same math in f64.
-    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
-    s = scores(q64, k64, 1 / math.sqrt(32), True).double()
-    ref = (torch.softmax(s, -1) @ v64.transpose(1, 2)).transpose(1, 2)
-    want = torch.autograd.grad(ref, (q64, k64, v64), do.double())
-    # bf16 inputs and outputs, f32 math: a few bf16 units of the values' scale.
-    assert (out.double() - ref).abs().max() < 2e-2
-    for got, exp in zip(grads, want):
-        assert (got.double() - exp).abs().max() < 4e-2 * max(1.0, float(exp.abs().max()))
+    compiled_matches_reference(step, reference, (q, k, v), do)
 
 
 def cpu_varlen_forward(q, k, v, cu_q, cu_k, used, sinks, alibi, max_q, max_k, scale, causal, wl, wr, cap, p, seed,
@@ -123,22 +130,12 @@ def test_compiled_flash_attn_varlen_func_has_no_graph_break_and_the_right_gradie
     def step(q, k, v):
         return flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=True)
 
-    explain = torch._dynamo.explain(step)(q, k, v)
-    assert explain.graph_break_count == 0, explain.break_reasons
-    torch._dynamo.reset()
-    out = torch.compile(step, fullgraph=True, backend="aot_eager")(q, k, v)
-    grads = torch.autograd.grad(out, (q, k, v), do)
+    def reference(q64, k64, v64):  # each sequence's attention in f64 (bottom-right causal mask)
+        refs = []
+        for b in range(3):
+            (q0, q1), (k0, k1) = (int(cu_q[b]), int(cu_q[b + 1])), (int(cu_k[b]), int(cu_k[b + 1]))
+            s = scores(q64[None, q0:q1], k64[None, k0:k1], 1 / math.sqrt(32), True).double()
+            refs.append((torch.softmax(s, -1) @ v64[None, k0:k1].transpose(1, 2)).transpose(1, 2)[0])
+        return torch.cat(refs)
 
-    # Against autograd through each sequence's attention in f64 (bottom-right causal mask).
-    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
-    refs = []
-    for b in range(3):
-        (q0, q1), (k0, k1) = (int(cu_q[b]), int(cu_q[b + 1])), (int(cu_k[b]), int(cu_k[b + 1]))
-        s = scores(q64[None, q0:q1], k64[None, k0:k1], 1 / math.sqrt(32), True).double()
-        refs.append((torch.softmax(s, -1) @ v64[None, k0:k1].transpose(1, 2)).transpose(1, 2)[0])
-    ref = torch.cat(refs)
-    want = torch.autograd.grad(ref, (q64, k64, v64), do.double())
-    # As the dense test: bf16 inputs and outputs, f32 math.
-    assert (out.double() - ref).abs().max() < 2e-2
-    for got, exp in zip(grads, want):
-        assert (got.double() - exp).abs().max() < 4e-2 * max(1.0, float(exp.abs().max()))
+    compiled_matches_reference(step, reference, (q, k, v), do)

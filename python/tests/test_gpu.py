@@ -1033,6 +1033,22 @@ def test_deterministic_backward(capsys):
     report(capsys, "deterministic: 3 backward runs bitwise identical (dq, dk, dv)")
 
 
+def compiled_matches_eager(step, inputs, do):
+    """`step` traced by Dynamo with no graph break, and compiled (fullgraph, aot_eager) giving
+    the eager call's output and gradients of `inputs` bit for bit; returns the graph count."""
+    explain = torch._dynamo.explain(step)(*inputs)
+    assert explain.graph_break_count == 0, f"graph breaks: {explain.break_reasons}"
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    out_c = compiled(*inputs)
+    grads_c = torch.autograd.grad(out_c, inputs, do)
+    out_e = step(*inputs)
+    grads_e = torch.autograd.grad(out_e, inputs, do)
+    assert torch.equal(out_c, out_e), "compiled forward differs from eager"
+    assert all(torch.equal(a, b) for a, b in zip(grads_c, grads_e)), "compiled backward differs from eager"
+    return explain.graph_count
+
+
 def test_torch_compile_fullgraph(capsys):
     """torch.compile traces flash_attn_func (custom operators with fake implementations and a
     registered autograd formula) without a graph break, and the compiled forward and backward
@@ -1046,17 +1062,8 @@ def test_torch_compile_fullgraph(capsys):
     def step(q, k, v):
         return flash_attn_func(q, k, v, causal=True, window_size=(64, 0), softcap=20.0, deterministic=True)
 
-    explain = torch._dynamo.explain(step)(q, k, v)
-    assert explain.graph_break_count == 0, f"graph breaks: {explain.break_reasons}"
-    torch._dynamo.reset()
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    out_c = compiled(q, k, v)
-    grads_c = torch.autograd.grad(out_c, (q, k, v), do)
-    out_e = step(q, k, v)
-    grads_e = torch.autograd.grad(out_e, (q, k, v), do)
-    assert torch.equal(out_c, out_e), "compiled forward differs from eager"
-    assert all(torch.equal(a, b) for a, b in zip(grads_c, grads_e)), "compiled backward differs from eager"
-    report(capsys, f"torch.compile: fullgraph, {explain.graph_count} graph, 0 breaks; forward and backward bit-identical to eager")
+    graphs = compiled_matches_eager(step, (q, k, v), do)
+    report(capsys, f"torch.compile: fullgraph, {graphs} graph, 0 breaks; forward and backward bit-identical to eager")
 
 
 def test_torch_compile_varlen_fullgraph(capsys):
@@ -1077,17 +1084,8 @@ def test_torch_compile_varlen_fullgraph(capsys):
         return flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=True,
                                       window_size=(64, 0), softcap=20.0, deterministic=True)
 
-    explain = torch._dynamo.explain(step)(q, k, v)
-    assert explain.graph_break_count == 0, f"graph breaks: {explain.break_reasons}"
-    torch._dynamo.reset()
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    out_c = compiled(q, k, v)
-    grads_c = torch.autograd.grad(out_c, (q, k, v), do)
-    out_e = step(q, k, v)
-    grads_e = torch.autograd.grad(out_e, (q, k, v), do)
-    assert torch.equal(out_c, out_e), "compiled forward differs from eager"
-    assert all(torch.equal(a, b) for a, b in zip(grads_c, grads_e)), "compiled backward differs from eager"
-    report(capsys, f"torch.compile varlen: fullgraph, {explain.graph_count} graph, 0 breaks; forward and backward bit-identical to eager")
+    graphs = compiled_matches_eager(step, (q, k, v), do)
+    report(capsys, f"torch.compile varlen: fullgraph, {graphs} graph, 0 breaks; forward and backward bit-identical to eager")
 
 
 def test_remembered_checks(capsys):
