@@ -6,12 +6,12 @@
 //! online softmax on the scores in registers (same fragment layout as `mma.sync`), and issues a
 //! second GEMM for O += P·V with P from registers and V from shared memory. Small blocks (the
 //! head_dim 64 configuration: four per SM) overlap one block's softmax with another's GEMMs;
-//! the pipelined configuration (`FwdWgmmaTraits::PIPELINED`, the head_dim 128 default) also
-//! overlaps inside a warpgroup: S = Q·Kⱼᵀ and P·Vⱼ₋₁ are issued back to back, tile j's softmax
+//! the pipelined configuration (`FwdWgmmaTraits::PIPELINED`) also overlaps inside a warpgroup: S = Q·Kⱼᵀ and P·Vⱼ₋₁ are issued back to back, tile j's softmax
 //! runs while P·V is in flight, and O is rescaled only after waiting for it. It keeps three K/V
-//! stages, since tile t's stage is read in iterations t and t + 1. head_dim 192 and 256 run
-//! unpipelined on 64-key tiles, their Q and K descriptors one per 64-column panel
-//! (`warpgroup::PanelDescriptors`). The shipped configurations, with the reasons for each, are in
+//! stages, since tile t's stage is read in iterations t and t + 1. head_dim 192 (and 256 with
+//! the score modifiers) run unpipelined on 64-key tiles, their Q and K descriptors one per
+//! 64-column panel (`warpgroup::PanelDescriptors`). [`flash_fwd_wgmma_ws`], the default at
+//! head_dim 96, 128 and 256, runs the pipelined loop in consumer warpgroups fed by a producer. The shipped configurations, with the reasons for each, are in
 //! `traits.rs`; the shared-memory layout and descriptors in [`crate::warpgroup`]'s docs.
 //!
 //! Padded head dims: `DATA_HEAD_DIM` (the tensors') may be below `HEAD_DIM` (the GEMMs', whole

@@ -164,20 +164,22 @@ impl<const D: u32, const W: u32, const N: u32, const DATA: u32> FwdWgmmaTraits f
     const PIPELINED: bool = true;
 }
 
-/// The shipped Hopper configurations (benches/NOTES.md, v8–v11, lists the variants measured).
-/// head_dim 64: one warpgroup and 64-key tiles, so four blocks share an SM and one block's
-/// softmax overlaps another's GEMMs; head_dim 128: two warpgroups on 128-key tiles, software
-/// pipelined (each tile's softmax runs under the previous tile's P·V).
+/// The Hopper configurations without a producer (benches/NOTES.md, v8–v11, lists the variants
+/// measured). head_dim 64 (the default): one warpgroup and 64-key tiles, so four blocks share an
+/// SM and one block's softmax overlaps another's GEMMs; head_dim 128: two warpgroups on 128-key
+/// tiles, software pipelined (each tile's softmax runs under the previous tile's P·V), the
+/// default until the warp-specialized kernel (v21), now opt-in for A/B.
 pub type FwdWgmmaHdim64 = FwdWgmma<64, 1, 64, 2>;
 pub type FwdWgmmaHdim128 = FwdWgmmaPipelined<128, 2, 128>;
-/// head_dim 192 and 256: two warpgroups on 64-key tiles, unpipelined (the pipelined loop would
-/// hold a second score tile beside the 96 or 128 accumulator registers); three stages fit at 192
-/// (193 KiB), two at 256 (193 KiB).
+/// head_dim 192 and 256: two warpgroups on 64-key tiles, unpipelined; three stages fit at 192
+/// (193 KiB), two at 256 (193 KiB). The default at 192, and at 256 for the score modifiers
+/// (the warp-specialized head_dim 256 kernel, pipelined with 128 output registers beside the
+/// scores, serves the rest since v22).
 pub type FwdWgmmaHdim192 = FwdWgmma<192, 2, 64, 3>;
 pub type FwdWgmmaHdim256 = FwdWgmma<256, 2, 64, 2>;
 /// head_dim 96 runs the head_dim 128 kernels with the last 32 columns zero in shared memory: a
 /// quarter of the GEMM work is padding, but the `wgmma` rate more than pays for it (the
-/// 128-byte swizzle wants whole 64-column panels).
+/// 128-byte swizzle wants whole 64-column panels). Opt-in since v21, as at 128.
 pub type FwdWgmmaHdim96 = FwdWgmmaPipelined<128, 2, 128, 96>;
 /// The warp-specialized Hopper forward: a producer warpgroup loads Q, K and V (`cp.async`
 /// tracked by mbarriers) while `WARPGROUPS` consumers run the pipelined loop, each at its own
