@@ -15,16 +15,27 @@ mod sealed {
 /// The 16-bit floating-point types the kernels take: [`half::f16`] and [`half::bf16`].
 pub trait Element: sealed::Sealed + bytemuck::Pod + Copy + Send + Sync + std::fmt::Debug + 'static {
     const DTYPE: Dtype;
+    /// `x` rounded to nearest, ties to even (as the kernels' `cvt.rn` rounds).
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
     /// A NaN, used to poison outputs in tests.
     fn nan() -> Self;
 }
 
+/// `x` with its low 32 mantissa bits folded into bit 32: half 2.7's f64 → bf16 conversion (and
+/// its f16 fallback) reads only the upper 32 bits of the f64, so a value above a rounding midpoint
+/// by less than 2⁻²⁰ of its magnitude took the tie's even side (1 + 2⁻⁸ + 2⁻²² → 1 in bf16, not
+/// 1 + 2⁻⁷). Bit 32 lies below both types' rounding bit, so the sticky bit now sees them and the
+/// rounding is to nearest even of `x` itself (on the f16c path the value is then exact in f32).
+fn sticky(x: f64) -> f64 {
+    let bits = x.to_bits();
+    if bits & 0xFFFF_FFFF == 0 { x } else { f64::from_bits((bits | (1 << 32)) & !0xFFFF_FFFF) }
+}
+
 impl Element for half::f16 {
     const DTYPE: Dtype = Dtype::F16;
     fn from_f64(x: f64) -> Self {
-        half::f16::from_f64(x)
+        half::f16::from_f64(sticky(x))
     }
     fn to_f64(self) -> f64 {
         half::f16::to_f64(self)
@@ -37,7 +48,7 @@ impl Element for half::f16 {
 impl Element for half::bf16 {
     const DTYPE: Dtype = Dtype::Bf16;
     fn from_f64(x: f64) -> Self {
-        half::bf16::from_f64(x)
+        half::bf16::from_f64(sticky(x))
     }
     fn to_f64(self) -> f64 {
         half::bf16::to_f64(self)
@@ -244,6 +255,20 @@ impl<'a, T: Element> TensorMut<'a, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_f64_rounds_to_nearest_even_on_all_bits() {
+        let bf16 = |v: f64| <half::bf16 as Element>::from_f64(v).to_f64();
+        let f16 = |v: f64| <half::f16 as Element>::from_f64(v).to_f64();
+        // Just above the midpoint of bf16's 1.375 and 1.3828125 (a rotated key of the
+        // kvcache_append flake): the deciding bit, 2⁻²², is in the f64's low word.
+        let v = 1.375 + 2f64.powi(-8) + 2f64.powi(-22);
+        assert_eq!(half::bf16::from_f64(v).to_f64(), 1.375, "half's own rounding, corrected here");
+        assert_eq!((bf16(v), bf16(-v), bf16(1.375 + 2f64.powi(-8))), (1.3828125, -1.3828125, 1.375));
+        assert_eq!(f16(1.0 + 2f64.powi(-11) + 2f64.powi(-40)), 1.0 + 2f64.powi(-10));
+        assert_eq!(f16(1.0 + 2f64.powi(-11)), 1.0);
+        assert!(bf16(f64::NAN).is_nan());
+    }
 
     #[test]
     fn contiguous_layout_spans_its_elements() {
