@@ -3,7 +3,7 @@
 //! writes JSON Lines.
 //!
 //! `bench [--out FILE] [--iters N] [--head-dims 64,128] [--dtypes bf16,f16] [--seqlens 512,...]
-//! [--kernels portable] [--kernel NAME,...]`
+//! [--kernels portable] [--kernel NAME,...]` (`--dtypes fp8`: the FP8 forward, see [`grid_fp8`])
 //!
 //! `bench --features all|gqa,window_4096_0,... [--seqlens 4096,16384] [--out FILE]`: issue 9's
 //! feature rows instead (head_dim 128, bf16; see [`FEATURES`]), the same rows as
@@ -196,6 +196,7 @@ fn main() {
         match dtype.as_str() {
             "bf16" => grid::<bf16>(&o, &card, &mut out),
             "f16" => grid::<f16>(&o, &card, &mut out),
+            "fp8" => grid_fp8(&o, &card, &mut out),
             other => panic!("unknown dtype {other}"),
         }
     }
@@ -275,6 +276,60 @@ fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
                         )
                         .unwrap();
                     }
+                }
+            }
+        }
+    }
+}
+
+/// `--dtypes fp8`: the FP8 forward (e4m3 Q, K, V, per-tensor descales, bf16 O) on the grid's
+/// points for the FP8 head dims, timed as the grid is; the call includes Vᵀ's transpose.
+fn grid_fp8(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
+    use flash_attn::{Descale, Fp8Ref, Fp8Scales, quantize_fp8};
+    let stream = Stream::new(StreamFlags::NON_BLOCKING, None).unwrap();
+    let attention = FlashAttention::new().unwrap();
+    let mut rng = StdRng::seed_from_u64(7);
+    let upload = |rng: &mut StdRng| {
+        let (x, _) = random_inputs::<bf16>(rng, TOKENS * MODEL_DIM);
+        let x: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        let bytes: Vec<u8> = quantize_fp8(&x).iter().map(|e| e.to_bits()).collect();
+        DeviceBuffer::from_slice(&bytes).unwrap()
+    };
+    let (q, k, v) = (upload(&mut rng), upload(&mut rng), upload(&mut rng));
+    let one = DeviceBuffer::from_slice(&[1f32]).unwrap();
+    let scales = Fp8Scales {
+        q: Some(Descale::per_tensor(&one)),
+        k: Some(Descale::per_tensor(&one)),
+        v: Some(Descale::per_tensor(&one)),
+    };
+    let mut flush = DeviceBuffer::<u32>::zeroed(FLUSH_WORDS).unwrap();
+    let timing = if o.iters == 0 { "do_bench".to_string() } else { format!("{} calls", o.iters) };
+    for &d in o.head_dims.iter().filter(|d| flash_attn::FP8_HEAD_DIMS.contains(&(**d as u32))) {
+        for causal in [false, true] {
+            for &s in o.seqlens.as_deref().unwrap_or(&[512, 1024, 2048, 4096, 8192, 16384]) {
+                let (b, h) = (TOKENS / s, MODEL_DIM / d);
+                let layout = Layout::contiguous([b, s, h, d]);
+                let (qv, kv, vv) = (
+                    Fp8Ref::from_slice(&q, 0, layout).unwrap(),
+                    Fp8Ref::from_slice(&k, 0, layout).unwrap(),
+                    Fp8Ref::from_slice(&v, 0, layout).unwrap(),
+                );
+                let params = AttentionParams { causal, ..Default::default() };
+                let mut o_buf = DeviceBuffer::<u16>::zeroed(b * s * h * d).unwrap();
+                let mut lse = DeviceBuffer::<f32>::zeroed(b * h * s).unwrap();
+                let fms = time_calls(&stream, &mut flush, o.iters, || {
+                    let o_out = TensorMut::<bf16>::from_slice(&mut o_buf, 0, layout).unwrap();
+                    attention.forward_fp8_into(&stream, qv, kv, vv, &scales, o_out, &mut lse, &params).unwrap();
+                });
+                let flops = 4.0 * (b * h * s * s * d) as f64 / if causal { 2.0 } else { 1.0 };
+                let ft = flops / fms as f64 / 1e9;
+                println!("{:<5} {d:>4} {causal:>6} {s:>6} {b:>4} | {fms:>9.3} {ft:>8.1} |", "fp8");
+                if let Some(file) = out.as_mut() {
+                    writeln!(
+                        file,
+                        "{{\"direction\":\"fwd\",\"dtype\":\"fp8\",\"head_dim\":{d},\"causal\":{causal},\"seqlen\":{s},\"batch\":{b},\"heads\":{h},\"ours_ms\":{fms:.4},\"ours_tflops\":{ft:.2},\"card\":\"{card}\",\"timing\":\"{timing}\"}}"
+                    )
+                    .unwrap();
                 }
             }
         }

@@ -10,6 +10,9 @@ TYPES = [("bf16", "bf16"), ("f16", "f16")]
 QK = [(n, p) for n in (64, 128) for p in (1, 2)] + [(64, 3), (64, 4)]  # (keys per tile, 64-column panels of head_dim)
 PV = [(n, k) for n in (64, 128) for k in (4, 8)] + [(192, 4), (256, 4)]  # (head_dim, 16-key steps per tile)
 DQ = [(32, 8), (64, 8), (64, 4), (128, 4)]           # (dQ columns per warpgroup, 16-key steps)
+# FP8 (e4m3), issue-only: (keys per tile, 128-byte panels of head_dim) and (head_dim, 32-key steps).
+FP8_QK = [(128, 1), (128, 2)]
+FP8_PV = [(128, 4), (256, 4)]
 
 def acc(count, first=0):
     return "{{" + ", ".join("{%d}" % (first + i) for i in range(count)) + "}}"
@@ -178,6 +181,74 @@ pub unsafe fn wgmma_dq_n{n}_k{ksteps}_{ty}(acc: &mut [[f32; 4]; 16], desc_ds: u6
             ds = in(reg64) desc_ds,
             k = in(reg64) desc_k,
             zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }}
+}}''')
+
+
+for n, panels in FP8_QK:
+    count = n // 2
+    lines = ["{{", ".reg .b64 qa, kb;", ".reg .pred p;", "setp.ne.u32 p, {zero}, 0;", "wgmma.fence.sync.aligned;"]
+    first = True
+    for panel in range(panels):
+        for step in range(4):
+            lines.append(f"add.s64 qa, {{q{panel}}}, {2 * step};")
+            lines.append(f"add.s64 kb, {{k{panel}}}, {2 * step};")
+            scale = "p" if first else "1"
+            first = False
+            lines.append(f"wgmma.mma_async.sync.aligned.m64n{n}k32.f32.e4m3.e4m3 {acc(count)}, qa, kb, {scale}, 1, 1;")
+    lines.append("wgmma.commit_group.sync.aligned;")
+    lines.append("}}")
+    template = "\n".join(f'            "{l}",' for l in lines)
+    descs = ", ".join(f"q{i} = in(reg64) desc_q[{i}], k{i} = in(reg64) desc_k[{i}]" for i in range(panels))
+    out.append(f'''
+/// `S = Q·Kᵀ` for one warpgroup, issued (no wait): 64 query rows × {n} keys, head_dim {128 * panels}
+/// ({panels} panel(s) of 128 e4m3 columns), f32 out (tiles `0..{n // 8}` of `s`). Descriptors as
+/// in [`wgmma_qk_n64_p1_bf16`] (K-major both, one per 128-byte panel).
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `s` before a wait that names it.
+#[inline(always)]
+pub unsafe fn wgmma_qk_issue_n{n}_p{panels}_e4m3(s: &mut [[f32; 4]; 16], desc_q: [u64; {panels}], desc_k: [u64; {panels}]) {{
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {{
+        asm!(
+{template}
+            {operands("out", count, "s", n // 8)},
+            {descs},
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }}
+}}''')
+for n, ksteps in FP8_PV:
+    count = n // 2
+    lines = ["{{", ".reg .b64 vb;", "wgmma.fence.sync.aligned;"]
+    for step in range(ksteps):
+        lines.append(f"add.s64 vb, {{v}}, {2 * step};")
+        a = "{{" + ", ".join("{%d}" % (count + 4 * step + j) for j in range(4)) + "}}"
+        lines.append(f"wgmma.mma_async.sync.aligned.m64n{n}k32.f32.e4m3.e4m3 {acc(count)}, {a}, vb, 1, 1, 1;")
+    lines.append("wgmma.commit_group.sync.aligned;")
+    lines.append("}}")
+    template = "\n".join(f'            "{l}",' for l in lines)
+    pops = ", ".join(f"in(reg32) p[{i // 4}][{i % 4}]" for i in range(4 * ksteps))
+    out.append(f'''
+/// `O += P·V` for one warpgroup, issued (no wait): 64 rows × head_dim {n}, over {32 * ksteps} keys, e4m3.
+/// P from registers (`p[k]`: keys `32k..32k+32` in the order `tiling::fp8_key_of_position` gives),
+/// Vᵀ from shared memory, K-major (keys along its 128-byte rows, in that same order).
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `o` or `p` before a wait that names `o`.
+#[inline(always)]
+pub unsafe fn wgmma_pv_issue_n{n}_k{ksteps}_e4m3(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], desc_v: u64) {{
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {{
+        asm!(
+{template}
+            {operands("inout", count, "o", n // 8)},
+            {pops},
+            v = in(reg64) desc_v,
             options(nostack),
         )
     }}

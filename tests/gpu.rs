@@ -11,6 +11,7 @@
 use cust::stream::{Stream, StreamFlags};
 use flash_attn::{AttentionParams, DeviceTensor, Error, FlashAttention, TensorRef};
 use flash_attn_tests::serving::{ServingCase, kvcache_strategy, run_serving_case, varlen_strategy};
+use flash_attn_tests::fp8::{Fp8Case, o_error, run_fp8_case};
 use flash_attn_tests::{CaseOutcome, Comparison, case_strategy, gpu_context, random_inputs, run_case};
 use half::{bf16, f16};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -604,6 +605,119 @@ fn dropout_mask_matches_reference() -> Result<(), Failed> {
     Ok(())
 }
 
+/// FP8 forward: typed errors for what it does not take, then random cases (head_dim 128; masks,
+/// windows, grouped K/V heads, per-tensor and per-head descales). Skipped (with a message) on a GPU without the sm_90a kernels.
+fn fp8_forward() -> Result<(), Failed> {
+    let gpu = gpu()?;
+    if gpu.attention.forward_kernel_name::<bf16>(128, false).is_none_or(|n| !n.contains("wgmma")) {
+        eprintln!("fp8: skipped (no Hopper kernels on this GPU)");
+        return Ok(());
+    }
+    fp8_bad_input(&gpu)?;
+    let strategy = proptest::num::u64::ANY.prop_map(Fp8Case::draw);
+    property_of("fp8", cases("FLASH_ATTN_FP8_CASES", 80), strategy, |gpu, case| {
+        (true, run_fp8_case(&gpu.attention, &gpu.stream, case))
+    })
+}
+
+fn fp8_bad_input(gpu: &Gpu) -> Result<(), Failed> {
+    use flash_attn::{Descale, Fp8Ref, Fp8Scales, Fp8Tensor, Layout, quantize_fp8};
+    let shape = [2, 64, 2, 128];
+    let t = Fp8Tensor::from_host(&quantize_fp8(&vec![0.5; 2 * 64 * 2 * 128]), shape).map_err(|e| e.to_string())?;
+    let narrow = Fp8Tensor::from_host(&quantize_fp8(&vec![0.5; 2 * 64 * 2 * 64]), [2, 64, 2, 64]).map_err(|e| e.to_string())?;
+    let one = cust::memory::DeviceBuffer::from_slice(&[1f32]).map_err(|e| format!("{e:?}"))?;
+    let per_head_short = Fp8Scales { q: Some(Descale::per_head(&one, 2)), ..Default::default() };
+    let check = |what: &str, result: flash_attn::Result<flash_attn::ForwardOutput<bf16>>, argument: &str| {
+        match result {
+            Err(Error::InvalidArgument { argument: a, .. }) | Err(Error::UnsupportedHeadDim { argument: a, .. })
+                if a == argument =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(format!("fp8 {what}: wrong error {e}")),
+            Ok(_) => Err(format!("fp8 {what}: accepted")),
+        }
+    };
+    let (s, v) = (&gpu.stream, t.view());
+    let none = Fp8Scales::default();
+    let plain = AttentionParams::default();
+    check("head_dim 64", gpu.attention.forward_fp8(s, narrow.view(), narrow.view(), narrow.view(), &none, &plain), "q")?;
+    let softcap = AttentionParams { softcap: Some(30.0), ..Default::default() };
+    check("softcap", gpu.attention.forward_fp8(s, v, v, v, &none, &softcap), "params.softcap")?;
+    check("short descale", gpu.attention.forward_fp8(s, v, v, v, &per_head_short, &plain), "scales.q")?;
+    // Rows 8 elements apart: fine for 16-bit tensors, not for e4m3's 16-byte rows.
+    let buffer = cust::memory::DeviceBuffer::from_slice(&vec![0u8; 64 * 2 * 136 * 2]).map_err(|e| format!("{e:?}"))?;
+    let odd = Layout { shape: [1, 64, 2, 128], strides: [64 * 2 * 136, 2 * 136, 136] };
+    let odd = Fp8Ref::from_slice(&buffer, 0, odd).map_err(|e| e.to_string())?;
+    let k1 = Fp8Tensor::from_host(&quantize_fp8(&vec![0.5; 64 * 2 * 128]), [1, 64, 2, 128]).map_err(|e| e.to_string())?;
+    check("8-element strides", gpu.attention.forward_fp8(s, odd, k1.view(), k1.view(), &none, &plain), "q")?;
+    eprintln!("fp8: bad input rejected before launch (head_dim, softcap, descale extent, strides)");
+    Ok(())
+}
+
+/// O's error against the f64 reference, FP8 beside the bf16 kernel, on the same inputs: e4m3
+/// values times power-of-two descales, which bf16 holds exactly. Reported, not asserted (the
+/// property test asserts the bounds).
+fn fp8_accuracy() -> Result<(), Failed> {
+    use flash_attn::{Descale, Fp8Scales, Fp8Tensor, reference};
+    let gpu = gpu()?;
+    if gpu.attention.forward_kernel_name::<bf16>(128, false).is_none_or(|n| !n.contains("wgmma")) {
+        eprintln!("fp8: skipped (no Hopper kernels on this GPU)");
+        return Ok(());
+    }
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(rand::random());
+    for (seqlen, causal) in [(1024usize, false), (1024, true), (4096, false)] {
+        let (heads, d) = (2, 128);
+        let shape = [1, seqlen, heads, d];
+        let n = seqlen * heads * d;
+        let (x64, _) = random_inputs::<bf16>(&mut rng, 3 * n);
+        let descales = [0.5f32, 0.25, 2.0];
+        let mut fp8 = Vec::new();
+        let mut exact = Vec::new();
+        for (t, descale) in descales.iter().enumerate() {
+            let stored: Vec<flash_attn::F8E4M3> =
+                x64[t * n..(t + 1) * n].iter().map(|x| flash_attn::F8E4M3::from_f64(x / *descale as f64)).collect();
+            exact.push(stored.iter().map(|e| e.to_f64() * *descale as f64).collect::<Vec<f64>>());
+            fp8.push(Fp8Tensor::from_host(&stored, shape).map_err(|e| e.to_string())?);
+        }
+        let buffers: Vec<_> = descales
+            .iter()
+            .map(|d| cust::memory::DeviceBuffer::from_slice(&[*d]).map_err(|e| format!("{e:?}")))
+            .collect::<Result<_, _>>()?;
+        let scales = Fp8Scales {
+            q: Some(Descale::per_tensor(&buffers[0])),
+            k: Some(Descale::per_tensor(&buffers[1])),
+            v: Some(Descale::per_tensor(&buffers[2])),
+        };
+        let params = AttentionParams { causal, ..Default::default() };
+        let out = gpu
+            .attention
+            .forward_fp8(&gpu.stream, fp8[0].view(), fp8[1].view(), fp8[2].view(), &scales, &params)
+            .map_err(|e| e.to_string())?;
+        let as_bf16 = |x: &[f64]| x.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<bf16>>();
+        let tensors: Vec<DeviceTensor<bf16>> = exact
+            .iter()
+            .map(|x| DeviceTensor::from_host(&as_bf16(x), shape).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let reference_out = gpu
+            .attention
+            .forward(&gpu.stream, tensors[0].view(), tensors[1].view(), tensors[2].view(), &params)
+            .map_err(|e| e.to_string())?;
+        gpu.stream.synchronize().map_err(|e| format!("{e:?}"))?;
+        let p = reference::Problem::new(1, heads, seqlen, seqlen, d, 1.0 / (d as f64).sqrt(), causal);
+        let want = reference::forward(&p, &exact[0], &exact[1], &exact[2]).map_err(|e| e.to_string())?;
+        let got = |t: &DeviceTensor<bf16>| -> Result<Vec<f64>, Failed> {
+            Ok(t.to_host().map_err(|e| e.to_string())?.iter().map(|x| x.to_f64()).collect())
+        };
+        let (fp8_rms, fp8_max) = o_error(&got(&out.o)?, &want.o);
+        let (bf16_rms, bf16_max) = o_error(&got(&reference_out.o)?, &want.o);
+        println!(
+            "fp8 accuracy: seqlen {seqlen}, causal {causal}, head_dim {d}: O error vs f64, fp8 RMS {fp8_rms:.3e} max {fp8_max:.3e}; bf16 kernel RMS {bf16_rms:.3e} max {bf16_max:.3e} (same inputs)"
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     let mut args = Arguments::from_args();
     // One CUDA context at a time: the trials run one after another.
@@ -628,6 +742,8 @@ fn main() {
         Trial::test("gpu::kvcache_matches_reference", || {
             serving_property("kvcache", cases("FLASH_ATTN_KVCACHE_CASES", 150), true, false)
         }),
+        Trial::test("gpu::fp8_forward_matches_reference", fp8_forward),
+        Trial::test("gpu::fp8_accuracy_beside_bf16", fp8_accuracy),
         Trial::test("gpu::kvcache_append_matches_reference", || {
             serving_property("kvcache_append", cases("FLASH_ATTN_APPEND_CASES", 150), true, true)
         }),

@@ -556,6 +556,7 @@ pub(crate) fn forward_params(shape: AttnShape, mods: Modifiers, [q, k, v, o]: [&
         mods,
         o_accum: 0,
         lse_accum: 0,
+        descales: Default::default(),
     }
 }
 

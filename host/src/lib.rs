@@ -20,6 +20,7 @@
 //! ```
 pub mod error;
 pub mod external;
+pub mod fp8;
 mod launch;
 pub mod reference;
 mod scratch;
@@ -30,6 +31,7 @@ mod validate;
 pub use cust::memory::DeviceSlice;
 pub use error::{Error, Result};
 pub use external::ExternalStream;
+pub use fp8::{Descale, F8E4M3, FP8_HEAD_DIMS, Fp8Ref, Fp8Scales, Fp8Tensor, quantize_fp8};
 pub use launch::{FlashAttention, ForwardOutput, Gradients};
 pub use serving::{Append, KvCache, Rotary, Varlen};
 pub use tensor::{DeviceTensor, Element, Layout, TensorMut, TensorRef};

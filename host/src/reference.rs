@@ -347,6 +347,47 @@ pub fn forward_rounded(p: &Problem, q: &[f64], k: &[f64], v: &[f64], round: &dyn
     forward_impl(p, q, k, v, &|x| round(x))
 }
 
+/// The naive FP8 forward, the tolerance's yardstick for the FP8 kernel: inputs taken as given
+/// (already the dequantized e4m3 values), each unnormalized probability `exp(S_ij - max_i)`
+/// rounded through e4m3 (round to nearest even, as `cvt.rn.satfinite`), the row sum of the
+/// unrounded ones, `O = round_bf16(Σ_j p̃_ij V_j / sum)` with f64 sums. Softcap, ALiBi, sinks and
+/// dropout are not part of the FP8 forward and are rejected.
+pub fn forward_fp8_naive(p: &Problem, q: &[f64], k: &[f64], v: &[f64]) -> Result<Forward> {
+    check_lengths(p, q, k, v, None)?;
+    if p.softcap > 0.0 || !p.alibi_slopes.is_empty() || !p.sinks.is_empty() || p.active_dropout().is_some() {
+        return Err(Error::invalid("problem", "the FP8 forward has no softcap, ALiBi, sinks or dropout".to_string()));
+    }
+    let e4m3 = |x: f64| float8::F8E4M3::from_f64(x).to_f64();
+    let d = p.head_dim;
+    let mut o = vec![0.0; p.q_len()];
+    let mut lse = vec![0.0; p.lse_len()];
+    for b in 0..p.batch {
+        for h in 0..p.heads {
+            let head = Head::new(p, q, k, v, b, h);
+            for i in 0..p.seqlen_q {
+                let keys = p.key_range(i);
+                let scores: Vec<f64> = keys.clone().map(|j| p.scale * dot(head.q_row(i), head.k_row(j))).collect();
+                if scores.is_empty() {
+                    lse[head.lse_off(i)] = f64::INFINITY;
+                    continue;
+                }
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                let mut out = vec![0.0; d];
+                for (j, s) in keys.zip(&scores) {
+                    axpy(&mut out, e4m3((s - max).exp()), head.v_row(j));
+                }
+                lse[head.lse_off(i)] = max + sum.ln();
+                let off = head.q_off(i);
+                for (x, acc) in o[off..off + d].iter_mut().zip(&out) {
+                    *x = half::bf16::from_f64(acc / sum).to_f64();
+                }
+            }
+        }
+    }
+    Ok(Forward { o, lse })
+}
+
 /// [`backward`] with every stored intermediate passed through `round`, on top of the rounding
 /// done by [`forward_rounded`] (whose rounded P and O it uses): dO is rounded on entry, then each
 /// dP element, each dS element, and each element of dQ, dK, dV. D is an f32-style internal sum

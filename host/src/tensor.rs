@@ -119,7 +119,7 @@ impl Layout {
     }
 
     /// A contiguous layout whose elements can all be addressed, or an error naming `argument`.
-    fn checked_contiguous(argument: &'static str, shape: [usize; 4]) -> Result<Self> {
+    pub(crate) fn checked_contiguous(argument: &'static str, shape: [usize; 4]) -> Result<Self> {
         let layout = Layout::contiguous(shape);
         match shape.iter().try_fold(1usize, |n, &x| n.checked_mul(x)) {
             Some(n) if n <= isize::MAX as usize / 2 => Ok(layout),

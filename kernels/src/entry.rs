@@ -211,8 +211,9 @@ pair!(
 mod hopper {
     use super::*;
     use crate::backward_wgmma::{flash_bwd_wgmma, flash_bwd_wgmma_split};
-    use crate::forward_wgmma::{flash_fwd_wgmma, flash_fwd_wgmma_ws};
+    use crate::forward_wgmma::{flash_fwd_wgmma, flash_fwd_wgmma_ws, fp8_transpose_v};
     use crate::traits::*;
+    use crate::warpgroup::E4m3;
 
     pair!(
         flash_fwd_wgmma_bf16_hdim64,
@@ -451,6 +452,9 @@ mod hopper {
     entry!(flash_fwd_wgmma_bf16_hdim128_sync, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128Sync, false, false>);
     entry!(flash_bwd_wgmma_bf16_hdim64_narrow, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim64Narrow, false, false>);
     entry!(flash_bwd_wgmma_bf16_hdim128_sync, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128Sync, false, false>);
+    // FP8 (e4m3) forward: the warp-specialized kernel on Vᵀ, and the transpose that makes Vᵀ.
+    entry!(flash_fwd_wgmma_ws_fp8_hdim128, FwdParams, flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Hdim128, false, false>);
+    entry!(flash_fp8_transpose_v, FwdParams, fp8_transpose_v);
 }
 
 entry!(flash_bwd_preprocess_bf16, BwdParams, preprocess::<Bf16>);

@@ -25,12 +25,13 @@ use crate::forward::{OnlineSoftmax, online_softmax, online_softmax_deferred, res
 use crate::modifiers::{ScoreMods, finish_row, forward_dropout, forward_scores};
 use crate::params::{FwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
-use crate::tile::{Sw128Tile, accumulators_as_a, quad_sum};
+use crate::tile::{Sw128Tile, quad_sum};
 use crate::tiling::{
-    Mask, SW128_ROW_GROUP_BYTES, ceil_div, kv_head_of, q_tile_of_block, split_tiles, wgmma_descriptor,
+    Mask, SW128_ROW_GROUP_BYTES, ceil_div, fp8_key_of_position, kv_head_of, q_tile_of_block, split_tiles,
+    wgmma_descriptor,
 };
 use crate::traits::{FwdWgmmaTraits, padding_fits};
-use crate::warpgroup::{Waited, WgmmaElement, panel_descriptors, wait};
+use crate::warpgroup::{Waited, WgmmaElement, WsInput, panel_descriptors, wait};
 
 /// Score tiles: 8 columns each, BLOCK_N ≤ 128.
 const SEQ_TILES8: usize = 16;
@@ -56,7 +57,9 @@ fn tiles_ready<T: FwdWgmmaTraits>() {
 /// `T::SMEM_BYTES` of dynamic shared memory, on a parameter block the host validated, on an
 /// sm_90a device.
 #[inline(always)]
-pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bool, const SEQ: bool>(p: &FwdParams) {
+pub unsafe fn flash_fwd_wgmma<E: WgmmaElement + WsInput, T: FwdWgmmaTraits, const MODS: bool, const SEQ: bool>(
+    p: &FwdParams,
+) {
     const { assert!(T::HEAD_DIM % 64 == 0 && T::HEAD_DIM <= 256) };
     const { assert!(T::BLOCK_N == 64 || T::BLOCK_N == 128) };
     // The generated GEMMs: 128-key tiles and the pipelined loop's waits up to head_dim 128.
@@ -167,7 +170,7 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bo
         |s: &mut [[[f32; 4]; SEQ_TILES8]; 1], tile: u32, lane: u32| step.scores::<MODS>(&mut s[0], tile, lane);
     let dropout_step =
         |s: &mut [[[f32; 4]; SEQ_TILES8]; 1], tile: u32, lane: u32| step.dropout::<MODS>(&mut s[0], tile, lane);
-    let probabilities_of = |s: &[[[f32; 4]; SEQ_TILES8]; 1]| probabilities::<E>(&s[0], n_tiles8);
+    let probabilities_of = |s: &[[[f32; 4]; SEQ_TILES8]; 1]| E::probabilities(&s[0], n_tiles8);
 
     if !T::PIPELINED {
         for tile in first_tile..end_tile {
@@ -286,29 +289,19 @@ impl ScoreStep<'_> {
     }
 }
 
-/// The probabilities as the A operand of P·V, in registers.
-#[inline(always)]
-fn probabilities<E: WgmmaElement>(s: &[[f32; 4]; SEQ_TILES8], n_tiles8: usize) -> [[u32; 4]; 8] {
-    let mut a = [[0u32; 4]; 8];
-    #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
-    for kk in 0..n_tiles8 / 2 {
-        a[kk] = accumulators_as_a::<E>(&s[2 * kk], &s[2 * kk + 1]);
-    }
-    a
-}
-
-/// Epilogue: normalize; stage O in this warp's own rows of the Q tile, then write whole 16-byte
-/// chunks; write the LSE (or, with split-KV, this split's partial rows).
+/// Epilogue: normalize; stage O in this warp's own rows of `stage` (the Q tile, or for e4m3
+/// inputs the bf16-sized region of `T::O_STAGE_OFFSET`), then write whole 16-byte chunks; write
+/// the LSE (or, with split-KV, this split's partial rows).
 ///
 /// # Safety
-/// The tensor cores' reads of the Q tile have finished (inside the last GEMM); `p` is the
+/// The tensor cores' reads of `stage` have finished (inside the last GEMM); `p` is the
 /// validated parameter block the kernel runs on; all 32 lanes of the warp call this.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn write_output<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bool, const SEQ: bool>(
     p: &FwdParams,
     (batch, head, split): (u32, u32, u32),
-    q_tile: Sw128Tile,
+    stage: Sw128Tile,
     q_begin: u32,
     warp_row0: u32,
     lane: u32,
@@ -330,12 +323,13 @@ unsafe fn write_output<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bool, con
         let local_row = warp_row0 + lane / 4 + 8 * half as u32;
         let row = q_begin + local_row;
         let (inv, lse) = finish_row(softmax.max[half], quad_sum(softmax.sum[half]));
-        let inv = if MODS { inv * output_scale } else { inv };
+        // (The FP8 kernels' output scale is V's descale.)
+        let inv = if MODS || T::ELEMENT_BYTES == 1 { inv * output_scale } else { inv };
         for t in 0..d_tiles8 {
             let packed = E::pack(o[t][2 * half] * inv, o[t][2 * half + 1] * inv);
             let col = 8 * t as u32 + 2 * (lane % 4);
             // SAFETY: the element lies in this warp's rows of the Q tile.
-            unsafe { ptx::st_shared_u32(q_tile.chunk(local_row, col / 8) + (col % 8) * 2, packed) };
+            unsafe { ptx::st_shared_u32(stage.chunk(local_row, col / 8) + (col % 8) * 2, packed) };
         }
         if lane % 4 == 0 && row < shape.seqlen_q {
             // SAFETY: the LSE buffer holds batch · heads · seqlen_q floats (host-checked).
@@ -346,14 +340,17 @@ unsafe fn write_output<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bool, con
     }
     ptx::sync_warp();
     let mut index = lane;
-    while index < 16 * T::DATA_CHUNKS {
-        let (local, chunk) = (index / T::DATA_CHUNKS, index % T::DATA_CHUNKS);
+    // O is 16-bit whatever the inputs: 8 columns to a chunk.
+    const { assert!(T::DATA_HEAD_DIM % 8 == 0) };
+    let out_chunks = T::DATA_HEAD_DIM / 8;
+    while index < 16 * out_chunks {
+        let (local, chunk) = (index / out_chunks, index % out_chunks);
         let row = warp_q0 + local;
         if row < shape.seqlen_q {
             // SAFETY: the chunk lies in this warp's rows of the Q tile; the destination is inside
             // row `row` of O, whose rows the host checked to be 16-byte aligned.
             unsafe {
-                let v = ptx::ld_shared_v4(q_tile.chunk(warp_row0 + local, chunk));
+                let v = ptx::ld_shared_v4(stage.chunk(warp_row0 + local, chunk));
                 let out = (p.o as *mut u16)
                     .wrapping_offset(p.o_strides.offset(batch, row, head) as isize + 8 * chunk as isize);
                 ptx::st_global_v4(out as *mut u8, v);
@@ -419,12 +416,16 @@ impl Stages {
 /// # Safety
 /// As [`flash_fwd_wgmma`], with `T::THREADS` threads (the producer included).
 #[inline(always)]
-pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bool, const SEQ: bool>(p: &FwdParams) {
+pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool, const SEQ: bool>(p: &FwdParams) {
     const { assert!(T::PRODUCER && T::PIPELINED && (T::WARPGROUPS == 2 || T::WARPGROUPS == 3)) };
     // The register splits the `setmaxnreg` calls below spell out.
     const { assert!(matches!((T::PRODUCER_REGISTERS, T::CONSUMER_REGISTERS), (24, 240) | (40, 232) | (24, 160))) };
     // The generated issue-only GEMMs: 64- or 128-key tiles up to head_dim 128, 64-key tiles above.
-    const { assert!(T::HEAD_DIM <= 128 || T::BLOCK_N == 64) };
+    const { assert!(T::HEAD_DIM <= 128 || T::BLOCK_N == 64 || E::BYTES == 1) };
+    // e4m3 inputs: the traits' element size, and the output staged over the K/V stages after a
+    // barrier of the two consumers (named barrier 3).
+    const { assert!(E::BYTES == T::ELEMENT_BYTES && (E::BYTES == 2 || T::WARPGROUPS == 2 && !MODS)) };
+    let fp8 = E::BYTES == 1;
     const { assert!(!T::PINGPONG || T::WARPGROUPS == 2) };
     const { assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM)) };
     let mut sequence = core::mem::MaybeUninit::uninit();
@@ -450,7 +451,16 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
     };
     let q_tile = tile(T::Q_OFFSET, T::BLOCK_M);
     let k_tile = |stage: u32| tile(T::K_OFFSET + stage * T::KV_TILE_BYTES, T::BLOCK_N);
-    let v_tile = |stage: u32| tile(T::V_OFFSET + stage * T::KV_TILE_BYTES, T::BLOCK_N);
+    // With e4m3 the stage holds Vᵀ: head_dim rows of the tile's keys (one 128-byte panel).
+    let v_tile = |stage: u32| {
+        let base = T::V_OFFSET + stage * T::KV_TILE_BYTES;
+        let chunks = T::BLOCK_N / 16;
+        if fp8 {
+            Sw128Tile { base: smem + base, rows: T::HEAD_DIM, chunks_per_row: chunks, data_chunks: chunks }
+        } else {
+            tile(base, T::BLOCK_N)
+        }
+    };
     let bars = Stages { base: smem + T::MBARRIER_OFFSET, stages: T::STAGES };
     let consumer_threads = 128 * T::WARPGROUPS;
     if tid == 0 {
@@ -479,12 +489,15 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
             24 => ptx::setmaxnreg_dec::<24>(),
             _ => ptx::setmaxnreg_dec::<40>(),
         }
-        let q_ptr = (p.q as *const u16).wrapping_offset(p.q_strides.offset(batch, q_begin, head) as isize);
-        let k_ptr = (p.k as *const u16).wrapping_offset(p.k_strides.offset(batch, 0, kv_head) as isize);
-        let v_ptr = (p.v as *const u16).wrapping_offset(p.v_strides.offset(batch, 0, kv_head) as isize);
+        let at = |base: u64, offset: i64| (base as *const E::Stored).wrapping_offset(offset as isize);
+        let q_ptr = at(p.q, p.q_strides.offset(batch, q_begin, head));
+        let k_ptr = at(p.k, p.k_strides.offset(batch, 0, kv_head));
+        let v_ptr = at(p.v, p.v_strides.offset(batch, 0, kv_head));
+        let (k_row, v_row) = (p.k_strides.row, p.v_strides.row);
         // SAFETY: the host validated Q, K and V (rows at these strides; rows past the ends are
-        // zero-filled without being read); each stage is refilled only after its empty barrier
-        // completed the phase of its previous use, i.e. after every consumer's GEMMs on it.
+        // zero-filled without being read; Vᵀ holds whole key tiles of every head-dim row); each
+        // stage is refilled only after its empty barrier completed the phase of its previous
+        // use, i.e. after every consumer's GEMMs on it.
         unsafe {
             q_tile.load_async(q_ptr, p.q_strides.row, shape.seqlen_q - q_begin, tid, 128);
             ptx::cp_async_mbarrier_arrive(bars.q_full());
@@ -497,8 +510,8 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
                     ptx::mbarrier_wait(bars.k_empty(stage), parity ^ 1);
                 }
                 k_tile(stage).load_async(
-                    k_ptr.wrapping_offset(k_begin as isize * p.k_strides.row as isize),
-                    p.k_strides.row,
+                    k_ptr.wrapping_offset(k_begin as isize * k_row as isize),
+                    k_row,
                     rows,
                     tid,
                     128,
@@ -507,13 +520,14 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
                 if i >= T::STAGES {
                     ptx::mbarrier_wait(bars.v_empty(stage), parity ^ 1);
                 }
-                v_tile(stage).load_async(
-                    v_ptr.wrapping_offset(k_begin as isize * p.v_strides.row as isize),
-                    p.v_strides.row,
-                    rows,
-                    tid,
-                    128,
-                );
+                if fp8 {
+                    // Vᵀ: all head_dim rows, the tile's keys from byte k_begin of each.
+                    let keys = v_ptr.wrapping_offset(k_begin as isize);
+                    v_tile(stage).load_async(keys, v_row, T::HEAD_DIM, tid, 128);
+                } else {
+                    let rows_from = v_ptr.wrapping_offset(k_begin as isize * v_row as isize);
+                    v_tile(stage).load_async(rows_from, v_row, rows, tid, 128);
+                }
                 ptx::cp_async_mbarrier_arrive(bars.v_full(stage));
             }
         }
@@ -535,7 +549,15 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
     // SAFETY: the host validated the modifiers' device arrays (slopes, sinks).
     let (mods, sink_log2, output_scale) = unsafe { ScoreMods::for_forward::<MODS>(p, batch, head) };
     let sink_log2 = if SEQ && split != 0 { f32::NEG_INFINITY } else { sink_log2 };
-    let panels = T::HEAD_DIM / 64;
+    // e4m3: the descale factors, Q's and K's into the softmax scale, V's into the output's.
+    let (scale_log2, output_scale) = if fp8 {
+        // SAFETY: the host checked the descale arrays' extents.
+        let (qk, v) = unsafe { p.descales.factors(batch, kv_head) };
+        (shape.scale_log2 * qk, v)
+    } else {
+        (shape.scale_log2, output_scale)
+    };
+    let panels = T::PANELS;
     let q_descs = panel_descriptors(panels, |panel| {
         wgmma_descriptor(q_tile.panel(panel, 64 * warpgroup), 16, SW128_ROW_GROUP_BYTES)
     });
@@ -543,7 +565,12 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
         let keys = k_tile(stage);
         panel_descriptors(panels, |panel| wgmma_descriptor(keys.panel(panel, 0), 16, SW128_ROW_GROUP_BYTES))
     };
-    let v_desc = |stage: u32| wgmma_descriptor(v_tile(stage).panel(0, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
+    // V is MN-major (its rows run along the keys); Vᵀ K-major, as K.
+    let v_desc = |stage: u32| {
+        let (leading, stride) =
+            if fp8 { (16, SW128_ROW_GROUP_BYTES) } else { (T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES) };
+        wgmma_descriptor(v_tile(stage).panel(0, 0), leading, stride)
+    };
     let (n_tiles8, d_tiles8) = ((T::BLOCK_N / 8) as usize, (T::HEAD_DIM / 8) as usize);
     let step = ScoreStep { warp_q0, block_n: T::BLOCK_N, mask: &mask, mods: &mods };
 
@@ -589,7 +616,7 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
         unsafe {
             Stages::acquire(bars.k_full(0), 0);
             take_turn();
-            E::qk_issue(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(0));
+            E::issue_scores(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(0));
             pass_turn(false);
         }
         wait(0, Waited::Scores(T::BLOCK_N, &mut s[0]));
@@ -597,9 +624,9 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
         unsafe { ptx::mbarrier_arrive(bars.k_empty(0)) };
         step.scores::<MODS>(&mut s[0], first_tile, lane);
         // O is still zero: no correction to apply.
-        let _ = online_softmax_deferred(&mut softmax, &mut s, 1, n_tiles8, shape.scale_log2);
+        let _ = online_softmax_deferred(&mut softmax, &mut s, 1, n_tiles8, scale_log2);
         step.dropout::<MODS>(&mut s[0], first_tile, lane);
-        let mut previous = probabilities::<E>(&s[0], n_tiles8);
+        let mut previous = E::probabilities(&s[0], n_tiles8);
         for tile in first_tile + 1..end_tile {
             let i = tile - first_tile;
             let (stage, parity) = bars.of(i);
@@ -612,15 +639,15 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
                 Stages::acquire(bars.k_full(stage), parity);
                 Stages::acquire(bars.v_full(previous_stage), previous_parity);
                 take_turn();
-                E::qk_issue(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(stage));
-                E::pv_issue(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(previous_stage));
+                E::issue_scores(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(stage));
+                E::issue_output(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(previous_stage));
                 pass_turn(false);
             }
             wait(1, Waited::Scores(T::BLOCK_N, &mut s[0]));
             // SAFETY: this thread's score GEMM on the stage has completed.
             unsafe { ptx::mbarrier_arrive(bars.k_empty(stage)) };
             step.scores::<MODS>(&mut s[0], tile, lane);
-            let correction = online_softmax_deferred(&mut softmax, &mut s, 1, n_tiles8, shape.scale_log2);
+            let correction = online_softmax_deferred(&mut softmax, &mut s, 1, n_tiles8, scale_log2);
             step.dropout::<MODS>(&mut s[0], tile, lane);
             wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
             // SAFETY: this thread's P·V GEMM on the previous stage has completed.
@@ -628,24 +655,35 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
             if let Some(correction) = correction {
                 rescale(&mut o, &correction, 1, d_tiles8);
             }
-            previous = probabilities::<E>(&s[0], n_tiles8);
+            previous = E::probabilities(&s[0], n_tiles8);
         }
         let (last_stage, last_parity) = bars.of(end_tile - 1 - first_tile);
         // SAFETY: as for the score GEMM. No arrive: the producer loads nothing more.
         unsafe {
             Stages::acquire(bars.v_full(last_stage), last_parity);
             take_turn();
-            E::pv_issue(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(last_stage));
+            E::issue_output(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(last_stage));
             pass_turn(true);
         }
         wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
     }
-    // SAFETY: every GEMM that read the Q tile has completed (the last one waited).
+    // With e4m3 inputs O is staged over the K/V stages: both consumers must be past their GEMMs
+    // (every load landed before its tile's GEMM, so the producer is done too).
+    let stage = if fp8 {
+        // SAFETY: both consumers (256 threads) reach this once.
+        unsafe { ptx::named_barrier_sync::<3, 256>() };
+        let chunks = T::HEAD_DIM * 2 / 16;
+        Sw128Tile { base: smem + T::O_STAGE_OFFSET, rows: T::BLOCK_M, chunks_per_row: chunks, data_chunks: chunks }
+    } else {
+        q_tile
+    };
+    // SAFETY: every GEMM that read the staging area has completed (the last one waited; with
+    // e4m3, the other consumer's too, by the barrier).
     unsafe {
-        write_output::<E, T, MODS, SEQ>(
+        write_output::<E::Out, T, MODS, SEQ>(
             p,
             (batch, head, split),
-            q_tile,
+            stage,
             q_begin,
             warp_row0,
             lane,
@@ -654,4 +692,49 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WgmmaElement, T: FwdWgmmaTraits, const MODS:
             output_scale,
         )
     };
+}
+
+/// Vᵀ for the FP8 forward (`FwdWgmmaWsFp8`): V read through `p.k` at `p.k_strides` (batch,
+/// row, head; bytes), written to `p.v` as (batch, K/V head, head-dim row, key) at `p.v_strides`,
+/// the keys of every 32 in [`fp8_key_of_position`] order and zeros from seqlen_k to the padded
+/// length (`tiling::fp8_transposed_keys`).
+///
+/// Grid (padded keys / 128, heads_k · head_dim / 64, batch), 128 threads: warp w of a block owns
+/// head-dim columns 16w..16w+16 of the block's 64, and lane (c, h, q) = (lane / 8, lane / 4 % 2,
+/// lane % 4) the positions 32c + 16h + 4q..+4 of the block's 128 keys. A lane reads its four
+/// keys' 16 columns and writes four bytes to each of the 16 Vᵀ rows; the 32 lanes of a warp
+/// write 128 contiguous bytes of a row per store.
+///
+/// # Safety
+/// Launched with that grid on a parameter block whose V (`k`) holds seqlen_k rows of head_dim
+/// bytes at 16-byte aligned strides, and whose Vᵀ (`v`) holds the padded rows described above.
+#[inline(always)]
+pub unsafe fn fp8_transpose_v(p: &FwdParams) {
+    let shape = &p.shape;
+    let (block_x, block_y, batch) = ptx::block_idx();
+    // (At least 1, so that the division below has no panic path; the host launches head_dim ≥ 64.)
+    let column_blocks = (shape.head_dim / 64).max(1);
+    let (kv_head, column_block) = (block_y / column_blocks, block_y % column_blocks);
+    let tid = ptx::thread_idx();
+    let (warp, lane) = (tid / 32, tid % 32);
+    let column0 = 64 * column_block + 16 * warp;
+    let position0 = 128 * block_x + 32 * (lane / 8) + 16 * (lane / 4 % 2) + 4 * (lane % 4);
+    let src = (p.k as *const u8).wrapping_offset((p.k_strides.offset(batch, 0, kv_head) + column0 as i64) as isize);
+    let mut rows = [[0u32; 4]; 4];
+    for (r, row) in rows.iter_mut().enumerate() {
+        let key = fp8_key_of_position(position0 + r as u32);
+        if key < shape.seqlen_k {
+            // SAFETY: a row of V below seqlen_k, 16 bytes from a 16-byte aligned column.
+            *row = unsafe { ptx::ld_global_nc_v4(src.wrapping_offset(key as isize * p.k_strides.row as isize)) };
+        }
+    }
+    let dst = (p.v as *mut u8).wrapping_offset((p.v_strides.offset(batch, 0, kv_head) + position0 as i64) as isize);
+    for j in 0..16 {
+        let byte = |r: usize| (rows[r][j / 4] >> (8 * (j % 4))) & 0xff;
+        let word = byte(0) | byte(1) << 8 | byte(2) << 16 | byte(3) << 24;
+        // SAFETY: inside Vᵀ row column0 + j (the host sized it), 4-byte aligned.
+        unsafe {
+            ptx::st_global_u32(dst.wrapping_offset((column0 + j as u32) as isize * p.v_strides.row as isize), word)
+        };
+    }
 }

@@ -218,6 +218,42 @@ pub struct FwdParams {
     /// LSEs (+inf where a split saw no key), merged by the combine kernel into O and the LSE.
     pub o_accum: u64,
     pub lse_accum: u64,
+    /// The FP8 forward's descale factors (read by its kernels only; zeros elsewhere).
+    pub descales: Descales,
+}
+
+/// The FP8 forward's descale factors: a stored e4m3 element `x` of Q means `x · descale_q`, and
+/// so on. Each is an f32 array read at `b · strides[t][0] + h · strides[t][1]` for batch `b` and
+/// K/V head `h` (strides 0: one factor per tensor); address 0 means 1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Descales {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    /// (batch, K/V head) element strides of q, k and v.
+    pub strides: [[u32; 2]; 3],
+}
+
+impl Descales {
+    /// The factors (Q·K, V) of batch `batch`, K/V head `kv_head`.
+    ///
+    /// # Safety
+    /// Every nonzero address holds the factor of each (batch, K/V head) at its strides (the host
+    /// checked the extents).
+    #[inline(always)]
+    pub unsafe fn factors(&self, batch: u32, kv_head: u32) -> (f32, f32) {
+        let read = |address: u64, [bs, hs]: [u32; 2]| {
+            if address == 0 {
+                1.0
+            } else {
+                let index = batch as usize * bs as usize + kv_head as usize * hs as usize;
+                // SAFETY: forwarded from the caller.
+                unsafe { *(address as *const f32).wrapping_add(index) }
+            }
+        };
+        (read(self.q, self.strides[0]) * read(self.k, self.strides[1]), read(self.v, self.strides[2]))
+    }
 }
 
 impl FwdParams {

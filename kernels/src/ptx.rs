@@ -325,6 +325,54 @@ pub fn f16_to_f32(bits: u16) -> f32 {
     y
 }
 
+/// Four f32 → four e4m3 bytes (round to nearest even, saturating at ±448), `a` in the lowest
+/// byte: the A-operand packing of the FP8 `wgmma`.
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub fn pack_e4m3x4(a: f32, b: f32, c: f32, d: f32) -> u32 {
+    let r: u32;
+    // SAFETY: register-only conversions (each cvt puts its first source in the upper byte).
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b16 lo, hi;",
+            "cvt.rn.satfinite.e4m3x2.f32 lo, {b}, {a};",
+            "cvt.rn.satfinite.e4m3x2.f32 hi, {d}, {c};",
+            "mov.b32 {r}, {{lo, hi}};",
+            "}}",
+            r = out(reg32) r, a = in(reg32) a, b = in(reg32) b, c = in(reg32) c, d = in(reg32) d,
+            options(pure, nomem, nostack),
+        )
+    };
+    r
+}
+
+/// 16-byte load from global memory (read-only path).
+///
+/// # Safety
+/// `ptr` is a 16-byte aligned global address, readable for 16 bytes, not written during the kernel.
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub unsafe fn ld_global_nc_v4(ptr: *const u8) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!("ld.global.nc.v4.b32 {{{0}, {1}, {2}, {3}}}, [{4}];", out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg64) ptr as u64, options(pure, readonly, nostack))
+    };
+    [a, b, c, d]
+}
+
+/// 32-bit store to global memory.
+///
+/// # Safety
+/// `ptr` is a 4-byte aligned, writable global address.
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub unsafe fn st_global_u32(ptr: *mut u8, value: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("st.global.b32 [{0}], {1};", in(reg64) ptr as u64, in(reg32) value, options(nostack)) }
+}
+
 /// 32-bit store to shared memory.
 ///
 /// # Safety

@@ -17,14 +17,17 @@ use crate::traits::{
     BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim32, BwdWgmmaHdim64,
     BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaHdim256, BwdWgmmaTraits,
     FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96,
-    FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsHdim64N64,
-    FwdWgmmaWsHdim96, FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsPingpongHdim128, ROW_KERNEL_THREADS,
+    FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128,
+    FwdWgmmaWsHdim64N64, FwdWgmmaWsHdim96, FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsPingpongHdim128,
+    ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {
     F16,
     Bf16,
+    /// FP8 e4m3 inputs (the FP8 forward; its output is bf16).
+    E4m3,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +50,9 @@ pub enum Role {
     /// Append new keys and values to a KV cache, with rotary embedding (`AppendParams`; one
     /// warp per row).
     KvAppend,
+    /// The FP8 forward's Vᵀ (`FwdParams`: V through `k`, Vᵀ into `v`; grid (padded keys / 128,
+    /// heads_k · head_dim / 64, batch)).
+    Fp8TransposeV,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +123,7 @@ impl KernelInfo {
 /// come from a tile configuration.
 const fn base(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
     let param_bytes = match role {
-        Role::Forward | Role::DropoutMask | Role::ForwardCombine | Role::ForwardDecode => {
+        Role::Forward | Role::DropoutMask | Role::ForwardCombine | Role::ForwardDecode | Role::Fp8TransposeV => {
             core::mem::size_of::<FwdParams>()
         }
         Role::KvAppend => core::mem::size_of::<AppendParams>(),
@@ -296,6 +302,14 @@ pub const KERNELS: &[KernelInfo] = registry! {
         base("flash_fwd_combine_f16", Role::ForwardCombine, Dtype::F16),
         base("flash_kv_append_bf16", Role::KvAppend, Dtype::Bf16),
         base("flash_kv_append_f16", Role::KvAppend, Dtype::F16),
+        // FP8: the dense head_dim 128 kernel (bf16 O), and the V transpose it reads.
+        fwd_wgmma::<FwdWgmmaWsFp8Hdim128>("flash_fwd_wgmma_ws_fp8_hdim128", Dtype::E4m3),
+        KernelInfo {
+            threads: 128,
+            block_rows: 128,
+            requires_sm90a: true,
+            ..base("flash_fp8_transpose_v", Role::Fp8TransposeV, Dtype::E4m3)
+        },
         decode::<32>("flash_fwd_decode_bf16_hdim32_sm90", Dtype::Bf16, true),
         decode::<64>("flash_fwd_decode_bf16_hdim64_sm90", Dtype::Bf16, true),
         decode::<96>("flash_fwd_decode_bf16_hdim96_sm90", Dtype::Bf16, true),

@@ -65,7 +65,7 @@ impl Element for F16 {
 }
 
 /// Start copying `rows` rows of `chunks_per_row` 16-byte chunks from global memory (row `r` at
-/// `src + r · row_stride`; rows from `valid_rows` on read as zeros, and in every row the chunks
+/// `src + r · row_stride` elements of `T`, the tensor's element type; rows from `valid_rows` on read as zeros, and in every row the chunks
 /// from `data_chunks` on, which pad a head dim up to whole panels) to the shared addresses
 /// `dst(row, chunk)`. All `threads` threads call this, thread `tid` taking every `threads`-th chunk.
 ///
@@ -77,16 +77,16 @@ impl Element for F16 {
 /// chunks for 256 threads; the portable head_dim 96: 12) take the general path on every tile.
 ///
 /// # Safety
-/// `tid < threads`; `src` points at row 0 of a tensor whose rows are `row_stride` elements
-/// apart, 16-byte aligned, with `valid_rows` rows of `8 · data_chunks` readable elements
+/// `tid < threads`; `src` points at row 0 of a tensor whose rows are `row_stride` elements apart,
+/// 16-byte aligned, with `valid_rows` rows of `16 · data_chunks` readable bytes
 /// (`data_chunks ≤ chunks_per_row`); `dst` gives 16-byte aligned shared addresses the block owns.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn copy_rows_async(
+unsafe fn copy_rows_async<T>(
     rows: u32,
     chunks_per_row: u32,
     data_chunks: u32,
-    src: *const u16,
+    src: *const T,
     row_stride: i64,
     valid_rows: u32,
     tid: u32,
@@ -96,6 +96,8 @@ unsafe fn copy_rows_async(
     // Renewed per call, as in the fragment loads: left visible, LLVM hoists every chunk's
     // addresses out of the tile loop and keeps them all live across it.
     let tid = ptx::opaque(tid);
+    // Elements per 16-byte chunk.
+    let per_chunk = (16 / core::mem::size_of::<T>()) as isize;
     let chunks = rows * chunks_per_row;
     let per_thread = chunks.div_ceil(threads);
     let uniform_rows = threads % chunks_per_row == 0;
@@ -106,8 +108,8 @@ unsafe fn copy_rows_async(
         // The thread's chunk column is the same in every row: padding or data throughout.
         let (row0, chunk) = position(0);
         let data = chunk < data_chunks;
-        let first =
-            src.wrapping_offset(row0 as isize * row_stride as isize + if data { chunk as isize * 8 } else { 0 });
+        let first = src
+            .wrapping_offset(row0 as isize * row_stride as isize + if data { chunk as isize * per_chunk } else { 0 });
         let step = (threads / chunks_per_row) as isize * row_stride as isize;
         for i in 0..per_thread {
             if exists(i) {
@@ -136,7 +138,8 @@ unsafe fn copy_rows_async(
                 // SAFETY: in-range rows are readable per the caller; the copy is 16 bytes within
                 // one row of 8 · data_chunks elements.
                 unsafe {
-                    let from = src.wrapping_offset(src_row as isize * row_stride as isize + src_chunk as isize * 8);
+                    let from =
+                        src.wrapping_offset(src_row as isize * row_stride as isize + src_chunk as isize * per_chunk);
                     ptx::cp_async_16(dst(row, chunk), from as *const u8, if in_range { 16 } else { 0 });
                 }
             }
@@ -256,12 +259,13 @@ impl Sw128Tile {
 
     /// Start copying all `rows` rows (the first `valid_rows` exist; the rest read as zeros) from
     /// global memory, `data_chunks` chunks of each (the padding reads as zeros); all `threads`
-    /// threads call this. Completion as for [`SmemTile::load_async`].
+    /// threads call this. `T` is the tensor's element type (`u16`, or `u8` for e4m3), the stride
+    /// counts its elements. Completion as for [`SmemTile::load_async`].
     ///
     /// # Safety
-    /// As [`SmemTile::load_async`], with rows of `8 · data_chunks` readable elements.
+    /// As [`SmemTile::load_async`], with rows of `16 · data_chunks` readable bytes.
     #[inline(always)]
-    pub unsafe fn load_async(&self, src: *const u16, row_stride: i64, valid_rows: u32, tid: u32, threads: u32) {
+    pub unsafe fn load_async<T>(&self, src: *const T, row_stride: i64, valid_rows: u32, tid: u32, threads: u32) {
         // SAFETY: forwarded from the caller.
         unsafe {
             let (rows, chunks, data) = (self.rows, self.chunks_per_row, self.data_chunks);

@@ -352,8 +352,59 @@ pub const fn q_tile_of_block(block_x: u32, num_q_tiles: u32) -> u32 {
     num_q_tiles - 1 - block_x
 }
 
+/// The FP8 P·V product's key order. The e4m3 `wgmma` takes its A operand (P) from registers in
+/// 32-key steps, thread `lane` holding positions `4 · (lane % 4) + 0..4` and `16 +` those of
+/// its two rows, while the score accumulators leave it keys `2 · (lane % 4) + {0, 1}` of each
+/// 8-key tile. Rather than shuffle P, the 32 key positions of each step are read in this order:
+/// position `16h + 4q + r` holds key `16h + 8 · (r / 2) + 2q + r % 2` (`h` < 2, `q`, `r` < 4), so a
+/// thread packs its own scores, in accumulator order, straight into the operand. Vᵀ is stored
+/// in the same order (`flash_fp8_transpose_v`), which makes the product the one over the keys.
+pub const fn fp8_key_of_position(position: u32) -> u32 {
+    let (h, q, r) = (position / 16, position / 4 % 4, position % 4);
+    32 * (position / 32) + 16 * (h % 2) + 8 * (r / 2) + 2 * q + r % 2
+}
+
+/// Keys of the FP8 forward's transposed V (`Vᵀ`, one row per head-dim column): seqlen_k rounded
+/// up to whole key tiles (the columns past seqlen_k are zeros), at least one tile.
+pub const fn fp8_transposed_keys(seqlen_k: u32, block_n: u32) -> u32 {
+    let tiles = ceil_div(seqlen_k, block_n);
+    (if tiles == 0 { 1 } else { tiles }) * block_n
+}
+
 #[cfg(test)]
 mod tests {
+    use super::{fp8_key_of_position, fp8_transposed_keys};
+
+    #[test]
+    fn fp8_key_order_is_a_permutation_matching_the_accumulators() {
+        // Within each 32-key step, a bijection.
+        let mut seen = [false; 64];
+        for position in 0..64 {
+            let key = fp8_key_of_position(position);
+            assert_eq!(key / 32, position / 32);
+            assert!(!seen[key as usize]);
+            seen[key as usize] = true;
+        }
+        // Register r of A-fragment half h of lane q holds position 16h + 4q + r; the thread's
+        // score accumulators hold keys 8t + 2q + e of tiles t, elements e < 2. Packing tile
+        // 2h + r / 2, element r % 2 into that byte must name the key at that position.
+        for q in 0..4 {
+            for h in 0..2 {
+                for r in 0..4 {
+                    let (tile, element) = (2 * h + r / 2, r % 2);
+                    assert_eq!(fp8_key_of_position(16 * h + 4 * q + r), 8 * tile + 2 * q + element);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fp8_transposed_keys_are_whole_tiles() {
+        assert_eq!(fp8_transposed_keys(1, 128), 128);
+        assert_eq!(fp8_transposed_keys(128, 128), 128);
+        assert_eq!(fp8_transposed_keys(129, 128), 256);
+        assert_eq!(fp8_transposed_keys(0, 128), 128);
+    }
 
     #[test]
     fn split_ranges_partition_the_key_tiles() {

@@ -104,7 +104,9 @@ pub trait FwdWgmmaTraits {
     /// The tensors' head dim, at most `HEAD_DIM`: the columns past it are zeros in shared memory
     /// and are never written out (head_dim 96 runs the head_dim 128 configuration).
     const DATA_HEAD_DIM: u32 = Self::HEAD_DIM;
-    const DATA_CHUNKS: u32 = Self::DATA_HEAD_DIM / 8;
+    /// Bytes per element of Q, K and V: 2 (bf16, f16), or 1 for the FP8 forward (e4m3).
+    const ELEMENT_BYTES: u32 = 2;
+    const DATA_CHUNKS: u32 = Self::DATA_HEAD_DIM * Self::ELEMENT_BYTES / 16;
     /// Keys per K/V tile: the N of the score GEMM (64 or 128).
     const BLOCK_N: u32;
     const WARPGROUPS: u32;
@@ -128,9 +130,15 @@ pub trait FwdWgmmaTraits {
     /// Query rows: 64 per computing warpgroup.
     const BLOCK_M: u32 = 64 * Self::WARPGROUPS;
     const THREADS: u32 = 128 * (Self::WARPGROUPS + Self::PRODUCER as u32);
-    const CHUNKS_PER_ROW: u32 = Self::HEAD_DIM / 8;
-    const Q_TILE_BYTES: u32 = Self::BLOCK_M * Self::HEAD_DIM * 2;
-    const KV_TILE_BYTES: u32 = Self::BLOCK_N * Self::HEAD_DIM * 2;
+    const CHUNKS_PER_ROW: u32 = Self::HEAD_DIM * Self::ELEMENT_BYTES / 16;
+    /// 128-byte panels of a Q or K row (64 columns of 16-bit elements, 128 of e4m3).
+    const PANELS: u32 = Self::CHUNKS_PER_ROW / 8;
+    const Q_TILE_BYTES: u32 = Self::BLOCK_M * Self::HEAD_DIM * Self::ELEMENT_BYTES;
+    const KV_TILE_BYTES: u32 = Self::BLOCK_N * Self::HEAD_DIM * Self::ELEMENT_BYTES;
+    /// The bf16 output staged for the epilogue's 16-byte stores: in the Q tile (its own rows) for
+    /// 16-bit inputs; with e4m3 inputs the Q tile is half as large, so O goes where the K and V
+    /// stages were, once both consumers are past their last GEMM (`flash_fwd_wgmma_ws`).
+    const O_STAGE_OFFSET: u32 = if Self::ELEMENT_BYTES == 1 { Self::K_OFFSET } else { Self::Q_OFFSET };
     const Q_OFFSET: u32 = 0;
     const K_OFFSET: u32 = Self::Q_TILE_BYTES;
     const V_OFFSET: u32 = Self::K_OFFSET + Self::STAGES * Self::KV_TILE_BYTES;
@@ -221,6 +229,24 @@ pub type FwdWgmmaWsHdim256 = FwdWgmmaWs<256, 2, 64, 2>;
 pub type FwdWgmmaWsHdim64N64 = FwdWgmmaWs<64, 3, 64, 2>;
 /// head_dim 96 on the warp-specialized head_dim 128 kernel, 32 columns zero-padded.
 pub type FwdWgmmaWsHdim96 = FwdWgmmaWs<128, 2, 128, 2, 96>;
+
+/// The FP8 (e4m3) forward: the warp-specialized kernel with 1-byte Q, K and a transposed V
+/// (`ELEMENT_BYTES` 1), two consumers, 128-key tiles (one 128-byte panel of Vᵀ per tile), bf16 O.
+pub struct FwdWgmmaWsFp8<const D: u32, const STAGES: u32>;
+impl<const D: u32, const S: u32> FwdWgmmaTraits for FwdWgmmaWsFp8<D, S> {
+    const HEAD_DIM: u32 = D;
+    const ELEMENT_BYTES: u32 = 1;
+    const PRODUCER_REGISTERS: u32 = if D > 128 { 40 } else { 24 };
+    const BLOCK_N: u32 = 128;
+    const WARPGROUPS: u32 = 2;
+    const STAGES: u32 = S;
+    const PIPELINED: bool = true;
+    const PRODUCER: bool = true;
+}
+/// head_dim 128 FP8: three stages of K and Vᵀ (16 KiB each; 113 KiB in all).
+pub type FwdWgmmaWsFp8Hdim128 = FwdWgmmaWsFp8<128, 3>;
+/// (head_dim 256 the same way, two stages, spilled 216 bytes: O's 128 registers beside 128-key
+/// scores and P. It needs 64-key tiles, i.e. a 64-byte-swizzled Vᵀ tile: not built yet.)
 
 /// The unpipelined head_dim 128 forward, kept for comparison (`bench --kernel NAME`).
 pub type FwdWgmmaHdim128Sync = FwdWgmma<128, 2, 128, 2>;
@@ -464,7 +490,7 @@ mod tests {
         // Whole 128-byte panels, and the GEMM shapes `scripts/gen_wgmma.py` generates.
         assert!([64, 128, 192, 256].contains(&T::HEAD_DIM));
         assert!(T::BLOCK_N == 64 || T::BLOCK_N == 128);
-        assert!(T::HEAD_DIM <= 128 || (T::BLOCK_N == 64 && (!T::PIPELINED || T::PRODUCER)));
+        assert!(T::HEAD_DIM <= 128 || (T::BLOCK_N == 64 && (!T::PIPELINED || T::PRODUCER)) || T::ELEMENT_BYTES == 1);
         // Padding stays within the last panel, in whole chunks.
         assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM));
         assert!(T::STAGES == 2 || T::STAGES == 3);
@@ -482,6 +508,11 @@ mod tests {
         // Every panel starts on a 1024-byte boundary of the aligned base.
         assert_eq!(T::Q_TILE_BYTES % 1024, 0);
         assert_eq!(T::KV_TILE_BYTES % 1024, 0);
+        // FP8: the bf16 O staged over the K and V stages fits them; 8-bit GEMMs on 128-key tiles.
+        if T::ELEMENT_BYTES == 1 {
+            assert!(T::BLOCK_M * T::HEAD_DIM * 2 <= 2 * T::STAGES * T::KV_TILE_BYTES);
+            assert!(T::BLOCK_N == 128 && (T::HEAD_DIM == 128 || T::HEAD_DIM == 256) && T::PRODUCER);
+        }
         // Hopper's opt-in limit per block: 227 KiB.
         assert!(T::SMEM_BYTES <= 227 * 1024, "{} bytes", T::SMEM_BYTES);
     }
@@ -529,6 +560,7 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaWsHdim96>();
         check_fwd_wgmma::<FwdWgmmaWsHdim64N64>();
         check_fwd_wgmma::<FwdWgmmaWsHdim256>();
+        check_fwd_wgmma::<FwdWgmmaWsFp8Hdim128>();
         check_fwd_wgmma::<FwdWgmmaHdim192>();
         check_fwd_wgmma::<FwdWgmmaHdim256>();
         check_fwd_wgmma::<FwdWgmmaHdim96>();

@@ -22,8 +22,8 @@
 //! accumulators it covers as in-out operands, so that the compiler cannot move a use above it, and
 //! `xtask/src/wgmma_check.rs` checks every build's PTX for an instruction that touches one anyway.
 
-use crate::ptx::wgmma;
-use crate::tile::{Bf16, Element, F16};
+use crate::ptx::{self, wgmma};
+use crate::tile::{Bf16, Element, F16, accumulators_as_a};
 
 /// Head dims up to 256: at most four 64-column panels per K-major operand.
 pub const MAX_PANELS: usize = 4;
@@ -208,3 +208,111 @@ wgmma_element!(
     pv_issue: wgmma_pv_issue_n64_k4_f16, wgmma_pv_issue_n64_k8_f16, wgmma_pv_issue_n128_k4_f16, wgmma_pv_issue_n128_k8_f16,
     wgmma_pv_issue_n192_k4_f16, wgmma_pv_issue_n256_k4_f16
 );
+
+/// FP8 e4m3 inputs (the FP8 forward): Q and K K-major, V transposed (Vᵀ, also K-major, as 8-bit
+/// `wgmma` operands must be), bf16 output.
+pub struct E4m3;
+
+/// The inputs of the warp-specialized forward: what differs between 16-bit and e4m3 Q, K, V.
+pub trait WsInput {
+    /// The element type of O.
+    type Out: WgmmaElement;
+    /// Bytes per element (must equal the traits' `ELEMENT_BYTES`).
+    const BYTES: u32;
+    /// The stored element, for addressing (`u16`, `u8`).
+    type Stored;
+    /// [`WgmmaElement::qk_issue`] for 64 rows × `n` keys over `head_dim`, one descriptor per
+    /// 128-byte panel.
+    ///
+    /// # Safety
+    /// As [`WgmmaElement::qk_issue`].
+    unsafe fn issue_scores(n: u32, head_dim: u32, s: &mut [[f32; 4]; 16], a: PanelDescriptors, b: PanelDescriptors);
+    /// [`WgmmaElement::pv_issue`]: `o += P·V` over `block_n` keys; `v` describes V (16-bit: MN-major)
+    /// or Vᵀ (e4m3: K-major, keys in [`crate::tiling::fp8_key_of_position`] order).
+    ///
+    /// # Safety
+    /// As [`WgmmaElement::pv_issue`].
+    unsafe fn issue_output(head_dim: u32, block_n: u32, o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], v: u64);
+    /// The probabilities (score accumulators of `n_tiles8` 8-key tiles) as the A operand of P·V.
+    fn probabilities(s: &[[f32; 4]; 16], n_tiles8: usize) -> [[u32; 4]; 8];
+}
+
+macro_rules! ws_input_16bit {
+    ($ty:ty) => {
+        impl WsInput for $ty {
+            type Out = $ty;
+            const BYTES: u32 = 2;
+            type Stored = u16;
+            #[inline(always)]
+            unsafe fn issue_scores(
+                n: u32,
+                head_dim: u32,
+                s: &mut [[f32; 4]; 16],
+                a: PanelDescriptors,
+                b: PanelDescriptors,
+            ) {
+                // SAFETY: forwarded from the caller.
+                unsafe { <$ty as WgmmaElement>::qk_issue(n, head_dim, s, a, b) }
+            }
+            #[inline(always)]
+            unsafe fn issue_output(head_dim: u32, block_n: u32, o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], v: u64) {
+                // SAFETY: forwarded from the caller.
+                unsafe { <$ty as WgmmaElement>::pv_issue(head_dim, block_n, o, p, v) }
+            }
+            /// Pairs of 8-key tiles, two values to a register (the `mma.m16n8k16` A layout).
+            #[inline(always)]
+            fn probabilities(s: &[[f32; 4]; 16], n_tiles8: usize) -> [[u32; 4]; 8] {
+                let mut a = [[0u32; 4]; 8];
+                #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
+                for kk in 0..n_tiles8 / 2 {
+                    a[kk] = accumulators_as_a::<$ty>(&s[2 * kk], &s[2 * kk + 1]);
+                }
+                a
+            }
+        }
+    };
+}
+ws_input_16bit!(Bf16);
+ws_input_16bit!(F16);
+
+impl WsInput for E4m3 {
+    type Out = Bf16;
+    const BYTES: u32 = 1;
+    type Stored = u8;
+    #[inline(always)]
+    unsafe fn issue_scores(n: u32, head_dim: u32, s: &mut [[f32; 4]; 16], a: PanelDescriptors, b: PanelDescriptors) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match (n, head_dim) {
+                (128, 128) => wgmma::wgmma_qk_issue_n128_p1_e4m3(s, [a[0]], [b[0]]),
+                (128, 256) => wgmma::wgmma_qk_issue_n128_p2_e4m3(s, [a[0], a[1]], [b[0], b[1]]),
+                _ => core::arch::nvptx::trap(),
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn issue_output(head_dim: u32, block_n: u32, o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], v: u64) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match (head_dim, block_n) {
+                (128, 128) => wgmma::wgmma_pv_issue_n128_k4_e4m3(o, p, v),
+                (256, 128) => wgmma::wgmma_pv_issue_n256_k4_e4m3(o, p, v),
+                _ => core::arch::nvptx::trap(),
+            }
+        }
+    }
+    /// Per 32-key step `c` (score tiles 4c..4c+4): a thread's row-`lane / 4` scores of tiles 4c and
+    /// 4c + 1, its row-`lane / 4 + 8` ones, then the same of tiles 4c + 2 and 4c + 3, four bytes
+    /// to a register in accumulator order (which is why Vᵀ's keys are permuted).
+    #[inline(always)]
+    fn probabilities(s: &[[f32; 4]; 16], n_tiles8: usize) -> [[u32; 4]; 8] {
+        let mut a = [[0u32; 4]; 8];
+        #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
+        for c in 0..n_tiles8 / 4 {
+            let t = 4 * c;
+            let pack = |x: usize, y: usize, e: usize| ptx::pack_e4m3x4(s[x][e], s[x][e + 1], s[y][e], s[y][e + 1]);
+            a[c] = [pack(t, t + 1, 0), pack(t, t + 1, 2), pack(t + 2, t + 3, 0), pack(t + 2, t + 3, 2)];
+        }
+        a
+    }
+}

@@ -3,6 +3,7 @@
 //! comparison against the f64 reference under FlashAttention's tolerance rule.
 
 pub mod emulate;
+pub mod fp8;
 pub mod serving;
 
 use cust::memory::{CopyDestination, DeviceBuffer};
@@ -269,6 +270,7 @@ pub fn unit_roundoff<T: Element>() -> f64 {
     match T::DTYPE {
         flash_attn_kernels::registry::Dtype::Bf16 => 2f64.powi(-8),
         flash_attn_kernels::registry::Dtype::F16 => 2f64.powi(-11),
+        flash_attn_kernels::registry::Dtype::E4m3 => 2f64.powi(-4),
     }
 }
 
