@@ -287,7 +287,11 @@ fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
 fn grid_fp8(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
     use flash_attn::{Descale, Fp8Ref, Fp8Scales, quantize_fp8};
     let stream = Stream::new(StreamFlags::NON_BLOCKING, None).unwrap();
-    let attention = FlashAttention::new().unwrap();
+    let mut attention = FlashAttention::new().unwrap();
+    for name in &o.kernels {
+        attention = attention.with_kernel(name).expect("--kernel: no such kernel here");
+        println!("kernel {name}");
+    }
     let mut rng = StdRng::seed_from_u64(7);
     let upload = |rng: &mut StdRng| {
         let (x, _) = random_inputs::<bf16>(rng, TOKENS * MODEL_DIM);

@@ -10,8 +10,8 @@
 
 use cust::stream::{Stream, StreamFlags};
 use flash_attn::{AttentionParams, DeviceTensor, Error, FlashAttention, TensorRef};
-use flash_attn_tests::serving::{ServingCase, kvcache_strategy, run_serving_case, varlen_strategy};
 use flash_attn_tests::fp8::{Fp8Case, o_error, run_fp8_case};
+use flash_attn_tests::serving::{ServingCase, kvcache_strategy, run_serving_case, varlen_strategy};
 use flash_attn_tests::{CaseOutcome, Comparison, case_strategy, gpu_context, random_inputs, run_case};
 use half::{bf16, f16};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -624,24 +624,27 @@ fn fp8_bad_input(gpu: &Gpu) -> Result<(), Failed> {
     use flash_attn::{Descale, Fp8Ref, Fp8Scales, Fp8Tensor, Layout, quantize_fp8};
     let shape = [2, 64, 2, 128];
     let t = Fp8Tensor::from_host(&quantize_fp8(&vec![0.5; 2 * 64 * 2 * 128]), shape).map_err(|e| e.to_string())?;
-    let narrow = Fp8Tensor::from_host(&quantize_fp8(&vec![0.5; 2 * 64 * 2 * 64]), [2, 64, 2, 64]).map_err(|e| e.to_string())?;
+    let narrow =
+        Fp8Tensor::from_host(&quantize_fp8(&vec![0.5; 2 * 64 * 2 * 64]), [2, 64, 2, 64]).map_err(|e| e.to_string())?;
     let one = cust::memory::DeviceBuffer::from_slice(&[1f32]).map_err(|e| format!("{e:?}"))?;
     let per_head_short = Fp8Scales { q: Some(Descale::per_head(&one, 2)), ..Default::default() };
-    let check = |what: &str, result: flash_attn::Result<flash_attn::ForwardOutput<bf16>>, argument: &str| {
-        match result {
-            Err(Error::InvalidArgument { argument: a, .. }) | Err(Error::UnsupportedHeadDim { argument: a, .. })
-                if a == argument =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(format!("fp8 {what}: wrong error {e}")),
-            Ok(_) => Err(format!("fp8 {what}: accepted")),
+    let check = |what: &str, result: flash_attn::Result<flash_attn::ForwardOutput<bf16>>, argument: &str| match result {
+        Err(Error::InvalidArgument { argument: a, .. }) | Err(Error::UnsupportedHeadDim { argument: a, .. })
+            if a == argument =>
+        {
+            Ok(())
         }
+        Err(e) => Err(format!("fp8 {what}: wrong error {e}")),
+        Ok(_) => Err(format!("fp8 {what}: accepted")),
     };
     let (s, v) = (&gpu.stream, t.view());
     let none = Fp8Scales::default();
     let plain = AttentionParams::default();
-    check("head_dim 64", gpu.attention.forward_fp8(s, narrow.view(), narrow.view(), narrow.view(), &none, &plain), "q")?;
+    check(
+        "head_dim 64",
+        gpu.attention.forward_fp8(s, narrow.view(), narrow.view(), narrow.view(), &none, &plain),
+        "q",
+    )?;
     let softcap = AttentionParams { softcap: Some(30.0), ..Default::default() };
     check("softcap", gpu.attention.forward_fp8(s, v, v, v, &none, &softcap), "params.softcap")?;
     check("short descale", gpu.attention.forward_fp8(s, v, v, v, &per_head_short, &plain), "scales.q")?;
@@ -649,7 +652,8 @@ fn fp8_bad_input(gpu: &Gpu) -> Result<(), Failed> {
     let buffer = cust::memory::DeviceBuffer::from_slice(&vec![0u8; 64 * 2 * 136 * 2]).map_err(|e| format!("{e:?}"))?;
     let odd = Layout { shape: [1, 64, 2, 128], strides: [64 * 2 * 136, 2 * 136, 136] };
     let odd = Fp8Ref::from_slice(&buffer, 0, odd).map_err(|e| e.to_string())?;
-    let k1 = Fp8Tensor::from_host(&quantize_fp8(&vec![0.5; 64 * 2 * 128]), [1, 64, 2, 128]).map_err(|e| e.to_string())?;
+    let k1 =
+        Fp8Tensor::from_host(&quantize_fp8(&vec![0.5; 64 * 2 * 128]), [1, 64, 2, 128]).map_err(|e| e.to_string())?;
     check("8-element strides", gpu.attention.forward_fp8(s, odd, k1.view(), k1.view(), &none, &plain), "q")?;
     eprintln!("fp8: bad input rejected before launch (head_dim, softcap, descale extent, strides)");
     Ok(())

@@ -215,7 +215,7 @@ impl FlashAttention {
         if !self.hopper_kernels() {
             return Err(Error::invalid("q", "the FP8 forward needs a Hopper GPU (sm_90a kernels)".to_string()));
         }
-        registry::find(role, Dtype::E4m3, head_dim, true, Flavor::Dense).ok_or(Error::UnsupportedHeadDim {
+        self.choose(role, Dtype::E4m3, head_dim, Flavor::Dense).ok_or(Error::UnsupportedHeadDim {
             argument: "q",
             head_dim: head_dim as usize,
             supported: &FP8_HEAD_DIMS,
@@ -241,7 +241,9 @@ impl FlashAttention {
                 if stride % 16 != 0 && arg.layout.shape[i] > 1 {
                     return Err(Error::invalid(
                         arg.name,
-                        format!("stride of dimension {dim} is {stride} elements; FP8 rows need multiples of 16 (16 bytes)"),
+                        format!(
+                            "stride of dimension {dim} is {stride} elements; FP8 rows need multiples of 16 (16 bytes)"
+                        ),
                     ));
                 }
             }

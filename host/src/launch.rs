@@ -452,7 +452,13 @@ impl FlashAttention {
         })
     }
 
-    fn choose(&self, role: Role, dtype: registry::Dtype, head_dim: u32, flavor: Flavor) -> Option<&'static KernelInfo> {
+    pub(crate) fn choose(
+        &self,
+        role: Role,
+        dtype: registry::Dtype,
+        head_dim: u32,
+        flavor: Flavor,
+    ) -> Option<&'static KernelInfo> {
         // An override replaces the kernel it serves (`KernelInfo::serves`, the registry's rule);
         // the measurement variants are all dense, so calls with modifiers keep their `_mods` kernel.
         let chosen = self.overrides.iter().copied().find(|k| k.serves(role, dtype, head_dim, flavor));

@@ -454,6 +454,16 @@ mod hopper {
     entry!(flash_bwd_wgmma_bf16_hdim128_sync, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128Sync, false, false>);
     // FP8 (e4m3) forward: the warp-specialized kernel on Vᵀ, and the transpose that makes Vᵀ.
     entry!(flash_fwd_wgmma_ws_fp8_hdim128, FwdParams, flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Hdim128, false, false>);
+    entry!(
+        flash_fwd_wgmma_ws_pp_fp8_hdim128,
+        FwdParams,
+        flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8PingpongHdim128, false, false>
+    );
+    entry!(
+        flash_fwd_wgmma_ws_s4_fp8_hdim128,
+        FwdParams,
+        flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Stages4Hdim128, false, false>
+    );
     entry!(flash_fp8_transpose_v, FwdParams, fp8_transpose_v);
 }
 

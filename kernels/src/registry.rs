@@ -18,8 +18,8 @@ use crate::traits::{
     BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaHdim256, BwdWgmmaTraits,
     FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96,
     FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128,
-    FwdWgmmaWsHdim64N64, FwdWgmmaWsHdim96, FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsPingpongHdim128,
-    ROW_KERNEL_THREADS,
+    FwdWgmmaWsFp8PingpongHdim128, FwdWgmmaWsFp8Stages4Hdim128, FwdWgmmaWsHdim64N64, FwdWgmmaWsHdim96,
+    FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsPingpongHdim128, ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,6 +304,8 @@ pub const KERNELS: &[KernelInfo] = registry! {
         base("flash_kv_append_f16", Role::KvAppend, Dtype::F16),
         // FP8: the dense head_dim 128 kernel (bf16 O), and the V transpose it reads.
         fwd_wgmma::<FwdWgmmaWsFp8Hdim128>("flash_fwd_wgmma_ws_fp8_hdim128", Dtype::E4m3),
+        fwd_wgmma_opt_in::<FwdWgmmaWsFp8PingpongHdim128>("flash_fwd_wgmma_ws_pp_fp8_hdim128", Dtype::E4m3),
+        fwd_wgmma_opt_in::<FwdWgmmaWsFp8Stages4Hdim128>("flash_fwd_wgmma_ws_s4_fp8_hdim128", Dtype::E4m3),
         KernelInfo {
             threads: 128,
             block_rows: 128,
@@ -469,8 +471,9 @@ mod tests {
     fn opt_in_kernels_are_reached_only_by_name() {
         let opt_in = || KERNELS.iter().filter(|k| k.opt_in);
         // The pipelined head_dim 96/128 forward (two dtypes, three flavors), the ping-pong one,
-        // the unpipelined 256 one (two dtypes, dense and `_seq`) and a head_dim 64 candidate.
-        assert_eq!(opt_in().count(), 18);
+        // the unpipelined 256 one (two dtypes, dense and `_seq`), a head_dim 64 candidate and
+        // two FP8 candidates.
+        assert_eq!(opt_in().count(), 20);
         for k in opt_in() {
             assert_eq!(by_name(k.name).map(|b| b.name), Some(k.name));
             let flavor = if k.modifiers {

@@ -232,8 +232,9 @@ pub type FwdWgmmaWsHdim96 = FwdWgmmaWs<128, 2, 128, 2, 96>;
 
 /// The FP8 (e4m3) forward: the warp-specialized kernel with 1-byte Q, K and a transposed V
 /// (`ELEMENT_BYTES` 1), two consumers, 128-key tiles (one 128-byte panel of Vᵀ per tile), bf16 O.
-pub struct FwdWgmmaWsFp8<const D: u32, const STAGES: u32>;
-impl<const D: u32, const S: u32> FwdWgmmaTraits for FwdWgmmaWsFp8<D, S> {
+pub struct FwdWgmmaWsFp8<const D: u32, const STAGES: u32, const PINGPONG: bool = false>;
+impl<const D: u32, const S: u32, const PP: bool> FwdWgmmaTraits for FwdWgmmaWsFp8<D, S, PP> {
+    const PINGPONG: bool = PP;
     const HEAD_DIM: u32 = D;
     const ELEMENT_BYTES: u32 = 1;
     const PRODUCER_REGISTERS: u32 = if D > 128 { 40 } else { 24 };
@@ -245,6 +246,9 @@ impl<const D: u32, const S: u32> FwdWgmmaTraits for FwdWgmmaWsFp8<D, S> {
 }
 /// head_dim 128 FP8: three stages of K and Vᵀ (16 KiB each; 113 KiB in all).
 pub type FwdWgmmaWsFp8Hdim128 = FwdWgmmaWsFp8<128, 3>;
+/// Candidates (v25, opt-in): the consumers in ping-pong order, and four stages.
+pub type FwdWgmmaWsFp8PingpongHdim128 = FwdWgmmaWsFp8<128, 3, true>;
+pub type FwdWgmmaWsFp8Stages4Hdim128 = FwdWgmmaWsFp8<128, 4>;
 /// (head_dim 256 the same way, two stages, spilled 216 bytes: O's 128 registers beside 128-key
 /// scores and P. It needs 64-key tiles, i.e. a 64-byte-swizzled Vᵀ tile: not built yet.)
 
@@ -493,7 +497,7 @@ mod tests {
         assert!(T::HEAD_DIM <= 128 || (T::BLOCK_N == 64 && (!T::PIPELINED || T::PRODUCER)) || T::ELEMENT_BYTES == 1);
         // Padding stays within the last panel, in whole chunks.
         assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM));
-        assert!(T::STAGES == 2 || T::STAGES == 3);
+        assert!(T::STAGES == 2 || T::STAGES == 3 || T::STAGES == 4 && T::PRODUCER);
         assert!(!T::PIPELINED || T::STAGES == 3 || T::PRODUCER);
         // The producer's loop is the pipelined one; its mbarriers are 8-byte aligned.
         assert!(!T::PRODUCER || T::PIPELINED && T::MBARRIER_OFFSET % 8 == 0);
@@ -561,6 +565,8 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaWsHdim64N64>();
         check_fwd_wgmma::<FwdWgmmaWsHdim256>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Hdim128>();
+        check_fwd_wgmma::<FwdWgmmaWsFp8PingpongHdim128>();
+        check_fwd_wgmma::<FwdWgmmaWsFp8Stages4Hdim128>();
         check_fwd_wgmma::<FwdWgmmaHdim192>();
         check_fwd_wgmma::<FwdWgmmaHdim256>();
         check_fwd_wgmma::<FwdWgmmaHdim96>();

@@ -129,8 +129,11 @@ pub fn run_fp8_case(attention: &FlashAttention, stream: &Stream, case: &Fp8Case)
 
     let upload = |x: &[F8E4M3]| cuda(DeviceBuffer::from_slice(&x.iter().map(|e| e.to_bits()).collect::<Vec<u8>>()));
     let (qd, kd, vd) = (upload(&q8)?, upload(&k8)?, upload(&v8)?);
-    let (dqd, dkd, dvd) =
-        (cuda(DeviceBuffer::from_slice(&dq))?, cuda(DeviceBuffer::from_slice(&dk))?, cuda(DeviceBuffer::from_slice(&dv))?);
+    let (dqd, dkd, dvd) = (
+        cuda(DeviceBuffer::from_slice(&dq))?,
+        cuda(DeviceBuffer::from_slice(&dk))?,
+        cuda(DeviceBuffer::from_slice(&dv))?,
+    );
     let descale = |values| if case.per_head { Descale::per_head(values, hk) } else { Descale::per_tensor(values) };
     let scales = Fp8Scales { q: Some(descale(&dqd)), k: Some(descale(&dkd)), v: Some(descale(&dvd)) };
     let (lq, lkv) = (Layout::contiguous(q_shape), Layout::contiguous(kv_shape));
