@@ -108,10 +108,13 @@ pub(crate) fn online_softmax_deferred<const M: usize, const NS: usize>(
     let mut grew = false;
     for m in 0..m_tiles {
         for half in 0..2 {
-            let mut x = f32::NEG_INFINITY;
+            // Four independent chains (tile t into chain t % 4): one chain of 2 · n_tiles
+            // dependent FMNMX was the longest latency of the FP8 kernel's softmax (v25).
+            let mut x = [f32::NEG_INFINITY; 4];
             for t in 0..n_tiles {
-                x = x.max(s[m][t][2 * half]).max(s[m][t][2 * half + 1]);
+                x[t % 4] = x[t % 4].max(s[m][t][2 * half]).max(s[m][t][2 * half + 1]);
             }
+            let x = x[0].max(x[1]).max(x[2].max(x[3]));
             tile_max[m][half] = quad_max(x) * scale_log2;
             grew |= tile_max[m][half] > state[m].max[half] + RESCALE_THRESHOLD;
         }
@@ -132,17 +135,18 @@ pub(crate) fn online_softmax_deferred<const M: usize, const NS: usize>(
     for m in 0..m_tiles {
         for half in 0..2 {
             let shift = state[m].shift(half);
-            let mut sum = 0.0;
+            // The row sum in four chains too, for the same reason.
+            let mut sum = [0.0f32; 4];
             for t in 0..n_tiles {
                 for j in 0..2 {
                     // One FFMA: a separate multiply and subtract (the compiler never contracts)
                     // cost the FP8 kernel an eighth of its softmax instructions (v25 SASS).
                     let p = ptx::exp2(ptx::fma(s[m][t][2 * half + j], scale_log2, -shift));
                     s[m][t][2 * half + j] = p;
-                    sum += p;
+                    sum[t % 4] += p;
                 }
             }
-            state[m].sum[half] += sum;
+            state[m].sum[half] += (sum[0] + sum[1]) + (sum[2] + sum[3]);
         }
     }
     correction
