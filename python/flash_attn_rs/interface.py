@@ -433,12 +433,25 @@ def _ops():
 def flash_attn_func(
     q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
     alibi_slopes=None, deterministic=False, return_attn_probs=False, sinks=None,
+    q_descale=None, k_descale=None, v_descale=None,
 ):
     """Attention of q (batch, seqlen_q, heads, d) over k, v (batch, seqlen_k, heads_k, d);
     heads_k divides heads (GQA/MQA). Returns out (batch, seqlen_q, heads, d), or with
     ``return_attn_probs`` ``(out, softmax_lse, None)``: the natural-log LSE (batch, heads,
     seqlen_q), f32; the probabilities themselves are never materialized (None). Differentiable
-    in q, k, v and ``sinks`` (one f32 logit per query head joining each row's softmax)."""
+    in q, k, v and ``sinks`` (one f32 logit per query head joining each row's softmax).
+
+    FP8 (Hopper): q, k, v of ``torch.float8_e4m3fn`` run the FP8 forward (head_dim 128; masks,
+    windows, GQA; no dropout, softcap, ALiBi or sinks; no backward), with FlashAttention-3's
+    ``q_descale``/``k_descale``/``v_descale``: f32 of shape (batch, heads_k), any strides (an
+    expanded (1, 1) tensor is one factor per tensor); a stored x stands for x · descale. The output
+    is bfloat16."""
+    if str(getattr(q, "dtype", "")) == _FP8:
+        return _fp8_forward(q, k, v, softmax_scale, causal, window_size, (q_descale, k_descale, v_descale),
+                            return_attn_probs, dropout_p, softcap, alibi_slopes, sinks)
+    for name, t in (("q_descale", q_descale), ("k_descale", k_descale), ("v_descale", v_descale)):
+        if t is not None:
+            raise TypeError(f"{name}: only for float8_e4m3fn inputs (q is {getattr(q, 'dtype', type(q).__name__)})")
     if _MODULES.get("ops") and _MODULES["is_compiling"]():
         return _traced_flash_attn(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
                                   deterministic, return_attn_probs, sinks)
@@ -465,6 +478,56 @@ def flash_attn_func(
         out, lse = _functions()["dense"].apply(q, k, v, sinks, opts, alibi_slopes, checked)
     else:
         out, lse = _dense_forward(q, checked, opts)
+    return (out, lse, None) if return_attn_probs else out
+
+
+_FP8 = "torch.float8_e4m3fn"
+_FP8_HEAD_DIMS = (128,)
+
+
+def _fp8_forward(q, k, v, softmax_scale, causal, window_size, descales, return_attn_probs, dropout_p, softcap,
+                 alibi_slopes, sinks):
+    """The FP8 forward (see `flash_attn_func`): every check before torch is touched."""
+    for name, value in (("dropout_p", dropout_p), ("softcap", softcap), ("alibi_slopes", alibi_slopes),
+                        ("sinks", sinks)):
+        if value is not None and value != 0.0:
+            raise ValueError(f"{name}: not supported by the FP8 forward")
+    device, _, qs, qst = _check("q", q, 4, _FP8)
+    _, _, ks, kst = _check("k", k, 4, _FP8, device)
+    _, _, vs, vst = _check("v", v, 4, _FP8, device)
+    b, sq, h, d = qs
+    hk = ks[2]
+    if d not in _FP8_HEAD_DIMS:
+        raise ValueError(f"q: head_dim {d} is not supported by the FP8 forward (supported: {list(_FP8_HEAD_DIMS)})")
+    window = None if window_size == (-1, -1) else _window(window_size)
+    scale, _, _ = _scalars(softmax_scale, 0.0, 0.0, d)
+    args = []
+    for name, t in zip(("q_descale", "k_descale", "v_descale"), descales):
+        if t is None:
+            args.append(None)
+            continue
+        # Not `_check`: any strides are fine here (an expanded (1, 1) tensor has strides (0, 0)).
+        try:
+            shape, strides, dev, kind = tuple(t.shape), tuple(t.stride()), t.device, str(t.dtype)
+            t.data_ptr
+        except AttributeError:
+            raise TypeError(f"{name}: a torch tensor is expected, got {type(t).__name__}") from None
+        if getattr(dev, "type", None) != "cuda" or (dev.index or 0) != device:
+            raise ValueError(f"{name}: a CUDA tensor on cuda:{device} is expected, got a tensor on {dev}")
+        if kind != "torch.float32":
+            raise TypeError(f"{name}: dtype {kind}; torch.float32 expected")
+        if shape != (b, hk):
+            raise ValueError(f"{name}: shape {shape}; (batch, heads_k) = {(b, hk)} expected")
+        s0, s1 = strides
+        if s0 < 0 or s1 < 0:
+            raise ValueError(f"{name}: negative strides {strides}")
+        args.append((t.data_ptr(), (b - 1) * s0 + (hk - 1) * s1 + 1, s0, s1))
+    opts = _options(scale, causal, False, window, None, None, None, None)
+    torch = _torch()
+    out = torch.empty((b, sq, h, d), dtype=torch.bfloat16, device=q.device)
+    lse = torch.empty((b, h, sq), dtype=torch.float32, device=q.device)
+    _core().forward_fp8(device, _stream(device), _descriptor(q.data_ptr(), qs, qst), _descriptor(k.data_ptr(), ks, kst),
+                        _descriptor(v.data_ptr(), vs, vst), _desc(out), _buf(lse), args, opts)
     return (out, lse, None) if return_attn_probs else out
 
 

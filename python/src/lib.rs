@@ -11,8 +11,8 @@ use cust::device::Device;
 use cust::memory::DeviceSlice;
 use flash_attn::external::device_slice;
 use flash_attn::{
-    Append, AttentionParams, Dropout, Element, Error, ExternalStream, FlashAttention, KvCache, Layout, Rotary,
-    TensorMut, TensorRef, Varlen,
+    Append, AttentionParams, Descale, Dropout, Element, Error, ExternalStream, FlashAttention, Fp8Ref, Fp8Scales,
+    KvCache, Layout, Rotary, TensorMut, TensorRef, Varlen,
 };
 use half::{bf16, f16};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -25,6 +25,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 type Desc = (u64, [usize; 4], [usize; 3]);
 /// A flat buffer: device address and element count.
 type Buf = (u64, usize);
+/// One FP8 descale tensor of shape (batch, heads_k): address, elements its strides reach, and
+/// the (batch, head) element strides.
+type DescaleArg = (u64, usize, usize, usize);
 /// New keys and values to append, with rotary tables `(cos, sin, interleaved)`.
 type AppendArgs = (Desc, Desc, Option<(Desc, Desc, bool)>);
 
@@ -411,6 +414,37 @@ fn forward_kvcache(
 
 /// The kernels' supported head dims, and whether a CUDA device can be opened (for the tests'
 /// skip decisions; never raises).
+/// FP8 forward: e4m3 Q, K, V with optional descales (q, k, v), O (bf16) and the LSE into the
+/// given tensors.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn forward_fp8(
+    device: u32,
+    raw_stream: usize,
+    q: Desc,
+    k: Desc,
+    v: Desc,
+    o: Desc,
+    lse: Buf,
+    descales: [Option<DescaleArg>; 3],
+    opts: Option<Options>,
+) -> PyResult<()> {
+    let call = Call::begin(device, raw_stream, "bf16", opts)?;
+    let (e, s, params) = (&call.engine, &call.stream, call.params());
+    let mut lse = slice::<f32>(lse);
+    let slices = descales.map(|d| d.map(|(address, len, _, _)| slice::<f32>((address, len))));
+    let descale = |i: usize| {
+        let (values, (_, _, batch_stride, head_stride)) = (slices[i].as_ref()?, descales[i]?);
+        Some(Descale { values, batch_stride, head_stride })
+    };
+    let scales = Fp8Scales { q: descale(0), k: descale(1), v: descale(2) };
+    // SAFETY: as for `input` above (the Python layer checked the dtype: float8_e4m3fn).
+    let fp8 = |d: &Desc| unsafe { Fp8Ref::from_raw(d.0, layout(d)) };
+    e.attention
+        .forward_fp8_into(s, fp8(&q), fp8(&k), fp8(&v), &scales, output::<bf16>(&o), &mut lse, &params)
+        .map_err(py_error)
+}
+
 #[pyfunction]
 fn supported_head_dims() -> Vec<u32> {
     flash_attn::SUPPORTED_HEAD_DIMS.to_vec()
@@ -423,6 +457,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(forward_varlen, m)?)?;
     m.add_function(wrap_pyfunction!(backward_varlen, m)?)?;
     m.add_function(wrap_pyfunction!(forward_kvcache, m)?)?;
+    m.add_function(wrap_pyfunction!(forward_fp8, m)?)?;
     m.add_function(wrap_pyfunction!(supported_head_dims, m)?)?;
     m.add("MAX_SPLITS", flash_attn::serving::MAX_SPLITS)?;
     Ok(())

@@ -194,3 +194,30 @@ def test_transformers_register_names_what_is_missing():
 
     with pytest.raises(ImportError, match="transformers"):
         register()
+
+
+def test_fp8_errors_name_the_argument():
+    """float8_e4m3fn inputs take the FP8 path; its checks name the argument, before torch."""
+    f8 = "torch.float8_e4m3fn"
+    q, k, v = qkv(d=128, dtype=f8)
+    scale = Fake(2, 8, dtype="torch.float32")
+    cases = [
+        (dict(k=Fake(2, 64, 8, 128)), TypeError, "k"),
+        (dict(q=Fake(2, 64, 8, 64, dtype=f8), k=Fake(2, 64, 8, 64, dtype=f8), v=Fake(2, 64, 8, 64, dtype=f8)),
+         ValueError, "head_dim"),
+        (dict(softcap=30.0), ValueError, "softcap"),
+        (dict(dropout_p=0.1), ValueError, "dropout_p"),
+        (dict(q_descale=Fake(2, 4, dtype="torch.float32")), ValueError, "q_descale"),
+        (dict(k_descale=Fake(2, 8, dtype="torch.float16")), TypeError, "k_descale"),
+        (dict(v_descale=Fake(2, 8, dtype="torch.float32", device=("cpu",))), ValueError, "v_descale"),
+        (dict(q_descale=Fake(2, 8, dtype="torch.float32", strides=(0, -1))), ValueError, "q_descale"),
+        (dict(window_size=(-2, 0)), ValueError, "window_size"),
+    ]
+    for options, error, name in cases:
+        args = dict(q=q, k=k, v=v, q_descale=scale)
+        args.update(options)
+        with pytest.raises(error, match=name):
+            flash_attn_func(**args)
+    # Descales are for FP8 inputs only.
+    with pytest.raises(TypeError, match="q_descale"):
+        flash_attn_func(*qkv(), q_descale=scale)

@@ -1143,3 +1143,54 @@ def test_remembered_checks(capsys):
     report(capsys, f"remembered checks: 3 calls x (grad, no-grad, LSE) bit-identical to freshly checked calls; "
                    f"changed device/dtype/strides re-checked; {len(interface._PLANS)} plans; "
                    f"worst error/tolerance {chk.worst:.3f}")
+
+
+def test_fp8_forward(capsys):
+    """float8_e4m3fn q, k, v with per-(batch, K/V head) and per-tensor (expanded) descales run the
+    FP8 forward. Against the f64 reference on the dequantized inputs, out is held to twice the
+    error of a plain FP8 implementation (written here: scores in f64, exp(s - max) rounded to
+    e4m3 before P V, the row sum of the unrounded ones, out cast to bfloat16) plus one bfloat16
+    rounding of max|out| and 2^-11 * max|V| * max|score|-sum for the FP8 tensor cores' reduced
+    accumulation precision (the Rust property test derives the same bound); a wrong descale, head
+    or layout moves out by O(max|V|)."""
+    major, _ = torch.cuda.get_device_capability()
+    if major != 9 or not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("the FP8 forward needs Hopper and torch.float8_e4m3fn")
+    g = generator(31)
+    worst = 0.0
+    for case, (b, sq, sk, h, hk, causal, per_head) in enumerate(
+        [(2, 200, 300, 8, 2, False, True), (1, 257, 257, 4, 4, True, False), (2, 64, 700, 4, 1, False, False)]
+    ):
+        d = 128
+        x = [torch.randn(s, generator=g, device=DEVICE, dtype=torch.float32)
+             for s in ((b, sq, h, d), (b, sk, hk, d), (b, sk, hk, d))]
+        if per_head:
+            scales = [torch.rand((b, hk), generator=g, device=DEVICE) * 3.75 + 0.25 for _ in range(3)]
+        else:
+            scales = [torch.full((1, 1), f, device=DEVICE).expand(b, hk) for f in (0.5, 2.0, 0.25)]
+        group = h // hk
+        by_q_head = scales[0].repeat_interleave(group, dim=1)  # (b, h)
+        per = [by_q_head[:, None, :, None], scales[1][:, None, :, None], scales[2][:, None, :, None]]
+        stored = [(t / s).to(torch.float8_e4m3fn) for t, s in zip(x, per)]
+        exact = [t.to(torch.float64) * s.to(torch.float64) for t, s in zip(stored, per)]
+        out = flash_attn_func(*stored, causal=causal, q_descale=scales[0], k_descale=scales[1], v_descale=scales[2])
+        assert out.dtype == torch.bfloat16 and out.shape == (b, sq, h, d)
+        qe, ke, ve = exact
+        ke, ve = (t.repeat_interleave(group, dim=2) for t in (ke, ve))
+        s = torch.einsum("bihd,bjhd->bhij", qe, ke) / math.sqrt(d)
+        if causal:
+            i = torch.arange(sq, device=DEVICE)[:, None]
+            j = torch.arange(sk, device=DEVICE)[None, :]
+            s = s.masked_fill(j > i + sk - sq, float("-inf"))
+        m = s.amax(-1, keepdim=True)
+        e = torch.exp(s - m)
+        want = torch.einsum("bhij,bjhd->bihd", e / e.sum(-1, keepdim=True), ve)
+        p8 = e.to(torch.float8_e4m3fn).to(torch.float64)
+        naive = (torch.einsum("bhij,bjhd->bihd", p8, ve) / e.sum(-1)[..., None].transpose(1, 2)).to(torch.bfloat16)
+        magnitude = (torch.einsum("bihd,bjhd->bhij", qe.abs(), ke.abs()) / math.sqrt(d)).max().item()
+        err = (out.to(torch.float64) - want).abs().max().item()
+        naive_err = (naive.to(torch.float64) - want).abs().max().item()
+        tol = 2 * naive_err + 2.0 ** -8 * want.abs().max().item() + 2.0 ** -11 * magnitude * ve.abs().max().item()
+        assert err <= tol, f"fp8 case {case}: error {err:.3e} > tolerance {tol:.3e} (naive {naive_err:.3e})"
+        worst = max(worst, err / tol)
+    report(capsys, f"fp8: 3 cases (per-head and expanded per-tensor descales, GQA, causal) passed; worst error/tolerance {worst:.2f}")
