@@ -464,6 +464,16 @@ mod hopper {
         FwdParams,
         flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Stages4Hdim128, false, false>
     );
+    entry!(
+        flash_fwd_wgmma_ws_px1_fp8_hdim128,
+        FwdParams,
+        flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Poly1Hdim128, false, false>
+    );
+    entry!(
+        flash_fwd_wgmma_ws_px2_fp8_hdim128,
+        FwdParams,
+        flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Poly2Hdim128, false, false>
+    );
     entry!(flash_fp8_transpose_v, FwdParams, fp8_transpose_v);
 }
 

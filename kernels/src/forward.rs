@@ -104,6 +104,23 @@ pub(crate) fn online_softmax_deferred<const M: usize, const NS: usize>(
     n_tiles: usize,
     scale_log2: f32,
 ) -> Option<[[f32; 2]; M]> {
+    online_softmax_split(state, s, m_tiles, n_tiles, scale_log2, 0, false)
+}
+
+/// [`online_softmax_deferred`] with `poly_tiles` of every four 8-key tiles (t % 4 ≥ 4 −
+/// poly_tiles) exponentiated on the FMA pipe ([`crate::modifiers::exp2_poly`]) when `poly_ok`
+/// (a tile with no masked score). `poly_tiles` is a constant of the kernel's traits; 0 compiles
+/// to `online_softmax_deferred` exactly.
+#[inline(always)]
+pub(crate) fn online_softmax_split<const M: usize, const NS: usize>(
+    state: &mut [OnlineSoftmax; M],
+    s: &mut [[[f32; 4]; NS]; M],
+    m_tiles: usize,
+    n_tiles: usize,
+    scale_log2: f32,
+    poly_tiles: usize,
+    poly_ok: bool,
+) -> Option<[[f32; 2]; M]> {
     let mut tile_max = [[f32::NEG_INFINITY; 2]; M];
     let mut grew = false;
     for m in 0..m_tiles {
@@ -141,7 +158,12 @@ pub(crate) fn online_softmax_deferred<const M: usize, const NS: usize>(
                 for j in 0..2 {
                     // One FFMA: a separate multiply and subtract (the compiler never contracts)
                     // cost the FP8 kernel an eighth of its softmax instructions (v25 SASS).
-                    let p = ptx::exp2(ptx::fma(s[m][t][2 * half + j], scale_log2, -shift));
+                    let x = ptx::fma(s[m][t][2 * half + j], scale_log2, -shift);
+                    let p = if poly_tiles > 0 && poly_ok && t % 4 >= 4 - poly_tiles {
+                        crate::modifiers::exp2_poly(x)
+                    } else {
+                        ptx::exp2(x)
+                    };
                     s[m][t][2 * half + j] = p;
                     sum[t % 4] += p;
                 }

@@ -21,7 +21,9 @@
 //! head_dim 128 kernel this way. Masks, grouped K/V heads, sinks and (in the `MODS` kernels) the
 //! score modifiers are the portable forward's, through the same [`crate::modifiers`] calls.
 
-use crate::forward::{OnlineSoftmax, online_softmax, online_softmax_deferred, rescale, write_partial};
+use crate::forward::{
+    OnlineSoftmax, online_softmax, online_softmax_deferred, online_softmax_split, rescale, write_partial,
+};
 use crate::modifiers::{ScoreMods, finish_row, forward_dropout, forward_scores};
 use crate::params::{FwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
@@ -277,6 +279,14 @@ impl ScoreStep<'_> {
         let masked = !self.mask.tile_is_unmasked(self.warp_q0, self.warp_q0 + 16, k_begin, k_begin + self.block_n);
         let n_tiles8 = (self.block_n / 8) as usize;
         forward_scores::<MODS, _>(s, n_tiles8, self.warp_q0, k_begin, lane, self.mask, masked, self.mods);
+    }
+
+    /// Whether key tile `tile` has no masked score for this warp's rows (the tiles
+    /// `POLY_EXP_TILES` may use the polynomial on).
+    #[inline(always)]
+    fn unmasked(&self, tile: u32) -> bool {
+        let k_begin = tile * self.block_n;
+        self.mask.tile_is_unmasked(self.warp_q0, self.warp_q0 + 16, k_begin, k_begin + self.block_n)
     }
 
     /// After the softmax: dropout on the probabilities (MODS only).
@@ -624,7 +634,8 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
         unsafe { ptx::mbarrier_arrive(bars.k_empty(0)) };
         step.scores::<MODS>(&mut s[0], first_tile, lane);
         // O is still zero: no correction to apply.
-        let _ = online_softmax_deferred(&mut softmax, &mut s, 1, n_tiles8, scale_log2);
+        let poly = (T::POLY_EXP_TILES as usize, T::POLY_EXP_TILES > 0 && step.unmasked(first_tile));
+        let _ = online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1);
         step.dropout::<MODS>(&mut s[0], first_tile, lane);
         let mut previous = E::probabilities(&s[0], n_tiles8);
         for tile in first_tile + 1..end_tile {
@@ -647,7 +658,8 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
             // SAFETY: this thread's score GEMM on the stage has completed.
             unsafe { ptx::mbarrier_arrive(bars.k_empty(stage)) };
             step.scores::<MODS>(&mut s[0], tile, lane);
-            let correction = online_softmax_deferred(&mut softmax, &mut s, 1, n_tiles8, scale_log2);
+            let poly = (T::POLY_EXP_TILES as usize, T::POLY_EXP_TILES > 0 && step.unmasked(tile));
+            let correction = online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1);
             step.dropout::<MODS>(&mut s[0], tile, lane);
             wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
             // SAFETY: this thread's P·V GEMM on the previous stage has completed.

@@ -18,8 +18,9 @@ use crate::traits::{
     BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaHdim256, BwdWgmmaTraits,
     FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96,
     FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128,
-    FwdWgmmaWsFp8PingpongHdim128, FwdWgmmaWsFp8Stages4Hdim128, FwdWgmmaWsHdim64N64, FwdWgmmaWsHdim96,
-    FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsPingpongHdim128, ROW_KERNEL_THREADS,
+    FwdWgmmaWsFp8PingpongHdim128, FwdWgmmaWsFp8Poly1Hdim128, FwdWgmmaWsFp8Poly2Hdim128, FwdWgmmaWsFp8Stages4Hdim128,
+    FwdWgmmaWsHdim64N64, FwdWgmmaWsHdim96, FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsPingpongHdim128,
+    ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,6 +307,8 @@ pub const KERNELS: &[KernelInfo] = registry! {
         fwd_wgmma::<FwdWgmmaWsFp8Hdim128>("flash_fwd_wgmma_ws_fp8_hdim128", Dtype::E4m3),
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8PingpongHdim128>("flash_fwd_wgmma_ws_pp_fp8_hdim128", Dtype::E4m3),
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8Stages4Hdim128>("flash_fwd_wgmma_ws_s4_fp8_hdim128", Dtype::E4m3),
+        fwd_wgmma_opt_in::<FwdWgmmaWsFp8Poly1Hdim128>("flash_fwd_wgmma_ws_px1_fp8_hdim128", Dtype::E4m3),
+        fwd_wgmma_opt_in::<FwdWgmmaWsFp8Poly2Hdim128>("flash_fwd_wgmma_ws_px2_fp8_hdim128", Dtype::E4m3),
         KernelInfo {
             threads: 128,
             block_rows: 128,
@@ -472,8 +475,8 @@ mod tests {
         let opt_in = || KERNELS.iter().filter(|k| k.opt_in);
         // The pipelined head_dim 96/128 forward (two dtypes, three flavors), the ping-pong one,
         // the unpipelined 256 one (two dtypes, dense and `_seq`), a head_dim 64 candidate and
-        // two FP8 candidates.
-        assert_eq!(opt_in().count(), 20);
+        // four FP8 candidates.
+        assert_eq!(opt_in().count(), 22);
         for k in opt_in() {
             assert_eq!(by_name(k.name).map(|b| b.name), Some(k.name));
             let flavor = if k.modifiers {

@@ -125,6 +125,9 @@ pub trait FwdWgmmaTraits {
     /// With a producer: its registers per thread after `setmaxnreg` (its unrolled tile loads need
     /// more than 24 at head_dim 192/256), and the consumers' share of the rest of the SM's 64 K.
     const PRODUCER_REGISTERS: u32 = 24;
+    /// Of every four 8-key score tiles, how many take their exponentials on the FMA pipe
+    /// (`modifiers::exp2_poly`) rather than the MUFU, on tiles without masked scores; 0: none.
+    const POLY_EXP_TILES: u32 = 0;
     const CONSUMER_REGISTERS: u32 = (65536 - 128 * Self::PRODUCER_REGISTERS) / (128 * Self::WARPGROUPS) / 8 * 8;
 
     /// Query rows: 64 per computing warpgroup.
@@ -232,9 +235,10 @@ pub type FwdWgmmaWsHdim96 = FwdWgmmaWs<128, 2, 128, 2, 96>;
 
 /// The FP8 (e4m3) forward: the warp-specialized kernel with 1-byte Q, K and a transposed V
 /// (`ELEMENT_BYTES` 1), two consumers, 128-key tiles (one 128-byte panel of Vᵀ per tile), bf16 O.
-pub struct FwdWgmmaWsFp8<const D: u32, const STAGES: u32, const PINGPONG: bool = false>;
-impl<const D: u32, const S: u32, const PP: bool> FwdWgmmaTraits for FwdWgmmaWsFp8<D, S, PP> {
+pub struct FwdWgmmaWsFp8<const D: u32, const STAGES: u32, const PINGPONG: bool = false, const POLY: u32 = 0>;
+impl<const D: u32, const S: u32, const PP: bool, const POLY: u32> FwdWgmmaTraits for FwdWgmmaWsFp8<D, S, PP, POLY> {
     const PINGPONG: bool = PP;
+    const POLY_EXP_TILES: u32 = POLY;
     const HEAD_DIM: u32 = D;
     const ELEMENT_BYTES: u32 = 1;
     const PRODUCER_REGISTERS: u32 = if D > 128 { 40 } else { 24 };
@@ -249,6 +253,9 @@ pub type FwdWgmmaWsFp8Hdim128 = FwdWgmmaWsFp8<128, 3>;
 /// Candidates (v25, opt-in): the consumers in ping-pong order, and four stages.
 pub type FwdWgmmaWsFp8PingpongHdim128 = FwdWgmmaWsFp8<128, 3, true>;
 pub type FwdWgmmaWsFp8Stages4Hdim128 = FwdWgmmaWsFp8<128, 4>;
+/// Candidates (v26, opt-in): a quarter or half of the exponentials on the FMA pipe.
+pub type FwdWgmmaWsFp8Poly1Hdim128 = FwdWgmmaWsFp8<128, 3, false, 1>;
+pub type FwdWgmmaWsFp8Poly2Hdim128 = FwdWgmmaWsFp8<128, 3, false, 2>;
 /// (head_dim 256 the same way, two stages, spilled 216 bytes: O's 128 registers beside 128-key
 /// scores and P. It needs 64-key tiles, i.e. a 64-byte-swizzled Vᵀ tile: not built yet.)
 
@@ -498,6 +505,7 @@ mod tests {
         // Padding stays within the last panel, in whole chunks.
         assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM));
         assert!(T::STAGES == 2 || T::STAGES == 3 || T::STAGES == 4 && T::PRODUCER);
+        assert!(T::POLY_EXP_TILES <= 4);
         assert!(!T::PIPELINED || T::STAGES == 3 || T::PRODUCER);
         // The producer's loop is the pipelined one; its mbarriers are 8-byte aligned.
         assert!(!T::PRODUCER || T::PIPELINED && T::MBARRIER_OFFSET % 8 == 0);
@@ -567,6 +575,8 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaWsFp8Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8PingpongHdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Stages4Hdim128>();
+        check_fwd_wgmma::<FwdWgmmaWsFp8Poly1Hdim128>();
+        check_fwd_wgmma::<FwdWgmmaWsFp8Poly2Hdim128>();
         check_fwd_wgmma::<FwdWgmmaHdim192>();
         check_fwd_wgmma::<FwdWgmmaHdim256>();
         check_fwd_wgmma::<FwdWgmmaHdim96>();
