@@ -149,21 +149,38 @@ pub(crate) fn online_softmax_split<const M: usize, const NS: usize>(
         }
         correction = Some(factors);
     }
+    // The polynomial split is decided once per tile, around two straight-line copies of the loop
+    // (a warp-uniform branch): decided per element it compiled to a branch each (v26 SASS).
+    if poly_tiles > 0 && poly_ok {
+        exponentiate(state, s, m_tiles, n_tiles, scale_log2, poly_tiles);
+    } else {
+        exponentiate(state, s, m_tiles, n_tiles, scale_log2, 0);
+    }
+    correction
+}
+
+/// Scores to unnormalized probabilities in place, added to the running sums; tiles with
+/// t % 4 ≥ 4 − `poly_tiles` through [`crate::modifiers::exp2_poly`], the rest through the MUFU.
+#[inline(always)]
+fn exponentiate<const M: usize, const NS: usize>(
+    state: &mut [OnlineSoftmax; M],
+    s: &mut [[[f32; 4]; NS]; M],
+    m_tiles: usize,
+    n_tiles: usize,
+    scale_log2: f32,
+    poly_tiles: usize,
+) {
     for m in 0..m_tiles {
         for half in 0..2 {
             let shift = state[m].shift(half);
-            // The row sum in four chains too, for the same reason.
+            // The row sum in four chains, as the max.
             let mut sum = [0.0f32; 4];
             for t in 0..n_tiles {
                 for j in 0..2 {
                     // One FFMA: a separate multiply and subtract (the compiler never contracts)
                     // cost the FP8 kernel an eighth of its softmax instructions (v25 SASS).
                     let x = ptx::fma(s[m][t][2 * half + j], scale_log2, -shift);
-                    let p = if poly_tiles > 0 && poly_ok && t % 4 >= 4 - poly_tiles {
-                        crate::modifiers::exp2_poly(x)
-                    } else {
-                        ptx::exp2(x)
-                    };
+                    let p = if t % 4 + poly_tiles >= 4 { crate::modifiers::exp2_poly(x) } else { ptx::exp2(x) };
                     s[m][t][2 * half + j] = p;
                     sum[t % 4] += p;
                 }
@@ -171,7 +188,6 @@ pub(crate) fn online_softmax_split<const M: usize, const NS: usize>(
             state[m].sum[half] += (sum[0] + sum[1]) + (sum[2] + sum[3]);
         }
     }
-    correction
 }
 
 /// Multiply each row of the output accumulators by its correction factor.
