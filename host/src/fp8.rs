@@ -17,7 +17,7 @@ use crate::error::{CudaContext, Error, Result};
 use crate::launch::{FlashAttention, ForwardOutput, grid};
 use crate::tensor::{DeviceTensor, Layout, TensorMut};
 use crate::validate::{self, Arg};
-use cust::memory::{CopyDestination, DeviceBuffer, DevicePointer, DeviceSlice, GpuBuffer};
+use cust::memory::{DeviceBuffer, DevicePointer, DeviceSlice, GpuBuffer};
 use cust::stream::Stream;
 use flash_attn_kernels::params::{Descales, FwdParams, Modifiers};
 use flash_attn_kernels::registry::{self, Dtype, Flavor, Role};
@@ -236,17 +236,7 @@ impl FlashAttention {
         let (qa, ka, va) = (q.arg("q"), k.arg("k"), v.arg("v"));
         let shape = validate::inputs(&qa, &ka, &va, params)?;
         for arg in [&qa, &ka, &va] {
-            for (i, dim) in ["batch", "seqlen", "heads"].iter().enumerate() {
-                let stride = arg.layout.strides[i];
-                if stride % 16 != 0 && arg.layout.shape[i] > 1 {
-                    return Err(Error::invalid(
-                        arg.name,
-                        format!(
-                            "stride of dimension {dim} is {stride} elements; FP8 rows need multiples of 16 (16 bytes)"
-                        ),
-                    ));
-                }
-            }
+            arg.check_strides(16)?;
         }
         if !FP8_HEAD_DIMS.contains(&shape.head_dim) {
             return Err(Error::UnsupportedHeadDim {
@@ -305,11 +295,4 @@ impl FlashAttention {
 /// callers that hold f32 or bf16 data on the host.
 pub fn quantize_fp8(values: &[f32]) -> Vec<F8E4M3> {
     values.iter().map(|&x| F8E4M3::from_f32(x)).collect()
-}
-
-#[doc(hidden)]
-pub fn copy_fp8_to_host(t: &Fp8Tensor) -> Result<Vec<F8E4M3>> {
-    let mut bytes = vec![0u8; t.layout.element_count()];
-    t.buffer.index(..bytes.len()).copy_to(&mut bytes[..]).during("copy to host")?;
-    Ok(bytes.into_iter().map(F8E4M3::from_bits).collect())
 }

@@ -50,15 +50,7 @@ impl<'a> Arg<'a> {
                 format!("device address {:#x} is not 16-byte aligned", self.address),
             ));
         }
-        for (i, dim) in DIMS[..3].iter().enumerate() {
-            let stride = self.layout.strides[i];
-            if stride % 8 != 0 && self.layout.shape[i] > 1 {
-                return Err(Error::invalid(
-                    self.name,
-                    format!("stride of dimension {dim} is {stride} elements; it must be a multiple of 8 (16 bytes)"),
-                ));
-            }
-        }
+        self.check_strides(8)?;
         let span = self.layout.span().ok_or_else(|| Error::invalid(self.name, "layout overflows the address space"))?;
         if span > i64::MAX as usize / 2 {
             return Err(Error::invalid(
@@ -74,6 +66,23 @@ impl<'a> Arg<'a> {
         }
         if self.layout.seqlen() > MAX_SEQLEN {
             return Err(Error::invalid(self.name, format!("seqlen {} exceeds {MAX_SEQLEN}", self.layout.seqlen())));
+        }
+        Ok(())
+    }
+
+    /// Outer strides are multiples of `multiple` elements (16 bytes: 8 16-bit elements, 16 e4m3
+    /// ones), except for dimensions of size 1.
+    pub(crate) fn check_strides(&self, multiple: usize) -> Result<()> {
+        for (i, dim) in DIMS[..3].iter().enumerate() {
+            let stride = self.layout.strides[i];
+            if stride % multiple != 0 && self.layout.shape[i] > 1 {
+                return Err(Error::invalid(
+                    self.name,
+                    format!(
+                        "stride of dimension {dim} is {stride} elements; it must be a multiple of {multiple} (16 bytes)"
+                    ),
+                ));
+            }
         }
         Ok(())
     }

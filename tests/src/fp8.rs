@@ -6,7 +6,7 @@
 //! (`reference::forward_fp8_naive`: P rounded to e4m3, O to bf16), plus one bf16 rounding, plus
 //! the effect of the scores' own error; the LSE by that score error plus its f32 rounding.
 
-use crate::{CaseOutcome, GpuResult, LSE_ROUNDOFF, compare_with, cuda, lib, max_abs_error};
+use crate::{CaseOutcome, GpuResult, LSE_ROUNDOFF, compare_with, cuda, lib, max_abs_error, standard_normal};
 use cust::memory::{CopyDestination, DeviceBuffer};
 use cust::stream::Stream;
 use flash_attn::reference::{self, Problem};
@@ -75,9 +75,7 @@ fn quantized(rng: &mut StdRng, shape: [usize; 4], descale: &[f32], per_head: boo
         // K and V's heads are the K/V heads; Q's head h reads K/V head h / group (the caller
         // passes Q's descale already expanded to its heads).
         let factor = if per_head { descale[b * heads + h] } else { descale[0] };
-        let (u1, u2): (f64, f64) = (rng.r#gen::<f64>().max(1e-300), rng.r#gen());
-        let x = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-        let e = F8E4M3::from_f64(x / factor as f64);
+        let e = F8E4M3::from_f64(standard_normal(rng) / factor as f64);
         stored.push(e);
         values.push(e.to_f64() * factor as f64);
     }

@@ -236,15 +236,16 @@ pub fn gather<T: Element>(image: &[u16], layout: &Layout) -> Vec<f64> {
     out
 }
 
+/// One standard-normal draw (Box-Muller: no extra dependency for a normal distribution); two
+/// uniform draws from `rng`.
+pub fn standard_normal(rng: &mut StdRng) -> f64 {
+    let (u1, u2): (f64, f64) = (rng.r#gen::<f64>().max(1e-300), rng.r#gen());
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
 /// Standard-normal inputs rounded to `T`, as f64 (what the GPU will see) and as `T`.
 pub fn random_inputs<T: Element>(rng: &mut StdRng, len: usize) -> (Vec<f64>, Vec<T>) {
-    let typed: Vec<T> = (0..len)
-        .map(|_| {
-            // Box-Muller: no extra dependency for a normal distribution.
-            let (u1, u2): (f64, f64) = (rng.r#gen::<f64>().max(1e-300), rng.r#gen());
-            T::from_f64((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos())
-        })
-        .collect();
+    let typed: Vec<T> = (0..len).map(|_| T::from_f64(standard_normal(rng))).collect();
     (typed.iter().map(|x| x.to_f64()).collect(), typed)
 }
 
