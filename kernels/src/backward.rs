@@ -218,7 +218,7 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool, const SEQ: b
         }
         sync_threads();
 
-        wait_for_dq_turn::<SEQ>(p, block_x, head, q_tile, T::BLOCK_M, T::BLOCK_N, tid);
+        wait_for_dq_turn::<SEQ>(p, block_x, head, q_tile, T::BLOCK_M, T::BLOCK_N, tid, sync_threads);
         // dQ += scale · dS·K, in units of 16 queries × DQ_COLS columns spread over the warps.
         let col_units = T::HEAD_DIM / T::DQ_COLS;
         let mut unit = warp;
@@ -387,8 +387,11 @@ fn dq_semaphore<const SEQ: bool>(p: &BwdParams, head: u32, q_tile: u32, block_m:
 }
 
 /// Deterministic mode: before this block adds its part of query tile `q_tile`'s dQ, wait until
-/// the key blocks before it have added theirs. Every thread of the block calls this.
+/// the key blocks before it have added theirs. Every computing thread calls this (`tid` counts
+/// them from 0); `sync` is the barrier of those threads (the whole block, or the consumer
+/// warpgroups of a warp-specialized kernel).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn wait_for_dq_turn<const SEQ: bool>(
     p: &BwdParams,
     key_block: u32,
@@ -397,6 +400,7 @@ pub(crate) fn wait_for_dq_turn<const SEQ: bool>(
     block_m: u32,
     block_n: u32,
     tid: u32,
+    sync: impl Fn(),
 ) {
     let counter = dq_semaphore::<SEQ>(p, head, q_tile, block_m);
     if counter.is_null() {
@@ -407,7 +411,7 @@ pub(crate) fn wait_for_dq_turn<const SEQ: bool>(
         // SAFETY: the host allocated one zeroed counter per (batch, head, query tile).
         while unsafe { ptx::ld_acquire_gpu_u32(counter) } != turn {}
     }
-    sync_threads();
+    sync();
 }
 
 /// Deterministic mode: hand query tile `q_tile` to the next key block. Called by every thread

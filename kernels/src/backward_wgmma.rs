@@ -32,17 +32,54 @@ use crate::modifiers::{ScoreMods, fragment_element};
 use crate::params::{BwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, accumulators_as_a};
-use crate::tiling::{Mask, SW128_ROW_GROUP_BYTES, ceil_div, dq_staging_offset, kv_head_of, wgmma_descriptor};
+use crate::tiling::{
+    Mask, SW128_ROW_GROUP_BYTES, ceil_div, dq_staging_offset, kv_head_of, ring_slot, wgmma_descriptor,
+};
 use crate::traits::{BwdWgmmaTraits, padding_fits};
-use crate::warpgroup::{Waited, WgmmaElement, panel_descriptors, wait};
+use crate::warpgroup::{Waited, WgmmaElement, acquire, panel_descriptors, wait};
 
 const LOG2_E: f32 = core::f32::consts::LOG2_E;
 
-/// Make every thread's completed copies and stores visible to the tensor cores, block-wide.
+/// The barrier of the threads that compute: the whole block, or, with a producer, the two
+/// consumer warpgroups (named barrier 1; the producer never takes part).
 #[inline(always)]
-fn shared_writes_done() {
+fn compute_sync<T: BwdWgmmaTraits>() {
+    if T::PRODUCER {
+        // SAFETY: both consumer warpgroups reach every call in the same order (their loops are
+        // block-uniform); nothing else uses barrier 1.
+        unsafe { ptx::named_barrier_sync::<1, 256>() }
+    } else {
+        sync_threads()
+    }
+}
+
+/// Make every computing thread's completed copies and stores visible to the tensor cores and
+/// the bulk-copy unit, for all of them ([`compute_sync`]).
+#[inline(always)]
+fn shared_writes_done<T: BwdWgmmaTraits>() {
     ptx::fence_proxy_async_shared();
-    sync_threads();
+    compute_sync::<T>();
+}
+
+/// The producer's mbarriers (`BwdWgmmaTraits::MBARRIER_OFFSET`): K and V landed; per stage, its
+/// query tile landed ("full": the producer's 128 threads arrive through `cp.async`) and every
+/// consumer thread is done reading it ("empty").
+#[derive(Clone, Copy)]
+struct QueryRing {
+    base: u32,
+    stages: u32,
+}
+
+impl QueryRing {
+    fn kv_full(self) -> u32 {
+        self.base
+    }
+    fn full(self, stage: u32) -> u32 {
+        self.base + 8 * (1 + stage)
+    }
+    fn empty(self, stage: u32) -> u32 {
+        self.base + 8 * (1 + self.stages + stage)
+    }
 }
 
 /// # Safety
@@ -55,6 +92,9 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
     // padding that stays inside the last 64-column panel in whole chunks.
     const { assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128) };
     const { assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM)) };
+    // Without a producer the loop double-buffers (stages 0 and 1); with one, the ring's
+    // mbarriers and `setmaxnreg` split (24 + 2 · 240) assume two consumers.
+    const { assert!(if T::PRODUCER { T::WARPGROUPS == 2 && T::THREADS == 384 } else { T::STAGES == 2 }) };
     // The block's sequence for the `SEQ` kernels (`BwdParams::of_block`).
     let mut sequence = core::mem::MaybeUninit::uninit();
     // SAFETY: the host validated the layout's arrays.
@@ -67,7 +107,10 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
     }
     let mask = Mask::of(shape);
     let tid = ptx::thread_idx();
-    let (warpgroup, warp, lane) = (tid / 128, tid / 32, tid % 32);
+    // With a producer, warpgroup 0 loads and warpgroups 1 and 2 compute; `ctid` numbers the
+    // computing threads from 0 (in the producer it is meaningless and unused).
+    let ctid = if T::PRODUCER { tid.wrapping_sub(128) } else { tid };
+    let (warpgroup, warp, lane) = (ctid / 128, ctid / 32, ctid % 32);
     let (block_x, head, batch) = ptx::block_idx();
     let kv_head = kv_head_of(shape, head);
     let k_begin = block_x * T::BLOCK_N;
@@ -92,34 +135,80 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
     let do_tile =
         |stage: u32| tile(stage_offset(stage) + T::DO_IN_STAGE, T::BLOCK_M, T::CHUNKS_PER_ROW, T::DATA_CHUNKS);
 
-    let key_rows = shape.seqlen_k - k_begin;
-    // SAFETY: the host validated K and V (seqlen_k rows at these strides); rows past the end are
+    // Start copying K and V (`threads` threads, this one `tid`). Rows past the end are
     // zero-filled without being read.
-    unsafe {
-        let k_ptr = (f.k as *const u16).wrapping_offset(f.k_strides.offset(batch, k_begin, kv_head) as isize);
-        let v_ptr = (f.v as *const u16).wrapping_offset(f.v_strides.offset(batch, k_begin, kv_head) as isize);
-        k_s.load_async(k_ptr, f.k_strides.row, key_rows, tid, T::THREADS);
-        v_s.load_async(v_ptr, f.v_strides.row, key_rows, tid, T::THREADS);
-    }
-
+    let load_keys = |tid: u32, threads: u32| {
+        let key_rows = shape.seqlen_k - k_begin;
+        // SAFETY: the host validated K and V (seqlen_k rows at these strides).
+        unsafe {
+            let k_ptr = (f.k as *const u16).wrapping_offset(f.k_strides.offset(batch, k_begin, kv_head) as isize);
+            let v_ptr = (f.v as *const u16).wrapping_offset(f.v_strides.offset(batch, k_begin, kv_head) as isize);
+            k_s.load_async(k_ptr, f.k_strides.row, key_rows, tid, threads);
+            v_s.load_async(v_ptr, f.v_strides.row, key_rows, tid, threads);
+        }
+    };
     // Start copying query tile `q_tile` (Q, dO, LSE, D) into `stage`. Rows past seqlen_q arrive
     // as zeros; the mask keeps them out of every product.
-    let load_queries = |tile_index: u32, stage: u32| {
+    let load_queries = |tile_index: u32, stage: u32, tid: u32, threads: u32| {
         let stats = smem + stage_offset(stage);
         let rows = (q_tile(stage), do_tile(stage), stats + T::LSE_IN_STAGE, stats + T::D_IN_STAGE);
-        load_query_tile::<T, SEQ>(p, (batch, head), tile_index, rows, tid);
+        load_query_tile::<T, SEQ>(p, (batch, head), tile_index, rows, tid, threads);
     };
 
-    let mut dk = [[0f32; 4]; 32];
-    let mut dv = [[0f32; 4]; 32];
     let (query_lo, query_hi) = mask.query_range(k_begin, k_begin + T::BLOCK_N);
     let (first_tile, end_tile) = (query_lo / T::BLOCK_M, ceil_div(query_hi, T::BLOCK_M));
-    if first_tile < end_tile {
-        load_queries(first_tile, 0);
+    let ring = QueryRing { base: smem + T::MBARRIER_OFFSET, stages: T::STAGES };
+    if T::PRODUCER {
+        if tid == 0 {
+            // SAFETY: 8-byte aligned slots of this block's shared memory (traits), initialized
+            // once, before the barrier below and so before any use.
+            unsafe {
+                ptx::mbarrier_init(ring.kv_full(), 128);
+                for stage in 0..T::STAGES {
+                    ptx::mbarrier_init(ring.full(stage), 128);
+                    ptx::mbarrier_init(ring.empty(stage), 256);
+                }
+            }
+        }
+        // The only block-wide barrier: every thread sees the initialized mbarriers.
+        sync_threads();
+        if tid < 128 {
+            // The producer: K and V once, then each query tile into the next stage of the ring
+            // once the consumers have released that stage's previous tile.
+            ptx::setmaxnreg_dec::<24>();
+            load_keys(tid, 128);
+            // SAFETY: initialized mbarriers; each stage is refilled only after its empty barrier
+            // completed the phase of its previous use, i.e. after every consumer's reads of it.
+            unsafe {
+                ptx::cp_async_mbarrier_arrive(ring.kv_full());
+                for q_tile_index in first_tile..end_tile {
+                    let i = q_tile_index - first_tile;
+                    let (stage, parity) = ring_slot(i, T::STAGES);
+                    if i >= T::STAGES {
+                        ptx::mbarrier_wait(ring.empty(stage), parity ^ 1);
+                    }
+                    load_queries(q_tile_index, stage, tid, 128);
+                    ptx::cp_async_mbarrier_arrive(ring.full(stage));
+                }
+            }
+            // Nothing of this thread stays in flight when it exits.
+            cp_async_wait_all();
+            return;
+        }
+        ptx::setmaxnreg_inc::<240>();
+        // SAFETY: initialized above; its only phase.
+        unsafe { acquire(ring.kv_full(), 0) };
+    } else {
+        load_keys(tid, T::THREADS);
+        if first_tile < end_tile {
+            load_queries(first_tile, 0, tid, T::THREADS);
+        }
+        cp_async_commit();
+        cp_async_wait_all();
+        shared_writes_done::<T>();
     }
-    cp_async_commit();
-    cp_async_wait_all();
-    shared_writes_done();
+    let mut dk = [[0f32; 4]; 32];
+    let mut dv = [[0f32; 4]; 32];
 
     // K-major descriptors of this warpgroup's 64 keys of K and V (A of the score GEMMs).
     let kv_desc =
@@ -139,9 +228,13 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
     // SAFETY: the host validated the modifiers' device arrays.
     let mods = unsafe { ScoreMods::for_backward::<MODS>(f, batch, head) };
     for q_tile_index in first_tile..end_tile {
-        let stage = (q_tile_index - first_tile) % 2;
-        if q_tile_index + 1 < end_tile {
-            load_queries(q_tile_index + 1, 1 - stage);
+        let (stage, parity) = ring_slot(q_tile_index - first_tile, T::STAGES);
+        if T::PRODUCER {
+            // SAFETY: initialized; the producer is at most STAGES uses ahead, so the phase is
+            // the current or the previous one.
+            unsafe { acquire(ring.full(stage), parity) };
+        } else if q_tile_index + 1 < end_tile {
+            load_queries(q_tile_index + 1, 1 - stage, tid, T::THREADS);
             cp_async_commit();
         }
         let q_begin = q_tile_index * T::BLOCK_M;
@@ -280,9 +373,15 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
             }
             store_ds(&ds_frags);
         }
+        if T::PRODUCER {
+            // Every GEMM on this stage's Q and dO completed and its LSE and D were read: the
+            // producer may refill it.
+            // SAFETY: initialized; each consumer thread arrives once per use.
+            unsafe { ptx::mbarrier_arrive(ring.empty(stage)) };
+        }
         // The previous tile's dQ reductions have read the staging rows before anyone rewrites them.
         ptx::bulk_wait_read();
-        shared_writes_done();
+        shared_writes_done::<T>();
 
         // dQ += scale · dS·K for the tile's 64 queries and this warpgroup's columns, staged in
         // shared memory and added to the global accumulator by the bulk-copy unit, one row each.
@@ -298,13 +397,13 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
                 unsafe { ptx::st_shared_f32x2(at, acc[t][2 * half] * shape.scale, acc[t][2 * half + 1] * shape.scale) };
             }
         }
-        if q_tile_index + 1 < end_tile {
+        if !T::PRODUCER && q_tile_index + 1 < end_tile {
             cp_async_wait_all();
         }
-        // The next tile has landed, the dQ rows are staged, and everyone is done with this stage
-        // and with dSᵀ.
-        shared_writes_done();
-        reduce_dq_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index, dq_s, tid);
+        // The dQ rows are staged and everyone is done with dSᵀ (and, without a producer, the next
+        // tile has landed and everyone is done with this stage).
+        shared_writes_done::<T>();
+        reduce_dq_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index, dq_s, ctid);
     }
     ptx::bulk_wait_complete();
 
@@ -326,7 +425,8 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
 
 /// Start copying query tile `tile_index` of (`batch`, `head`) into shared memory: Q and dO into
 /// their tiles, the rows' LSE and D (f32) to the two addresses. Rows past seqlen_q arrive as
-/// zeros; the mask keeps them out of every product. All `T::THREADS` threads call it.
+/// zeros; the mask keeps them out of every product. All `threads` loading threads call it
+/// (`tid` < `threads`, at least `BLOCK_M` of them).
 #[inline(always)]
 fn load_query_tile<T: BwdWgmmaTraits, const SEQ: bool>(
     p: &BwdParams,
@@ -334,6 +434,7 @@ fn load_query_tile<T: BwdWgmmaTraits, const SEQ: bool>(
     tile_index: u32,
     (q_s, do_s, lse_s, d_s): (Sw128Tile, Sw128Tile, u32, u32),
     tid: u32,
+    threads: u32,
 ) {
     let (f, shape) = (&p.fwd, &p.fwd.shape);
     let q_begin = tile_index * T::BLOCK_M;
@@ -343,8 +444,8 @@ fn load_query_tile<T: BwdWgmmaTraits, const SEQ: bool>(
     unsafe {
         let q_ptr = (f.q as *const u16).wrapping_offset(f.q_strides.offset(batch, q_begin, head) as isize);
         let do_ptr = (p.d_o as *const u16).wrapping_offset(p.do_strides.offset(batch, q_begin, head) as isize);
-        q_s.load_async(q_ptr, f.q_strides.row, q_rows, tid, T::THREADS);
-        do_s.load_async(do_ptr, p.do_strides.row, q_rows, tid, T::THREADS);
+        q_s.load_async(q_ptr, f.q_strides.row, q_rows, tid, threads);
+        do_s.load_async(do_ptr, p.do_strides.row, q_rows, tid, threads);
         if tid < T::BLOCK_M {
             let in_range = tid < q_rows;
             let at = row_stat_index::<SEQ>(shape, batch, head, if in_range { q_begin + tid } else { 0 }) as isize;
@@ -357,8 +458,9 @@ fn load_query_tile<T: BwdWgmmaTraits, const SEQ: bool>(
 
 /// Add query tile `q_tile_index`'s staged dQ rows (at `dq_s`, fenced for the async proxy and
 /// published by the barrier just before) to the global accumulator: one bulk reduction per row,
-/// issued by the first `BLOCK_M` threads, in key-block turns in deterministic mode. All threads
-/// call it; the rows must not be rewritten before a `bulk_wait_read`.
+/// issued by the first `BLOCK_M` computing threads (`tid` numbers them), in key-block turns in
+/// deterministic mode. All computing threads call it; the rows must not be rewritten before a
+/// `bulk_wait_read`.
 #[inline(always)]
 fn reduce_dq_rows<T: BwdWgmmaTraits, const SEQ: bool>(
     p: &BwdParams,
@@ -368,7 +470,7 @@ fn reduce_dq_rows<T: BwdWgmmaTraits, const SEQ: bool>(
     tid: u32,
 ) {
     let shape = &p.fwd.shape;
-    wait_for_dq_turn::<SEQ>(p, block_x, head, q_tile_index, T::BLOCK_M, T::BLOCK_N, tid);
+    wait_for_dq_turn::<SEQ>(p, block_x, head, q_tile_index, T::BLOCK_M, T::BLOCK_N, tid, compute_sync::<T>);
     let deterministic = p.dq_semaphore != 0;
     let row = q_tile_index * T::BLOCK_M + tid;
     if tid < T::BLOCK_M && row < shape.seqlen_q {
@@ -392,7 +494,7 @@ fn reduce_dq_rows<T: BwdWgmmaTraits, const SEQ: bool>(
     if deterministic {
         // The next key block may add only once these rows are in global memory.
         ptx::bulk_wait_complete();
-        sync_threads();
+        compute_sync::<T>();
     }
     pass_dq_turn::<SEQ>(p, head, q_tile_index, T::BLOCK_M, tid);
 }
@@ -465,8 +567,9 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
         v_s.load_async(v_ptr, f.v_strides.row, key_rows, tid, T::THREADS);
     }
     // Query tile `tile_index` (Q, dO, LSE, D) into the stage; rows past seqlen_q arrive as zeros.
-    let load_queries =
-        |tile_index: u32| load_query_tile::<T, SEQ>(p, (batch, head), tile_index, (q_s, do_s, lse_s, d_s), tid);
+    let load_queries = |tile_index: u32| {
+        load_query_tile::<T, SEQ>(p, (batch, head), tile_index, (q_s, do_s, lse_s, d_s), tid, T::THREADS)
+    };
 
     let mut dk = [[0f32; 4]; 32];
     let mut dv = [[0f32; 4]; 32];
@@ -477,7 +580,7 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
     }
     cp_async_commit();
     cp_async_wait_all();
-    shared_writes_done();
+    shared_writes_done::<T>();
 
     // Warpgroup 0: A = K (Sᵀ); warpgroup 1: A = V (dPᵀ); all four 64-column panels, K-major.
     let kv = if warpgroup == 0 { k_s } else { v_s };
@@ -580,7 +683,7 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
             p_frags[kk] =
                 accumulators_as_a::<E>(&dv_operands::<MODS>(&s[2 * kk]), &dv_operands::<MODS>(&s[2 * kk + 1]));
         }
-        shared_writes_done();
+        shared_writes_done::<T>();
         if warpgroup == 0 {
             for t in 0..m_tiles8 {
                 for half in 0..2 {
@@ -612,7 +715,7 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
             }
         }
         // dQ staged; everyone is done with the stage and with dSᵀ.
-        shared_writes_done();
+        shared_writes_done::<T>();
         reduce_dq_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index, dq_s, tid);
         if q_tile_index + 1 < end_tile {
             load_queries(q_tile_index + 1);
@@ -621,7 +724,7 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
         // The staging rows are read before the next step hands Pᵀ through them.
         ptx::bulk_wait_read();
         cp_async_wait_all();
-        shared_writes_done();
+        shared_writes_done::<T>();
     }
     ptx::bulk_wait_complete();
 

@@ -452,6 +452,81 @@ mod hopper {
     entry!(flash_fwd_wgmma_bf16_hdim128_sync, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128Sync, false, false>);
     entry!(flash_bwd_wgmma_bf16_hdim64_narrow, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim64Narrow, false, false>);
     entry!(flash_bwd_wgmma_bf16_hdim128_sync, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128Sync, false, false>);
+    // v27 candidates: the warp-specialized backward (a producer warpgroup, mbarrier-tracked stages).
+    pair!(
+        flash_bwd_wgmma_ws_bf16_hdim32,
+        flash_bwd_wgmma_ws_bf16_hdim32_mods,
+        flash_bwd_wgmma_ws_bf16_hdim32_seq,
+        BwdParams,
+        flash_bwd_wgmma,
+        Bf16,
+        BwdWgmmaWsHdim32
+    );
+    pair!(
+        flash_bwd_wgmma_ws_f16_hdim32,
+        flash_bwd_wgmma_ws_f16_hdim32_mods,
+        flash_bwd_wgmma_ws_f16_hdim32_seq,
+        BwdParams,
+        flash_bwd_wgmma,
+        F16,
+        BwdWgmmaWsHdim32
+    );
+    pair!(
+        flash_bwd_wgmma_ws_bf16_hdim64,
+        flash_bwd_wgmma_ws_bf16_hdim64_mods,
+        flash_bwd_wgmma_ws_bf16_hdim64_seq,
+        BwdParams,
+        flash_bwd_wgmma,
+        Bf16,
+        BwdWgmmaWsHdim64
+    );
+    pair!(
+        flash_bwd_wgmma_ws_f16_hdim64,
+        flash_bwd_wgmma_ws_f16_hdim64_mods,
+        flash_bwd_wgmma_ws_f16_hdim64_seq,
+        BwdParams,
+        flash_bwd_wgmma,
+        F16,
+        BwdWgmmaWsHdim64
+    );
+    pair!(
+        flash_bwd_wgmma_ws_bf16_hdim96,
+        flash_bwd_wgmma_ws_bf16_hdim96_mods,
+        flash_bwd_wgmma_ws_bf16_hdim96_seq,
+        BwdParams,
+        flash_bwd_wgmma,
+        Bf16,
+        BwdWgmmaWsHdim96
+    );
+    pair!(
+        flash_bwd_wgmma_ws_f16_hdim96,
+        flash_bwd_wgmma_ws_f16_hdim96_mods,
+        flash_bwd_wgmma_ws_f16_hdim96_seq,
+        BwdParams,
+        flash_bwd_wgmma,
+        F16,
+        BwdWgmmaWsHdim96
+    );
+    pair!(
+        flash_bwd_wgmma_ws_bf16_hdim128,
+        flash_bwd_wgmma_ws_bf16_hdim128_mods,
+        flash_bwd_wgmma_ws_bf16_hdim128_seq,
+        BwdParams,
+        flash_bwd_wgmma,
+        Bf16,
+        BwdWgmmaWsHdim128
+    );
+    pair!(
+        flash_bwd_wgmma_ws_f16_hdim128,
+        flash_bwd_wgmma_ws_f16_hdim128_mods,
+        flash_bwd_wgmma_ws_f16_hdim128_seq,
+        BwdParams,
+        flash_bwd_wgmma,
+        F16,
+        BwdWgmmaWsHdim128
+    );
+    entry!(flash_bwd_wgmma_ws_s3_bf16_hdim64, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaWsS3Hdim64, false, false>);
+    entry!(flash_bwd_wgmma_ws_s3_bf16_hdim128, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaWsS3Hdim128, false, false>);
     // FP8 (e4m3) forward: the warp-specialized kernel on Vᵀ, and the transpose that makes Vᵀ.
     entry!(flash_fwd_wgmma_ws_fp8_hdim128, FwdParams, flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Hdim128, false, false>);
     entry!(

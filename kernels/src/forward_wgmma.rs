@@ -29,11 +29,11 @@ use crate::params::{FwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, quad_sum};
 use crate::tiling::{
-    Mask, SW128_ROW_GROUP_BYTES, ceil_div, fp8_key_of_position, kv_head_of, q_tile_of_block, split_tiles,
+    Mask, SW128_ROW_GROUP_BYTES, ceil_div, fp8_key_of_position, kv_head_of, q_tile_of_block, ring_slot, split_tiles,
     wgmma_descriptor,
 };
 use crate::traits::{FwdWgmmaTraits, padding_fits};
-use crate::warpgroup::{Waited, WgmmaElement, WsInput, panel_descriptors, wait};
+use crate::warpgroup::{Waited, WgmmaElement, WsInput, acquire, panel_descriptors, wait};
 
 /// Score tiles: 8 columns each, BLOCK_N ≤ 128.
 const SEQ_TILES8: usize = 16;
@@ -399,18 +399,7 @@ impl Stages {
     /// Tile `i` of the block's loop (counted from its first tile): its stage and the parity of
     /// that stage's use (each stage's barriers complete one phase per use).
     fn of(self, i: u32) -> (u32, u32) {
-        (i % self.stages, (i / self.stages) % 2)
-    }
-
-    /// Wait for a full barrier, then make what landed visible to this thread's `wgmma` reads.
-    ///
-    /// # Safety
-    /// `bar` is one of these barriers, initialized, and the phase is the current or the previous.
-    #[inline(always)]
-    unsafe fn acquire(bar: u32, parity: u32) {
-        // SAFETY: forwarded from the caller.
-        unsafe { ptx::mbarrier_wait(bar, parity) };
-        ptx::fence_proxy_async_shared();
+        ring_slot(i, self.stages)
     }
 }
 
@@ -590,7 +579,7 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
     // barrier; each consumer thread arrives once per use of a stage, after its GEMMs on it
     // completed, and waits for the phase of the use it is at (the producer is at most one use
     // ahead of the slowest consumer).
-    unsafe { Stages::acquire(bars.q_full(), 0) };
+    unsafe { acquire(bars.q_full(), 0) };
     // Ping-pong (T::PINGPONG): consumer c issues its GEMMs only on its turn (named barrier 1 + c)
     // and then passes the turn to the other (barrier 2 - c); both run the same number of issue
     // points (the first S, one per loop iteration, the last P·V), consumer 0 going first. The
@@ -624,7 +613,7 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
         // SAFETY: the whole warpgroup is here (warpgroup-uniform control flow); Q and the first
         // K tile landed and were fenced for the async proxy; `s` is left alone until the wait.
         unsafe {
-            Stages::acquire(bars.k_full(0), 0);
+            acquire(bars.k_full(0), 0);
             take_turn();
             E::issue_scores(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(0));
             pass_turn(false);
@@ -647,8 +636,8 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
             // SAFETY: as above; the accumulators and `previous` are left alone until the waits
             // below name them.
             unsafe {
-                Stages::acquire(bars.k_full(stage), parity);
-                Stages::acquire(bars.v_full(previous_stage), previous_parity);
+                acquire(bars.k_full(stage), parity);
+                acquire(bars.v_full(previous_stage), previous_parity);
                 take_turn();
                 E::issue_scores(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(stage));
                 E::issue_output(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(previous_stage));
@@ -672,7 +661,7 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
         let (last_stage, last_parity) = bars.of(end_tile - 1 - first_tile);
         // SAFETY: as for the score GEMM. No arrive: the producer loads nothing more.
         unsafe {
-            Stages::acquire(bars.v_full(last_stage), last_parity);
+            acquire(bars.v_full(last_stage), last_parity);
             take_turn();
             E::issue_output(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(last_stage));
             pass_turn(true);

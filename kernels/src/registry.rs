@@ -16,6 +16,7 @@ use crate::tiling::{DECODE_ROWS, DECODE_WARPS, decode_block_keys, decode_smem_by
 use crate::traits::{
     BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim32, BwdWgmmaHdim64,
     BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaHdim256, BwdWgmmaTraits,
+    BwdWgmmaWsHdim32, BwdWgmmaWsHdim64, BwdWgmmaWsHdim96, BwdWgmmaWsHdim128, BwdWgmmaWsS3Hdim64, BwdWgmmaWsS3Hdim128,
     FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96,
     FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128,
     FwdWgmmaWsFp8PingpongHdim128, FwdWgmmaWsFp8Poly1Hdim128, FwdWgmmaWsFp8Poly2Hdim128, FwdWgmmaWsFp8Stages4Hdim128,
@@ -221,6 +222,11 @@ const fn fwd_wgmma_opt_in<T: FwdWgmmaTraits>(name: &'static str, dtype: Dtype) -
     opt_in(fwd_wgmma::<T>(name, dtype))
 }
 
+/// [`bwd_wgmma`], opt-in: a candidate measured against the default.
+const fn bwd_wgmma_opt_in<T: BwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> KernelInfo {
+    opt_in(bwd_wgmma::<T>(name, dtype))
+}
+
 /// Every kernel with its `_mods` twin (same configuration, `modifiers: true`) and its `_seq`
 /// twin (`sequences: true`), then the kernels that have none.
 macro_rules! registry {
@@ -257,6 +263,15 @@ pub const KERNELS: &[KernelInfo] = registry! {
         bwd_wgmma::<BwdWgmmaHdim64>("flash_bwd_wgmma_f16_hdim64", Dtype::F16),
         bwd_wgmma::<BwdWgmmaHdim128>("flash_bwd_wgmma_bf16_hdim128", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim128>("flash_bwd_wgmma_f16_hdim128", Dtype::F16),
+        // v27: the warp-specialized backward (producer warpgroup), measured against the defaults.
+        bwd_wgmma_opt_in::<BwdWgmmaWsHdim32>("flash_bwd_wgmma_ws_bf16_hdim32", Dtype::Bf16),
+        bwd_wgmma_opt_in::<BwdWgmmaWsHdim32>("flash_bwd_wgmma_ws_f16_hdim32", Dtype::F16),
+        bwd_wgmma_opt_in::<BwdWgmmaWsHdim64>("flash_bwd_wgmma_ws_bf16_hdim64", Dtype::Bf16),
+        bwd_wgmma_opt_in::<BwdWgmmaWsHdim64>("flash_bwd_wgmma_ws_f16_hdim64", Dtype::F16),
+        bwd_wgmma_opt_in::<BwdWgmmaWsHdim96>("flash_bwd_wgmma_ws_bf16_hdim96", Dtype::Bf16),
+        bwd_wgmma_opt_in::<BwdWgmmaWsHdim96>("flash_bwd_wgmma_ws_f16_hdim96", Dtype::F16),
+        bwd_wgmma_opt_in::<BwdWgmmaWsHdim128>("flash_bwd_wgmma_ws_bf16_hdim128", Dtype::Bf16),
+        bwd_wgmma_opt_in::<BwdWgmmaWsHdim128>("flash_bwd_wgmma_ws_f16_hdim128", Dtype::F16),
         // v20: 1.47–1.78× the portable kernel (benches/NOTES.md).
         bwd_wgmma::<BwdWgmmaHdim256>("flash_bwd_wgmma_bf16_hdim256", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim256>("flash_bwd_wgmma_f16_hdim256", Dtype::F16),
@@ -309,6 +324,8 @@ pub const KERNELS: &[KernelInfo] = registry! {
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8Stages4Hdim128>("flash_fwd_wgmma_ws_s4_fp8_hdim128", Dtype::E4m3),
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8Poly1Hdim128>("flash_fwd_wgmma_ws_px1_fp8_hdim128", Dtype::E4m3),
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8Poly2Hdim128>("flash_fwd_wgmma_ws_px2_fp8_hdim128", Dtype::E4m3),
+        bwd_wgmma_opt_in::<BwdWgmmaWsS3Hdim64>("flash_bwd_wgmma_ws_s3_bf16_hdim64", Dtype::Bf16),
+        bwd_wgmma_opt_in::<BwdWgmmaWsS3Hdim128>("flash_bwd_wgmma_ws_s3_bf16_hdim128", Dtype::Bf16),
         KernelInfo {
             threads: 128,
             block_rows: 128,
@@ -476,7 +493,7 @@ mod tests {
         // The pipelined head_dim 96/128 forward (two dtypes, three flavors), the ping-pong one,
         // the unpipelined 256 one (two dtypes, dense and `_seq`), a head_dim 64 candidate and
         // four FP8 candidates.
-        assert_eq!(opt_in().count(), 22);
+        assert_eq!(opt_in().count(), 22 + 3 * 8 + 2);
         for k in opt_in() {
             assert_eq!(by_name(k.name).map(|b| b.name), Some(k.name));
             let flavor = if k.modifiers {

@@ -371,9 +371,31 @@ pub const fn fp8_transposed_keys(seqlen_k: u32, block_n: u32) -> u32 {
     (if tiles == 0 { 1 } else { tiles }) * block_n
 }
 
+/// Use `i` (counted from 0) of a ring of `stages` buffers, each guarded by mbarriers that complete
+/// one phase per use: the buffer and the parity of that use's phase.
+pub const fn ring_slot(i: u32, stages: u32) -> (u32, u32) {
+    (i % stages, (i / stages) % 2)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{fp8_key_of_position, fp8_transposed_keys};
+    use super::{fp8_key_of_position, fp8_transposed_keys, ring_slot};
+
+    #[test]
+    fn ring_slots_cycle_and_flip_parity_per_round() {
+        for stages in 1..=4 {
+            for i in 0..40 {
+                let (stage, parity) = ring_slot(i, stages);
+                assert!(stage < stages);
+                // The next use of the same buffer is one round later, at the other parity.
+                assert_eq!(ring_slot(i + stages, stages), (stage, parity ^ 1));
+                // Consecutive uses take consecutive buffers.
+                assert_eq!(ring_slot(i + 1, stages).0, (stage + 1) % stages);
+            }
+        }
+        assert_eq!(ring_slot(0, 2), (0, 0));
+        assert_eq!(ring_slot(5, 2), (1, 0));
+    }
 
     #[test]
     fn fp8_key_order_is_a_permutation_matching_the_accumulators() {

@@ -273,7 +273,12 @@ pub trait BwdWgmmaTraits {
     const WARPGROUPS: u32 = 2;
     const BLOCK_M: u32 = 64;
     const BLOCK_N: u32 = 64 * Self::WARPGROUPS;
-    const THREADS: u32 = 128 * Self::WARPGROUPS;
+    /// A producer warpgroup (warpgroup 0) that issues every load, tracked by mbarriers, while
+    /// the `WARPGROUPS` consumers compute ([`BwdWgmmaWs`]).
+    const PRODUCER: bool = false;
+    const THREADS: u32 = 128 * (Self::WARPGROUPS + Self::PRODUCER as u32);
+    /// Query-tile stages (Q, dO, LSE, D) in the ring.
+    const STAGES: u32 = 2;
     const CHUNKS_PER_ROW: u32 = Self::HEAD_DIM / 8;
     const KV_TILE_BYTES: u32 = Self::BLOCK_N * Self::HEAD_DIM * 2;
     const Q_TILE_BYTES: u32 = Self::BLOCK_M * Self::HEAD_DIM * 2;
@@ -292,10 +297,13 @@ pub trait BwdWgmmaTraits {
     /// The tile's dQ in f32, row-major, each row padded by 32 bytes: a warp's accumulator
     /// stores then touch every bank once per half-warp, and each row stays one contiguous
     /// bulk reduction into the global accumulator.
-    const DQ_OFFSET: u32 = Self::STAGE_OFFSET + 2 * Self::STAGE_BYTES;
+    const DQ_OFFSET: u32 = Self::STAGE_OFFSET + Self::STAGES * Self::STAGE_BYTES;
     const DQ_ROW_BYTES: u32 = Self::HEAD_DIM * 4 + 32;
+    /// With a producer: K/V's "full" mbarrier, then a "full" and an "empty" one per stage.
+    const MBARRIER_OFFSET: u32 = Self::DQ_OFFSET + Self::BLOCK_M * Self::DQ_ROW_BYTES;
+    const MBARRIER_BYTES: u32 = if Self::PRODUCER { 8 * (1 + 2 * Self::STAGES) } else { 0 };
     /// Plus 1024 for rounding the base up to the swizzle's period.
-    const SMEM_BYTES: u32 = Self::DQ_OFFSET + Self::BLOCK_M * Self::DQ_ROW_BYTES + 1024;
+    const SMEM_BYTES: u32 = Self::MBARRIER_OFFSET + Self::MBARRIER_BYTES + 1024;
     /// Blocks per SM to budget registers for: two let one block's softmax and barriers
     /// overlap the other's GEMMs.
     const MIN_BLOCKS_PER_SM: u32 = 1;
@@ -334,7 +342,7 @@ impl<const D: u32> BwdWgmmaTraits for BwdWgmmaSplit<D> {
     const HEAD_DIM: u32 = D;
     const BLOCK_N: u32 = 64;
     /// One stage: the dQ staging rows follow it.
-    const DQ_OFFSET: u32 = Self::STAGE_OFFSET + Self::STAGE_BYTES;
+    const STAGES: u32 = 1;
 }
 
 /// The software-pipelined Hopper backward (two warpgroups); `DATA` as for
@@ -354,6 +362,29 @@ impl<const D: u32, const DATA: u32> BwdWgmmaTraits for BwdWgmmaWide<D, DATA> {
     const DATA_HEAD_DIM: u32 = if DATA == 0 { D } else { DATA };
     const BLOCK_M: u32 = 128;
 }
+
+/// The warp-specialized Hopper backward: configuration `B`'s loop in two consumer warpgroups
+/// (240 registers each after `setmaxnreg`) fed by a producer warpgroup (24), which loads K and V
+/// once and every query tile's Q, dO, LSE and D into a ring of `STAGES` stages, each tracked by
+/// a "full" and an "empty" mbarrier; the consumers meet at named barriers, never the producer.
+pub struct BwdWgmmaWs<B, const STAGES: u32>(core::marker::PhantomData<B>);
+impl<B: BwdWgmmaTraits, const S: u32> BwdWgmmaTraits for BwdWgmmaWs<B, S> {
+    const HEAD_DIM: u32 = B::HEAD_DIM;
+    const DATA_HEAD_DIM: u32 = B::DATA_HEAD_DIM;
+    const BLOCK_M: u32 = B::BLOCK_M;
+    const PIPELINED: bool = B::PIPELINED;
+    const PRODUCER: bool = true;
+    const STAGES: u32 = S;
+}
+/// Candidates (v27, opt-in): the head_dim 64 and 128 backward, warp-specialized, two stages
+/// (166 and 180 KiB) or three (199 and 213 KiB).
+pub type BwdWgmmaWsHdim64 = BwdWgmmaWs<BwdWgmmaHdim64, 2>;
+pub type BwdWgmmaWsHdim128 = BwdWgmmaWs<BwdWgmmaHdim128, 2>;
+pub type BwdWgmmaWsS3Hdim64 = BwdWgmmaWs<BwdWgmmaHdim64, 3>;
+pub type BwdWgmmaWsS3Hdim128 = BwdWgmmaWs<BwdWgmmaHdim128, 3>;
+/// head_dim 96 and 32 on them, padded as [`BwdWgmmaHdim96`] and [`BwdWgmmaHdim32`].
+pub type BwdWgmmaWsHdim96 = BwdWgmmaWs<BwdWgmmaHdim96, 2>;
+pub type BwdWgmmaWsHdim32 = BwdWgmmaWs<BwdWgmmaHdim32, 2>;
 
 pub struct FwdHdim32;
 impl FwdTraits for FwdHdim32 {
@@ -548,10 +579,24 @@ mod tests {
         // Padding within the last panel, in whole chunks; the bulk reduction of a dQ row (the
         // data columns only) stays a multiple of 16 bytes.
         assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM));
+        // The producer: two consumers (named barriers of 256 threads), 8-byte aligned mbarriers,
+        // and 24 + 2 · 240 registers a warpgroup's thread (the kernel's `setmaxnreg` split).
+        assert!((1..=3).contains(&T::STAGES));
+        if T::PRODUCER {
+            assert!(T::WARPGROUPS == 2 && T::THREADS == 384 && T::HEAD_DIM <= 128);
+            assert_eq!(T::MBARRIER_OFFSET % 8, 0);
+            assert!(128 * (24 + 2 * 240) <= 65536);
+        }
     }
 
     #[test]
     fn shipped_configurations_are_consistent() {
+        check_bwd_wgmma::<BwdWgmmaWsHdim64>();
+        check_bwd_wgmma::<BwdWgmmaWsHdim128>();
+        check_bwd_wgmma::<BwdWgmmaWsS3Hdim64>();
+        check_bwd_wgmma::<BwdWgmmaWsS3Hdim128>();
+        check_bwd_wgmma::<BwdWgmmaWsHdim96>();
+        check_bwd_wgmma::<BwdWgmmaWsHdim32>();
         check_bwd_wgmma::<BwdWgmmaHdim64>();
         check_bwd_wgmma::<BwdWgmmaHdim128>();
         check_bwd_wgmma::<BwdWgmma<64, 1, 2>>();

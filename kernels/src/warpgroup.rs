@@ -100,6 +100,18 @@ pub fn wait(pending: u32, waited: Waited<'_>) {
     }
 }
 
+/// Wait for the phase `parity` of a "full" mbarrier (a stage's tiles landed through `cp.async`),
+/// then make what landed visible to this thread's `wgmma` reads (the async proxy).
+///
+/// # Safety
+/// `bar` is an initialized mbarrier of this block and the phase is its current or previous one.
+#[inline(always)]
+pub unsafe fn acquire(bar: u32, parity: u32) {
+    // SAFETY: forwarded from the caller.
+    unsafe { ptx::mbarrier_wait(bar, parity) };
+    ptx::fence_proxy_async_shared();
+}
+
 macro_rules! wgmma_element {
     ($ty:ty, qk: $qk64_1:ident, $qk64_2:ident, $qk128_1:ident, $qk128_2:ident, $qk64_3:ident, $qk64_4:ident,
      pv: $pv64_4:ident, $pv64_8:ident, $pv128_4:ident, $pv128_8:ident, $pv192_4:ident, $pv256_4:ident,
