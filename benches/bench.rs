@@ -3,7 +3,8 @@
 //! writes JSON Lines.
 //!
 //! `bench [--out FILE] [--iters N] [--head-dims 64,128] [--dtypes bf16,f16] [--seqlens 512,...]
-//! [--kernels portable] [--kernel NAME,...]` (`--dtypes fp8`: the FP8 forward, see [`grid_fp8`])
+//! [--kernels portable] [--kernel NAME,...]` (`--dtypes fp8`: the FP8 forward, see [`grid_fp8`]; `--kernel` applies
+//! to every mode below too)
 //!
 //! `bench --features all|gqa,window_4096_0,... [--seqlens 4096,16384] [--out FILE]`: issue 9's
 //! feature rows instead (head_dim 128, bf16; see [`FEATURES`]), the same rows as
@@ -204,8 +205,8 @@ fn main() {
     drop(context);
 }
 
-fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
-    let stream = Stream::new(StreamFlags::NON_BLOCKING, None).unwrap();
+/// The library with `--kernels portable` and every `--kernel NAME` applied (each one printed).
+fn attention_for(o: &Options) -> FlashAttention {
     let mut attention = FlashAttention::new().unwrap();
     if o.portable {
         attention = attention.portable_kernels_only();
@@ -214,6 +215,12 @@ fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
         attention = attention.with_kernel(name).expect("--kernel: no such kernel here");
         println!("kernel {name}");
     }
+    attention
+}
+
+fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
+    let stream = Stream::new(StreamFlags::NON_BLOCKING, None).unwrap();
+    let attention = attention_for(o);
     // Every grid point holds TOKENS × MODEL_DIM elements per tensor: one set of random inputs
     // serves all of them, viewed with each point's shape.
     let mut rng = StdRng::seed_from_u64(7);
@@ -287,11 +294,7 @@ fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
 fn grid_fp8(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
     use flash_attn::{Descale, Fp8Ref, Fp8Scales, quantize_fp8};
     let stream = Stream::new(StreamFlags::NON_BLOCKING, None).unwrap();
-    let mut attention = FlashAttention::new().unwrap();
-    for name in &o.kernels {
-        attention = attention.with_kernel(name).expect("--kernel: no such kernel here");
-        println!("kernel {name}");
-    }
+    let attention = attention_for(o);
     let mut rng = StdRng::seed_from_u64(7);
     let upload = |rng: &mut StdRng| {
         let (x, _) = random_inputs::<bf16>(rng, TOKENS * MODEL_DIM);
@@ -414,7 +417,7 @@ fn visible_pairs(seqlen_q: usize, seqlen_k: usize, window: Option<(i32, i32)>, c
 fn features(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
     const D: usize = 128;
     let stream = Stream::new(StreamFlags::NON_BLOCKING, None).unwrap();
-    let attention = FlashAttention::new().unwrap();
+    let attention = attention_for(o);
     let max_heads = FEATURES.iter().map(|f| f.heads).max().unwrap();
     let mut rng = StdRng::seed_from_u64(9);
     let upload = |rng: &mut StdRng| {
@@ -519,7 +522,7 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
     const H: usize = 32;
     const HK: usize = 8;
     let stream = Stream::new(StreamFlags::NON_BLOCKING, None).unwrap();
-    let attention = FlashAttention::new().unwrap();
+    let attention = attention_for(o);
     let mut rng = StdRng::seed_from_u64(10);
     let mut flush = DeviceBuffer::<u32>::zeroed(FLUSH_WORDS).unwrap();
     let timing = if o.iters == 0 { "do_bench".to_string() } else { format!("{} calls", o.iters) };

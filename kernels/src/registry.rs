@@ -255,19 +255,12 @@ pub const KERNELS: &[KernelInfo] = registry! {
         fwd_wgmma_opt_in::<FwdWgmmaHdim96>("flash_fwd_wgmma_f16_hdim96", Dtype::F16),
         bwd_wgmma::<BwdWgmmaHdim96>("flash_bwd_wgmma_bf16_hdim96", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim96>("flash_bwd_wgmma_f16_hdim96", Dtype::F16),
-        bwd_wgmma::<BwdWgmmaHdim32>("flash_bwd_wgmma_bf16_hdim32", Dtype::Bf16),
-        bwd_wgmma::<BwdWgmmaHdim32>("flash_bwd_wgmma_f16_hdim32", Dtype::F16),
         fwd_wgmma::<FwdWgmmaHdim192>("flash_fwd_wgmma_bf16_hdim192", Dtype::Bf16),
         fwd_wgmma::<FwdWgmmaHdim192>("flash_fwd_wgmma_f16_hdim192", Dtype::F16),
-        bwd_wgmma::<BwdWgmmaHdim64>("flash_bwd_wgmma_bf16_hdim64", Dtype::Bf16),
-        bwd_wgmma::<BwdWgmmaHdim64>("flash_bwd_wgmma_f16_hdim64", Dtype::F16),
         bwd_wgmma::<BwdWgmmaHdim128>("flash_bwd_wgmma_bf16_hdim128", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim128>("flash_bwd_wgmma_f16_hdim128", Dtype::F16),
-        // v27: the warp-specialized backward (producer warpgroup), measured against the defaults.
-        bwd_wgmma_opt_in::<BwdWgmmaWsHdim32>("flash_bwd_wgmma_ws_bf16_hdim32", Dtype::Bf16),
-        bwd_wgmma_opt_in::<BwdWgmmaWsHdim32>("flash_bwd_wgmma_ws_f16_hdim32", Dtype::F16),
-        bwd_wgmma_opt_in::<BwdWgmmaWsHdim64>("flash_bwd_wgmma_ws_bf16_hdim64", Dtype::Bf16),
-        bwd_wgmma_opt_in::<BwdWgmmaWsHdim64>("flash_bwd_wgmma_ws_f16_hdim64", Dtype::F16),
+        // v27: the warp-specialized head_dim 96/128 backward (producer warpgroup): +0–2%, and a
+        // spill (benches/NOTES.md); opt-in.
         bwd_wgmma_opt_in::<BwdWgmmaWsHdim96>("flash_bwd_wgmma_ws_bf16_hdim96", Dtype::Bf16),
         bwd_wgmma_opt_in::<BwdWgmmaWsHdim96>("flash_bwd_wgmma_ws_f16_hdim96", Dtype::F16),
         bwd_wgmma_opt_in::<BwdWgmmaWsHdim128>("flash_bwd_wgmma_ws_bf16_hdim128", Dtype::Bf16),
@@ -301,6 +294,74 @@ pub const KERNELS: &[KernelInfo] = registry! {
         bwd::<BwdHdim128>("flash_bwd_f16_hdim128", Dtype::F16),
     ],
     single: [
+        // v27: the warp-specialized head_dim 32 and 64 backward, +2–5% over the kernels below at
+        // 1k–16k (benches/NOTES.md), serves dense calls; its `_seq` and `_mods` twins (64–72 and
+        // 248 spill bytes, not measured) are opt-in, and those calls keep the kernels below,
+        // whose dense entries stay, opt-in, for A/B. Listed first: `find` takes the first fit.
+        bwd_wgmma::<BwdWgmmaWsHdim32>("flash_bwd_wgmma_ws_bf16_hdim32", Dtype::Bf16),
+        KernelInfo { name: "flash_bwd_wgmma_ws_bf16_hdim32_seq", sequences: true, ..bwd_wgmma_opt_in::<BwdWgmmaWsHdim32>("", Dtype::Bf16) },
+        KernelInfo {
+            name: "flash_bwd_wgmma_ws_bf16_hdim32_mods",
+            modifiers: true,
+            sequences: true,
+            ..bwd_wgmma_opt_in::<BwdWgmmaWsHdim32>("", Dtype::Bf16)
+        },
+        bwd_wgmma_opt_in::<BwdWgmmaHdim32>("flash_bwd_wgmma_bf16_hdim32", Dtype::Bf16),
+        KernelInfo { name: "flash_bwd_wgmma_bf16_hdim32_seq", sequences: true, ..bwd_wgmma::<BwdWgmmaHdim32>("", Dtype::Bf16) },
+        KernelInfo {
+            name: "flash_bwd_wgmma_bf16_hdim32_mods",
+            modifiers: true,
+            sequences: true,
+            ..bwd_wgmma::<BwdWgmmaHdim32>("", Dtype::Bf16)
+        },
+        bwd_wgmma::<BwdWgmmaWsHdim32>("flash_bwd_wgmma_ws_f16_hdim32", Dtype::F16),
+        KernelInfo { name: "flash_bwd_wgmma_ws_f16_hdim32_seq", sequences: true, ..bwd_wgmma_opt_in::<BwdWgmmaWsHdim32>("", Dtype::F16) },
+        KernelInfo {
+            name: "flash_bwd_wgmma_ws_f16_hdim32_mods",
+            modifiers: true,
+            sequences: true,
+            ..bwd_wgmma_opt_in::<BwdWgmmaWsHdim32>("", Dtype::F16)
+        },
+        bwd_wgmma_opt_in::<BwdWgmmaHdim32>("flash_bwd_wgmma_f16_hdim32", Dtype::F16),
+        KernelInfo { name: "flash_bwd_wgmma_f16_hdim32_seq", sequences: true, ..bwd_wgmma::<BwdWgmmaHdim32>("", Dtype::F16) },
+        KernelInfo {
+            name: "flash_bwd_wgmma_f16_hdim32_mods",
+            modifiers: true,
+            sequences: true,
+            ..bwd_wgmma::<BwdWgmmaHdim32>("", Dtype::F16)
+        },
+        bwd_wgmma::<BwdWgmmaWsHdim64>("flash_bwd_wgmma_ws_bf16_hdim64", Dtype::Bf16),
+        KernelInfo { name: "flash_bwd_wgmma_ws_bf16_hdim64_seq", sequences: true, ..bwd_wgmma_opt_in::<BwdWgmmaWsHdim64>("", Dtype::Bf16) },
+        KernelInfo {
+            name: "flash_bwd_wgmma_ws_bf16_hdim64_mods",
+            modifiers: true,
+            sequences: true,
+            ..bwd_wgmma_opt_in::<BwdWgmmaWsHdim64>("", Dtype::Bf16)
+        },
+        bwd_wgmma_opt_in::<BwdWgmmaHdim64>("flash_bwd_wgmma_bf16_hdim64", Dtype::Bf16),
+        KernelInfo { name: "flash_bwd_wgmma_bf16_hdim64_seq", sequences: true, ..bwd_wgmma::<BwdWgmmaHdim64>("", Dtype::Bf16) },
+        KernelInfo {
+            name: "flash_bwd_wgmma_bf16_hdim64_mods",
+            modifiers: true,
+            sequences: true,
+            ..bwd_wgmma::<BwdWgmmaHdim64>("", Dtype::Bf16)
+        },
+        bwd_wgmma::<BwdWgmmaWsHdim64>("flash_bwd_wgmma_ws_f16_hdim64", Dtype::F16),
+        KernelInfo { name: "flash_bwd_wgmma_ws_f16_hdim64_seq", sequences: true, ..bwd_wgmma_opt_in::<BwdWgmmaWsHdim64>("", Dtype::F16) },
+        KernelInfo {
+            name: "flash_bwd_wgmma_ws_f16_hdim64_mods",
+            modifiers: true,
+            sequences: true,
+            ..bwd_wgmma_opt_in::<BwdWgmmaWsHdim64>("", Dtype::F16)
+        },
+        bwd_wgmma_opt_in::<BwdWgmmaHdim64>("flash_bwd_wgmma_f16_hdim64", Dtype::F16),
+        KernelInfo { name: "flash_bwd_wgmma_f16_hdim64_seq", sequences: true, ..bwd_wgmma::<BwdWgmmaHdim64>("", Dtype::F16) },
+        KernelInfo {
+            name: "flash_bwd_wgmma_f16_hdim64_mods",
+            modifiers: true,
+            sequences: true,
+            ..bwd_wgmma::<BwdWgmmaHdim64>("", Dtype::F16)
+        },
         // The sink gradient reads only f32 statistics: one entry serves both dtypes.
         KernelInfo {
             dynamic_smem_bytes: ROW_KERNEL_THREADS / 32 * 4,
@@ -488,12 +549,35 @@ mod tests {
     }
 
     #[test]
+    fn the_warp_specialized_backward_serves_dense_calls_at_32_and_64() {
+        // v27: dense calls at head_dim 32 and 64 run the producer kernel; sequence layouts and
+        // modifiers keep the all-threads-load kernel, and 96 and 128 keep it for every flavor.
+        for dtype in [Dtype::Bf16, Dtype::F16] {
+            for (d, flavor, ws) in [
+                (32, Flavor::Dense, true),
+                (64, Flavor::Dense, true),
+                (64, Flavor::Sequences, false),
+                (64, Flavor::Modifiers, false),
+                (96, Flavor::Dense, false),
+                (128, Flavor::Dense, false),
+            ] {
+                let k = find(Role::Backward, dtype, d, true, flavor).unwrap();
+                let prefix = if dtype == Dtype::Bf16 { "flash_bwd_wgmma_ws_bf16_" } else { "flash_bwd_wgmma_ws_f16_" };
+                assert_eq!(k.name.starts_with(prefix), ws, "{d} {flavor:?}: {}", k.name);
+                assert_eq!(k.threads, if ws { 384 } else { 256 });
+            }
+        }
+    }
+
+    #[test]
     fn opt_in_kernels_are_reached_only_by_name() {
         let opt_in = || KERNELS.iter().filter(|k| k.opt_in);
         // The pipelined head_dim 96/128 forward (two dtypes, three flavors), the ping-pong one,
         // the unpipelined 256 one (two dtypes, dense and `_seq`), a head_dim 64 candidate and
-        // four FP8 candidates.
-        assert_eq!(opt_in().count(), 22 + 3 * 8 + 2);
+        // four FP8 candidates; v27's warp-specialized backward at 96 and 128 (three flavors each),
+        // its `_seq`/`_mods` twins at 32 and 64, the dense kernels it replaced there, and two
+        // three-stage candidates.
+        assert_eq!(opt_in().count(), 22 + 12 + 8 + 4 + 2);
         for k in opt_in() {
             assert_eq!(by_name(k.name).map(|b| b.name), Some(k.name));
             let flavor = if k.modifiers {
