@@ -286,7 +286,11 @@ pub trait BwdWgmmaTraits {
     const V_OFFSET: u32 = Self::KV_TILE_BYTES;
     const DS_OFFSET: u32 = 2 * Self::KV_TILE_BYTES;
     const DS_TILE_BYTES: u32 = Self::BLOCK_N * Self::BLOCK_M * 2;
-    const STAGE_OFFSET: u32 = Self::DS_OFFSET + Self::DS_TILE_BYTES;
+    /// dSᵀ tiles, used in turn by the query tiles: two with a producer, whose consumers do not
+    /// meet after the dQ GEMM, so one may store the next tile's dSᵀ while the other still reads
+    /// this one's.
+    const DS_BUFFERS: u32 = 1 + Self::PRODUCER as u32;
+    const STAGE_OFFSET: u32 = Self::DS_OFFSET + Self::DS_BUFFERS * Self::DS_TILE_BYTES;
     /// Q, dO (16-bit tiles) and LSE, D (f32 per query), padded to keep the next stage's tiles
     /// on 1024-byte boundaries.
     const STAGE_BYTES: u32 = 2 * Self::Q_TILE_BYTES + 1024;
@@ -376,12 +380,10 @@ impl<B: BwdWgmmaTraits, const S: u32> BwdWgmmaTraits for BwdWgmmaWs<B, S> {
     const PRODUCER: bool = true;
     const STAGES: u32 = S;
 }
-/// Candidates (v27, opt-in): the head_dim 64 and 128 backward, warp-specialized, two stages
-/// (166 and 180 KiB) or three (199 and 213 KiB).
+/// v27: the head_dim 64 and 128 backward, warp-specialized, two stages (198 and 196 KiB with
+/// the second dSᵀ tile; a third stage would not fit).
 pub type BwdWgmmaWsHdim64 = BwdWgmmaWs<BwdWgmmaHdim64, 2>;
 pub type BwdWgmmaWsHdim128 = BwdWgmmaWs<BwdWgmmaHdim128, 2>;
-pub type BwdWgmmaWsS3Hdim64 = BwdWgmmaWs<BwdWgmmaHdim64, 3>;
-pub type BwdWgmmaWsS3Hdim128 = BwdWgmmaWs<BwdWgmmaHdim128, 3>;
 /// head_dim 96 and 32 on them, padded as [`BwdWgmmaHdim96`] and [`BwdWgmmaHdim32`].
 pub type BwdWgmmaWsHdim96 = BwdWgmmaWs<BwdWgmmaHdim96, 2>;
 pub type BwdWgmmaWsHdim32 = BwdWgmmaWs<BwdWgmmaHdim32, 2>;
@@ -593,8 +595,6 @@ mod tests {
     fn shipped_configurations_are_consistent() {
         check_bwd_wgmma::<BwdWgmmaWsHdim64>();
         check_bwd_wgmma::<BwdWgmmaWsHdim128>();
-        check_bwd_wgmma::<BwdWgmmaWsS3Hdim64>();
-        check_bwd_wgmma::<BwdWgmmaWsS3Hdim128>();
         check_bwd_wgmma::<BwdWgmmaWsHdim96>();
         check_bwd_wgmma::<BwdWgmmaWsHdim32>();
         check_bwd_wgmma::<BwdWgmmaHdim64>();
