@@ -26,14 +26,6 @@
 //! per-element reductions. In deterministic mode the issuing threads also fence the async proxy
 //! after the turn's acquire and wait for their reductions to complete before the barrier that
 //! precedes the release. dK and dV go out through `backward::DkvRows`, as in the portable kernel.
-//!
-//! Warp-specialized (`BwdWgmmaTraits::PRODUCER`, v27): warpgroup 0 only loads (K and V once, then
-//! each query tile into a ring of stages, tracked by "full" and "empty" mbarriers); the two
-//! consumers run the loop above without a load and meet once a step, at the barrier that
-//! publishes dSᵀ (named barrier 1). Each then stages and reduces its own part of dQ (its column
-//! half, or with 128 queries its 64 rows) after a barrier of its own warpgroup (2 or 3), and dSᵀ
-//! alternates between two tiles, so one consumer can run ahead into the next tile while the
-//! other finishes this one's dQ.
 
 use crate::backward::{DkvRows, dv_operands, pass_dq_turn, wait_for_dq_turn};
 use crate::modifiers::{ScoreMods, fragment_element};
@@ -136,7 +128,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
     };
     let k_s = tile(T::K_OFFSET, T::BLOCK_N, T::CHUNKS_PER_ROW, T::DATA_CHUNKS);
     let v_s = tile(T::V_OFFSET, T::BLOCK_N, T::CHUNKS_PER_ROW, T::DATA_CHUNKS);
-    let ds_tile = |i: u32| tile(T::DS_OFFSET + i * T::DS_TILE_BYTES, T::BLOCK_N, T::BLOCK_M / 8, T::BLOCK_M / 8);
+    let ds_s = tile(T::DS_OFFSET, T::BLOCK_N, T::BLOCK_M / 8, T::BLOCK_M / 8);
     let dq_s = smem + T::DQ_OFFSET;
     let stage_offset = |stage: u32| T::STAGE_OFFSET + stage * T::STAGE_BYTES;
     let q_tile = |stage: u32| tile(stage_offset(stage) + T::Q_IN_STAGE, T::BLOCK_M, T::CHUNKS_PER_ROW, T::DATA_CHUNKS);
@@ -231,16 +223,12 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
     let dq_col0 = if T::BLOCK_M == 128 { 0 } else { warpgroup * dq_cols };
     let k_for_dq =
         wgmma_descriptor(k_s.panel(dq_col0 / 64, 0) + (dq_col0 % 64) * 2, T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
-    // This warpgroup's part of the staged dQ rows, which it also reduces when it has a producer
-    // (the data columns only).
-    let part = DqPart { row0: dq_row0, col0: dq_col0, cols: dq_cols.min(T::DATA_HEAD_DIM - dq_col0) };
+    let ds_desc = wgmma_descriptor(ds_s.panel(dq_row0 / 64, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
 
     // SAFETY: the host validated the modifiers' device arrays.
     let mods = unsafe { ScoreMods::for_backward::<MODS>(f, batch, head) };
     for q_tile_index in first_tile..end_tile {
         let (stage, parity) = ring_slot(q_tile_index - first_tile, T::STAGES);
-        let ds_s = ds_tile((q_tile_index - first_tile) % T::DS_BUFFERS);
-        let ds_desc = wgmma_descriptor(ds_s.panel(dq_row0 / 64, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
         if T::PRODUCER {
             // SAFETY: initialized; the producer is at most STAGES uses ahead, so the phase is
             // the current or the previous one.
@@ -391,14 +379,8 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
             // SAFETY: initialized; each consumer thread arrives once per use.
             unsafe { ptx::mbarrier_arrive(ring.empty(stage)) };
         }
-        if !T::PRODUCER {
-            // The previous tile's dQ reductions have read the staging rows before anyone
-            // rewrites them.
-            ptx::bulk_wait_read();
-        }
-        // dSᵀ is published to both warpgroups (the only point where the consumers of a
-        // warp-specialized block meet each step: with two dSᵀ buffers, the other one's dQ GEMM
-        // of the previous tile finished before it arrived here).
+        // The previous tile's dQ reductions have read the staging rows before anyone rewrites them.
+        ptx::bulk_wait_read();
         shared_writes_done::<T>();
 
         // dQ += scale · dS·K for the tile's 64 queries and this warpgroup's columns, staged in
@@ -406,11 +388,6 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
         let mut acc = [[0f32; 4]; 16];
         // SAFETY: as for the score GEMMs; dSᵀ was fenced and published by the barrier above.
         unsafe { E::dq(dq_cols, T::BLOCK_N, &mut acc, ds_desc, k_for_dq) };
-        if T::PRODUCER {
-            // This warpgroup's previous reductions have read its part of the staging rows.
-            ptx::bulk_wait_read();
-            warpgroup_sync(warpgroup);
-        }
         for half in 0..2 {
             let row = dq_row0 + 16 * (warp % 4) + lane / 4 + 8 * half as u32;
             for t in 0..(dq_cols / 8) as usize {
@@ -420,23 +397,13 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
                 unsafe { ptx::st_shared_f32x2(at, acc[t][2 * half] * shape.scale, acc[t][2 * half + 1] * shape.scale) };
             }
         }
-        if T::PRODUCER {
-            // Each warpgroup reduces its own part, once its 128 threads have staged it.
-            ptx::fence_proxy_async_shared();
-            warpgroup_sync(warpgroup);
-            let issuer = (ctid % 128 < 64).then_some(ctid % 128);
-            reduce_dq_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index, dq_s, ctid, issuer, part);
-        } else {
-            if q_tile_index + 1 < end_tile {
-                cp_async_wait_all();
-            }
-            // The next tile has landed, the dQ rows are staged, and everyone is done with this
-            // stage and with dSᵀ.
-            shared_writes_done::<T>();
-            let issuer = (tid < T::BLOCK_M).then_some(tid);
-            let whole = DqPart { row0: 0, col0: 0, cols: T::DATA_HEAD_DIM };
-            reduce_dq_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index, dq_s, tid, issuer, whole);
+        if !T::PRODUCER && q_tile_index + 1 < end_tile {
+            cp_async_wait_all();
         }
+        // The dQ rows are staged and everyone is done with dSᵀ (and, without a producer, the next
+        // tile has landed and everyone is done with this stage).
+        shared_writes_done::<T>();
+        reduce_dq_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index, dq_s, ctid);
     }
     ptx::bulk_wait_complete();
 
@@ -489,62 +456,40 @@ fn load_query_tile<T: BwdWgmmaTraits, const SEQ: bool>(
     }
 }
 
-/// Rows `row0..` and columns `col0..col0 + cols` of the staged dQ tile: what one bulk reduction
-/// per row adds.
-#[derive(Clone, Copy)]
-struct DqPart {
-    row0: u32,
-    col0: u32,
-    cols: u32,
-}
-
-/// One consumer warpgroup's barrier (named barriers 2 and 3, 128 threads).
+/// Add query tile `q_tile_index`'s staged dQ rows (at `dq_s`, fenced for the async proxy and
+/// published by the barrier just before) to the global accumulator: one bulk reduction per row,
+/// issued by the first `BLOCK_M` computing threads (`tid` numbers them), in key-block turns in
+/// deterministic mode. All computing threads call it; the rows must not be rewritten before a
+/// `bulk_wait_read`.
 #[inline(always)]
-fn warpgroup_sync(warpgroup: u32) {
-    // SAFETY: warpgroup-uniform; all 128 threads of the warpgroup reach each call in the same
-    // order; nothing else uses barriers 2 and 3.
-    unsafe { if warpgroup == 0 { ptx::named_barrier_sync::<2, 128>() } else { ptx::named_barrier_sync::<3, 128>() } }
-}
-
-/// Add `part` of query tile `q_tile_index`'s staged dQ (at `dq_s`, fenced for the async proxy and
-/// published to the issuing threads by the barrier just before) to the global accumulator: one
-/// bulk reduction per row, row `part.row0 + i` issued by the thread whose `issuer` is `Some(i)`,
-/// in key-block turns in deterministic mode. All computing threads call it (`tid` numbers them);
-/// the rows must not be rewritten before the issuers' `bulk_wait_read`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn reduce_dq_rows<T: BwdWgmmaTraits, const SEQ: bool>(
     p: &BwdParams,
     (block_x, head, batch): (u32, u32, u32),
     q_tile_index: u32,
     dq_s: u32,
     tid: u32,
-    issuer: Option<u32>,
-    part: DqPart,
 ) {
     let shape = &p.fwd.shape;
     wait_for_dq_turn::<SEQ>(p, block_x, head, q_tile_index, T::BLOCK_M, T::BLOCK_N, tid, compute_sync::<T>);
     let deterministic = p.dq_semaphore != 0;
-    if let Some(i) = issuer {
-        let row = q_tile_index * T::BLOCK_M + part.row0 + i;
-        if row < shape.seqlen_q {
-            if deterministic {
-                ptx::fence_proxy_async();
-            }
-            let base = row_stat_index::<SEQ>(shape, batch, head, row) * shape.head_dim as i64 + part.col0 as i64;
-            // SAFETY: the accumulator holds batch·heads·seqlen_q·head_dim floats, rows of
-            // head_dim·4 bytes (a multiple of 16) in a 256-byte aligned allocation, and part.col0
-            // is a multiple of 64; the staged row was fenced for the async proxy before the
-            // caller's barrier and is rewritten only after a later `bulk_wait_read`.
-            unsafe {
-                ptx::bulk_reduce_add_f32(
-                    (p.dq_accum as *mut f32).wrapping_offset(base as isize),
-                    dq_s + dq_staging_offset(part.row0 + i, part.col0, T::DQ_ROW_BYTES),
-                    part.cols * 4,
-                )
-            };
-            ptx::bulk_commit_group();
+    let row = q_tile_index * T::BLOCK_M + tid;
+    if tid < T::BLOCK_M && row < shape.seqlen_q {
+        if deterministic {
+            ptx::fence_proxy_async();
         }
+        let base = row_stat_index::<SEQ>(shape, batch, head, row) * shape.head_dim as i64;
+        // SAFETY: the accumulator holds batch·heads·seqlen_q·head_dim floats, rows of
+        // head_dim·4 bytes (a multiple of 16) in a 256-byte aligned allocation; the staged row
+        // was fenced for the async proxy before the caller's barrier and is rewritten only after
+        // a later `bulk_wait_read`.
+        unsafe {
+            ptx::bulk_reduce_add_f32(
+                (p.dq_accum as *mut f32).wrapping_offset(base as isize),
+                dq_s + dq_staging_offset(tid, 0, T::DQ_ROW_BYTES),
+                T::DATA_HEAD_DIM * 4,
+            )
+        };
+        ptx::bulk_commit_group();
     }
     if deterministic {
         // The next key block may add only once these rows are in global memory.
@@ -771,9 +716,7 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
         }
         // dQ staged; everyone is done with the stage and with dSᵀ.
         shared_writes_done::<T>();
-        let issuer = (tid < T::BLOCK_M).then_some(tid);
-        let whole = DqPart { row0: 0, col0: 0, cols: T::DATA_HEAD_DIM };
-        reduce_dq_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index, dq_s, tid, issuer, whole);
+        reduce_dq_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index, dq_s, tid);
         if q_tile_index + 1 < end_tile {
             load_queries(q_tile_index + 1);
             cp_async_commit();

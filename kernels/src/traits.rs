@@ -286,11 +286,7 @@ pub trait BwdWgmmaTraits {
     const V_OFFSET: u32 = Self::KV_TILE_BYTES;
     const DS_OFFSET: u32 = 2 * Self::KV_TILE_BYTES;
     const DS_TILE_BYTES: u32 = Self::BLOCK_N * Self::BLOCK_M * 2;
-    /// dSᵀ tiles, used in turn by the query tiles: two with a producer, whose consumers do not
-    /// meet after the dQ GEMM, so one may store the next tile's dSᵀ while the other still reads
-    /// this one's.
-    const DS_BUFFERS: u32 = 1 + Self::PRODUCER as u32;
-    const STAGE_OFFSET: u32 = Self::DS_OFFSET + Self::DS_BUFFERS * Self::DS_TILE_BYTES;
+    const STAGE_OFFSET: u32 = Self::DS_OFFSET + Self::DS_TILE_BYTES;
     /// Q, dO (16-bit tiles) and LSE, D (f32 per query), padded to keep the next stage's tiles
     /// on 1024-byte boundaries.
     const STAGE_BYTES: u32 = 2 * Self::Q_TILE_BYTES + 1024;
@@ -380,8 +376,8 @@ impl<B: BwdWgmmaTraits, const S: u32> BwdWgmmaTraits for BwdWgmmaWs<B, S> {
     const PRODUCER: bool = true;
     const STAGES: u32 = S;
 }
-/// v27: the head_dim 64 and 128 backward, warp-specialized, two stages (198 and 196 KiB with
-/// the second dSᵀ tile; a third stage would not fit).
+/// v27: the head_dim 64 and 128 backward, warp-specialized, two stages (166 and 180 KiB; three
+/// stages measured the same, v27).
 pub type BwdWgmmaWsHdim64 = BwdWgmmaWs<BwdWgmmaHdim64, 2>;
 pub type BwdWgmmaWsHdim128 = BwdWgmmaWs<BwdWgmmaHdim128, 2>;
 /// head_dim 96 and 32 on them, padded as [`BwdWgmmaHdim96`] and [`BwdWgmmaHdim32`].
