@@ -237,6 +237,20 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
             load_queries(q_tile_index + 1, 1 - stage, tid, T::THREADS);
             cp_async_commit();
         }
+        // With a producer the consumers have 240 registers: the dSᵀ tile's and the dQ staging's
+        // addresses and the dSᵀ descriptor, re-derived from the shared-memory base each step (a
+        // few instructions), stay out of the spill frame.
+        let (ds_s, ds_desc, dq_s) = if T::PRODUCER {
+            let base = ptx::dynamic_smem_base().next_multiple_of(1024);
+            let ds_s = Sw128Tile { base: base + T::DS_OFFSET, ..ds_s };
+            (
+                ds_s,
+                wgmma_descriptor(ds_s.panel(dq_row0 / 64, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES),
+                base + T::DQ_OFFSET,
+            )
+        } else {
+            (ds_s, ds_desc, dq_s)
+        };
         let q_begin = q_tile_index * T::BLOCK_M;
         let (q_s, do_s) = (q_tile(stage), do_tile(stage));
         let stats = smem + stage_offset(stage);
