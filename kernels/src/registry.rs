@@ -228,13 +228,24 @@ const fn bwd_wgmma_opt_in<T: BwdWgmmaTraits>(name: &'static str, dtype: Dtype) -
 }
 
 /// Every kernel with its `_mods` twin (same configuration, `modifiers: true`) and its `_seq`
-/// twin (`sequences: true`), then the kernels that have none.
+/// twin (`sequences: true`); then kernels whose dense entry and twins are built by different
+/// constructors (`dense / twins`, e.g. a default dense kernel with opt-in twins); then the
+/// kernels that have none.
 macro_rules! registry {
-    (paired: [$($ctor:ident::<$t:ty>($name:literal, $dtype:expr)),* $(,)?], single: [$($single:expr),* $(,)?] $(,)?) => {
+    (
+        paired: [$($ctor:ident::<$t:ty>($name:literal, $dtype:expr)),* $(,)?],
+        split: [$($dense:ident / $twins:ident::<$st:ty>($sname:literal, $sdtype:expr)),* $(,)?],
+        single: [$($single:expr),* $(,)?] $(,)?
+    ) => {
         &[
             $($ctor::<$t>($name, $dtype),)*
             $(KernelInfo { name: concat!($name, "_mods"), modifiers: true, sequences: true, ..$ctor::<$t>($name, $dtype) },)*
             $(KernelInfo { name: concat!($name, "_seq"), sequences: true, ..$ctor::<$t>($name, $dtype) },)*
+            $(
+                $dense::<$st>($sname, $sdtype),
+                KernelInfo { name: concat!($sname, "_mods"), modifiers: true, sequences: true, ..$twins::<$st>($sname, $sdtype) },
+                KernelInfo { name: concat!($sname, "_seq"), sequences: true, ..$twins::<$st>($sname, $sdtype) },
+            )*
             $($single,)*
         ]
     };
@@ -253,16 +264,12 @@ pub const KERNELS: &[KernelInfo] = registry! {
         fwd_wgmma_opt_in::<FwdWgmmaHdim128>("flash_fwd_wgmma_f16_hdim128", Dtype::F16),
         fwd_wgmma_opt_in::<FwdWgmmaHdim96>("flash_fwd_wgmma_bf16_hdim96", Dtype::Bf16),
         fwd_wgmma_opt_in::<FwdWgmmaHdim96>("flash_fwd_wgmma_f16_hdim96", Dtype::F16),
-        bwd_wgmma::<BwdWgmmaHdim96>("flash_bwd_wgmma_bf16_hdim96", Dtype::Bf16),
-        bwd_wgmma::<BwdWgmmaHdim96>("flash_bwd_wgmma_f16_hdim96", Dtype::F16),
         fwd_wgmma::<FwdWgmmaHdim192>("flash_fwd_wgmma_bf16_hdim192", Dtype::Bf16),
         fwd_wgmma::<FwdWgmmaHdim192>("flash_fwd_wgmma_f16_hdim192", Dtype::F16),
         bwd_wgmma::<BwdWgmmaHdim128>("flash_bwd_wgmma_bf16_hdim128", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim128>("flash_bwd_wgmma_f16_hdim128", Dtype::F16),
-        // v27: the warp-specialized head_dim 96/128 backward (producer warpgroup): +0–2%, and a
-        // spill (benches/NOTES.md); opt-in.
-        bwd_wgmma_opt_in::<BwdWgmmaWsHdim96>("flash_bwd_wgmma_ws_bf16_hdim96", Dtype::Bf16),
-        bwd_wgmma_opt_in::<BwdWgmmaWsHdim96>("flash_bwd_wgmma_ws_f16_hdim96", Dtype::F16),
+        // v27: the warp-specialized head_dim 128 backward (producer warpgroup): ±1% (v27c,
+        // benches/NOTES.md); opt-in.
         bwd_wgmma_opt_in::<BwdWgmmaWsHdim128>("flash_bwd_wgmma_ws_bf16_hdim128", Dtype::Bf16),
         bwd_wgmma_opt_in::<BwdWgmmaWsHdim128>("flash_bwd_wgmma_ws_f16_hdim128", Dtype::F16),
         // v20: 1.47–1.78× the portable kernel (benches/NOTES.md).
@@ -293,75 +300,26 @@ pub const KERNELS: &[KernelInfo] = registry! {
         bwd::<BwdHdim64>("flash_bwd_f16_hdim64", Dtype::F16),
         bwd::<BwdHdim128>("flash_bwd_f16_hdim128", Dtype::F16),
     ],
+    split: [
+        // v27: the warp-specialized head_dim 32 and 64 backward, +3–6% over the all-threads-load
+        // kernel at 1k–16k, and at 96 (v27c, spill-free) +1–2% at 512–16k (benches/NOTES.md),
+        // serves dense calls; its `_seq` and `_mods` twins (72–136 and 256–288 spill bytes, not
+        // measured) are opt-in, and those calls keep the older kernel, whose dense entry stays,
+        // opt-in, for A/B.
+        bwd_wgmma / bwd_wgmma_opt_in::<BwdWgmmaWsHdim32>("flash_bwd_wgmma_ws_bf16_hdim32", Dtype::Bf16),
+        bwd_wgmma_opt_in / bwd_wgmma::<BwdWgmmaHdim32>("flash_bwd_wgmma_bf16_hdim32", Dtype::Bf16),
+        bwd_wgmma / bwd_wgmma_opt_in::<BwdWgmmaWsHdim32>("flash_bwd_wgmma_ws_f16_hdim32", Dtype::F16),
+        bwd_wgmma_opt_in / bwd_wgmma::<BwdWgmmaHdim32>("flash_bwd_wgmma_f16_hdim32", Dtype::F16),
+        bwd_wgmma / bwd_wgmma_opt_in::<BwdWgmmaWsHdim64>("flash_bwd_wgmma_ws_bf16_hdim64", Dtype::Bf16),
+        bwd_wgmma_opt_in / bwd_wgmma::<BwdWgmmaHdim64>("flash_bwd_wgmma_bf16_hdim64", Dtype::Bf16),
+        bwd_wgmma / bwd_wgmma_opt_in::<BwdWgmmaWsHdim64>("flash_bwd_wgmma_ws_f16_hdim64", Dtype::F16),
+        bwd_wgmma_opt_in / bwd_wgmma::<BwdWgmmaHdim64>("flash_bwd_wgmma_f16_hdim64", Dtype::F16),
+        bwd_wgmma / bwd_wgmma_opt_in::<BwdWgmmaWsHdim96>("flash_bwd_wgmma_ws_bf16_hdim96", Dtype::Bf16),
+        bwd_wgmma_opt_in / bwd_wgmma::<BwdWgmmaHdim96>("flash_bwd_wgmma_bf16_hdim96", Dtype::Bf16),
+        bwd_wgmma / bwd_wgmma_opt_in::<BwdWgmmaWsHdim96>("flash_bwd_wgmma_ws_f16_hdim96", Dtype::F16),
+        bwd_wgmma_opt_in / bwd_wgmma::<BwdWgmmaHdim96>("flash_bwd_wgmma_f16_hdim96", Dtype::F16),
+    ],
     single: [
-        // v27: the warp-specialized head_dim 32 and 64 backward, +2–5% over the kernels below at
-        // 1k–16k (benches/NOTES.md), serves dense calls; its `_seq` and `_mods` twins (64–72 and
-        // 248 spill bytes, not measured) are opt-in, and those calls keep the kernels below,
-        // whose dense entries stay, opt-in, for A/B. Listed first: `find` takes the first fit.
-        bwd_wgmma::<BwdWgmmaWsHdim32>("flash_bwd_wgmma_ws_bf16_hdim32", Dtype::Bf16),
-        KernelInfo { name: "flash_bwd_wgmma_ws_bf16_hdim32_seq", sequences: true, ..bwd_wgmma_opt_in::<BwdWgmmaWsHdim32>("", Dtype::Bf16) },
-        KernelInfo {
-            name: "flash_bwd_wgmma_ws_bf16_hdim32_mods",
-            modifiers: true,
-            sequences: true,
-            ..bwd_wgmma_opt_in::<BwdWgmmaWsHdim32>("", Dtype::Bf16)
-        },
-        bwd_wgmma_opt_in::<BwdWgmmaHdim32>("flash_bwd_wgmma_bf16_hdim32", Dtype::Bf16),
-        KernelInfo { name: "flash_bwd_wgmma_bf16_hdim32_seq", sequences: true, ..bwd_wgmma::<BwdWgmmaHdim32>("", Dtype::Bf16) },
-        KernelInfo {
-            name: "flash_bwd_wgmma_bf16_hdim32_mods",
-            modifiers: true,
-            sequences: true,
-            ..bwd_wgmma::<BwdWgmmaHdim32>("", Dtype::Bf16)
-        },
-        bwd_wgmma::<BwdWgmmaWsHdim32>("flash_bwd_wgmma_ws_f16_hdim32", Dtype::F16),
-        KernelInfo { name: "flash_bwd_wgmma_ws_f16_hdim32_seq", sequences: true, ..bwd_wgmma_opt_in::<BwdWgmmaWsHdim32>("", Dtype::F16) },
-        KernelInfo {
-            name: "flash_bwd_wgmma_ws_f16_hdim32_mods",
-            modifiers: true,
-            sequences: true,
-            ..bwd_wgmma_opt_in::<BwdWgmmaWsHdim32>("", Dtype::F16)
-        },
-        bwd_wgmma_opt_in::<BwdWgmmaHdim32>("flash_bwd_wgmma_f16_hdim32", Dtype::F16),
-        KernelInfo { name: "flash_bwd_wgmma_f16_hdim32_seq", sequences: true, ..bwd_wgmma::<BwdWgmmaHdim32>("", Dtype::F16) },
-        KernelInfo {
-            name: "flash_bwd_wgmma_f16_hdim32_mods",
-            modifiers: true,
-            sequences: true,
-            ..bwd_wgmma::<BwdWgmmaHdim32>("", Dtype::F16)
-        },
-        bwd_wgmma::<BwdWgmmaWsHdim64>("flash_bwd_wgmma_ws_bf16_hdim64", Dtype::Bf16),
-        KernelInfo { name: "flash_bwd_wgmma_ws_bf16_hdim64_seq", sequences: true, ..bwd_wgmma_opt_in::<BwdWgmmaWsHdim64>("", Dtype::Bf16) },
-        KernelInfo {
-            name: "flash_bwd_wgmma_ws_bf16_hdim64_mods",
-            modifiers: true,
-            sequences: true,
-            ..bwd_wgmma_opt_in::<BwdWgmmaWsHdim64>("", Dtype::Bf16)
-        },
-        bwd_wgmma_opt_in::<BwdWgmmaHdim64>("flash_bwd_wgmma_bf16_hdim64", Dtype::Bf16),
-        KernelInfo { name: "flash_bwd_wgmma_bf16_hdim64_seq", sequences: true, ..bwd_wgmma::<BwdWgmmaHdim64>("", Dtype::Bf16) },
-        KernelInfo {
-            name: "flash_bwd_wgmma_bf16_hdim64_mods",
-            modifiers: true,
-            sequences: true,
-            ..bwd_wgmma::<BwdWgmmaHdim64>("", Dtype::Bf16)
-        },
-        bwd_wgmma::<BwdWgmmaWsHdim64>("flash_bwd_wgmma_ws_f16_hdim64", Dtype::F16),
-        KernelInfo { name: "flash_bwd_wgmma_ws_f16_hdim64_seq", sequences: true, ..bwd_wgmma_opt_in::<BwdWgmmaWsHdim64>("", Dtype::F16) },
-        KernelInfo {
-            name: "flash_bwd_wgmma_ws_f16_hdim64_mods",
-            modifiers: true,
-            sequences: true,
-            ..bwd_wgmma_opt_in::<BwdWgmmaWsHdim64>("", Dtype::F16)
-        },
-        bwd_wgmma_opt_in::<BwdWgmmaHdim64>("flash_bwd_wgmma_f16_hdim64", Dtype::F16),
-        KernelInfo { name: "flash_bwd_wgmma_f16_hdim64_seq", sequences: true, ..bwd_wgmma::<BwdWgmmaHdim64>("", Dtype::F16) },
-        KernelInfo {
-            name: "flash_bwd_wgmma_f16_hdim64_mods",
-            modifiers: true,
-            sequences: true,
-            ..bwd_wgmma::<BwdWgmmaHdim64>("", Dtype::F16)
-        },
         // The sink gradient reads only f32 statistics: one entry serves both dtypes.
         KernelInfo {
             dynamic_smem_bytes: ROW_KERNEL_THREADS / 32 * 4,
@@ -547,16 +505,17 @@ mod tests {
     }
 
     #[test]
-    fn the_warp_specialized_backward_serves_dense_calls_at_32_and_64() {
-        // v27: dense calls at head_dim 32 and 64 run the producer kernel; sequence layouts and
-        // modifiers keep the all-threads-load kernel, and 96 and 128 keep it for every flavor.
+    fn the_warp_specialized_backward_serves_dense_calls_at_32_64_and_96() {
+        // v27: dense calls at head_dim 32, 64 and 96 run the producer kernel; sequence layouts
+        // and modifiers keep the all-threads-load kernel, and 128 keeps it for every flavor.
         for dtype in [Dtype::Bf16, Dtype::F16] {
             for (d, flavor, ws) in [
                 (32, Flavor::Dense, true),
                 (64, Flavor::Dense, true),
                 (64, Flavor::Sequences, false),
                 (64, Flavor::Modifiers, false),
-                (96, Flavor::Dense, false),
+                (96, Flavor::Dense, true),
+                (96, Flavor::Sequences, false),
                 (128, Flavor::Dense, false),
             ] {
                 let k = find(Role::Backward, dtype, d, true, flavor).unwrap();
@@ -572,9 +531,9 @@ mod tests {
         let opt_in = || KERNELS.iter().filter(|k| k.opt_in);
         // The pipelined head_dim 96/128 forward (two dtypes, three flavors), the ping-pong one,
         // the unpipelined 256 one (two dtypes, dense and `_seq`), a head_dim 64 candidate and
-        // four FP8 candidates; v27's warp-specialized backward at 96 and 128 (three flavors each),
-        // its `_seq`/`_mods` twins at 32 and 64, and the dense kernels it replaced there.
-        assert_eq!(opt_in().count(), 22 + 12 + 8 + 4);
+        // four FP8 candidates; v27's warp-specialized backward at 128 (two dtypes, three flavors),
+        // its `_seq`/`_mods` twins at 32, 64 and 96, and the dense kernels it replaced there.
+        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6);
         for k in opt_in() {
             assert_eq!(by_name(k.name).map(|b| b.name), Some(k.name));
             let flavor = if k.modifiers {

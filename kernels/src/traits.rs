@@ -380,7 +380,8 @@ impl<B: BwdWgmmaTraits, const S: u32> BwdWgmmaTraits for BwdWgmmaWs<B, S> {
 /// stages measured the same, v27).
 pub type BwdWgmmaWsHdim64 = BwdWgmmaWs<BwdWgmmaHdim64, 2>;
 pub type BwdWgmmaWsHdim128 = BwdWgmmaWs<BwdWgmmaHdim128, 2>;
-/// head_dim 96 and 32 on them, padded as [`BwdWgmmaHdim96`] and [`BwdWgmmaHdim32`].
+/// head_dim 96 and 32 on them, padded as [`BwdWgmmaHdim96`] and [`BwdWgmmaHdim32`]. The dense
+/// default at 32, 64 and 96 (v27, v27c); 128 stays opt-in (±1%).
 pub type BwdWgmmaWsHdim96 = BwdWgmmaWs<BwdWgmmaHdim96, 2>;
 pub type BwdWgmmaWsHdim32 = BwdWgmmaWs<BwdWgmmaHdim32, 2>;
 
