@@ -95,6 +95,8 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
     // Without a producer the loop double-buffers (stages 0 and 1); with one, the ring's
     // mbarriers and `setmaxnreg` split (24 + 2 · 240) assume two consumers.
     const { assert!(if T::PRODUCER { T::WARPGROUPS == 2 && T::THREADS == 384 } else { T::STAGES == 2 }) };
+    // A second dSᵀ tile only with a producer (the in-loop addresses below pick it).
+    const { assert!(T::DS_BUFFERS == 1 || T::PRODUCER && T::DS_BUFFERS == 2) };
     // The block's sequence for the `SEQ` kernels (`BwdParams::of_block`).
     let mut sequence = core::mem::MaybeUninit::uninit();
     // SAFETY: the host validated the layout's arrays.
@@ -242,7 +244,8 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
         // few instructions), stay out of the spill frame.
         let (ds_s, ds_desc, dq_s) = if T::PRODUCER {
             let base = ptx::dynamic_smem_base().next_multiple_of(1024);
-            let ds_s = Sw128Tile { base: base + T::DS_OFFSET, ..ds_s };
+            let ds_buffer = (q_tile_index - first_tile) % T::DS_BUFFERS;
+            let ds_s = Sw128Tile { base: base + T::DS_OFFSET + ds_buffer * T::DS_TILE_BYTES, ..ds_s };
             (
                 ds_s,
                 wgmma_descriptor(ds_s.panel(dq_row0 / 64, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES),

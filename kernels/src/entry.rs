@@ -525,6 +525,8 @@ mod hopper {
         F16,
         BwdWgmmaWsHdim128
     );
+    entry!(flash_bwd_wgmma_ws_ds2_bf16_hdim64, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaWsDs2Hdim64, false, false>);
+    entry!(flash_bwd_wgmma_ws_ds2_bf16_hdim128, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaWsDs2Hdim128, false, false>);
     // FP8 (e4m3) forward: the warp-specialized kernel on Vᵀ, and the transpose that makes Vᵀ.
     entry!(flash_fwd_wgmma_ws_fp8_hdim128, FwdParams, flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Hdim128, false, false>);
     entry!(

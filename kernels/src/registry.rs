@@ -16,9 +16,9 @@ use crate::tiling::{DECODE_ROWS, DECODE_WARPS, decode_block_keys, decode_smem_by
 use crate::traits::{
     BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim32, BwdWgmmaHdim64,
     BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaHdim256, BwdWgmmaTraits,
-    BwdWgmmaWsHdim32, BwdWgmmaWsHdim64, BwdWgmmaWsHdim96, BwdWgmmaWsHdim128, FwdHdim32, FwdHdim64, FwdHdim96,
-    FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96, FwdWgmmaHdim128,
-    FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128,
+    BwdWgmmaWsDs2Hdim64, BwdWgmmaWsDs2Hdim128, BwdWgmmaWsHdim32, BwdWgmmaWsHdim64, BwdWgmmaWsHdim96, BwdWgmmaWsHdim128,
+    FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96,
+    FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128,
     FwdWgmmaWsFp8PingpongHdim128, FwdWgmmaWsFp8Poly1Hdim128, FwdWgmmaWsFp8Poly2Hdim128, FwdWgmmaWsFp8Stages4Hdim128,
     FwdWgmmaWsHdim64N64, FwdWgmmaWsHdim96, FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsPingpongHdim128,
     ROW_KERNEL_THREADS,
@@ -343,6 +343,9 @@ pub const KERNELS: &[KernelInfo] = registry! {
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8Stages4Hdim128>("flash_fwd_wgmma_ws_s4_fp8_hdim128", Dtype::E4m3),
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8Poly1Hdim128>("flash_fwd_wgmma_ws_px1_fp8_hdim128", Dtype::E4m3),
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8Poly2Hdim128>("flash_fwd_wgmma_ws_px2_fp8_hdim128", Dtype::E4m3),
+        // v27d: measurement candidates, the v27 backward with a second dSᵀ tile.
+        bwd_wgmma_opt_in::<BwdWgmmaWsDs2Hdim64>("flash_bwd_wgmma_ws_ds2_bf16_hdim64", Dtype::Bf16),
+        bwd_wgmma_opt_in::<BwdWgmmaWsDs2Hdim128>("flash_bwd_wgmma_ws_ds2_bf16_hdim128", Dtype::Bf16),
         KernelInfo {
             threads: 128,
             block_rows: 128,
@@ -532,8 +535,9 @@ mod tests {
         // The pipelined head_dim 96/128 forward (two dtypes, three flavors), the ping-pong one,
         // the unpipelined 256 one (two dtypes, dense and `_seq`), a head_dim 64 candidate and
         // four FP8 candidates; v27's warp-specialized backward at 128 (two dtypes, three flavors),
-        // its `_seq`/`_mods` twins at 32, 64 and 96, and the dense kernels it replaced there.
-        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6);
+        // its `_seq`/`_mods` twins at 32, 64 and 96, the dense kernels it replaced there, and two
+        // measurement candidates (v27d).
+        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2);
         for k in opt_in() {
             assert_eq!(by_name(k.name).map(|b| b.name), Some(k.name));
             let flavor = if k.modifiers {

@@ -286,7 +286,9 @@ pub trait BwdWgmmaTraits {
     const V_OFFSET: u32 = Self::KV_TILE_BYTES;
     const DS_OFFSET: u32 = 2 * Self::KV_TILE_BYTES;
     const DS_TILE_BYTES: u32 = Self::BLOCK_N * Self::BLOCK_M * 2;
-    const STAGE_OFFSET: u32 = Self::DS_OFFSET + Self::DS_TILE_BYTES;
+    /// dSᵀ tiles, taken in turn by the query tiles (two only in a measurement candidate).
+    const DS_BUFFERS: u32 = 1;
+    const STAGE_OFFSET: u32 = Self::DS_OFFSET + Self::DS_BUFFERS * Self::DS_TILE_BYTES;
     /// Q, dO (16-bit tiles) and LSE, D (f32 per query), padded to keep the next stage's tiles
     /// on 1024-byte boundaries.
     const STAGE_BYTES: u32 = 2 * Self::Q_TILE_BYTES + 1024;
@@ -367,8 +369,9 @@ impl<const D: u32, const DATA: u32> BwdWgmmaTraits for BwdWgmmaWide<D, DATA> {
 /// (240 registers each after `setmaxnreg`) fed by a producer warpgroup (24), which loads K and V
 /// once and every query tile's Q, dO, LSE and D into a ring of `STAGES` stages, each tracked by
 /// a "full" and an "empty" mbarrier; the consumers meet at named barriers, never the producer.
-pub struct BwdWgmmaWs<B, const STAGES: u32>(core::marker::PhantomData<B>);
-impl<B: BwdWgmmaTraits, const S: u32> BwdWgmmaTraits for BwdWgmmaWs<B, S> {
+pub struct BwdWgmmaWs<B, const STAGES: u32, const DS_BUFFERS: u32 = 1>(core::marker::PhantomData<B>);
+impl<B: BwdWgmmaTraits, const S: u32, const DS: u32> BwdWgmmaTraits for BwdWgmmaWs<B, S, DS> {
+    const DS_BUFFERS: u32 = DS;
     const HEAD_DIM: u32 = B::HEAD_DIM;
     const DATA_HEAD_DIM: u32 = B::DATA_HEAD_DIM;
     const BLOCK_M: u32 = B::BLOCK_M;
@@ -384,6 +387,10 @@ pub type BwdWgmmaWsHdim128 = BwdWgmmaWs<BwdWgmmaHdim128, 2>;
 /// default at 32, 64 and 96 (v27, v27c); 128 stays opt-in (±1%).
 pub type BwdWgmmaWsHdim96 = BwdWgmmaWs<BwdWgmmaHdim96, 2>;
 pub type BwdWgmmaWsHdim32 = BwdWgmmaWs<BwdWgmmaHdim32, 2>;
+/// Measurement candidates (v27d, opt-in): v27's kernels with a second dSᵀ tile and nothing else
+/// changed, to isolate one of v27b's three changes (+32 / +16 KiB of shared memory).
+pub type BwdWgmmaWsDs2Hdim64 = BwdWgmmaWs<BwdWgmmaHdim64, 2, 2>;
+pub type BwdWgmmaWsDs2Hdim128 = BwdWgmmaWs<BwdWgmmaHdim128, 2, 2>;
 
 pub struct FwdHdim32;
 impl FwdTraits for FwdHdim32 {
@@ -594,6 +601,8 @@ mod tests {
         check_bwd_wgmma::<BwdWgmmaWsHdim128>();
         check_bwd_wgmma::<BwdWgmmaWsHdim96>();
         check_bwd_wgmma::<BwdWgmmaWsHdim32>();
+        check_bwd_wgmma::<BwdWgmmaWsDs2Hdim64>();
+        check_bwd_wgmma::<BwdWgmmaWsDs2Hdim128>();
         check_bwd_wgmma::<BwdWgmmaHdim64>();
         check_bwd_wgmma::<BwdWgmmaHdim128>();
         check_bwd_wgmma::<BwdWgmma<64, 1, 2>>();
