@@ -256,8 +256,8 @@ pub type FwdWgmmaWsFp8Stages4Hdim128 = FwdWgmmaWsFp8<128, 4>;
 /// Candidates (v26, opt-in): a quarter or half of the exponentials on the FMA pipe.
 pub type FwdWgmmaWsFp8Poly1Hdim128 = FwdWgmmaWsFp8<128, 3, false, 1>;
 pub type FwdWgmmaWsFp8Poly2Hdim128 = FwdWgmmaWsFp8<128, 3, false, 2>;
-/// (head_dim 256 the same way, two stages, spilled 216 bytes: O's 128 registers beside 128-key
-/// scores and P. It needs 64-key tiles, i.e. a 64-byte-swizzled Vᵀ tile: not built yet.)
+// (head_dim 256 the same way, two stages, spilled 216 bytes: O's 128 registers beside 128-key
+// scores and P. It needs 64-key tiles, i.e. a 64-byte-swizzled Vᵀ tile: not built yet.)
 
 /// The unpipelined head_dim 128 forward, kept for comparison (`bench --kernel NAME`).
 pub type FwdWgmmaHdim128Sync = FwdWgmma<128, 2, 128, 2>;
