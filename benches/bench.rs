@@ -20,6 +20,8 @@
 //! 4, split-KV chosen by the library) and a packed prefill of 64 sequences of 64 to 8192 tokens
 //! (causal, forward and backward), with the dense causal forward and backward at the mean length
 //! beside it; `serving_anchors.py` times the same rows with torch SDPA and FlashAttention-4.
+//! `--head-dims 64,...` runs the prefill rows at those head dims instead of 128 (with `--kernel`,
+//! e.g. a `_seq` twin against the default).
 //!
 //! Timing follows the anchors' `triton.testing.do_bench` (warmup 25 ms, rep 100 ms, median):
 //! the call count fills 100 ms, and a 256 MB buffer is zeroed before each timed call, outside
@@ -46,6 +48,8 @@ struct Options {
     /// 0: the do_bench protocol; otherwise this many calls.
     iters: usize,
     head_dims: Vec<usize>,
+    /// `--head-dims` was given (the serving varlen rows then run at each; else at 128).
+    head_dims_given: bool,
     dtypes: Vec<String>,
     seqlens: Option<Vec<usize>>,
     portable: bool,
@@ -67,6 +71,7 @@ fn options() -> Options {
         out: None,
         iters: 0,
         head_dims: vec![32, 64, 96, 128, 192, 256],
+        head_dims_given: false,
         dtypes: vec!["bf16".into(), "f16".into()],
         seqlens: None,
         portable: false,
@@ -81,7 +86,10 @@ fn options() -> Options {
         match a.as_str() {
             "--out" => o.out = Some(v),
             "--iters" => o.iters = v.parse().unwrap_or(0),
-            "--head-dims" => o.head_dims = list(&v),
+            "--head-dims" => {
+                o.head_dims = list(&v);
+                o.head_dims_given = true;
+            }
             "--dtypes" => o.dtypes = list(&v),
             "--seqlens" => o.seqlens = Some(list(&v)),
             // `portable`: the mma.sync kernels also on Hopper, to compare with the wgmma ones.
@@ -657,7 +665,9 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
             }
         }
     }
-    if o.serving.iter().any(|s| s == "varlen") {
+    // Varlen rows at head_dim 128, or at each `--head-dims` entry when that flag is given.
+    let varlen_dims = if o.head_dims_given { o.head_dims.clone() } else { vec![D] };
+    for d in varlen_dims.into_iter().filter(|_| o.serving.iter().any(|s| s == "varlen")) {
         let lens = prefill_lengths();
         let total: usize = lens.iter().sum();
         let mut cu = vec![0i32];
@@ -669,12 +679,12 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
         let pairs: u64 = lens.iter().map(|&n| (n * (n + 1) / 2) as u64).sum();
         let cu_d = DeviceBuffer::from_slice(&cu).unwrap();
         let (q, k, v, d_o) = (
-            upload(&mut rng, total * H * D),
-            upload(&mut rng, total * HK * D),
-            upload(&mut rng, total * HK * D),
-            upload(&mut rng, total * H * D),
+            upload(&mut rng, total * H * d),
+            upload(&mut rng, total * HK * d),
+            upload(&mut rng, total * HK * d),
+            upload(&mut rng, total * H * d),
         );
-        let (ql, kl) = (Layout::contiguous([1, total, H, D]), Layout::contiguous([1, total, HK, D]));
+        let (ql, kl) = (Layout::contiguous([1, total, H, d]), Layout::contiguous([1, total, HK, d]));
         let view = |buf, layout| TensorRef::<bf16>::from_slice(buf, 0, layout).unwrap();
         let (qv, kv, vv, dov) = (view(&q, ql), view(&k, kl), view(&v, kl), view(&d_o, ql));
         let varlen = flash_attn::Varlen {
@@ -686,12 +696,12 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
             check_offsets: true,
         };
         let params = AttentionParams { causal: true, ..Default::default() };
-        let mut o_buf = DeviceBuffer::<u16>::zeroed(total * H * D).unwrap();
+        let mut o_buf = DeviceBuffer::<u16>::zeroed(total * H * d).unwrap();
         let mut lse = DeviceBuffer::<f32>::zeroed(total * H).unwrap();
         let (mut dq, mut dk, mut dv) = (
-            DeviceBuffer::<u16>::zeroed(total * H * D).unwrap(),
-            DeviceBuffer::<u16>::zeroed(total * HK * D).unwrap(),
-            DeviceBuffer::<u16>::zeroed(total * HK * D).unwrap(),
+            DeviceBuffer::<u16>::zeroed(total * H * d).unwrap(),
+            DeviceBuffer::<u16>::zeroed(total * HK * d).unwrap(),
+            DeviceBuffer::<u16>::zeroed(total * HK * d).unwrap(),
         );
         let mut run = |backward: bool| {
             if !backward {
@@ -711,7 +721,7 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
         stream.synchronize().unwrap();
         let fms = time_calls(&stream, &mut flush, o.iters, || run(false).unwrap());
         let bms = time_calls(&stream, &mut flush, o.iters, || run(true).unwrap());
-        let flops = 4.0 * (D * H) as f64 * pairs as f64;
+        let flops = 4.0 * (d * H) as f64 * pairs as f64;
         let (ft, bt) = (flops / fms as f64 / 1e9, 2.5 * flops / bms as f64 / 1e9);
         println!(
             "varlen prefill: {} sequences, {total} tokens (mean {mean}, max {max}): fwd {fms:.3} ms {ft:.1} TFLOP/s, bwd {bms:.3} ms {bt:.1} TFLOP/s",
@@ -720,13 +730,13 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
         emit(
             out,
             format!(
-                "{{\"row\":\"varlen\",\"sequences\":{},\"total_tokens\":{total},\"mean_len\":{mean},\"max_len\":{max},\"visible_pairs\":{pairs},\"heads\":{H},\"heads_k\":{HK},\"head_dim\":{D},\"causal\":true,\"fwd_ms\":{fms:.4},\"bwd_ms\":{bms:.4},\"fwd_tflops\":{ft:.2},\"bwd_tflops\":{bt:.2}",
+                "{{\"row\":\"varlen\",\"sequences\":{},\"total_tokens\":{total},\"mean_len\":{mean},\"max_len\":{max},\"visible_pairs\":{pairs},\"heads\":{H},\"heads_k\":{HK},\"head_dim\":{d},\"causal\":true,\"fwd_ms\":{fms:.4},\"bwd_ms\":{bms:.4},\"fwd_tflops\":{ft:.2},\"bwd_tflops\":{bt:.2}",
                 lens.len()
             ),
         );
         // The dense batch at the mean length beside it: 64 sequences of `mean` tokens.
         let (b, s) = (lens.len(), mean);
-        let (ql, kl) = (Layout::contiguous([b, s, H, D]), Layout::contiguous([b, s, HK, D]));
+        let (ql, kl) = (Layout::contiguous([b, s, H, d]), Layout::contiguous([b, s, HK, d]));
         let (qv, kv, vv, dov) = (view(&q, ql), view(&k, kl), view(&v, kl), view(&d_o, ql));
         let mut run = |backward: bool| {
             if !backward {
@@ -745,7 +755,7 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
         let fms = time_calls(&stream, &mut flush, o.iters, || run(false).unwrap());
         let bms = time_calls(&stream, &mut flush, o.iters, || run(true).unwrap());
         let pairs = (b * s * (s + 1) / 2) as u64;
-        let flops = 4.0 * (D * H) as f64 * pairs as f64;
+        let flops = 4.0 * (d * H) as f64 * pairs as f64;
         let (ft, bt) = (flops / fms as f64 / 1e9, 2.5 * flops / bms as f64 / 1e9);
         println!(
             "dense at the mean length: {b} x {s}: fwd {fms:.3} ms {ft:.1} TFLOP/s, bwd {bms:.3} ms {bt:.1} TFLOP/s"
@@ -753,7 +763,7 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
         emit(
             out,
             format!(
-                "{{\"row\":\"dense_mean\",\"batch\":{b},\"seqlen\":{s},\"visible_pairs\":{pairs},\"heads\":{H},\"heads_k\":{HK},\"head_dim\":{D},\"causal\":true,\"fwd_ms\":{fms:.4},\"bwd_ms\":{bms:.4},\"fwd_tflops\":{ft:.2},\"bwd_tflops\":{bt:.2}"
+                "{{\"row\":\"dense_mean\",\"batch\":{b},\"seqlen\":{s},\"visible_pairs\":{pairs},\"heads\":{H},\"heads_k\":{HK},\"head_dim\":{d},\"causal\":true,\"fwd_ms\":{fms:.4},\"bwd_ms\":{bms:.4},\"fwd_tflops\":{ft:.2},\"bwd_tflops\":{bt:.2}"
             ),
         );
     }
