@@ -43,13 +43,15 @@ use std::io::Write;
 const TOKENS: usize = 16 * 1024;
 const MODEL_DIM: usize = 2048;
 
+/// The grid's head dims when `--head-dims` is not given.
+const GRID_HEAD_DIMS: [usize; 6] = [32, 64, 96, 128, 192, 256];
+
 struct Options {
     out: Option<String>,
     /// 0: the do_bench protocol; otherwise this many calls.
     iters: usize,
-    head_dims: Vec<usize>,
-    /// `--head-dims` was given (the serving varlen rows then run at each; else at 128).
-    head_dims_given: bool,
+    /// `--head-dims`; unset, the grid runs every head dim and the serving varlen rows 128.
+    head_dims: Option<Vec<usize>>,
     dtypes: Vec<String>,
     seqlens: Option<Vec<usize>>,
     portable: bool,
@@ -66,12 +68,18 @@ fn list<T: std::str::FromStr>(s: &str) -> Vec<T> {
     s.split(',').filter_map(|x| x.trim().parse().ok()).collect()
 }
 
+impl Options {
+    /// The grid's head dims: `--head-dims`, or all of them.
+    fn grid_head_dims(&self) -> &[usize] {
+        self.head_dims.as_deref().unwrap_or(&GRID_HEAD_DIMS)
+    }
+}
+
 fn options() -> Options {
     let mut o = Options {
         out: None,
         iters: 0,
-        head_dims: vec![32, 64, 96, 128, 192, 256],
-        head_dims_given: false,
+        head_dims: None,
         dtypes: vec!["bf16".into(), "f16".into()],
         seqlens: None,
         portable: false,
@@ -86,10 +94,7 @@ fn options() -> Options {
         match a.as_str() {
             "--out" => o.out = Some(v),
             "--iters" => o.iters = v.parse().unwrap_or(0),
-            "--head-dims" => {
-                o.head_dims = list(&v);
-                o.head_dims_given = true;
-            }
+            "--head-dims" => o.head_dims = Some(list(&v)),
             "--dtypes" => o.dtypes = list(&v),
             "--seqlens" => o.seqlens = Some(list(&v)),
             // `portable`: the mma.sync kernels also on Hopper, to compare with the wgmma ones.
@@ -240,7 +245,7 @@ fn grid<T: Element>(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
     let mut flush = DeviceBuffer::<u32>::zeroed(FLUSH_WORDS).unwrap();
     let timing = if o.iters == 0 { "do_bench".to_string() } else { format!("{} calls", o.iters) };
     let dtype = if T::DTYPE == flash_attn_kernels::registry::Dtype::Bf16 { "bf16" } else { "f16" };
-    for &d in &o.head_dims {
+    for &d in o.grid_head_dims() {
         for causal in [false, true] {
             for &s in o.seqlens.as_deref().unwrap_or(&[512, 1024, 2048, 4096, 8192, 16384]) {
                 let (b, h) = (TOKENS / s, MODEL_DIM / d);
@@ -319,7 +324,7 @@ fn grid_fp8(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
     };
     let mut flush = DeviceBuffer::<u32>::zeroed(FLUSH_WORDS).unwrap();
     let timing = if o.iters == 0 { "do_bench".to_string() } else { format!("{} calls", o.iters) };
-    for &d in o.head_dims.iter().filter(|d| flash_attn::FP8_HEAD_DIMS.contains(&(**d as u32))) {
+    for &d in o.grid_head_dims().iter().filter(|d| flash_attn::FP8_HEAD_DIMS.contains(&(**d as u32))) {
         for causal in [false, true] {
             for &s in o.seqlens.as_deref().unwrap_or(&[512, 1024, 2048, 4096, 8192, 16384]) {
                 let (b, h) = (TOKENS / s, MODEL_DIM / d);
@@ -666,8 +671,7 @@ fn serving(o: &Options, card: &str, out: &mut Option<std::fs::File>) {
         }
     }
     // Varlen rows at head_dim 128, or at each `--head-dims` entry when that flag is given.
-    let varlen_dims = if o.head_dims_given { o.head_dims.clone() } else { vec![D] };
-    for d in varlen_dims.into_iter().filter(|_| o.serving.iter().any(|s| s == "varlen")) {
+    for &d in o.head_dims.as_deref().unwrap_or(&[D]).iter().filter(|_| o.serving.iter().any(|s| s == "varlen")) {
         let lens = prefill_lengths();
         let total: usize = lens.iter().sum();
         let mut cu = vec![0i32];
