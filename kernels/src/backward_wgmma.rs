@@ -516,18 +516,22 @@ fn reduce_dq_rows<T: BwdWgmmaTraits, const SEQ: bool>(
     pass_dq_turn::<SEQ>(p, head, q_tile_index, T::BLOCK_M, tid);
 }
 
-/// The head_dim 256 backward (`BwdWgmmaSplit`): both warpgroups work on the block's 64 keys and
-/// split every head_dim-wide product by columns, so that each holds dK and dV for 128 columns
-/// (128 accumulator registers a thread instead of the 256 a 64-key split by keys would need).
+/// The head_dim 192 and 256 backward (`BwdWgmmaSplit`): both warpgroups work on the block's 64
+/// keys and split every head_dim-wide product by columns, so that each holds dK and dV for 128
+/// columns (128 accumulator registers a thread instead of the 256 a 64-key split by keys would
+/// need). At head_dim 256 the halves are disjoint; at 192 warpgroup 0 computes columns 0..128
+/// and warpgroup 1 columns 64..192, because an MN-major operand must start on a 64-column panel
+/// (a 96-column half would start inside one), and each keeps only its own 96 (`owns`).
 ///
 /// Per 64-query step: warpgroup 0 computes Sᵀ = K·Qᵀ and Pᵀ while warpgroup 1 computes
-/// dPᵀ = V·dOᵀ (M = 64 keys, N = 64 queries, k = 256). Pᵀ (f32) goes to warpgroup 1 through the
-/// dQ staging rows, free at that point; warpgroup 1 forms dSᵀ and stores it to shared memory
+/// dPᵀ = V·dOᵀ (M = 64 keys, N = 64 queries, k = head_dim). Pᵀ (f32) goes to warpgroup 1 through
+/// the dQ staging rows, free at that point; warpgroup 1 forms dSᵀ and stores it to shared memory
 /// (swizzled), from where warpgroup 0 reads its fragments and the dQ GEMM reads it as an
 /// operand. Then each warpgroup runs dV += Pᵀ·dO, dK += dSᵀ·Q and dQ = dS·K for its 128 columns
-/// (N = 128, k = 64). One stage of Q/dO (shared memory: K, V 64 KiB, the stage 65 KiB, dQ staging
-/// 66 KiB), so the next tile's load is not overlapped with the step's GEMMs. dQ is reduced into
-/// the global accumulator as in [`flash_bwd_wgmma`] (one bulk reduction a row, after the step).
+/// (N = 128, k = 64). Query tiles (Q, dO, LSE, D) take `STAGES` stages in turn: with one
+/// (head_dim 256: K, V 64 KiB, the stage 65 KiB, dQ staging 66 KiB) the next tile loads after
+/// the step's GEMMs; with two (head_dim 192, 205 KiB) it loads during the step. dQ is reduced
+/// into the global accumulator as in [`flash_bwd_wgmma`] (one bulk reduction a row, after the step).
 ///
 /// # Safety
 /// As [`flash_bwd_wgmma`].
@@ -535,8 +539,9 @@ fn reduce_dq_rows<T: BwdWgmmaTraits, const SEQ: bool>(
 pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bool, const SEQ: bool>(
     p: &BwdParams,
 ) {
-    // The generated shapes: qk 64 × 256, pv and dq N = 128 over k = 64.
-    const { assert!(T::HEAD_DIM == 256 && T::BLOCK_N == 64 && T::BLOCK_M == 64 && T::WARPGROUPS == 2) };
+    // The generated shapes: qk 64 × 192 or 256, pv and dq N = 128 over k = 64.
+    const { assert!(matches!(T::HEAD_DIM, 192 | 256) && T::BLOCK_N == 64 && T::BLOCK_M == 64 && T::WARPGROUPS == 2) };
+    const { assert!(T::STAGES == 1 || T::STAGES == 2) };
     const { assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM)) };
     let mut sequence = core::mem::MaybeUninit::uninit();
     // SAFETY: the host validated the layout's arrays.
@@ -555,8 +560,9 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
     let k_begin = block_x * T::BLOCK_N;
     // Warp w of either warpgroup holds keys 16(w mod 4)..+16 of the block in its score fragments.
     let warp_k0 = k_begin + 16 * (warp % 4);
-    // This warpgroup's columns of dK, dV and dQ.
-    let col0 = 128 * warpgroup;
+    // The 128 columns of dK, dV and dQ this warpgroup computes, from a panel boundary (of which
+    // it owns half the head dim: `owned_tiles`).
+    let col0 = (T::HEAD_DIM - 128) * warpgroup;
     let m_tiles8 = (T::BLOCK_M / 8) as usize;
 
     let smem = ptx::dynamic_smem_base().next_multiple_of(1024);
@@ -570,9 +576,16 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
     let v_s = tile(T::V_OFFSET, T::BLOCK_N, T::CHUNKS_PER_ROW, T::DATA_CHUNKS);
     let ds_s = tile(T::DS_OFFSET, T::BLOCK_N, T::BLOCK_M / 8, T::BLOCK_M / 8);
     let dq_s = smem + T::DQ_OFFSET;
-    let q_s = tile(T::STAGE_OFFSET + T::Q_IN_STAGE, T::BLOCK_M, T::CHUNKS_PER_ROW, T::DATA_CHUNKS);
-    let do_s = tile(T::STAGE_OFFSET + T::DO_IN_STAGE, T::BLOCK_M, T::CHUNKS_PER_ROW, T::DATA_CHUNKS);
-    let (lse_s, d_s) = (smem + T::STAGE_OFFSET + T::LSE_IN_STAGE, smem + T::STAGE_OFFSET + T::D_IN_STAGE);
+    // Stage `stage`'s Q and dO tiles and LSE and D rows.
+    let stage_tiles = |stage: u32| {
+        let at = T::STAGE_OFFSET + stage * T::STAGE_BYTES;
+        (
+            tile(at + T::Q_IN_STAGE, T::BLOCK_M, T::CHUNKS_PER_ROW, T::DATA_CHUNKS),
+            tile(at + T::DO_IN_STAGE, T::BLOCK_M, T::CHUNKS_PER_ROW, T::DATA_CHUNKS),
+            smem + at + T::LSE_IN_STAGE,
+            smem + at + T::D_IN_STAGE,
+        )
+    };
 
     let key_rows = shape.seqlen_k - k_begin;
     // SAFETY: the host validated K and V (seqlen_k rows at these strides); rows past the end are
@@ -583,9 +596,9 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
         k_s.load_async(k_ptr, f.k_strides.row, key_rows, tid, T::THREADS);
         v_s.load_async(v_ptr, f.v_strides.row, key_rows, tid, T::THREADS);
     }
-    // Query tile `tile_index` (Q, dO, LSE, D) into the stage; rows past seqlen_q arrive as zeros.
-    let load_queries = |tile_index: u32| {
-        load_query_tile::<T, SEQ>(p, (batch, head), tile_index, (q_s, do_s, lse_s, d_s), tid, T::THREADS)
+    // Query tile `tile_index` (Q, dO, LSE, D) into stage `stage`; rows past seqlen_q arrive as zeros.
+    let load_queries = |tile_index: u32, stage: u32| {
+        load_query_tile::<T, SEQ>(p, (batch, head), tile_index, stage_tiles(stage), tid, T::THREADS)
     };
 
     let mut dk = [[0f32; 4]; 32];
@@ -593,17 +606,16 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
     let (query_lo, query_hi) = mask.query_range(k_begin, k_begin + T::BLOCK_N);
     let (first_tile, end_tile) = (query_lo / T::BLOCK_M, ceil_div(query_hi, T::BLOCK_M));
     if first_tile < end_tile {
-        load_queries(first_tile);
+        load_queries(first_tile, 0);
     }
     cp_async_commit();
     cp_async_wait_all();
     shared_writes_done::<T>();
 
-    // Warpgroup 0: A = K (Sᵀ); warpgroup 1: A = V (dPᵀ); all four 64-column panels, K-major.
+    // Warpgroup 0: A = K (Sᵀ); warpgroup 1: A = V (dPᵀ); every 64-column panel, K-major.
+    let panels = T::HEAD_DIM / 64;
     let kv = if warpgroup == 0 { k_s } else { v_s };
-    let a_descs = panel_descriptors(4, |p| wgmma_descriptor(kv.panel(p, 0), 16, SW128_ROW_GROUP_BYTES));
-    let qdo = if warpgroup == 0 { q_s } else { do_s };
-    let b_descs = panel_descriptors(4, |p| wgmma_descriptor(qdo.panel(p, 0), 16, SW128_ROW_GROUP_BYTES));
+    let a_descs = panel_descriptors(panels, |p| wgmma_descriptor(kv.panel(p, 0), 16, SW128_ROW_GROUP_BYTES));
     // dO and Q as MN-major B operands of dV and dK, from this warpgroup's first column panel.
     let mn_desc = |t: Sw128Tile| wgmma_descriptor(t.panel(col0 / 64, 0), T::BLOCK_M * 128, SW128_ROW_GROUP_BYTES);
     let k_for_dq = wgmma_descriptor(k_s.panel(col0 / 64, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
@@ -622,6 +634,15 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
     let mods = unsafe { ScoreMods::for_backward::<MODS>(f, batch, head) };
     for q_tile_index in first_tile..end_tile {
         let q_begin = q_tile_index * T::BLOCK_M;
+        let stage = (q_tile_index - first_tile) % T::STAGES;
+        if T::STAGES > 1 && q_tile_index + 1 < end_tile {
+            // The other stage's last reader was the previous step, which ended at a barrier.
+            load_queries(q_tile_index + 1, (stage + 1) % T::STAGES);
+            cp_async_commit();
+        }
+        let (q_s, do_s, lse_s, d_s) = stage_tiles(stage);
+        let qdo = if warpgroup == 0 { q_s } else { do_s };
+        let b_descs = panel_descriptors(panels, |p| wgmma_descriptor(qdo.panel(p, 0), 16, SW128_ROW_GROUP_BYTES));
         let lane = ptx::opaque(lane);
         let mut s = [[0f32; 4]; 16];
         // SAFETY: the whole warpgroup is here (block-uniform loop, warpgroup-uniform branch);
@@ -723,19 +744,19 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
         unsafe { E::dq(128, T::BLOCK_N, &mut acc, ds_desc, k_for_dq) };
         for half in 0..2 {
             let row = 16 * (warp % 4) + lane / 4 + 8 * half as u32;
-            for t in 0..16 {
+            owned_tiles::<T>(warpgroup, |t| {
                 let col = col0 + 8 * t as u32 + 2 * (lane % 4);
                 let at = dq_s + dq_staging_offset(row, col, T::DQ_ROW_BYTES);
                 // SAFETY: row < BLOCK_M and col + 1 < HEAD_DIM lie inside the staging rows, which
                 // warpgroup 1 finished reading Pᵀ from before the last barrier.
                 unsafe { ptx::st_shared_f32x2(at, acc[t][2 * half] * shape.scale, acc[t][2 * half + 1] * shape.scale) };
-            }
+            });
         }
         // dQ staged; everyone is done with the stage and with dSᵀ.
         shared_writes_done::<T>();
         reduce_dq_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index, dq_s, tid);
-        if q_tile_index + 1 < end_tile {
-            load_queries(q_tile_index + 1);
+        if T::STAGES == 1 && q_tile_index + 1 < end_tile {
+            load_queries(q_tile_index + 1, 0);
             cp_async_commit();
         }
         // The staging rows are read before the next step hands Pᵀ through them.
@@ -754,8 +775,38 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
                 let dk_pair = [dk[t][2 * half] * shape.scale, dk[t][2 * half + 1] * shape.scale];
                 (col, dk_pair, [dv[t][2 * half], dv[t][2 * half + 1]])
             };
-            // SAFETY: key < seqlen_k and every col + 1 < head_dim (128 columns from col0).
-            unsafe { rows.store::<E>(16, pair) };
+            let (owned, skip) = owned_tile_range::<T>();
+            // SAFETY: key < seqlen_k and every col + 1 < head_dim (owned columns only).
+            unsafe {
+                if skip == 0 || warpgroup == 0 {
+                    rows.store::<E>(owned, pair)
+                } else {
+                    rows.store::<E>(owned, |t| pair(t + skip))
+                }
+            };
+        }
+    }
+}
+
+/// The split kernel's owned accumulator tiles (8 columns each) of its 16: a count, and how many
+/// warpgroup 1 skips (the columns both compute at head_dim 192; none at 256). Warpgroup 0 owns
+/// the first `count`, warpgroup 1 the last.
+const fn owned_tile_range<T: BwdWgmmaTraits>() -> (usize, usize) {
+    ((T::HEAD_DIM / 16) as usize, ((256 - T::HEAD_DIM) / 16) as usize)
+}
+
+/// `f(t)` for each tile `t` this warpgroup owns ([`owned_tile_range`]), with `t` a constant in
+/// each unrolled call, so that accumulator arrays indexed by it stay in registers.
+#[inline(always)]
+fn owned_tiles<T: BwdWgmmaTraits>(warpgroup: u32, mut f: impl FnMut(usize)) {
+    let (owned, skip) = owned_tile_range::<T>();
+    if skip == 0 || warpgroup == 0 {
+        for t in 0..owned {
+            f(t)
+        }
+    } else {
+        for t in skip..skip + owned {
+            f(t)
         }
     }
 }

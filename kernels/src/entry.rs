@@ -396,6 +396,24 @@ mod hopper {
         BwdWgmmaHdim256
     );
     pair!(
+        flash_bwd_wgmma_bf16_hdim192,
+        flash_bwd_wgmma_bf16_hdim192_mods,
+        flash_bwd_wgmma_bf16_hdim192_seq,
+        BwdParams,
+        flash_bwd_wgmma_split,
+        Bf16,
+        BwdWgmmaHdim192
+    );
+    pair!(
+        flash_bwd_wgmma_f16_hdim192,
+        flash_bwd_wgmma_f16_hdim192_mods,
+        flash_bwd_wgmma_f16_hdim192_seq,
+        BwdParams,
+        flash_bwd_wgmma_split,
+        F16,
+        BwdWgmmaHdim192
+    );
+    pair!(
         flash_fwd_wgmma_ws_bf16_hdim128,
         flash_fwd_wgmma_ws_bf16_hdim128_mods,
         flash_fwd_wgmma_ws_bf16_hdim128_seq,
@@ -527,6 +545,11 @@ mod hopper {
     );
     entry!(flash_bwd_wgmma_ws_ds2_bf16_hdim64, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaWsDs2Hdim64, false, false>);
     entry!(flash_bwd_wgmma_ws_ds2_bf16_hdim128, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaWsDs2Hdim128, false, false>);
+    entry!(
+        flash_bwd_wgmma_1s_bf16_hdim192,
+        BwdParams,
+        flash_bwd_wgmma_split::<Bf16, BwdWgmmaHdim192OneStage, false, false>
+    );
     // FP8 (e4m3) forward: the warp-specialized kernel on Vᵀ, and the transpose that makes Vᵀ.
     entry!(flash_fwd_wgmma_ws_fp8_hdim128, FwdParams, flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Hdim128, false, false>);
     entry!(

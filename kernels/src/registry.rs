@@ -15,10 +15,11 @@ use crate::params::{AppendParams, BwdParams, FwdParams};
 use crate::tiling::{DECODE_ROWS, DECODE_WARPS, decode_block_keys, decode_smem_bytes, decode_stages};
 use crate::traits::{
     BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim32, BwdWgmmaHdim64,
-    BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaHdim256, BwdWgmmaTraits,
-    BwdWgmmaWsDs2Hdim64, BwdWgmmaWsDs2Hdim128, BwdWgmmaWsHdim32, BwdWgmmaWsHdim64, BwdWgmmaWsHdim96, BwdWgmmaWsHdim128,
-    FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96,
-    FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128,
+    BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaHdim192,
+    BwdWgmmaHdim192OneStage, BwdWgmmaHdim256, BwdWgmmaTraits, BwdWgmmaWsDs2Hdim64, BwdWgmmaWsDs2Hdim128,
+    BwdWgmmaWsHdim32, BwdWgmmaWsHdim64, BwdWgmmaWsHdim96, BwdWgmmaWsHdim128, FwdHdim32, FwdHdim64, FwdHdim96,
+    FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96, FwdWgmmaHdim128,
+    FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128,
     FwdWgmmaWsFp8PingpongHdim128, FwdWgmmaWsFp8Poly1Hdim128, FwdWgmmaWsFp8Poly2Hdim128, FwdWgmmaWsFp8Stages4Hdim128,
     FwdWgmmaWsHdim64N64, FwdWgmmaWsHdim96, FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsPingpongHdim128,
     ROW_KERNEL_THREADS,
@@ -275,6 +276,9 @@ pub const KERNELS: &[KernelInfo] = registry! {
         // v20: 1.47–1.78× the portable kernel (benches/NOTES.md).
         bwd_wgmma::<BwdWgmmaHdim256>("flash_bwd_wgmma_bf16_hdim256", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim256>("flash_bwd_wgmma_f16_hdim256", Dtype::F16),
+        // v28: head_dim 192 on the column-split kernel, two query-tile stages.
+        bwd_wgmma::<BwdWgmmaHdim192>("flash_bwd_wgmma_bf16_hdim192", Dtype::Bf16),
+        bwd_wgmma::<BwdWgmmaHdim192>("flash_bwd_wgmma_f16_hdim192", Dtype::F16),
         fwd::<FwdHdim96>("flash_fwd_bf16_hdim96", Dtype::Bf16),
         bwd::<BwdHdim96>("flash_bwd_bf16_hdim96", Dtype::Bf16),
         fwd::<FwdHdim96>("flash_fwd_f16_hdim96", Dtype::F16),
@@ -346,6 +350,8 @@ pub const KERNELS: &[KernelInfo] = registry! {
         // v27d: measurement candidates, the v27 backward with a second dSᵀ tile.
         bwd_wgmma_opt_in::<BwdWgmmaWsDs2Hdim64>("flash_bwd_wgmma_ws_ds2_bf16_hdim64", Dtype::Bf16),
         bwd_wgmma_opt_in::<BwdWgmmaWsDs2Hdim128>("flash_bwd_wgmma_ws_ds2_bf16_hdim128", Dtype::Bf16),
+        // v28: the head_dim 192 backward with one stage (as head_dim 256), for A/B.
+        bwd_wgmma_opt_in::<BwdWgmmaHdim192OneStage>("flash_bwd_wgmma_1s_bf16_hdim192", Dtype::Bf16),
         KernelInfo {
             threads: 128,
             block_rows: 128,
@@ -472,13 +478,13 @@ mod tests {
 
     #[test]
     fn hopper_kernels_where_they_pay() {
-        // benches/NOTES.md v14b–d, v20: the forward on `wgmma` from head_dim 64 up (96 padded to
-        // 128), the backward at 32 (padded to 64), 64, 96, 128 and 256 (the column-split
-        // kernel); head_dim 32 forward and 192 backward stay portable.
+        // benches/NOTES.md v14b–d, v20, v28: the forward on `wgmma` from head_dim 64 up (96
+        // padded to 128), the backward everywhere (32 padded to 64; 192 and 256 on the
+        // column-split kernel); the head_dim 32 forward stays portable.
         for dtype in [Dtype::F16, Dtype::Bf16] {
             for (role, hopper) in [
                 (Role::Forward, [false, true, true, true, true, true]),
-                (Role::Backward, [true, true, true, true, false, true]),
+                (Role::Backward, [true, true, true, true, true, true]),
             ] {
                 for (d, expected) in crate::traits::SUPPORTED_HEAD_DIMS.iter().zip(hopper) {
                     for flavor in [Flavor::Dense, Flavor::Sequences, Flavor::Modifiers] {
@@ -536,8 +542,8 @@ mod tests {
         // the unpipelined 256 one (two dtypes, dense and `_seq`), a head_dim 64 candidate and
         // four FP8 candidates; v27's warp-specialized backward at 128 (two dtypes, three flavors),
         // its `_seq`/`_mods` twins at 32, 64 and 96, the dense kernels it replaced there, and two
-        // measurement candidates (v27d).
-        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2);
+        // measurement candidates (v27d); the one-stage head_dim 192 backward (v28).
+        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 1);
         for k in opt_in() {
             assert_eq!(by_name(k.name).map(|b| b.name), Some(k.name));
             let flavor = if k.modifiers {

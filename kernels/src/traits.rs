@@ -337,14 +337,20 @@ pub type BwdWgmmaHdim128Sync = BwdWgmma<128, 2, 1>;
 /// head_dim 256 on `wgmma` (`backward_wgmma::flash_bwd_wgmma_split`): both warpgroups on the
 /// same 64 keys, dK, dV and dQ split by columns (128 each), one Q/dO stage (204 KiB).
 pub type BwdWgmmaHdim256 = BwdWgmmaSplit<256>;
+/// head_dim 192 on the same kernel (v28): the warpgroups compute overlapping 128-column halves
+/// (0..128 and 64..192) and keep 96 columns each; two Q/dO stages fit (205 KiB), so the next
+/// query tile loads during the step.
+pub type BwdWgmmaHdim192 = BwdWgmmaSplit<192, 2>;
+/// Kept for comparison (`bench --kernel NAME`): head_dim 192 with one stage, as head_dim 256.
+pub type BwdWgmmaHdim192OneStage = BwdWgmmaSplit<192, 1>;
 
-/// The column-split Hopper backward: 64 keys and 64 queries a step, two warpgroups.
-pub struct BwdWgmmaSplit<const D: u32>;
-impl<const D: u32> BwdWgmmaTraits for BwdWgmmaSplit<D> {
+/// The column-split Hopper backward: 64 keys and 64 queries a step, two warpgroups, `STAGES`
+/// query-tile stages (the dQ staging rows follow them).
+pub struct BwdWgmmaSplit<const D: u32, const STAGES: u32 = 1>;
+impl<const D: u32, const S: u32> BwdWgmmaTraits for BwdWgmmaSplit<D, S> {
     const HEAD_DIM: u32 = D;
     const BLOCK_N: u32 = 64;
-    /// One stage: the dQ staging rows follow it.
-    const STAGES: u32 = 1;
+    const STAGES: u32 = S;
 }
 
 /// The software-pipelined Hopper backward (two warpgroups); `DATA` as for
@@ -567,7 +573,7 @@ mod tests {
     }
 
     fn check_bwd_wgmma<T: BwdWgmmaTraits>() {
-        assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128 || T::HEAD_DIM == 256 && T::BLOCK_N == 64);
+        assert!(T::HEAD_DIM == 64 || T::HEAD_DIM == 128 || matches!(T::HEAD_DIM, 192 | 256) && T::BLOCK_N == 64);
         // dQ = dS·K is split by columns over the warpgroups: generated widths 32 and 64.
         assert!(
             (T::WARPGROUPS == 1 || T::WARPGROUPS == 2) && T::BLOCK_M == 64
@@ -612,9 +618,15 @@ mod tests {
         check_bwd_wgmma::<BwdWgmmaHdim96>();
         check_bwd_wgmma::<BwdWgmmaHdim32>();
         check_bwd_wgmma::<BwdWgmmaHdim256>();
+        check_bwd_wgmma::<BwdWgmmaHdim192>();
+        check_bwd_wgmma::<BwdWgmmaHdim192OneStage>();
         // The split kernel hands Pᵀ (a 64 × 64 f32 tile: 32 floats a thread) through the dQ
         // staging rows.
         assert!(128 * 32 * 4 <= BwdWgmmaHdim256::BLOCK_M * BwdWgmmaHdim256::DQ_ROW_BYTES);
+        assert!(128 * 32 * 4 <= BwdWgmmaHdim192::BLOCK_M * BwdWgmmaHdim192::DQ_ROW_BYTES);
+        // head_dim 192's two stages fit where head_dim 256's second would not.
+        assert_eq!(BwdWgmmaHdim192::SMEM_BYTES, 209_920);
+        assert!(BwdWgmmaSplit::<256, 2>::SMEM_BYTES > 227 * 1024);
         check_fwd_wgmma::<FwdWgmmaHdim64>();
         check_fwd_wgmma::<FwdWgmmaHdim128>();
         check_fwd_wgmma::<FwdWgmmaHdim128Sync>();
