@@ -4,6 +4,7 @@
 //!
 //! Case counts: FLASH_ATTN_FWD_CASES (default 200) and FLASH_ATTN_BWD_CASES (default 100).
 //! FLASH_ATTN_KERNELS=name,... tests those registry kernels instead of the defaults;
+//! FLASH_ATTN_HEAD_DIMS=d,... draws the random cases at those head dims only.
 //! FLASH_ATTN_PORTABLE=1 tests the portable family on Hopper too. Overrides replace dense kernels
 //! only: cases with softcap, ALiBi or dropout run the default `_mods` kernels.
 //! FLASH_ATTN_TEST_REPORT=path appends one JSON line per property test with its largest errors.
@@ -502,6 +503,9 @@ fn deterministic_backward() -> Result<(), Failed> {
         (777, 2048, 64, false, 4, None),
         (900, 1300, 128, false, 1, dropout(7)),
         (513, 700, 64, true, 2, dropout(3)),
+        // The column-split kernels (head_dim 192 on two stages, 256 on one).
+        (640, 900, 192, true, 2, None),
+        (300, 520, 256, false, 4, dropout(5)),
     ] {
         let shape_q = [2, seqlen_q, 4, head_dim];
         let shape_k = [2, seqlen_k, heads_k, head_dim];
