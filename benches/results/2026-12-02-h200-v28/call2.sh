@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # v28 call 2: speed. head_dim 192 backward: the new default against the portable kernel and the
 # one-stage candidate (bf16, two rounds; f16 one round); head_dim 256 against the build before
-# (bench_base, same call); the torch anchors (FA2, cuDNN) at head_dim 192; the warp-specialized
+# (bench_base, same call) and the early-load candidate (v28b); the torch anchors (FA2, cuDNN) at head_dim 192; the warp-specialized
 # backward's _seq twins at 32/64/96 on the packed-prefill replay against the default.
 set -u
 R=$PWD; out=${OUT:?}
-(cd /tmp && tar xJf $R/gpucarry/bundle.txz)
+[ -d /tmp/bundle ] || (cd /tmp && tar xJf $R/gpucarry/bundle.txz)
 xz -dc $R/gpucarry/bench_base.xz > /tmp/bench_base && chmod +x /tmp/bench_base
 B=/tmp/bundle
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $out/log.txt
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a $out/log.txt
 S="--seqlens 512,1024,4096,16384"
 run() { # tag round cmd...
   local tag=$1 round=$2; shift 2
@@ -22,6 +22,7 @@ for round in 1 2; do
   run onestage $round $B/bin/bench --dtypes bf16 --head-dims 192 $S --kernel flash_bwd_wgmma_1s_bf16_hdim192
   run d256_new $round $B/bin/bench --dtypes bf16 --head-dims 256 --seqlens 1024,4096,16384
   run d256_base $round /tmp/bench_base --dtypes bf16 --head-dims 256 --seqlens 1024,4096,16384
+  run d256_el $round $B/bin/bench --dtypes bf16 --head-dims 256 --seqlens 1024,4096,16384 --kernel flash_bwd_wgmma_el_bf16_hdim256
 done
 run default 1 $B/bin/bench --dtypes f16 --head-dims 192 $S
 run portable 1 $B/bin/bench --dtypes f16 --head-dims 192 $S --kernel flash_bwd_f16_hdim192
