@@ -739,6 +739,14 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
             E::pv_issue(128, T::BLOCK_M, &mut dk, &ds_frags, mn_desc(q_s));
         }
         wait(0, Waited::Outputs(128, &mut dv, &mut dk));
+        let early_load = T::STAGES == 1 && T::EARLY_LOAD && q_tile_index + 1 < end_tile;
+        if early_load {
+            // Both warpgroups are done with Q, dO, LSE and D (dQ reads only dSᵀ and K): the next
+            // tile loads under the dQ GEMM, its staging and its reductions.
+            compute_sync::<T>();
+            load_queries(q_tile_index + 1, 0);
+            cp_async_commit();
+        }
         let mut acc = [[0f32; 4]; 16];
         // SAFETY: as above.
         unsafe { E::dq(128, T::BLOCK_N, &mut acc, ds_desc, k_for_dq) };
@@ -755,7 +763,7 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
         // dQ staged; everyone is done with the stage and with dSᵀ.
         shared_writes_done::<T>();
         reduce_dq_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index, dq_s, tid);
-        if T::STAGES == 1 && q_tile_index + 1 < end_tile {
+        if T::STAGES == 1 && !T::EARLY_LOAD && q_tile_index + 1 < end_tile {
             load_queries(q_tile_index + 1, 0);
             cp_async_commit();
         }

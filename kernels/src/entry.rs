@@ -550,6 +550,11 @@ mod hopper {
         BwdParams,
         flash_bwd_wgmma_split::<Bf16, BwdWgmmaHdim192OneStage, false, false>
     );
+    entry!(
+        flash_bwd_wgmma_late_bf16_hdim256,
+        BwdParams,
+        flash_bwd_wgmma_split::<Bf16, BwdWgmmaLateHdim256, false, false>
+    );
     // FP8 (e4m3) forward: the warp-specialized kernel on Vᵀ, and the transpose that makes Vᵀ.
     entry!(flash_fwd_wgmma_ws_fp8_hdim128, FwdParams, flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Hdim128, false, false>);
     entry!(

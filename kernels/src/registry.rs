@@ -16,10 +16,10 @@ use crate::tiling::{DECODE_ROWS, DECODE_WARPS, decode_block_keys, decode_smem_by
 use crate::traits::{
     BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim32, BwdWgmmaHdim64,
     BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaHdim192,
-    BwdWgmmaHdim192OneStage, BwdWgmmaHdim256, BwdWgmmaTraits, BwdWgmmaWsDs2Hdim64, BwdWgmmaWsDs2Hdim128,
-    BwdWgmmaWsHdim32, BwdWgmmaWsHdim64, BwdWgmmaWsHdim96, BwdWgmmaWsHdim128, FwdHdim32, FwdHdim64, FwdHdim96,
-    FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96, FwdWgmmaHdim128,
-    FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128,
+    BwdWgmmaHdim192OneStage, BwdWgmmaHdim256, BwdWgmmaLateHdim256, BwdWgmmaTraits, BwdWgmmaWsDs2Hdim64,
+    BwdWgmmaWsDs2Hdim128, BwdWgmmaWsHdim32, BwdWgmmaWsHdim64, BwdWgmmaWsHdim96, BwdWgmmaWsHdim128, FwdHdim32,
+    FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96,
+    FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128,
     FwdWgmmaWsFp8PingpongHdim128, FwdWgmmaWsFp8Poly1Hdim128, FwdWgmmaWsFp8Poly2Hdim128, FwdWgmmaWsFp8Stages4Hdim128,
     FwdWgmmaWsHdim64N64, FwdWgmmaWsHdim96, FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsPingpongHdim128,
     ROW_KERNEL_THREADS,
@@ -352,6 +352,8 @@ pub const KERNELS: &[KernelInfo] = registry! {
         bwd_wgmma_opt_in::<BwdWgmmaWsDs2Hdim128>("flash_bwd_wgmma_ws_ds2_bf16_hdim128", Dtype::Bf16),
         // v28: the head_dim 192 backward with one stage (as head_dim 256), for A/B.
         bwd_wgmma_opt_in::<BwdWgmmaHdim192OneStage>("flash_bwd_wgmma_1s_bf16_hdim192", Dtype::Bf16),
+        // v28b: head_dim 256 loading the next query tile after the dQ reductions (the v20 schedule).
+        bwd_wgmma_opt_in::<BwdWgmmaLateHdim256>("flash_bwd_wgmma_late_bf16_hdim256", Dtype::Bf16),
         KernelInfo {
             threads: 128,
             block_rows: 128,
@@ -542,8 +544,9 @@ mod tests {
         // the unpipelined 256 one (two dtypes, dense and `_seq`), a head_dim 64 candidate and
         // four FP8 candidates; v27's warp-specialized backward at 128 (two dtypes, three flavors),
         // its `_seq`/`_mods` twins at 32, 64 and 96, the dense kernels it replaced there, and two
-        // measurement candidates (v27d); the one-stage head_dim 192 backward (v28).
-        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 1);
+        // measurement candidates (v27d); the one-stage head_dim 192 backward (v28) and the late-load
+        // head_dim 256 one (v20's schedule, v28b).
+        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2);
         for k in opt_in() {
             assert_eq!(by_name(k.name).map(|b| b.name), Some(k.name));
             let flavor = if k.modifiers {
