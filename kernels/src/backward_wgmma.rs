@@ -521,7 +521,7 @@ fn reduce_dq_rows<T: BwdWgmmaTraits, const SEQ: bool>(
 /// columns (128 accumulator registers a thread instead of the 256 a 64-key split by keys would
 /// need). At head_dim 256 the halves are disjoint; at 192 warpgroup 0 computes columns 0..128
 /// and warpgroup 1 columns 64..192, because an MN-major operand must start on a 64-column panel
-/// (a 96-column half would start inside one), and each keeps only its own 96 (`owns`).
+/// (a 96-column half would start inside one), and each keeps only its own 96 ([`owned_tiles`]).
 ///
 /// Per 64-query step: warpgroup 0 computes Sᵀ = K·Qᵀ and Pᵀ while warpgroup 1 computes
 /// dPᵀ = V·dOᵀ (M = 64 keys, N = 64 queries, k = head_dim). Pᵀ (f32) goes to warpgroup 1 through
