@@ -106,6 +106,8 @@ for group in (0, 1):
         out.append(wait_fn(group, f"wgmma_wait{group}_o{count}", ["o"], count, 32))
 for count in (32, 64):
     out.append(wait_fn(0, f"wgmma_wait0_oo{count}", ["a", "b"], count, 32))
+# The deferred dQ GEMM (issued before a step's two score GEMMs) is waited for with two in flight.
+out.append(wait_fn(2, "wgmma_wait2_s32", ["s"], 32, 16))
 
 for ty, ptxty in TYPES:
   for issue_only in (False, True):
@@ -162,6 +164,8 @@ pub unsafe fn wgmma_pv{suffix}_n{n}_k{ksteps}_{ty}(o: &mut [[f32; 4]; 32], p: &[
 }}''')
 
   for n, ksteps in DQ:
+     for issue_only in (False, True):
+        suffix = "_issue" if issue_only else ""
         count = n // 2
         lines = ["{{", ".reg .b64 da, kb;", ".reg .pred p;", "setp.ne.u32 p, {zero}, 0;", "wgmma.fence.sync.aligned;"]
         for step in range(ksteps):
@@ -170,19 +174,22 @@ pub unsafe fn wgmma_pv{suffix}_n{n}_k{ksteps}_{ty}(o: &mut [[f32; 4]; 32], p: &[
             scale = "p" if step == 0 else "1"
             lines.append(f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptxty}.{ptxty} {acc(count)}, da, kb, {scale}, 1, 1, 1, 1;")
         lines.append("wgmma.commit_group.sync.aligned;")
-        lines.append("wgmma.wait_group.sync.aligned 0;")
+        if not issue_only:
+            lines.append("wgmma.wait_group.sync.aligned 0;")
         lines.append("}}")
         template = "\n".join(f'            "{l}",' for l in lines)
+        issued = ", issued (no wait)" if issue_only else ""
+        also = "; also, nothing touches `acc` before a wait that names it" if issue_only else ""
         out.append(f'''
-/// `dQ = dS·K` for one warpgroup: 64 query rows × {n} columns over {16 * ksteps} keys, f32 out
+/// `dQ = dS·K` for one warpgroup{issued}: 64 query rows × {n} columns over {16 * ksteps} keys, f32 out
 /// (tiles `0..{n // 8}` of `acc`). Both operands come from shared memory with their rows along the
 /// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
 /// from this warpgroup's first column.
 ///
 /// # Safety
-/// As [`wgmma_qk_n64_p1_bf16`].
+/// As [`wgmma_qk_n64_p1_bf16`]{also}.
 #[inline(always)]
-pub unsafe fn wgmma_dq_n{n}_k{ksteps}_{ty}(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k: u64) {{
+pub unsafe fn wgmma_dq{suffix}_n{n}_k{ksteps}_{ty}(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k: u64) {{
     // SAFETY: guaranteed by the caller; registers are the only other operands.
     unsafe {{
         asm!(

@@ -95,8 +95,10 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
     // Without a producer the loop double-buffers (stages 0 and 1); with one, the ring's
     // mbarriers and `setmaxnreg` split (24 + 2 · 240) assume two consumers.
     const { assert!(if T::PRODUCER { T::WARPGROUPS == 2 && T::THREADS == 384 } else { T::STAGES == 2 }) };
-    // A second dSᵀ tile only with a producer (the in-loop addresses below pick it).
-    const { assert!(T::DS_BUFFERS == 1 || T::PRODUCER && T::DS_BUFFERS == 2) };
+    // A second dSᵀ tile with a producer or for the deferred dQ GEMM (the in-loop addresses
+    // below pick it), which the 64-query pipelined loop runs with two of them.
+    const { assert!(T::DS_BUFFERS == 1 || (T::PRODUCER || T::DEFER_DQ) && T::DS_BUFFERS == 2) };
+    const { assert!(!T::DEFER_DQ || T::PIPELINED && T::BLOCK_M == 64 && T::DS_BUFFERS == 2) };
     // The block's sequence for the `SEQ` kernels (`BwdParams::of_block`).
     let mut sequence = core::mem::MaybeUninit::uninit();
     // SAFETY: the host validated the layout's arrays.
@@ -226,6 +228,26 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
     let k_for_dq =
         wgmma_descriptor(k_s.panel(dq_col0 / 64, 0) + (dq_col0 % 64) * 2, T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
     let ds_desc = wgmma_descriptor(ds_s.panel(dq_row0 / 64, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES);
+    // The dSᵀ tile of the `i`-th query tile of the block (from the aligned shared-memory base
+    // `base`) and the descriptor dQ = dS·K reads it through.
+    let ds_of = |base: u32, i: u32| {
+        let ds_s = Sw128Tile { base: base + T::DS_OFFSET + (i % T::DS_BUFFERS) * T::DS_TILE_BYTES, ..ds_s };
+        (ds_s, wgmma_descriptor(ds_s.panel(dq_row0 / 64, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES))
+    };
+    // This warpgroup's part of a tile's dQ (times the scale) into the staging rows at `dq_s`.
+    // (`lane` is passed in: inside the loop it is the opaque copy, which keeps the staging
+    // addresses from being hoisted into registers held across the loop.)
+    let stage_dq = |acc: &[[f32; 4]; 16], dq_s: u32, lane: u32| {
+        for half in 0..2 {
+            let row = dq_row0 + 16 * (warp % 4) + lane / 4 + 8 * half as u32;
+            for t in 0..(dq_cols / 8) as usize {
+                let col = dq_col0 + 8 * t as u32 + 2 * (lane % 4);
+                let at = dq_s + dq_staging_offset(row, col, T::DQ_ROW_BYTES);
+                // SAFETY: row < BLOCK_M and col + 1 < HEAD_DIM lie inside the staging rows.
+                unsafe { ptx::st_shared_f32x2(at, acc[t][2 * half] * shape.scale, acc[t][2 * half + 1] * shape.scale) };
+            }
+        }
+    };
 
     // SAFETY: the host validated the modifiers' device arrays.
     let mods = unsafe { ScoreMods::for_backward::<MODS>(f, batch, head) };
@@ -242,15 +264,10 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
         // With a producer the consumers have 240 registers: the dSᵀ tile's and the dQ staging's
         // addresses and the dSᵀ descriptor, re-derived from the shared-memory base each step (a
         // few instructions), stay out of the spill frame.
-        let (ds_s, ds_desc, dq_s) = if T::PRODUCER {
-            let base = ptx::dynamic_smem_base().next_multiple_of(1024);
-            let ds_buffer = (q_tile_index - first_tile) % T::DS_BUFFERS;
-            let ds_s = Sw128Tile { base: base + T::DS_OFFSET + ds_buffer * T::DS_TILE_BYTES, ..ds_s };
-            (
-                ds_s,
-                wgmma_descriptor(ds_s.panel(dq_row0 / 64, 0), T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES),
-                base + T::DQ_OFFSET,
-            )
+        let base = if T::PRODUCER { ptx::dynamic_smem_base().next_multiple_of(1024) } else { smem };
+        let (ds_s, ds_desc, dq_s) = if T::PRODUCER || T::DS_BUFFERS > 1 {
+            let (ds_s, ds_desc) = ds_of(base, q_tile_index - first_tile);
+            (ds_s, ds_desc, base + T::DQ_OFFSET)
         } else {
             (ds_s, ds_desc, dq_s)
         };
@@ -353,13 +370,35 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
             wait(0, Waited::Outputs(T::HEAD_DIM, &mut dv, &mut dk));
         } else if T::PIPELINED {
             // Each elementwise step runs while the tensor cores finish the GEMM issued before it:
-            // Pᵀ under dPᵀ = V·dOᵀ, dSᵀ and its store under dV += Pᵀ·dO.
+            // Pᵀ under dPᵀ = V·dOᵀ, dSᵀ and its store under dV += Pᵀ·dO. With `DEFER_DQ` the
+            // previous tile's dQ = dS·K goes first (its dSᵀ was published by the last barrier)
+            // and is staged while the score GEMMs run.
+            // On a block's first step there is no previous tile: the GEMM still runs (no branch
+            // may sit between an issue and its wait, or ptxas serializes every GEMM of the
+            // kernel), on K in place of dSᵀ, and its result is dropped.
+            let deferred = T::DEFER_DQ && q_tile_index > first_tile;
+            let mut previous_dq = [[0f32; 4]; 16];
+            let previous_ds = if deferred { ds_of(base, q_tile_index - first_tile - 1).1 } else { k_for_dq };
             // SAFETY: the whole warpgroup is here (block-uniform loop); every tile landed and was
             // fenced for the async proxy before the last barrier; each accumulator and fragment
-            // array is left alone until a wait names it.
+            // array is left alone until a wait names it. The previous dSᵀ tile is rewritten only
+            // after this warpgroup's wait for its GEMM and the next barrier.
             unsafe {
+                if T::DEFER_DQ {
+                    E::dq_issue(dq_cols, T::BLOCK_N, &mut previous_dq, previous_ds, k_for_dq);
+                }
                 E::qk_issue(T::BLOCK_M, T::HEAD_DIM, &mut s, k_descs, s_descs);
                 E::qk_issue(T::BLOCK_M, T::HEAD_DIM, &mut dp, v_descs, dp_descs);
+            }
+            if T::DEFER_DQ {
+                wait(2, Waited::Scores(dq_cols, &mut previous_dq));
+            }
+            if deferred {
+                // This warp's reductions of the tile before have read the rows it rewrites (it
+                // staged and reduced them itself).
+                ptx::bulk_wait_read();
+                ptx::sync_warp();
+                stage_dq(&previous_dq, dq_s, lane);
             }
             wait(1, Waited::Scores(T::BLOCK_M, &mut s));
             probabilities(&mut s);
@@ -396,6 +435,19 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
             // SAFETY: initialized; each consumer thread arrives once per use.
             unsafe { ptx::mbarrier_arrive(ring.empty(stage)) };
         }
+        if T::DEFER_DQ {
+            if !T::PRODUCER && q_tile_index + 1 < end_tile {
+                cp_async_wait_all();
+            }
+            // The step's one barrier: dSᵀ is published for the next step's dQ GEMM, the previous
+            // tile's dQ rows are staged, everyone is done with this stage (and, without a
+            // producer, the next tile has landed).
+            shared_writes_done::<T>();
+            if q_tile_index > first_tile {
+                reduce_dq_warp_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index - 1, dq_s, ctid);
+            }
+            continue;
+        }
         // The previous tile's dQ reductions have read the staging rows before anyone rewrites them.
         ptx::bulk_wait_read();
         shared_writes_done::<T>();
@@ -421,6 +473,19 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
         // tile has landed and everyone is done with this stage).
         shared_writes_done::<T>();
         reduce_dq_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index, dq_s, ctid);
+    }
+    if T::DEFER_DQ && first_tile < end_tile {
+        // The last tile's dQ, whose dSᵀ the loop's last barrier published.
+        let base = if T::PRODUCER { ptx::dynamic_smem_base().next_multiple_of(1024) } else { smem };
+        let (_, last_ds) = ds_of(base, end_tile - 1 - first_tile);
+        let mut acc = [[0f32; 4]; 16];
+        // SAFETY: as for the loop's GEMMs.
+        unsafe { E::dq(dq_cols, T::BLOCK_N, &mut acc, last_ds, k_for_dq) };
+        ptx::bulk_wait_read();
+        ptx::sync_warp();
+        stage_dq(&acc, base + T::DQ_OFFSET, ptx::opaque(lane));
+        shared_writes_done::<T>();
+        reduce_dq_warp_rows::<T, SEQ>(p, (block_x, head, batch), end_tile - 1, base + T::DQ_OFFSET, ctid);
     }
     ptx::bulk_wait_complete();
 
@@ -510,6 +575,51 @@ fn reduce_dq_rows<T: BwdWgmmaTraits, const SEQ: bool>(
     }
     if deterministic {
         // The next key block may add only once these rows are in global memory.
+        ptx::bulk_wait_complete();
+        compute_sync::<T>();
+    }
+    pass_dq_turn::<SEQ>(p, head, q_tile_index, T::BLOCK_M, tid);
+}
+
+/// [`reduce_dq_rows`] for the deferred dQ GEMM (`BwdWgmmaTraits::DEFER_DQ`, dQ split by columns):
+/// each warp adds the part it staged, its 16 rows × its warpgroup's columns, one bulk reduction
+/// per row from its first 16 lanes, so that the warp's own `bulk_wait_read` (and a warp barrier)
+/// is all that orders its next staging stores after those reads.
+#[inline(always)]
+fn reduce_dq_warp_rows<T: BwdWgmmaTraits, const SEQ: bool>(
+    p: &BwdParams,
+    (block_x, head, batch): (u32, u32, u32),
+    q_tile_index: u32,
+    dq_s: u32,
+    tid: u32,
+) {
+    let shape = &p.fwd.shape;
+    wait_for_dq_turn::<SEQ>(p, block_x, head, q_tile_index, T::BLOCK_M, T::BLOCK_N, tid, compute_sync::<T>);
+    let deterministic = p.dq_semaphore != 0;
+    let (warpgroup, warp, lane) = (tid / 128, tid / 32, tid % 32);
+    let row_in_tile = 16 * (warp % 4) + lane;
+    let row = q_tile_index * T::BLOCK_M + row_in_tile;
+    let cols = T::HEAD_DIM / T::WARPGROUPS;
+    let col0 = warpgroup * cols;
+    // The data columns of this warpgroup's part (head_dim 96 on 128: 64 and 32).
+    let data_cols = T::DATA_HEAD_DIM.min(col0 + cols).saturating_sub(col0);
+    if lane < 16 && row < shape.seqlen_q && data_cols > 0 {
+        if deterministic {
+            ptx::fence_proxy_async();
+        }
+        let base = row_stat_index::<SEQ>(shape, batch, head, row) * shape.head_dim as i64 + col0 as i64;
+        // SAFETY: as in `reduce_dq_rows`; col0 + data_cols <= head_dim, and col0 · 4 is a
+        // multiple of 16.
+        unsafe {
+            ptx::bulk_reduce_add_f32(
+                (p.dq_accum as *mut f32).wrapping_offset(base as isize),
+                dq_s + dq_staging_offset(row_in_tile, col0, T::DQ_ROW_BYTES),
+                data_cols * 4,
+            )
+        };
+        ptx::bulk_commit_group();
+    }
+    if deterministic {
         ptx::bulk_wait_complete();
         compute_sync::<T>();
     }

@@ -315,6 +315,10 @@ pub trait BwdWgmmaTraits {
     /// warpgroups' dV and dK GEMMs are done with the stage (one more barrier a step), under the
     /// dQ GEMM, instead of after the dQ reductions.
     const EARLY_LOAD: bool = false;
+    /// The 64-query pipelined kernel (two dSᵀ tiles): issue each tile's dQ GEMM at the top of
+    /// the next step, ahead of its score GEMMs, and stage it under them, so that a step has one
+    /// barrier instead of two; each warp reduces the dQ rows it staged itself.
+    const DEFER_DQ: bool = false;
 }
 
 /// A Hopper backward configuration: head_dim, warpgroups per block (64 keys each), blocks per
@@ -370,6 +374,23 @@ impl<const D: u32, const DATA: u32> BwdWgmmaTraits for BwdWgmmaPipelined<D, DATA
     const PIPELINED: bool = true;
 }
 
+/// The software-pipelined backward with the dQ GEMM deferred to the next step
+/// ([`BwdWgmmaTraits::DEFER_DQ`]; two dSᵀ tiles, +16 KiB at head_dim 128).
+pub struct BwdWgmmaDeferred<const D: u32, const DATA: u32 = 0>;
+impl<const D: u32, const DATA: u32> BwdWgmmaTraits for BwdWgmmaDeferred<D, DATA> {
+    const HEAD_DIM: u32 = D;
+    const DATA_HEAD_DIM: u32 = if DATA == 0 { D } else { DATA };
+    const PIPELINED: bool = true;
+    const DS_BUFFERS: u32 = 2;
+    const DEFER_DQ: bool = true;
+}
+/// v29 candidates (opt-in): head_dim 128 and 96 with the deferred dQ GEMM, without and with
+/// the producer warpgroup.
+pub type BwdWgmmaDeferredHdim128 = BwdWgmmaDeferred<128>;
+pub type BwdWgmmaDeferredHdim96 = BwdWgmmaDeferred<128, 96>;
+pub type BwdWgmmaWsDeferredHdim128 = BwdWgmmaWs<BwdWgmmaDeferredHdim128, 2, 2>;
+pub type BwdWgmmaWsDeferredHdim96 = BwdWgmmaWs<BwdWgmmaDeferredHdim96, 2, 2>;
+
 /// 128 queries per step (head_dim 64): twice the work per barrier and per staged tile, N = 128
 /// score GEMMs; dQ is split over the warpgroups by rows.
 pub struct BwdWgmmaWide<const D: u32, const DATA: u32 = 0>;
@@ -390,6 +411,7 @@ impl<B: BwdWgmmaTraits, const S: u32, const DS: u32> BwdWgmmaTraits for BwdWgmma
     const DATA_HEAD_DIM: u32 = B::DATA_HEAD_DIM;
     const BLOCK_M: u32 = B::BLOCK_M;
     const PIPELINED: bool = B::PIPELINED;
+    const DEFER_DQ: bool = B::DEFER_DQ;
     const PRODUCER: bool = true;
     const STAGES: u32 = S;
 }
@@ -607,6 +629,13 @@ mod tests {
             assert_eq!(T::MBARRIER_OFFSET % 8, 0);
             assert!(128 * (24 + 2 * 240) <= 65536);
         }
+        // The deferred dQ GEMM: the 64-query pipelined loop, whose dQ is split by columns (each
+        // warp reduces its own 16 rows × 64 columns), reading the previous tile's dSᵀ while the
+        // next one is written.
+        if T::DEFER_DQ {
+            assert!(T::PIPELINED && T::BLOCK_M == 64 && T::BLOCK_N == 128 && T::HEAD_DIM == 128);
+            assert_eq!(T::DS_BUFFERS, 2);
+        }
     }
 
     #[test]
@@ -629,6 +658,12 @@ mod tests {
         check_bwd_wgmma::<BwdWgmmaHdim192>();
         check_bwd_wgmma::<BwdWgmmaHdim192OneStage>();
         check_bwd_wgmma::<BwdWgmmaLateHdim256>();
+        check_bwd_wgmma::<BwdWgmmaDeferredHdim128>();
+        check_bwd_wgmma::<BwdWgmmaDeferredHdim96>();
+        check_bwd_wgmma::<BwdWgmmaWsDeferredHdim128>();
+        check_bwd_wgmma::<BwdWgmmaWsDeferredHdim96>();
+        // The second dSᵀ tile fits beside the two stages (201 728 bytes without a producer).
+        assert_eq!(BwdWgmmaDeferredHdim128::SMEM_BYTES, 201_728);
         // The split kernel hands Pᵀ (a 64 × 64 f32 tile: 32 floats a thread) through the dQ
         // staging rows.
         assert!(128 * 32 * 4 <= BwdWgmmaHdim256::BLOCK_M * BwdWgmmaHdim256::DQ_ROW_BYTES);

@@ -68,6 +68,11 @@ pub trait WgmmaElement: Element {
     /// # Safety
     /// As [`WgmmaElement::pv`]; also, nothing touches `o` or `p` before a [`wait`] that names `o`.
     unsafe fn pv_issue(n: u32, k_dim: u32, o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], b: u64);
+    /// [`WgmmaElement::dq`] without the wait.
+    ///
+    /// # Safety
+    /// As [`WgmmaElement::dq`]; also, nothing touches `acc` before a [`wait`] that names it.
+    unsafe fn dq_issue(n: u32, k_dim: u32, acc: &mut [[f32; 4]; 16], a: u64, b: u64);
 }
 
 /// Which accumulators a wait covers: the first `n / 2` registers of score-shaped (16 tiles) or
@@ -78,11 +83,12 @@ pub enum Waited<'a> {
     Outputs(u32, &'a mut [[f32; 4]; 32], &'a mut [[f32; 4]; 32]),
 }
 
-/// Wait until at most `pending` (1, or else 0) of this warpgroup's issued GEMM groups are in flight,
+/// Wait until at most `pending` (2 or 1, or else 0) of this warpgroup's issued GEMM groups are in flight,
 /// ordering every later use of the named accumulators after the wait. All 128 threads call it.
 #[inline(always)]
 pub fn wait(pending: u32, waited: Waited<'_>) {
     match (pending, waited) {
+        (2, Waited::Scores(64, s)) => wgmma::wgmma_wait2_s32(s),
         (1, Waited::Scores(64, s)) => wgmma::wgmma_wait1_s32(s),
         (1, Waited::Scores(_, s)) => wgmma::wgmma_wait1_s64(s),
         (_, Waited::Scores(64, s)) => wgmma::wgmma_wait0_s32(s),
@@ -117,7 +123,8 @@ macro_rules! wgmma_element {
      pv: $pv64_4:ident, $pv64_8:ident, $pv128_4:ident, $pv128_8:ident, $pv192_4:ident, $pv256_4:ident,
      dq: $dq32_8:ident, $dq64_8:ident, $dq64_4:ident, $dq128_4:ident,
      qk_issue: $qki64_1:ident, $qki64_2:ident, $qki128_1:ident, $qki128_2:ident, $qki64_3:ident, $qki64_4:ident,
-     pv_issue: $pvi64_4:ident, $pvi64_8:ident, $pvi128_4:ident, $pvi128_8:ident, $pvi192_4:ident, $pvi256_4:ident) => {
+     pv_issue: $pvi64_4:ident, $pvi64_8:ident, $pvi128_4:ident, $pvi128_8:ident, $pvi192_4:ident, $pvi256_4:ident,
+     dq_issue: $dqi32_8:ident, $dqi64_8:ident, $dqi64_4:ident, $dqi128_4:ident) => {
         impl WgmmaElement for $ty {
             #[inline(always)]
             unsafe fn qk(n: u32, k_dim: u32, s: &mut [[f32; 4]; 16], a: PanelDescriptors, b: PanelDescriptors) {
@@ -192,6 +199,19 @@ macro_rules! wgmma_element {
                     }
                 }
             }
+            #[inline(always)]
+            unsafe fn dq_issue(n: u32, k_dim: u32, acc: &mut [[f32; 4]; 16], a: u64, b: u64) {
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    match (n, k_dim) {
+                        (32, 128) => wgmma::$dqi32_8(acc, a, b),
+                        (64, 128) => wgmma::$dqi64_8(acc, a, b),
+                        (64, 64) => wgmma::$dqi64_4(acc, a, b),
+                        (128, 64) => wgmma::$dqi128_4(acc, a, b),
+                        _ => core::arch::nvptx::trap(),
+                    }
+                }
+            }
         }
     };
 }
@@ -206,7 +226,8 @@ wgmma_element!(
     qk_issue: wgmma_qk_issue_n64_p1_bf16, wgmma_qk_issue_n64_p2_bf16, wgmma_qk_issue_n128_p1_bf16, wgmma_qk_issue_n128_p2_bf16,
     wgmma_qk_issue_n64_p3_bf16, wgmma_qk_issue_n64_p4_bf16,
     pv_issue: wgmma_pv_issue_n64_k4_bf16, wgmma_pv_issue_n64_k8_bf16, wgmma_pv_issue_n128_k4_bf16, wgmma_pv_issue_n128_k8_bf16,
-    wgmma_pv_issue_n192_k4_bf16, wgmma_pv_issue_n256_k4_bf16
+    wgmma_pv_issue_n192_k4_bf16, wgmma_pv_issue_n256_k4_bf16,
+    dq_issue: wgmma_dq_issue_n32_k8_bf16, wgmma_dq_issue_n64_k8_bf16, wgmma_dq_issue_n64_k4_bf16, wgmma_dq_issue_n128_k4_bf16
 );
 wgmma_element!(
     F16,
@@ -218,7 +239,8 @@ wgmma_element!(
     qk_issue: wgmma_qk_issue_n64_p1_f16, wgmma_qk_issue_n64_p2_f16, wgmma_qk_issue_n128_p1_f16, wgmma_qk_issue_n128_p2_f16,
     wgmma_qk_issue_n64_p3_f16, wgmma_qk_issue_n64_p4_f16,
     pv_issue: wgmma_pv_issue_n64_k4_f16, wgmma_pv_issue_n64_k8_f16, wgmma_pv_issue_n128_k4_f16, wgmma_pv_issue_n128_k8_f16,
-    wgmma_pv_issue_n192_k4_f16, wgmma_pv_issue_n256_k4_f16
+    wgmma_pv_issue_n192_k4_f16, wgmma_pv_issue_n256_k4_f16,
+    dq_issue: wgmma_dq_issue_n32_k8_f16, wgmma_dq_issue_n64_k8_f16, wgmma_dq_issue_n64_k4_f16, wgmma_dq_issue_n128_k4_f16
 );
 
 /// FP8 e4m3 inputs (the FP8 forward): Q and K K-major, V transposed (Vᵀ, also K-major, as 8-bit

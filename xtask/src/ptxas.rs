@@ -75,6 +75,16 @@ fn parse(report: &str) -> Vec<(String, Resources)> {
     out
 }
 
+/// The kernels for which ptxas reports serialized warpgroup GEMMs: its C7514 note ("wgmma.mma_async
+/// instructions are serialized due to ...") names the function last, in single quotes.
+fn serialized_wgmma(report: &str) -> Vec<String> {
+    report
+        .lines()
+        .filter(|l| l.contains("(C7514)"))
+        .filter_map(|l| l.rsplit('\'').nth(1).map(str::to_string))
+        .collect()
+}
+
 /// Largest spill stack frame a `_mods` kernel may have (the dense kernels may have none).
 const MODS_STACK_BUDGET: u32 = 256;
 
@@ -83,6 +93,7 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
     let mut failures = Vec::new();
     let mut mods_spills = Vec::new();
     let mut candidate_spills = Vec::new();
+    let mut candidate_serialized = Vec::new();
     println!(
         "{:<34} {:>6} {:>5} {:>11} {:>12} {:>6} {:>13}",
         "kernel", "arch", "regs", "smem static", "smem dynamic", "stack", "spill st/ld"
@@ -111,6 +122,16 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
             }
         }
         failures.extend(crate::wgmma_check::check(arch, &ptx_text));
+        // ptxas serializes a kernel's warpgroup GEMMs (waits after every one) when it finds a
+        // non-wgmma instruction on an accumulator inside a pipeline stage, which undoes the
+        // issue-only forms' overlap: fatal for the kernels picked by default.
+        for name in serialized_wgmma(&text) {
+            if KERNELS.iter().any(|k| k.name == name && k.opt_in) {
+                candidate_serialized.push(format!("{name} ({arch})"));
+            } else {
+                failures.push(format!("{name} ({arch}): ptxas serialized its wgmma (C7514)"));
+            }
+        }
         failures.extend(crate::barrier_check::check(arch, &ptx_text));
         let parsed = parse(&text);
         // A call that survived optimization (a panic path, an outlined helper) costs a stack
@@ -163,6 +184,12 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
     if !candidate_spills.is_empty() {
         println!("ptxas: opt-in candidates with spills (not shipped as defaults): {}", candidate_spills.join(", "));
     }
+    if !candidate_serialized.is_empty() {
+        println!(
+            "ptxas: opt-in candidates whose wgmma ptxas serialized (C7514): {}",
+            candidate_serialized.join(", ")
+        );
+    }
     if !mods_spills.is_empty() {
         println!(
             "ptxas: `_mods` / `_seq` kernels with a spill stack frame (budget {MODS_STACK_BUDGET} bytes): {}",
@@ -182,6 +209,16 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serialized_wgmma_notes_name_their_kernel() {
+        let report = "ptxas info    : (C7514) Potential Performance Loss: wgmma.mma_async instructions are \
+            serialized due to non wgmma instructions reading accumulator registers of  a wgmma between start \
+            and end of the pipeline stage in the function 'flash_bwd_x'\n\
+            ptxas info    : Compiling entry function 'flash_bwd_y' for 'sm_90a'\n";
+        assert_eq!(serialized_wgmma(report), vec!["flash_bwd_x".to_string()]);
+        assert!(serialized_wgmma("ptxas info    : Used 255 registers").is_empty());
+    }
 
     #[test]
     fn callee_properties_do_not_hide_the_entry_stack_frame() {

@@ -237,6 +237,22 @@ pub fn wgmma_wait0_oo64(a: &mut [[f32; 4]; 32], b: &mut [[f32; 4]; 32]) {
     }
 }
 
+/// `wgmma.wait_group 2`: at most 2 GEMM group(s) of this warpgroup still in flight. Names
+/// the first 32 accumulators of `s`, which the waited-for GEMMs write, so
+/// that no use of them moves above the wait.
+#[inline(always)]
+pub fn wgmma_wait2_s32(s: &mut [[f32; 4]; 16]) {
+    // SAFETY: a wait; registers are the only operands.
+    unsafe {
+        asm!(
+            "wgmma.wait_group.sync.aligned 2;",
+            "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31}",
+            inout(reg32) s[0][0], inout(reg32) s[0][1], inout(reg32) s[0][2], inout(reg32) s[0][3], inout(reg32) s[1][0], inout(reg32) s[1][1], inout(reg32) s[1][2], inout(reg32) s[1][3], inout(reg32) s[2][0], inout(reg32) s[2][1], inout(reg32) s[2][2], inout(reg32) s[2][3], inout(reg32) s[3][0], inout(reg32) s[3][1], inout(reg32) s[3][2], inout(reg32) s[3][3], inout(reg32) s[4][0], inout(reg32) s[4][1], inout(reg32) s[4][2], inout(reg32) s[4][3], inout(reg32) s[5][0], inout(reg32) s[5][1], inout(reg32) s[5][2], inout(reg32) s[5][3], inout(reg32) s[6][0], inout(reg32) s[6][1], inout(reg32) s[6][2], inout(reg32) s[6][3], inout(reg32) s[7][0], inout(reg32) s[7][1], inout(reg32) s[7][2], inout(reg32) s[7][3],
+            options(nostack),
+        )
+    }
+}
+
 /// `S = Q·Kᵀ` for one warpgroup: 64 query rows × 64 keys, head_dim 64 (1 panel(s) of
 /// 64 columns), bf16 inputs, f32 out (tiles `0..8` of `s`; the rest untouched). `desc_q[p]` and
 /// `desc_k[p]` describe panel `p` of the 128-byte-swizzled Q and K tiles (K-major both).
@@ -1354,6 +1370,58 @@ pub unsafe fn wgmma_dq_n32_k8_bf16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_
     }
 }
 
+/// `dQ = dS·K` for one warpgroup, issued (no wait): 64 query rows × 32 columns over 128 keys, f32 out
+/// (tiles `0..4` of `acc`). Both operands come from shared memory with their rows along the
+/// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
+/// from this warpgroup's first column.
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `acc` before a wait that names it.
+#[inline(always)]
+pub unsafe fn wgmma_dq_issue_n32_k8_bf16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 da, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 da, {ds}, 0;",
+            "add.s64 kb, {k}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, p, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 128;",
+            "add.s64 kb, {k}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 256;",
+            "add.s64 kb, {k}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 384;",
+            "add.s64 kb, {k}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 512;",
+            "add.s64 kb, {k}, 512;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 640;",
+            "add.s64 kb, {k}, 640;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 768;",
+            "add.s64 kb, {k}, 768;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 896;",
+            "add.s64 kb, {k}, 896;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            out(reg32) acc[0][0], out(reg32) acc[0][1], out(reg32) acc[0][2], out(reg32) acc[0][3], out(reg32) acc[1][0], out(reg32) acc[1][1], out(reg32) acc[1][2], out(reg32) acc[1][3], out(reg32) acc[2][0], out(reg32) acc[2][1], out(reg32) acc[2][2], out(reg32) acc[2][3], out(reg32) acc[3][0], out(reg32) acc[3][1], out(reg32) acc[3][2], out(reg32) acc[3][3],
+            ds = in(reg64) desc_ds,
+            k = in(reg64) desc_k,
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
 /// `dQ = dS·K` for one warpgroup: 64 query rows × 64 columns over 128 keys, f32 out
 /// (tiles `0..8` of `acc`). Both operands come from shared memory with their rows along the
 /// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
@@ -1407,6 +1475,58 @@ pub unsafe fn wgmma_dq_n64_k8_bf16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_
     }
 }
 
+/// `dQ = dS·K` for one warpgroup, issued (no wait): 64 query rows × 64 columns over 128 keys, f32 out
+/// (tiles `0..8` of `acc`). Both operands come from shared memory with their rows along the
+/// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
+/// from this warpgroup's first column.
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `acc` before a wait that names it.
+#[inline(always)]
+pub unsafe fn wgmma_dq_issue_n64_k8_bf16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 da, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 da, {ds}, 0;",
+            "add.s64 kb, {k}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, p, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 128;",
+            "add.s64 kb, {k}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 256;",
+            "add.s64 kb, {k}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 384;",
+            "add.s64 kb, {k}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 512;",
+            "add.s64 kb, {k}, 512;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 640;",
+            "add.s64 kb, {k}, 640;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 768;",
+            "add.s64 kb, {k}, 768;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 896;",
+            "add.s64 kb, {k}, 896;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            out(reg32) acc[0][0], out(reg32) acc[0][1], out(reg32) acc[0][2], out(reg32) acc[0][3], out(reg32) acc[1][0], out(reg32) acc[1][1], out(reg32) acc[1][2], out(reg32) acc[1][3], out(reg32) acc[2][0], out(reg32) acc[2][1], out(reg32) acc[2][2], out(reg32) acc[2][3], out(reg32) acc[3][0], out(reg32) acc[3][1], out(reg32) acc[3][2], out(reg32) acc[3][3], out(reg32) acc[4][0], out(reg32) acc[4][1], out(reg32) acc[4][2], out(reg32) acc[4][3], out(reg32) acc[5][0], out(reg32) acc[5][1], out(reg32) acc[5][2], out(reg32) acc[5][3], out(reg32) acc[6][0], out(reg32) acc[6][1], out(reg32) acc[6][2], out(reg32) acc[6][3], out(reg32) acc[7][0], out(reg32) acc[7][1], out(reg32) acc[7][2], out(reg32) acc[7][3],
+            ds = in(reg64) desc_ds,
+            k = in(reg64) desc_k,
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
 /// `dQ = dS·K` for one warpgroup: 64 query rows × 64 columns over 64 keys, f32 out
 /// (tiles `0..8` of `acc`). Both operands come from shared memory with their rows along the
 /// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
@@ -1448,6 +1568,46 @@ pub unsafe fn wgmma_dq_n64_k4_bf16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_
     }
 }
 
+/// `dQ = dS·K` for one warpgroup, issued (no wait): 64 query rows × 64 columns over 64 keys, f32 out
+/// (tiles `0..8` of `acc`). Both operands come from shared memory with their rows along the
+/// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
+/// from this warpgroup's first column.
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `acc` before a wait that names it.
+#[inline(always)]
+pub unsafe fn wgmma_dq_issue_n64_k4_bf16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 da, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 da, {ds}, 0;",
+            "add.s64 kb, {k}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, p, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 128;",
+            "add.s64 kb, {k}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 256;",
+            "add.s64 kb, {k}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 384;",
+            "add.s64 kb, {k}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            out(reg32) acc[0][0], out(reg32) acc[0][1], out(reg32) acc[0][2], out(reg32) acc[0][3], out(reg32) acc[1][0], out(reg32) acc[1][1], out(reg32) acc[1][2], out(reg32) acc[1][3], out(reg32) acc[2][0], out(reg32) acc[2][1], out(reg32) acc[2][2], out(reg32) acc[2][3], out(reg32) acc[3][0], out(reg32) acc[3][1], out(reg32) acc[3][2], out(reg32) acc[3][3], out(reg32) acc[4][0], out(reg32) acc[4][1], out(reg32) acc[4][2], out(reg32) acc[4][3], out(reg32) acc[5][0], out(reg32) acc[5][1], out(reg32) acc[5][2], out(reg32) acc[5][3], out(reg32) acc[6][0], out(reg32) acc[6][1], out(reg32) acc[6][2], out(reg32) acc[6][3], out(reg32) acc[7][0], out(reg32) acc[7][1], out(reg32) acc[7][2], out(reg32) acc[7][3],
+            ds = in(reg64) desc_ds,
+            k = in(reg64) desc_k,
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
 /// `dQ = dS·K` for one warpgroup: 64 query rows × 128 columns over 64 keys, f32 out
 /// (tiles `0..16` of `acc`). Both operands come from shared memory with their rows along the
 /// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
@@ -1479,6 +1639,46 @@ pub unsafe fn wgmma_dq_n128_k4_bf16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc
             "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, da, kb, 1, 1, 1, 1, 1;",
             "wgmma.commit_group.sync.aligned;",
             "wgmma.wait_group.sync.aligned 0;",
+            "}}",
+            out(reg32) acc[0][0], out(reg32) acc[0][1], out(reg32) acc[0][2], out(reg32) acc[0][3], out(reg32) acc[1][0], out(reg32) acc[1][1], out(reg32) acc[1][2], out(reg32) acc[1][3], out(reg32) acc[2][0], out(reg32) acc[2][1], out(reg32) acc[2][2], out(reg32) acc[2][3], out(reg32) acc[3][0], out(reg32) acc[3][1], out(reg32) acc[3][2], out(reg32) acc[3][3], out(reg32) acc[4][0], out(reg32) acc[4][1], out(reg32) acc[4][2], out(reg32) acc[4][3], out(reg32) acc[5][0], out(reg32) acc[5][1], out(reg32) acc[5][2], out(reg32) acc[5][3], out(reg32) acc[6][0], out(reg32) acc[6][1], out(reg32) acc[6][2], out(reg32) acc[6][3], out(reg32) acc[7][0], out(reg32) acc[7][1], out(reg32) acc[7][2], out(reg32) acc[7][3], out(reg32) acc[8][0], out(reg32) acc[8][1], out(reg32) acc[8][2], out(reg32) acc[8][3], out(reg32) acc[9][0], out(reg32) acc[9][1], out(reg32) acc[9][2], out(reg32) acc[9][3], out(reg32) acc[10][0], out(reg32) acc[10][1], out(reg32) acc[10][2], out(reg32) acc[10][3], out(reg32) acc[11][0], out(reg32) acc[11][1], out(reg32) acc[11][2], out(reg32) acc[11][3], out(reg32) acc[12][0], out(reg32) acc[12][1], out(reg32) acc[12][2], out(reg32) acc[12][3], out(reg32) acc[13][0], out(reg32) acc[13][1], out(reg32) acc[13][2], out(reg32) acc[13][3], out(reg32) acc[14][0], out(reg32) acc[14][1], out(reg32) acc[14][2], out(reg32) acc[14][3], out(reg32) acc[15][0], out(reg32) acc[15][1], out(reg32) acc[15][2], out(reg32) acc[15][3],
+            ds = in(reg64) desc_ds,
+            k = in(reg64) desc_k,
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
+/// `dQ = dS·K` for one warpgroup, issued (no wait): 64 query rows × 128 columns over 64 keys, f32 out
+/// (tiles `0..16` of `acc`). Both operands come from shared memory with their rows along the
+/// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
+/// from this warpgroup's first column.
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `acc` before a wait that names it.
+#[inline(always)]
+pub unsafe fn wgmma_dq_issue_n128_k4_bf16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 da, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 da, {ds}, 0;",
+            "add.s64 kb, {k}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, da, kb, p, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 128;",
+            "add.s64 kb, {k}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 256;",
+            "add.s64 kb, {k}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 384;",
+            "add.s64 kb, {k}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, da, kb, 1, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
             "}}",
             out(reg32) acc[0][0], out(reg32) acc[0][1], out(reg32) acc[0][2], out(reg32) acc[0][3], out(reg32) acc[1][0], out(reg32) acc[1][1], out(reg32) acc[1][2], out(reg32) acc[1][3], out(reg32) acc[2][0], out(reg32) acc[2][1], out(reg32) acc[2][2], out(reg32) acc[2][3], out(reg32) acc[3][0], out(reg32) acc[3][1], out(reg32) acc[3][2], out(reg32) acc[3][3], out(reg32) acc[4][0], out(reg32) acc[4][1], out(reg32) acc[4][2], out(reg32) acc[4][3], out(reg32) acc[5][0], out(reg32) acc[5][1], out(reg32) acc[5][2], out(reg32) acc[5][3], out(reg32) acc[6][0], out(reg32) acc[6][1], out(reg32) acc[6][2], out(reg32) acc[6][3], out(reg32) acc[7][0], out(reg32) acc[7][1], out(reg32) acc[7][2], out(reg32) acc[7][3], out(reg32) acc[8][0], out(reg32) acc[8][1], out(reg32) acc[8][2], out(reg32) acc[8][3], out(reg32) acc[9][0], out(reg32) acc[9][1], out(reg32) acc[9][2], out(reg32) acc[9][3], out(reg32) acc[10][0], out(reg32) acc[10][1], out(reg32) acc[10][2], out(reg32) acc[10][3], out(reg32) acc[11][0], out(reg32) acc[11][1], out(reg32) acc[11][2], out(reg32) acc[11][3], out(reg32) acc[12][0], out(reg32) acc[12][1], out(reg32) acc[12][2], out(reg32) acc[12][3], out(reg32) acc[13][0], out(reg32) acc[13][1], out(reg32) acc[13][2], out(reg32) acc[13][3], out(reg32) acc[14][0], out(reg32) acc[14][1], out(reg32) acc[14][2], out(reg32) acc[14][3], out(reg32) acc[15][0], out(reg32) acc[15][1], out(reg32) acc[15][2], out(reg32) acc[15][3],
             ds = in(reg64) desc_ds,
@@ -2606,6 +2806,58 @@ pub unsafe fn wgmma_dq_n32_k8_f16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k
     }
 }
 
+/// `dQ = dS·K` for one warpgroup, issued (no wait): 64 query rows × 32 columns over 128 keys, f32 out
+/// (tiles `0..4` of `acc`). Both operands come from shared memory with their rows along the
+/// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
+/// from this warpgroup's first column.
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `acc` before a wait that names it.
+#[inline(always)]
+pub unsafe fn wgmma_dq_issue_n32_k8_f16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 da, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 da, {ds}, 0;",
+            "add.s64 kb, {k}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, p, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 128;",
+            "add.s64 kb, {k}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 256;",
+            "add.s64 kb, {k}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 384;",
+            "add.s64 kb, {k}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 512;",
+            "add.s64 kb, {k}, 512;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 640;",
+            "add.s64 kb, {k}, 640;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 768;",
+            "add.s64 kb, {k}, 768;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 896;",
+            "add.s64 kb, {k}, 896;",
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, da, kb, 1, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            out(reg32) acc[0][0], out(reg32) acc[0][1], out(reg32) acc[0][2], out(reg32) acc[0][3], out(reg32) acc[1][0], out(reg32) acc[1][1], out(reg32) acc[1][2], out(reg32) acc[1][3], out(reg32) acc[2][0], out(reg32) acc[2][1], out(reg32) acc[2][2], out(reg32) acc[2][3], out(reg32) acc[3][0], out(reg32) acc[3][1], out(reg32) acc[3][2], out(reg32) acc[3][3],
+            ds = in(reg64) desc_ds,
+            k = in(reg64) desc_k,
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
 /// `dQ = dS·K` for one warpgroup: 64 query rows × 64 columns over 128 keys, f32 out
 /// (tiles `0..8` of `acc`). Both operands come from shared memory with their rows along the
 /// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
@@ -2659,6 +2911,58 @@ pub unsafe fn wgmma_dq_n64_k8_f16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k
     }
 }
 
+/// `dQ = dS·K` for one warpgroup, issued (no wait): 64 query rows × 64 columns over 128 keys, f32 out
+/// (tiles `0..8` of `acc`). Both operands come from shared memory with their rows along the
+/// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
+/// from this warpgroup's first column.
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `acc` before a wait that names it.
+#[inline(always)]
+pub unsafe fn wgmma_dq_issue_n64_k8_f16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 da, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 da, {ds}, 0;",
+            "add.s64 kb, {k}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, p, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 128;",
+            "add.s64 kb, {k}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 256;",
+            "add.s64 kb, {k}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 384;",
+            "add.s64 kb, {k}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 512;",
+            "add.s64 kb, {k}, 512;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 640;",
+            "add.s64 kb, {k}, 640;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 768;",
+            "add.s64 kb, {k}, 768;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 896;",
+            "add.s64 kb, {k}, 896;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            out(reg32) acc[0][0], out(reg32) acc[0][1], out(reg32) acc[0][2], out(reg32) acc[0][3], out(reg32) acc[1][0], out(reg32) acc[1][1], out(reg32) acc[1][2], out(reg32) acc[1][3], out(reg32) acc[2][0], out(reg32) acc[2][1], out(reg32) acc[2][2], out(reg32) acc[2][3], out(reg32) acc[3][0], out(reg32) acc[3][1], out(reg32) acc[3][2], out(reg32) acc[3][3], out(reg32) acc[4][0], out(reg32) acc[4][1], out(reg32) acc[4][2], out(reg32) acc[4][3], out(reg32) acc[5][0], out(reg32) acc[5][1], out(reg32) acc[5][2], out(reg32) acc[5][3], out(reg32) acc[6][0], out(reg32) acc[6][1], out(reg32) acc[6][2], out(reg32) acc[6][3], out(reg32) acc[7][0], out(reg32) acc[7][1], out(reg32) acc[7][2], out(reg32) acc[7][3],
+            ds = in(reg64) desc_ds,
+            k = in(reg64) desc_k,
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
 /// `dQ = dS·K` for one warpgroup: 64 query rows × 64 columns over 64 keys, f32 out
 /// (tiles `0..8` of `acc`). Both operands come from shared memory with their rows along the
 /// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
@@ -2700,6 +3004,46 @@ pub unsafe fn wgmma_dq_n64_k4_f16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k
     }
 }
 
+/// `dQ = dS·K` for one warpgroup, issued (no wait): 64 query rows × 64 columns over 64 keys, f32 out
+/// (tiles `0..8` of `acc`). Both operands come from shared memory with their rows along the
+/// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
+/// from this warpgroup's first column.
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `acc` before a wait that names it.
+#[inline(always)]
+pub unsafe fn wgmma_dq_issue_n64_k4_f16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 da, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 da, {ds}, 0;",
+            "add.s64 kb, {k}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, p, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 128;",
+            "add.s64 kb, {k}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 256;",
+            "add.s64 kb, {k}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 384;",
+            "add.s64 kb, {k}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, da, kb, 1, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            out(reg32) acc[0][0], out(reg32) acc[0][1], out(reg32) acc[0][2], out(reg32) acc[0][3], out(reg32) acc[1][0], out(reg32) acc[1][1], out(reg32) acc[1][2], out(reg32) acc[1][3], out(reg32) acc[2][0], out(reg32) acc[2][1], out(reg32) acc[2][2], out(reg32) acc[2][3], out(reg32) acc[3][0], out(reg32) acc[3][1], out(reg32) acc[3][2], out(reg32) acc[3][3], out(reg32) acc[4][0], out(reg32) acc[4][1], out(reg32) acc[4][2], out(reg32) acc[4][3], out(reg32) acc[5][0], out(reg32) acc[5][1], out(reg32) acc[5][2], out(reg32) acc[5][3], out(reg32) acc[6][0], out(reg32) acc[6][1], out(reg32) acc[6][2], out(reg32) acc[6][3], out(reg32) acc[7][0], out(reg32) acc[7][1], out(reg32) acc[7][2], out(reg32) acc[7][3],
+            ds = in(reg64) desc_ds,
+            k = in(reg64) desc_k,
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
 /// `dQ = dS·K` for one warpgroup: 64 query rows × 128 columns over 64 keys, f32 out
 /// (tiles `0..16` of `acc`). Both operands come from shared memory with their rows along the
 /// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
@@ -2731,6 +3075,46 @@ pub unsafe fn wgmma_dq_n128_k4_f16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_
             "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, da, kb, 1, 1, 1, 1, 1;",
             "wgmma.commit_group.sync.aligned;",
             "wgmma.wait_group.sync.aligned 0;",
+            "}}",
+            out(reg32) acc[0][0], out(reg32) acc[0][1], out(reg32) acc[0][2], out(reg32) acc[0][3], out(reg32) acc[1][0], out(reg32) acc[1][1], out(reg32) acc[1][2], out(reg32) acc[1][3], out(reg32) acc[2][0], out(reg32) acc[2][1], out(reg32) acc[2][2], out(reg32) acc[2][3], out(reg32) acc[3][0], out(reg32) acc[3][1], out(reg32) acc[3][2], out(reg32) acc[3][3], out(reg32) acc[4][0], out(reg32) acc[4][1], out(reg32) acc[4][2], out(reg32) acc[4][3], out(reg32) acc[5][0], out(reg32) acc[5][1], out(reg32) acc[5][2], out(reg32) acc[5][3], out(reg32) acc[6][0], out(reg32) acc[6][1], out(reg32) acc[6][2], out(reg32) acc[6][3], out(reg32) acc[7][0], out(reg32) acc[7][1], out(reg32) acc[7][2], out(reg32) acc[7][3], out(reg32) acc[8][0], out(reg32) acc[8][1], out(reg32) acc[8][2], out(reg32) acc[8][3], out(reg32) acc[9][0], out(reg32) acc[9][1], out(reg32) acc[9][2], out(reg32) acc[9][3], out(reg32) acc[10][0], out(reg32) acc[10][1], out(reg32) acc[10][2], out(reg32) acc[10][3], out(reg32) acc[11][0], out(reg32) acc[11][1], out(reg32) acc[11][2], out(reg32) acc[11][3], out(reg32) acc[12][0], out(reg32) acc[12][1], out(reg32) acc[12][2], out(reg32) acc[12][3], out(reg32) acc[13][0], out(reg32) acc[13][1], out(reg32) acc[13][2], out(reg32) acc[13][3], out(reg32) acc[14][0], out(reg32) acc[14][1], out(reg32) acc[14][2], out(reg32) acc[14][3], out(reg32) acc[15][0], out(reg32) acc[15][1], out(reg32) acc[15][2], out(reg32) acc[15][3],
+            ds = in(reg64) desc_ds,
+            k = in(reg64) desc_k,
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
+/// `dQ = dS·K` for one warpgroup, issued (no wait): 64 query rows × 128 columns over 64 keys, f32 out
+/// (tiles `0..16` of `acc`). Both operands come from shared memory with their rows along the
+/// keys (MN-major, transposed): `desc_ds` describes dSᵀ (keys × queries), `desc_k` the K tile
+/// from this warpgroup's first column.
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `acc` before a wait that names it.
+#[inline(always)]
+pub unsafe fn wgmma_dq_issue_n128_k4_f16(acc: &mut [[f32; 4]; 16], desc_ds: u64, desc_k: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 da, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 da, {ds}, 0;",
+            "add.s64 kb, {k}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, da, kb, p, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 128;",
+            "add.s64 kb, {k}, 128;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 256;",
+            "add.s64 kb, {k}, 256;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, da, kb, 1, 1, 1, 1, 1;",
+            "add.s64 da, {ds}, 384;",
+            "add.s64 kb, {k}, 384;",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, da, kb, 1, 1, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
             "}}",
             out(reg32) acc[0][0], out(reg32) acc[0][1], out(reg32) acc[0][2], out(reg32) acc[0][3], out(reg32) acc[1][0], out(reg32) acc[1][1], out(reg32) acc[1][2], out(reg32) acc[1][3], out(reg32) acc[2][0], out(reg32) acc[2][1], out(reg32) acc[2][2], out(reg32) acc[2][3], out(reg32) acc[3][0], out(reg32) acc[3][1], out(reg32) acc[3][2], out(reg32) acc[3][3], out(reg32) acc[4][0], out(reg32) acc[4][1], out(reg32) acc[4][2], out(reg32) acc[4][3], out(reg32) acc[5][0], out(reg32) acc[5][1], out(reg32) acc[5][2], out(reg32) acc[5][3], out(reg32) acc[6][0], out(reg32) acc[6][1], out(reg32) acc[6][2], out(reg32) acc[6][3], out(reg32) acc[7][0], out(reg32) acc[7][1], out(reg32) acc[7][2], out(reg32) acc[7][3], out(reg32) acc[8][0], out(reg32) acc[8][1], out(reg32) acc[8][2], out(reg32) acc[8][3], out(reg32) acc[9][0], out(reg32) acc[9][1], out(reg32) acc[9][2], out(reg32) acc[9][3], out(reg32) acc[10][0], out(reg32) acc[10][1], out(reg32) acc[10][2], out(reg32) acc[10][3], out(reg32) acc[11][0], out(reg32) acc[11][1], out(reg32) acc[11][2], out(reg32) acc[11][3], out(reg32) acc[12][0], out(reg32) acc[12][1], out(reg32) acc[12][2], out(reg32) acc[12][3], out(reg32) acc[13][0], out(reg32) acc[13][1], out(reg32) acc[13][2], out(reg32) acc[13][3], out(reg32) acc[14][0], out(reg32) acc[14][1], out(reg32) acc[14][2], out(reg32) acc[14][3], out(reg32) acc[15][0], out(reg32) acc[15][1], out(reg32) acc[15][2], out(reg32) acc[15][3],
             ds = in(reg64) desc_ds,
