@@ -379,6 +379,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
             let deferred = T::DEFER_DQ && q_tile_index > first_tile;
             let mut previous_dq = [[0f32; 4]; 16];
             let previous_ds = if deferred { ds_of(base, q_tile_index - first_tile - 1).1 } else { k_for_dq };
+            let before_dp = T::DEFER_DQ && T::STAGE_DQ_BEFORE_DP;
             // SAFETY: the whole warpgroup is here (block-uniform loop); every tile landed and was
             // fenced for the async proxy before the last barrier; each accumulator and fragment
             // array is left alone until a wait names it. The previous dSᵀ tile is rewritten only
@@ -388,10 +389,12 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
                     E::dq_issue(dq_cols, T::BLOCK_N, &mut previous_dq, previous_ds, k_for_dq);
                 }
                 E::qk_issue(T::BLOCK_M, T::HEAD_DIM, &mut s, k_descs, s_descs);
-                E::qk_issue(T::BLOCK_M, T::HEAD_DIM, &mut dp, v_descs, dp_descs);
+                if !before_dp {
+                    E::qk_issue(T::BLOCK_M, T::HEAD_DIM, &mut dp, v_descs, dp_descs);
+                }
             }
             if T::DEFER_DQ {
-                wait(2, Waited::Scores(dq_cols, &mut previous_dq));
+                wait(if before_dp { 1 } else { 2 }, Waited::Scores(dq_cols, &mut previous_dq));
             }
             if deferred {
                 // This warp's reductions of the tile before have read the rows it rewrites (it
@@ -399,6 +402,10 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
                 ptx::bulk_wait_read();
                 ptx::sync_warp();
                 stage_dq(&previous_dq, dq_s, lane);
+            }
+            if before_dp {
+                // SAFETY: as above.
+                unsafe { E::qk_issue(T::BLOCK_M, T::HEAD_DIM, &mut dp, v_descs, dp_descs) };
             }
             wait(1, Waited::Scores(T::BLOCK_M, &mut s));
             probabilities(&mut s);
@@ -472,7 +479,11 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
         // The dQ rows are staged and everyone is done with dSᵀ (and, without a producer, the next
         // tile has landed and everyone is done with this stage).
         shared_writes_done::<T>();
-        reduce_dq_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index, dq_s, ctid);
+        if T::WARP_REDUCTIONS {
+            reduce_dq_warp_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index, dq_s, ctid);
+        } else {
+            reduce_dq_rows::<T, SEQ>(p, (block_x, head, batch), q_tile_index, dq_s, ctid);
+        }
     }
     if T::DEFER_DQ && first_tile < end_tile {
         // The last tile's dQ, whose dSᵀ the loop's last barrier published.

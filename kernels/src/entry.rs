@@ -545,19 +545,15 @@ mod hopper {
     );
     entry!(flash_bwd_wgmma_ws_ds2_bf16_hdim64, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaWsDs2Hdim64, false, false>);
     entry!(flash_bwd_wgmma_ws_ds2_bf16_hdim128, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaWsDs2Hdim128, false, false>);
-    // v29: the deferred dQ GEMM (one barrier a step), without and with the producer.
+    // v29: the deferred dQ GEMM (one barrier a step), two schedules; v29b: per-warp dQ
+    // reductions alone.
     entry!(flash_bwd_wgmma_dq_bf16_hdim128, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaDeferredHdim128, false, false>);
-    entry!(flash_bwd_wgmma_dq_f16_hdim128, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaDeferredHdim128, false, false>);
     entry!(
-        flash_bwd_wgmma_ws_dq_bf16_hdim128,
+        flash_bwd_wgmma_dqb_bf16_hdim128,
         BwdParams,
-        flash_bwd_wgmma::<Bf16, BwdWgmmaWsDeferredHdim128, false, false>
+        flash_bwd_wgmma::<Bf16, BwdWgmmaDeferredBeforeDpHdim128, false, false>
     );
-    entry!(
-        flash_bwd_wgmma_ws_dq_bf16_hdim96,
-        BwdParams,
-        flash_bwd_wgmma::<Bf16, BwdWgmmaWsDeferredHdim96, false, false>
-    );
+    entry!(flash_bwd_wgmma_wr_bf16_hdim128, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaWarpReductions, false, false>);
     entry!(
         flash_bwd_wgmma_1s_bf16_hdim192,
         BwdParams,

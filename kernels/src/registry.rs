@@ -14,15 +14,15 @@
 use crate::params::{AppendParams, BwdParams, FwdParams};
 use crate::tiling::{DECODE_ROWS, DECODE_WARPS, decode_block_keys, decode_smem_bytes, decode_stages};
 use crate::traits::{
-    BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaHdim32, BwdWgmmaHdim64,
-    BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128, BwdWgmmaHdim128Sync, BwdWgmmaHdim192,
-    BwdWgmmaDeferredHdim128, BwdWgmmaHdim192OneStage, BwdWgmmaHdim256, BwdWgmmaLateHdim256, BwdWgmmaTraits, BwdWgmmaWsDs2Hdim64,
-    BwdWgmmaWsDeferredHdim96, BwdWgmmaWsDeferredHdim128, BwdWgmmaWsDs2Hdim128, BwdWgmmaWsHdim32, BwdWgmmaWsHdim64, BwdWgmmaWsHdim96, BwdWgmmaWsHdim128, FwdHdim32,
-    FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96,
-    FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128,
-    FwdWgmmaWsFp8PingpongHdim128, FwdWgmmaWsFp8Poly1Hdim128, FwdWgmmaWsFp8Poly2Hdim128, FwdWgmmaWsFp8Stages4Hdim128,
-    FwdWgmmaWsHdim64N64, FwdWgmmaWsHdim96, FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsPingpongHdim128,
-    ROW_KERNEL_THREADS,
+    BwdHdim32, BwdHdim64, BwdHdim96, BwdHdim128, BwdHdim192, BwdHdim256, BwdTraits, BwdWgmmaDeferredBeforeDpHdim128,
+    BwdWgmmaDeferredHdim128, BwdWgmmaHdim32, BwdWgmmaHdim64, BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128,
+    BwdWgmmaHdim128Sync, BwdWgmmaHdim192, BwdWgmmaHdim192OneStage, BwdWgmmaHdim256, BwdWgmmaLateHdim256,
+    BwdWgmmaTraits, BwdWgmmaWarpReductions, BwdWgmmaWsDs2Hdim64, BwdWgmmaWsDs2Hdim128, BwdWgmmaWsHdim32,
+    BwdWgmmaWsHdim64, BwdWgmmaWsHdim96, BwdWgmmaWsHdim128, FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192,
+    FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96, FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192,
+    FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128, FwdWgmmaWsFp8PingpongHdim128, FwdWgmmaWsFp8Poly1Hdim128,
+    FwdWgmmaWsFp8Poly2Hdim128, FwdWgmmaWsFp8Stages4Hdim128, FwdWgmmaWsHdim64N64, FwdWgmmaWsHdim96, FwdWgmmaWsHdim128,
+    FwdWgmmaWsHdim256, FwdWgmmaWsPingpongHdim128, ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -350,11 +350,11 @@ pub const KERNELS: &[KernelInfo] = registry! {
         // v27d: measurement candidates, the v27 backward with a second dSᵀ tile.
         bwd_wgmma_opt_in::<BwdWgmmaWsDs2Hdim64>("flash_bwd_wgmma_ws_ds2_bf16_hdim64", Dtype::Bf16),
         bwd_wgmma_opt_in::<BwdWgmmaWsDs2Hdim128>("flash_bwd_wgmma_ws_ds2_bf16_hdim128", Dtype::Bf16),
-        // v29: the deferred dQ GEMM at head_dim 128 (and 96 with the producer), for A/B.
+        // v29: the deferred dQ GEMM at head_dim 128, two schedules (0.92–0.96 × the default);
+        // v29b: the default schedule with v29's per-warp dQ reductions alone.
         bwd_wgmma_opt_in::<BwdWgmmaDeferredHdim128>("flash_bwd_wgmma_dq_bf16_hdim128", Dtype::Bf16),
-        bwd_wgmma_opt_in::<BwdWgmmaDeferredHdim128>("flash_bwd_wgmma_dq_f16_hdim128", Dtype::F16),
-        bwd_wgmma_opt_in::<BwdWgmmaWsDeferredHdim128>("flash_bwd_wgmma_ws_dq_bf16_hdim128", Dtype::Bf16),
-        bwd_wgmma_opt_in::<BwdWgmmaWsDeferredHdim96>("flash_bwd_wgmma_ws_dq_bf16_hdim96", Dtype::Bf16),
+        bwd_wgmma_opt_in::<BwdWgmmaDeferredBeforeDpHdim128>("flash_bwd_wgmma_dqb_bf16_hdim128", Dtype::Bf16),
+        bwd_wgmma_opt_in::<BwdWgmmaWarpReductions>("flash_bwd_wgmma_wr_bf16_hdim128", Dtype::Bf16),
         // v28: the head_dim 192 backward with one stage (as head_dim 256), for A/B.
         bwd_wgmma_opt_in::<BwdWgmmaHdim192OneStage>("flash_bwd_wgmma_1s_bf16_hdim192", Dtype::Bf16),
         // v28b: head_dim 256 loading the next query tile after the dQ reductions (the v20 schedule).
@@ -550,8 +550,8 @@ mod tests {
         // four FP8 candidates; v27's warp-specialized backward at 128 (two dtypes, three flavors),
         // its `_seq`/`_mods` twins at 32, 64 and 96, the dense kernels it replaced there, and two
         // measurement candidates (v27d); the one-stage head_dim 192 backward (v28) and the late-load
-        // head_dim 256 one (v20's schedule, v28b); the deferred-dQ candidates (v29).
-        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 4);
+        // head_dim 256 one (v20's schedule, v28b); the deferred-dQ and per-warp reduction candidates (v29).
+        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 3);
         for k in opt_in() {
             assert_eq!(by_name(k.name).map(|b| b.name), Some(k.name));
             let flavor = if k.modifiers {

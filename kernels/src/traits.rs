@@ -319,6 +319,14 @@ pub trait BwdWgmmaTraits {
     /// the next step, ahead of its score GEMMs, and stage it under them, so that a step has one
     /// barrier instead of two; each warp reduces the dQ rows it staged itself.
     const DEFER_DQ: bool = false;
+    /// With `DEFER_DQ`: issue dQ and Sᵀ, stage dQ, then issue dPᵀ, so that dQ's accumulators
+    /// are never live beside both score arrays (32 registers fewer at the peak); otherwise both
+    /// score GEMMs run under the staging.
+    const STAGE_DQ_BEFORE_DP: bool = false;
+    /// dQ reduced by each warp for the rows and columns it staged (16 × 64, one 256-byte bulk
+    /// reduction a row from lanes 0–15) instead of one 512-byte reduction a row from the first
+    /// 64 threads; implied by `DEFER_DQ`, which needs it.
+    const WARP_REDUCTIONS: bool = Self::DEFER_DQ;
 }
 
 /// A Hopper backward configuration: head_dim, warpgroups per block (64 keys each), blocks per
@@ -376,20 +384,26 @@ impl<const D: u32, const DATA: u32> BwdWgmmaTraits for BwdWgmmaPipelined<D, DATA
 
 /// The software-pipelined backward with the dQ GEMM deferred to the next step
 /// ([`BwdWgmmaTraits::DEFER_DQ`]; two dSᵀ tiles, +16 KiB at head_dim 128).
-pub struct BwdWgmmaDeferred<const D: u32, const DATA: u32 = 0>;
-impl<const D: u32, const DATA: u32> BwdWgmmaTraits for BwdWgmmaDeferred<D, DATA> {
+pub struct BwdWgmmaDeferred<const D: u32, const DATA: u32 = 0, const BEFORE_DP: bool = false>;
+impl<const D: u32, const DATA: u32, const B: bool> BwdWgmmaTraits for BwdWgmmaDeferred<D, DATA, B> {
     const HEAD_DIM: u32 = D;
     const DATA_HEAD_DIM: u32 = if DATA == 0 { D } else { DATA };
     const PIPELINED: bool = true;
     const DS_BUFFERS: u32 = 2;
     const DEFER_DQ: bool = true;
+    const STAGE_DQ_BEFORE_DP: bool = B;
 }
-/// v29 candidates (opt-in): head_dim 128 and 96 with the deferred dQ GEMM, without and with
-/// the producer warpgroup.
+/// v29 measurement candidates (opt-in; 0.92–0.96 × the default, benches/NOTES.md): head_dim 128
+/// with the deferred dQ GEMM, staged under both score GEMMs or before dPᵀ is issued.
 pub type BwdWgmmaDeferredHdim128 = BwdWgmmaDeferred<128>;
-pub type BwdWgmmaDeferredHdim96 = BwdWgmmaDeferred<128, 96>;
-pub type BwdWgmmaWsDeferredHdim128 = BwdWgmmaWs<BwdWgmmaDeferredHdim128, 2, 2>;
-pub type BwdWgmmaWsDeferredHdim96 = BwdWgmmaWs<BwdWgmmaDeferredHdim96, 2, 2>;
+pub type BwdWgmmaDeferredBeforeDpHdim128 = BwdWgmmaDeferred<128, 0, true>;
+/// v29b (opt-in): the default head_dim 128 schedule with v29's per-warp dQ reductions only.
+pub struct BwdWgmmaWarpReductions;
+impl BwdWgmmaTraits for BwdWgmmaWarpReductions {
+    const HEAD_DIM: u32 = 128;
+    const PIPELINED: bool = true;
+    const WARP_REDUCTIONS: bool = true;
+}
 
 /// 128 queries per step (head_dim 64): twice the work per barrier and per staged tile, N = 128
 /// score GEMMs; dQ is split over the warpgroups by rows.
@@ -412,6 +426,8 @@ impl<B: BwdWgmmaTraits, const S: u32, const DS: u32> BwdWgmmaTraits for BwdWgmma
     const BLOCK_M: u32 = B::BLOCK_M;
     const PIPELINED: bool = B::PIPELINED;
     const DEFER_DQ: bool = B::DEFER_DQ;
+    const STAGE_DQ_BEFORE_DP: bool = B::STAGE_DQ_BEFORE_DP;
+    const WARP_REDUCTIONS: bool = B::WARP_REDUCTIONS;
     const PRODUCER: bool = true;
     const STAGES: u32 = S;
 }
@@ -636,6 +652,8 @@ mod tests {
             assert!(T::PIPELINED && T::BLOCK_M == 64 && T::BLOCK_N == 128 && T::HEAD_DIM == 128);
             assert_eq!(T::DS_BUFFERS, 2);
         }
+        // Per-warp reductions: the column split of the 64-query kernels.
+        assert!(!T::WARP_REDUCTIONS || T::BLOCK_M == 64 && T::WARPGROUPS == 2);
     }
 
     #[test]
@@ -659,9 +677,8 @@ mod tests {
         check_bwd_wgmma::<BwdWgmmaHdim192OneStage>();
         check_bwd_wgmma::<BwdWgmmaLateHdim256>();
         check_bwd_wgmma::<BwdWgmmaDeferredHdim128>();
-        check_bwd_wgmma::<BwdWgmmaDeferredHdim96>();
-        check_bwd_wgmma::<BwdWgmmaWsDeferredHdim128>();
-        check_bwd_wgmma::<BwdWgmmaWsDeferredHdim96>();
+        check_bwd_wgmma::<BwdWgmmaDeferredBeforeDpHdim128>();
+        check_bwd_wgmma::<BwdWgmmaWarpReductions>();
         // The second dSᵀ tile fits beside the two stages (201 728 bytes without a producer).
         assert_eq!(BwdWgmmaDeferredHdim128::SMEM_BYTES, 201_728);
         // The split kernel hands Pᵀ (a 64 × 64 f32 tile: 32 floats a thread) through the dQ

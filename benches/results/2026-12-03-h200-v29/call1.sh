@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # v29 call 1: the deferred dQ GEMM candidates. Property tests with each forced (backward,
 # deterministic; random cases at head_dim 128 or 96), compute-sanitizer memcheck, racecheck,
-# synccheck on them; then speed: head_dim 128 default vs the two candidates (bf16, two rounds; f16
+# synccheck on them; then speed: head_dim 128 default vs the three candidates (dq, dqb: staged before dPᵀ, ws_dq) (bf16, two rounds; f16
 # one), head_dim 96 default (warp-specialized) vs its candidate, and the torch anchors at 128.
 set -u
 R=$PWD; out=${OUT:?}
 (cd /tmp && tar xJf $R/gpucarry/bundle.txz)
 B=/tmp/bundle
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $out/log.txt
-t128="flash_bwd_wgmma_dq_bf16_hdim128,flash_bwd_wgmma_dq_f16_hdim128,flash_bwd_wgmma_ws_dq_bf16_hdim128"
+t128="flash_bwd_wgmma_dqb_bf16_hdim128,flash_bwd_wgmma_dq_bf16_hdim128,flash_bwd_wgmma_dq_f16_hdim128,flash_bwd_wgmma_ws_dq_bf16_hdim128"
 for d in 128 96; do
   if [ $d = 128 ]; then K=$t128; else K=flash_bwd_wgmma_ws_dq_bf16_hdim96; fi
   for t in backward deterministic; do
@@ -30,6 +30,7 @@ run() { # tag round cmd...
 for round in 1 2; do
   run default $round $B/bin/bench --dtypes bf16 --head-dims 128 $S
   run dq $round $B/bin/bench --dtypes bf16 --head-dims 128 $S --kernel flash_bwd_wgmma_dq_bf16_hdim128
+  run dqb $round $B/bin/bench --dtypes bf16 --head-dims 128 $S --kernel flash_bwd_wgmma_dqb_bf16_hdim128
   run ws_dq $round $B/bin/bench --dtypes bf16 --head-dims 128 $S --kernel flash_bwd_wgmma_ws_dq_bf16_hdim128
   run d96_default $round $B/bin/bench --dtypes bf16 --head-dims 96 $S
   run d96_ws_dq $round $B/bin/bench --dtypes bf16 --head-dims 96 $S --kernel flash_bwd_wgmma_ws_dq_bf16_hdim96
