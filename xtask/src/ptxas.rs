@@ -78,11 +78,7 @@ fn parse(report: &str) -> Vec<(String, Resources)> {
 /// The kernels for which ptxas reports serialized warpgroup GEMMs: its C7514 note ("wgmma.mma_async
 /// instructions are serialized due to ...") names the function last, in single quotes.
 fn serialized_wgmma(report: &str) -> Vec<String> {
-    report
-        .lines()
-        .filter(|l| l.contains("(C7514)"))
-        .filter_map(|l| l.rsplit('\'').nth(1).map(str::to_string))
-        .collect()
+    report.lines().filter(|l| l.contains("(C7514)")).filter_map(|l| l.rsplit('\'').nth(1).map(str::to_string)).collect()
 }
 
 /// Largest spill stack frame a `_mods` kernel may have (the dense kernels may have none).
@@ -185,10 +181,7 @@ pub fn check(root: &Path, ptx_files: &[(String, PathBuf)]) -> Result<(), String>
         println!("ptxas: opt-in candidates with spills (not shipped as defaults): {}", candidate_spills.join(", "));
     }
     if !candidate_serialized.is_empty() {
-        println!(
-            "ptxas: opt-in candidates whose wgmma ptxas serialized (C7514): {}",
-            candidate_serialized.join(", ")
-        );
+        println!("ptxas: opt-in candidates whose wgmma ptxas serialized (C7514): {}", candidate_serialized.join(", "));
     }
     if !mods_spills.is_empty() {
         println!(
