@@ -8,6 +8,8 @@
 //! FLASH_ATTN_PORTABLE=1 tests the portable family on Hopper too. Overrides replace dense kernels
 //! only: cases with softcap, ALiBi or dropout run the default `_mods` kernels.
 //! FLASH_ATTN_TEST_REPORT=path appends one JSON line per property test with its largest errors.
+//! FLASH_ATTN_PERSISTENT_BLOCKS=n (read by the host library) caps a persistent forward's grid at n
+//! blocks, so that each block runs several query tiles.
 
 use cust::stream::{Stream, StreamFlags};
 use flash_attn::{AttentionParams, DeviceTensor, Error, FlashAttention, TensorRef};

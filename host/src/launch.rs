@@ -23,6 +23,7 @@ use cust::module::Module;
 use cust::stream::Stream;
 use flash_attn_kernels::params::{AttnShape, BwdParams, FwdParams, Modifiers};
 use flash_attn_kernels::registry::{self, Flavor, KernelInfo, Role};
+use flash_attn_kernels::tiling::persistent_blocks;
 use std::ffi::c_void;
 
 /// The loaded kernels, for the context that was current when [`FlashAttention::new`] ran.
@@ -36,6 +37,9 @@ pub struct FlashAttention {
     pub(crate) scratch: ScratchPool,
     /// Streaming multiprocessors of the device (the split-KV heuristic's target).
     pub(crate) sm_count: u32,
+    /// `FLASH_ATTN_PERSISTENT_BLOCKS`: at most this many blocks for the persistent kernels
+    /// instead of one per SM, so that tests send several tiles through each block.
+    persistent_cap: Option<u32>,
     /// The module came from the build-time cubin, not the driver's JIT of the PTX.
     from_cubin: bool,
 }
@@ -99,6 +103,7 @@ impl FlashAttention {
             overrides: Vec::new(),
             scratch,
             sm_count,
+            persistent_cap: std::env::var("FLASH_ATTN_PERSISTENT_BLOCKS").ok().and_then(|v| v.parse().ok()),
             from_cubin,
         })
     }
@@ -191,6 +196,12 @@ impl FlashAttention {
         let p = forward_params(shape, mods, args, lse);
         let info = self.kernel(Role::Forward, T::DTYPE, &shape, &mods)?;
         let (x, heads, _) = grid(info, shape.seqlen_q, shape.heads, shape.batch);
+        if info.persistent && shape.layout.splits() == 1 {
+            // One block per SM (or the test cap), each looping over the query tiles.
+            let tiles = x as u64 * heads as u64 * shape.batch as u64;
+            let blocks = persistent_blocks(tiles, self.persistent_cap.unwrap_or(self.sm_count));
+            return self.launch(stream, info, (blocks, 1, 1), &p);
+        }
         self.launch_split::<T>(stream, info, (x, heads, shape.batch * shape.layout.splits()), p)
     }
 

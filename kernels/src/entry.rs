@@ -468,6 +468,22 @@ mod hopper {
         flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsPingpongHdim128, false, false>
     );
     entry!(flash_fwd_wgmma_bf16_hdim128_sync, FwdParams, flash_fwd_wgmma::<Bf16, FwdWgmmaHdim128Sync, false, false>);
+    // v30 candidates: the persistent warp-specialized forward (dense calls).
+    entry!(
+        flash_fwd_wgmma_ws_pe_bf16_hdim128,
+        FwdParams,
+        flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsPersistentHdim128, false, false>
+    );
+    entry!(
+        flash_fwd_wgmma_ws_pe_f16_hdim128,
+        FwdParams,
+        flash_fwd_wgmma_ws::<F16, FwdWgmmaWsPersistentHdim128, false, false>
+    );
+    entry!(
+        flash_fwd_wgmma_ws_pe_bf16_hdim256,
+        FwdParams,
+        flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsPersistentHdim256, false, false>
+    );
     entry!(flash_bwd_wgmma_bf16_hdim64_narrow, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim64Narrow, false, false>);
     entry!(flash_bwd_wgmma_bf16_hdim128_sync, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128Sync, false, false>);
     // v27 candidates: the warp-specialized backward (a producer warpgroup, mbarrier-tracked stages).

@@ -29,8 +29,8 @@ use crate::params::{FwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, quad_sum};
 use crate::tiling::{
-    Mask, SW128_ROW_GROUP_BYTES, ceil_div, fp8_key_of_position, kv_head_of, q_tile_of_block, ring_slot, split_tiles,
-    wgmma_descriptor,
+    Mask, SW128_ROW_GROUP_BYTES, ceil_div, fp8_key_of_position, kv_head_of, persistent_tile, q_tile_of_block, ring_slot,
+    split_tiles, wgmma_descriptor,
 };
 use crate::traits::{FwdWgmmaTraits, padding_fits};
 use crate::warpgroup::{Waited, WgmmaElement, WsInput, acquire, panel_descriptors, wait};
@@ -368,6 +368,10 @@ unsafe fn write_output<E: WgmmaElement, T: FwdWgmmaTraits, const MODS: bool, con
         }
         index += 32;
     }
+    if T::PERSISTENT {
+        // A persistent block's next tile stages into the same rows: every lane's reads first.
+        ptx::sync_warp();
+    }
 }
 
 /// The producer's mbarriers (`FwdWgmmaTraits::MBARRIER_OFFSET`): "full" ones complete when a
@@ -394,6 +398,10 @@ impl Stages {
     }
     fn v_empty(self, stage: u32) -> u32 {
         self.base + 8 * (1 + 3 * self.stages + stage)
+    }
+    /// Persistent kernels: completes when every consumer thread is done with the Q tile.
+    fn q_empty(self) -> u32 {
+        self.base + 8 * (1 + 4 * self.stages)
     }
 
     /// Tile `i` of the block's loop (counted from its first tile): its stage and the parity of
@@ -427,19 +435,38 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
     let fp8 = E::BYTES == 1;
     const { assert!(!T::PINGPONG || T::WARPGROUPS == 2) };
     const { assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM)) };
+    // Persistent: 16-bit inputs (the FP8 output staging reuses the K/V stages), dense calls only.
+    const { assert!(!T::PERSISTENT || E::BYTES == 2) };
+    let persistent = T::PERSISTENT && !SEQ;
     let mut sequence = core::mem::MaybeUninit::uninit();
     // SAFETY: the host validated the layout's arrays.
     let (p, sequence_index, split) = unsafe { p.of_block::<SEQ>(ptx::block_idx().2, &mut sequence) };
     let shape = &p.shape;
-    if SEQ && ptx::block_idx().0 >= ceil_div(shape.seqlen_q, T::BLOCK_M) {
+    let q_tiles = ceil_div(shape.seqlen_q, T::BLOCK_M);
+    if SEQ && ptx::block_idx().0 >= q_tiles {
         return;
     }
     let mask = Mask::of(shape);
     let tid = ptx::thread_idx();
-    let (block_x, head, batch) = ptx::block_idx();
-    let batch = if SEQ { sequence_index } else { batch };
-    let kv_head = kv_head_of(shape, head);
-    let q_begin = q_tile_of_block(block_x, ceil_div(shape.seqlen_q, T::BLOCK_M)) * T::BLOCK_M;
+    // The block's n-th query tile as (block_x, head, batch): persistent blocks walk the schedule
+    // (any grid: blocks are counted over all three dimensions); the others have one, their own.
+    let tile_of = |n: u32| {
+        let (x, y, z) = ptx::block_idx();
+        if persistent {
+            let (gx, gy, gz) = ptx::grid_dim();
+            persistent_tile(n, x + gx * (y + gy * z), gx * gy * gz, (q_tiles, shape.heads, shape.batch))
+        } else if n == 0 {
+            Some((x, y, if SEQ { sequence_index } else { z }))
+        } else {
+            None
+        }
+    };
+    // The tile's first query row and its key tiles (this split's, with split-KV).
+    let key_tiles = |q_begin: u32| {
+        let (key_lo, key_hi) = mask.key_range(q_begin, q_begin + T::BLOCK_M);
+        let tiles = (key_lo / T::BLOCK_N, ceil_div(key_hi, T::BLOCK_N));
+        if SEQ { split_tiles(tiles, split, shape.layout.splits()) } else { tiles }
+    };
 
     let smem = ptx::dynamic_smem_base().next_multiple_of(1024);
     let tile = |offset: u32, rows: u32| Sw128Tile {
@@ -473,14 +500,13 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
                 ptx::mbarrier_init(bars.k_empty(stage), consumer_threads);
                 ptx::mbarrier_init(bars.v_empty(stage), consumer_threads);
             }
+            if persistent {
+                ptx::mbarrier_init(bars.q_empty(), consumer_threads);
+            }
         }
     }
     // The only block-wide barrier: every thread sees the initialized mbarriers.
     sync_threads();
-
-    let (key_lo, key_hi) = mask.key_range(q_begin, q_begin + T::BLOCK_M);
-    let tiles = (key_lo / T::BLOCK_N, ceil_div(key_hi, T::BLOCK_N));
-    let (first_tile, end_tile) = if SEQ { split_tiles(tiles, split, shape.layout.splits()) } else { tiles };
 
     if tid < 128 {
         // (`setmaxnreg` takes an immediate: the shipped splits, constant-folded.)
@@ -489,46 +515,60 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
             _ => ptx::setmaxnreg_dec::<40>(),
         }
         let at = |base: u64, offset: i64| (base as *const E::Stored).wrapping_offset(offset as isize);
-        let q_ptr = at(p.q, p.q_strides.offset(batch, q_begin, head));
-        let k_ptr = at(p.k, p.k_strides.offset(batch, 0, kv_head));
-        let v_ptr = at(p.v, p.v_strides.offset(batch, 0, kv_head));
         let (k_row, v_row) = (p.k_strides.row, p.v_strides.row);
-        // SAFETY: the host validated Q, K and V (rows at these strides; rows past the ends are
-        // zero-filled without being read; Vᵀ holds whole key tiles of every head-dim row); each
-        // stage is refilled only after its empty barrier completed the phase of its previous
-        // use, i.e. after every consumer's GEMMs on it.
-        unsafe {
-            q_tile.load_async(q_ptr, p.q_strides.row, shape.seqlen_q - q_begin, tid, 128);
-            ptx::cp_async_mbarrier_arrive(bars.q_full());
-            for tile in first_tile..end_tile {
-                let i = tile - first_tile;
-                let (stage, parity) = bars.of(i);
-                let k_begin = tile * T::BLOCK_N;
-                let rows = shape.seqlen_k - k_begin;
-                if i >= T::STAGES {
-                    ptx::mbarrier_wait(bars.k_empty(stage), parity ^ 1);
+        // K/V tiles loaded for the block's earlier query tiles: the ring's uses go on from there.
+        let mut ring = 0;
+        let mut n = 0;
+        while let Some((block_x, head, batch)) = tile_of(n) {
+            let kv_head = kv_head_of(shape, head);
+            let q_begin = q_tile_of_block(block_x, q_tiles) * T::BLOCK_M;
+            let (first_tile, end_tile) = key_tiles(q_begin);
+            let q_ptr = at(p.q, p.q_strides.offset(batch, q_begin, head));
+            let k_ptr = at(p.k, p.k_strides.offset(batch, 0, kv_head));
+            let v_ptr = at(p.v, p.v_strides.offset(batch, 0, kv_head));
+            // SAFETY: the host validated Q, K and V (rows at these strides; rows past the ends
+            // are zero-filled without being read; Vᵀ holds whole key tiles of every head-dim
+            // row); each stage is refilled only after its empty barrier completed the phase of
+            // its previous use, i.e. after every consumer's GEMMs on it, and the Q tile (after
+            // the first) only after Q's empty barrier completed the previous tile's phase.
+            unsafe {
+                if n > 0 {
+                    ptx::mbarrier_wait(bars.q_empty(), (n % 2) ^ 1);
                 }
-                k_tile(stage).load_async(
-                    k_ptr.wrapping_offset(k_begin as isize * k_row as isize),
-                    k_row,
-                    rows,
-                    tid,
-                    128,
-                );
-                ptx::cp_async_mbarrier_arrive(bars.k_full(stage));
-                if i >= T::STAGES {
-                    ptx::mbarrier_wait(bars.v_empty(stage), parity ^ 1);
+                q_tile.load_async(q_ptr, p.q_strides.row, shape.seqlen_q - q_begin, tid, 128);
+                ptx::cp_async_mbarrier_arrive(bars.q_full());
+                for tile in first_tile..end_tile {
+                    let i = ring + tile - first_tile;
+                    let (stage, parity) = bars.of(i);
+                    let k_begin = tile * T::BLOCK_N;
+                    let rows = shape.seqlen_k - k_begin;
+                    if i >= T::STAGES {
+                        ptx::mbarrier_wait(bars.k_empty(stage), parity ^ 1);
+                    }
+                    k_tile(stage).load_async(
+                        k_ptr.wrapping_offset(k_begin as isize * k_row as isize),
+                        k_row,
+                        rows,
+                        tid,
+                        128,
+                    );
+                    ptx::cp_async_mbarrier_arrive(bars.k_full(stage));
+                    if i >= T::STAGES {
+                        ptx::mbarrier_wait(bars.v_empty(stage), parity ^ 1);
+                    }
+                    if fp8 {
+                        // Vᵀ: all head_dim rows, the tile's keys from byte k_begin of each.
+                        let keys = v_ptr.wrapping_offset(k_begin as isize);
+                        v_tile(stage).load_async(keys, v_row, T::HEAD_DIM, tid, 128);
+                    } else {
+                        let rows_from = v_ptr.wrapping_offset(k_begin as isize * v_row as isize);
+                        v_tile(stage).load_async(rows_from, v_row, rows, tid, 128);
+                    }
+                    ptx::cp_async_mbarrier_arrive(bars.v_full(stage));
                 }
-                if fp8 {
-                    // Vᵀ: all head_dim rows, the tile's keys from byte k_begin of each.
-                    let keys = v_ptr.wrapping_offset(k_begin as isize);
-                    v_tile(stage).load_async(keys, v_row, T::HEAD_DIM, tid, 128);
-                } else {
-                    let rows_from = v_ptr.wrapping_offset(k_begin as isize * v_row as isize);
-                    v_tile(stage).load_async(rows_from, v_row, rows, tid, 128);
-                }
-                ptx::cp_async_mbarrier_arrive(bars.v_full(stage));
             }
+            ring += end_tile.saturating_sub(first_tile);
+            n += 1;
         }
         // Nothing of this thread stays in flight when it exits.
         cp_async_wait_all();
@@ -544,18 +584,6 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
     let ctid = tid - 128;
     let (warpgroup, warp, lane) = (ctid / 128, ctid / 32, ctid % 32);
     let warp_row0 = 16 * warp;
-    let warp_q0 = q_begin + warp_row0;
-    // SAFETY: the host validated the modifiers' device arrays (slopes, sinks).
-    let (mods, sink_log2, output_scale) = unsafe { ScoreMods::for_forward::<MODS>(p, batch, head) };
-    let sink_log2 = if SEQ && split != 0 { f32::NEG_INFINITY } else { sink_log2 };
-    // e4m3: the descale factors, Q's and K's into the softmax scale, V's into the output's.
-    let (scale_log2, output_scale) = if fp8 {
-        // SAFETY: the host checked the descale arrays' extents.
-        let (qk, v) = unsafe { p.descales.factors(batch, kv_head) };
-        (shape.scale_log2 * qk, v)
-    } else {
-        (shape.scale_log2, output_scale)
-    };
     let panels = T::PANELS;
     let q_descs = panel_descriptors(panels, |panel| {
         wgmma_descriptor(q_tile.panel(panel, 64 * warpgroup), 16, SW128_ROW_GROUP_BYTES)
@@ -571,19 +599,11 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
         wgmma_descriptor(v_tile(stage).panel(0, 0), leading, stride)
     };
     let (n_tiles8, d_tiles8) = ((T::BLOCK_N / 8) as usize, (T::HEAD_DIM / 8) as usize);
-    let step = ScoreStep { warp_q0, block_n: T::BLOCK_N, mask: &mask, mods: &mods };
-
-    let mut o = [[[0f32; 4]; HEAD_DIM_TILES8]; 1];
-    let mut softmax = [OnlineSoftmax::starting_at(sink_log2, lane)];
-    // SAFETY (every wait and arrive below): the barriers were initialized before the block
-    // barrier; each consumer thread arrives once per use of a stage, after its GEMMs on it
-    // completed, and waits for the phase of the use it is at (the producer is at most one use
-    // ahead of the slowest consumer).
-    unsafe { acquire(bars.q_full(), 0) };
     // Ping-pong (T::PINGPONG): consumer c issues its GEMMs only on its turn (named barrier 1 + c)
     // and then passes the turn to the other (barrier 2 - c); both run the same number of issue
-    // points (the first S, one per loop iteration, the last P·V), consumer 0 going first. The
-    // last pass of consumer 1 is left out: nobody would take it.
+    // points per query tile (the first S, one per loop iteration, the last P·V), consumer 0
+    // going first. The last pass of consumer 1 is left out: nobody would take it (on a
+    // persistent block's next tile, its first arrive below stands for it).
     let take_turn = || {
         if T::PINGPONG {
             // SAFETY: both consumers' 256 threads pair every wait with the other's pass.
@@ -604,95 +624,151 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
             }
         }
     };
-    if first_tile < end_tile {
-        if T::PINGPONG && warpgroup == 1 {
-            // SAFETY: as above (consumer 0's first turn).
-            unsafe { ptx::named_barrier_arrive::<1, 256>() }
+    // Persistent: Q is free for the next tile once this thread's last GEMM on it completed
+    // (with O's own staging tile: the last score GEMM) or, when O is staged in Q, after the
+    // epilogue.
+    let release_q = |last_scores: bool| {
+        if persistent && T::O_OWN_STAGE && last_scores {
+            // SAFETY: as for the stages' arrives below (one arrive per thread and tile).
+            unsafe { ptx::mbarrier_arrive(bars.q_empty()) };
         }
-        let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
-        // SAFETY: the whole warpgroup is here (warpgroup-uniform control flow); Q and the first
-        // K tile landed and were fenced for the async proxy; `s` is left alone until the wait.
-        unsafe {
-            acquire(bars.k_full(0), 0);
-            take_turn();
-            E::issue_scores(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(0));
-            pass_turn(false);
-        }
-        wait(0, Waited::Scores(T::BLOCK_N, &mut s[0]));
-        // SAFETY: this thread's score GEMM on the stage has completed.
-        unsafe { ptx::mbarrier_arrive(bars.k_empty(0)) };
-        step.scores::<MODS>(&mut s[0], first_tile, lane);
-        // O is still zero: no correction to apply.
-        let poly = (T::POLY_EXP_TILES as usize, T::POLY_EXP_TILES > 0 && step.unmasked(first_tile));
-        let _ = online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1);
-        step.dropout::<MODS>(&mut s[0], first_tile, lane);
-        let mut previous = E::probabilities(&s[0], n_tiles8);
-        for tile in first_tile + 1..end_tile {
-            let i = tile - first_tile;
-            let (stage, parity) = bars.of(i);
-            let (previous_stage, previous_parity) = bars.of(i - 1);
-            let lane = ptx::opaque(lane);
+    };
+    let mut ring = 0;
+    let mut n = 0;
+    while let Some((block_x, head, batch)) = tile_of(n) {
+        let kv_head = kv_head_of(shape, head);
+        let q_begin = q_tile_of_block(block_x, q_tiles) * T::BLOCK_M;
+        let (first_tile, end_tile) = key_tiles(q_begin);
+        let warp_q0 = q_begin + warp_row0;
+        // SAFETY: the host validated the modifiers' device arrays (slopes, sinks).
+        let (mods, sink_log2, output_scale) = unsafe { ScoreMods::for_forward::<MODS>(p, batch, head) };
+        let sink_log2 = if SEQ && split != 0 { f32::NEG_INFINITY } else { sink_log2 };
+        // e4m3: the descale factors, Q's and K's into the softmax scale, V's into the output's.
+        let (scale_log2, output_scale) = if fp8 {
+            // SAFETY: the host checked the descale arrays' extents.
+            let (qk, v) = unsafe { p.descales.factors(batch, kv_head) };
+            (shape.scale_log2 * qk, v)
+        } else {
+            (shape.scale_log2, output_scale)
+        };
+        let step = ScoreStep { warp_q0, block_n: T::BLOCK_N, mask: &mask, mods: &mods };
+
+        let mut o = [[[0f32; 4]; HEAD_DIM_TILES8]; 1];
+        let mut softmax = [OnlineSoftmax::starting_at(sink_log2, lane)];
+        // SAFETY (every wait and arrive below): the barriers were initialized before the block
+        // barrier; each consumer thread arrives once per use of a stage (and of Q), after its
+        // GEMMs on it completed, and waits for the phase of the use it is at (the producer is at
+        // most one use ahead of the slowest consumer).
+        unsafe { acquire(bars.q_full(), n % 2) };
+        if first_tile < end_tile {
+            if T::PINGPONG && warpgroup == 1 {
+                // SAFETY: as above (consumer 0's first turn).
+                unsafe { ptx::named_barrier_arrive::<1, 256>() }
+            }
+            let (stage, parity) = bars.of(ring);
             let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
-            // SAFETY: as above; the accumulators and `previous` are left alone until the waits
-            // below name them.
+            // SAFETY: the whole warpgroup is here (warpgroup-uniform control flow); Q and the
+            // first K tile landed and were fenced for the async proxy; `s` is left alone until
+            // the wait.
             unsafe {
                 acquire(bars.k_full(stage), parity);
-                acquire(bars.v_full(previous_stage), previous_parity);
                 take_turn();
                 E::issue_scores(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(stage));
-                E::issue_output(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(previous_stage));
                 pass_turn(false);
             }
-            wait(1, Waited::Scores(T::BLOCK_N, &mut s[0]));
+            wait(0, Waited::Scores(T::BLOCK_N, &mut s[0]));
             // SAFETY: this thread's score GEMM on the stage has completed.
             unsafe { ptx::mbarrier_arrive(bars.k_empty(stage)) };
-            step.scores::<MODS>(&mut s[0], tile, lane);
-            let poly = (T::POLY_EXP_TILES as usize, T::POLY_EXP_TILES > 0 && step.unmasked(tile));
-            let correction = online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1);
-            step.dropout::<MODS>(&mut s[0], tile, lane);
-            wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
-            // SAFETY: this thread's P·V GEMM on the previous stage has completed.
-            unsafe { ptx::mbarrier_arrive(bars.v_empty(previous_stage)) };
-            if let Some(correction) = correction {
-                rescale(&mut o, &correction, 1, d_tiles8);
+            release_q(first_tile + 1 == end_tile);
+            step.scores::<MODS>(&mut s[0], first_tile, lane);
+            // O is still zero: no correction to apply.
+            let poly = (T::POLY_EXP_TILES as usize, T::POLY_EXP_TILES > 0 && step.unmasked(first_tile));
+            let _ = online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1);
+            step.dropout::<MODS>(&mut s[0], first_tile, lane);
+            let mut previous = E::probabilities(&s[0], n_tiles8);
+            for tile in first_tile + 1..end_tile {
+                let i = ring + tile - first_tile;
+                let (stage, parity) = bars.of(i);
+                let (previous_stage, previous_parity) = bars.of(i - 1);
+                let lane = ptx::opaque(lane);
+                let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
+                // SAFETY: as above; the accumulators and `previous` are left alone until the
+                // waits below name them.
+                unsafe {
+                    acquire(bars.k_full(stage), parity);
+                    acquire(bars.v_full(previous_stage), previous_parity);
+                    take_turn();
+                    E::issue_scores(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(stage));
+                    E::issue_output(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(previous_stage));
+                    pass_turn(false);
+                }
+                wait(1, Waited::Scores(T::BLOCK_N, &mut s[0]));
+                // SAFETY: this thread's score GEMM on the stage has completed.
+                unsafe { ptx::mbarrier_arrive(bars.k_empty(stage)) };
+                release_q(tile + 1 == end_tile);
+                step.scores::<MODS>(&mut s[0], tile, lane);
+                let poly = (T::POLY_EXP_TILES as usize, T::POLY_EXP_TILES > 0 && step.unmasked(tile));
+                let correction =
+                    online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1);
+                step.dropout::<MODS>(&mut s[0], tile, lane);
+                wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
+                // SAFETY: this thread's P·V GEMM on the previous stage has completed.
+                unsafe { ptx::mbarrier_arrive(bars.v_empty(previous_stage)) };
+                if let Some(correction) = correction {
+                    rescale(&mut o, &correction, 1, d_tiles8);
+                }
+                previous = E::probabilities(&s[0], n_tiles8);
             }
-            previous = E::probabilities(&s[0], n_tiles8);
+            let (last_stage, last_parity) = bars.of(ring + end_tile - 1 - first_tile);
+            // SAFETY: as for the score GEMM.
+            unsafe {
+                acquire(bars.v_full(last_stage), last_parity);
+                take_turn();
+                E::issue_output(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(last_stage));
+                pass_turn(true);
+            }
+            wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
+            if persistent {
+                // SAFETY: this thread's last P·V GEMM on the stage has completed (without a
+                // persistent loop the producer loads nothing more, and nobody waits for it).
+                unsafe { ptx::mbarrier_arrive(bars.v_empty(last_stage)) };
+            }
+        } else {
+            release_q(true);
         }
-        let (last_stage, last_parity) = bars.of(end_tile - 1 - first_tile);
-        // SAFETY: as for the score GEMM. No arrive: the producer loads nothing more.
+        // With e4m3 inputs O is staged over the K/V stages: both consumers must be past their
+        // GEMMs (every load landed before its tile's GEMM, so the producer is done too).
+        let stage = if fp8 {
+            // SAFETY: both consumers (256 threads) reach this once.
+            unsafe { ptx::named_barrier_sync::<3, 256>() };
+            let chunks = T::HEAD_DIM * 2 / 16;
+            Sw128Tile { base: smem + T::O_STAGE_OFFSET, rows: T::BLOCK_M, chunks_per_row: chunks, data_chunks: chunks }
+        } else {
+            tile(T::O_STAGE_OFFSET, T::BLOCK_M)
+        };
+        // SAFETY: every GEMM that read the staging area has completed (the last one waited; with
+        // e4m3, the other consumer's too, by the barrier); O's own staging tile is read by
+        // nothing but this warp's epilogue.
         unsafe {
-            acquire(bars.v_full(last_stage), last_parity);
-            take_turn();
-            E::issue_output(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(last_stage));
-            pass_turn(true);
+            write_output::<E::Out, T, MODS, SEQ>(
+                p,
+                (batch, head, split),
+                stage,
+                q_begin,
+                warp_row0,
+                lane,
+                &softmax[0],
+                &o[0],
+                output_scale,
+            )
+        };
+        if persistent && !T::O_OWN_STAGE {
+            // SAFETY: as above; this warp's epilogue reads of the Q tile are done.
+            unsafe { ptx::mbarrier_arrive(bars.q_empty()) };
         }
-        wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
+        ring += end_tile.saturating_sub(first_tile);
+        n += 1;
     }
-    // With e4m3 inputs O is staged over the K/V stages: both consumers must be past their GEMMs
-    // (every load landed before its tile's GEMM, so the producer is done too).
-    let stage = if fp8 {
-        // SAFETY: both consumers (256 threads) reach this once.
-        unsafe { ptx::named_barrier_sync::<3, 256>() };
-        let chunks = T::HEAD_DIM * 2 / 16;
-        Sw128Tile { base: smem + T::O_STAGE_OFFSET, rows: T::BLOCK_M, chunks_per_row: chunks, data_chunks: chunks }
-    } else {
-        q_tile
-    };
-    // SAFETY: every GEMM that read the staging area has completed (the last one waited; with
-    // e4m3, the other consumer's too, by the barrier).
-    unsafe {
-        write_output::<E::Out, T, MODS, SEQ>(
-            p,
-            (batch, head, split),
-            stage,
-            q_begin,
-            warp_row0,
-            lane,
-            &softmax[0],
-            &o[0],
-            output_scale,
-        )
-    };
 }
 
 /// Vᵀ for the FP8 forward (`FwdWgmmaWsFp8`): V read through `p.k` at `p.k_strides` (batch,

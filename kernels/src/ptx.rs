@@ -27,6 +27,13 @@ pub fn block_idx() -> (u32, u32, u32) {
     unsafe { (nvptx::_block_idx_x(), nvptx::_block_idx_y(), nvptx::_block_idx_z()) }
 }
 
+/// The grid's size in blocks, per dimension.
+#[inline(always)]
+pub fn grid_dim() -> (u32, u32, u32) {
+    // SAFETY: reading special registers has no preconditions.
+    unsafe { (nvptx::_grid_dim_x(), nvptx::_grid_dim_y(), nvptx::_grid_dim_z()) }
+}
+
 /// Barrier over the whole thread block. Every thread of the block must reach it.
 #[inline(always)]
 pub fn sync_threads() {

@@ -22,7 +22,8 @@ use crate::traits::{
     FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96, FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192,
     FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128, FwdWgmmaWsFp8PingpongHdim128, FwdWgmmaWsFp8Poly1Hdim128,
     FwdWgmmaWsFp8Poly2Hdim128, FwdWgmmaWsFp8Stages4Hdim128, FwdWgmmaWsHdim64N64, FwdWgmmaWsHdim96, FwdWgmmaWsHdim128,
-    FwdWgmmaWsHdim256, FwdWgmmaWsPingpongHdim128, ROW_KERNEL_THREADS,
+    FwdWgmmaWsHdim256, FwdWgmmaWsPersistentHdim128, FwdWgmmaWsPersistentHdim256, FwdWgmmaWsPingpongHdim128,
+    ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +81,9 @@ pub struct KernelInfo {
     pub min_blocks_per_sm: u32,
     /// Only in the sm_90a PTX (Hopper's `wgmma`); preferred there over the portable kernel.
     pub requires_sm90a: bool,
+    /// A persistent forward: launched with `tiling::persistent_blocks` blocks (one per SM at
+    /// most) that loop over the query tiles; correct over any grid. Dense kernels only.
+    pub persistent: bool,
     /// A `_mods` kernel: runs the score modifiers and dropout ([`crate::modifiers`]), and the
     /// sequence layouts. The dense kernels handle masks (causal, windows), grouped K/V heads and
     /// sinks, nothing else.
@@ -145,6 +149,7 @@ const fn base(name: &'static str, role: Role, dtype: Dtype) -> KernelInfo {
         key_tile_rows: 0,
         min_blocks_per_sm: 1,
         requires_sm90a: false,
+        persistent: false,
         modifiers: false,
         sequences: false,
         opt_in: false,
@@ -170,6 +175,7 @@ const fn fwd_wgmma<T: FwdWgmmaTraits>(name: &'static str, dtype: Dtype) -> Kerne
         block_rows: T::BLOCK_M,
         key_tile_rows: T::BLOCK_N,
         requires_sm90a: true,
+        persistent: T::PERSISTENT,
         ..base(name, Role::Forward, dtype)
     }
 }
@@ -240,12 +246,12 @@ macro_rules! registry {
     ) => {
         &[
             $($ctor::<$t>($name, $dtype),)*
-            $(KernelInfo { name: concat!($name, "_mods"), modifiers: true, sequences: true, ..$ctor::<$t>($name, $dtype) },)*
-            $(KernelInfo { name: concat!($name, "_seq"), sequences: true, ..$ctor::<$t>($name, $dtype) },)*
+            $(KernelInfo { name: concat!($name, "_mods"), modifiers: true, sequences: true, persistent: false, ..$ctor::<$t>($name, $dtype) },)*
+            $(KernelInfo { name: concat!($name, "_seq"), sequences: true, persistent: false, ..$ctor::<$t>($name, $dtype) },)*
             $(
                 $dense::<$st>($sname, $sdtype),
-                KernelInfo { name: concat!($sname, "_mods"), modifiers: true, sequences: true, ..$twins::<$st>($sname, $sdtype) },
-                KernelInfo { name: concat!($sname, "_seq"), sequences: true, ..$twins::<$st>($sname, $sdtype) },
+                KernelInfo { name: concat!($sname, "_mods"), modifiers: true, sequences: true, persistent: false, ..$twins::<$st>($sname, $sdtype) },
+                KernelInfo { name: concat!($sname, "_seq"), sequences: true, persistent: false, ..$twins::<$st>($sname, $sdtype) },
             )*
             $($single,)*
         ]
@@ -394,6 +400,10 @@ pub const KERNELS: &[KernelInfo] = registry! {
         bwd_wgmma::<BwdWgmmaHdim64Narrow>("flash_bwd_wgmma_bf16_hdim64_narrow", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim128Sync>("flash_bwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
         opt_in(fwd_wgmma::<FwdWgmmaWsPingpongHdim128>("flash_fwd_wgmma_ws_pp_bf16_hdim128", Dtype::Bf16)),
+        // v30 candidates: the persistent warp-specialized forward (dense; no twins).
+        fwd_wgmma_opt_in::<FwdWgmmaWsPersistentHdim128>("flash_fwd_wgmma_ws_pe_bf16_hdim128", Dtype::Bf16),
+        fwd_wgmma_opt_in::<FwdWgmmaWsPersistentHdim128>("flash_fwd_wgmma_ws_pe_f16_hdim128", Dtype::F16),
+        fwd_wgmma_opt_in::<FwdWgmmaWsPersistentHdim256>("flash_fwd_wgmma_ws_pe_bf16_hdim256", Dtype::Bf16),
         fwd_wgmma_opt_in::<FwdWgmmaWsHdim64N64>("flash_fwd_wgmma_ws_n64_bf16_hdim64", Dtype::Bf16),
         // v22: the warp-specialized head_dim 256 forward, 1.19–1.23× the unpipelined one, dense
         // and `_seq`; with every modifier's registers it spills, so the `_mods` calls keep the
@@ -550,8 +560,13 @@ mod tests {
         // four FP8 candidates; v27's warp-specialized backward at 128 (two dtypes, three flavors),
         // its `_seq`/`_mods` twins at 32, 64 and 96, the dense kernels it replaced there, and two
         // measurement candidates (v27d); the one-stage head_dim 192 backward (v28) and the late-load
-        // head_dim 256 one (v20's schedule, v28b); the deferred-dQ and per-warp reduction candidates (v29).
-        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 3);
+        // head_dim 256 one (v20's schedule, v28b); the deferred-dQ and per-warp reduction candidates (v29);
+        // the persistent forward (v30: 128 in both dtypes, 256 in bf16).
+        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 3 + 3);
+        // Persistent kernels are dense forwards; their twins (none yet) would not be.
+        for k in KERNELS.iter().filter(|k| k.persistent) {
+            assert!(k.role == Role::Forward && !k.sequences && !k.modifiers && k.requires_sm90a, "{}", k.name);
+        }
         for k in opt_in() {
             assert_eq!(by_name(k.name).map(|b| b.name), Some(k.name));
             let flavor = if k.modifiers {

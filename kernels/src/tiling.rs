@@ -352,6 +352,41 @@ pub const fn q_tile_of_block(block_x: u32, num_q_tiles: u32) -> u32 {
     num_q_tiles - 1 - block_x
 }
 
+/// The persistent forward's tile schedule: a grid of `blocks` blocks loops over the
+/// `q_tiles · heads · batch` query tiles of a dense call. Round `n` hands block `block` tile
+/// `n · blocks + block`, in reverse block order on odd rounds (a snake: with tiles heaviest
+/// first, the block that got the heaviest of one round gets the lightest of the next, which
+/// keeps causal calls balanced without a global counter). Tile `t` is query-tile rank
+/// `t / (heads · batch)` (heaviest first through [`q_tile_of_block`]), then head, then batch.
+/// Returns `(block_x, head, batch)` as a non-persistent grid would hold them, or `None` once the
+/// block has no tile left (every later round of it is past the end too).
+pub const fn persistent_tile(
+    round: u32,
+    block: u32,
+    blocks: u32,
+    (q_tiles, heads, batch): (u32, u32, u32),
+) -> Option<(u32, u32, u32)> {
+    let position = if round % 2 == 1 { blocks.wrapping_sub(1 + block) } else { block };
+    let t = round as u64 * blocks as u64 + position as u64;
+    let heads_batch = heads as u64 * batch as u64;
+    if t >= q_tiles as u64 * heads_batch {
+        return None;
+    }
+    // (Checked: no panic path in the kernels; `t` < the tile count makes both divisors nonzero.)
+    let (Some(rank), Some(rest)) = (t.checked_div(heads_batch), t.checked_rem(heads_batch)) else { return None };
+    let rest = rest as u32;
+    match (rest.checked_rem(heads), rest.checked_div(heads)) {
+        (Some(head), Some(batch)) => Some((rank as u32, head, batch)),
+        _ => None,
+    }
+}
+
+/// Blocks of a persistent forward launch: one per SM, never more than there are tiles.
+pub const fn persistent_blocks(tiles: u64, sm_count: u32) -> u32 {
+    let sms = if sm_count == 0 { 1 } else { sm_count };
+    if tiles < sms as u64 { tiles as u32 } else { sms }
+}
+
 /// The FP8 P·V product's key order. The e4m3 `wgmma` takes its A operand (P) from registers in
 /// 32-key steps, thread `lane` holding positions `4 · (lane % 4) + 0..4` and `16 +` those of
 /// its two rows, while the score accumulators leave it keys `2 · (lane % 4) + {0, 1}` of each
@@ -742,6 +777,46 @@ mod tests {
             }
             assert_eq!(all, (0..heads).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn persistent_schedule_covers_every_tile_once_and_balances_rounds() {
+        for (blocks, grid) in [(1, (3, 2, 2)), (3, (4, 3, 2)), (7, (5, 1, 3)), (132, (128, 16, 1)), (5, (1, 1, 1))] {
+            let total = grid.0 * grid.1 * grid.2;
+            let mut seen = vec![0u32; total as usize];
+            for block in 0..blocks {
+                let mut round = 0;
+                while let Some((x, head, batch)) = persistent_tile(round, block, blocks, grid) {
+                    assert!(x < grid.0 && head < grid.1 && batch < grid.2);
+                    seen[((x * grid.2 + batch) * grid.1 + head) as usize] += 1;
+                    round += 1;
+                }
+                // Nothing is handed out after the first miss.
+                assert!((round..round + 4).all(|r| persistent_tile(r, block, blocks, grid).is_none()));
+            }
+            assert!(seen.iter().all(|&n| n == 1), "blocks {blocks}, grid {grid:?}: {seen:?}");
+        }
+        // Heaviest first: the first round holds the last query tiles (block_x 0), and an odd
+        // round runs backwards.
+        assert_eq!(persistent_tile(0, 0, 4, (3, 2, 2)), Some((0, 0, 0)));
+        assert_eq!(persistent_tile(1, 0, 4, (3, 2, 2)), Some((1, 1, 1)));
+        assert_eq!(persistent_tile(1, 3, 4, (3, 2, 2)), Some((1, 0, 0)));
+        // Causal work per tile (q tile rank r of 8 has 8 - r key tiles): the snake keeps every
+        // block within one tile's work of the others over whole pairs of rounds.
+        let (q_tiles, heads, blocks) = (8u32, 8u32, 16u32);
+        let work: Vec<u32> = (0..blocks)
+            .map(|block| {
+                (0..)
+                    .map_while(|round| persistent_tile(round, block, blocks, (q_tiles, heads, 1)))
+                    .map(|(x, _, _)| q_tiles - x)
+                    .sum()
+            })
+            .collect();
+        let (lo, hi) = (work.iter().min().unwrap(), work.iter().max().unwrap());
+        assert!(hi - lo <= 1, "{work:?}");
+        assert_eq!(persistent_blocks(10, 132), 10);
+        assert_eq!(persistent_blocks(1 << 40, 132), 132);
+        assert_eq!(persistent_blocks(5, 0), 1);
     }
 
     #[test]

@@ -129,6 +129,18 @@ pub trait FwdWgmmaTraits {
     /// (`modifiers::exp2_poly`) rather than the MUFU, on tiles without masked scores; 0: none.
     const POLY_EXP_TILES: u32 = 0;
     const CONSUMER_REGISTERS: u32 = (65536 - 128 * Self::PRODUCER_REGISTERS) / (128 * Self::WARPGROUPS) / 8 * 8;
+    /// With a producer, 16-bit inputs, dense calls: one block per SM loops over the query tiles
+    /// (`tiling::persistent_tile`), so that the next tile's Q, K and V land under this tile's
+    /// last GEMMs and epilogue instead of after a new block's start. The `_seq` and `_mods`
+    /// twins of such a kernel are not persistent.
+    const PERSISTENT: bool = false;
+    /// A persistent kernel's O gets its own staging tile where it fits beside Q and the stages,
+    /// so that Q is free for the next tile once its last score GEMM completed; otherwise O is
+    /// staged in the Q tile and Q is free after the epilogue.
+    const O_OWN_STAGE: bool = Self::PERSISTENT
+        && Self::ELEMENT_BYTES == 2
+        && 2 * Self::Q_TILE_BYTES + 2 * Self::STAGES * Self::KV_TILE_BYTES + 8 * (2 + 4 * Self::STAGES) + 1024
+            <= 227 * 1024;
 
     /// Query rows: 64 per computing warpgroup.
     const BLOCK_M: u32 = 64 * Self::WARPGROUPS;
@@ -141,14 +153,24 @@ pub trait FwdWgmmaTraits {
     /// The bf16 output staged for the epilogue's 16-byte stores: in the Q tile (its own rows) for
     /// 16-bit inputs; with e4m3 inputs the Q tile is half as large, so O goes where the K and V
     /// stages were, once both consumers are past their last GEMM (`flash_fwd_wgmma_ws`).
-    const O_STAGE_OFFSET: u32 = if Self::ELEMENT_BYTES == 1 { Self::K_OFFSET } else { Self::Q_OFFSET };
+    /// With `O_OWN_STAGE`, in its own tile after the V stages.
+    const O_STAGE_OFFSET: u32 = if Self::ELEMENT_BYTES == 1 {
+        Self::K_OFFSET
+    } else if Self::O_OWN_STAGE {
+        Self::V_OFFSET + Self::STAGES * Self::KV_TILE_BYTES
+    } else {
+        Self::Q_OFFSET
+    };
     const Q_OFFSET: u32 = 0;
     const K_OFFSET: u32 = Self::Q_TILE_BYTES;
     const V_OFFSET: u32 = Self::K_OFFSET + Self::STAGES * Self::KV_TILE_BYTES;
     /// The producer's mbarriers (8 bytes each): Q full, then K full, V full, K empty and V empty
-    /// for every stage.
-    const MBARRIER_OFFSET: u32 = Self::V_OFFSET + Self::STAGES * Self::KV_TILE_BYTES;
-    const MBARRIER_BYTES: u32 = if Self::PRODUCER { 8 * (1 + 4 * Self::STAGES) } else { 0 };
+    /// for every stage, then (persistent kernels) Q empty.
+    const MBARRIER_OFFSET: u32 = Self::V_OFFSET
+        + Self::STAGES * Self::KV_TILE_BYTES
+        + if Self::O_OWN_STAGE { Self::Q_TILE_BYTES } else { 0 };
+    const MBARRIER_BYTES: u32 =
+        if Self::PRODUCER { 8 * (1 + 4 * Self::STAGES + Self::PERSISTENT as u32) } else { 0 };
     /// The kernel rounds its shared-memory base up to 1024 bytes (the swizzle's period): the
     /// extra kilobyte pays for that.
     const SMEM_BYTES: u32 = Self::MBARRIER_OFFSET + Self::MBARRIER_BYTES + 1024;
@@ -202,11 +224,13 @@ pub struct FwdWgmmaWs<
     const STAGES: u32,
     const DATA: u32 = 0,
     const PINGPONG: bool = false,
+    const PERSISTENT: bool = false,
 >;
-impl<const D: u32, const W: u32, const N: u32, const S: u32, const DATA: u32, const PP: bool> FwdWgmmaTraits
-    for FwdWgmmaWs<D, W, N, S, DATA, PP>
+impl<const D: u32, const W: u32, const N: u32, const S: u32, const DATA: u32, const PP: bool, const PE: bool>
+    FwdWgmmaTraits for FwdWgmmaWs<D, W, N, S, DATA, PP, PE>
 {
     const PINGPONG: bool = PP;
+    const PERSISTENT: bool = PE;
     const PRODUCER_REGISTERS: u32 = if D > 128 { 40 } else { 24 };
     const HEAD_DIM: u32 = D;
     const DATA_HEAD_DIM: u32 = if DATA == 0 { D } else { DATA };
@@ -221,6 +245,11 @@ impl<const D: u32, const W: u32, const N: u32, const S: u32, const DATA: u32, co
 pub type FwdWgmmaWsHdim128 = FwdWgmmaWs<128, 2, 128, 2>;
 /// The same with the consumers' GEMMs in ping-pong order (v22, measured against it).
 pub type FwdWgmmaWsPingpongHdim128 = FwdWgmmaWs<128, 2, 128, 2, 0, true>;
+/// v30 candidate: the head_dim 128 warp-specialized forward, persistent (O in its own staging
+/// tile, 193 KiB).
+pub type FwdWgmmaWsPersistentHdim128 = FwdWgmmaWs<128, 2, 128, 2, 0, false, true>;
+/// v30 candidate: the head_dim 256 one, persistent (O staged in Q: no room for its own tile).
+pub type FwdWgmmaWsPersistentHdim256 = FwdWgmmaWs<256, 2, 64, 2, 0, false, true>;
 /// head_dim 256 warp-specialized: 64-key tiles, two stages of K and V (193 KiB); the consumers
 /// hold O (128 registers) beside one score tile and the previous P. (head_dim 192 the same way
 /// spilled 240 bytes in the producer, whose 24-chunk rows take the general load path: not
@@ -614,6 +643,18 @@ mod tests {
             assert!(T::BLOCK_M * T::HEAD_DIM * 2 <= 2 * T::STAGES * T::KV_TILE_BYTES);
             assert!(T::BLOCK_N == 128 && (T::HEAD_DIM == 128 || T::HEAD_DIM == 256) && T::PRODUCER);
         }
+        // Persistent: 16-bit, with a producer; its own O tile 1024-aligned and clear of the
+        // stages and the mbarriers.
+        if T::PERSISTENT {
+            assert!(T::PRODUCER && T::ELEMENT_BYTES == 2);
+            if T::O_OWN_STAGE {
+                assert_eq!(T::O_STAGE_OFFSET % 1024, 0);
+                assert!(T::O_STAGE_OFFSET >= T::V_OFFSET + T::STAGES * T::KV_TILE_BYTES);
+                assert!(T::O_STAGE_OFFSET + T::Q_TILE_BYTES <= T::MBARRIER_OFFSET);
+            } else {
+                assert_eq!(T::O_STAGE_OFFSET, T::Q_OFFSET);
+            }
+        }
         // Hopper's opt-in limit per block: 227 KiB.
         assert!(T::SMEM_BYTES <= 227 * 1024, "{} bytes", T::SMEM_BYTES);
     }
@@ -696,6 +737,11 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaWsHdim96>();
         check_fwd_wgmma::<FwdWgmmaWsHdim64N64>();
         check_fwd_wgmma::<FwdWgmmaWsHdim256>();
+        check_fwd_wgmma::<FwdWgmmaWsPersistentHdim128>();
+        check_fwd_wgmma::<FwdWgmmaWsPersistentHdim256>();
+        assert!(FwdWgmmaWsPersistentHdim128::O_OWN_STAGE && !FwdWgmmaWsPersistentHdim256::O_OWN_STAGE);
+        // The non-persistent layouts are unchanged.
+        assert_eq!(FwdWgmmaWsHdim128::SMEM_BYTES, 160 * 1024 + 8 * 9 + 1024);
         check_fwd_wgmma::<FwdWgmmaWsFp8Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8PingpongHdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Stages4Hdim128>();
