@@ -196,8 +196,11 @@ impl FlashAttention {
         let p = forward_params(shape, mods, args, lse);
         let info = self.kernel(Role::Forward, T::DTYPE, &shape, &mods)?;
         let (x, heads, _) = grid(info, shape.seqlen_q, shape.heads, shape.batch);
-        if info.persistent && shape.layout.splits() == 1 {
-            // One block per SM (or the test cap), each looping over the query tiles.
+        // Persistent (one block per SM, or the test cap, each looping over the query tiles) where
+        // every tile has the same work: its static schedule would leave masked calls unbalanced,
+        // and over the one-tile-a-block grid below it runs as a plain kernel.
+        let uniform = shape.window_left < 0 && shape.window_right < 0;
+        if info.persistent && uniform && shape.layout.splits() == 1 {
             let tiles = x as u64 * heads as u64 * shape.batch as u64;
             let blocks = persistent_blocks(tiles, self.persistent_cap.unwrap_or(self.sm_count));
             return self.launch(stream, info, (blocks, 1, 1), &p);

@@ -129,10 +129,10 @@ pub trait FwdWgmmaTraits {
     /// (`modifiers::exp2_poly`) rather than the MUFU, on tiles without masked scores; 0: none.
     const POLY_EXP_TILES: u32 = 0;
     const CONSUMER_REGISTERS: u32 = (65536 - 128 * Self::PRODUCER_REGISTERS) / (128 * Self::WARPGROUPS) / 8 * 8;
-    /// With a producer, 16-bit inputs, dense calls: one block per SM loops over the query tiles
-    /// (`tiling::persistent_tile`), so that the next tile's Q, K and V land under this tile's
-    /// last GEMMs and epilogue instead of after a new block's start. The `_seq` and `_mods`
-    /// twins of such a kernel are not persistent.
+    /// With a producer, 16-bit inputs, dense calls without a mask: one block per SM loops over
+    /// the query tiles (`tiling::persistent_tile`), so that the next tile's Q, K and V land under
+    /// this tile's last GEMMs and epilogue instead of after a new block's start. The `_seq` and
+    /// `_mods` twins of such a kernel are not persistent.
     const PERSISTENT: bool = false;
     /// A persistent kernel's O gets its own staging tile where it fits beside Q and the stages,
     /// so that Q is free for the next tile once its last score GEMM completed; otherwise O is
