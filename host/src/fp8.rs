@@ -197,6 +197,7 @@ impl FlashAttention {
             mods: Modifiers::default(),
             o_accum: 0,
             lse_accum: 0,
+            tile_counter: 0,
             descales,
         };
         // The transpose reads V through `k`/`k_strides` and writes `v` (see its kernel).

@@ -193,17 +193,28 @@ impl FlashAttention {
         args: [&Arg; 4],
         lse: u64,
     ) -> Result<()> {
-        let p = forward_params(shape, mods, args, lse);
+        let mut p = forward_params(shape, mods, args, lse);
         let info = self.kernel(Role::Forward, T::DTYPE, &shape, &mods)?;
         let (x, heads, _) = grid(info, shape.seqlen_q, shape.heads, shape.batch);
-        // Persistent (one block per SM, or the test cap, each looping over the query tiles) where
-        // every tile has the same work: its static schedule would leave masked calls unbalanced,
-        // and over the one-tile-a-block grid below it runs as a plain kernel.
-        let uniform = shape.window_left < 0 && shape.window_right < 0;
-        if info.persistent && uniform && shape.layout.splits() == 1 {
+        if info.persistent && shape.layout.splits() == 1 {
+            // One block per SM (or the test cap), each looping over the query tiles: statically
+            // where every tile has the same work, else each block takes its next tile from a
+            // counter as it frees up (masks: causal, windows).
             let tiles = x as u64 * heads as u64 * shape.batch as u64;
             let blocks = persistent_blocks(tiles, self.persistent_cap.unwrap_or(self.sm_count));
-            return self.launch(stream, info, (blocks, 1, 1), &p);
+            let uniform = shape.window_left < 0 && shape.window_right < 0;
+            if uniform {
+                return self.launch(stream, info, (blocks, 1, 1), &p);
+            }
+            // SAFETY: u32 has no invalid bit patterns, and the counter is zeroed in stream order
+            // before the kernel reads it.
+            let mut counter = unsafe { self.scratch.alloc::<u32>(1, stream) }?;
+            // SAFETY: the counter is ours and nothing else uses it until the launch below.
+            let zeroed = unsafe { counter.set_zero_async(stream) }.during("cuMemsetD8Async");
+            p.tile_counter = counter.as_device_ptr().as_raw();
+            let launched = zeroed.and_then(|()| self.launch(stream, info, (blocks, 1, 1), &p));
+            let freed = counter.drop_async(stream).during("cuMemFreeAsync");
+            return launched.and(freed);
         }
         self.launch_split::<T>(stream, info, (x, heads, shape.batch * shape.layout.splits()), p)
     }
@@ -576,6 +587,7 @@ pub(crate) fn forward_params(shape: AttnShape, mods: Modifiers, [q, k, v, o]: [&
         mods,
         o_accum: 0,
         lse_accum: 0,
+        tile_counter: 0,
         descales: Default::default(),
     }
 }

@@ -29,8 +29,8 @@ use crate::params::{FwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, quad_sum};
 use crate::tiling::{
-    Mask, SW128_ROW_GROUP_BYTES, ceil_div, fp8_key_of_position, kv_head_of, persistent_tile, q_tile_of_block, ring_slot,
-    split_tiles, wgmma_descriptor,
+    Mask, SW128_ROW_GROUP_BYTES, ceil_div, fp8_key_of_position, kv_head_of, persistent_tile, q_tile_of_block,
+    ring_slot, split_tiles, wgmma_descriptor,
 };
 use crate::traits::{FwdWgmmaTraits, padding_fits};
 use crate::warpgroup::{Waited, WgmmaElement, WsInput, acquire, panel_descriptors, wait};
@@ -403,11 +403,90 @@ impl Stages {
     fn q_empty(self) -> u32 {
         self.base + 8 * (1 + 4 * self.stages)
     }
+    /// Persistent kernels with the dynamic schedule: completes when the producer's first thread
+    /// has written the next tile's index to slot `slot` (two, alternating).
+    fn tile_ready(self, slot: u32) -> u32 {
+        self.base + 8 * (2 + 4 * self.stages + slot)
+    }
+    fn tile_slot(self, slot: u32) -> u32 {
+        self.base + 8 * (4 + 4 * self.stages) + 4 * slot
+    }
 
     /// Tile `i` of the block's loop (counted from its first tile): its stage and the parity of
     /// that stage's use (each stage's barriers complete one phase per use).
     fn of(self, i: u32) -> (u32, u32) {
         ring_slot(i, self.stages)
+    }
+}
+
+/// A block's walk over its query tiles. A plain block has one, its own; a persistent block
+/// takes round after round of [`persistent_tile`]'s order, statically (tile
+/// `round · blocks + block`) or, with `FwdParams::tile_counter`, dynamically: the first tile is
+/// the block's own, then the producer's first thread (the publisher) takes the next index from
+/// the counter while the current tile loads, and hands each one to the block's other threads
+/// through two alternating shared-memory slots, each with an mbarrier.
+struct TileWalk {
+    /// Tiles handed out so far.
+    n: u32,
+    /// The publisher's next index, taken from the counter one tile ahead.
+    fetched: u32,
+}
+
+impl TileWalk {
+    /// The next query tile as (block_x, head, batch), or `None`: the block is done. Every thread
+    /// of the block calls this once per tile, in the same order. `own`: the plain block's tile;
+    /// the rest is read afresh each call (special registers, the parameter block), so that
+    /// nothing of it stays live across a tile's loop.
+    ///
+    /// # Safety
+    /// With the dynamic schedule `p.tile_counter` is a zeroed u32 of this launch and the slots'
+    /// mbarriers were initialized with a count of 1; a slot is republished only after every
+    /// thread read it (the publisher reaches tile n + 2 after waiting for Q's release of tile
+    /// n, which needs every thread past tile n's start).
+    #[inline(always)]
+    unsafe fn next(
+        &mut self,
+        persistent: bool,
+        publisher: bool,
+        p: &FwdParams,
+        q_tiles: u32,
+        own: (u32, u32, u32),
+        bars: Stages,
+    ) -> Option<(u32, u32, u32)> {
+        let n = self.n;
+        self.n += 1;
+        if !persistent {
+            return if n == 0 { Some(own) } else { None };
+        }
+        let ((x, y, z), (gx, gy, gz)) = (ptx::block_idx(), ptx::grid_dim());
+        let (block, blocks) = (x + gx * (y + gy * z), gx * gy * gz);
+        let counter = p.tile_counter as *mut u32;
+        let dynamic = !counter.is_null();
+        let t = if n == 0 {
+            block
+        } else if !dynamic {
+            n.wrapping_mul(blocks).wrapping_add(block)
+        } else {
+            let m = n - 1;
+            let (slot, parity) = (m % 2, (m / 2) % 2);
+            // SAFETY: as the caller guarantees.
+            unsafe {
+                if publisher {
+                    ptx::st_shared_u32(bars.tile_slot(slot), self.fetched);
+                    ptx::mbarrier_arrive(bars.tile_ready(slot));
+                    self.fetched
+                } else {
+                    ptx::mbarrier_wait(bars.tile_ready(slot), parity);
+                    ptx::ld_shared_u32(bars.tile_slot(slot))
+                }
+            }
+        };
+        let tile = persistent_tile(0, t, blocks, (q_tiles, p.shape.heads, p.shape.batch));
+        if publisher && dynamic && tile.is_some() {
+            // SAFETY: the counter is this launch's (the caller).
+            self.fetched = blocks.wrapping_add(unsafe { ptx::atomic_inc_global_u32(counter) });
+        }
+        tile
     }
 }
 
@@ -426,7 +505,9 @@ impl Stages {
 pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool, const SEQ: bool>(p: &FwdParams) {
     const { assert!(T::PRODUCER && T::PIPELINED && (T::WARPGROUPS == 2 || T::WARPGROUPS == 3)) };
     // The register splits the `setmaxnreg` calls below spell out.
-    const { assert!(matches!((T::PRODUCER_REGISTERS, T::CONSUMER_REGISTERS), (24, 240) | (40, 232) | (24, 160))) };
+    const {
+        assert!(matches!((T::PRODUCER_REGISTERS, T::CONSUMER_REGISTERS), (24, 240) | (32, 240) | (40, 232) | (24, 160)))
+    };
     // The generated issue-only GEMMs: 64- or 128-key tiles up to head_dim 128, 64-key tiles above.
     const { assert!(T::HEAD_DIM <= 128 || T::BLOCK_N == 64 || E::BYTES == 1) };
     // e4m3 inputs: the traits' element size, and the output staged over the K/V stages after a
@@ -448,18 +529,11 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
     }
     let mask = Mask::of(shape);
     let tid = ptx::thread_idx();
-    // The block's n-th query tile as (block_x, head, batch): persistent blocks walk the schedule
-    // (any grid: blocks are counted over all three dimensions); the others have one, their own.
-    let tile_of = |n: u32| {
+    // The block's query tiles (one, its own, unless persistent; blocks are counted over all
+    // three grid dimensions, so any grid is correct).
+    let own = || {
         let (x, y, z) = ptx::block_idx();
-        if persistent {
-            let (gx, gy, gz) = ptx::grid_dim();
-            persistent_tile(n, x + gx * (y + gy * z), gx * gy * gz, (q_tiles, shape.heads, shape.batch))
-        } else if n == 0 {
-            Some((x, y, if SEQ { sequence_index } else { z }))
-        } else {
-            None
-        }
+        (x, y, if SEQ { sequence_index } else { z })
     };
     // The tile's first query row and its key tiles (this split's, with split-KV).
     let key_tiles = |q_begin: u32| {
@@ -502,6 +576,8 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
             }
             if persistent {
                 ptx::mbarrier_init(bars.q_empty(), consumer_threads);
+                ptx::mbarrier_init(bars.tile_ready(0), 1);
+                ptx::mbarrier_init(bars.tile_ready(1), 1);
             }
         }
     }
@@ -512,6 +588,7 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
         // (`setmaxnreg` takes an immediate: the shipped splits, constant-folded.)
         match T::PRODUCER_REGISTERS {
             24 => ptx::setmaxnreg_dec::<24>(),
+            32 => ptx::setmaxnreg_dec::<32>(),
             _ => ptx::setmaxnreg_dec::<40>(),
         }
         let at = |base: u64, offset: i64| (base as *const E::Stored).wrapping_offset(offset as isize);
@@ -519,7 +596,10 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
         // K/V tiles loaded for the block's earlier query tiles: the ring's uses go on from there.
         let mut ring = 0;
         let mut n = 0;
-        while let Some((block_x, head, batch)) = tile_of(n) {
+        let mut tiles = TileWalk { n: 0, fetched: 0 };
+        // SAFETY: the host zeroed the counter for this launch; the slots' barriers were
+        // initialized above (`TileWalk::next`).
+        while let Some((block_x, head, batch)) = unsafe { tiles.next(persistent, tid == 0, p, q_tiles, own(), bars) } {
             let kv_head = kv_head_of(shape, head);
             let q_begin = q_tile_of_block(block_x, q_tiles) * T::BLOCK_M;
             let (first_tile, end_tile) = key_tiles(q_begin);
@@ -635,7 +715,9 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
     };
     let mut ring = 0;
     let mut n = 0;
-    while let Some((block_x, head, batch)) = tile_of(n) {
+    let mut tiles = TileWalk { n: 0, fetched: 0 };
+    // SAFETY: as for the producer.
+    while let Some((block_x, head, batch)) = unsafe { tiles.next(persistent, false, p, q_tiles, own(), bars) } {
         let kv_head = kv_head_of(shape, head);
         let q_begin = q_tile_of_block(block_x, q_tiles) * T::BLOCK_M;
         let (first_tile, end_tile) = key_tiles(q_begin);
@@ -708,8 +790,7 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
                 release_q(tile + 1 == end_tile);
                 step.scores::<MODS>(&mut s[0], tile, lane);
                 let poly = (T::POLY_EXP_TILES as usize, T::POLY_EXP_TILES > 0 && step.unmasked(tile));
-                let correction =
-                    online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1);
+                let correction = online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1);
                 step.dropout::<MODS>(&mut s[0], tile, lane);
                 wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
                 // SAFETY: this thread's P·V GEMM on the previous stage has completed.

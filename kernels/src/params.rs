@@ -218,6 +218,10 @@ pub struct FwdParams {
     /// LSEs (+inf where a split saw no key), merged by the combine kernel into O and the LSE.
     pub o_accum: u64,
     pub lse_accum: u64,
+    /// A persistent forward's dynamic schedule (masked calls): a u32 the host zeroed, from which
+    /// blocks take their query tiles after the first (`tiling::persistent_tile`'s order, numbered
+    /// from the grid's block count); 0: the static schedule.
+    pub tile_counter: u64,
     /// The FP8 forward's descale factors (read by its kernels only; zeros elsewhere).
     pub descales: Descales,
 }

@@ -390,6 +390,34 @@ pub unsafe fn st_shared_u32(addr: u32, value: u32) {
     unsafe { asm!("st.shared.b32 [{0}], {1};", in(reg32) addr, in(reg32) value, options(nostack)) }
 }
 
+/// 32-bit load from shared memory.
+///
+/// # Safety
+/// `addr` is a 4-byte aligned shared address of this block.
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub unsafe fn ld_shared_u32(addr: u32) -> u32 {
+    let v: u32;
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("ld.shared.b32 {0}, [{1}];", out(reg32) v, in(reg32) addr, options(nostack)) };
+    v
+}
+
+/// `*ptr += 1` in global memory, returning the old value (relaxed, GPU scope).
+///
+/// # Safety
+/// `ptr` is a 4-byte aligned, writable global address.
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+#[inline(always)]
+pub unsafe fn atomic_inc_global_u32(ptr: *mut u32) -> u32 {
+    let v: u32;
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!("atom.relaxed.gpu.global.add.u32 {0}, [{1}], 1;", out(reg32) v, in(reg64) ptr as u64, options(nostack))
+    };
+    v
+}
+
 /// 16-byte load from shared memory.
 ///
 /// # Safety

@@ -360,8 +360,9 @@ pub const fn q_tile_of_block(block_x: u32, num_q_tiles: u32) -> u32 {
 /// (v30's first order, query-tile rank first across all heads, streamed every head's K and V
 /// at once and lost 4–17%). Returns `(block_x, head, batch)` as that grid would hold them, or
 /// `None` once the block has no tile left (every later round of it is past the end too). A
-/// static schedule balances only uniform work: the host runs masked calls (causal, windows)
-/// one tile a block, where the hardware hands out blocks as SMs free up.
+/// static schedule balances only uniform work: for masked calls (causal, windows) the blocks
+/// take tile indices in this order from a counter as they free up (`FwdParams::tile_counter`),
+/// which is what the hardware does for a one-tile-a-block grid.
 pub const fn persistent_tile(
     round: u32,
     block: u32,

@@ -139,7 +139,7 @@ pub trait FwdWgmmaTraits {
     /// staged in the Q tile and Q is free after the epilogue.
     const O_OWN_STAGE: bool = Self::PERSISTENT
         && Self::ELEMENT_BYTES == 2
-        && 2 * Self::Q_TILE_BYTES + 2 * Self::STAGES * Self::KV_TILE_BYTES + 8 * (2 + 4 * Self::STAGES) + 1024
+        && 2 * Self::Q_TILE_BYTES + 2 * Self::STAGES * Self::KV_TILE_BYTES + 8 * (1 + 4 * Self::STAGES) + 32 + 1024
             <= 227 * 1024;
 
     /// Query rows: 64 per computing warpgroup.
@@ -165,12 +165,12 @@ pub trait FwdWgmmaTraits {
     const K_OFFSET: u32 = Self::Q_TILE_BYTES;
     const V_OFFSET: u32 = Self::K_OFFSET + Self::STAGES * Self::KV_TILE_BYTES;
     /// The producer's mbarriers (8 bytes each): Q full, then K full, V full, K empty and V empty
-    /// for every stage, then (persistent kernels) Q empty.
-    const MBARRIER_OFFSET: u32 = Self::V_OFFSET
-        + Self::STAGES * Self::KV_TILE_BYTES
-        + if Self::O_OWN_STAGE { Self::Q_TILE_BYTES } else { 0 };
+    /// for every stage; persistent kernels add Q empty, two "tile index published" barriers
+    /// and the two 4-byte index slots they guard (32 bytes).
+    const MBARRIER_OFFSET: u32 =
+        Self::V_OFFSET + Self::STAGES * Self::KV_TILE_BYTES + if Self::O_OWN_STAGE { Self::Q_TILE_BYTES } else { 0 };
     const MBARRIER_BYTES: u32 =
-        if Self::PRODUCER { 8 * (1 + 4 * Self::STAGES + Self::PERSISTENT as u32) } else { 0 };
+        if Self::PRODUCER { 8 * (1 + 4 * Self::STAGES) + 32 * Self::PERSISTENT as u32 } else { 0 };
     /// The kernel rounds its shared-memory base up to 1024 bytes (the swizzle's period): the
     /// extra kilobyte pays for that.
     const SMEM_BYTES: u32 = Self::MBARRIER_OFFSET + Self::MBARRIER_BYTES + 1024;
@@ -231,7 +231,8 @@ impl<const D: u32, const W: u32, const N: u32, const S: u32, const DATA: u32, co
 {
     const PINGPONG: bool = PP;
     const PERSISTENT: bool = PE;
-    const PRODUCER_REGISTERS: u32 = if D > 128 { 40 } else { 24 };
+    // (Persistent: 32, for the tile walk's state; the consumers keep 240.)
+    const PRODUCER_REGISTERS: u32 = if D > 128 { 40 } else if PE { 32 } else { 24 };
     const HEAD_DIM: u32 = D;
     const DATA_HEAD_DIM: u32 = if DATA == 0 { D } else { DATA };
     const BLOCK_N: u32 = N;

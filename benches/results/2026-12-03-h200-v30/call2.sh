@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# v30b call 2: the persistent forward in grid order (non-causal calls persistent, masked ones on
-# the one-tile-a-block grid): forward tests capped at 3 blocks, memcheck and racecheck, then A/B
-# against the defaults (bf16 two rounds at 128 and 256, f16 one round at 128).
+# v30b/v30c call 2: the persistent forward in grid order, static for unmasked calls and from a
+# tile counter for masked ones: forward tests capped at 3 and 1 blocks and uncapped,
+# memcheck, racecheck and synccheck capped, then A/B against the defaults (bf16 two rounds at
+# 128 and 256, f16 one round at 128).
 set -u
 R=$PWD; out=${OUT:?}
 (cd /tmp && tar xJf $R/gpucarry/bundle.txz)
@@ -9,9 +10,11 @@ B=/tmp/bundle
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $out/log.txt
 K=flash_fwd_wgmma_ws_pe_bf16_hdim128,flash_fwd_wgmma_ws_pe_f16_hdim128,flash_fwd_wgmma_ws_pe_bf16_hdim256
 f() { grep -E "cases passed|test result|FAIL|panick|rror|max error" | tee -a $out/log.txt; }
-echo "== forward tests pe, cap 3 $(date +%T)" | tee -a $out/log.txt
-FLASH_ATTN_PERSISTENT_BLOCKS=3 FLASH_ATTN_HEAD_DIMS=128,256 FLASH_ATTN_KERNELS=$K FLASH_ATTN_FWD_CASES=150 timeout 150 $B/tests/gpu forward_matches 2>&1 | f
-for tool in memcheck racecheck; do
+for cap in 3 1 ""; do
+  echo "== forward tests pe, cap '${cap}' $(date +%T)" | tee -a $out/log.txt
+  FLASH_ATTN_PERSISTENT_BLOCKS=$cap FLASH_ATTN_HEAD_DIMS=128,256 FLASH_ATTN_KERNELS=$K FLASH_ATTN_FWD_CASES=120 timeout 150 $B/tests/gpu forward_matches 2>&1 | f
+done
+for tool in memcheck racecheck synccheck; do
   echo "== $tool pe cap 3 $(date +%T)" | tee -a $out/log.txt
   FLASH_ATTN_PERSISTENT_BLOCKS=3 FLASH_ATTN_HEAD_DIMS=128,256 FLASH_ATTN_KERNELS=$K FLASH_ATTN_FWD_CASES=4 timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 $B/tests/gpu forward_matches 2>&1 | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|cases passed|test result" | tail -3 | tee -a $out/log.txt
 done
