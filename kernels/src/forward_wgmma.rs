@@ -505,9 +505,7 @@ impl TileWalk {
 pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool, const SEQ: bool>(p: &FwdParams) {
     const { assert!(T::PRODUCER && T::PIPELINED && (T::WARPGROUPS == 2 || T::WARPGROUPS == 3)) };
     // The register splits the `setmaxnreg` calls below spell out.
-    const {
-        assert!(matches!((T::PRODUCER_REGISTERS, T::CONSUMER_REGISTERS), (24, 240) | (32, 240) | (40, 232) | (24, 160)))
-    };
+    const { assert!(matches!((T::PRODUCER_REGISTERS, T::CONSUMER_REGISTERS), (24, 240) | (40, 232) | (24, 160))) };
     // The generated issue-only GEMMs: 64- or 128-key tiles up to head_dim 128, 64-key tiles above.
     const { assert!(T::HEAD_DIM <= 128 || T::BLOCK_N == 64 || E::BYTES == 1) };
     // e4m3 inputs: the traits' element size, and the output staged over the K/V stages after a
@@ -588,7 +586,6 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
         // (`setmaxnreg` takes an immediate: the shipped splits, constant-folded.)
         match T::PRODUCER_REGISTERS {
             24 => ptx::setmaxnreg_dec::<24>(),
-            32 => ptx::setmaxnreg_dec::<32>(),
             _ => ptx::setmaxnreg_dec::<40>(),
         }
         let at = |base: u64, offset: i64| (base as *const E::Stored).wrapping_offset(offset as isize);

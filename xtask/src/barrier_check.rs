@@ -113,9 +113,14 @@ fn problems(entry: &str) -> Vec<String> {
                 let low = lowered.iter().copied().max().unwrap_or(0);
                 let high = raised.iter().copied().max().unwrap_or(0);
                 let total = 128 * (low + high * (warpgroups - 1));
-                if total > 65536 {
+                // The pool `setmaxnreg.inc` draws from is what the block got at launch: every
+                // thread at the launch's registers (64 K over the threads, in multiples of 8). A
+                // split above it hangs the raising warpgroups for good (v30c's (32, 240)).
+                let launch = 128 * warpgroups * launch_registers(threads);
+                if total > launch {
                     out.push(format!(
-                        "setmaxnreg: one warpgroup at {low} and {} at {high} registers need {total} of 65536",
+                        "setmaxnreg: one warpgroup at {low} and {} at {high} registers need {total} of the \
+                         block's {launch}",
                         warpgroups - 1
                     ));
                 }
@@ -124,6 +129,12 @@ fn problems(entry: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Registers per thread a block of `threads` threads gets at launch under `.maxntid`: 64 K
+/// over the threads, in multiples of 8, at most 255.
+pub fn launch_registers(threads: u32) -> u32 {
+    (65536 / threads.max(1) / 8 * 8).min(255)
 }
 
 #[cfg(test)]
@@ -150,6 +161,12 @@ mod tests {
     fn an_overcommitted_register_split_is_caught() {
         let ptx = GOOD.replace("u32 24;", "u32 56;");
         assert_eq!(problems(&ptx).len(), 1, "{:?}", problems(&ptx));
+        // 32 + 2 · 240 fits 64 K but not the 3 · 168 a thread of 384 gets at launch: it hung.
+        let ptx = GOOD.replace("u32 24;", "u32 32;");
+        assert_eq!(problems(&ptx).len(), 1, "{:?}", problems(&ptx));
+        assert_eq!(launch_registers(384), 168);
+        assert_eq!(launch_registers(512), 128);
+        assert_eq!(launch_registers(128), 255);
         let ptx = GOOD.replace(".maxntid 384, 1, 1\n", "");
         assert_eq!(problems(&ptx).len(), 1, "{:?}", problems(&ptx));
     }
