@@ -467,8 +467,8 @@ impl TileWalk {
         } else if !dynamic {
             n.wrapping_mul(blocks).wrapping_add(block)
         } else {
-            let m = n - 1;
-            let (slot, parity) = (m % 2, (m / 2) % 2);
+            // Tile n ≥ 1 goes through a ring of two slots, one use each.
+            let (slot, parity) = ring_slot(n - 1, 2);
             // SAFETY: as the caller guarantees.
             unsafe {
                 if publisher {

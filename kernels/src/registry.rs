@@ -400,7 +400,9 @@ pub const KERNELS: &[KernelInfo] = registry! {
         bwd_wgmma::<BwdWgmmaHdim64Narrow>("flash_bwd_wgmma_bf16_hdim64_narrow", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim128Sync>("flash_bwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
         opt_in(fwd_wgmma::<FwdWgmmaWsPingpongHdim128>("flash_fwd_wgmma_ws_pp_bf16_hdim128", Dtype::Bf16)),
-        // v30 candidates: the persistent warp-specialized forward (dense; no twins).
+        // v30 candidates: the persistent warp-specialized forward (dense; no twins). Their
+        // first build passed the GPU tests (and lost, benches/results/2026-12-03-h200-v30.md);
+        // this one (grid order, the tile counter for masked calls) has not run on a GPU yet.
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentHdim128>("flash_fwd_wgmma_ws_pe_bf16_hdim128", Dtype::Bf16),
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentHdim128>("flash_fwd_wgmma_ws_pe_f16_hdim128", Dtype::F16),
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentHdim256>("flash_fwd_wgmma_ws_pe_bf16_hdim256", Dtype::Bf16),
