@@ -737,7 +737,7 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
         // SAFETY (every wait and arrive below): the barriers were initialized before the block
         // barrier; each consumer thread arrives once per use of a stage (and of Q), after its
         // GEMMs on it completed, and waits for the phase of the use it is at (the producer is at
-        // most one use ahead of the slowest consumer).
+        // most one round of the ring, and one use of Q, ahead of the slowest consumer).
         unsafe { acquire(bars.q_full(), n % 2) };
         if first_tile < end_tile {
             if T::PINGPONG && warpgroup == 1 {
