@@ -426,13 +426,19 @@ impl Stages {
 /// the counter while the current tile loads, and hands each one to the block's other threads
 /// through two alternating shared-memory slots, each with an mbarrier.
 struct TileWalk {
-    /// Tiles handed out so far.
+    /// Tiles handed out so far (in the loop body: the current tile's number plus one).
     n: u32,
     /// The publisher's next index, taken from the counter one tile ahead.
     fetched: u32,
 }
 
 impl TileWalk {
+    /// The number of the tile the last [`TileWalk::next`] handed out (0 for the first).
+    #[inline(always)]
+    fn current(&self) -> u32 {
+        self.n - 1
+    }
+
     /// The next query tile as (block_x, head, batch), or `None`: the block is done. Every thread
     /// of the block calls this once per tile, in the same order. `own`: the plain block's tile;
     /// the rest is read afresh each call (special registers, the parameter block), so that
@@ -592,7 +598,6 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
         let (k_row, v_row) = (p.k_strides.row, p.v_strides.row);
         // K/V tiles loaded for the block's earlier query tiles: the ring's uses go on from there.
         let mut ring = 0;
-        let mut n = 0;
         let mut tiles = TileWalk { n: 0, fetched: 0 };
         // SAFETY: the host zeroed the counter for this launch; the slots' barriers were
         // initialized above (`TileWalk::next`).
@@ -609,6 +614,7 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
             // its previous use, i.e. after every consumer's GEMMs on it, and the Q tile (after
             // the first) only after Q's empty barrier completed the previous tile's phase.
             unsafe {
+                let n = tiles.current();
                 if n > 0 {
                     ptx::mbarrier_wait(bars.q_empty(), (n % 2) ^ 1);
                 }
@@ -645,7 +651,6 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
                 }
             }
             ring += end_tile.saturating_sub(first_tile);
-            n += 1;
         }
         // Nothing of this thread stays in flight when it exits.
         cp_async_wait_all();
@@ -711,7 +716,6 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
         }
     };
     let mut ring = 0;
-    let mut n = 0;
     let mut tiles = TileWalk { n: 0, fetched: 0 };
     // SAFETY: as for the producer.
     while let Some((block_x, head, batch)) = unsafe { tiles.next(persistent, false, p, q_tiles, own(), bars) } {
@@ -738,7 +742,7 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
         // barrier; each consumer thread arrives once per use of a stage (and of Q), after its
         // GEMMs on it completed, and waits for the phase of the use it is at (the producer is at
         // most one round of the ring, and one use of Q, ahead of the slowest consumer).
-        unsafe { acquire(bars.q_full(), n % 2) };
+        unsafe { acquire(bars.q_full(), tiles.current() % 2) };
         if first_tile < end_tile {
             if T::PINGPONG && warpgroup == 1 {
                 // SAFETY: as above (consumer 0's first turn).
@@ -845,7 +849,6 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
             unsafe { ptx::mbarrier_arrive(bars.q_empty()) };
         }
         ring += end_tile.saturating_sub(first_tile);
-        n += 1;
     }
 }
 

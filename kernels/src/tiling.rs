@@ -384,6 +384,14 @@ pub const fn persistent_tile(
     }
 }
 
+/// Registers per thread a block of `threads` threads gets at launch (`.maxntid`): 64 K over the
+/// threads, in multiples of 8, at most 255. A warp-specialized block's `setmaxnreg` splits share
+/// this pool: a raising warpgroup gets only what the others handed back, not the SM's 64 K.
+pub const fn launch_registers(threads: u32) -> u32 {
+    let per_thread = 65536 / if threads == 0 { 1 } else { threads } / 8 * 8;
+    if per_thread > 255 { 255 } else { per_thread }
+}
+
 /// Blocks of a persistent forward launch: one per SM, never more than there are tiles.
 pub const fn persistent_blocks(tiles: u64, sm_count: u32) -> u32 {
     let sms = if sm_count == 0 { 1 } else { sm_count };

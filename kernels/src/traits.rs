@@ -19,6 +19,8 @@
 //! the portable ones fit an A100 block's 163 KiB of shared memory (the sm_80 PTX runs there) and
 //! the Hopper ones the H100's 227 KiB, and that padded head dims fit [`padding_fits`].
 
+use crate::tiling::launch_registers;
+
 /// Rows of one `mma.m16n8k16` tile: a warp owns a multiple of these.
 pub const WARP_ROWS: u32 = 16;
 /// Most 16-row tiles one warp of the forward owns (sizes its register arrays).
@@ -128,7 +130,11 @@ pub trait FwdWgmmaTraits {
     /// Of every four 8-key score tiles, how many take their exponentials on the FMA pipe
     /// (`modifiers::exp2_poly`) rather than the MUFU, on tiles without masked scores; 0: none.
     const POLY_EXP_TILES: u32 = 0;
-    const CONSUMER_REGISTERS: u32 = (65536 - 128 * Self::PRODUCER_REGISTERS) / (128 * Self::WARPGROUPS) / 8 * 8;
+    /// The rest of the block's launch registers (`tiling::launch_registers`), shared by the
+    /// consumers.
+    const CONSUMER_REGISTERS: u32 =
+        ((1 + Self::WARPGROUPS) * launch_registers(Self::THREADS) - Self::PRODUCER_REGISTERS) / Self::WARPGROUPS / 8
+            * 8;
     /// With a producer, 16-bit inputs, dense calls without a mask: one block per SM loops over
     /// the query tiles (`tiling::persistent_tile`), so that the next tile's Q, K and V land under
     /// this tile's last GEMMs and epilogue instead of after a new block's start. The `_seq` and
@@ -139,7 +145,7 @@ pub trait FwdWgmmaTraits {
     /// staged in the Q tile and Q is free after the epilogue.
     const O_OWN_STAGE: bool = Self::PERSISTENT
         && Self::ELEMENT_BYTES == 2
-        && 2 * Self::Q_TILE_BYTES + 2 * Self::STAGES * Self::KV_TILE_BYTES + 8 * (1 + 4 * Self::STAGES) + 32 + 1024
+        && Self::V_OFFSET + Self::STAGES * Self::KV_TILE_BYTES + Self::Q_TILE_BYTES + Self::MBARRIER_BYTES + 1024
             <= 227 * 1024;
 
     /// Query rows: 64 per computing warpgroup.
@@ -635,7 +641,7 @@ mod tests {
             }
             // The pool the consumers raise from is the block's launch registers (64 K over its
             // threads, in multiples of 8), not the SM's 64 K: (32, 240) hung (v30c).
-            let launch = 65536 / T::THREADS / 8 * 8;
+            let launch = launch_registers(T::THREADS);
             assert!(T::PRODUCER_REGISTERS + T::WARPGROUPS * T::CONSUMER_REGISTERS <= (1 + T::WARPGROUPS) * launch);
         }
         // Every panel starts on a 1024-byte boundary of the aligned base.

@@ -12,7 +12,10 @@
 //!   1..16 and thread counts that are whole warps, at most the block's threads (`.maxntid`);
 //! - a kernel that moves registers with `setmaxnreg` declares `.maxntid` (so that ptxas budgets
 //!   its launch registers), in whole warpgroups, and one producer warpgroup at the lowered count
-//!   plus the others at the raised count fit the 64 K registers of an SM.
+//!   plus the others at the raised count fit the block's launch registers
+//!   ([`launch_registers`]).
+
+use flash_attn_kernels::tiling::launch_registers;
 
 /// Check every entry point of a PTX module; returns one message per problem.
 pub fn check(arch: &str, ptx: &str) -> Vec<String> {
@@ -129,12 +132,6 @@ fn problems(entry: &str) -> Vec<String> {
         }
     }
     out
-}
-
-/// Registers per thread a block of `threads` threads gets at launch under `.maxntid`: 64 K
-/// over the threads, in multiples of 8, at most 255.
-pub fn launch_registers(threads: u32) -> u32 {
-    (65536 / threads.max(1) / 8 * 8).min(255)
 }
 
 #[cfg(test)]
