@@ -231,13 +231,29 @@ pub struct FwdWgmmaWs<
     const DATA: u32 = 0,
     const PINGPONG: bool = false,
     const PERSISTENT: bool = false,
+    const PRODUCER_REGS: u32 = 0,
 >;
-impl<const D: u32, const W: u32, const N: u32, const S: u32, const DATA: u32, const PP: bool, const PE: bool>
-    FwdWgmmaTraits for FwdWgmmaWs<D, W, N, S, DATA, PP, PE>
+impl<
+    const D: u32,
+    const W: u32,
+    const N: u32,
+    const S: u32,
+    const DATA: u32,
+    const PP: bool,
+    const PE: bool,
+    const PR: u32,
+> FwdWgmmaTraits for FwdWgmmaWs<D, W, N, S, DATA, PP, PE, PR>
 {
     const PINGPONG: bool = PP;
     const PERSISTENT: bool = PE;
-    const PRODUCER_REGISTERS: u32 = if D > 128 { 40 } else { 24 };
+    // `PRODUCER_REGS` 0: 24, or 40 past head_dim 128 (the producer's wider rows).
+    const PRODUCER_REGISTERS: u32 = if PR != 0 {
+        PR
+    } else if D > 128 {
+        40
+    } else {
+        24
+    };
     const HEAD_DIM: u32 = D;
     const DATA_HEAD_DIM: u32 = if DATA == 0 { D } else { DATA };
     const BLOCK_N: u32 = N;
@@ -254,6 +270,9 @@ pub type FwdWgmmaWsPingpongHdim128 = FwdWgmmaWs<128, 2, 128, 2, 0, true>;
 /// v30 candidate: the head_dim 128 warp-specialized forward, persistent (O in its own staging
 /// tile, 193 KiB).
 pub type FwdWgmmaWsPersistentHdim128 = FwdWgmmaWs<128, 2, 128, 2, 0, false, true>;
+/// v30d candidate: the same with a 40-register producer (its tile walk spills 64 bytes at 24,
+/// inside the K/V issue loop) and 232-register consumers.
+pub type FwdWgmmaWsPersistentP40Hdim128 = FwdWgmmaWs<128, 2, 128, 2, 0, false, true, 40>;
 /// v30 candidate: the head_dim 256 one, persistent (O staged in Q: no room for its own tile).
 pub type FwdWgmmaWsPersistentHdim256 = FwdWgmmaWs<256, 2, 64, 2, 0, false, true>;
 /// head_dim 256 warp-specialized: 64-key tiles, two stages of K and V (193 KiB); the consumers
