@@ -232,6 +232,7 @@ pub struct FwdWgmmaWs<
     const PINGPONG: bool = false,
     const PERSISTENT: bool = false,
     const PRODUCER_REGS: u32 = 0,
+    const O_IN_Q: bool = false,
 >;
 impl<
     const D: u32,
@@ -242,10 +243,16 @@ impl<
     const PP: bool,
     const PE: bool,
     const PR: u32,
-> FwdWgmmaTraits for FwdWgmmaWs<D, W, N, S, DATA, PP, PE, PR>
+    const OQ: bool,
+> FwdWgmmaTraits for FwdWgmmaWs<D, W, N, S, DATA, PP, PE, PR, OQ>
 {
     const PINGPONG: bool = PP;
     const PERSISTENT: bool = PE;
+    // `O_IN_Q`: stage a persistent kernel's O in Q even where its own tile would fit.
+    const O_OWN_STAGE: bool = PE
+        && !OQ
+        && Self::V_OFFSET + Self::STAGES * Self::KV_TILE_BYTES + Self::Q_TILE_BYTES + Self::MBARRIER_BYTES + 1024
+            <= 227 * 1024;
     // `PRODUCER_REGS` 0: 24, or 40 past head_dim 128 (the producer's wider rows).
     const PRODUCER_REGISTERS: u32 = if PR != 0 {
         PR
@@ -273,6 +280,9 @@ pub type FwdWgmmaWsPersistentHdim128 = FwdWgmmaWs<128, 2, 128, 2, 0, false, true
 /// v30d candidate: the same with a 40-register producer (its tile walk spills 64 bytes at 24,
 /// inside the K/V issue loop) and 232-register consumers.
 pub type FwdWgmmaWsPersistentP40Hdim128 = FwdWgmmaWs<128, 2, 128, 2, 0, false, true, 40>;
+/// v30e candidate: that one with O staged in Q (160 KiB, as the default; Q free after the
+/// epilogue): v30d's one-tile-a-block launch ran 5% below the default at 16k.
+pub type FwdWgmmaWsPersistentP40OqHdim128 = FwdWgmmaWs<128, 2, 128, 2, 0, false, true, 40, true>;
 /// v30 candidate: the head_dim 256 one, persistent (O staged in Q: no room for its own tile).
 pub type FwdWgmmaWsPersistentHdim256 = FwdWgmmaWs<256, 2, 64, 2, 0, false, true>;
 /// head_dim 256 warp-specialized: 64-key tiles, two stages of K and V (193 KiB); the consumers
