@@ -492,7 +492,15 @@ impl TileWalk {
             // SAFETY: the counter is this launch's (the caller).
             self.fetched = blocks.wrapping_add(unsafe { ptx::atomic_inc_global_u32(counter) });
         }
-        tile
+        // The same tile in every lane, but ptxas cannot tell (it may come from a shared-memory
+        // load): broadcast it, so that the tile's loop keeps its stage and descriptor math in
+        // uniform registers (without this the loop ran 12% more instructions, v30e).
+        let ((x, head, batch), some) = match tile {
+            Some(t) => (t, 1),
+            None => ((0, 0, 0), 0),
+        };
+        let b = ptx::warp_broadcast;
+        if b(some) != 0 { Some((b(x), b(head), b(batch))) } else { None }
     }
 }
 

@@ -301,6 +301,19 @@ pub fn shfl_xor(x: f32, mask: u32) -> f32 {
     y
 }
 
+/// `x` as lane 0 of the warp holds it. ptxas takes the result of a shuffle from a constant
+/// lane as warp-uniform, so what is computed from it can live in uniform registers (the wgmma
+/// descriptors and stage addresses of a persistent kernel's tile, read from shared memory).
+#[inline(always)]
+pub fn warp_broadcast(x: u32) -> u32 {
+    let y: u32;
+    // SAFETY: all 32 lanes execute the shuffle together (full member mask).
+    unsafe {
+        asm!("shfl.sync.idx.b32 {0}, {1}, 0, 0x1f, 0xffffffff;", out(reg32) y, in(reg32) x, options(nomem, nostack))
+    };
+    y
+}
+
 /// Two f32 → packed bf16x2 (round to nearest even); `lo` lands in the low half.
 #[inline(always)]
 pub fn pack_bf16x2(lo: f32, hi: f32) -> u32 {
