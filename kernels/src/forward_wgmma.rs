@@ -453,6 +453,7 @@ impl TileWalk {
     unsafe fn next(
         &mut self,
         persistent: bool,
+        dynamic: bool,
         publisher: bool,
         p: &FwdParams,
         q_tiles: u32,
@@ -467,7 +468,6 @@ impl TileWalk {
         let ((x, y, z), (gx, gy, gz)) = (ptx::block_idx(), ptx::grid_dim());
         let (block, blocks) = (x + gx * (y + gy * z), gx * gy * gz);
         let counter = p.tile_counter as *mut u32;
-        let dynamic = !counter.is_null();
         let t = if n == 0 {
             block
         } else if !dynamic {
@@ -492,9 +492,12 @@ impl TileWalk {
             // SAFETY: the counter is this launch's (the caller).
             self.fetched = blocks.wrapping_add(unsafe { ptx::atomic_inc_global_u32(counter) });
         }
-        // The same tile in every lane, but ptxas cannot tell (it may come from a shared-memory
-        // load): broadcast it, so that the tile's loop keeps its stage and descriptor math in
-        // uniform registers (without this the loop ran 12% more instructions, v30e).
+        if !dynamic {
+            return tile;
+        }
+        // The same tile in every lane, but read from shared memory: broadcast it, which keeps
+        // the tile's mask selects branch-free (the stage and descriptor math stays on the vector
+        // path all the same: the static schedule is a separate instance for that, v30f).
         let ((x, head, batch), some) = match tile {
             Some(t) => (t, 1),
             None => ((0, 0, 0), 0),
@@ -517,6 +520,35 @@ impl TileWalk {
 /// As [`flash_fwd_wgmma`], with `T::THREADS` threads (the producer included).
 #[inline(always)]
 pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool, const SEQ: bool>(p: &FwdParams) {
+    // A persistent kernel's dynamic schedule (masked calls: a tile counter) is its own instance:
+    // with the tile read from shared memory ptxas keeps everything computed from it (the ring
+    // position, the stage addresses, the wgmma descriptors) on the vector path, 12% more
+    // instructions in the loop (v30e, ncu). The static schedule's tiles come from the block and
+    // grid indices, as uniform to ptxas as a one-tile-a-block kernel's.
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        if T::PERSISTENT && !SEQ && p.tile_counter != 0 {
+            flash_fwd_wgmma_ws_walk::<E, T, MODS, SEQ, true>(p)
+        } else {
+            flash_fwd_wgmma_ws_walk::<E, T, MODS, SEQ, false>(p)
+        }
+    }
+}
+
+/// [`flash_fwd_wgmma_ws`] for one kind of tile walk: `DYNAMIC`, tiles from the counter.
+///
+/// # Safety
+/// As [`flash_fwd_wgmma_ws`]; `DYNAMIC` only with a persistent kernel's zeroed counter.
+#[inline(always)]
+unsafe fn flash_fwd_wgmma_ws_walk<
+    E: WsInput,
+    T: FwdWgmmaTraits,
+    const MODS: bool,
+    const SEQ: bool,
+    const DYNAMIC: bool,
+>(
+    p: &FwdParams,
+) {
     const { assert!(T::PRODUCER && T::PIPELINED && (T::WARPGROUPS == 2 || T::WARPGROUPS == 3)) };
     // The register splits the `setmaxnreg` calls below spell out.
     const { assert!(matches!((T::PRODUCER_REGISTERS, T::CONSUMER_REGISTERS), (24, 240) | (40, 232) | (24, 160))) };
@@ -609,7 +641,9 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
         let mut tiles = TileWalk { n: 0, fetched: 0 };
         // SAFETY: the host zeroed the counter for this launch; the slots' barriers were
         // initialized above (`TileWalk::next`).
-        while let Some((block_x, head, batch)) = unsafe { tiles.next(persistent, tid == 0, p, q_tiles, own(), bars) } {
+        while let Some((block_x, head, batch)) =
+            unsafe { tiles.next(persistent, DYNAMIC, tid == 0, p, q_tiles, own(), bars) }
+        {
             let kv_head = kv_head_of(shape, head);
             let q_begin = q_tile_of_block(block_x, q_tiles) * T::BLOCK_M;
             let (first_tile, end_tile) = key_tiles(q_begin);
@@ -726,7 +760,8 @@ pub unsafe fn flash_fwd_wgmma_ws<E: WsInput, T: FwdWgmmaTraits, const MODS: bool
     let mut ring = 0;
     let mut tiles = TileWalk { n: 0, fetched: 0 };
     // SAFETY: as for the producer.
-    while let Some((block_x, head, batch)) = unsafe { tiles.next(persistent, false, p, q_tiles, own(), bars) } {
+    while let Some((block_x, head, batch)) = unsafe { tiles.next(persistent, DYNAMIC, false, p, q_tiles, own(), bars) }
+    {
         let kv_head = kv_head_of(shape, head);
         let q_begin = q_tile_of_block(block_x, q_tiles) * T::BLOCK_M;
         let (first_tile, end_tile) = key_tiles(q_begin);
