@@ -9,7 +9,9 @@
 //! only: cases with softcap, ALiBi or dropout run the default `_mods` kernels.
 //! FLASH_ATTN_TEST_REPORT=path appends one JSON line per property test with its largest errors.
 //! FLASH_ATTN_PERSISTENT_BLOCKS=n (read by the host library) caps a persistent forward's grid at n
-//! blocks, so that each block runs several query tiles.
+//! blocks, so that each block runs several query tiles. (Without overrides, dense head_dim 128
+//! forwards of at most `registry::PERSISTENT_FORWARD_MAX_KEYS` keys run the persistent kernel:
+//! most random cases at 128.)
 
 use cust::stream::{Stream, StreamFlags};
 use flash_attn::{AttentionParams, DeviceTensor, Error, FlashAttention, TensorRef};

@@ -194,7 +194,7 @@ impl FlashAttention {
         lse: u64,
     ) -> Result<()> {
         let mut p = forward_params(shape, mods, args, lse);
-        let info = self.kernel(Role::Forward, T::DTYPE, &shape, &mods)?;
+        let info = self.forward_kernel::<T>(&shape, &mods)?;
         let (x, heads, _) = grid(info, shape.seqlen_q, shape.heads, shape.batch);
         if info.persistent && shape.layout.splits() == 1 {
             // One block per SM (or the test cap), each looping over the query tiles: statically
@@ -475,6 +475,25 @@ impl FlashAttention {
             head_dim: shape.head_dim as usize,
             supported: &flash_attn_kernels::traits::SUPPORTED_HEAD_DIMS,
         })
+    }
+
+    /// The forward's main kernel: the registry's for the flavor, or for a dense call with a
+    /// short key loop the persistent kernel (`registry::persistent_forward`), unless an override
+    /// serves the call (so `with_kernel` and `FLASH_ATTN_KERNELS` measure what they name).
+    pub(crate) fn forward_kernel<T: Element>(
+        &self,
+        shape: &AttnShape,
+        mods: &Modifiers,
+    ) -> Result<&'static KernelInfo> {
+        let flavor = validate::flavor(shape, mods);
+        let overridden = self.overrides.iter().any(|k| k.serves(Role::Forward, T::DTYPE, shape.head_dim, flavor));
+        if flavor == Flavor::Dense && shape.layout.splits() == 1 && !overridden {
+            if let Some(k) = registry::persistent_forward(T::DTYPE, shape.head_dim, self.hopper_kernels, shape.seqlen_k)
+            {
+                return Ok(k);
+            }
+        }
+        self.kernel(Role::Forward, T::DTYPE, shape, mods)
     }
 
     pub(crate) fn choose(

@@ -485,6 +485,11 @@ mod hopper {
         flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsPersistentP40Hdim128, false, false>
     );
     entry!(
+        flash_fwd_wgmma_ws_pe40_f16_hdim128,
+        FwdParams,
+        flash_fwd_wgmma_ws::<F16, FwdWgmmaWsPersistentP40Hdim128, false, false>
+    );
+    entry!(
         flash_fwd_wgmma_ws_pe40q_bf16_hdim128,
         FwdParams,
         flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsPersistentP40OqHdim128, false, false>

@@ -406,7 +406,10 @@ pub const KERNELS: &[KernelInfo] = registry! {
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentHdim128>("flash_fwd_wgmma_ws_pe_bf16_hdim128", Dtype::Bf16),
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentHdim128>("flash_fwd_wgmma_ws_pe_f16_hdim128", Dtype::F16),
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentHdim256>("flash_fwd_wgmma_ws_pe_bf16_hdim256", Dtype::Bf16),
+        // v30f: the persistent head_dim 128 forward, chosen for dense calls of at most
+        // `PERSISTENT_FORWARD_MAX_KEYS` keys (`persistent_forward`), opt-in otherwise.
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentP40Hdim128>("flash_fwd_wgmma_ws_pe40_bf16_hdim128", Dtype::Bf16),
+        fwd_wgmma_opt_in::<FwdWgmmaWsPersistentP40Hdim128>("flash_fwd_wgmma_ws_pe40_f16_hdim128", Dtype::F16),
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentP40OqHdim128>("flash_fwd_wgmma_ws_pe40q_bf16_hdim128", Dtype::Bf16),
         fwd_wgmma_opt_in::<FwdWgmmaWsHdim64N64>("flash_fwd_wgmma_ws_n64_bf16_hdim64", Dtype::Bf16),
         // v22: the warp-specialized head_dim 256 forward, 1.19–1.23× the unpipelined one, dense
@@ -449,6 +452,24 @@ pub fn find(role: Role, dtype: Dtype, head_dim: u32, sm90a: bool, flavor: Flavor
     let fits = |k: &&KernelInfo| k.serves(role, dtype, head_dim, flavor) && !k.opt_in;
     let hopper = KERNELS.iter().filter(fits).find(|k| k.requires_sm90a && sm90a);
     hopper.or_else(|| KERNELS.iter().filter(fits).find(|k| !k.requires_sm90a))
+}
+
+/// Dense forwards whose keys fit in this many run the persistent kernel where one serves
+/// (`persistent_forward`): v30f measured it at +8 to +15% at 512 keys and +4 to +6% at 1k for
+/// head_dim 128, but −1 to −8% from 2k (its causal schedule keeps the tile math on the vector
+/// path; benches/results/2026-12-03-h200-v30.md).
+pub const PERSISTENT_FORWARD_MAX_KEYS: u32 = 1024;
+
+/// The persistent forward for dense calls of this dtype and head dim whose key loop is short
+/// (`PERSISTENT_FORWARD_MAX_KEYS`), with the sm_90a PTX loaded; `None` where the one-tile-a-block
+/// default serves every length.
+pub fn persistent_forward(dtype: Dtype, head_dim: u32, sm90a: bool, seqlen_k: u32) -> Option<&'static KernelInfo> {
+    let name = match (dtype, head_dim) {
+        (Dtype::Bf16, 128) => "flash_fwd_wgmma_ws_pe40_bf16_hdim128",
+        (Dtype::F16, 128) => "flash_fwd_wgmma_ws_pe40_f16_hdim128",
+        _ => return None,
+    };
+    if sm90a && seqlen_k <= PERSISTENT_FORWARD_MAX_KEYS { by_name(name) } else { None }
 }
 
 /// The kernels a PTX built for `arch` holds.
@@ -519,6 +540,24 @@ mod tests {
     }
 
     #[test]
+    fn short_dense_forwards_at_128_run_the_persistent_kernel() {
+        for dtype in [Dtype::Bf16, Dtype::F16] {
+            for keys in [1, 512, PERSISTENT_FORWARD_MAX_KEYS] {
+                let k = persistent_forward(dtype, 128, true, keys).expect("a persistent kernel");
+                assert!(k.persistent && k.opt_in && k.dtype == dtype && k.head_dim == 128);
+                assert!(k.serves(Role::Forward, dtype, 128, Flavor::Dense));
+            }
+            assert!(persistent_forward(dtype, 128, true, PERSISTENT_FORWARD_MAX_KEYS + 1).is_none());
+            // Not without the sm_90a PTX, and not at other head dims (96 runs padded on 128's
+            // one-tile-a-block kernel; the persistent kernel's data head dim is 128).
+            assert!(persistent_forward(dtype, 128, false, 512).is_none());
+            for d in [32, 64, 96, 192, 256] {
+                assert!(persistent_forward(dtype, d, true, 512).is_none());
+            }
+        }
+    }
+
+    #[test]
     fn the_warp_specialized_forward_is_the_default_where_it_exists() {
         // v21/v22: head_dim 96, 128 (every flavor) and 256 (dense and `_seq`; `_mods` keeps the
         // unpipelined kernel, the warp-specialized twin would spill).
@@ -566,7 +605,7 @@ mod tests {
         // measurement candidates (v27d); the one-stage head_dim 192 backward (v28) and the late-load
         // head_dim 256 one (v20's schedule, v28b); the deferred-dQ and per-warp reduction candidates (v29);
         // the persistent forward (v30: 128 in both dtypes, 256 in bf16).
-        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 3 + 3 + 2);
+        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 3 + 3 + 3);
         // Persistent kernels are dense forwards; their twins (none yet) would not be.
         for k in KERNELS.iter().filter(|k| k.persistent) {
             assert!(k.role == Role::Forward && !k.sequences && !k.modifiers && k.requires_sm90a, "{}", k.name);
