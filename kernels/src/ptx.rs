@@ -301,9 +301,9 @@ pub fn shfl_xor(x: f32, mask: u32) -> f32 {
     y
 }
 
-/// `x` as lane 0 of the warp holds it. ptxas takes the result of a shuffle from a constant
-/// lane as warp-uniform, so what is computed from it can live in uniform registers (the wgmma
-/// descriptors and stage addresses of a persistent kernel's tile, read from shared memory).
+/// `x` as lane 0 of the warp holds it (a shuffle from a constant lane). The persistent forward
+/// broadcasts a tile read from shared memory with it, which keeps the tile's mask selects
+/// branch-free; ptxas still keeps what follows from it in vector registers (v30f's SASS).
 #[inline(always)]
 pub fn warp_broadcast(x: u32) -> u32 {
     let y: u32;

@@ -400,9 +400,8 @@ pub const KERNELS: &[KernelInfo] = registry! {
         bwd_wgmma::<BwdWgmmaHdim64Narrow>("flash_bwd_wgmma_bf16_hdim64_narrow", Dtype::Bf16),
         bwd_wgmma::<BwdWgmmaHdim128Sync>("flash_bwd_wgmma_bf16_hdim128_sync", Dtype::Bf16),
         opt_in(fwd_wgmma::<FwdWgmmaWsPingpongHdim128>("flash_fwd_wgmma_ws_pp_bf16_hdim128", Dtype::Bf16)),
-        // v30 candidates: the persistent warp-specialized forward (dense; no twins). Their
-        // first build passed the GPU tests (and lost, benches/results/2026-12-03-h200-v30.md);
-        // this one (grid order, the tile counter for masked calls) has not run on a GPU yet.
+        // v30 candidates: the persistent warp-specialized forward (dense; no twins), measured in
+        // benches/results/2026-12-03-h200-v30.md (24-register producer; 256 loses everywhere).
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentHdim128>("flash_fwd_wgmma_ws_pe_bf16_hdim128", Dtype::Bf16),
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentHdim128>("flash_fwd_wgmma_ws_pe_f16_hdim128", Dtype::F16),
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentHdim256>("flash_fwd_wgmma_ws_pe_bf16_hdim256", Dtype::Bf16),
@@ -455,8 +454,8 @@ pub fn find(role: Role, dtype: Dtype, head_dim: u32, sm90a: bool, flavor: Flavor
 }
 
 /// Dense forwards whose keys fit in this many run the persistent kernel where one serves
-/// (`persistent_forward`): v30f measured it at +8 to +15% at 512 keys and +4 to +6% at 1k for
-/// head_dim 128, but −1 to −8% from 2k (its causal schedule keeps the tile math on the vector
+/// (`persistent_forward`): at head_dim 128 it measured +6 to +16% at 512 keys and +2 to +7% at 1k
+/// (v30g), but −1 to −6% from 2k (v30f) (its causal schedule keeps the tile math on the vector
 /// path; benches/results/2026-12-03-h200-v30.md).
 pub const PERSISTENT_FORWARD_MAX_KEYS: u32 = 1024;
 

@@ -140,10 +140,13 @@ pub trait FwdWgmmaTraits {
     /// this tile's last GEMMs and epilogue instead of after a new block's start. The `_seq` and
     /// `_mods` twins of such a kernel are not persistent.
     const PERSISTENT: bool = false;
+    /// Stage a persistent kernel's O in Q even where its own tile would fit (v30e's candidate).
+    const O_IN_Q: bool = false;
     /// A persistent kernel's O gets its own staging tile where it fits beside Q and the stages,
     /// so that Q is free for the next tile once its last score GEMM completed; otherwise O is
     /// staged in the Q tile and Q is free after the epilogue.
     const O_OWN_STAGE: bool = Self::PERSISTENT
+        && !Self::O_IN_Q
         && Self::ELEMENT_BYTES == 2
         && Self::V_OFFSET + Self::STAGES * Self::KV_TILE_BYTES + Self::Q_TILE_BYTES + Self::MBARRIER_BYTES + 1024
             <= 227 * 1024;
@@ -248,11 +251,7 @@ impl<
 {
     const PINGPONG: bool = PP;
     const PERSISTENT: bool = PE;
-    // `O_IN_Q`: stage a persistent kernel's O in Q even where its own tile would fit.
-    const O_OWN_STAGE: bool = PE
-        && !OQ
-        && Self::V_OFFSET + Self::STAGES * Self::KV_TILE_BYTES + Self::Q_TILE_BYTES + Self::MBARRIER_BYTES + 1024
-            <= 227 * 1024;
+    const O_IN_Q: bool = OQ;
     // `PRODUCER_REGS` 0: 24, or 40 past head_dim 128 (the producer's wider rows).
     const PRODUCER_REGISTERS: u32 = if PR != 0 {
         PR
