@@ -11,8 +11,8 @@ QK = [(n, p) for n in (64, 128) for p in (1, 2)] + [(64, 3), (64, 4)]  # (keys p
 PV = [(n, k) for n in (64, 128) for k in (4, 8)] + [(192, 4), (256, 4)]  # (head_dim, 16-key steps per tile)
 DQ = [(32, 8), (64, 8), (64, 4), (128, 4)]           # (dQ columns per warpgroup, 16-key steps)
 # FP8 (e4m3), issue-only: (keys per tile, 128-byte panels of head_dim) and (head_dim, 32-key steps).
-FP8_QK = [(128, 1), (128, 2)]
-FP8_PV = [(128, 4), (256, 4)]
+FP8_QK = [(128, 1), (128, 2), (64, 2)]
+FP8_PV = [(128, 4), (256, 4), (256, 2)]
 
 def acc(count, first=0):
     return "{{" + ", ".join("{%d}" % (first + i) for i in range(count)) + "}}"
@@ -235,7 +235,7 @@ for n, ksteps in FP8_PV:
     out.append(f'''
 /// `O += P·V` for one warpgroup, issued (no wait): 64 rows × head_dim {n}, over {32 * ksteps} keys, e4m3.
 /// P from registers (`p[k]`: keys `32k..32k+32` in the order `tiling::fp8_key_of_position` gives),
-/// Vᵀ from shared memory, K-major (keys along its 128-byte rows, in that same order).
+/// Vᵀ from shared memory, K-major (keys along its {32 * ksteps}-byte rows, in that same order; {'128-byte' if ksteps == 4 else '64-byte'} swizzle).
 ///
 /// # Safety
 /// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `o` or `p` before a wait that names `o`.

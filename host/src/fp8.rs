@@ -21,7 +21,7 @@ use cust::memory::{DeviceBuffer, DevicePointer, DeviceSlice, GpuBuffer};
 use cust::stream::Stream;
 use flash_attn_kernels::params::{Descales, FwdParams, Modifiers};
 use flash_attn_kernels::registry::{self, Dtype, Flavor, Role};
-use flash_attn_kernels::tiling::fp8_transposed_keys;
+use flash_attn_kernels::tiling::{FP8_TRANSPOSE_KEYS, fp8_transposed_keys};
 use std::marker::PhantomData;
 
 pub use float8::F8E4M3;
@@ -202,7 +202,7 @@ impl FlashAttention {
         };
         // The transpose reads V through `k`/`k_strides` and writes `v` (see its kernel).
         let transpose_params = FwdParams { k: va.address, k_strides: va.strides(), ..p };
-        let tgrid = (padded as u32 / 128, hk as u32 * (shape.head_dim / 64), shape.batch);
+        let tgrid = (padded as u32 / FP8_TRANSPOSE_KEYS, hk as u32 * (shape.head_dim / 64), shape.batch);
         let launched = self.launch(stream, transpose, tgrid, &transpose_params).and_then(|()| {
             p.k = ka.address;
             let (x, heads, batch) = grid(info, shape.seqlen_q, shape.heads, shape.batch);

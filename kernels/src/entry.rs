@@ -597,6 +597,7 @@ mod hopper {
     );
     // FP8 (e4m3) forward: the warp-specialized kernel on Vᵀ, and the transpose that makes Vᵀ.
     entry!(flash_fwd_wgmma_ws_fp8_hdim128, FwdParams, flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Hdim128, false, false>);
+    entry!(flash_fwd_wgmma_ws_fp8_hdim256, FwdParams, flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Hdim256, false, false>);
     entry!(
         flash_fwd_wgmma_ws_pp_fp8_hdim128,
         FwdParams,

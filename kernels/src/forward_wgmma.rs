@@ -27,10 +27,10 @@ use crate::forward::{
 use crate::modifiers::{ScoreMods, finish_row, forward_dropout, forward_scores};
 use crate::params::{FwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
-use crate::tile::{Sw128Tile, quad_sum};
+use crate::tile::{Sw64Tile, Sw128Tile, quad_sum};
 use crate::tiling::{
-    Mask, SW128_ROW_GROUP_BYTES, ceil_div, fp8_key_of_position, kv_head_of, persistent_tile, q_tile_of_block,
-    ring_slot, split_tiles, wgmma_descriptor,
+    FP8_TRANSPOSE_KEYS, Mask, SW64_ROW_GROUP_BYTES, SW128_ROW_GROUP_BYTES, ceil_div, fp8_key_of_position, kv_head_of,
+    persistent_tile, q_tile_of_block, ring_slot, split_tiles, wgmma_descriptor, wgmma_descriptor_sw64,
 };
 use crate::traits::{FwdWgmmaTraits, padding_fits};
 use crate::warpgroup::{Waited, WgmmaElement, WsInput, acquire, panel_descriptors, wait};
@@ -595,7 +595,9 @@ unsafe fn flash_fwd_wgmma_ws_walk<
     };
     let q_tile = tile(T::Q_OFFSET, T::BLOCK_M);
     let k_tile = |stage: u32| tile(T::K_OFFSET + stage * T::KV_TILE_BYTES, T::BLOCK_N);
-    // With e4m3 the stage holds Vᵀ: head_dim rows of the tile's keys (one 128-byte panel).
+    // With e4m3 the stage holds Vᵀ: head_dim rows of the tile's keys, one 128-byte panel (128
+    // keys) or, for 64-key tiles (`vt_sw64`), rows of 64 bytes in the 64-byte swizzle.
+    let vt_sw64 = fp8 && T::BLOCK_N == 64;
     let v_tile = |stage: u32| {
         let base = T::V_OFFSET + stage * T::KV_TILE_BYTES;
         let chunks = T::BLOCK_N / 16;
@@ -605,6 +607,7 @@ unsafe fn flash_fwd_wgmma_ws_walk<
             tile(base, T::BLOCK_N)
         }
     };
+    let vt64_tile = |stage: u32| Sw64Tile { base: smem + T::V_OFFSET + stage * T::KV_TILE_BYTES, rows: T::HEAD_DIM };
     let bars = Stages { base: smem + T::MBARRIER_OFFSET, stages: T::STAGES };
     let consumer_threads = 128 * T::WARPGROUPS;
     if tid == 0 {
@@ -684,7 +687,11 @@ unsafe fn flash_fwd_wgmma_ws_walk<
                     if fp8 {
                         // Vᵀ: all head_dim rows, the tile's keys from byte k_begin of each.
                         let keys = v_ptr.wrapping_offset(k_begin as isize);
-                        v_tile(stage).load_async(keys, v_row, T::HEAD_DIM, tid, 128);
+                        if vt_sw64 {
+                            vt64_tile(stage).load_async(keys, v_row, tid, 128);
+                        } else {
+                            v_tile(stage).load_async(keys, v_row, T::HEAD_DIM, tid, 128);
+                        }
                     } else {
                         let rows_from = v_ptr.wrapping_offset(k_begin as isize * v_row as isize);
                         v_tile(stage).load_async(rows_from, v_row, rows, tid, 128);
@@ -718,6 +725,9 @@ unsafe fn flash_fwd_wgmma_ws_walk<
     };
     // V is MN-major (its rows run along the keys); Vᵀ K-major, as K.
     let v_desc = |stage: u32| {
+        if vt_sw64 {
+            return wgmma_descriptor_sw64(vt64_tile(stage).base, 16, SW64_ROW_GROUP_BYTES);
+        }
         let (leading, stride) =
             if fp8 { (16, SW128_ROW_GROUP_BYTES) } else { (T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES) };
         wgmma_descriptor(v_tile(stage).panel(0, 0), leading, stride)
@@ -919,7 +929,7 @@ pub unsafe fn fp8_transpose_v(p: &FwdParams) {
     let tid = ptx::thread_idx();
     let (warp, lane) = (tid / 32, tid % 32);
     let column0 = 64 * column_block + 16 * warp;
-    let position0 = 128 * block_x + 32 * (lane / 8) + 16 * (lane / 4 % 2) + 4 * (lane % 4);
+    let position0 = FP8_TRANSPOSE_KEYS * block_x + 32 * (lane / 8) + 16 * (lane / 4 % 2) + 4 * (lane % 4);
     let src = (p.k as *const u8).wrapping_offset((p.k_strides.offset(batch, 0, kv_head) + column0 as i64) as isize);
     let mut rows = [[0u32; 4]; 4];
     for (r, row) in rows.iter_mut().enumerate() {

@@ -20,10 +20,10 @@ use crate::traits::{
     BwdWgmmaTraits, BwdWgmmaWarpReductions, BwdWgmmaWsDs2Hdim64, BwdWgmmaWsDs2Hdim128, BwdWgmmaWsHdim32,
     BwdWgmmaWsHdim64, BwdWgmmaWsHdim96, BwdWgmmaWsHdim128, FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192,
     FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96, FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192,
-    FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128, FwdWgmmaWsFp8PingpongHdim128, FwdWgmmaWsFp8Poly1Hdim128,
-    FwdWgmmaWsFp8Poly2Hdim128, FwdWgmmaWsFp8Stages4Hdim128, FwdWgmmaWsHdim64N64, FwdWgmmaWsHdim96, FwdWgmmaWsHdim128,
-    FwdWgmmaWsHdim256, FwdWgmmaWsPersistentHdim128, FwdWgmmaWsPersistentHdim256, FwdWgmmaWsPersistentP40Hdim128,
-    FwdWgmmaWsPersistentP40OqHdim128, FwdWgmmaWsPingpongHdim128, ROW_KERNEL_THREADS,
+    FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128, FwdWgmmaWsFp8Hdim256, FwdWgmmaWsFp8PingpongHdim128,
+    FwdWgmmaWsFp8Poly1Hdim128, FwdWgmmaWsFp8Poly2Hdim128, FwdWgmmaWsFp8Stages4Hdim128, FwdWgmmaWsHdim64N64,
+    FwdWgmmaWsHdim96, FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsPersistentHdim128, FwdWgmmaWsPersistentHdim256,
+    FwdWgmmaWsPersistentP40Hdim128, FwdWgmmaWsPersistentP40OqHdim128, FwdWgmmaWsPingpongHdim128, ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -347,8 +347,9 @@ pub const KERNELS: &[KernelInfo] = registry! {
         base("flash_fwd_combine_f16", Role::ForwardCombine, Dtype::F16),
         base("flash_kv_append_bf16", Role::KvAppend, Dtype::Bf16),
         base("flash_kv_append_f16", Role::KvAppend, Dtype::F16),
-        // FP8: the dense head_dim 128 kernel (bf16 O), and the V transpose it reads.
+        // FP8: the dense head_dim 128 and 256 kernels (bf16 O), and the V transpose they read.
         fwd_wgmma::<FwdWgmmaWsFp8Hdim128>("flash_fwd_wgmma_ws_fp8_hdim128", Dtype::E4m3),
+        fwd_wgmma::<FwdWgmmaWsFp8Hdim256>("flash_fwd_wgmma_ws_fp8_hdim256", Dtype::E4m3),
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8PingpongHdim128>("flash_fwd_wgmma_ws_pp_fp8_hdim128", Dtype::E4m3),
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8Stages4Hdim128>("flash_fwd_wgmma_ws_s4_fp8_hdim128", Dtype::E4m3),
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8Poly1Hdim128>("flash_fwd_wgmma_ws_px1_fp8_hdim128", Dtype::E4m3),

@@ -16,7 +16,7 @@
 //! loops run to the configuration's count and unroll fully.
 
 use crate::ptx;
-use crate::tiling::{copy_position, sw128_byte_offset, tile_byte_offset};
+use crate::tiling::{copy_position, sw64_byte_offset, sw128_byte_offset, tile_byte_offset};
 
 /// Fragments are kept in fixed-size register arrays sized for the largest configuration;
 /// loops run to the configuration's count and unroll, so unused slots never exist.
@@ -270,6 +270,34 @@ impl Sw128Tile {
         unsafe {
             let (rows, chunks, data) = (self.rows, self.chunks_per_row, self.data_chunks);
             copy_rows_async(rows, chunks, data, src, row_stride, valid_rows, tid, threads, |r, c| self.chunk(r, c))
+        }
+    }
+}
+
+/// A 64-byte-swizzled tile (`tiling::sw64_byte_offset`): `rows` rows of 64 bytes, four 16-byte
+/// chunks each, the base 512-byte aligned. The FP8 forward's Vᵀ tile of 64 keys (one row per
+/// head-dim column) is one, read by `wgmma` through `tiling::wgmma_descriptor_sw64`.
+pub struct Sw64Tile {
+    pub base: u32,
+    pub rows: u32,
+}
+
+#[cfg_attr(not(target_feature = "sm_90a"), allow(dead_code))]
+impl Sw64Tile {
+    /// Start copying all `rows` rows, 64 bytes each, from global memory (row `r` at
+    /// `src + r · row_stride` elements of `T`); all `threads` threads call this. Completion as for
+    /// [`SmemTile::load_async`].
+    ///
+    /// # Safety
+    /// As [`SmemTile::load_async`], with every one of the `rows` rows holding 64 readable bytes.
+    #[inline(always)]
+    pub unsafe fn load_async<T>(&self, src: *const T, row_stride: i64, tid: u32, threads: u32) {
+        let base = self.base;
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            copy_rows_async(self.rows, 4, 4, src, row_stride, self.rows, tid, threads, |r, c| {
+                base + sw64_byte_offset(r, c)
+            })
         }
     }
 }

@@ -187,6 +187,18 @@ pub const fn sw128_byte_offset(row: u32, chunk: u32, rows: u32) -> u32 {
     (chunk / 8) * rows * 128 + row * 128 + ((chunk % 8) ^ (row % 8)) * 16
 }
 
+/// The 64-byte swizzle (`wgmma` swizzle mode 2), for K-major operands of 64 bytes a row (the FP8
+/// forward's Vᵀ tile of 64 keys): rows 64 bytes apart, the 16-byte chunk `c` (0..4) of row `r` at
+/// chunk position `c ^ (r / 2 % 4)`. The XOR acts on address bits 4–5 against bits 7–8, so the
+/// tile must start on a 512-byte boundary (one 8-row group, [`SW64_ROW_GROUP_BYTES`]).
+#[inline(always)]
+pub const fn sw64_byte_offset(row: u32, chunk: u32) -> u32 {
+    row * 64 + ((chunk % 4) ^ (row / 2 % 4)) * 16
+}
+
+/// Bytes of one 8-row group of a 64-byte-swizzled tile: the stride between row groups.
+pub const SW64_ROW_GROUP_BYTES: u32 = 512;
+
 /// Byte offset of f32 element `(row, col)` in the backward's dQ staging tile, whose rows are
 /// `row_bytes` apart: `4 · head_dim + 32`, so that each row stays one contiguous bulk reduction
 /// into the global accumulator (16-byte aligned) while the accumulator pairs a half-warp stores
@@ -209,10 +221,22 @@ pub const SW128_ROW_GROUP_BYTES: u32 = 1024;
 /// leading offset between 64-column panels along N.
 #[inline(always)]
 pub const fn wgmma_descriptor(addr: u32, leading_bytes: u32, stride_bytes: u32) -> u64 {
+    descriptor_with_swizzle(addr, leading_bytes, stride_bytes, 1)
+}
+
+/// [`wgmma_descriptor`] for a 64-byte-swizzled K-major operand ([`sw64_byte_offset`]; swizzle
+/// mode 2): the stride offset steps between 8-row groups ([`SW64_ROW_GROUP_BYTES`]).
+#[inline(always)]
+pub const fn wgmma_descriptor_sw64(addr: u32, leading_bytes: u32, stride_bytes: u32) -> u64 {
+    descriptor_with_swizzle(addr, leading_bytes, stride_bytes, 2)
+}
+
+#[inline(always)]
+const fn descriptor_with_swizzle(addr: u32, leading_bytes: u32, stride_bytes: u32, mode: u64) -> u64 {
     ((addr as u64 >> 4) & 0x3fff)
         | (((leading_bytes as u64 >> 4) & 0x3fff) << 16)
         | (((stride_bytes as u64 >> 4) & 0x3fff) << 32)
-        | (1u64 << 62)
+        | (mode << 62)
 }
 
 /// The K/V head that query head `head` reads: heads are grouped evenly over `heads_k`
@@ -410,11 +434,16 @@ pub const fn fp8_key_of_position(position: u32) -> u32 {
     32 * (position / 32) + 16 * (h % 2) + 8 * (r / 2) + 2 * q + r % 2
 }
 
+/// Keys per block of the FP8 forward's V transpose (`fp8_transpose_v`).
+pub const FP8_TRANSPOSE_KEYS: u32 = 128;
+
 /// Keys of the FP8 forward's transposed V (`Vᵀ`, one row per head-dim column): seqlen_k rounded
-/// up to whole key tiles (the columns past seqlen_k are zeros), at least one tile.
+/// up to whole key tiles of `block_n` (64 or 128) and whole transpose blocks (the columns past
+/// seqlen_k are zeros), at least one.
 pub const fn fp8_transposed_keys(seqlen_k: u32, block_n: u32) -> u32 {
-    let tiles = ceil_div(seqlen_k, block_n);
-    (if tiles == 0 { 1 } else { tiles }) * block_n
+    let unit = if block_n > FP8_TRANSPOSE_KEYS { block_n } else { FP8_TRANSPOSE_KEYS };
+    let units = ceil_div(seqlen_k, unit);
+    (if units == 0 { 1 } else { units }) * unit
 }
 
 /// Use `i` (counted from 0) of a ring of `stages` buffers, each guarded by mbarriers that complete
@@ -472,6 +501,11 @@ mod tests {
         assert_eq!(fp8_transposed_keys(128, 128), 128);
         assert_eq!(fp8_transposed_keys(129, 128), 256);
         assert_eq!(fp8_transposed_keys(0, 128), 128);
+        // 64-key tiles (head_dim 256): still whole transpose blocks of 128 keys.
+        for seqlen_k in [0, 1, 63, 64, 65, 128, 129, 1000] {
+            let keys = fp8_transposed_keys(seqlen_k, 64);
+            assert!(keys % 128 == 0 && keys >= seqlen_k && keys < seqlen_k.max(1) + 128);
+        }
     }
 
     #[test]
@@ -722,6 +756,27 @@ mod tests {
                 assert_eq!(sw128_byte_offset(row, chunk, 64), hw);
             }
         }
+    }
+
+    #[test]
+    fn sw64_matches_the_hardware_address_swizzle_and_permutes_rows() {
+        // With a 512-byte aligned tile the layout is "XOR address bits 4-5 with bits 7-8" of the
+        // unswizzled row-major address (rows of 64 bytes), and each row keeps its own 64 bytes.
+        let mut seen = Vec::new();
+        for row in 0..256u32 {
+            for chunk in 0..4u32 {
+                let linear = row * 64 + chunk * 16;
+                let hw = linear ^ (((linear >> 7) & 3) << 4);
+                let offset = sw64_byte_offset(row, chunk);
+                assert_eq!(offset, hw);
+                assert_eq!(offset / 64, row);
+                seen.push(offset);
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, (0..256 * 4).map(|i| i * 16).collect::<Vec<_>>());
+        let d = wgmma_descriptor_sw64(0x1_2340, 16, SW64_ROW_GROUP_BYTES);
+        assert_eq!((d & 0x3fff, (d >> 16) & 0x3fff, (d >> 32) & 0x3fff, d >> 62), (0x1234, 1, 32, 2));
     }
 
     #[test]

@@ -297,7 +297,9 @@ pub type FwdWgmmaWsHdim64N64 = FwdWgmmaWs<64, 3, 64, 2>;
 pub type FwdWgmmaWsHdim96 = FwdWgmmaWs<128, 2, 128, 2, 96>;
 
 /// The FP8 (e4m3) forward: the warp-specialized kernel with 1-byte Q, K and a transposed V
-/// (`ELEMENT_BYTES` 1), two consumers, 128-key tiles (one 128-byte panel of Vᵀ per tile), bf16 O.
+/// (`ELEMENT_BYTES` 1), two consumers, bf16 O. Up to head_dim 128, 128-key tiles (a Vᵀ tile is
+/// one 128-byte-swizzled panel); at 256, 64-key tiles (O's 128 registers leave no room for
+/// 128-key scores), whose Vᵀ rows are 64 bytes, in the 64-byte swizzle.
 pub struct FwdWgmmaWsFp8<const D: u32, const STAGES: u32, const PINGPONG: bool = false, const POLY: u32 = 0>;
 impl<const D: u32, const S: u32, const PP: bool, const POLY: u32> FwdWgmmaTraits for FwdWgmmaWsFp8<D, S, PP, POLY> {
     const PINGPONG: bool = PP;
@@ -305,7 +307,7 @@ impl<const D: u32, const S: u32, const PP: bool, const POLY: u32> FwdWgmmaTraits
     const HEAD_DIM: u32 = D;
     const ELEMENT_BYTES: u32 = 1;
     const PRODUCER_REGISTERS: u32 = if D > 128 { 40 } else { 24 };
-    const BLOCK_N: u32 = 128;
+    const BLOCK_N: u32 = if D > 128 { 64 } else { 128 };
     const WARPGROUPS: u32 = 2;
     const STAGES: u32 = S;
     const PIPELINED: bool = true;
@@ -319,8 +321,9 @@ pub type FwdWgmmaWsFp8Stages4Hdim128 = FwdWgmmaWsFp8<128, 4>;
 /// Candidates (v26, opt-in): a quarter or half of the exponentials on the FMA pipe.
 pub type FwdWgmmaWsFp8Poly1Hdim128 = FwdWgmmaWsFp8<128, 3, false, 1>;
 pub type FwdWgmmaWsFp8Poly2Hdim128 = FwdWgmmaWsFp8<128, 3, false, 2>;
-// (head_dim 256 the same way, two stages, spilled 216 bytes: O's 128 registers beside 128-key
-// scores and P. It needs 64-key tiles, i.e. a 64-byte-swizzled Vᵀ tile: not built yet.)
+/// head_dim 256 FP8: 64-key tiles, three stages of K and Vᵀ (16 KiB each; 129 KiB in all). (With
+/// 128-key tiles it spilled 216 bytes: O's 128 registers beside 128-key scores and P.)
+pub type FwdWgmmaWsFp8Hdim256 = FwdWgmmaWsFp8<256, 3>;
 
 /// The unpipelined head_dim 128 forward, kept for comparison (`bench --kernel NAME`).
 pub type FwdWgmmaHdim128Sync = FwdWgmma<128, 2, 128, 2>;
@@ -678,7 +681,9 @@ mod tests {
         // FP8: the bf16 O staged over the K and V stages fits them; 8-bit GEMMs on 128-key tiles.
         if T::ELEMENT_BYTES == 1 {
             assert!(T::BLOCK_M * T::HEAD_DIM * 2 <= 2 * T::STAGES * T::KV_TILE_BYTES);
-            assert!(T::BLOCK_N == 128 && (T::HEAD_DIM == 128 || T::HEAD_DIM == 256) && T::PRODUCER);
+            assert!(matches!((T::HEAD_DIM, T::BLOCK_N), (128, 128) | (256, 64)) && T::PRODUCER);
+            // A 64-key Vᵀ tile (64-byte swizzle) starts on its 512-byte period.
+            assert!(T::V_OFFSET % 1024 == 0 && T::KV_TILE_BYTES % 1024 == 0);
         }
         // Persistent: 16-bit, with a producer; its own O tile 1024-aligned and clear of the
         // stages and the mbarriers.
@@ -785,6 +790,7 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaWsFp8Stages4Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Poly1Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Poly2Hdim128>();
+        check_fwd_wgmma::<FwdWgmmaWsFp8Hdim256>();
         check_fwd_wgmma::<FwdWgmmaHdim192>();
         check_fwd_wgmma::<FwdWgmmaHdim256>();
         check_fwd_wgmma::<FwdWgmmaHdim96>();

@@ -320,6 +320,7 @@ impl WsInput for E4m3 {
             match (n, head_dim) {
                 (128, 128) => wgmma::wgmma_qk_issue_n128_p1_e4m3(s, [a[0]], [b[0]]),
                 (128, 256) => wgmma::wgmma_qk_issue_n128_p2_e4m3(s, [a[0], a[1]], [b[0], b[1]]),
+                (64, 256) => wgmma::wgmma_qk_issue_n64_p2_e4m3(s, [a[0], a[1]], [b[0], b[1]]),
                 _ => core::arch::nvptx::trap(),
             }
         }
@@ -331,6 +332,7 @@ impl WsInput for E4m3 {
             match (head_dim, block_n) {
                 (128, 128) => wgmma::wgmma_pv_issue_n128_k4_e4m3(o, p, v),
                 (256, 128) => wgmma::wgmma_pv_issue_n256_k4_e4m3(o, p, v),
+                (256, 64) => wgmma::wgmma_pv_issue_n256_k2_e4m3(o, p, v),
                 _ => core::arch::nvptx::trap(),
             }
         }

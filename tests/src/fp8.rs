@@ -45,7 +45,7 @@ impl Fp8Case {
             group: [1, 1, 2, 4][rng.gen_range(0..4)],
             seqlen_q,
             seqlen_k,
-            head_dim: 128,
+            head_dim: [128, 256][rng.gen_range(0..2)],
             causal: window.is_none() && rng.gen_bool(0.4),
             window,
             per_head: rng.gen_bool(0.5),

@@ -3213,9 +3213,59 @@ pub unsafe fn wgmma_qk_issue_n128_p2_e4m3(s: &mut [[f32; 4]; 16], desc_q: [u64; 
     }
 }
 
+/// `S = Q·Kᵀ` for one warpgroup, issued (no wait): 64 query rows × 64 keys, head_dim 256
+/// (2 panel(s) of 128 e4m3 columns), f32 out (tiles `0..8` of `s`). Descriptors as
+/// in [`wgmma_qk_n64_p1_bf16`] (K-major both, one per 128-byte panel).
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `s` before a wait that names it.
+#[inline(always)]
+pub unsafe fn wgmma_qk_issue_n64_p2_e4m3(s: &mut [[f32; 4]; 16], desc_q: [u64; 2], desc_k: [u64; 2]) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 qa, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 qa, {q0}, 0;",
+            "add.s64 kb, {k0}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, p, 1, 1;",
+            "add.s64 qa, {q0}, 2;",
+            "add.s64 kb, {k0}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1;",
+            "add.s64 qa, {q0}, 4;",
+            "add.s64 kb, {k0}, 4;",
+            "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1;",
+            "add.s64 qa, {q0}, 6;",
+            "add.s64 kb, {k0}, 6;",
+            "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1;",
+            "add.s64 qa, {q1}, 0;",
+            "add.s64 kb, {k1}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1;",
+            "add.s64 qa, {q1}, 2;",
+            "add.s64 kb, {k1}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1;",
+            "add.s64 qa, {q1}, 4;",
+            "add.s64 kb, {k1}, 4;",
+            "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1;",
+            "add.s64 qa, {q1}, 6;",
+            "add.s64 kb, {k1}, 6;",
+            "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, qa, kb, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            out(reg32) s[0][0], out(reg32) s[0][1], out(reg32) s[0][2], out(reg32) s[0][3], out(reg32) s[1][0], out(reg32) s[1][1], out(reg32) s[1][2], out(reg32) s[1][3], out(reg32) s[2][0], out(reg32) s[2][1], out(reg32) s[2][2], out(reg32) s[2][3], out(reg32) s[3][0], out(reg32) s[3][1], out(reg32) s[3][2], out(reg32) s[3][3], out(reg32) s[4][0], out(reg32) s[4][1], out(reg32) s[4][2], out(reg32) s[4][3], out(reg32) s[5][0], out(reg32) s[5][1], out(reg32) s[5][2], out(reg32) s[5][3], out(reg32) s[6][0], out(reg32) s[6][1], out(reg32) s[6][2], out(reg32) s[6][3], out(reg32) s[7][0], out(reg32) s[7][1], out(reg32) s[7][2], out(reg32) s[7][3],
+            q0 = in(reg64) desc_q[0], k0 = in(reg64) desc_k[0], q1 = in(reg64) desc_q[1], k1 = in(reg64) desc_k[1],
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
 /// `O += P·V` for one warpgroup, issued (no wait): 64 rows × head_dim 128, over 128 keys, e4m3.
 /// P from registers (`p[k]`: keys `32k..32k+32` in the order `tiling::fp8_key_of_position` gives),
-/// Vᵀ from shared memory, K-major (keys along its 128-byte rows, in that same order).
+/// Vᵀ from shared memory, K-major (keys along its 128-byte rows, in that same order; 128-byte swizzle).
 ///
 /// # Safety
 /// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `o` or `p` before a wait that names `o`.
@@ -3247,7 +3297,7 @@ pub unsafe fn wgmma_pv_issue_n128_k4_e4m3(o: &mut [[f32; 4]; 32], p: &[[u32; 4];
 
 /// `O += P·V` for one warpgroup, issued (no wait): 64 rows × head_dim 256, over 128 keys, e4m3.
 /// P from registers (`p[k]`: keys `32k..32k+32` in the order `tiling::fp8_key_of_position` gives),
-/// Vᵀ from shared memory, K-major (keys along its 128-byte rows, in that same order).
+/// Vᵀ from shared memory, K-major (keys along its 128-byte rows, in that same order; 128-byte swizzle).
 ///
 /// # Safety
 /// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `o` or `p` before a wait that names `o`.
@@ -3271,6 +3321,34 @@ pub unsafe fn wgmma_pv_issue_n256_k4_e4m3(o: &mut [[f32; 4]; 32], p: &[[u32; 4];
             "}}",
             inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3], inout(reg32) o[16][0], inout(reg32) o[16][1], inout(reg32) o[16][2], inout(reg32) o[16][3], inout(reg32) o[17][0], inout(reg32) o[17][1], inout(reg32) o[17][2], inout(reg32) o[17][3], inout(reg32) o[18][0], inout(reg32) o[18][1], inout(reg32) o[18][2], inout(reg32) o[18][3], inout(reg32) o[19][0], inout(reg32) o[19][1], inout(reg32) o[19][2], inout(reg32) o[19][3], inout(reg32) o[20][0], inout(reg32) o[20][1], inout(reg32) o[20][2], inout(reg32) o[20][3], inout(reg32) o[21][0], inout(reg32) o[21][1], inout(reg32) o[21][2], inout(reg32) o[21][3], inout(reg32) o[22][0], inout(reg32) o[22][1], inout(reg32) o[22][2], inout(reg32) o[22][3], inout(reg32) o[23][0], inout(reg32) o[23][1], inout(reg32) o[23][2], inout(reg32) o[23][3], inout(reg32) o[24][0], inout(reg32) o[24][1], inout(reg32) o[24][2], inout(reg32) o[24][3], inout(reg32) o[25][0], inout(reg32) o[25][1], inout(reg32) o[25][2], inout(reg32) o[25][3], inout(reg32) o[26][0], inout(reg32) o[26][1], inout(reg32) o[26][2], inout(reg32) o[26][3], inout(reg32) o[27][0], inout(reg32) o[27][1], inout(reg32) o[27][2], inout(reg32) o[27][3], inout(reg32) o[28][0], inout(reg32) o[28][1], inout(reg32) o[28][2], inout(reg32) o[28][3], inout(reg32) o[29][0], inout(reg32) o[29][1], inout(reg32) o[29][2], inout(reg32) o[29][3], inout(reg32) o[30][0], inout(reg32) o[30][1], inout(reg32) o[30][2], inout(reg32) o[30][3], inout(reg32) o[31][0], inout(reg32) o[31][1], inout(reg32) o[31][2], inout(reg32) o[31][3],
             in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3], in(reg32) p[2][0], in(reg32) p[2][1], in(reg32) p[2][2], in(reg32) p[2][3], in(reg32) p[3][0], in(reg32) p[3][1], in(reg32) p[3][2], in(reg32) p[3][3],
+            v = in(reg64) desc_v,
+            options(nostack),
+        )
+    }
+}
+
+/// `O += P·V` for one warpgroup, issued (no wait): 64 rows × head_dim 256, over 64 keys, e4m3.
+/// P from registers (`p[k]`: keys `32k..32k+32` in the order `tiling::fp8_key_of_position` gives),
+/// Vᵀ from shared memory, K-major (keys along its 64-byte rows, in that same order; 64-byte swizzle).
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `o` or `p` before a wait that names `o`.
+#[inline(always)]
+pub unsafe fn wgmma_pv_issue_n256_k2_e4m3(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], desc_v: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 vb;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 vb, {v}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n256k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}, {68}, {69}, {70}, {71}, {72}, {73}, {74}, {75}, {76}, {77}, {78}, {79}, {80}, {81}, {82}, {83}, {84}, {85}, {86}, {87}, {88}, {89}, {90}, {91}, {92}, {93}, {94}, {95}, {96}, {97}, {98}, {99}, {100}, {101}, {102}, {103}, {104}, {105}, {106}, {107}, {108}, {109}, {110}, {111}, {112}, {113}, {114}, {115}, {116}, {117}, {118}, {119}, {120}, {121}, {122}, {123}, {124}, {125}, {126}, {127}}}, {{{128}, {129}, {130}, {131}}}, vb, 1, 1, 1;",
+            "add.s64 vb, {v}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n256k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}, {68}, {69}, {70}, {71}, {72}, {73}, {74}, {75}, {76}, {77}, {78}, {79}, {80}, {81}, {82}, {83}, {84}, {85}, {86}, {87}, {88}, {89}, {90}, {91}, {92}, {93}, {94}, {95}, {96}, {97}, {98}, {99}, {100}, {101}, {102}, {103}, {104}, {105}, {106}, {107}, {108}, {109}, {110}, {111}, {112}, {113}, {114}, {115}, {116}, {117}, {118}, {119}, {120}, {121}, {122}, {123}, {124}, {125}, {126}, {127}}}, {{{132}, {133}, {134}, {135}}}, vb, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3], inout(reg32) o[16][0], inout(reg32) o[16][1], inout(reg32) o[16][2], inout(reg32) o[16][3], inout(reg32) o[17][0], inout(reg32) o[17][1], inout(reg32) o[17][2], inout(reg32) o[17][3], inout(reg32) o[18][0], inout(reg32) o[18][1], inout(reg32) o[18][2], inout(reg32) o[18][3], inout(reg32) o[19][0], inout(reg32) o[19][1], inout(reg32) o[19][2], inout(reg32) o[19][3], inout(reg32) o[20][0], inout(reg32) o[20][1], inout(reg32) o[20][2], inout(reg32) o[20][3], inout(reg32) o[21][0], inout(reg32) o[21][1], inout(reg32) o[21][2], inout(reg32) o[21][3], inout(reg32) o[22][0], inout(reg32) o[22][1], inout(reg32) o[22][2], inout(reg32) o[22][3], inout(reg32) o[23][0], inout(reg32) o[23][1], inout(reg32) o[23][2], inout(reg32) o[23][3], inout(reg32) o[24][0], inout(reg32) o[24][1], inout(reg32) o[24][2], inout(reg32) o[24][3], inout(reg32) o[25][0], inout(reg32) o[25][1], inout(reg32) o[25][2], inout(reg32) o[25][3], inout(reg32) o[26][0], inout(reg32) o[26][1], inout(reg32) o[26][2], inout(reg32) o[26][3], inout(reg32) o[27][0], inout(reg32) o[27][1], inout(reg32) o[27][2], inout(reg32) o[27][3], inout(reg32) o[28][0], inout(reg32) o[28][1], inout(reg32) o[28][2], inout(reg32) o[28][3], inout(reg32) o[29][0], inout(reg32) o[29][1], inout(reg32) o[29][2], inout(reg32) o[29][3], inout(reg32) o[30][0], inout(reg32) o[30][1], inout(reg32) o[30][2], inout(reg32) o[30][3], inout(reg32) o[31][0], inout(reg32) o[31][1], inout(reg32) o[31][2], inout(reg32) o[31][3],
+            in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3],
             v = in(reg64) desc_v,
             options(nostack),
         )
