@@ -489,6 +489,12 @@ mod hopper {
         FwdParams,
         flash_fwd_wgmma_ws::<F16, FwdWgmmaWsPersistentP40Hdim128, false, false>
     );
+    entry!(flash_fwd_wgmma_ws_w2_bf16_hdim64, FwdParams, flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsHdim64W2, false, false>);
+    entry!(
+        flash_fwd_wgmma_ws_pe40_bf16_hdim64,
+        FwdParams,
+        flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsPersistentHdim64, false, false>
+    );
     entry!(
         flash_fwd_wgmma_ws_pe40q_bf16_hdim128,
         FwdParams,

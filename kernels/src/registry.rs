@@ -22,8 +22,9 @@ use crate::traits::{
     FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96, FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192,
     FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128, FwdWgmmaWsFp8Hdim256, FwdWgmmaWsFp8PingpongHdim128,
     FwdWgmmaWsFp8Poly1Hdim128, FwdWgmmaWsFp8Poly2Hdim128, FwdWgmmaWsFp8Stages4Hdim128, FwdWgmmaWsHdim64N64,
-    FwdWgmmaWsHdim96, FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsPersistentHdim128, FwdWgmmaWsPersistentHdim256,
-    FwdWgmmaWsPersistentP40Hdim128, FwdWgmmaWsPersistentP40OqHdim128, FwdWgmmaWsPingpongHdim128, ROW_KERNEL_THREADS,
+    FwdWgmmaWsHdim64W2, FwdWgmmaWsHdim96, FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsPersistentHdim64,
+    FwdWgmmaWsPersistentHdim128, FwdWgmmaWsPersistentHdim256, FwdWgmmaWsPersistentP40Hdim128,
+    FwdWgmmaWsPersistentP40OqHdim128, FwdWgmmaWsPingpongHdim128, ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -412,6 +413,9 @@ pub const KERNELS: &[KernelInfo] = registry! {
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentP40Hdim128>("flash_fwd_wgmma_ws_pe40_f16_hdim128", Dtype::F16),
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentP40OqHdim128>("flash_fwd_wgmma_ws_pe40q_bf16_hdim128", Dtype::Bf16),
         fwd_wgmma_opt_in::<FwdWgmmaWsHdim64N64>("flash_fwd_wgmma_ws_n64_bf16_hdim64", Dtype::Bf16),
+        // v32 candidates: head_dim 64 on two consumers, 128-key tiles (plain and persistent).
+        fwd_wgmma_opt_in::<FwdWgmmaWsHdim64W2>("flash_fwd_wgmma_ws_w2_bf16_hdim64", Dtype::Bf16),
+        fwd_wgmma_opt_in::<FwdWgmmaWsPersistentHdim64>("flash_fwd_wgmma_ws_pe40_bf16_hdim64", Dtype::Bf16),
         // v22: the warp-specialized head_dim 256 forward, 1.19–1.23× the unpipelined one, dense
         // and `_seq`; with every modifier's registers it spills, so the `_mods` calls keep the
         // unpipelined kernel (whose dense and `_seq` twins stay, opt-in, for A/B). Listed before
@@ -604,8 +608,9 @@ mod tests {
         // its `_seq`/`_mods` twins at 32, 64 and 96, the dense kernels it replaced there, and two
         // measurement candidates (v27d); the one-stage head_dim 192 backward (v28) and the late-load
         // head_dim 256 one (v20's schedule, v28b); the deferred-dQ and per-warp reduction candidates (v29);
-        // the persistent forward (v30: 128 in both dtypes, 256 in bf16).
-        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 3 + 3 + 3);
+        // the persistent forward (v30: 128 in both dtypes, 256 in bf16); the two-consumer head_dim 64
+        // forwards (v32: plain and persistent).
+        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 3 + 3 + 3 + 2);
         // Persistent kernels are dense forwards; their twins (none yet) would not be.
         for k in KERNELS.iter().filter(|k| k.persistent) {
             assert!(k.role == Role::Forward && !k.sequences && !k.modifiers && k.requires_sm90a, "{}", k.name);

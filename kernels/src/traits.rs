@@ -293,6 +293,11 @@ pub type FwdWgmmaWsHdim256 = FwdWgmmaWs<256, 2, 64, 2>;
 /// tiles: an opt-in candidate against the one-warpgroup kernel (four blocks per SM). (128-key
 /// tiles spilled 144 bytes at 160 registers.)
 pub type FwdWgmmaWsHdim64N64 = FwdWgmmaWs<64, 3, 64, 2>;
+/// v32 candidates (opt-in): head_dim 64 on two consumers (128 query rows, 240 registers) with
+/// 128-key tiles and three stages (113 KiB), one tile a block or persistent (40-register producer,
+/// O in its own tile: 129 KiB).
+pub type FwdWgmmaWsHdim64W2 = FwdWgmmaWs<64, 2, 128, 3>;
+pub type FwdWgmmaWsPersistentHdim64 = FwdWgmmaWs<64, 2, 128, 3, 0, false, true, 40>;
 /// head_dim 96 on the warp-specialized head_dim 128 kernel, 32 columns zero-padded.
 pub type FwdWgmmaWsHdim96 = FwdWgmmaWs<128, 2, 128, 2, 96>;
 
@@ -791,6 +796,8 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaWsFp8Poly1Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Poly2Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Hdim256>();
+        check_fwd_wgmma::<FwdWgmmaWsHdim64W2>();
+        check_fwd_wgmma::<FwdWgmmaWsPersistentHdim64>();
         check_fwd_wgmma::<FwdWgmmaHdim192>();
         check_fwd_wgmma::<FwdWgmmaHdim256>();
         check_fwd_wgmma::<FwdWgmmaHdim96>();

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # v31 call 1: the FP8 forward at head_dim 256 (64-key tiles, 64-byte-swizzled Vᵀ). FP8 property tests
 # (head_dim 128 and 256 drawn), the accuracy report, memcheck/racecheck/synccheck on FP8 cases, then the
-# FP8 grid points at 128 and 256 (two rounds) beside the bf16 head_dim 256 forward.
+# FP8 grid points at 128 and 256 (two rounds) beside the bf16 head_dim 256 forward; forward tests and
+# memcheck of the v32 head_dim 64 candidates (forced).
 set -u
 R=$PWD; out=${OUT:?}
 (cd /tmp && tar xJf $R/gpucarry/bundle.txz)
@@ -16,6 +17,16 @@ timeout 60 $B/tests/gpu gpu::fp8_accuracy_beside_bf16 --exact 2>&1 | f
 for tool in memcheck racecheck synccheck; do
   echo "== $tool fp8 $(date +%T)" | tee -a $out/log.txt
   FLASH_ATTN_FP8_CASES=6 timeout 90 compute-sanitizer --tool $tool --error-exitcode 9 $B/tests/gpu $T 2>&1 | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|cases passed|test result|head_dim: 256" | tail -4 | tee -a $out/log.txt
+done
+for k in flash_fwd_wgmma_ws_w2_bf16_hdim64 flash_fwd_wgmma_ws_pe40_bf16_hdim64; do
+  echo "== forward tests d64 $k $(date +%T)" | tee -a $out/log.txt
+  FLASH_ATTN_HEAD_DIMS=64 FLASH_ATTN_KERNELS=$k FLASH_ATTN_FWD_CASES=100 timeout 45 $B/tests/gpu gpu::forward_matches_reference --exact 2>&1 | f
+done
+echo "== forward tests d64 pe40 cap 3 $(date +%T)" | tee -a $out/log.txt
+FLASH_ATTN_PERSISTENT_BLOCKS=3 FLASH_ATTN_HEAD_DIMS=64 FLASH_ATTN_KERNELS=flash_fwd_wgmma_ws_pe40_bf16_hdim64 FLASH_ATTN_FWD_CASES=100 timeout 45 $B/tests/gpu gpu::forward_matches_reference --exact 2>&1 | f
+for k in flash_fwd_wgmma_ws_w2_bf16_hdim64 flash_fwd_wgmma_ws_pe40_bf16_hdim64; do
+  echo "== memcheck d64 $k $(date +%T)" | tee -a $out/log.txt
+  FLASH_ATTN_HEAD_DIMS=64 FLASH_ATTN_KERNELS=$k FLASH_ATTN_FWD_CASES=6 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/gpu gpu::forward_matches_reference --exact 2>&1 | grep -E "ERROR SUMMARY|cases passed|test result" | tail -3 | tee -a $out/log.txt
 done
 run() { # tag round cmd...
   local tag=$1 round=$2; shift 2
