@@ -496,6 +496,11 @@ mod hopper {
         flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsPersistentHdim64, false, false>
     );
     entry!(
+        flash_fwd_wgmma_ws_pe40_f16_hdim64,
+        FwdParams,
+        flash_fwd_wgmma_ws::<F16, FwdWgmmaWsPersistentHdim64, false, false>
+    );
+    entry!(
         flash_fwd_wgmma_ws_pe40q_bf16_hdim128,
         FwdParams,
         flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsPersistentP40OqHdim128, false, false>
@@ -604,6 +609,16 @@ mod hopper {
     // FP8 (e4m3) forward: the warp-specialized kernel on Vᵀ, and the transpose that makes Vᵀ.
     entry!(flash_fwd_wgmma_ws_fp8_hdim128, FwdParams, flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Hdim128, false, false>);
     entry!(flash_fwd_wgmma_ws_fp8_hdim256, FwdParams, flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Hdim256, false, false>);
+    entry!(
+        flash_fwd_wgmma_ws_pp_fp8_hdim256,
+        FwdParams,
+        flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8PingpongHdim256, false, false>
+    );
+    entry!(
+        flash_fwd_wgmma_ws_s4_fp8_hdim256,
+        FwdParams,
+        flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Stages4Hdim256, false, false>
+    );
     entry!(
         flash_fwd_wgmma_ws_pp_fp8_hdim128,
         FwdParams,

@@ -329,6 +329,10 @@ pub type FwdWgmmaWsFp8Poly2Hdim128 = FwdWgmmaWsFp8<128, 3, false, 2>;
 /// head_dim 256 FP8: 64-key tiles, three stages of K and Vᵀ (16 KiB each; 129 KiB in all). (With
 /// 128-key tiles it spilled 216 bytes: O's 128 registers beside 128-key scores and P.)
 pub type FwdWgmmaWsFp8Hdim256 = FwdWgmmaWsFp8<256, 3>;
+/// Candidates (v31, opt-in): head_dim 256 FP8 with the consumers in ping-pong order, and with four
+/// stages (161 KiB).
+pub type FwdWgmmaWsFp8PingpongHdim256 = FwdWgmmaWsFp8<256, 3, true>;
+pub type FwdWgmmaWsFp8Stages4Hdim256 = FwdWgmmaWsFp8<256, 4>;
 
 /// The unpipelined head_dim 128 forward, kept for comparison (`bench --kernel NAME`).
 pub type FwdWgmmaHdim128Sync = FwdWgmma<128, 2, 128, 2>;
@@ -796,6 +800,8 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaWsFp8Poly1Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Poly2Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Hdim256>();
+        check_fwd_wgmma::<FwdWgmmaWsFp8PingpongHdim256>();
+        check_fwd_wgmma::<FwdWgmmaWsFp8Stages4Hdim256>();
         check_fwd_wgmma::<FwdWgmmaWsHdim64W2>();
         check_fwd_wgmma::<FwdWgmmaWsPersistentHdim64>();
         check_fwd_wgmma::<FwdWgmmaHdim192>();

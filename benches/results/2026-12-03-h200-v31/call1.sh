@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # v31 call 1: the FP8 forward at head_dim 256 (64-key tiles, 64-byte-swizzled Vᵀ). FP8 property tests
 # (head_dim 128 and 256 drawn), the accuracy report, memcheck/racecheck/synccheck on FP8 cases, then the
-# FP8 grid points at 128 and 256 (two rounds) beside the bf16 head_dim 256 forward; forward tests and
+# FP8 grid points at 128 and 256 (two rounds; the 256 ping-pong and four-stage candidates at 4k and 16k) beside the bf16 head_dim 256 forward; forward tests and
 # memcheck of the v32 head_dim 64 candidates (forced).
 set -u
 R=$PWD; out=${OUT:?}
@@ -36,6 +36,8 @@ run() { # tag round cmd...
 }
 for round in 1 2; do
   run fp8 $round $B/bin/bench --dtypes fp8 --head-dims 128,256 --seqlens 1024,4096,16384
+  run pp $round $B/bin/bench --dtypes fp8 --head-dims 256 --seqlens 4096,16384 --kernel flash_fwd_wgmma_ws_pp_fp8_hdim256
+  run s4 $round $B/bin/bench --dtypes fp8 --head-dims 256 --seqlens 4096,16384 --kernel flash_fwd_wgmma_ws_s4_fp8_hdim256
 done
 run bf16 1 $B/bin/bench --dtypes bf16 --head-dims 256 --seqlens 4096,16384
 echo "== done $(date +%T)" | tee -a $out/log.txt
