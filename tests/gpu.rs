@@ -10,8 +10,9 @@
 //! FLASH_ATTN_TEST_REPORT=path appends one JSON line per property test with its largest errors.
 //! FLASH_ATTN_PERSISTENT_BLOCKS=n (read by the host library) caps a persistent forward's grid at n
 //! blocks, so that each block runs several query tiles. (Without overrides, dense head_dim 128
-//! forwards of at most `registry::PERSISTENT_FORWARD_MAX_KEYS` keys run the persistent kernel:
-//! most random cases at 128.)
+//! forwards of at most `registry::PERSISTENT_FORWARD_MAX_KEYS` keys run the persistent kernel,
+//! most random cases at 128, and dense head_dim 64 ones of more than
+//! `registry::PERSISTENT_FORWARD_HDIM64_MIN_KEYS`, few of them: force it to test it.)
 
 use cust::stream::{Stream, StreamFlags};
 use flash_attn::{AttentionParams, DeviceTensor, Error, FlashAttention, TensorRef};

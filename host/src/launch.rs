@@ -477,8 +477,8 @@ impl FlashAttention {
         })
     }
 
-    /// The forward's main kernel: the registry's for the flavor, or for a dense call with a
-    /// short key loop the persistent kernel (`registry::persistent_forward`), unless an override
+    /// The forward's main kernel: the registry's for the flavor, or for a dense call whose key loop
+    /// suits it the persistent kernel (`registry::persistent_forward`), unless an override
     /// serves the call (so `with_kernel` and `FLASH_ATTN_KERNELS` measure what they name).
     pub(crate) fn forward_kernel<T: Element>(
         &self,

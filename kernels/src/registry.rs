@@ -350,9 +350,10 @@ pub const KERNELS: &[KernelInfo] = registry! {
         base("flash_kv_append_f16", Role::KvAppend, Dtype::F16),
         // FP8: the dense head_dim 128 and 256 kernels (bf16 O), and the V transpose they read.
         fwd_wgmma::<FwdWgmmaWsFp8Hdim128>("flash_fwd_wgmma_ws_fp8_hdim128", Dtype::E4m3),
-        fwd_wgmma::<FwdWgmmaWsFp8Hdim256>("flash_fwd_wgmma_ws_fp8_hdim256", Dtype::E4m3),
+        // head_dim 256: four stages (v31: +3 to +9% over three at 4k and 16k, causal and not).
+        fwd_wgmma::<FwdWgmmaWsFp8Stages4Hdim256>("flash_fwd_wgmma_ws_s4_fp8_hdim256", Dtype::E4m3),
+        fwd_wgmma_opt_in::<FwdWgmmaWsFp8Hdim256>("flash_fwd_wgmma_ws_fp8_hdim256", Dtype::E4m3),
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8PingpongHdim256>("flash_fwd_wgmma_ws_pp_fp8_hdim256", Dtype::E4m3),
-        fwd_wgmma_opt_in::<FwdWgmmaWsFp8Stages4Hdim256>("flash_fwd_wgmma_ws_s4_fp8_hdim256", Dtype::E4m3),
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8PingpongHdim128>("flash_fwd_wgmma_ws_pp_fp8_hdim128", Dtype::E4m3),
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8Stages4Hdim128>("flash_fwd_wgmma_ws_s4_fp8_hdim128", Dtype::E4m3),
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8Poly1Hdim128>("flash_fwd_wgmma_ws_px1_fp8_hdim128", Dtype::E4m3),
@@ -415,7 +416,8 @@ pub const KERNELS: &[KernelInfo] = registry! {
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentP40Hdim128>("flash_fwd_wgmma_ws_pe40_f16_hdim128", Dtype::F16),
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentP40OqHdim128>("flash_fwd_wgmma_ws_pe40q_bf16_hdim128", Dtype::Bf16),
         fwd_wgmma_opt_in::<FwdWgmmaWsHdim64N64>("flash_fwd_wgmma_ws_n64_bf16_hdim64", Dtype::Bf16),
-        // v32 candidates: head_dim 64 on two consumers, 128-key tiles (plain and persistent).
+        // v32: head_dim 64 on two consumers, 128-key tiles; the persistent one is chosen for dense
+        // calls of more than `PERSISTENT_FORWARD_HDIM64_MIN_KEYS` keys (`persistent_forward`).
         fwd_wgmma_opt_in::<FwdWgmmaWsHdim64W2>("flash_fwd_wgmma_ws_w2_bf16_hdim64", Dtype::Bf16),
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentHdim64>("flash_fwd_wgmma_ws_pe40_bf16_hdim64", Dtype::Bf16),
         fwd_wgmma_opt_in::<FwdWgmmaWsPersistentHdim64>("flash_fwd_wgmma_ws_pe40_f16_hdim64", Dtype::F16),
@@ -461,22 +463,31 @@ pub fn find(role: Role, dtype: Dtype, head_dim: u32, sm90a: bool, flavor: Flavor
     hopper.or_else(|| KERNELS.iter().filter(fits).find(|k| !k.requires_sm90a))
 }
 
-/// Dense forwards whose keys fit in this many run the persistent kernel where one serves
-/// (`persistent_forward`): at head_dim 128 it measured +6 to +16% at 512 keys and +2 to +7% at 1k
-/// (v30g), but −1 to −6% from 2k (v30f) (its causal schedule keeps the tile math on the vector
-/// path; benches/results/2026-12-03-h200-v30.md).
+/// Dense head_dim 128 forwards whose keys fit in this many run the persistent kernel
+/// (`persistent_forward`): it measured +6 to +16% at 512 keys and +2 to +7% at 1k (v30g), but −1
+/// to −6% from 2k (v30f) (its causal schedule keeps the tile math on the vector path;
+/// benches/results/2026-12-03-h200-v30.md).
 pub const PERSISTENT_FORWARD_MAX_KEYS: u32 = 1024;
 
-/// The persistent forward for dense calls of this dtype and head dim whose key loop is short
-/// (`PERSISTENT_FORWARD_MAX_KEYS`), with the sm_90a PTX loaded; `None` where the one-tile-a-block
-/// default serves every length.
+/// Dense head_dim 64 forwards with more keys than this run the persistent two-consumer kernel
+/// (`persistent_forward`): +3 to +10% from 1k to 16k keys without a mask and +0 to +14% causal from
+/// 2k, but −4% at 512 and −10 to −22% causal at 512–1k, where the one-warpgroup kernel's four blocks
+/// an SM fill the card better (v32, benches/results/2026-12-03-h200-v31.md, call 2).
+pub const PERSISTENT_FORWARD_HDIM64_MIN_KEYS: u32 = 1024;
+
+/// The persistent forward for dense calls of this dtype and head dim where it measured faster than
+/// the one-tile-a-block default: head_dim 128 with a short key loop (`PERSISTENT_FORWARD_MAX_KEYS`),
+/// head_dim 64 with a long one (`PERSISTENT_FORWARD_HDIM64_MIN_KEYS`); only with the sm_90a PTX
+/// loaded. `None` where the default serves.
 pub fn persistent_forward(dtype: Dtype, head_dim: u32, sm90a: bool, seqlen_k: u32) -> Option<&'static KernelInfo> {
     let name = match (dtype, head_dim) {
-        (Dtype::Bf16, 128) => "flash_fwd_wgmma_ws_pe40_bf16_hdim128",
-        (Dtype::F16, 128) => "flash_fwd_wgmma_ws_pe40_f16_hdim128",
+        (Dtype::Bf16, 128) if seqlen_k <= PERSISTENT_FORWARD_MAX_KEYS => "flash_fwd_wgmma_ws_pe40_bf16_hdim128",
+        (Dtype::F16, 128) if seqlen_k <= PERSISTENT_FORWARD_MAX_KEYS => "flash_fwd_wgmma_ws_pe40_f16_hdim128",
+        (Dtype::Bf16, 64) if seqlen_k > PERSISTENT_FORWARD_HDIM64_MIN_KEYS => "flash_fwd_wgmma_ws_pe40_bf16_hdim64",
+        (Dtype::F16, 64) if seqlen_k > PERSISTENT_FORWARD_HDIM64_MIN_KEYS => "flash_fwd_wgmma_ws_pe40_f16_hdim64",
         _ => return None,
     };
-    if sm90a && seqlen_k <= PERSISTENT_FORWARD_MAX_KEYS { by_name(name) } else { None }
+    if sm90a { by_name(name) } else { None }
 }
 
 /// The kernels a PTX built for `arch` holds.
@@ -547,7 +558,7 @@ mod tests {
     }
 
     #[test]
-    fn short_dense_forwards_at_128_run_the_persistent_kernel() {
+    fn the_persistent_forward_serves_short_calls_at_128_and_long_ones_at_64() {
         for dtype in [Dtype::Bf16, Dtype::F16] {
             for keys in [1, 512, PERSISTENT_FORWARD_MAX_KEYS] {
                 let k = persistent_forward(dtype, 128, true, keys).expect("a persistent kernel");
@@ -561,6 +572,14 @@ mod tests {
             for d in [32, 64, 96, 192, 256] {
                 assert!(persistent_forward(dtype, d, true, 512).is_none());
             }
+            // head_dim 64: the other way round, long key loops only.
+            for keys in [PERSISTENT_FORWARD_HDIM64_MIN_KEYS + 1, 4096, 1 << 20] {
+                let k = persistent_forward(dtype, 64, true, keys).expect("a persistent kernel");
+                assert!(k.persistent && k.opt_in && k.dtype == dtype && k.head_dim == 64);
+                assert!(k.serves(Role::Forward, dtype, 64, Flavor::Dense));
+            }
+            assert!(persistent_forward(dtype, 64, true, PERSISTENT_FORWARD_HDIM64_MIN_KEYS).is_none());
+            assert!(persistent_forward(dtype, 64, false, 4096).is_none());
         }
     }
 
@@ -612,7 +631,8 @@ mod tests {
         // measurement candidates (v27d); the one-stage head_dim 192 backward (v28) and the late-load
         // head_dim 256 one (v20's schedule, v28b); the deferred-dQ and per-warp reduction candidates (v29);
         // the persistent forward (v30: 128 in both dtypes, 256 in bf16); the two-consumer head_dim 64
-        // forwards (v32: plain, and persistent in both dtypes); two head_dim 256 FP8 candidates (v31).
+        // forwards (v32: plain, and persistent in both dtypes); two head_dim 256 FP8 candidates (v31:
+        // three stages, ping-pong).
         assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 3 + 3 + 3 + 3 + 2);
         // Persistent kernels are dense forwards; their twins (none yet) would not be.
         for k in KERNELS.iter().filter(|k| k.persistent) {
