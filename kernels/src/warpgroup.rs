@@ -8,7 +8,9 @@
 //! threads) for 64 rows at a time and reads its B operand (and optionally A) straight from shared
 //! memory through a 64-bit descriptor (`tiling::wgmma_descriptor`: address, leading and stride
 //! byte offsets, swizzle mode), so no `ldmatrix` and no operand registers are spent on them. Every
-//! tile uses the 128-byte swizzle (`tiling::sw128_byte_offset`, loaded by `tile::Sw128Tile`):
+//! tile but one uses the 128-byte swizzle (`tiling::sw128_byte_offset`, loaded by `tile::Sw128Tile`;
+//! the exception is the FP8 head_dim 256 forward's 64-key Vᵀ tile, whose 64-byte rows take the
+//! 64-byte swizzle, `tile::Sw64Tile`):
 //! 64-column panels, rows 128 bytes apart, 16-byte chunk `c` of row `r` at `c ^ (r % 8)`, panels
 //! 1024-byte aligned (the kernels round the dynamic shared-memory base up; the traits reserve the
 //! extra kilobyte). A K-major operand takes one descriptor per panel ([`PanelDescriptors`], up to
