@@ -620,6 +620,11 @@ mod hopper {
         flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Stages4Hdim256, false, false>
     );
     entry!(
+        flash_fwd_wgmma_ws_pps4_fp8_hdim256,
+        FwdParams,
+        flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8PingpongStages4Hdim256, false, false>
+    );
+    entry!(
         flash_fwd_wgmma_ws_pp_fp8_hdim128,
         FwdParams,
         flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8PingpongHdim128, false, false>

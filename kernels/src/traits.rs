@@ -333,6 +333,8 @@ pub type FwdWgmmaWsFp8Hdim256 = FwdWgmmaWsFp8<256, 3>;
 /// stages (161 KiB).
 pub type FwdWgmmaWsFp8PingpongHdim256 = FwdWgmmaWsFp8<256, 3, true>;
 pub type FwdWgmmaWsFp8Stages4Hdim256 = FwdWgmmaWsFp8<256, 4>;
+/// v31b candidate (opt-in): both, ping-pong on four stages.
+pub type FwdWgmmaWsFp8PingpongStages4Hdim256 = FwdWgmmaWsFp8<256, 4, true>;
 
 /// The unpipelined head_dim 128 forward, kept for comparison (`bench --kernel NAME`).
 pub type FwdWgmmaHdim128Sync = FwdWgmma<128, 2, 128, 2>;
@@ -802,6 +804,7 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaWsFp8Hdim256>();
         check_fwd_wgmma::<FwdWgmmaWsFp8PingpongHdim256>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Stages4Hdim256>();
+        check_fwd_wgmma::<FwdWgmmaWsFp8PingpongStages4Hdim256>();
         check_fwd_wgmma::<FwdWgmmaWsHdim64W2>();
         check_fwd_wgmma::<FwdWgmmaWsPersistentHdim64>();
         check_fwd_wgmma::<FwdWgmmaHdim192>();
