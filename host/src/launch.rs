@@ -487,11 +487,12 @@ impl FlashAttention {
     ) -> Result<&'static KernelInfo> {
         let flavor = validate::flavor(shape, mods);
         let overridden = self.overrides.iter().any(|k| k.serves(Role::Forward, T::DTYPE, shape.head_dim, flavor));
-        if flavor == Flavor::Dense && shape.layout.splits() == 1 && !overridden {
-            if let Some(k) = registry::persistent_forward(T::DTYPE, shape.head_dim, self.hopper_kernels, shape.seqlen_k)
-            {
-                return Ok(k);
-            }
+        if flavor == Flavor::Dense
+            && shape.layout.splits() == 1
+            && !overridden
+            && let Some(k) = registry::persistent_forward(T::DTYPE, shape.head_dim, self.hopper_kernels, shape.seqlen_k)
+        {
+            return Ok(k);
         }
         self.kernel(Role::Forward, T::DTYPE, shape, mods)
     }
@@ -560,10 +561,11 @@ impl FlashAttention {
 /// `FLASH_ATTN_JIT=1` skips the cubin, to compare the two loads.
 fn load_module(ptx: &str, cubin: &[u8]) -> Result<(Module, bool)> {
     let jit_only = std::env::var_os("FLASH_ATTN_JIT").is_some_and(|v| v == "1");
-    if !cubin.is_empty() && !jit_only {
-        if let Ok(module) = Module::from_cubin(cubin, &[]) {
-            return Ok((module, true));
-        }
+    if !cubin.is_empty()
+        && !jit_only
+        && let Ok(module) = Module::from_cubin(cubin, &[])
+    {
+        return Ok((module, true));
     }
     let module = Module::from_ptx(ptx, &[]).map_err(|error| module_load_error(ptx, error))?;
     Ok((module, false))

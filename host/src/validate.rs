@@ -75,7 +75,7 @@ impl<'a> Arg<'a> {
     pub(crate) fn check_strides(&self, multiple: usize) -> Result<()> {
         for (i, dim) in DIMS[..3].iter().enumerate() {
             let stride = self.layout.strides[i];
-            if stride % multiple != 0 && self.layout.shape[i] > 1 {
+            if !stride.is_multiple_of(multiple) && self.layout.shape[i] > 1 {
                 return Err(Error::invalid(
                     self.name,
                     format!(
