@@ -114,8 +114,9 @@ where
         let (is_bf16, outcome) = run(&gpu, &case);
         // A failure names its case (with the seed its inputs are drawn from), so that it can be
         // run again: proptest's own message leaves the value out.
-        let outcome = outcome.map_err(|e| TestCaseError::fail(format!("{e} at {case:?}")))?;
-        outcome.check().map_err(|e| TestCaseError::fail(format!("{e} at {case:?}")))?;
+        let named = |e: String| TestCaseError::fail(format!("{e} at {case:?}"));
+        let outcome = outcome.map_err(named)?;
+        outcome.check().map_err(named)?;
         let mut t = tally.borrow_mut();
         if is_bf16 {
             t.0 += 1

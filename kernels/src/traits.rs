@@ -686,15 +686,15 @@ mod tests {
             let launch = launch_registers(T::THREADS);
             assert!(T::PRODUCER_REGISTERS + T::WARPGROUPS * T::CONSUMER_REGISTERS <= (1 + T::WARPGROUPS) * launch);
         }
-        // Every panel starts on a 1024-byte boundary of the aligned base.
+        // Every panel starts on a 1024-byte boundary of the aligned base (and so does every stage,
+        // V's too: a 64-key FP8 Vᵀ tile's 64-byte swizzle needs its 512-byte period).
         assert_eq!(T::Q_TILE_BYTES % 1024, 0);
         assert_eq!(T::KV_TILE_BYTES % 1024, 0);
-        // FP8: the bf16 O staged over the K and V stages fits them; 8-bit GEMMs on 128-key tiles.
+        // FP8: the bf16 O staged over the K and V stages fits them; 8-bit GEMMs on 128-key tiles
+        // (64-key ones at head_dim 256).
         if T::ELEMENT_BYTES == 1 {
             assert!(T::BLOCK_M * T::HEAD_DIM * 2 <= 2 * T::STAGES * T::KV_TILE_BYTES);
             assert!(matches!((T::HEAD_DIM, T::BLOCK_N), (128, 128) | (256, 64)) && T::PRODUCER);
-            // A 64-key Vᵀ tile (64-byte swizzle) starts on its 512-byte period.
-            assert!(T::V_OFFSET % 1024 == 0 && T::KV_TILE_BYTES % 1024 == 0);
         }
         // Persistent: 16-bit, with a producer; its own O tile 1024-aligned and clear of the
         // stages and the mbarriers.
