@@ -11,8 +11,12 @@ QK = [(n, p) for n in (64, 128) for p in (1, 2)] + [(64, 3), (64, 4)]  # (keys p
 PV = [(n, k) for n in (64, 128) for k in (4, 8)] + [(192, 4), (256, 4)]  # (head_dim, 16-key steps per tile)
 DQ = [(32, 8), (64, 8), (64, 4), (128, 4)]           # (dQ columns per warpgroup, 16-key steps)
 # FP8 (e4m3), issue-only: (keys per tile, 128-byte panels of head_dim) and (head_dim, 32-key steps).
-FP8_QK = [(128, 1), (128, 2), (64, 2)]
-FP8_PV = [(128, 4), (256, 4), (256, 2)]
+# Their score arrays have WS_TILES 8-key tiles (up to 192 keys: the warp-specialized forward's).
+FP8_QK = [(128, 1), (128, 2), (64, 2), (192, 1)]
+FP8_PV = [(128, 4), (256, 4), (256, 2), (128, 6)]
+WS_TILES = 24
+# A Vᵀ tile of 64 * k keys (k > 1, not 128) is k panels of 64-byte rows (64 keys), one after the
+# other: head_dim rows of 64 bytes each, so panel p starts head_dim * 64 * p bytes in.
 
 def acc(count, first=0):
     return "{{" + ", ".join("{%d}" % (first + i) for i in range(count)) + "}}"
@@ -41,13 +45,13 @@ def qk_template(n, panels, mma, tail, waits):
     return "\n".join(f'            "{l}",' for l in lines)
 
 
-def pv_template(n, ksteps, mma, step, tail, waits):
+def pv_template(n, ksteps, mma, step, tail, waits, offset=None):
     """The asm lines of O += P·V: P's registers for k-step i, B's descriptor advanced by `step`
-    (16-byte units) per k-step."""
+    (16-byte units) per k-step, or by `offset(i)` units where given."""
     count = n // 2
     lines = ["{{", ".reg .b64 vb;", "wgmma.fence.sync.aligned;"]
     for i in range(ksteps):
-        lines.append(f"add.s64 vb, {{v}}, {step * i};")
+        lines.append(f"add.s64 vb, {{v}}, {step * i if offset is None else offset(i)};")
         a = "{{" + ", ".join("{%d}" % (count + 4 * i + j) for j in range(4)) + "}}"
         lines.append(f"wgmma.mma_async.sync.aligned.m64n{n}{mma} {acc(count)}, {a}, vb{tail};")
     lines.append("wgmma.commit_group.sync.aligned;")
@@ -102,6 +106,7 @@ pub fn {name}({args}) {{
 for group in (0, 1):
     for count in (32, 64):
         out.append(wait_fn(group, f"wgmma_wait{group}_s{count}", ["s"], count, 16))
+    out.append(wait_fn(group, f"wgmma_wait{group}_s96", ["s"], 96, WS_TILES))
     for count in (32, 64, 96, 128):
         out.append(wait_fn(group, f"wgmma_wait{group}_o{count}", ["o"], count, 32))
 for count in (32, 64):
@@ -216,7 +221,7 @@ for n, panels in FP8_QK:
 /// # Safety
 /// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `s` before a wait that names it.
 #[inline(always)]
-pub unsafe fn wgmma_qk_issue_n{n}_p{panels}_e4m3(s: &mut [[f32; 4]; 16], desc_q: [u64; {panels}], desc_k: [u64; {panels}]) {{
+pub unsafe fn wgmma_qk_issue_n{n}_p{panels}_e4m3(s: &mut [[f32; 4]; {WS_TILES}], desc_q: [u64; {panels}], desc_k: [u64; {panels}]) {{
     // SAFETY: guaranteed by the caller; registers are the only other operands.
     unsafe {{
         asm!(
@@ -230,12 +235,17 @@ pub unsafe fn wgmma_qk_issue_n{n}_p{panels}_e4m3(s: &mut [[f32; 4]; 16], desc_q:
 }}''')
 for n, ksteps in FP8_PV:
     count = n // 2
-    template = pv_template(n, ksteps, "k32.f32.e4m3.e4m3", 2, ", 1, 1, 1", [])
+    # Several 64-byte panels: step i is in panel i // 2, 32 bytes in for odd i.
+    panels = ksteps // 2 if ksteps not in (2, 4) else 1
+    offset = (lambda i: n * 64 // 16 * (i // 2) + 2 * (i % 2)) if panels > 1 else None
+    template = pv_template(n, ksteps, "k32.f32.e4m3.e4m3", 2, ", 1, 1, 1", [], offset)
+    layout = (f"{panels} panels of 64-byte rows, 64-byte swizzle, panel `p` {n * 64} bytes after panel 0" if panels > 1
+              else f"{32 * ksteps}-byte rows, {'128-byte' if ksteps == 4 else '64-byte'} swizzle")
     pops = ", ".join(f"in(reg32) p[{i // 4}][{i % 4}]" for i in range(4 * ksteps))
     out.append(f'''
 /// `O += P·V` for one warpgroup, issued (no wait): 64 rows × head_dim {n}, over {32 * ksteps} keys, e4m3.
 /// P from registers (`p[k]`: keys `32k..32k+32` in the order `tiling::fp8_key_of_position` gives),
-/// Vᵀ from shared memory, K-major (keys along its {32 * ksteps}-byte rows, in that same order; {'128-byte' if ksteps == 4 else '64-byte'} swizzle).
+/// Vᵀ from shared memory, K-major (keys along its rows, in that same order; {layout}).
 ///
 /// # Safety
 /// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `o` or `p` before a wait that names `o`.

@@ -33,7 +33,7 @@ use crate::tiling::{
     persistent_tile, q_tile_of_block, ring_slot, split_tiles, wgmma_descriptor, wgmma_descriptor_sw64,
 };
 use crate::traits::{FwdWgmmaTraits, padding_fits};
-use crate::warpgroup::{Waited, WgmmaElement, WsInput, acquire, panel_descriptors, wait};
+use crate::warpgroup::{WS_SCORE_TILES8, Waited, WgmmaElement, WsInput, acquire, panel_descriptors, wait, wait_scores};
 
 /// Score tiles: 8 columns each, BLOCK_N ≤ 128.
 const SEQ_TILES8: usize = 16;
@@ -169,9 +169,9 @@ pub unsafe fn flash_fwd_wgmma<E: WgmmaElement + WsInput, T: FwdWgmmaTraits, cons
     let (n_tiles8, d_tiles8) = ((T::BLOCK_N / 8) as usize, (T::HEAD_DIM / 8) as usize);
     let step = ScoreStep { warp_q0, block_n: T::BLOCK_N, mask: &mask, mods: &mods };
     let score_step =
-        |s: &mut [[[f32; 4]; SEQ_TILES8]; 1], tile: u32, lane: u32| step.scores::<MODS>(&mut s[0], tile, lane);
+        |s: &mut [[[f32; 4]; SEQ_TILES8]; 1], tile: u32, lane: u32| step.scores::<MODS, _>(&mut s[0], tile, lane);
     let dropout_step =
-        |s: &mut [[[f32; 4]; SEQ_TILES8]; 1], tile: u32, lane: u32| step.dropout::<MODS>(&mut s[0], tile, lane);
+        |s: &mut [[[f32; 4]; SEQ_TILES8]; 1], tile: u32, lane: u32| step.dropout::<MODS, _>(&mut s[0], tile, lane);
     let probabilities_of = |s: &[[[f32; 4]; SEQ_TILES8]; 1]| E::probabilities(&s[0], n_tiles8);
 
     if !T::PIPELINED {
@@ -274,7 +274,7 @@ impl ScoreStep<'_> {
     /// Modifiers (MODS), then -inf for keys the mask hides (tiles wholly inside the mask skip
     /// that), on the scores of key tile `tile`.
     #[inline(always)]
-    fn scores<const MODS: bool>(&self, s: &mut [[f32; 4]; SEQ_TILES8], tile: u32, lane: u32) {
+    fn scores<const MODS: bool, const N: usize>(&self, s: &mut [[f32; 4]; N], tile: u32, lane: u32) {
         let k_begin = tile * self.block_n;
         let masked = !self.mask.tile_is_unmasked(self.warp_q0, self.warp_q0 + 16, k_begin, k_begin + self.block_n);
         let n_tiles8 = (self.block_n / 8) as usize;
@@ -291,7 +291,7 @@ impl ScoreStep<'_> {
 
     /// After the softmax: dropout on the probabilities (MODS only).
     #[inline(always)]
-    fn dropout<const MODS: bool>(&self, s: &mut [[f32; 4]; SEQ_TILES8], tile: u32, lane: u32) {
+    fn dropout<const MODS: bool, const N: usize>(&self, s: &mut [[f32; 4]; N], tile: u32, lane: u32) {
         if MODS {
             let n_tiles8 = (self.block_n / 8) as usize;
             forward_dropout(s, n_tiles8, self.warp_q0, tile * self.block_n, lane, &self.mods.dropout);
@@ -596,8 +596,9 @@ unsafe fn flash_fwd_wgmma_ws_walk<
     let q_tile = tile(T::Q_OFFSET, T::BLOCK_M);
     let k_tile = |stage: u32| tile(T::K_OFFSET + stage * T::KV_TILE_BYTES, T::BLOCK_N);
     // With e4m3 the stage holds Vᵀ: head_dim rows of the tile's keys, one 128-byte panel (128
-    // keys) or, for 64-key tiles (`vt_sw64`), rows of 64 bytes in the 64-byte swizzle.
-    let vt_sw64 = fp8 && T::BLOCK_N == 64;
+    // keys) or, for 64- and 192-key tiles (`vt_sw64`), one or three panels of 64 keys: head_dim
+    // rows of 64 bytes each, in the 64-byte swizzle.
+    let vt_sw64 = fp8 && T::BLOCK_N != 128;
     let v_tile = |stage: u32| {
         let base = T::V_OFFSET + stage * T::KV_TILE_BYTES;
         let chunks = T::BLOCK_N / 16;
@@ -607,7 +608,10 @@ unsafe fn flash_fwd_wgmma_ws_walk<
             tile(base, T::BLOCK_N)
         }
     };
-    let vt64_tile = |stage: u32| Sw64Tile { base: smem + T::V_OFFSET + stage * T::KV_TILE_BYTES, rows: T::HEAD_DIM };
+    let vt64_tile = |stage: u32, panel: u32| Sw64Tile {
+        base: smem + T::V_OFFSET + stage * T::KV_TILE_BYTES + panel * T::HEAD_DIM * 64,
+        rows: T::HEAD_DIM,
+    };
     let bars = Stages { base: smem + T::MBARRIER_OFFSET, stages: T::STAGES };
     let consumer_threads = 128 * T::WARPGROUPS;
     if tid == 0 {
@@ -688,7 +692,10 @@ unsafe fn flash_fwd_wgmma_ws_walk<
                         // Vᵀ: all head_dim rows, the tile's keys from byte k_begin of each.
                         let keys = v_ptr.wrapping_offset(k_begin as isize);
                         if vt_sw64 {
-                            vt64_tile(stage).load_async(keys, v_row, tid, 128);
+                            for panel in 0..T::BLOCK_N / 64 {
+                                let panel_keys = keys.wrapping_offset(64 * panel as isize);
+                                vt64_tile(stage, panel).load_async(panel_keys, v_row, tid, 128);
+                            }
                         } else {
                             v_tile(stage).load_async(keys, v_row, T::HEAD_DIM, tid, 128);
                         }
@@ -726,7 +733,8 @@ unsafe fn flash_fwd_wgmma_ws_walk<
     // V is MN-major (its rows run along the keys); Vᵀ K-major, as K.
     let v_desc = |stage: u32| {
         if vt_sw64 {
-            return wgmma_descriptor_sw64(vt64_tile(stage).base, 16, SW64_ROW_GROUP_BYTES);
+            // (The GEMM steps from panel to panel itself.)
+            return wgmma_descriptor_sw64(vt64_tile(stage, 0).base, 16, SW64_ROW_GROUP_BYTES);
         }
         let (leading, stride) =
             if fp8 { (16, SW128_ROW_GROUP_BYTES) } else { (T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES) };
@@ -802,7 +810,7 @@ unsafe fn flash_fwd_wgmma_ws_walk<
                 unsafe { ptx::named_barrier_arrive::<1, 256>() }
             }
             let (stage, parity) = bars.of(ring);
-            let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
+            let mut s = [[[0f32; 4]; WS_SCORE_TILES8]; 1];
             // SAFETY: the whole warpgroup is here (warpgroup-uniform control flow); Q and the
             // first K tile landed and were fenced for the async proxy; `s` is left alone until
             // the wait.
@@ -812,22 +820,22 @@ unsafe fn flash_fwd_wgmma_ws_walk<
                 E::issue_scores(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(stage));
                 pass_turn(false);
             }
-            wait(0, Waited::Scores(T::BLOCK_N, &mut s[0]));
+            wait_scores(0, T::BLOCK_N, &mut s[0]);
             // SAFETY: this thread's score GEMM on the stage has completed.
             unsafe { ptx::mbarrier_arrive(bars.k_empty(stage)) };
             release_q(first_tile + 1 == end_tile);
-            step.scores::<MODS>(&mut s[0], first_tile, lane);
+            step.scores::<MODS, _>(&mut s[0], first_tile, lane);
             // O is still zero: no correction to apply.
             let poly = (T::POLY_EXP_TILES as usize, T::POLY_EXP_TILES > 0 && step.unmasked(first_tile));
             let _ = online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1);
-            step.dropout::<MODS>(&mut s[0], first_tile, lane);
+            step.dropout::<MODS, _>(&mut s[0], first_tile, lane);
             let mut previous = E::probabilities(&s[0], n_tiles8);
             for tile in first_tile + 1..end_tile {
                 let i = ring + tile - first_tile;
                 let (stage, parity) = bars.of(i);
                 let (previous_stage, previous_parity) = bars.of(i - 1);
                 let lane = ptx::opaque(lane);
-                let mut s = [[[0f32; 4]; SEQ_TILES8]; 1];
+                let mut s = [[[0f32; 4]; WS_SCORE_TILES8]; 1];
                 // SAFETY: as above; the accumulators and `previous` are left alone until the
                 // waits below name them.
                 unsafe {
@@ -838,14 +846,14 @@ unsafe fn flash_fwd_wgmma_ws_walk<
                     E::issue_output(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(previous_stage));
                     pass_turn(false);
                 }
-                wait(1, Waited::Scores(T::BLOCK_N, &mut s[0]));
+                wait_scores(1, T::BLOCK_N, &mut s[0]);
                 // SAFETY: this thread's score GEMM on the stage has completed.
                 unsafe { ptx::mbarrier_arrive(bars.k_empty(stage)) };
                 release_q(tile + 1 == end_tile);
-                step.scores::<MODS>(&mut s[0], tile, lane);
+                step.scores::<MODS, _>(&mut s[0], tile, lane);
                 let poly = (T::POLY_EXP_TILES as usize, T::POLY_EXP_TILES > 0 && step.unmasked(tile));
                 let correction = online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1);
-                step.dropout::<MODS>(&mut s[0], tile, lane);
+                step.dropout::<MODS, _>(&mut s[0], tile, lane);
                 wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
                 // SAFETY: this thread's P·V GEMM on the previous stage has completed.
                 unsafe { ptx::mbarrier_arrive(bars.v_empty(previous_stage)) };

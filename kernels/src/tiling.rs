@@ -438,12 +438,11 @@ pub const fn fp8_key_of_position(position: u32) -> u32 {
 pub const FP8_TRANSPOSE_KEYS: u32 = 128;
 
 /// Keys of the FP8 forward's transposed V (`Vᵀ`, one row per head-dim column): seqlen_k rounded
-/// up to whole key tiles of `block_n` (64 or 128) and whole transpose blocks (the columns past
-/// seqlen_k are zeros), at least one.
+/// up to whole key tiles of `block_n` (64, 128 or 192), then to whole transpose blocks (the
+/// columns past seqlen_k are zeros), at least one.
 pub const fn fp8_transposed_keys(seqlen_k: u32, block_n: u32) -> u32 {
-    let unit = if block_n > FP8_TRANSPOSE_KEYS { block_n } else { FP8_TRANSPOSE_KEYS };
-    let units = ceil_div(seqlen_k, unit);
-    (if units == 0 { 1 } else { units }) * unit
+    let tiles = ceil_div(if seqlen_k == 0 { 1 } else { seqlen_k }, block_n);
+    ceil_div(tiles * block_n, FP8_TRANSPOSE_KEYS) * FP8_TRANSPOSE_KEYS
 }
 
 /// Use `i` (counted from 0) of a ring of `stages` buffers, each guarded by mbarriers that complete
@@ -505,6 +504,16 @@ mod tests {
         for seqlen_k in [0, 1, 63, 64, 65, 128, 129, 1000] {
             let keys = fp8_transposed_keys(seqlen_k, 64);
             assert!(keys % 128 == 0 && keys >= seqlen_k && keys < seqlen_k.max(1) + 128);
+        }
+        // 192-key tiles (head_dim 128 candidate): whole tiles, then whole transpose blocks.
+        assert_eq!(fp8_transposed_keys(0, 192), 256);
+        assert_eq!(fp8_transposed_keys(192, 192), 256);
+        assert_eq!(fp8_transposed_keys(193, 192), 384);
+        assert_eq!(fp8_transposed_keys(385, 192), 640);
+        for seqlen_k in 0..2000 {
+            let keys = fp8_transposed_keys(seqlen_k, 192);
+            assert!(keys % 128 == 0 && keys >= seqlen_k.max(1).div_ceil(192) * 192, "{seqlen_k}");
+            assert!(keys < seqlen_k.max(1).div_ceil(192) * 192 + 128, "{seqlen_k}");
         }
     }
 

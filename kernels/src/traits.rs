@@ -304,15 +304,30 @@ pub type FwdWgmmaWsHdim96 = FwdWgmmaWs<128, 2, 128, 2, 96>;
 /// The FP8 (e4m3) forward: the warp-specialized kernel with 1-byte Q, K and a transposed V
 /// (`ELEMENT_BYTES` 1), two consumers, bf16 O. Up to head_dim 128, 128-key tiles (a Vᵀ tile is
 /// one 128-byte-swizzled panel); at 256, 64-key tiles (O's 128 registers leave no room for
-/// 128-key scores), whose Vᵀ rows are 64 bytes, in the 64-byte swizzle.
-pub struct FwdWgmmaWsFp8<const D: u32, const STAGES: u32, const PINGPONG: bool = false, const POLY: u32 = 0>;
-impl<const D: u32, const S: u32, const PP: bool, const POLY: u32> FwdWgmmaTraits for FwdWgmmaWsFp8<D, S, PP, POLY> {
+/// 128-key scores), whose Vᵀ rows are 64 bytes, in the 64-byte swizzle. `N`, when not 0, sets
+/// the keys per tile: 192 at head_dim 128 (three 64-key Vᵀ panels in the 64-byte swizzle).
+pub struct FwdWgmmaWsFp8<
+    const D: u32,
+    const STAGES: u32,
+    const PINGPONG: bool = false,
+    const POLY: u32 = 0,
+    const N: u32 = 0,
+>;
+impl<const D: u32, const S: u32, const PP: bool, const POLY: u32, const N: u32> FwdWgmmaTraits
+    for FwdWgmmaWsFp8<D, S, PP, POLY, N>
+{
     const PINGPONG: bool = PP;
     const POLY_EXP_TILES: u32 = POLY;
     const HEAD_DIM: u32 = D;
     const ELEMENT_BYTES: u32 = 1;
     const PRODUCER_REGISTERS: u32 = if D > 128 { 40 } else { 24 };
-    const BLOCK_N: u32 = if D > 128 { 64 } else { 128 };
+    const BLOCK_N: u32 = if N != 0 {
+        N
+    } else if D > 128 {
+        64
+    } else {
+        128
+    };
     const WARPGROUPS: u32 = 2;
     const STAGES: u32 = S;
     const PIPELINED: bool = true;
@@ -323,6 +338,10 @@ pub type FwdWgmmaWsFp8Hdim128 = FwdWgmmaWsFp8<128, 3>;
 /// Candidates (v25, opt-in): the consumers in ping-pong order, and four stages.
 pub type FwdWgmmaWsFp8PingpongHdim128 = FwdWgmmaWsFp8<128, 3, true>;
 pub type FwdWgmmaWsFp8Stages4Hdim128 = FwdWgmmaWsFp8<128, 4>;
+/// Candidate (v33, opt-in): 192-key tiles (FlashAttention-3 uses 224 at head_dim 128): half as many
+/// tiles' fixed costs (GEMM issue, waits, row reductions, barriers) per score. Three stages of 24
+/// KiB K and Vᵀ tiles (161 KiB); scores 96, P 48 and O 64 registers a thread.
+pub type FwdWgmmaWsFp8N192Hdim128 = FwdWgmmaWsFp8<128, 3, false, 0, 192>;
 /// Candidates (v26, opt-in): a quarter or half of the exponentials on the FMA pipe.
 pub type FwdWgmmaWsFp8Poly1Hdim128 = FwdWgmmaWsFp8<128, 3, false, 1>;
 pub type FwdWgmmaWsFp8Poly2Hdim128 = FwdWgmmaWsFp8<128, 3, false, 2>;
@@ -666,7 +685,7 @@ mod tests {
     fn check_fwd_wgmma<T: FwdWgmmaTraits>() {
         // Whole 128-byte panels, and the GEMM shapes `scripts/gen_wgmma.py` generates.
         assert!([64, 128, 192, 256].contains(&T::HEAD_DIM));
-        assert!(T::BLOCK_N == 64 || T::BLOCK_N == 128);
+        assert!(T::BLOCK_N == 64 || T::BLOCK_N == 128 || T::BLOCK_N == 192 && T::ELEMENT_BYTES == 1);
         assert!(T::HEAD_DIM <= 128 || (T::BLOCK_N == 64 && (!T::PIPELINED || T::PRODUCER)) || T::ELEMENT_BYTES == 1);
         // Padding stays within the last panel, in whole chunks.
         assert!(padding_fits(T::DATA_HEAD_DIM, T::HEAD_DIM));
@@ -690,11 +709,11 @@ mod tests {
         // V's too: a 64-key FP8 Vᵀ tile's 64-byte swizzle needs its 512-byte period).
         assert_eq!(T::Q_TILE_BYTES % 1024, 0);
         assert_eq!(T::KV_TILE_BYTES % 1024, 0);
-        // FP8: the bf16 O staged over the K and V stages fits them; 8-bit GEMMs on 128-key tiles
-        // (64-key ones at head_dim 256).
+        // FP8: the bf16 O staged over the K and V stages fits them; 8-bit GEMMs on 128- or 192-key
+        // tiles (64-key ones at head_dim 256).
         if T::ELEMENT_BYTES == 1 {
             assert!(T::BLOCK_M * T::HEAD_DIM * 2 <= 2 * T::STAGES * T::KV_TILE_BYTES);
-            assert!(matches!((T::HEAD_DIM, T::BLOCK_N), (128, 128) | (256, 64)) && T::PRODUCER);
+            assert!(matches!((T::HEAD_DIM, T::BLOCK_N), (128, 128) | (128, 192) | (256, 64)) && T::PRODUCER);
         }
         // Persistent: 16-bit, with a producer; its own O tile 1024-aligned and clear of the
         // stages and the mbarriers.
@@ -799,6 +818,7 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaWsFp8Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8PingpongHdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Stages4Hdim128>();
+        check_fwd_wgmma::<FwdWgmmaWsFp8N192Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Poly1Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Poly2Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Hdim256>();

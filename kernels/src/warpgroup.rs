@@ -245,6 +245,33 @@ wgmma_element!(
     dq_issue: wgmma_dq_issue_n32_k8_f16, wgmma_dq_issue_n64_k8_f16, wgmma_dq_issue_n64_k4_f16, wgmma_dq_issue_n128_k4_f16
 );
 
+/// 8-key score tiles of the warp-specialized forward's score arrays: up to 192 keys (the FP8
+/// forward's widest tiles; the 16-bit GEMMs use the first 16).
+pub const WS_SCORE_TILES8: usize = 24;
+/// A warpgroup thread's scores of one K tile in the warp-specialized forward.
+pub type WsScores = [[f32; 4]; WS_SCORE_TILES8];
+
+/// The first 16 score tiles of `s`: the arrays the 16-bit GEMMs and waits name.
+#[inline(always)]
+fn first16(s: &mut WsScores) -> &mut [[f32; 4]; 16] {
+    const { assert!(WS_SCORE_TILES8 >= 16) };
+    match s.first_chunk_mut::<16>() {
+        Some(head) => head,
+        // SAFETY: unreachable (the length is checked above); `trap` aborts the kernel.
+        None => unsafe { core::arch::nvptx::trap() },
+    }
+}
+
+/// [`wait`] for the warp-specialized forward's scores of an `n`-key tile (up to 192).
+#[inline(always)]
+pub fn wait_scores(pending: u32, n: u32, s: &mut WsScores) {
+    match (pending, n) {
+        (1, 192) => wgmma::wgmma_wait1_s96(s),
+        (_, 192) => wgmma::wgmma_wait0_s96(s),
+        _ => wait(pending, Waited::Scores(n, first16(s))),
+    }
+}
+
 /// FP8 e4m3 inputs (the FP8 forward): Q and K K-major, V transposed (Vᵀ, also K-major, as 8-bit
 /// `wgmma` operands must be), bf16 output.
 pub struct E4m3;
@@ -262,7 +289,7 @@ pub trait WsInput {
     ///
     /// # Safety
     /// As [`WgmmaElement::qk_issue`].
-    unsafe fn issue_scores(n: u32, head_dim: u32, s: &mut [[f32; 4]; 16], a: PanelDescriptors, b: PanelDescriptors);
+    unsafe fn issue_scores(n: u32, head_dim: u32, s: &mut WsScores, a: PanelDescriptors, b: PanelDescriptors);
     /// [`WgmmaElement::pv_issue`]: `o += P·V` over `block_n` keys; `v` describes V (16-bit: MN-major)
     /// or Vᵀ (e4m3: K-major, keys in [`crate::tiling::fp8_key_of_position`] order).
     ///
@@ -270,7 +297,7 @@ pub trait WsInput {
     /// As [`WgmmaElement::pv_issue`].
     unsafe fn issue_output(head_dim: u32, block_n: u32, o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], v: u64);
     /// The probabilities (score accumulators of `n_tiles8` 8-key tiles) as the A operand of P·V.
-    fn probabilities(s: &[[f32; 4]; 16], n_tiles8: usize) -> [[u32; 4]; 8];
+    fn probabilities<const N: usize>(s: &[[f32; 4]; N], n_tiles8: usize) -> [[u32; 4]; 8];
 }
 
 macro_rules! ws_input_16bit {
@@ -280,15 +307,9 @@ macro_rules! ws_input_16bit {
             const BYTES: u32 = 2;
             type Stored = u16;
             #[inline(always)]
-            unsafe fn issue_scores(
-                n: u32,
-                head_dim: u32,
-                s: &mut [[f32; 4]; 16],
-                a: PanelDescriptors,
-                b: PanelDescriptors,
-            ) {
+            unsafe fn issue_scores(n: u32, head_dim: u32, s: &mut WsScores, a: PanelDescriptors, b: PanelDescriptors) {
                 // SAFETY: forwarded from the caller.
-                unsafe { <$ty as WgmmaElement>::qk_issue(n, head_dim, s, a, b) }
+                unsafe { <$ty as WgmmaElement>::qk_issue(n, head_dim, first16(s), a, b) }
             }
             #[inline(always)]
             unsafe fn issue_output(head_dim: u32, block_n: u32, o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], v: u64) {
@@ -297,7 +318,7 @@ macro_rules! ws_input_16bit {
             }
             /// Pairs of 8-key tiles, two values to a register (the `mma.m16n8k16` A layout).
             #[inline(always)]
-            fn probabilities(s: &[[f32; 4]; 16], n_tiles8: usize) -> [[u32; 4]; 8] {
+            fn probabilities<const N: usize>(s: &[[f32; 4]; N], n_tiles8: usize) -> [[u32; 4]; 8] {
                 let mut a = [[0u32; 4]; 8];
                 #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
                 for kk in 0..n_tiles8 / 2 {
@@ -316,11 +337,12 @@ impl WsInput for E4m3 {
     const BYTES: u32 = 1;
     type Stored = u8;
     #[inline(always)]
-    unsafe fn issue_scores(n: u32, head_dim: u32, s: &mut [[f32; 4]; 16], a: PanelDescriptors, b: PanelDescriptors) {
+    unsafe fn issue_scores(n: u32, head_dim: u32, s: &mut WsScores, a: PanelDescriptors, b: PanelDescriptors) {
         // SAFETY: forwarded from the caller.
         unsafe {
             match (n, head_dim) {
                 (128, 128) => wgmma::wgmma_qk_issue_n128_p1_e4m3(s, [a[0]], [b[0]]),
+                (192, 128) => wgmma::wgmma_qk_issue_n192_p1_e4m3(s, [a[0]], [b[0]]),
                 (128, 256) => wgmma::wgmma_qk_issue_n128_p2_e4m3(s, [a[0], a[1]], [b[0], b[1]]),
                 (64, 256) => wgmma::wgmma_qk_issue_n64_p2_e4m3(s, [a[0], a[1]], [b[0], b[1]]),
                 _ => core::arch::nvptx::trap(),
@@ -335,6 +357,7 @@ impl WsInput for E4m3 {
                 (128, 128) => wgmma::wgmma_pv_issue_n128_k4_e4m3(o, p, v),
                 (256, 128) => wgmma::wgmma_pv_issue_n256_k4_e4m3(o, p, v),
                 (256, 64) => wgmma::wgmma_pv_issue_n256_k2_e4m3(o, p, v),
+                (128, 192) => wgmma::wgmma_pv_issue_n128_k6_e4m3(o, p, v),
                 _ => core::arch::nvptx::trap(),
             }
         }
@@ -343,7 +366,7 @@ impl WsInput for E4m3 {
     /// 4c + 1, its row-`lane / 4 + 8` ones, then the same of tiles 4c + 2 and 4c + 3, four bytes
     /// to a register in accumulator order (which is why Vᵀ's keys are permuted).
     #[inline(always)]
-    fn probabilities(s: &[[f32; 4]; 16], n_tiles8: usize) -> [[u32; 4]; 8] {
+    fn probabilities<const N: usize>(s: &[[f32; 4]; N], n_tiles8: usize) -> [[u32; 4]; 8] {
         let mut a = [[0u32; 4]; 8];
         #[allow(clippy::needless_range_loop)] // index loops are what unroll fully
         for c in 0..n_tiles8 / 4 {

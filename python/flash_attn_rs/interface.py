@@ -482,7 +482,7 @@ def flash_attn_func(
 
 
 _FP8 = "torch.float8_e4m3fn"
-_FP8_HEAD_DIMS = (128,)
+_FP8_HEAD_DIMS = (128, 256)
 
 
 def _fp8_forward(q, k, v, softmax_scale, causal, window_size, descales, return_attn_probs, dropout_p, softcap,

@@ -1158,10 +1158,11 @@ def test_fp8_forward(capsys):
         pytest.skip("the FP8 forward needs Hopper and torch.float8_e4m3fn")
     g = generator(31)
     worst = 0.0
-    for case, (b, sq, sk, h, hk, causal, per_head) in enumerate(
-        [(2, 200, 300, 8, 2, False, True), (1, 257, 257, 4, 4, True, False), (2, 64, 700, 4, 1, False, False)]
+    for case, (b, sq, sk, h, hk, causal, per_head, d) in enumerate(
+        [(2, 200, 300, 8, 2, False, True, 128), (1, 257, 257, 4, 4, True, False, 128),
+         (2, 64, 700, 4, 1, False, False, 128), (1, 200, 300, 4, 2, False, True, 256),
+         (2, 130, 130, 2, 2, True, False, 256)]
     ):
-        d = 128
         x = [torch.randn(s, generator=g, device=DEVICE, dtype=torch.float32)
              for s in ((b, sq, h, d), (b, sk, hk, d), (b, sk, hk, d))]
         if per_head:
@@ -1193,4 +1194,5 @@ def test_fp8_forward(capsys):
         tol = 2 * naive_err + 2.0 ** -8 * want.abs().max().item() + 2.0 ** -11 * magnitude * ve.abs().max().item()
         assert err <= tol, f"fp8 case {case}: error {err:.3e} > tolerance {tol:.3e} (naive {naive_err:.3e})"
         worst = max(worst, err / tol)
-    report(capsys, f"fp8: 3 cases (per-head and expanded per-tensor descales, GQA, causal) passed; worst error/tolerance {worst:.2f}")
+    report(capsys, f"fp8: 5 cases (head_dim 128 and 256, per-head and expanded per-tensor descales, GQA, causal) "
+                   f"passed; worst error/tolerance {worst:.2f}")

@@ -46,6 +46,22 @@ pub fn wgmma_wait0_s64(s: &mut [[f32; 4]; 16]) {
 }
 
 /// `wgmma.wait_group 0`: at most 0 GEMM group(s) of this warpgroup still in flight. Names
+/// the first 96 accumulators of `s`, which the waited-for GEMMs write, so
+/// that no use of them moves above the wait.
+#[inline(always)]
+pub fn wgmma_wait0_s96(s: &mut [[f32; 4]; 24]) {
+    // SAFETY: a wait; registers are the only operands.
+    unsafe {
+        asm!(
+            "wgmma.wait_group.sync.aligned 0;",
+            "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31} {32} {33} {34} {35} {36} {37} {38} {39} {40} {41} {42} {43} {44} {45} {46} {47} {48} {49} {50} {51} {52} {53} {54} {55} {56} {57} {58} {59} {60} {61} {62} {63} {64} {65} {66} {67} {68} {69} {70} {71} {72} {73} {74} {75} {76} {77} {78} {79} {80} {81} {82} {83} {84} {85} {86} {87} {88} {89} {90} {91} {92} {93} {94} {95}",
+            inout(reg32) s[0][0], inout(reg32) s[0][1], inout(reg32) s[0][2], inout(reg32) s[0][3], inout(reg32) s[1][0], inout(reg32) s[1][1], inout(reg32) s[1][2], inout(reg32) s[1][3], inout(reg32) s[2][0], inout(reg32) s[2][1], inout(reg32) s[2][2], inout(reg32) s[2][3], inout(reg32) s[3][0], inout(reg32) s[3][1], inout(reg32) s[3][2], inout(reg32) s[3][3], inout(reg32) s[4][0], inout(reg32) s[4][1], inout(reg32) s[4][2], inout(reg32) s[4][3], inout(reg32) s[5][0], inout(reg32) s[5][1], inout(reg32) s[5][2], inout(reg32) s[5][3], inout(reg32) s[6][0], inout(reg32) s[6][1], inout(reg32) s[6][2], inout(reg32) s[6][3], inout(reg32) s[7][0], inout(reg32) s[7][1], inout(reg32) s[7][2], inout(reg32) s[7][3], inout(reg32) s[8][0], inout(reg32) s[8][1], inout(reg32) s[8][2], inout(reg32) s[8][3], inout(reg32) s[9][0], inout(reg32) s[9][1], inout(reg32) s[9][2], inout(reg32) s[9][3], inout(reg32) s[10][0], inout(reg32) s[10][1], inout(reg32) s[10][2], inout(reg32) s[10][3], inout(reg32) s[11][0], inout(reg32) s[11][1], inout(reg32) s[11][2], inout(reg32) s[11][3], inout(reg32) s[12][0], inout(reg32) s[12][1], inout(reg32) s[12][2], inout(reg32) s[12][3], inout(reg32) s[13][0], inout(reg32) s[13][1], inout(reg32) s[13][2], inout(reg32) s[13][3], inout(reg32) s[14][0], inout(reg32) s[14][1], inout(reg32) s[14][2], inout(reg32) s[14][3], inout(reg32) s[15][0], inout(reg32) s[15][1], inout(reg32) s[15][2], inout(reg32) s[15][3], inout(reg32) s[16][0], inout(reg32) s[16][1], inout(reg32) s[16][2], inout(reg32) s[16][3], inout(reg32) s[17][0], inout(reg32) s[17][1], inout(reg32) s[17][2], inout(reg32) s[17][3], inout(reg32) s[18][0], inout(reg32) s[18][1], inout(reg32) s[18][2], inout(reg32) s[18][3], inout(reg32) s[19][0], inout(reg32) s[19][1], inout(reg32) s[19][2], inout(reg32) s[19][3], inout(reg32) s[20][0], inout(reg32) s[20][1], inout(reg32) s[20][2], inout(reg32) s[20][3], inout(reg32) s[21][0], inout(reg32) s[21][1], inout(reg32) s[21][2], inout(reg32) s[21][3], inout(reg32) s[22][0], inout(reg32) s[22][1], inout(reg32) s[22][2], inout(reg32) s[22][3], inout(reg32) s[23][0], inout(reg32) s[23][1], inout(reg32) s[23][2], inout(reg32) s[23][3],
+            options(nostack),
+        )
+    }
+}
+
+/// `wgmma.wait_group 0`: at most 0 GEMM group(s) of this warpgroup still in flight. Names
 /// the first 32 accumulators of `o`, which the waited-for GEMMs write, so
 /// that no use of them moves above the wait.
 #[inline(always)]
@@ -136,6 +152,22 @@ pub fn wgmma_wait1_s64(s: &mut [[f32; 4]; 16]) {
             "wgmma.wait_group.sync.aligned 1;",
             "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31} {32} {33} {34} {35} {36} {37} {38} {39} {40} {41} {42} {43} {44} {45} {46} {47} {48} {49} {50} {51} {52} {53} {54} {55} {56} {57} {58} {59} {60} {61} {62} {63}",
             inout(reg32) s[0][0], inout(reg32) s[0][1], inout(reg32) s[0][2], inout(reg32) s[0][3], inout(reg32) s[1][0], inout(reg32) s[1][1], inout(reg32) s[1][2], inout(reg32) s[1][3], inout(reg32) s[2][0], inout(reg32) s[2][1], inout(reg32) s[2][2], inout(reg32) s[2][3], inout(reg32) s[3][0], inout(reg32) s[3][1], inout(reg32) s[3][2], inout(reg32) s[3][3], inout(reg32) s[4][0], inout(reg32) s[4][1], inout(reg32) s[4][2], inout(reg32) s[4][3], inout(reg32) s[5][0], inout(reg32) s[5][1], inout(reg32) s[5][2], inout(reg32) s[5][3], inout(reg32) s[6][0], inout(reg32) s[6][1], inout(reg32) s[6][2], inout(reg32) s[6][3], inout(reg32) s[7][0], inout(reg32) s[7][1], inout(reg32) s[7][2], inout(reg32) s[7][3], inout(reg32) s[8][0], inout(reg32) s[8][1], inout(reg32) s[8][2], inout(reg32) s[8][3], inout(reg32) s[9][0], inout(reg32) s[9][1], inout(reg32) s[9][2], inout(reg32) s[9][3], inout(reg32) s[10][0], inout(reg32) s[10][1], inout(reg32) s[10][2], inout(reg32) s[10][3], inout(reg32) s[11][0], inout(reg32) s[11][1], inout(reg32) s[11][2], inout(reg32) s[11][3], inout(reg32) s[12][0], inout(reg32) s[12][1], inout(reg32) s[12][2], inout(reg32) s[12][3], inout(reg32) s[13][0], inout(reg32) s[13][1], inout(reg32) s[13][2], inout(reg32) s[13][3], inout(reg32) s[14][0], inout(reg32) s[14][1], inout(reg32) s[14][2], inout(reg32) s[14][3], inout(reg32) s[15][0], inout(reg32) s[15][1], inout(reg32) s[15][2], inout(reg32) s[15][3],
+            options(nostack),
+        )
+    }
+}
+
+/// `wgmma.wait_group 1`: at most 1 GEMM group(s) of this warpgroup still in flight. Names
+/// the first 96 accumulators of `s`, which the waited-for GEMMs write, so
+/// that no use of them moves above the wait.
+#[inline(always)]
+pub fn wgmma_wait1_s96(s: &mut [[f32; 4]; 24]) {
+    // SAFETY: a wait; registers are the only operands.
+    unsafe {
+        asm!(
+            "wgmma.wait_group.sync.aligned 1;",
+            "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31} {32} {33} {34} {35} {36} {37} {38} {39} {40} {41} {42} {43} {44} {45} {46} {47} {48} {49} {50} {51} {52} {53} {54} {55} {56} {57} {58} {59} {60} {61} {62} {63} {64} {65} {66} {67} {68} {69} {70} {71} {72} {73} {74} {75} {76} {77} {78} {79} {80} {81} {82} {83} {84} {85} {86} {87} {88} {89} {90} {91} {92} {93} {94} {95}",
+            inout(reg32) s[0][0], inout(reg32) s[0][1], inout(reg32) s[0][2], inout(reg32) s[0][3], inout(reg32) s[1][0], inout(reg32) s[1][1], inout(reg32) s[1][2], inout(reg32) s[1][3], inout(reg32) s[2][0], inout(reg32) s[2][1], inout(reg32) s[2][2], inout(reg32) s[2][3], inout(reg32) s[3][0], inout(reg32) s[3][1], inout(reg32) s[3][2], inout(reg32) s[3][3], inout(reg32) s[4][0], inout(reg32) s[4][1], inout(reg32) s[4][2], inout(reg32) s[4][3], inout(reg32) s[5][0], inout(reg32) s[5][1], inout(reg32) s[5][2], inout(reg32) s[5][3], inout(reg32) s[6][0], inout(reg32) s[6][1], inout(reg32) s[6][2], inout(reg32) s[6][3], inout(reg32) s[7][0], inout(reg32) s[7][1], inout(reg32) s[7][2], inout(reg32) s[7][3], inout(reg32) s[8][0], inout(reg32) s[8][1], inout(reg32) s[8][2], inout(reg32) s[8][3], inout(reg32) s[9][0], inout(reg32) s[9][1], inout(reg32) s[9][2], inout(reg32) s[9][3], inout(reg32) s[10][0], inout(reg32) s[10][1], inout(reg32) s[10][2], inout(reg32) s[10][3], inout(reg32) s[11][0], inout(reg32) s[11][1], inout(reg32) s[11][2], inout(reg32) s[11][3], inout(reg32) s[12][0], inout(reg32) s[12][1], inout(reg32) s[12][2], inout(reg32) s[12][3], inout(reg32) s[13][0], inout(reg32) s[13][1], inout(reg32) s[13][2], inout(reg32) s[13][3], inout(reg32) s[14][0], inout(reg32) s[14][1], inout(reg32) s[14][2], inout(reg32) s[14][3], inout(reg32) s[15][0], inout(reg32) s[15][1], inout(reg32) s[15][2], inout(reg32) s[15][3], inout(reg32) s[16][0], inout(reg32) s[16][1], inout(reg32) s[16][2], inout(reg32) s[16][3], inout(reg32) s[17][0], inout(reg32) s[17][1], inout(reg32) s[17][2], inout(reg32) s[17][3], inout(reg32) s[18][0], inout(reg32) s[18][1], inout(reg32) s[18][2], inout(reg32) s[18][3], inout(reg32) s[19][0], inout(reg32) s[19][1], inout(reg32) s[19][2], inout(reg32) s[19][3], inout(reg32) s[20][0], inout(reg32) s[20][1], inout(reg32) s[20][2], inout(reg32) s[20][3], inout(reg32) s[21][0], inout(reg32) s[21][1], inout(reg32) s[21][2], inout(reg32) s[21][3], inout(reg32) s[22][0], inout(reg32) s[22][1], inout(reg32) s[22][2], inout(reg32) s[22][3], inout(reg32) s[23][0], inout(reg32) s[23][1], inout(reg32) s[23][2], inout(reg32) s[23][3],
             options(nostack),
         )
     }
@@ -3132,7 +3164,7 @@ pub unsafe fn wgmma_dq_issue_n128_k4_f16(acc: &mut [[f32; 4]; 16], desc_ds: u64,
 /// # Safety
 /// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `s` before a wait that names it.
 #[inline(always)]
-pub unsafe fn wgmma_qk_issue_n128_p1_e4m3(s: &mut [[f32; 4]; 16], desc_q: [u64; 1], desc_k: [u64; 1]) {
+pub unsafe fn wgmma_qk_issue_n128_p1_e4m3(s: &mut [[f32; 4]; 24], desc_q: [u64; 1], desc_k: [u64; 1]) {
     // SAFETY: guaranteed by the caller; registers are the only other operands.
     unsafe {
         asm!(
@@ -3170,7 +3202,7 @@ pub unsafe fn wgmma_qk_issue_n128_p1_e4m3(s: &mut [[f32; 4]; 16], desc_q: [u64; 
 /// # Safety
 /// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `s` before a wait that names it.
 #[inline(always)]
-pub unsafe fn wgmma_qk_issue_n128_p2_e4m3(s: &mut [[f32; 4]; 16], desc_q: [u64; 2], desc_k: [u64; 2]) {
+pub unsafe fn wgmma_qk_issue_n128_p2_e4m3(s: &mut [[f32; 4]; 24], desc_q: [u64; 2], desc_k: [u64; 2]) {
     // SAFETY: guaranteed by the caller; registers are the only other operands.
     unsafe {
         asm!(
@@ -3220,7 +3252,7 @@ pub unsafe fn wgmma_qk_issue_n128_p2_e4m3(s: &mut [[f32; 4]; 16], desc_q: [u64; 
 /// # Safety
 /// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `s` before a wait that names it.
 #[inline(always)]
-pub unsafe fn wgmma_qk_issue_n64_p2_e4m3(s: &mut [[f32; 4]; 16], desc_q: [u64; 2], desc_k: [u64; 2]) {
+pub unsafe fn wgmma_qk_issue_n64_p2_e4m3(s: &mut [[f32; 4]; 24], desc_q: [u64; 2], desc_k: [u64; 2]) {
     // SAFETY: guaranteed by the caller; registers are the only other operands.
     unsafe {
         asm!(
@@ -3263,9 +3295,47 @@ pub unsafe fn wgmma_qk_issue_n64_p2_e4m3(s: &mut [[f32; 4]; 16], desc_q: [u64; 2
     }
 }
 
+/// `S = Q·Kᵀ` for one warpgroup, issued (no wait): 64 query rows × 192 keys, head_dim 128
+/// (1 panel(s) of 128 e4m3 columns), f32 out (tiles `0..24` of `s`). Descriptors as
+/// in [`wgmma_qk_n64_p1_bf16`] (K-major both, one per 128-byte panel).
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `s` before a wait that names it.
+#[inline(always)]
+pub unsafe fn wgmma_qk_issue_n192_p1_e4m3(s: &mut [[f32; 4]; 24], desc_q: [u64; 1], desc_k: [u64; 1]) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 qa, kb;",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {zero}, 0;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 qa, {q0}, 0;",
+            "add.s64 kb, {k0}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n192k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}, {68}, {69}, {70}, {71}, {72}, {73}, {74}, {75}, {76}, {77}, {78}, {79}, {80}, {81}, {82}, {83}, {84}, {85}, {86}, {87}, {88}, {89}, {90}, {91}, {92}, {93}, {94}, {95}}}, qa, kb, p, 1, 1;",
+            "add.s64 qa, {q0}, 2;",
+            "add.s64 kb, {k0}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n192k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}, {68}, {69}, {70}, {71}, {72}, {73}, {74}, {75}, {76}, {77}, {78}, {79}, {80}, {81}, {82}, {83}, {84}, {85}, {86}, {87}, {88}, {89}, {90}, {91}, {92}, {93}, {94}, {95}}}, qa, kb, 1, 1, 1;",
+            "add.s64 qa, {q0}, 4;",
+            "add.s64 kb, {k0}, 4;",
+            "wgmma.mma_async.sync.aligned.m64n192k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}, {68}, {69}, {70}, {71}, {72}, {73}, {74}, {75}, {76}, {77}, {78}, {79}, {80}, {81}, {82}, {83}, {84}, {85}, {86}, {87}, {88}, {89}, {90}, {91}, {92}, {93}, {94}, {95}}}, qa, kb, 1, 1, 1;",
+            "add.s64 qa, {q0}, 6;",
+            "add.s64 kb, {k0}, 6;",
+            "wgmma.mma_async.sync.aligned.m64n192k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}, {68}, {69}, {70}, {71}, {72}, {73}, {74}, {75}, {76}, {77}, {78}, {79}, {80}, {81}, {82}, {83}, {84}, {85}, {86}, {87}, {88}, {89}, {90}, {91}, {92}, {93}, {94}, {95}}}, qa, kb, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            out(reg32) s[0][0], out(reg32) s[0][1], out(reg32) s[0][2], out(reg32) s[0][3], out(reg32) s[1][0], out(reg32) s[1][1], out(reg32) s[1][2], out(reg32) s[1][3], out(reg32) s[2][0], out(reg32) s[2][1], out(reg32) s[2][2], out(reg32) s[2][3], out(reg32) s[3][0], out(reg32) s[3][1], out(reg32) s[3][2], out(reg32) s[3][3], out(reg32) s[4][0], out(reg32) s[4][1], out(reg32) s[4][2], out(reg32) s[4][3], out(reg32) s[5][0], out(reg32) s[5][1], out(reg32) s[5][2], out(reg32) s[5][3], out(reg32) s[6][0], out(reg32) s[6][1], out(reg32) s[6][2], out(reg32) s[6][3], out(reg32) s[7][0], out(reg32) s[7][1], out(reg32) s[7][2], out(reg32) s[7][3], out(reg32) s[8][0], out(reg32) s[8][1], out(reg32) s[8][2], out(reg32) s[8][3], out(reg32) s[9][0], out(reg32) s[9][1], out(reg32) s[9][2], out(reg32) s[9][3], out(reg32) s[10][0], out(reg32) s[10][1], out(reg32) s[10][2], out(reg32) s[10][3], out(reg32) s[11][0], out(reg32) s[11][1], out(reg32) s[11][2], out(reg32) s[11][3], out(reg32) s[12][0], out(reg32) s[12][1], out(reg32) s[12][2], out(reg32) s[12][3], out(reg32) s[13][0], out(reg32) s[13][1], out(reg32) s[13][2], out(reg32) s[13][3], out(reg32) s[14][0], out(reg32) s[14][1], out(reg32) s[14][2], out(reg32) s[14][3], out(reg32) s[15][0], out(reg32) s[15][1], out(reg32) s[15][2], out(reg32) s[15][3], out(reg32) s[16][0], out(reg32) s[16][1], out(reg32) s[16][2], out(reg32) s[16][3], out(reg32) s[17][0], out(reg32) s[17][1], out(reg32) s[17][2], out(reg32) s[17][3], out(reg32) s[18][0], out(reg32) s[18][1], out(reg32) s[18][2], out(reg32) s[18][3], out(reg32) s[19][0], out(reg32) s[19][1], out(reg32) s[19][2], out(reg32) s[19][3], out(reg32) s[20][0], out(reg32) s[20][1], out(reg32) s[20][2], out(reg32) s[20][3], out(reg32) s[21][0], out(reg32) s[21][1], out(reg32) s[21][2], out(reg32) s[21][3], out(reg32) s[22][0], out(reg32) s[22][1], out(reg32) s[22][2], out(reg32) s[22][3], out(reg32) s[23][0], out(reg32) s[23][1], out(reg32) s[23][2], out(reg32) s[23][3],
+            q0 = in(reg64) desc_q[0], k0 = in(reg64) desc_k[0],
+            zero = in(reg32) 0u32,
+            options(nostack),
+        )
+    }
+}
+
 /// `O += P·V` for one warpgroup, issued (no wait): 64 rows × head_dim 128, over 128 keys, e4m3.
 /// P from registers (`p[k]`: keys `32k..32k+32` in the order `tiling::fp8_key_of_position` gives),
-/// Vᵀ from shared memory, K-major (keys along its 128-byte rows, in that same order; 128-byte swizzle).
+/// Vᵀ from shared memory, K-major (keys along its rows, in that same order; 128-byte rows, 128-byte swizzle).
 ///
 /// # Safety
 /// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `o` or `p` before a wait that names `o`.
@@ -3297,7 +3367,7 @@ pub unsafe fn wgmma_pv_issue_n128_k4_e4m3(o: &mut [[f32; 4]; 32], p: &[[u32; 4];
 
 /// `O += P·V` for one warpgroup, issued (no wait): 64 rows × head_dim 256, over 128 keys, e4m3.
 /// P from registers (`p[k]`: keys `32k..32k+32` in the order `tiling::fp8_key_of_position` gives),
-/// Vᵀ from shared memory, K-major (keys along its 128-byte rows, in that same order; 128-byte swizzle).
+/// Vᵀ from shared memory, K-major (keys along its rows, in that same order; 128-byte rows, 128-byte swizzle).
 ///
 /// # Safety
 /// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `o` or `p` before a wait that names `o`.
@@ -3329,7 +3399,7 @@ pub unsafe fn wgmma_pv_issue_n256_k4_e4m3(o: &mut [[f32; 4]; 32], p: &[[u32; 4];
 
 /// `O += P·V` for one warpgroup, issued (no wait): 64 rows × head_dim 256, over 64 keys, e4m3.
 /// P from registers (`p[k]`: keys `32k..32k+32` in the order `tiling::fp8_key_of_position` gives),
-/// Vᵀ from shared memory, K-major (keys along its 64-byte rows, in that same order; 64-byte swizzle).
+/// Vᵀ from shared memory, K-major (keys along its rows, in that same order; 64-byte rows, 64-byte swizzle).
 ///
 /// # Safety
 /// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `o` or `p` before a wait that names `o`.
@@ -3349,6 +3419,42 @@ pub unsafe fn wgmma_pv_issue_n256_k2_e4m3(o: &mut [[f32; 4]; 32], p: &[[u32; 4];
             "}}",
             inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3], inout(reg32) o[16][0], inout(reg32) o[16][1], inout(reg32) o[16][2], inout(reg32) o[16][3], inout(reg32) o[17][0], inout(reg32) o[17][1], inout(reg32) o[17][2], inout(reg32) o[17][3], inout(reg32) o[18][0], inout(reg32) o[18][1], inout(reg32) o[18][2], inout(reg32) o[18][3], inout(reg32) o[19][0], inout(reg32) o[19][1], inout(reg32) o[19][2], inout(reg32) o[19][3], inout(reg32) o[20][0], inout(reg32) o[20][1], inout(reg32) o[20][2], inout(reg32) o[20][3], inout(reg32) o[21][0], inout(reg32) o[21][1], inout(reg32) o[21][2], inout(reg32) o[21][3], inout(reg32) o[22][0], inout(reg32) o[22][1], inout(reg32) o[22][2], inout(reg32) o[22][3], inout(reg32) o[23][0], inout(reg32) o[23][1], inout(reg32) o[23][2], inout(reg32) o[23][3], inout(reg32) o[24][0], inout(reg32) o[24][1], inout(reg32) o[24][2], inout(reg32) o[24][3], inout(reg32) o[25][0], inout(reg32) o[25][1], inout(reg32) o[25][2], inout(reg32) o[25][3], inout(reg32) o[26][0], inout(reg32) o[26][1], inout(reg32) o[26][2], inout(reg32) o[26][3], inout(reg32) o[27][0], inout(reg32) o[27][1], inout(reg32) o[27][2], inout(reg32) o[27][3], inout(reg32) o[28][0], inout(reg32) o[28][1], inout(reg32) o[28][2], inout(reg32) o[28][3], inout(reg32) o[29][0], inout(reg32) o[29][1], inout(reg32) o[29][2], inout(reg32) o[29][3], inout(reg32) o[30][0], inout(reg32) o[30][1], inout(reg32) o[30][2], inout(reg32) o[30][3], inout(reg32) o[31][0], inout(reg32) o[31][1], inout(reg32) o[31][2], inout(reg32) o[31][3],
             in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3],
+            v = in(reg64) desc_v,
+            options(nostack),
+        )
+    }
+}
+
+/// `O += P·V` for one warpgroup, issued (no wait): 64 rows × head_dim 128, over 192 keys, e4m3.
+/// P from registers (`p[k]`: keys `32k..32k+32` in the order `tiling::fp8_key_of_position` gives),
+/// Vᵀ from shared memory, K-major (keys along its rows, in that same order; 3 panels of 64-byte rows, 64-byte swizzle, panel `p` 8192 bytes after panel 0).
+///
+/// # Safety
+/// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `o` or `p` before a wait that names `o`.
+#[inline(always)]
+pub unsafe fn wgmma_pv_issue_n128_k6_e4m3(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], desc_v: u64) {
+    // SAFETY: guaranteed by the caller; registers are the only other operands.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .b64 vb;",
+            "wgmma.fence.sync.aligned;",
+            "add.s64 vb, {v}, 0;",
+            "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{64}, {65}, {66}, {67}}}, vb, 1, 1, 1;",
+            "add.s64 vb, {v}, 2;",
+            "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{68}, {69}, {70}, {71}}}, vb, 1, 1, 1;",
+            "add.s64 vb, {v}, 512;",
+            "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{72}, {73}, {74}, {75}}}, vb, 1, 1, 1;",
+            "add.s64 vb, {v}, 514;",
+            "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{76}, {77}, {78}, {79}}}, vb, 1, 1, 1;",
+            "add.s64 vb, {v}, 1024;",
+            "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{80}, {81}, {82}, {83}}}, vb, 1, 1, 1;",
+            "add.s64 vb, {v}, 1026;",
+            "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{84}, {85}, {86}, {87}}}, vb, 1, 1, 1;",
+            "wgmma.commit_group.sync.aligned;",
+            "}}",
+            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3],
+            in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3], in(reg32) p[2][0], in(reg32) p[2][1], in(reg32) p[2][2], in(reg32) p[2][3], in(reg32) p[3][0], in(reg32) p[3][1], in(reg32) p[3][2], in(reg32) p[3][3], in(reg32) p[4][0], in(reg32) p[4][1], in(reg32) p[4][2], in(reg32) p[4][3], in(reg32) p[5][0], in(reg32) p[5][1], in(reg32) p[5][2], in(reg32) p[5][3],
             v = in(reg64) desc_v,
             options(nostack),
         )
