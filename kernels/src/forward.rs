@@ -121,7 +121,11 @@ pub(crate) fn online_softmax_split<const M: usize, const NS: usize>(
     poly_tiles: usize,
     poly_ok: bool,
 ) -> Option<[[f32; 2]; M]> {
-    let mut tile_max = [[f32::NEG_INFINITY; 2]; M];
+    // This lane's maxima of the tile (scaled): whether a row grew is decided on them, before the
+    // quad's shuffles, since some lane's scaled maximum is above the threshold exactly when the
+    // quad's is (the scale is positive and rounding monotonic). Only a growing tile pays for the
+    // two shuffle round trips (v34: they were on every tile's critical path).
+    let mut lane_max = [[f32::NEG_INFINITY; 2]; M];
     let mut grew = false;
     for m in 0..m_tiles {
         for half in 0..2 {
@@ -131,9 +135,8 @@ pub(crate) fn online_softmax_split<const M: usize, const NS: usize>(
             for t in 0..n_tiles {
                 x[t % 4] = x[t % 4].max(s[m][t][2 * half]).max(s[m][t][2 * half + 1]);
             }
-            let x = x[0].max(x[1]).max(x[2].max(x[3]));
-            tile_max[m][half] = quad_max(x) * scale_log2;
-            grew |= tile_max[m][half] > state[m].max[half] + RESCALE_THRESHOLD;
+            lane_max[m][half] = x[0].max(x[1]).max(x[2].max(x[3])) * scale_log2;
+            grew |= lane_max[m][half] > state[m].max[half] + RESCALE_THRESHOLD;
         }
     }
     let mut correction = None;
@@ -142,7 +145,7 @@ pub(crate) fn online_softmax_split<const M: usize, const NS: usize>(
         for m in 0..m_tiles {
             for half in 0..2 {
                 let old = state[m].max[half];
-                state[m].max[half] = old.max(tile_max[m][half]);
+                state[m].max[half] = old.max(quad_max(lane_max[m][half]));
                 factors[m][half] = ptx::exp2(old - state[m].shift(half));
                 state[m].sum[half] *= factors[m][half];
             }
