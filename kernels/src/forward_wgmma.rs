@@ -609,7 +609,7 @@ unsafe fn flash_fwd_wgmma_ws_walk<
         }
     };
     let vt64_tile = |stage: u32, panel: u32| Sw64Tile {
-        base: smem + T::V_OFFSET + stage * T::V_TILE_BYTES + panel * T::HEAD_DIM * 64,
+        base: smem + T::V_OFFSET + stage * T::V_TILE_BYTES + panel * T::PV_COLUMNS * 64,
         rows: T::HEAD_DIM,
     };
     let bars = Stages { base: smem + T::MBARRIER_OFFSET, stages: T::STAGES };
@@ -633,18 +633,22 @@ unsafe fn flash_fwd_wgmma_ws_walk<
         }
     }
     if T::ROW_SUM_GEMM {
-        // The row-sum rows of every Vᵀ stage, after its head_dim rows of 128 bytes: row head_dim all
-        // ones (e4m3 1.0 is 0x38), the other seven zeros (whole rows, so the swizzle does not
-        // matter). Four bytes at a time; the producer never writes them.
-        let words_per_stage = ROW_SUM_ROWS * 128 / 4;
+        // The row-sum rows of every Vᵀ panel (one 128-byte-swizzled panel, or 64-byte ones), after
+        // its head_dim rows: row head_dim all ones (e4m3 1.0 is 0x38), the other seven zeros
+        // (whole rows, so the swizzle does not matter). Four bytes at a time; the producer never
+        // writes them.
+        let row_bytes = if vt_sw64 { 64 } else { 128 };
+        let panels = T::BLOCK_N / row_bytes;
+        let words_per_panel = ROW_SUM_ROWS * row_bytes / 4;
         let mut i = tid;
-        while i < T::STAGES * words_per_stage {
-            let (stage, w) = (i / words_per_stage, i % words_per_stage);
-            let word = if w < 128 / 4 { 0x3838_3838 } else { 0 };
-            let at = smem + T::V_OFFSET + stage * T::V_TILE_BYTES + T::HEAD_DIM * 128 + 4 * w;
+        while i < T::STAGES * panels * words_per_panel {
+            let (panel, w) = (i / words_per_panel, i % words_per_panel);
+            let (stage, panel) = (panel / panels, panel % panels);
+            let word = if w < row_bytes / 4 { 0x3838_3838 } else { 0 };
+            let panel_base = T::V_OFFSET + stage * T::V_TILE_BYTES + panel * T::PV_COLUMNS * row_bytes;
             // SAFETY: 4 bytes of this block's shared memory, inside the stage (traits), read only
             // by the GEMMs after the barrier below.
-            unsafe { ptx::st_shared_u32(at, word) };
+            unsafe { ptx::st_shared_u32(smem + panel_base + T::HEAD_DIM * row_bytes + 4 * w, word) };
             i += T::THREADS;
         }
         // For the tensor cores (the async proxy), which read them.

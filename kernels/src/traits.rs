@@ -358,6 +358,8 @@ pub type FwdWgmmaWsFp8N192Hdim128 = FwdWgmmaWsFp8<128, 3, false, 0, 192>;
 /// Candidate (v35, opt-in): the row sums by the P·V GEMM (`ROW_SUM_GEMM`): 64 fewer FADDs a tile
 /// and thread (of ~450), 6% more P·V tensor work. Vᵀ stages of 17 KiB (116 KiB in all).
 pub type FwdWgmmaWsFp8RowSumHdim128 = FwdWgmmaWsFp8<128, 3, false, 0, 0, true>;
+/// Candidate (v35, opt-in): both, on 192-key tiles (Vᵀ panels of 136 rows of 64 bytes).
+pub type FwdWgmmaWsFp8N192RowSumHdim128 = FwdWgmmaWsFp8<128, 3, false, 0, 192, true>;
 /// Candidates (v26, opt-in): a quarter or half of the exponentials on the FMA pipe.
 pub type FwdWgmmaWsFp8Poly1Hdim128 = FwdWgmmaWsFp8<128, 3, false, 1>;
 pub type FwdWgmmaWsFp8Poly2Hdim128 = FwdWgmmaWsFp8<128, 3, false, 2>;
@@ -727,10 +729,12 @@ mod tests {
         assert_eq!(T::KV_TILE_BYTES % 1024, 0);
         // FP8: the bf16 O staged over the K and V stages fits them; 8-bit GEMMs on 128- or 192-key
         // tiles (64-key ones at head_dim 256).
-        // The row-sum column: FP8 on 128-key tiles (a Vᵀ stage of whole 1024-byte row groups), non
-        // persistent (the constant rows are written once; nothing else writes the V stages).
-        assert!(!T::ROW_SUM_GEMM || T::ELEMENT_BYTES == 1 && T::BLOCK_N == 128 && T::HEAD_DIM == 128);
-        assert_eq!(T::V_TILE_BYTES % 1024, 0);
+        // The row-sum column: FP8 head_dim 128 (N = 136 fits one GEMM), non persistent (the constant
+        // rows are written once; nothing else writes the V stages).
+        assert!(!T::ROW_SUM_GEMM || T::ELEMENT_BYTES == 1 && T::HEAD_DIM == 128 && T::BLOCK_N != 64);
+        // (A stage of 64-byte-swizzled Vᵀ panels needs only their 512-byte period.)
+        let sw64 = T::ELEMENT_BYTES == 1 && T::BLOCK_N != 128;
+        assert_eq!(T::V_TILE_BYTES % if sw64 { 512 } else { 1024 }, 0);
         if T::ELEMENT_BYTES == 1 {
             assert!(T::BLOCK_M * T::HEAD_DIM * 2 <= 2 * T::STAGES * T::KV_TILE_BYTES);
             assert!(matches!((T::HEAD_DIM, T::BLOCK_N), (128, 128) | (128, 192) | (256, 64)) && T::PRODUCER);
@@ -840,6 +844,7 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaWsFp8Stages4Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8N192Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8RowSumHdim128>();
+        check_fwd_wgmma::<FwdWgmmaWsFp8N192RowSumHdim128>();
         assert_eq!(FwdWgmmaWsFp8RowSumHdim128::PV_COLUMNS, 136);
         assert_eq!(FwdWgmmaWsFp8RowSumHdim128::V_TILE_BYTES, 17 * 1024);
         check_fwd_wgmma::<FwdWgmmaWsFp8Poly1Hdim128>();

@@ -362,6 +362,7 @@ impl WsInput for E4m3 {
                 (128, 192) => wgmma::wgmma_pv_issue_n128_k6_e4m3(o, p, v),
                 // head_dim 128 and the row-sum column (`FwdWgmmaTraits::ROW_SUM_GEMM`).
                 (136, 128) => wgmma::wgmma_pv_issue_n136_k4_e4m3(o, p, v),
+                (136, 192) => wgmma::wgmma_pv_issue_n136_k6_e4m3(o, p, v),
                 _ => core::arch::nvptx::trap(),
             }
         }
