@@ -13,11 +13,10 @@ DQ = [(32, 8), (64, 8), (64, 4), (128, 4)]           # (dQ columns per warpgroup
 # FP8 (e4m3), issue-only: (keys per tile, 128-byte panels of head_dim) and (head_dim, 32-key steps).
 # Their score arrays have WS_TILES 8-key tiles (up to 192 keys: the warp-specialized forward's).
 FP8_QK = [(128, 1), (128, 2), (64, 2), (192, 1)]
-FP8_PV = [(128, 4), (256, 4), (256, 2), (128, 6), (136, 4), (136, 6)]  # 136: head_dim 128 and the row-sum column
+FP8_PV = [(128, 4), (256, 4), (256, 2), (128, 6)]
 WS_TILES = 24
 # A Vᵀ tile of 64 * k keys (k > 1, not 128) is k panels of 64-byte rows (64 keys), one after the
-# other: n rows of 64 bytes each (the GEMM's N: head_dim, plus the row-sum rows), so panel p starts
-# n * 64 * p bytes in.
+# other: head_dim rows of 64 bytes each, so panel p starts head_dim * 64 * p bytes in.
 
 def acc(count, first=0):
     return "{{" + ", ".join("{%d}" % (first + i) for i in range(count)) + "}}"
@@ -108,7 +107,7 @@ for group in (0, 1):
     for count in (32, 64):
         out.append(wait_fn(group, f"wgmma_wait{group}_s{count}", ["s"], count, 16))
     out.append(wait_fn(group, f"wgmma_wait{group}_s96", ["s"], 96, WS_TILES))
-    for count in (32, 64, 68, 96, 128):
+    for count in (32, 64, 96, 128):
         out.append(wait_fn(group, f"wgmma_wait{group}_o{count}", ["o"], count, 32))
 for count in (32, 64):
     out.append(wait_fn(0, f"wgmma_wait0_oo{count}", ["a", "b"], count, 32))

@@ -640,16 +640,6 @@ mod hopper {
         flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8N192Hdim128, false, false>
     );
     entry!(
-        flash_fwd_wgmma_ws_rs_fp8_hdim128,
-        FwdParams,
-        flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8RowSumHdim128, false, false>
-    );
-    entry!(
-        flash_fwd_wgmma_ws_n192rs_fp8_hdim128,
-        FwdParams,
-        flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8N192RowSumHdim128, false, false>
-    );
-    entry!(
         flash_fwd_wgmma_ws_px1_fp8_hdim128,
         FwdParams,
         flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Poly1Hdim128, false, false>

@@ -104,15 +104,14 @@ pub(crate) fn online_softmax_deferred<const M: usize, const NS: usize>(
     n_tiles: usize,
     scale_log2: f32,
 ) -> Option<[[f32; 2]; M]> {
-    online_softmax_split(state, s, m_tiles, n_tiles, scale_log2, 0, false, true)
+    online_softmax_split(state, s, m_tiles, n_tiles, scale_log2, 0, false)
 }
 
 /// [`online_softmax_deferred`] with `poly_tiles` of every four 8-key tiles (t % 4 ≥ 4 −
 /// poly_tiles) exponentiated on the FMA pipe ([`crate::modifiers::exp2_poly`]) when `poly_ok`
 /// (a tile with no masked score). `poly_tiles` is a constant of the kernel's traits; 0 compiles
-/// to `online_softmax_deferred` exactly. `sums`: as in `exponentiate`.
+/// to `online_softmax_deferred` exactly.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn online_softmax_split<const M: usize, const NS: usize>(
     state: &mut [OnlineSoftmax; M],
     s: &mut [[[f32; 4]; NS]; M],
@@ -121,7 +120,6 @@ pub(crate) fn online_softmax_split<const M: usize, const NS: usize>(
     scale_log2: f32,
     poly_tiles: usize,
     poly_ok: bool,
-    sums: bool,
 ) -> Option<[[f32; 2]; M]> {
     // This lane's maxima of the tile (scaled): whether a row grew is decided on them, before the
     // quad's shuffles, since some lane's scaled maximum is above the threshold exactly when the
@@ -157,15 +155,14 @@ pub(crate) fn online_softmax_split<const M: usize, const NS: usize>(
     // The polynomial split is decided once per tile, around two straight-line copies of the loop
     // (a warp-uniform branch): decided per element it compiled to a branch each (v26 SASS).
     if poly_tiles > 0 && poly_ok {
-        exponentiate(state, s, m_tiles, n_tiles, scale_log2, poly_tiles, sums);
+        exponentiate(state, s, m_tiles, n_tiles, scale_log2, poly_tiles);
     } else {
-        exponentiate(state, s, m_tiles, n_tiles, scale_log2, 0, sums);
+        exponentiate(state, s, m_tiles, n_tiles, scale_log2, 0);
     }
     correction
 }
 
-/// Scores to unnormalized probabilities in place, added to the running sums (unless `sums` is
-/// false: a kernel whose P·V GEMM sums the rows); tiles with
+/// Scores to unnormalized probabilities in place, added to the running sums; tiles with
 /// t % 4 ≥ 4 − `poly_tiles` through [`crate::modifiers::exp2_poly`], the rest through the MUFU.
 #[inline(always)]
 fn exponentiate<const M: usize, const NS: usize>(
@@ -175,7 +172,6 @@ fn exponentiate<const M: usize, const NS: usize>(
     n_tiles: usize,
     scale_log2: f32,
     poly_tiles: usize,
-    sums: bool,
 ) {
     for m in 0..m_tiles {
         for half in 0..2 {
@@ -192,9 +188,7 @@ fn exponentiate<const M: usize, const NS: usize>(
                     sum[t % 4] += p;
                 }
             }
-            if sums {
-                state[m].sum[half] += (sum[0] + sum[1]) + (sum[2] + sum[3]);
-            }
+            state[m].sum[half] += (sum[0] + sum[1]) + (sum[2] + sum[3]);
         }
     }
 }

@@ -32,7 +32,7 @@ use crate::tiling::{
     FP8_TRANSPOSE_KEYS, Mask, SW64_ROW_GROUP_BYTES, SW128_ROW_GROUP_BYTES, ceil_div, fp8_key_of_position, kv_head_of,
     persistent_tile, q_tile_of_block, ring_slot, split_tiles, wgmma_descriptor, wgmma_descriptor_sw64,
 };
-use crate::traits::{FwdWgmmaTraits, ROW_SUM_ROWS, padding_fits};
+use crate::traits::{FwdWgmmaTraits, padding_fits};
 use crate::warpgroup::{WS_SCORE_TILES8, Waited, WgmmaElement, WsInput, acquire, panel_descriptors, wait, wait_scores};
 
 /// Score tiles: 8 columns each, BLOCK_N ≤ 128.
@@ -600,7 +600,7 @@ unsafe fn flash_fwd_wgmma_ws_walk<
     // rows of 64 bytes each, in the 64-byte swizzle.
     let vt_sw64 = fp8 && T::BLOCK_N != 128;
     let v_tile = |stage: u32| {
-        let base = T::V_OFFSET + stage * T::V_TILE_BYTES;
+        let base = T::V_OFFSET + stage * T::KV_TILE_BYTES;
         let chunks = T::BLOCK_N / 16;
         if fp8 {
             Sw128Tile { base: smem + base, rows: T::HEAD_DIM, chunks_per_row: chunks, data_chunks: chunks }
@@ -609,7 +609,7 @@ unsafe fn flash_fwd_wgmma_ws_walk<
         }
     };
     let vt64_tile = |stage: u32, panel: u32| Sw64Tile {
-        base: smem + T::V_OFFSET + stage * T::V_TILE_BYTES + panel * T::PV_COLUMNS * 64,
+        base: smem + T::V_OFFSET + stage * T::KV_TILE_BYTES + panel * T::HEAD_DIM * 64,
         rows: T::HEAD_DIM,
     };
     let bars = Stages { base: smem + T::MBARRIER_OFFSET, stages: T::STAGES };
@@ -631,28 +631,6 @@ unsafe fn flash_fwd_wgmma_ws_walk<
                 ptx::mbarrier_init(bars.tile_ready(1), 1);
             }
         }
-    }
-    if T::ROW_SUM_GEMM {
-        // The row-sum rows of every Vᵀ panel (one 128-byte-swizzled panel, or 64-byte ones), after
-        // its head_dim rows: row head_dim all ones (e4m3 1.0 is 0x38), the other seven zeros
-        // (whole rows, so the swizzle does not matter). Four bytes at a time; the producer never
-        // writes them.
-        let row_bytes = if vt_sw64 { 64 } else { 128 };
-        let panels = T::BLOCK_N / row_bytes;
-        let words_per_panel = ROW_SUM_ROWS * row_bytes / 4;
-        let mut i = tid;
-        while i < T::STAGES * panels * words_per_panel {
-            let (panel, w) = (i / words_per_panel, i % words_per_panel);
-            let (stage, panel) = (panel / panels, panel % panels);
-            let word = if w < row_bytes / 4 { 0x3838_3838 } else { 0 };
-            let panel_base = T::V_OFFSET + stage * T::V_TILE_BYTES + panel * T::PV_COLUMNS * row_bytes;
-            // SAFETY: 4 bytes of this block's shared memory, inside the stage (traits), read only
-            // by the GEMMs after the barrier below.
-            unsafe { ptx::st_shared_u32(smem + panel_base + T::HEAD_DIM * row_bytes + 4 * w, word) };
-            i += T::THREADS;
-        }
-        // For the tensor cores (the async proxy), which read them.
-        ptx::fence_proxy_async_shared();
     }
     // The only block-wide barrier: every thread sees the initialized mbarriers.
     sync_threads();
@@ -762,9 +740,7 @@ unsafe fn flash_fwd_wgmma_ws_walk<
             if fp8 { (16, SW128_ROW_GROUP_BYTES) } else { (T::BLOCK_N * 128, SW128_ROW_GROUP_BYTES) };
         wgmma_descriptor(v_tile(stage).panel(0, 0), leading, stride)
     };
-    // (O's tiles include the row-sum column's, which the rescale must scale too.)
-    let (n_tiles8, d_tiles8) = ((T::BLOCK_N / 8) as usize, (T::PV_COLUMNS / 8) as usize);
-    let sums = !T::ROW_SUM_GEMM;
+    let (n_tiles8, d_tiles8) = ((T::BLOCK_N / 8) as usize, (T::HEAD_DIM / 8) as usize);
     // Ping-pong (T::PINGPONG): consumer c issues its GEMMs only on its turn (named barrier 1 + c)
     // and then passes the turn to the other (barrier 2 - c); both run the same number of issue
     // points per query tile (the first S, one per loop iteration, the last P·V), consumer 0
@@ -851,7 +827,7 @@ unsafe fn flash_fwd_wgmma_ws_walk<
             step.scores::<MODS, _>(&mut s[0], first_tile, lane);
             // O is still zero: no correction to apply.
             let poly = (T::POLY_EXP_TILES as usize, T::POLY_EXP_TILES > 0 && step.unmasked(first_tile));
-            let _ = online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1, sums);
+            let _ = online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1);
             step.dropout::<MODS, _>(&mut s[0], first_tile, lane);
             let mut previous = E::probabilities(&s[0], n_tiles8);
             for tile in first_tile + 1..end_tile {
@@ -867,7 +843,7 @@ unsafe fn flash_fwd_wgmma_ws_walk<
                     acquire(bars.v_full(previous_stage), previous_parity);
                     take_turn();
                     E::issue_scores(T::BLOCK_N, T::HEAD_DIM, &mut s[0], q_descs, k_descs(stage));
-                    E::issue_output(T::PV_COLUMNS, T::BLOCK_N, &mut o[0], &previous, v_desc(previous_stage));
+                    E::issue_output(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(previous_stage));
                     pass_turn(false);
                 }
                 wait_scores(1, T::BLOCK_N, &mut s[0]);
@@ -876,23 +852,13 @@ unsafe fn flash_fwd_wgmma_ws_walk<
                 release_q(tile + 1 == end_tile);
                 step.scores::<MODS, _>(&mut s[0], tile, lane);
                 let poly = (T::POLY_EXP_TILES as usize, T::POLY_EXP_TILES > 0 && step.unmasked(tile));
-                let correction =
-                    online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1, sums);
+                let correction = online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1);
                 step.dropout::<MODS, _>(&mut s[0], tile, lane);
-                wait(0, Waited::Output(T::PV_COLUMNS, &mut o[0]));
+                wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
                 // SAFETY: this thread's P·V GEMM on the previous stage has completed.
                 unsafe { ptx::mbarrier_arrive(bars.v_empty(previous_stage)) };
                 if let Some(correction) = correction {
                     rescale(&mut o, &correction, 1, d_tiles8);
-                }
-                if T::ROW_SUM_GEMM {
-                    // Promote the row-sum column to f32 every tile: left to accumulate in the tensor
-                    // cores over many tiles its truncated additions biased the sum (O's RMS error
-                    // 2.4x at 4k keys, v35 call 4). It is at the current max's scale after the rescale.
-                    let t = (T::HEAD_DIM / 8) as usize;
-                    softmax[0].sum[0] += o[0][t][0];
-                    softmax[0].sum[1] += o[0][t][2];
-                    (o[0][t][0], o[0][t][2]) = (0.0, 0.0);
                 }
                 previous = E::probabilities(&s[0], n_tiles8);
             }
@@ -901,10 +867,10 @@ unsafe fn flash_fwd_wgmma_ws_walk<
             unsafe {
                 acquire(bars.v_full(last_stage), last_parity);
                 take_turn();
-                E::issue_output(T::PV_COLUMNS, T::BLOCK_N, &mut o[0], &previous, v_desc(last_stage));
+                E::issue_output(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(last_stage));
                 pass_turn(true);
             }
-            wait(0, Waited::Output(T::PV_COLUMNS, &mut o[0]));
+            wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
             if persistent {
                 // SAFETY: this thread's last P·V GEMM on the stage has completed (without a
                 // persistent loop the producer loads nothing more, and nobody waits for it).
@@ -912,14 +878,6 @@ unsafe fn flash_fwd_wgmma_ws_walk<
             }
         } else {
             release_q(true);
-        }
-        if T::ROW_SUM_GEMM {
-            // Column head_dim of O is each row's sum of P since the last promotion above (this
-            // lane's tile-`head_dim / 8` values of columns head_dim + 2 · (lane % 4) + {0, 1}; only
-            // lane % 4 = 0 holds a nonzero one, the epilogue's quad sum adds them).
-            let t = (T::HEAD_DIM / 8) as usize;
-            softmax[0].sum[0] += o[0][t][0];
-            softmax[0].sum[1] += o[0][t][2];
         }
         // With e4m3 inputs O is staged over the K/V stages: both consumers must be past their
         // GEMMs (every load landed before its tile's GEMM, so the producer is done too).

@@ -21,8 +21,6 @@
 
 use crate::tiling::launch_registers;
 
-/// Rows added to a Vᵀ stage for `FwdWgmmaTraits::ROW_SUM_GEMM` (one `wgmma` N step).
-pub const ROW_SUM_ROWS: u32 = 8;
 /// Rows of one `mma.m16n8k16` tile: a warp owns a multiple of these.
 pub const WARP_ROWS: u32 = 16;
 /// Most 16-row tiles one warp of the forward owns (sizes its register arrays).
@@ -129,10 +127,6 @@ pub trait FwdWgmmaTraits {
     /// With a producer: its registers per thread after `setmaxnreg` (its unrolled tile loads need
     /// more than 24 at head_dim 192/256), and the consumers' share of the rest of the SM's 64 K.
     const PRODUCER_REGISTERS: u32 = 24;
-    /// FP8: the row sums come out of the P·V GEMM, as a 129th column of O: each Vᵀ stage gets
-    /// eight more rows (`ROW_SUM_ROWS`), the first all ones and the rest zeros, written once
-    /// before the loop, so `wgmma` N = head_dim + 8 and the softmax adds no probabilities up.
-    const ROW_SUM_GEMM: bool = false;
     /// Of every four 8-key score tiles, how many take their exponentials on the FMA pipe
     /// (`modifiers::exp2_poly`) rather than the MUFU, on tiles without masked scores; 0: none.
     const POLY_EXP_TILES: u32 = 0;
@@ -154,7 +148,7 @@ pub trait FwdWgmmaTraits {
     const O_OWN_STAGE: bool = Self::PERSISTENT
         && !Self::O_IN_Q
         && Self::ELEMENT_BYTES == 2
-        && Self::V_OFFSET + Self::STAGES * Self::V_TILE_BYTES + Self::Q_TILE_BYTES + Self::MBARRIER_BYTES + 1024
+        && Self::V_OFFSET + Self::STAGES * Self::KV_TILE_BYTES + Self::Q_TILE_BYTES + Self::MBARRIER_BYTES + 1024
             <= 227 * 1024;
 
     /// Query rows: 64 per computing warpgroup.
@@ -165,10 +159,6 @@ pub trait FwdWgmmaTraits {
     const PANELS: u32 = Self::CHUNKS_PER_ROW / 8;
     const Q_TILE_BYTES: u32 = Self::BLOCK_M * Self::HEAD_DIM * Self::ELEMENT_BYTES;
     const KV_TILE_BYTES: u32 = Self::BLOCK_N * Self::HEAD_DIM * Self::ELEMENT_BYTES;
-    /// A V (or Vᵀ) stage: a K stage's size, plus the row-sum rows with `ROW_SUM_GEMM`.
-    const V_TILE_BYTES: u32 = Self::KV_TILE_BYTES + if Self::ROW_SUM_GEMM { ROW_SUM_ROWS * Self::BLOCK_N } else { 0 };
-    /// Columns of the P·V GEMM (and of O's accumulators): head_dim, plus 8 with `ROW_SUM_GEMM`.
-    const PV_COLUMNS: u32 = Self::HEAD_DIM + if Self::ROW_SUM_GEMM { ROW_SUM_ROWS } else { 0 };
     /// The bf16 output staged for the epilogue's 16-byte stores: in the Q tile (its own rows) for
     /// 16-bit inputs; with e4m3 inputs the Q tile is half as large, so O goes where the K and V
     /// stages were, once both consumers are past their last GEMM (`flash_fwd_wgmma_ws`).
@@ -176,7 +166,7 @@ pub trait FwdWgmmaTraits {
     const O_STAGE_OFFSET: u32 = if Self::ELEMENT_BYTES == 1 {
         Self::K_OFFSET
     } else if Self::O_OWN_STAGE {
-        Self::V_OFFSET + Self::STAGES * Self::V_TILE_BYTES
+        Self::V_OFFSET + Self::STAGES * Self::KV_TILE_BYTES
     } else {
         Self::Q_OFFSET
     };
@@ -187,7 +177,7 @@ pub trait FwdWgmmaTraits {
     /// for every stage; persistent kernels add Q empty, two "tile index published" barriers
     /// and the two 4-byte index slots they guard (32 bytes).
     const MBARRIER_OFFSET: u32 =
-        Self::V_OFFSET + Self::STAGES * Self::V_TILE_BYTES + if Self::O_OWN_STAGE { Self::Q_TILE_BYTES } else { 0 };
+        Self::V_OFFSET + Self::STAGES * Self::KV_TILE_BYTES + if Self::O_OWN_STAGE { Self::Q_TILE_BYTES } else { 0 };
     const MBARRIER_BYTES: u32 =
         if Self::PRODUCER { 8 * (1 + 4 * Self::STAGES) + 32 * Self::PERSISTENT as u32 } else { 0 };
     /// The kernel rounds its shared-memory base up to 1024 bytes (the swizzle's period): the
@@ -315,20 +305,17 @@ pub type FwdWgmmaWsHdim96 = FwdWgmmaWs<128, 2, 128, 2, 96>;
 /// (`ELEMENT_BYTES` 1), two consumers, bf16 O. Up to head_dim 128, 128-key tiles (a Vᵀ tile is
 /// one 128-byte-swizzled panel); at 256, 64-key tiles (O's 128 registers leave no room for
 /// 128-key scores), whose Vᵀ rows are 64 bytes, in the 64-byte swizzle. `N`, when not 0, sets
-/// the keys per tile: 192 at head_dim 128 (three 64-key Vᵀ panels in the 64-byte swizzle);
-/// `ROW_SUM` sets `ROW_SUM_GEMM`.
+/// the keys per tile: 192 at head_dim 128 (three 64-key Vᵀ panels in the 64-byte swizzle).
 pub struct FwdWgmmaWsFp8<
     const D: u32,
     const STAGES: u32,
     const PINGPONG: bool = false,
     const POLY: u32 = 0,
     const N: u32 = 0,
-    const ROW_SUM: bool = false,
 >;
-impl<const D: u32, const S: u32, const PP: bool, const POLY: u32, const N: u32, const RS: bool> FwdWgmmaTraits
-    for FwdWgmmaWsFp8<D, S, PP, POLY, N, RS>
+impl<const D: u32, const S: u32, const PP: bool, const POLY: u32, const N: u32> FwdWgmmaTraits
+    for FwdWgmmaWsFp8<D, S, PP, POLY, N>
 {
-    const ROW_SUM_GEMM: bool = RS;
     const PINGPONG: bool = PP;
     const POLY_EXP_TILES: u32 = POLY;
     const HEAD_DIM: u32 = D;
@@ -355,11 +342,6 @@ pub type FwdWgmmaWsFp8Stages4Hdim128 = FwdWgmmaWsFp8<128, 4>;
 /// tiles' fixed costs (GEMM issue, waits, row reductions, barriers) per score. Three stages of 24
 /// KiB K and Vᵀ tiles (161 KiB); scores 96, P 48 and O 64 registers a thread.
 pub type FwdWgmmaWsFp8N192Hdim128 = FwdWgmmaWsFp8<128, 3, false, 0, 192>;
-/// Candidate (v35, opt-in): the row sums by the P·V GEMM (`ROW_SUM_GEMM`): 64 fewer FADDs a tile
-/// and thread (of ~450), 6% more P·V tensor work. Vᵀ stages of 17 KiB (116 KiB in all).
-pub type FwdWgmmaWsFp8RowSumHdim128 = FwdWgmmaWsFp8<128, 3, false, 0, 0, true>;
-/// Candidate (v35, opt-in): both, on 192-key tiles (Vᵀ panels of 136 rows of 64 bytes).
-pub type FwdWgmmaWsFp8N192RowSumHdim128 = FwdWgmmaWsFp8<128, 3, false, 0, 192, true>;
 /// Candidates (v26, opt-in): a quarter or half of the exponentials on the FMA pipe.
 pub type FwdWgmmaWsFp8Poly1Hdim128 = FwdWgmmaWsFp8<128, 3, false, 1>;
 pub type FwdWgmmaWsFp8Poly2Hdim128 = FwdWgmmaWsFp8<128, 3, false, 2>;
@@ -729,12 +711,6 @@ mod tests {
         assert_eq!(T::KV_TILE_BYTES % 1024, 0);
         // FP8: the bf16 O staged over the K and V stages fits them; 8-bit GEMMs on 128- or 192-key
         // tiles (64-key ones at head_dim 256).
-        // The row-sum column: FP8 head_dim 128 (N = 136 fits one GEMM), non persistent (the constant
-        // rows are written once; nothing else writes the V stages).
-        assert!(!T::ROW_SUM_GEMM || T::ELEMENT_BYTES == 1 && T::HEAD_DIM == 128 && T::BLOCK_N != 64);
-        // (A stage of 64-byte-swizzled Vᵀ panels needs only their 512-byte period.)
-        let sw64 = T::ELEMENT_BYTES == 1 && T::BLOCK_N != 128;
-        assert_eq!(T::V_TILE_BYTES % if sw64 { 512 } else { 1024 }, 0);
         if T::ELEMENT_BYTES == 1 {
             assert!(T::BLOCK_M * T::HEAD_DIM * 2 <= 2 * T::STAGES * T::KV_TILE_BYTES);
             assert!(matches!((T::HEAD_DIM, T::BLOCK_N), (128, 128) | (128, 192) | (256, 64)) && T::PRODUCER);
@@ -745,7 +721,7 @@ mod tests {
             assert!(T::PRODUCER && T::ELEMENT_BYTES == 2);
             if T::O_OWN_STAGE {
                 assert_eq!(T::O_STAGE_OFFSET % 1024, 0);
-                assert!(T::O_STAGE_OFFSET >= T::V_OFFSET + T::STAGES * T::V_TILE_BYTES);
+                assert!(T::O_STAGE_OFFSET >= T::V_OFFSET + T::STAGES * T::KV_TILE_BYTES);
                 assert!(T::O_STAGE_OFFSET + T::Q_TILE_BYTES <= T::MBARRIER_OFFSET);
             } else {
                 assert_eq!(T::O_STAGE_OFFSET, T::Q_OFFSET);
@@ -843,10 +819,6 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaWsFp8PingpongHdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Stages4Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8N192Hdim128>();
-        check_fwd_wgmma::<FwdWgmmaWsFp8RowSumHdim128>();
-        check_fwd_wgmma::<FwdWgmmaWsFp8N192RowSumHdim128>();
-        assert_eq!(FwdWgmmaWsFp8RowSumHdim128::PV_COLUMNS, 136);
-        assert_eq!(FwdWgmmaWsFp8RowSumHdim128::V_TILE_BYTES, 17 * 1024);
         check_fwd_wgmma::<FwdWgmmaWsFp8Poly1Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Poly2Hdim128>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Hdim256>();

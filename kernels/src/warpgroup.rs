@@ -97,12 +97,10 @@ pub fn wait(pending: u32, waited: Waited<'_>) {
         (_, Waited::Scores(_, s)) => wgmma::wgmma_wait0_s64(s),
         (1, Waited::Output(64, o)) => wgmma::wgmma_wait1_o32(o),
         (1, Waited::Output(128, o)) => wgmma::wgmma_wait1_o64(o),
-        (1, Waited::Output(136, o)) => wgmma::wgmma_wait1_o68(o),
         (1, Waited::Output(192, o)) => wgmma::wgmma_wait1_o96(o),
         (1, Waited::Output(_, o)) => wgmma::wgmma_wait1_o128(o),
         (_, Waited::Output(64, o)) => wgmma::wgmma_wait0_o32(o),
         (_, Waited::Output(128, o)) => wgmma::wgmma_wait0_o64(o),
-        (_, Waited::Output(136, o)) => wgmma::wgmma_wait0_o68(o),
         (_, Waited::Output(192, o)) => wgmma::wgmma_wait0_o96(o),
         (_, Waited::Output(_, o)) => wgmma::wgmma_wait0_o128(o),
         (_, Waited::Outputs(64, a, b)) => wgmma::wgmma_wait0_oo32(a, b),
@@ -360,9 +358,6 @@ impl WsInput for E4m3 {
                 (256, 128) => wgmma::wgmma_pv_issue_n256_k4_e4m3(o, p, v),
                 (256, 64) => wgmma::wgmma_pv_issue_n256_k2_e4m3(o, p, v),
                 (128, 192) => wgmma::wgmma_pv_issue_n128_k6_e4m3(o, p, v),
-                // head_dim 128 and the row-sum column (`FwdWgmmaTraits::ROW_SUM_GEMM`).
-                (136, 128) => wgmma::wgmma_pv_issue_n136_k4_e4m3(o, p, v),
-                (136, 192) => wgmma::wgmma_pv_issue_n136_k6_e4m3(o, p, v),
                 _ => core::arch::nvptx::trap(),
             }
         }

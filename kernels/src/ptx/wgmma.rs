@@ -94,22 +94,6 @@ pub fn wgmma_wait0_o64(o: &mut [[f32; 4]; 32]) {
 }
 
 /// `wgmma.wait_group 0`: at most 0 GEMM group(s) of this warpgroup still in flight. Names
-/// the first 68 accumulators of `o`, which the waited-for GEMMs write, so
-/// that no use of them moves above the wait.
-#[inline(always)]
-pub fn wgmma_wait0_o68(o: &mut [[f32; 4]; 32]) {
-    // SAFETY: a wait; registers are the only operands.
-    unsafe {
-        asm!(
-            "wgmma.wait_group.sync.aligned 0;",
-            "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31} {32} {33} {34} {35} {36} {37} {38} {39} {40} {41} {42} {43} {44} {45} {46} {47} {48} {49} {50} {51} {52} {53} {54} {55} {56} {57} {58} {59} {60} {61} {62} {63} {64} {65} {66} {67}",
-            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3], inout(reg32) o[16][0], inout(reg32) o[16][1], inout(reg32) o[16][2], inout(reg32) o[16][3],
-            options(nostack),
-        )
-    }
-}
-
-/// `wgmma.wait_group 0`: at most 0 GEMM group(s) of this warpgroup still in flight. Names
 /// the first 96 accumulators of `o`, which the waited-for GEMMs write, so
 /// that no use of them moves above the wait.
 #[inline(always)]
@@ -216,22 +200,6 @@ pub fn wgmma_wait1_o64(o: &mut [[f32; 4]; 32]) {
             "wgmma.wait_group.sync.aligned 1;",
             "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31} {32} {33} {34} {35} {36} {37} {38} {39} {40} {41} {42} {43} {44} {45} {46} {47} {48} {49} {50} {51} {52} {53} {54} {55} {56} {57} {58} {59} {60} {61} {62} {63}",
             inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3],
-            options(nostack),
-        )
-    }
-}
-
-/// `wgmma.wait_group 1`: at most 1 GEMM group(s) of this warpgroup still in flight. Names
-/// the first 68 accumulators of `o`, which the waited-for GEMMs write, so
-/// that no use of them moves above the wait.
-#[inline(always)]
-pub fn wgmma_wait1_o68(o: &mut [[f32; 4]; 32]) {
-    // SAFETY: a wait; registers are the only operands.
-    unsafe {
-        asm!(
-            "wgmma.wait_group.sync.aligned 1;",
-            "// waited for: {0} {1} {2} {3} {4} {5} {6} {7} {8} {9} {10} {11} {12} {13} {14} {15} {16} {17} {18} {19} {20} {21} {22} {23} {24} {25} {26} {27} {28} {29} {30} {31} {32} {33} {34} {35} {36} {37} {38} {39} {40} {41} {42} {43} {44} {45} {46} {47} {48} {49} {50} {51} {52} {53} {54} {55} {56} {57} {58} {59} {60} {61} {62} {63} {64} {65} {66} {67}",
-            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3], inout(reg32) o[16][0], inout(reg32) o[16][1], inout(reg32) o[16][2], inout(reg32) o[16][3],
             options(nostack),
         )
     }
@@ -3486,74 +3454,6 @@ pub unsafe fn wgmma_pv_issue_n128_k6_e4m3(o: &mut [[f32; 4]; 32], p: &[[u32; 4];
             "wgmma.commit_group.sync.aligned;",
             "}}",
             inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3],
-            in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3], in(reg32) p[2][0], in(reg32) p[2][1], in(reg32) p[2][2], in(reg32) p[2][3], in(reg32) p[3][0], in(reg32) p[3][1], in(reg32) p[3][2], in(reg32) p[3][3], in(reg32) p[4][0], in(reg32) p[4][1], in(reg32) p[4][2], in(reg32) p[4][3], in(reg32) p[5][0], in(reg32) p[5][1], in(reg32) p[5][2], in(reg32) p[5][3],
-            v = in(reg64) desc_v,
-            options(nostack),
-        )
-    }
-}
-
-/// `O += P·V` for one warpgroup, issued (no wait): 64 rows × head_dim 136, over 128 keys, e4m3.
-/// P from registers (`p[k]`: keys `32k..32k+32` in the order `tiling::fp8_key_of_position` gives),
-/// Vᵀ from shared memory, K-major (keys along its rows, in that same order; 128-byte rows, 128-byte swizzle).
-///
-/// # Safety
-/// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `o` or `p` before a wait that names `o`.
-#[inline(always)]
-pub unsafe fn wgmma_pv_issue_n136_k4_e4m3(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], desc_v: u64) {
-    // SAFETY: guaranteed by the caller; registers are the only other operands.
-    unsafe {
-        asm!(
-            "{{",
-            ".reg .b64 vb;",
-            "wgmma.fence.sync.aligned;",
-            "add.s64 vb, {v}, 0;",
-            "wgmma.mma_async.sync.aligned.m64n136k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}}}, {{{68}, {69}, {70}, {71}}}, vb, 1, 1, 1;",
-            "add.s64 vb, {v}, 2;",
-            "wgmma.mma_async.sync.aligned.m64n136k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}}}, {{{72}, {73}, {74}, {75}}}, vb, 1, 1, 1;",
-            "add.s64 vb, {v}, 4;",
-            "wgmma.mma_async.sync.aligned.m64n136k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}}}, {{{76}, {77}, {78}, {79}}}, vb, 1, 1, 1;",
-            "add.s64 vb, {v}, 6;",
-            "wgmma.mma_async.sync.aligned.m64n136k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}}}, {{{80}, {81}, {82}, {83}}}, vb, 1, 1, 1;",
-            "wgmma.commit_group.sync.aligned;",
-            "}}",
-            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3], inout(reg32) o[16][0], inout(reg32) o[16][1], inout(reg32) o[16][2], inout(reg32) o[16][3],
-            in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3], in(reg32) p[2][0], in(reg32) p[2][1], in(reg32) p[2][2], in(reg32) p[2][3], in(reg32) p[3][0], in(reg32) p[3][1], in(reg32) p[3][2], in(reg32) p[3][3],
-            v = in(reg64) desc_v,
-            options(nostack),
-        )
-    }
-}
-
-/// `O += P·V` for one warpgroup, issued (no wait): 64 rows × head_dim 136, over 192 keys, e4m3.
-/// P from registers (`p[k]`: keys `32k..32k+32` in the order `tiling::fp8_key_of_position` gives),
-/// Vᵀ from shared memory, K-major (keys along its rows, in that same order; 3 panels of 64-byte rows, 64-byte swizzle, panel `p` 8704 bytes after panel 0).
-///
-/// # Safety
-/// As [`wgmma_qk_n64_p1_bf16`]; also, nothing touches `o` or `p` before a wait that names `o`.
-#[inline(always)]
-pub unsafe fn wgmma_pv_issue_n136_k6_e4m3(o: &mut [[f32; 4]; 32], p: &[[u32; 4]; 8], desc_v: u64) {
-    // SAFETY: guaranteed by the caller; registers are the only other operands.
-    unsafe {
-        asm!(
-            "{{",
-            ".reg .b64 vb;",
-            "wgmma.fence.sync.aligned;",
-            "add.s64 vb, {v}, 0;",
-            "wgmma.mma_async.sync.aligned.m64n136k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}}}, {{{68}, {69}, {70}, {71}}}, vb, 1, 1, 1;",
-            "add.s64 vb, {v}, 2;",
-            "wgmma.mma_async.sync.aligned.m64n136k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}}}, {{{72}, {73}, {74}, {75}}}, vb, 1, 1, 1;",
-            "add.s64 vb, {v}, 544;",
-            "wgmma.mma_async.sync.aligned.m64n136k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}}}, {{{76}, {77}, {78}, {79}}}, vb, 1, 1, 1;",
-            "add.s64 vb, {v}, 546;",
-            "wgmma.mma_async.sync.aligned.m64n136k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}}}, {{{80}, {81}, {82}, {83}}}, vb, 1, 1, 1;",
-            "add.s64 vb, {v}, 1088;",
-            "wgmma.mma_async.sync.aligned.m64n136k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}}}, {{{84}, {85}, {86}, {87}}}, vb, 1, 1, 1;",
-            "add.s64 vb, {v}, 1090;",
-            "wgmma.mma_async.sync.aligned.m64n136k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}}}, {{{88}, {89}, {90}, {91}}}, vb, 1, 1, 1;",
-            "wgmma.commit_group.sync.aligned;",
-            "}}",
-            inout(reg32) o[0][0], inout(reg32) o[0][1], inout(reg32) o[0][2], inout(reg32) o[0][3], inout(reg32) o[1][0], inout(reg32) o[1][1], inout(reg32) o[1][2], inout(reg32) o[1][3], inout(reg32) o[2][0], inout(reg32) o[2][1], inout(reg32) o[2][2], inout(reg32) o[2][3], inout(reg32) o[3][0], inout(reg32) o[3][1], inout(reg32) o[3][2], inout(reg32) o[3][3], inout(reg32) o[4][0], inout(reg32) o[4][1], inout(reg32) o[4][2], inout(reg32) o[4][3], inout(reg32) o[5][0], inout(reg32) o[5][1], inout(reg32) o[5][2], inout(reg32) o[5][3], inout(reg32) o[6][0], inout(reg32) o[6][1], inout(reg32) o[6][2], inout(reg32) o[6][3], inout(reg32) o[7][0], inout(reg32) o[7][1], inout(reg32) o[7][2], inout(reg32) o[7][3], inout(reg32) o[8][0], inout(reg32) o[8][1], inout(reg32) o[8][2], inout(reg32) o[8][3], inout(reg32) o[9][0], inout(reg32) o[9][1], inout(reg32) o[9][2], inout(reg32) o[9][3], inout(reg32) o[10][0], inout(reg32) o[10][1], inout(reg32) o[10][2], inout(reg32) o[10][3], inout(reg32) o[11][0], inout(reg32) o[11][1], inout(reg32) o[11][2], inout(reg32) o[11][3], inout(reg32) o[12][0], inout(reg32) o[12][1], inout(reg32) o[12][2], inout(reg32) o[12][3], inout(reg32) o[13][0], inout(reg32) o[13][1], inout(reg32) o[13][2], inout(reg32) o[13][3], inout(reg32) o[14][0], inout(reg32) o[14][1], inout(reg32) o[14][2], inout(reg32) o[14][3], inout(reg32) o[15][0], inout(reg32) o[15][1], inout(reg32) o[15][2], inout(reg32) o[15][3], inout(reg32) o[16][0], inout(reg32) o[16][1], inout(reg32) o[16][2], inout(reg32) o[16][3],
             in(reg32) p[0][0], in(reg32) p[0][1], in(reg32) p[0][2], in(reg32) p[0][3], in(reg32) p[1][0], in(reg32) p[1][1], in(reg32) p[1][2], in(reg32) p[1][3], in(reg32) p[2][0], in(reg32) p[2][1], in(reg32) p[2][2], in(reg32) p[2][3], in(reg32) p[3][0], in(reg32) p[3][1], in(reg32) p[3][2], in(reg32) p[3][3], in(reg32) p[4][0], in(reg32) p[4][1], in(reg32) p[4][2], in(reg32) p[4][3], in(reg32) p[5][0], in(reg32) p[5][1], in(reg32) p[5][2], in(reg32) p[5][3],
             v = in(reg64) desc_v,
             options(nostack),
