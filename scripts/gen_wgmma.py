@@ -14,7 +14,7 @@ DQ = [(32, 8), (64, 8), (64, 4), (128, 4)]           # (dQ columns per warpgroup
 # Their score arrays have WS_TILES 8-key tiles (up to 192 keys: the warp-specialized forward's).
 FP8_QK = [(128, 1), (128, 2), (64, 2), (192, 1)]
 FP8_PV = [(128, 4), (256, 4), (256, 2), (128, 6)]
-WS_TILES = 24
+WS_TILES = 24  # warpgroup::WS_SCORE_TILES8
 # A Vᵀ tile of 64 * k keys (k > 1, not 128) is k panels of 64-byte rows (64 keys), one after the
 # other: head_dim rows of 64 bytes each, so panel p starts head_dim * 64 * p bytes in.
 
@@ -235,8 +235,10 @@ pub unsafe fn wgmma_qk_issue_n{n}_p{panels}_e4m3(s: &mut [[f32; 4]; {WS_TILES}],
 }}''')
 for n, ksteps in FP8_PV:
     count = n // 2
-    # Several 64-byte panels: step i is in panel i // 2, 32 bytes in for odd i.
-    panels = ksteps // 2 if ksteps not in (2, 4) else 1
+    # 64 or 128 keys: one panel (64- or 128-byte rows); more: 64-key panels of 64-byte rows, step i
+    # in panel i // 2, 32 bytes in for odd i.
+    keys = 32 * ksteps
+    panels = 1 if keys in (64, 128) else keys // 64
     offset = (lambda i: n * 64 // 16 * (i // 2) + 2 * (i % 2)) if panels > 1 else None
     template = pv_template(n, ksteps, "k32.f32.e4m3.e4m3", 2, ", 1, 1, 1", [], offset)
     layout = (f"{panels} panels of 64-byte rows, 64-byte swizzle, panel `p` {n * 64} bytes after panel 0" if panels > 1

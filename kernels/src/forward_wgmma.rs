@@ -35,7 +35,8 @@ use crate::tiling::{
 use crate::traits::{FwdWgmmaTraits, padding_fits};
 use crate::warpgroup::{WS_SCORE_TILES8, Waited, WgmmaElement, WsInput, acquire, panel_descriptors, wait, wait_scores};
 
-/// Score tiles: 8 columns each, BLOCK_N ≤ 128.
+/// The unpipelined kernel's score tiles: 8 columns each, BLOCK_N ≤ 128 (the warp-specialized
+/// one's are `warpgroup::WsScores`).
 const SEQ_TILES8: usize = 16;
 /// Output tiles: 8 columns each, head_dim ≤ 256.
 const HEAD_DIM_TILES8: usize = 32;

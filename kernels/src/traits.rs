@@ -340,7 +340,7 @@ pub type FwdWgmmaWsFp8PingpongHdim128 = FwdWgmmaWsFp8<128, 3, true>;
 pub type FwdWgmmaWsFp8Stages4Hdim128 = FwdWgmmaWsFp8<128, 4>;
 /// Candidate (v33, opt-in): 192-key tiles (FlashAttention-3 uses 224 at head_dim 128): half as many
 /// tiles' fixed costs (GEMM issue, waits, row reductions, barriers) per score. Three stages of 24
-/// KiB K and Vᵀ tiles (161 KiB); scores 96, P 48 and O 64 registers a thread.
+/// KiB K and Vᵀ tiles (161 KiB); scores 96, P 24 and O 64 registers a thread.
 pub type FwdWgmmaWsFp8N192Hdim128 = FwdWgmmaWsFp8<128, 3, false, 0, 192>;
 /// Candidates (v26, opt-in): a quarter or half of the exponentials on the FMA pipe.
 pub type FwdWgmmaWsFp8Poly1Hdim128 = FwdWgmmaWsFp8<128, 3, false, 1>;

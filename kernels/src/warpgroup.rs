@@ -251,15 +251,12 @@ pub const WS_SCORE_TILES8: usize = 24;
 /// A warpgroup thread's scores of one K tile in the warp-specialized forward.
 pub type WsScores = [[f32; 4]; WS_SCORE_TILES8];
 
-/// The first 16 score tiles of `s`: the arrays the 16-bit GEMMs and waits name.
+/// The first 16 score tiles of `s`: the arrays the 16-bit GEMMs and waits name. (The length is
+/// checked at compile time, so the `unwrap` is optimized away, like the kernels' bounds checks.)
 #[inline(always)]
 fn first16(s: &mut WsScores) -> &mut [[f32; 4]; 16] {
     const { assert!(WS_SCORE_TILES8 >= 16) };
-    match s.first_chunk_mut::<16>() {
-        Some(head) => head,
-        // SAFETY: unreachable (the length is checked above); `trap` aborts the kernel.
-        None => unsafe { core::arch::nvptx::trap() },
-    }
+    s.first_chunk_mut::<16>().unwrap()
 }
 
 /// [`wait`] for the warp-specialized forward's scores of an `n`-key tile (up to 192).
