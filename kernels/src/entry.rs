@@ -649,27 +649,6 @@ mod hopper {
         FwdParams,
         flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Poly2Hdim128, false, false>
     );
-    // v36: the row sums under the next score GEMM (candidates).
-    entry!(
-        flash_fwd_wgmma_ws_ls_fp8_hdim128,
-        FwdParams,
-        flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8LateSumsHdim128, false, false>
-    );
-    entry!(
-        flash_fwd_wgmma_ws_lss4_fp8_hdim256,
-        FwdParams,
-        flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8LateSumsStages4Hdim256, false, false>
-    );
-    entry!(
-        flash_fwd_wgmma_ws_ls_bf16_hdim128,
-        FwdParams,
-        flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsLateSumsHdim128, false, false>
-    );
-    entry!(
-        flash_fwd_wgmma_ws_ls_bf16_hdim256,
-        FwdParams,
-        flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsLateSumsHdim256, false, false>
-    );
     entry!(flash_fp8_transpose_v, FwdParams, fp8_transpose_v);
 }
 

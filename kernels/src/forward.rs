@@ -104,14 +104,13 @@ pub(crate) fn online_softmax_deferred<const M: usize, const NS: usize>(
     n_tiles: usize,
     scale_log2: f32,
 ) -> Option<[[f32; 2]; M]> {
-    online_softmax_split(state, s, m_tiles, n_tiles, scale_log2, 0, false, true)
+    online_softmax_split(state, s, m_tiles, n_tiles, scale_log2, 0, false)
 }
 
 /// [`online_softmax_deferred`] with `poly_tiles` of every four 8-key tiles (t % 4 ≥ 4 −
 /// poly_tiles) exponentiated on the FMA pipe ([`crate::modifiers::exp2_poly`]) when `poly_ok`
-/// (a tile with no masked score). `poly_tiles` is a constant of the kernel's traits; 0 (with
-/// `sums`) compiles to `online_softmax_deferred` exactly. Without `sums` the tile's probabilities
-/// are left out of the running sums, for the caller's [`add_row_sums`].
+/// (a tile with no masked score). `poly_tiles` is a constant of the kernel's traits; 0 compiles
+/// to `online_softmax_deferred` exactly.
 #[inline(always)]
 pub(crate) fn online_softmax_split<const M: usize, const NS: usize>(
     state: &mut [OnlineSoftmax; M],
@@ -121,7 +120,6 @@ pub(crate) fn online_softmax_split<const M: usize, const NS: usize>(
     scale_log2: f32,
     poly_tiles: usize,
     poly_ok: bool,
-    sums: bool,
 ) -> Option<[[f32; 2]; M]> {
     // This lane's maxima of the tile (scaled): whether a row grew is decided on them, before the
     // quad's shuffles, since some lane's scaled maximum is above the threshold exactly when the
@@ -157,16 +155,15 @@ pub(crate) fn online_softmax_split<const M: usize, const NS: usize>(
     // The polynomial split is decided once per tile, around two straight-line copies of the loop
     // (a warp-uniform branch): decided per element it compiled to a branch each (v26 SASS).
     if poly_tiles > 0 && poly_ok {
-        exponentiate(state, s, m_tiles, n_tiles, scale_log2, poly_tiles, sums);
+        exponentiate(state, s, m_tiles, n_tiles, scale_log2, poly_tiles);
     } else {
-        exponentiate(state, s, m_tiles, n_tiles, scale_log2, 0, sums);
+        exponentiate(state, s, m_tiles, n_tiles, scale_log2, 0);
     }
     correction
 }
 
-/// Scores to unnormalized probabilities in place, added to the running sums unless `sums` is
-/// false (the caller then adds them later with [`add_row_sums`]); tiles with t % 4 ≥ 4 −
-/// `poly_tiles` through [`crate::modifiers::exp2_poly`], the rest through the MUFU.
+/// Scores to unnormalized probabilities in place, added to the running sums; tiles with
+/// t % 4 ≥ 4 − `poly_tiles` through [`crate::modifiers::exp2_poly`], the rest through the MUFU.
 #[inline(always)]
 fn exponentiate<const M: usize, const NS: usize>(
     state: &mut [OnlineSoftmax; M],
@@ -175,7 +172,6 @@ fn exponentiate<const M: usize, const NS: usize>(
     n_tiles: usize,
     scale_log2: f32,
     poly_tiles: usize,
-    sums: bool,
 ) {
     for m in 0..m_tiles {
         for half in 0..2 {
@@ -190,31 +186,6 @@ fn exponentiate<const M: usize, const NS: usize>(
                     let p = if t % 4 + poly_tiles >= 4 { crate::modifiers::exp2_poly(x) } else { ptx::exp2(x) };
                     s[m][t][2 * half + j] = p;
                     sum[t % 4] += p;
-                }
-            }
-            if sums {
-                state[m].sum[half] += (sum[0] + sum[1]) + (sum[2] + sum[3]);
-            }
-        }
-    }
-}
-
-/// Add a tile's unnormalized probabilities (as [`online_softmax_split`] left them with `sums`
-/// false) to the running sums, in the same four chains, so that the sums come out bit for bit
-/// as if they had been added there; before the next tile's softmax, whose rescale applies to them.
-#[inline(always)]
-pub(crate) fn add_row_sums<const M: usize, const NS: usize>(
-    state: &mut [OnlineSoftmax; M],
-    p: &[[[f32; 4]; NS]; M],
-    m_tiles: usize,
-    n_tiles: usize,
-) {
-    for m in 0..m_tiles {
-        for half in 0..2 {
-            let mut sum = [0.0f32; 4];
-            for t in 0..n_tiles {
-                for j in 0..2 {
-                    sum[t % 4] += p[m][t][2 * half + j];
                 }
             }
             state[m].sum[half] += (sum[0] + sum[1]) + (sum[2] + sum[3]);

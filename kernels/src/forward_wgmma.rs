@@ -22,7 +22,7 @@
 //! score modifiers are the portable forward's, through the same [`crate::modifiers`] calls.
 
 use crate::forward::{
-    OnlineSoftmax, add_row_sums, online_softmax, online_softmax_deferred, online_softmax_split, rescale, write_partial,
+    OnlineSoftmax, online_softmax, online_softmax_deferred, online_softmax_split, rescale, write_partial,
 };
 use crate::modifiers::{ScoreMods, finish_row, forward_dropout, forward_scores};
 use crate::params::{FwdParams, row_stat_index};
@@ -797,9 +797,6 @@ unsafe fn flash_fwd_wgmma_ws_walk<
             (shape.scale_log2, output_scale)
         };
         let step = ScoreStep { warp_q0, block_n: T::BLOCK_N, mask: &mask, mods: &mods };
-        // Each tile's row sums added after the next tile's GEMMs are issued (the probabilities
-        // wait in `unsummed`), not with the modifiers (dropout rewrites the probabilities).
-        let late_sums = T::LATE_ROW_SUMS && !MODS;
 
         let mut o = [[[0f32; 4]; HEAD_DIM_TILES8]; 1];
         let mut softmax = [OnlineSoftmax::starting_at(sink_log2, lane)];
@@ -828,13 +825,12 @@ unsafe fn flash_fwd_wgmma_ws_walk<
             // SAFETY: this thread's score GEMM on the stage has completed.
             unsafe { ptx::mbarrier_arrive(bars.k_empty(stage)) };
             release_q(first_tile + 1 == end_tile);
-            // O is still zero: no correction to apply.
             step.scores::<MODS, _>(&mut s[0], first_tile, lane);
+            // O is still zero: no correction to apply.
             let poly = (T::POLY_EXP_TILES as usize, T::POLY_EXP_TILES > 0 && step.unmasked(first_tile));
-            let _ = online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1, !late_sums);
+            let _ = online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1);
             step.dropout::<MODS, _>(&mut s[0], first_tile, lane);
             let mut previous = E::probabilities(&s[0], n_tiles8);
-            let mut unsummed = s;
             for tile in first_tile + 1..end_tile {
                 let i = ring + tile - first_tile;
                 let (stage, parity) = bars.of(i);
@@ -851,17 +847,13 @@ unsafe fn flash_fwd_wgmma_ws_walk<
                     E::issue_output(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(previous_stage));
                     pass_turn(false);
                 }
-                if late_sums {
-                    add_row_sums(&mut softmax, &unsummed, 1, n_tiles8);
-                }
                 wait_scores(1, T::BLOCK_N, &mut s[0]);
                 // SAFETY: this thread's score GEMM on the stage has completed.
                 unsafe { ptx::mbarrier_arrive(bars.k_empty(stage)) };
                 release_q(tile + 1 == end_tile);
                 step.scores::<MODS, _>(&mut s[0], tile, lane);
                 let poly = (T::POLY_EXP_TILES as usize, T::POLY_EXP_TILES > 0 && step.unmasked(tile));
-                let correction =
-                    online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1, !late_sums);
+                let correction = online_softmax_split(&mut softmax, &mut s, 1, n_tiles8, scale_log2, poly.0, poly.1);
                 step.dropout::<MODS, _>(&mut s[0], tile, lane);
                 wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
                 // SAFETY: this thread's P·V GEMM on the previous stage has completed.
@@ -870,7 +862,6 @@ unsafe fn flash_fwd_wgmma_ws_walk<
                     rescale(&mut o, &correction, 1, d_tiles8);
                 }
                 previous = E::probabilities(&s[0], n_tiles8);
-                unsummed = s;
             }
             let (last_stage, last_parity) = bars.of(ring + end_tile - 1 - first_tile);
             // SAFETY: as for the score GEMM.
@@ -879,9 +870,6 @@ unsafe fn flash_fwd_wgmma_ws_walk<
                 take_turn();
                 E::issue_output(T::HEAD_DIM, T::BLOCK_N, &mut o[0], &previous, v_desc(last_stage));
                 pass_turn(true);
-            }
-            if late_sums {
-                add_row_sums(&mut softmax, &unsummed, 1, n_tiles8);
             }
             wait(0, Waited::Output(T::HEAD_DIM, &mut o[0]));
             if persistent {

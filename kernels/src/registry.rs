@@ -20,12 +20,11 @@ use crate::traits::{
     BwdWgmmaTraits, BwdWgmmaWarpReductions, BwdWgmmaWsDs2Hdim64, BwdWgmmaWsDs2Hdim128, BwdWgmmaWsHdim32,
     BwdWgmmaWsHdim64, BwdWgmmaWsHdim96, BwdWgmmaWsHdim128, FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192,
     FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96, FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192,
-    FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128, FwdWgmmaWsFp8Hdim256, FwdWgmmaWsFp8LateSumsHdim128,
-    FwdWgmmaWsFp8LateSumsStages4Hdim256, FwdWgmmaWsFp8N192Hdim128, FwdWgmmaWsFp8PingpongHdim128,
-    FwdWgmmaWsFp8PingpongHdim256, FwdWgmmaWsFp8PingpongStages4Hdim256, FwdWgmmaWsFp8Poly1Hdim128,
-    FwdWgmmaWsFp8Poly2Hdim128, FwdWgmmaWsFp8Stages4Hdim128, FwdWgmmaWsFp8Stages4Hdim256, FwdWgmmaWsHdim64N64,
-    FwdWgmmaWsHdim64W2, FwdWgmmaWsHdim96, FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsLateSumsHdim128,
-    FwdWgmmaWsLateSumsHdim256, FwdWgmmaWsPersistentHdim64, FwdWgmmaWsPersistentHdim128, FwdWgmmaWsPersistentHdim256,
+    FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128, FwdWgmmaWsFp8Hdim256, FwdWgmmaWsFp8N192Hdim128,
+    FwdWgmmaWsFp8PingpongHdim128, FwdWgmmaWsFp8PingpongHdim256, FwdWgmmaWsFp8PingpongStages4Hdim256,
+    FwdWgmmaWsFp8Poly1Hdim128, FwdWgmmaWsFp8Poly2Hdim128, FwdWgmmaWsFp8Stages4Hdim128, FwdWgmmaWsFp8Stages4Hdim256,
+    FwdWgmmaWsHdim64N64, FwdWgmmaWsHdim64W2, FwdWgmmaWsHdim96, FwdWgmmaWsHdim128, FwdWgmmaWsHdim256,
+    FwdWgmmaWsPersistentHdim64, FwdWgmmaWsPersistentHdim128, FwdWgmmaWsPersistentHdim256,
     FwdWgmmaWsPersistentP40Hdim128, FwdWgmmaWsPersistentP40OqHdim128, FwdWgmmaWsPingpongHdim128, ROW_KERNEL_THREADS,
 };
 
@@ -361,11 +360,6 @@ pub const KERNELS: &[KernelInfo] = registry! {
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8Stages4Hdim128>("flash_fwd_wgmma_ws_s4_fp8_hdim128", Dtype::E4m3),
         // v33: 192-key tiles at head_dim 128.
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8N192Hdim128>("flash_fwd_wgmma_ws_n192_fp8_hdim128", Dtype::E4m3),
-        // v36 candidates: the row sums under the next score GEMM (`LATE_ROW_SUMS`), FP8 and bf16.
-        fwd_wgmma_opt_in::<FwdWgmmaWsFp8LateSumsHdim128>("flash_fwd_wgmma_ws_ls_fp8_hdim128", Dtype::E4m3),
-        fwd_wgmma_opt_in::<FwdWgmmaWsFp8LateSumsStages4Hdim256>("flash_fwd_wgmma_ws_lss4_fp8_hdim256", Dtype::E4m3),
-        fwd_wgmma_opt_in::<FwdWgmmaWsLateSumsHdim128>("flash_fwd_wgmma_ws_ls_bf16_hdim128", Dtype::Bf16),
-        fwd_wgmma_opt_in::<FwdWgmmaWsLateSumsHdim256>("flash_fwd_wgmma_ws_ls_bf16_hdim256", Dtype::Bf16),
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8Poly1Hdim128>("flash_fwd_wgmma_ws_px1_fp8_hdim128", Dtype::E4m3),
         fwd_wgmma_opt_in::<FwdWgmmaWsFp8Poly2Hdim128>("flash_fwd_wgmma_ws_px2_fp8_hdim128", Dtype::E4m3),
         // v27d: measurement candidates, the v27 backward with a second dSᵀ tile.
@@ -642,9 +636,8 @@ mod tests {
         // head_dim 256 one (v20's schedule, v28b); the deferred-dQ and per-warp reduction candidates (v29);
         // the persistent forward (v30: 128 in both dtypes, 256 in bf16); the two-consumer head_dim 64
         // forwards (v32: plain, and persistent in both dtypes); three head_dim 256 FP8 candidates (v31:
-        // three stages, ping-pong, both on four stages); the 192-key FP8 head_dim 128 forward (v33); the late row-sum candidates (v36: FP8 128 and
-        // 256, bf16 128 and 256).
-        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 3 + 3 + 3 + 3 + 3 + 1 + 4);
+        // three stages, ping-pong, both on four stages); the 192-key FP8 head_dim 128 forward (v33).
+        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 3 + 3 + 3 + 3 + 3 + 1);
         // Persistent kernels are dense forwards; their twins (none yet) would not be.
         for k in KERNELS.iter().filter(|k| k.persistent) {
             assert!(k.role == Role::Forward && !k.sequences && !k.modifiers && k.requires_sm90a, "{}", k.name);

@@ -130,11 +130,6 @@ pub trait FwdWgmmaTraits {
     /// Of every four 8-key score tiles, how many take their exponentials on the FMA pipe
     /// (`modifiers::exp2_poly`) rather than the MUFU, on tiles without masked scores; 0: none.
     const POLY_EXP_TILES: u32 = 0;
-    /// With a producer: add each tile's probabilities to the row sums only after the next
-    /// tile's GEMMs were issued, under the score GEMM's latency, instead of in the softmax that
-    /// waits for it (`forward::add_row_sums`; same sums bit for bit). Not with the score
-    /// modifiers, whose dropout changes the probabilities after the softmax (v36).
-    const LATE_ROW_SUMS: bool = false;
     /// The rest of the block's launch registers (`tiling::launch_registers`), shared by the
     /// consumers.
     const CONSUMER_REGISTERS: u32 =
@@ -241,7 +236,6 @@ pub struct FwdWgmmaWs<
     const PERSISTENT: bool = false,
     const PRODUCER_REGS: u32 = 0,
     const O_IN_Q: bool = false,
-    const LATE_SUMS: bool = false,
 >;
 impl<
     const D: u32,
@@ -253,11 +247,9 @@ impl<
     const PE: bool,
     const PR: u32,
     const OQ: bool,
-    const LS: bool,
-> FwdWgmmaTraits for FwdWgmmaWs<D, W, N, S, DATA, PP, PE, PR, OQ, LS>
+> FwdWgmmaTraits for FwdWgmmaWs<D, W, N, S, DATA, PP, PE, PR, OQ>
 {
     const PINGPONG: bool = PP;
-    const LATE_ROW_SUMS: bool = LS;
     const PERSISTENT: bool = PE;
     const O_IN_Q: bool = OQ;
     // `PRODUCER_REGS` 0: 24, or 40 past head_dim 128 (the producer's wider rows).
@@ -308,10 +300,6 @@ pub type FwdWgmmaWsHdim64W2 = FwdWgmmaWs<64, 2, 128, 3>;
 pub type FwdWgmmaWsPersistentHdim64 = FwdWgmmaWs<64, 2, 128, 3, 0, false, true, 40>;
 /// head_dim 96 on the warp-specialized head_dim 128 kernel, 32 columns zero-padded.
 pub type FwdWgmmaWsHdim96 = FwdWgmmaWs<128, 2, 128, 2, 96>;
-/// v36 candidates (opt-in): the 16-bit head_dim 128 and 256 forwards with the row sums under the
-/// next score GEMM.
-pub type FwdWgmmaWsLateSumsHdim128 = FwdWgmmaWs<128, 2, 128, 2, 0, false, false, 0, false, true>;
-pub type FwdWgmmaWsLateSumsHdim256 = FwdWgmmaWs<256, 2, 64, 2, 0, false, false, 0, false, true>;
 
 /// The FP8 (e4m3) forward: the warp-specialized kernel with 1-byte Q, K and a transposed V
 /// (`ELEMENT_BYTES` 1), two consumers, bf16 O. Up to head_dim 128, 128-key tiles (a Vᵀ tile is
@@ -324,13 +312,11 @@ pub struct FwdWgmmaWsFp8<
     const PINGPONG: bool = false,
     const POLY: u32 = 0,
     const N: u32 = 0,
-    const LATE_SUMS: bool = false,
 >;
-impl<const D: u32, const S: u32, const PP: bool, const POLY: u32, const N: u32, const LS: bool> FwdWgmmaTraits
-    for FwdWgmmaWsFp8<D, S, PP, POLY, N, LS>
+impl<const D: u32, const S: u32, const PP: bool, const POLY: u32, const N: u32> FwdWgmmaTraits
+    for FwdWgmmaWsFp8<D, S, PP, POLY, N>
 {
     const PINGPONG: bool = PP;
-    const LATE_ROW_SUMS: bool = LS;
     const POLY_EXP_TILES: u32 = POLY;
     const HEAD_DIM: u32 = D;
     const ELEMENT_BYTES: u32 = 1;
@@ -356,10 +342,6 @@ pub type FwdWgmmaWsFp8Stages4Hdim128 = FwdWgmmaWsFp8<128, 4>;
 /// tiles' fixed costs (GEMM issue, waits, row reductions, barriers) per score. Three stages of 24
 /// KiB K and Vᵀ tiles (161 KiB); scores 96, P 24 and O 64 registers a thread.
 pub type FwdWgmmaWsFp8N192Hdim128 = FwdWgmmaWsFp8<128, 3, false, 0, 192>;
-/// v36 candidates (opt-in): the row sums under the next score GEMM (`LATE_ROW_SUMS`), at
-/// head_dim 128 and at 256 on four stages.
-pub type FwdWgmmaWsFp8LateSumsHdim128 = FwdWgmmaWsFp8<128, 3, false, 0, 0, true>;
-pub type FwdWgmmaWsFp8LateSumsStages4Hdim256 = FwdWgmmaWsFp8<256, 4, false, 0, 0, true>;
 /// Candidates (v26, opt-in): a quarter or half of the exponentials on the FMA pipe.
 pub type FwdWgmmaWsFp8Poly1Hdim128 = FwdWgmmaWsFp8<128, 3, false, 1>;
 pub type FwdWgmmaWsFp8Poly2Hdim128 = FwdWgmmaWsFp8<128, 3, false, 2>;
@@ -843,10 +825,6 @@ mod tests {
         check_fwd_wgmma::<FwdWgmmaWsFp8PingpongHdim256>();
         check_fwd_wgmma::<FwdWgmmaWsFp8Stages4Hdim256>();
         check_fwd_wgmma::<FwdWgmmaWsFp8PingpongStages4Hdim256>();
-        check_fwd_wgmma::<FwdWgmmaWsFp8LateSumsHdim128>();
-        check_fwd_wgmma::<FwdWgmmaWsFp8LateSumsStages4Hdim256>();
-        check_fwd_wgmma::<FwdWgmmaWsLateSumsHdim128>();
-        check_fwd_wgmma::<FwdWgmmaWsLateSumsHdim256>();
         check_fwd_wgmma::<FwdWgmmaWsHdim64W2>();
         check_fwd_wgmma::<FwdWgmmaWsPersistentHdim64>();
         check_fwd_wgmma::<FwdWgmmaHdim192>();
