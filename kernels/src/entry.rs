@@ -649,6 +649,13 @@ mod hopper {
         FwdParams,
         flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Poly2Hdim128, false, false>
     );
+    // v37: `_mods` without the sequence layouts (candidates).
+    entry!(flash_bwd_wgmma_bf16_hdim128_modsd, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128, true, false>);
+    entry!(
+        flash_fwd_wgmma_ws_bf16_hdim128_modsd,
+        FwdParams,
+        flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsHdim128, true, false>
+    );
     entry!(flash_fp8_transpose_v, FwdParams, fp8_transpose_v);
 }
 

@@ -374,6 +374,18 @@ pub const KERNELS: &[KernelInfo] = registry! {
         bwd_wgmma_opt_in::<BwdWgmmaHdim192OneStage>("flash_bwd_wgmma_1s_bf16_hdim192", Dtype::Bf16),
         // v28b: head_dim 256 loading the next query tile after the dQ reductions (the v20 schedule).
         bwd_wgmma_opt_in::<BwdWgmmaLateHdim256>("flash_bwd_wgmma_late_bf16_hdim256", Dtype::Bf16),
+        // v37 candidates: the head_dim 128 `_mods` backward and forward without the sequence layouts
+        // (dense calls with modifiers; `_mods` serves both).
+        KernelInfo {
+            name: "flash_bwd_wgmma_bf16_hdim128_modsd",
+            modifiers: true,
+            ..bwd_wgmma_opt_in::<BwdWgmmaHdim128>("", Dtype::Bf16)
+        },
+        KernelInfo {
+            name: "flash_fwd_wgmma_ws_bf16_hdim128_modsd",
+            modifiers: true,
+            ..fwd_wgmma_opt_in::<FwdWgmmaWsHdim128>("", Dtype::Bf16)
+        },
         KernelInfo {
             threads: 128,
             block_rows: 128,
@@ -637,7 +649,7 @@ mod tests {
         // the persistent forward (v30: 128 in both dtypes, 256 in bf16); the two-consumer head_dim 64
         // forwards (v32: plain, and persistent in both dtypes); three head_dim 256 FP8 candidates (v31:
         // three stages, ping-pong, both on four stages); the 192-key FP8 head_dim 128 forward (v33).
-        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 3 + 3 + 3 + 3 + 3 + 1);
+        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 3 + 3 + 3 + 3 + 3 + 1 + 2);
         // Persistent kernels are dense forwards; their twins (none yet) would not be.
         for k in KERNELS.iter().filter(|k| k.persistent) {
             assert!(k.role == Role::Forward && !k.sequences && !k.modifiers && k.requires_sm90a, "{}", k.name);
