@@ -139,7 +139,7 @@ impl FlashAttention {
     /// Name of the forward kernel that runs for this dtype and head dim (dense, or with the
     /// score modifiers: softcap, ALiBi, dropout), if any.
     pub fn forward_kernel_name<T: Element>(&self, head_dim: usize, modifiers: bool) -> Option<&'static str> {
-        let flavor = if modifiers { Flavor::Modifiers } else { Flavor::Dense };
+        let flavor = if modifiers { Flavor::DenseModifiers } else { Flavor::Dense };
         self.choose(Role::Forward, T::DTYPE, head_dim as u32, flavor).map(|k| k.name)
     }
 

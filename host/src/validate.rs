@@ -247,15 +247,16 @@ pub fn needs_modifier_kernels(m: &Modifiers) -> bool {
     m.softcap != 0.0 || m.alibi_slopes != 0 || m.dropout_keep_threshold != 0
 }
 
-/// Which twin of the main kernels a call needs: `_mods` for a modifier
-/// ([`needs_modifier_kernels`]), else `_seq` for rows that are not a dense batch's (packed
+/// Which twin of the main kernels a call needs: for a modifier ([`needs_modifier_kernels`]) `_mods`,
+/// or on a dense batch `_modsd` where it exists, else `_seq` for rows that are not a dense batch's (packed
 /// sequences, a KV cache, split-KV: those twins resolve each block's sequence,
 /// `FwdParams::sequence`), else the dense kernel.
 pub fn flavor(shape: &AttnShape, m: &Modifiers) -> flash_attn_kernels::registry::Flavor {
     use flash_attn_kernels::registry::Flavor;
+    let dense = shape.layout == flash_attn_kernels::params::SeqLayout::default();
     if needs_modifier_kernels(m) {
-        Flavor::Modifiers
-    } else if shape.layout != flash_attn_kernels::params::SeqLayout::default() {
+        if dense { Flavor::DenseModifiers } else { Flavor::Modifiers }
+    } else if !dense {
         Flavor::Sequences
     } else {
         Flavor::Dense

@@ -649,13 +649,16 @@ mod hopper {
         FwdParams,
         flash_fwd_wgmma_ws::<E4m3, FwdWgmmaWsFp8Poly2Hdim128, false, false>
     );
-    // v37: `_mods` without the sequence layouts (candidates).
+    // v37: the head_dim 128 `_mods` kernels without the sequence layouts, for dense calls with
+    // modifiers (`Flavor::DenseModifiers`).
     entry!(flash_bwd_wgmma_bf16_hdim128_modsd, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaHdim128, true, false>);
+    entry!(flash_bwd_wgmma_f16_hdim128_modsd, BwdParams, flash_bwd_wgmma::<F16, BwdWgmmaHdim128, true, false>);
     entry!(
         flash_fwd_wgmma_ws_bf16_hdim128_modsd,
         FwdParams,
         flash_fwd_wgmma_ws::<Bf16, FwdWgmmaWsHdim128, true, false>
     );
+    entry!(flash_fwd_wgmma_ws_f16_hdim128_modsd, FwdParams, flash_fwd_wgmma_ws::<F16, FwdWgmmaWsHdim128, true, false>);
     entry!(flash_fp8_transpose_v, FwdParams, fp8_transpose_v);
 }
 

@@ -106,8 +106,11 @@ pub enum Flavor {
     Dense,
     /// Packed sequences or a KV cache, no score modifier: the `_seq` twin.
     Sequences,
-    /// Softcap, ALiBi or dropout (any layout): the `_mods` twin.
+    /// Softcap, ALiBi or dropout with packed sequences or a KV cache: the `_mods` twin.
     Modifiers,
+    /// Softcap, ALiBi or dropout on a dense batch: the `_modsd` twin (the modifiers without the
+    /// sequence layouts' registers) where one exists, else the `_mods` twin.
+    DenseModifiers,
 }
 
 impl KernelInfo {
@@ -119,7 +122,8 @@ impl KernelInfo {
         let twin = match flavor {
             Flavor::Dense => !self.modifiers && !self.sequences,
             Flavor::Sequences => !self.modifiers && self.sequences,
-            Flavor::Modifiers => self.modifiers,
+            Flavor::Modifiers => self.modifiers && self.sequences,
+            Flavor::DenseModifiers => self.modifiers,
         };
         self.role == role
             && (self.dtype == dtype || matches!(role, Role::BackwardSinkGradient | Role::DropoutMask))
@@ -374,17 +378,28 @@ pub const KERNELS: &[KernelInfo] = registry! {
         bwd_wgmma_opt_in::<BwdWgmmaHdim192OneStage>("flash_bwd_wgmma_1s_bf16_hdim192", Dtype::Bf16),
         // v28b: head_dim 256 loading the next query tile after the dQ reductions (the v20 schedule).
         bwd_wgmma_opt_in::<BwdWgmmaLateHdim256>("flash_bwd_wgmma_late_bf16_hdim256", Dtype::Bf16),
-        // v37 candidates: the head_dim 128 `_mods` backward and forward without the sequence layouts
-        // (dense calls with modifiers; `_mods` serves both).
+        // v37: dense calls with modifiers at head_dim 128 run twins without the sequence layouts
+        // (`Flavor::DenseModifiers`): spill frames 64 / 96 bytes instead of the `_mods` twins' 256 /
+        // 176, softcap backward +9 to +10%, forward +6 to +8% (benches/NOTES.md).
         KernelInfo {
             name: "flash_bwd_wgmma_bf16_hdim128_modsd",
             modifiers: true,
-            ..bwd_wgmma_opt_in::<BwdWgmmaHdim128>("", Dtype::Bf16)
+            ..bwd_wgmma::<BwdWgmmaHdim128>("", Dtype::Bf16)
+        },
+        KernelInfo {
+            name: "flash_bwd_wgmma_f16_hdim128_modsd",
+            modifiers: true,
+            ..bwd_wgmma::<BwdWgmmaHdim128>("", Dtype::F16)
         },
         KernelInfo {
             name: "flash_fwd_wgmma_ws_bf16_hdim128_modsd",
             modifiers: true,
-            ..fwd_wgmma_opt_in::<FwdWgmmaWsHdim128>("", Dtype::Bf16)
+            ..fwd_wgmma::<FwdWgmmaWsHdim128>("", Dtype::Bf16)
+        },
+        KernelInfo {
+            name: "flash_fwd_wgmma_ws_f16_hdim128_modsd",
+            modifiers: true,
+            ..fwd_wgmma::<FwdWgmmaWsHdim128>("", Dtype::F16)
         },
         KernelInfo {
             threads: 128,
@@ -475,8 +490,14 @@ pub fn by_name(name: &str) -> Option<&'static KernelInfo> {
 /// where one exists, else the portable one.
 pub fn find(role: Role, dtype: Dtype, head_dim: u32, sm90a: bool, flavor: Flavor) -> Option<&'static KernelInfo> {
     let fits = |k: &&KernelInfo| k.serves(role, dtype, head_dim, flavor) && !k.opt_in;
-    let hopper = KERNELS.iter().filter(fits).find(|k| k.requires_sm90a && sm90a);
-    hopper.or_else(|| KERNELS.iter().filter(fits).find(|k| !k.requires_sm90a))
+    let hopper = || KERNELS.iter().filter(fits).find(|k| k.requires_sm90a && sm90a);
+    let portable = || KERNELS.iter().filter(fits).find(|k| !k.requires_sm90a);
+    // Dense calls with modifiers take a `_modsd` twin first (Hopper ones only exist).
+    let dense_twin = || {
+        let dense_only = |k: &&KernelInfo| fits(k) && !k.sequences && sm90a && k.requires_sm90a;
+        if flavor == Flavor::DenseModifiers { KERNELS.iter().find(dense_only) } else { None }
+    };
+    dense_twin().or_else(hopper).or_else(portable)
 }
 
 /// Dense head_dim 128 forwards whose keys fit in this many run the persistent kernel
@@ -531,7 +552,7 @@ mod tests {
                     Role::ForwardDecode,
                 ] {
                     for sm90a in [false, true] {
-                        for flavor in [Flavor::Dense, Flavor::Sequences, Flavor::Modifiers] {
+                        for flavor in [Flavor::Dense, Flavor::Sequences, Flavor::Modifiers, Flavor::DenseModifiers] {
                             let k = find(role, dtype, d, sm90a, flavor)
                                 .unwrap_or_else(|| panic!("{role:?} {dtype:?} {d} {flavor:?}"));
                             assert!(sm90a || !k.requires_sm90a);
@@ -540,6 +561,7 @@ mod tests {
                                     Flavor::Dense => !k.name.ends_with("_mods") && !k.name.ends_with("_seq"),
                                     Flavor::Sequences => k.name.ends_with("_seq"),
                                     Flavor::Modifiers => k.name.ends_with("_mods"),
+                                    Flavor::DenseModifiers => k.name.ends_with("_mods") || k.name.ends_with("_modsd"),
                                 };
                                 assert!(suffix, "{flavor:?}: {}", k.name);
                             }
@@ -616,6 +638,26 @@ mod tests {
     }
 
     #[test]
+    fn dense_calls_with_modifiers_take_the_modsd_twins_at_128() {
+        // v37: on Hopper the twins without the sequence layouts; packed sequences keep `_mods`, and
+        // without the sm_90a PTX the portable `_mods` kernels serve both.
+        for (dtype, dt) in [(Dtype::Bf16, "bf16"), (Dtype::F16, "f16")] {
+            for (role, kind) in [(Role::Forward, "fwd_wgmma_ws"), (Role::Backward, "bwd_wgmma")] {
+                let name = |suffix: &str| std::format!("flash_{kind}_{dt}_hdim128_{suffix}");
+                let dense = find(role, dtype, 128, true, Flavor::DenseModifiers).unwrap();
+                assert_eq!(dense.name, name("modsd"));
+                let packed = find(role, dtype, 128, true, Flavor::Modifiers).unwrap();
+                assert!(packed.sequences && packed.name.ends_with("_mods"), "{}", packed.name);
+                let portable = find(role, dtype, 128, false, Flavor::DenseModifiers).unwrap();
+                assert!(!portable.requires_sm90a && portable.name.ends_with("_mods"), "{}", portable.name);
+            }
+            // Elsewhere dense calls with modifiers run the `_mods` twin.
+            let k = find(Role::Backward, dtype, 64, true, Flavor::DenseModifiers).unwrap();
+            assert!(k.name.ends_with("_mods"), "{}", k.name);
+        }
+    }
+
+    #[test]
     fn the_warp_specialized_backward_serves_dense_calls_at_32_64_and_96() {
         // v27: dense calls at head_dim 32, 64 and 96 run the producer kernel; sequence layouts
         // and modifiers keep the all-threads-load kernel, and 128 keeps it for every flavor.
@@ -649,15 +691,17 @@ mod tests {
         // the persistent forward (v30: 128 in both dtypes, 256 in bf16); the two-consumer head_dim 64
         // forwards (v32: plain, and persistent in both dtypes); three head_dim 256 FP8 candidates (v31:
         // three stages, ping-pong, both on four stages); the 192-key FP8 head_dim 128 forward (v33).
-        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 3 + 3 + 3 + 3 + 3 + 1 + 2);
+        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 3 + 3 + 3 + 3 + 3 + 1);
         // Persistent kernels are dense forwards; their twins (none yet) would not be.
         for k in KERNELS.iter().filter(|k| k.persistent) {
             assert!(k.role == Role::Forward && !k.sequences && !k.modifiers && k.requires_sm90a, "{}", k.name);
         }
         for k in opt_in() {
             assert_eq!(by_name(k.name).map(|b| b.name), Some(k.name));
-            let flavor = if k.modifiers {
+            let flavor = if k.modifiers && k.sequences {
                 Flavor::Modifiers
+            } else if k.modifiers {
+                Flavor::DenseModifiers
             } else if k.sequences {
                 Flavor::Sequences
             } else {
