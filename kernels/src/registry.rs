@@ -490,14 +490,13 @@ pub fn by_name(name: &str) -> Option<&'static KernelInfo> {
 /// where one exists, else the portable one.
 pub fn find(role: Role, dtype: Dtype, head_dim: u32, sm90a: bool, flavor: Flavor) -> Option<&'static KernelInfo> {
     let fits = |k: &&KernelInfo| k.serves(role, dtype, head_dim, flavor) && !k.opt_in;
-    let hopper = || KERNELS.iter().filter(fits).find(|k| k.requires_sm90a && sm90a);
-    let portable = || KERNELS.iter().filter(fits).find(|k| !k.requires_sm90a);
-    // Dense calls with modifiers take a `_modsd` twin first (Hopper ones only exist).
-    let dense_twin = || {
-        let dense_only = |k: &&KernelInfo| fits(k) && !k.sequences && sm90a && k.requires_sm90a;
-        if flavor == Flavor::DenseModifiers { KERNELS.iter().find(dense_only) } else { None }
+    // Dense calls with modifiers prefer a twin without the sequence layouts (`_modsd`).
+    let preferred = |k: &&KernelInfo| flavor == Flavor::DenseModifiers && !k.sequences;
+    let pick = |hopper: bool| {
+        let mut kinds = KERNELS.iter().filter(fits).filter(move |k| k.requires_sm90a == hopper);
+        kinds.clone().find(preferred).or_else(|| kinds.next())
     };
-    dense_twin().or_else(hopper).or_else(portable)
+    if sm90a { pick(true).or_else(|| pick(false)) } else { pick(false) }
 }
 
 /// Dense head_dim 128 forwards whose keys fit in this many run the persistent kernel
