@@ -355,10 +355,24 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
             // SAFETY: the whole warpgroup is here (block-uniform loop); every tile landed and was
             // fenced for the async proxy before the last barrier; each accumulator and fragment
             // array is left alone until a wait names it.
-            unsafe { E::qk(T::BLOCK_M, T::HEAD_DIM, &mut s, k_descs, s_descs) };
-            probabilities(&mut s);
-            // SAFETY: as above.
-            unsafe { E::qk(T::BLOCK_M, T::HEAD_DIM, &mut dp, v_descs, dp_descs) };
+            if T::PIPELINED {
+                // Sᵀ and dPᵀ back to back, Pᵀ's exponentials under dPᵀ (the register peak stays
+                // the two score arrays and dK, dV).
+                // SAFETY: as above.
+                unsafe {
+                    E::qk_issue(T::BLOCK_M, T::HEAD_DIM, &mut s, k_descs, s_descs);
+                    E::qk_issue(T::BLOCK_M, T::HEAD_DIM, &mut dp, v_descs, dp_descs);
+                }
+                wait(1, Waited::Scores(T::BLOCK_M, &mut s));
+                probabilities(&mut s);
+                wait(0, Waited::Scores(T::BLOCK_M, &mut dp));
+            } else {
+                // SAFETY: as above.
+                unsafe { E::qk(T::BLOCK_M, T::HEAD_DIM, &mut s, k_descs, s_descs) };
+                probabilities(&mut s);
+                // SAFETY: as above.
+                unsafe { E::qk(T::BLOCK_M, T::HEAD_DIM, &mut dp, v_descs, dp_descs) };
+            }
             score_gradients(&mut dp, &s);
             let p_frags = p_fragments(&s);
             // SAFETY: as above.
@@ -367,7 +381,9 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
             store_ds(&ds_frags);
             // SAFETY: as above.
             unsafe { E::pv_issue(T::HEAD_DIM, T::BLOCK_M, &mut dk, &ds_frags, mn_desc(q_s)) };
-            wait(0, Waited::Outputs(T::HEAD_DIM, &mut dv, &mut dk));
+            if !T::LATE_OUTPUT_WAIT {
+                wait(0, Waited::Outputs(T::HEAD_DIM, &mut dv, &mut dk));
+            }
         } else if T::PIPELINED {
             // Each elementwise step runs while the tensor cores finish the GEMM issued before it:
             // Pᵀ under dPᵀ = V·dOᵀ, dSᵀ and its store under dV += Pᵀ·dO. With `DEFER_DQ` the
@@ -436,7 +452,7 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
             }
             store_ds(&ds_frags);
         }
-        if T::PRODUCER {
+        if T::PRODUCER && !T::LATE_OUTPUT_WAIT {
             // Every GEMM on this stage's Q and dO completed and its LSE and D were read: the
             // producer may refill it.
             // SAFETY: initialized; each consumer thread arrives once per use.
@@ -462,8 +478,21 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
         // dQ += scale · dS·K for the tile's 64 queries and this warpgroup's columns, staged in
         // shared memory and added to the global accumulator by the bulk-copy unit, one row each.
         let mut acc = [[0f32; 4]; 16];
-        // SAFETY: as for the score GEMMs; dSᵀ was fenced and published by the barrier above.
-        unsafe { E::dq(dq_cols, T::BLOCK_N, &mut acc, ds_desc, k_for_dq) };
+        if T::LATE_OUTPUT_WAIT {
+            // dV's and dK's GEMMs ran on across the barrier; one wait covers them and dQ's.
+            // SAFETY: as for the score GEMMs; dSᵀ was fenced and published by the barrier above.
+            unsafe { E::dq_issue(dq_cols, T::BLOCK_N, &mut acc, ds_desc, k_for_dq) };
+            wait(0, Waited::Outputs(T::HEAD_DIM, &mut dv, &mut dk));
+            wait(0, Waited::Scores(dq_cols, &mut acc));
+            if T::PRODUCER {
+                // As above: this stage's Q and dO are read.
+                // SAFETY: initialized; each consumer thread arrives once per use.
+                unsafe { ptx::mbarrier_arrive(ring.empty(stage)) };
+            }
+        } else {
+            // SAFETY: as for the score GEMMs; dSᵀ was fenced and published by the barrier above.
+            unsafe { E::dq(dq_cols, T::BLOCK_N, &mut acc, ds_desc, k_for_dq) };
+        }
         for half in 0..2 {
             let row = dq_row0 + 16 * (warp % 4) + lane / 4 + 8 * half as u32;
             for t in 0..(dq_cols / 8) as usize {

@@ -586,6 +586,17 @@ mod hopper {
         BwdWgmmaWsHdim128
     );
     entry!(flash_bwd_wgmma_ws_ds2_bf16_hdim64, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaWsDs2Hdim64, false, false>);
+    // v38: the head_dim 64 backward with its score GEMMs issued together, and the late output wait.
+    entry!(
+        flash_bwd_wgmma_ws_pl_bf16_hdim64,
+        BwdParams,
+        flash_bwd_wgmma::<Bf16, BwdWgmmaWsPipelinedHdim64, false, false>
+    );
+    entry!(
+        flash_bwd_wgmma_ws_plw_bf16_hdim64,
+        BwdParams,
+        flash_bwd_wgmma::<Bf16, BwdWgmmaWsPipelinedLateHdim64, false, false>
+    );
     entry!(flash_bwd_wgmma_ws_ds2_bf16_hdim128, BwdParams, flash_bwd_wgmma::<Bf16, BwdWgmmaWsDs2Hdim128, false, false>);
     // v29: the deferred dQ GEMM (one barrier a step), two schedules; v29b: per-warp dQ
     // reductions alone.

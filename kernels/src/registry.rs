@@ -18,14 +18,15 @@ use crate::traits::{
     BwdWgmmaDeferredHdim128, BwdWgmmaHdim32, BwdWgmmaHdim64, BwdWgmmaHdim64Narrow, BwdWgmmaHdim96, BwdWgmmaHdim128,
     BwdWgmmaHdim128Sync, BwdWgmmaHdim192, BwdWgmmaHdim192OneStage, BwdWgmmaHdim256, BwdWgmmaLateHdim256,
     BwdWgmmaTraits, BwdWgmmaWarpReductions, BwdWgmmaWsDs2Hdim64, BwdWgmmaWsDs2Hdim128, BwdWgmmaWsHdim32,
-    BwdWgmmaWsHdim64, BwdWgmmaWsHdim96, BwdWgmmaWsHdim128, FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192,
-    FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96, FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192,
-    FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128, FwdWgmmaWsFp8Hdim256, FwdWgmmaWsFp8N192Hdim128,
-    FwdWgmmaWsFp8PingpongHdim128, FwdWgmmaWsFp8PingpongHdim256, FwdWgmmaWsFp8PingpongStages4Hdim256,
-    FwdWgmmaWsFp8Poly1Hdim128, FwdWgmmaWsFp8Poly2Hdim128, FwdWgmmaWsFp8Stages4Hdim128, FwdWgmmaWsFp8Stages4Hdim256,
-    FwdWgmmaWsHdim64N64, FwdWgmmaWsHdim64W2, FwdWgmmaWsHdim96, FwdWgmmaWsHdim128, FwdWgmmaWsHdim256,
-    FwdWgmmaWsPersistentHdim64, FwdWgmmaWsPersistentHdim128, FwdWgmmaWsPersistentHdim256,
-    FwdWgmmaWsPersistentP40Hdim128, FwdWgmmaWsPersistentP40OqHdim128, FwdWgmmaWsPingpongHdim128, ROW_KERNEL_THREADS,
+    BwdWgmmaWsHdim64, BwdWgmmaWsHdim96, BwdWgmmaWsHdim128, BwdWgmmaWsPipelinedHdim64, BwdWgmmaWsPipelinedLateHdim64,
+    FwdHdim32, FwdHdim64, FwdHdim96, FwdHdim128, FwdHdim192, FwdHdim256, FwdTraits, FwdWgmmaHdim64, FwdWgmmaHdim96,
+    FwdWgmmaHdim128, FwdWgmmaHdim128Sync, FwdWgmmaHdim192, FwdWgmmaHdim256, FwdWgmmaTraits, FwdWgmmaWsFp8Hdim128,
+    FwdWgmmaWsFp8Hdim256, FwdWgmmaWsFp8N192Hdim128, FwdWgmmaWsFp8PingpongHdim128, FwdWgmmaWsFp8PingpongHdim256,
+    FwdWgmmaWsFp8PingpongStages4Hdim256, FwdWgmmaWsFp8Poly1Hdim128, FwdWgmmaWsFp8Poly2Hdim128,
+    FwdWgmmaWsFp8Stages4Hdim128, FwdWgmmaWsFp8Stages4Hdim256, FwdWgmmaWsHdim64N64, FwdWgmmaWsHdim64W2,
+    FwdWgmmaWsHdim96, FwdWgmmaWsHdim128, FwdWgmmaWsHdim256, FwdWgmmaWsPersistentHdim64, FwdWgmmaWsPersistentHdim128,
+    FwdWgmmaWsPersistentHdim256, FwdWgmmaWsPersistentP40Hdim128, FwdWgmmaWsPersistentP40OqHdim128,
+    FwdWgmmaWsPingpongHdim128, ROW_KERNEL_THREADS,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -369,6 +370,9 @@ pub const KERNELS: &[KernelInfo] = registry! {
         // v27d: measurement candidates, the v27 backward with a second dSᵀ tile.
         bwd_wgmma_opt_in::<BwdWgmmaWsDs2Hdim64>("flash_bwd_wgmma_ws_ds2_bf16_hdim64", Dtype::Bf16),
         bwd_wgmma_opt_in::<BwdWgmmaWsDs2Hdim128>("flash_bwd_wgmma_ws_ds2_bf16_hdim128", Dtype::Bf16),
+        // v38: head_dim 64 with Sᵀ and dPᵀ issued together; and dV, dK waited after the dQ issue.
+        bwd_wgmma_opt_in::<BwdWgmmaWsPipelinedHdim64>("flash_bwd_wgmma_ws_pl_bf16_hdim64", Dtype::Bf16),
+        bwd_wgmma_opt_in::<BwdWgmmaWsPipelinedLateHdim64>("flash_bwd_wgmma_ws_plw_bf16_hdim64", Dtype::Bf16),
         // v29: the deferred dQ GEMM at head_dim 128, two schedules (0.92–0.96 × the default);
         // v29b: the default schedule with v29's per-warp dQ reductions alone.
         bwd_wgmma_opt_in::<BwdWgmmaDeferredHdim128>("flash_bwd_wgmma_dq_bf16_hdim128", Dtype::Bf16),
@@ -689,8 +693,9 @@ mod tests {
         // head_dim 256 one (v20's schedule, v28b); the deferred-dQ and per-warp reduction candidates (v29);
         // the persistent forward (v30: 128 in both dtypes, 256 in bf16); the two-consumer head_dim 64
         // forwards (v32: plain, and persistent in both dtypes); three head_dim 256 FP8 candidates (v31:
-        // three stages, ping-pong, both on four stages); the 192-key FP8 head_dim 128 forward (v33).
-        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 3 + 3 + 3 + 3 + 3 + 1);
+        // three stages, ping-pong, both on four stages); the 192-key FP8 head_dim 128 forward (v33);
+        // the two pipelined head_dim 64 backwards (v38).
+        assert_eq!(opt_in().count(), 22 + 6 + 12 + 6 + 2 + 2 + 3 + 3 + 3 + 3 + 3 + 1 + 2);
         // Persistent kernels are dense forwards; their twins (none yet) would not be.
         for k in KERNELS.iter().filter(|k| k.persistent) {
             assert!(k.role == Role::Forward && !k.sequences && !k.modifiers && k.requires_sm90a, "{}", k.name);

@@ -423,6 +423,9 @@ pub trait BwdWgmmaTraits {
     /// reduction a row from lanes 0–15) instead of one 512-byte reduction a row from the first
     /// 64 threads; implied by `DEFER_DQ`, which needs it.
     const WARP_REDUCTIONS: bool = Self::DEFER_DQ;
+    /// The 128-query loop: leave dV's and dK's GEMMs in flight across the step's barrier and
+    /// wait for them after issuing the dQ GEMM (v38 candidate).
+    const LATE_OUTPUT_WAIT: bool = false;
 }
 
 /// A Hopper backward configuration: head_dim, warpgroups per block (64 keys each), blocks per
@@ -510,6 +513,16 @@ impl<const D: u32, const DATA: u32> BwdWgmmaTraits for BwdWgmmaWide<D, DATA> {
     const BLOCK_M: u32 = 128;
 }
 
+/// v38 candidates (opt-in): the 128-query loop with Sᵀ and dPᵀ issued back to back and Pᵀ's
+/// exponentials under dPᵀ (`PIPELINED`); `LATE` as [`BwdWgmmaTraits::LATE_OUTPUT_WAIT`].
+pub struct BwdWgmmaWidePipelined<const D: u32, const LATE: bool = false>;
+impl<const D: u32, const LATE: bool> BwdWgmmaTraits for BwdWgmmaWidePipelined<D, LATE> {
+    const HEAD_DIM: u32 = D;
+    const BLOCK_M: u32 = 128;
+    const PIPELINED: bool = true;
+    const LATE_OUTPUT_WAIT: bool = LATE;
+}
+
 /// The warp-specialized Hopper backward: configuration `B`'s loop in two consumer warpgroups
 /// (240 registers each after `setmaxnreg`) fed by a producer warpgroup (24), which loads K and V
 /// once and every query tile's Q, dO, LSE and D into a ring of `STAGES` stages, each tracked by
@@ -524,6 +537,7 @@ impl<B: BwdWgmmaTraits, const S: u32, const DS: u32> BwdWgmmaTraits for BwdWgmma
     const DEFER_DQ: bool = B::DEFER_DQ;
     const STAGE_DQ_BEFORE_DP: bool = B::STAGE_DQ_BEFORE_DP;
     const WARP_REDUCTIONS: bool = B::WARP_REDUCTIONS;
+    const LATE_OUTPUT_WAIT: bool = B::LATE_OUTPUT_WAIT;
     const PRODUCER: bool = true;
     const STAGES: u32 = S;
 }
@@ -539,6 +553,10 @@ pub type BwdWgmmaWsHdim32 = BwdWgmmaWs<BwdWgmmaHdim32, 2>;
 /// changed, to isolate one of v27b's three changes (+32 / +16 KiB of shared memory).
 pub type BwdWgmmaWsDs2Hdim64 = BwdWgmmaWs<BwdWgmmaHdim64, 2, 2>;
 pub type BwdWgmmaWsDs2Hdim128 = BwdWgmmaWs<BwdWgmmaHdim128, 2, 2>;
+/// v38 candidates: the head_dim 64 default with the pipelined score GEMMs, and with the late
+/// output wait besides.
+pub type BwdWgmmaWsPipelinedHdim64 = BwdWgmmaWs<BwdWgmmaWidePipelined<64>, 2>;
+pub type BwdWgmmaWsPipelinedLateHdim64 = BwdWgmmaWs<BwdWgmmaWidePipelined<64, true>, 2>;
 
 pub struct FwdHdim32;
 impl FwdTraits for FwdHdim32 {
@@ -768,6 +786,8 @@ mod tests {
         }
         // Per-warp reductions: the column split of the 64-query kernels.
         assert!(!T::WARP_REDUCTIONS || T::BLOCK_M == 64 && T::WARPGROUPS == 2);
+        // The late output wait: the 128-query loop's one dQ GEMM after its barrier.
+        assert!(!T::LATE_OUTPUT_WAIT || T::BLOCK_M == 128 && !T::DEFER_DQ);
     }
 
     #[test]
@@ -778,6 +798,8 @@ mod tests {
         check_bwd_wgmma::<BwdWgmmaWsHdim32>();
         check_bwd_wgmma::<BwdWgmmaWsDs2Hdim64>();
         check_bwd_wgmma::<BwdWgmmaWsDs2Hdim128>();
+        check_bwd_wgmma::<BwdWgmmaWsPipelinedHdim64>();
+        check_bwd_wgmma::<BwdWgmmaWsPipelinedLateHdim64>();
         check_bwd_wgmma::<BwdWgmmaHdim64>();
         check_bwd_wgmma::<BwdWgmmaHdim128>();
         check_bwd_wgmma::<BwdWgmma<64, 1, 2>>();
