@@ -42,6 +42,12 @@ fn main() {
         std::fs::write(out.join(format!("flash_attn.{arch}.cubin")), cubin).unwrap();
         status += &format!("pub const {}_PROBLEM: Option<&str> = {problem};\n", arch.to_uppercase());
     }
+    // A measurement build (`cargo xtask build-ptx --features ...`) embeds as any other; say so.
+    let features = ptx_dir.join("flash_attn.features");
+    println!("cargo:rerun-if-changed={}", features.display());
+    if let Ok(list) = std::fs::read_to_string(&features) {
+        println!("cargo:warning=flash-attn: the embedded PTX was built with --features {}", list.trim());
+    }
     std::fs::write(out.join("ptx_status.rs"), status).unwrap();
 }
 

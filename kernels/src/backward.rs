@@ -39,7 +39,7 @@ use crate::modifiers::{ScoreMods, dv_operand, fragment_element};
 use crate::params::{AttnShape, BwdParams, FwdParams, dkv_accum_half, dkv_accum_index, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Element, MAX_HEAD_DIM_TILES8, MAX_SEQ_TILES8, SmemTile, accumulators_as_a, warp_sum};
-use crate::tiling::{Mask, ceil_div, dq_semaphore_index, dq_turn, kv_head_of, query_heads_of};
+use crate::tiling::{FragmentMask, Mask, ceil_div, dq_semaphore_index, dq_turn, kv_head_of, query_heads_of};
 use crate::traits::{BwdTraits, ROW_KERNEL_WARPS, WARP_ROWS};
 
 const LOG2_E: f32 = core::f32::consts::LOG2_E;
@@ -174,13 +174,15 @@ pub unsafe fn flash_bwd<E: Element, T: BwdTraits, const MODS: bool, const SEQ: b
         // (with the modifiers: `ScoreMods::probabilities` and `score_gradient`). `s` becomes Pᵀ
         // and `dp` becomes dSᵀ, in place.
         let unmasked = mask.tile_is_unmasked(q_begin, q_begin + T::BLOCK_M, warp_k0, warp_k0 + WARP_ROWS);
+        let (row, _) = fragment_element(warp_k0, 0, lane, 0, 0);
+        let rows = FragmentMask::of_keys(mask, row);
         for t in 0..m_tiles8 {
             let (key, col) = fragment_element(warp_k0, 0, lane, t as u32, 0);
             let query = q_begin + col;
             // SAFETY: col + 1 < BLOCK_M indexes the staged statistics.
             let stat = |base: u32, i: u32| unsafe { ptx::ld_shared_f32(base + 4 * (col + i)) };
             let (lse_log2, d) = ([stat(lse_s, 0) * LOG2_E, stat(lse_s, 1) * LOG2_E], [stat(d_s, 0), stat(d_s, 1)]);
-            let visible = |e: u32| unmasked || mask.allows(query + e % 2, key + 8 * (e / 2));
+            let visible = |e: u32| unmasked || rows.allows(e, query + e % 2);
             mods.probabilities::<MODS>(&mut s[t], query, key, shape.scale_log2, lse_log2, visible);
             for e in 0..4 {
                 let (q, k) = (query + e as u32 % 2, key + 8 * (e as u32 / 2));

@@ -33,7 +33,7 @@ use crate::params::{BwdParams, row_stat_index};
 use crate::ptx::{self, cp_async_commit, cp_async_wait_all, sync_threads};
 use crate::tile::{Sw128Tile, accumulators_as_a};
 use crate::tiling::{
-    Mask, SW128_ROW_GROUP_BYTES, ceil_div, dq_staging_offset, kv_head_of, ring_slot, wgmma_descriptor,
+    FragmentMask, Mask, SW128_ROW_GROUP_BYTES, ceil_div, dq_staging_offset, kv_head_of, ring_slot, wgmma_descriptor,
 };
 use crate::traits::{BwdWgmmaTraits, padding_fits};
 use crate::warpgroup::{Waited, WgmmaElement, acquire, panel_descriptors, wait};
@@ -292,11 +292,13 @@ pub unsafe fn flash_bwd_wgmma<E: WgmmaElement, T: BwdWgmmaTraits, const MODS: bo
         // exponential, so that no element branches.
         let unmasked = mask.tile_is_unmasked(q_begin, q_begin + T::BLOCK_M, warp_k0, warp_k0 + 16);
         let exponentials = |s: &mut [[f32; 4]; 16], masked: bool| {
+            let (row, _) = fragment_element(warp_k0, 0, lane, 0, 0);
+            let rows = FragmentMask::of_keys(mask, row);
             for t in 0..m_tiles8 {
                 let (key, col) = fragment_element(warp_k0, 0, lane, t as u32, 0);
                 // SAFETY: col + 1 < BLOCK_M indexes the staged statistics.
                 let lse = |i: u32| unsafe { ptx::ld_shared_f32(lse_s + 4 * (col + i)) } * LOG2_E;
-                let visible = |e: u32| !masked || mask.allows(q_begin + col + e % 2, key + 8 * (e / 2));
+                let visible = |e: u32| !masked || rows.allows(e, q_begin + col + e % 2);
                 mods.probabilities::<MODS>(&mut s[t], q_begin + col, key, shape.scale_log2, [lse(0), lse(1)], visible);
             }
         };
@@ -801,11 +803,13 @@ pub unsafe fn flash_bwd_wgmma_split<E: WgmmaElement, T: BwdWgmmaTraits, const MO
         if warpgroup == 0 {
             let unmasked = mask.tile_is_unmasked(q_begin, q_begin + T::BLOCK_M, warp_k0, warp_k0 + 16);
             let exponentials = |s: &mut [[f32; 4]; 16], masked: bool| {
+                let (row, _) = fragment_element(warp_k0, 0, lane, 0, 0);
+                let rows = FragmentMask::of_keys(mask, row);
                 for t in 0..m_tiles8 {
                     let (key, col) = fragment_element(warp_k0, 0, lane, t as u32, 0);
                     // SAFETY: col + 1 < BLOCK_M indexes the staged statistics.
                     let lse = |i: u32| unsafe { ptx::ld_shared_f32(lse_s + 4 * (col + i)) } * LOG2_E;
-                    let visible = |e: u32| !masked || mask.allows(q_begin + col + e % 2, key + 8 * (e / 2));
+                    let visible = |e: u32| !masked || rows.allows(e, q_begin + col + e % 2);
                     mods.probabilities::<MODS>(
                         &mut s[t],
                         q_begin + col,

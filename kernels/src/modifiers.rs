@@ -24,7 +24,7 @@
 #[cfg(target_arch = "nvptx64")]
 use crate::params::FwdParams;
 use crate::params::{AttnShape, Modifiers};
-use crate::tiling::Mask;
+use crate::tiling::{FragmentMask, Mask};
 
 pub const LOG2_E: f32 = core::f32::consts::LOG2_E;
 pub const LN_2: f32 = core::f32::consts::LN_2;
@@ -438,11 +438,13 @@ pub fn forward_scores<const MODS: bool, const N: usize>(
         }
     }
     if masked {
+        let (row, _) = fragment_element(q0, k0, lane, 0, 0);
+        let rows = FragmentMask::of_queries(*mask, row);
         #[allow(clippy::needless_range_loop)]
         for t in 0..n_tiles {
             for e in 0..4 {
-                let (q, k) = fragment_element(q0, k0, lane, t as u32, e as u32);
-                if !mask.allows(q, k) {
+                let (_, k) = fragment_element(q0, k0, lane, t as u32, e as u32);
+                if !rows.allows(e as u32, k) {
                     s[t][e] = f32::NEG_INFINITY;
                 }
             }

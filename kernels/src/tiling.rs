@@ -125,6 +125,88 @@ impl Mask {
         let left_ok = self.window_left < 0 || k_begin as i64 >= self.diagonal(q_end - 1) - self.window_left as i64;
         right_ok && left_ok
     }
+
+    /// The keys query `q` attends to, as one interval: `allows(q, k) == keys_of(q).contains(k)`
+    /// (for a fixed query the window and the sequence end leave one run of keys).
+    #[inline(always)]
+    pub const fn keys_of(&self, q: u32) -> Span {
+        let (begin, end) = self.key_range(q, q.saturating_add(1));
+        Span { begin, len: end - begin }
+    }
+
+    /// The queries that attend to key `k`: `allows(q, k) == queries_of(k).contains(q)`.
+    #[inline(always)]
+    pub const fn queries_of(&self, k: u32) -> Span {
+        let (begin, end) = self.query_range(k, k.saturating_add(1));
+        Span { begin, len: end - begin }
+    }
+}
+
+/// Whether the kernels' per-element masks test each fragment row's [`Span`] (one unsigned compare
+/// an element, no branch: the `span-masks` feature, the v39 candidate) or call [`Mask::allows`]
+/// (64-bit window arithmetic and an early return per element).
+pub const SPAN_MASKS: bool = cfg!(feature = "span-masks");
+
+/// A half-open run of indices `[begin, begin + len)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub begin: u32,
+    pub len: u32,
+}
+
+impl Span {
+    /// One unsigned compare: indices below `begin` wrap to large values.
+    #[inline(always)]
+    pub const fn contains(&self, i: u32) -> bool {
+        i.wrapping_sub(self.begin) < self.len
+    }
+}
+
+/// The mask as one thread's accumulator fragment meets it: its rows (`fragment_element`'s
+/// `lane / 4` and `lane / 4 + 8`, for elements 0–1 and 2–3) are fixed, the other index runs over
+/// the columns. In the forward the rows are queries; in the backward's transposed scores (Sᵀ)
+/// they are keys.
+#[derive(Clone, Copy, Debug)]
+pub struct FragmentMask {
+    mask: Mask,
+    /// The first row; the second is 8 below it.
+    row: u32,
+    rows_are_queries: bool,
+    spans: [Span; 2],
+}
+
+impl FragmentMask {
+    /// Rows are queries `row` and `row + 8`; columns are keys.
+    #[inline(always)]
+    pub const fn of_queries(mask: Mask, row: u32) -> Self {
+        let spans = [mask.keys_of(row), mask.keys_of(row.saturating_add(8))];
+        FragmentMask { mask, row, rows_are_queries: true, spans }
+    }
+
+    /// Rows are keys `row` and `row + 8`; columns are queries.
+    #[inline(always)]
+    pub const fn of_keys(mask: Mask, row: u32) -> Self {
+        let spans = [mask.queries_of(row), mask.queries_of(row.saturating_add(8))];
+        FragmentMask { mask, row, rows_are_queries: false, spans }
+    }
+
+    /// Whether fragment element `e` (0–3: its row is `e / 2`) at column index `col` is attended,
+    /// the way this build's kernels test it ([`SPAN_MASKS`]).
+    #[inline(always)]
+    pub const fn allows(&self, e: u32, col: u32) -> bool {
+        if SPAN_MASKS { self.allows_by_span(e, col) } else { self.allows_by_mask(e, col) }
+    }
+
+    #[inline(always)]
+    pub const fn allows_by_span(&self, e: u32, col: u32) -> bool {
+        if e / 2 == 0 { self.spans[0].contains(col) } else { self.spans[1].contains(col) }
+    }
+
+    #[inline(always)]
+    pub const fn allows_by_mask(&self, e: u32, col: u32) -> bool {
+        let row = self.row + 8 * (e / 2);
+        if self.rows_are_queries { self.mask.allows(row, col) } else { self.mask.allows(col, row) }
+    }
 }
 
 /// Shared-memory tiles hold rows of 16-bit elements in 16-byte chunks (8 elements), the unit
@@ -621,6 +703,44 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn spans_are_exactly_the_mask() {
+        let mut extra = masks();
+        // Long sequences and windows near the ends, and the largest indices.
+        for &(sq, sk) in &[(4096, 4096), (1000, 5000), (5000, 1000)] {
+            for &(l, r) in &[(-1, 0), (128, 0), (1000, 1000), (0, -1)] {
+                extra.push(Mask { seqlen_q: sq, seqlen_k: sk, window_left: l, window_right: r });
+            }
+        }
+        for m in extra {
+            let (sq, sk) = (m.seqlen_q, m.seqlen_k);
+            // Indices past both ends (a tile overhanging the sequence) and the wrap-around edge.
+            let qs: Vec<u32> = (0..sq.min(70) + 3).chain([sq / 2, sq.saturating_sub(1), sq + 40, u32::MAX]).collect();
+            let ks: Vec<u32> = (0..sk.min(70) + 3).chain([sk / 2, sk.saturating_sub(1), sk + 40, u32::MAX]).collect();
+            for &q in &qs {
+                let keys = m.keys_of(q);
+                for &k in &ks {
+                    let want = m.allows(q, k);
+                    assert_eq!(keys.contains(k), want, "{m:?} q {q} k {k}");
+                    assert_eq!(m.queries_of(k).contains(q), want, "{m:?} q {q} k {k}");
+                }
+            }
+            // The fragment view: both rows, both orientations, both tests, against the mask.
+            for &r in qs.iter().filter(|&&r| r < u32::MAX - 8).take(40) {
+                let (fq, fk) = (FragmentMask::of_queries(m, r), FragmentMask::of_keys(m, r));
+                for e in 0..4 {
+                    let row = r + 8 * (e / 2);
+                    for &c in ks.iter().chain(&qs) {
+                        let (by_q, by_k) = (m.allows(row, c), m.allows(c, row));
+                        assert_eq!((fq.allows_by_span(e, c), fq.allows_by_mask(e, c)), (by_q, by_q), "{m:?} {row} {c}");
+                        assert_eq!((fk.allows_by_span(e, c), fk.allows_by_mask(e, c)), (by_k, by_k), "{m:?} {row} {c}");
+                        assert_eq!((fq.allows(e, c), fk.allows(e, c)), (by_q, by_k));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! `target/ptx-build/<arch>/` (fat LTO, one codegen unit, `opt-level=3`, `panic=abort`,
 //! `-Ctarget-cpu=<arch>`) with this binary as the linker ([`link`]), the result copied to
 //! `target/ptx/flash_attn.<arch>.ptx`, then the ptxas check ([`ptxas`]), which also writes the
-//! assembled `flash_attn.<arch>.cubin` beside it. The arch's fingerprint is
+//! assembled `flash_attn.<arch>.cubin` beside it. `--features LIST` passes the kernels crate's
+//! options (a candidate build, measured against the default) and names them in
+//! `target/ptx/flash_attn.features`, which `host/build.rs` warns about; a default build removes it. The arch's fingerprint is
 //! removed first and written only after every check passed, and only if no input changed during
 //! the build, so `host/build.rs` never embeds PTX that is stale or failed its checks. This file is
 //! an input of the fingerprint.
@@ -16,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub const ARCHES: [&str; 2] = ["sm_80", "sm_90a"];
+/// Beside the PTX: the kernels crate's features it was built with, if any.
+pub const FEATURES_FILE: &str = "flash_attn.features";
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
@@ -23,6 +27,7 @@ pub fn workspace_root() -> PathBuf {
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut arches: Vec<&str> = ARCHES.to_vec();
+    let mut features: Option<String> = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -34,6 +39,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
                     other => return Err(format!("--arch {other}: expected sm_80, sm_90a or all")),
                 };
             }
+            // The kernels crate's options (`span-masks`): a build for measuring a candidate
+            // against the default; its PTX goes where the default's does.
+            "--features" => features = Some(it.next().ok_or("--features needs a list, e.g. span-masks")?.clone()),
             other => return Err(format!("build-ptx: unknown argument {other}")),
         }
     }
@@ -47,7 +55,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         // Forget the old record first: if anything below fails, this arch reads as stale.
         let _ = std::fs::remove_file(out_dir.join(fingerprint::file_name(arch)));
         let _ = std::fs::remove_file(out_dir.join(format!("flash_attn.{arch}.cubin")));
-        let ptx = build_one(&root, arch)?;
+        let ptx = build_one(&root, arch, features.as_deref())?;
         let dest = out_dir.join(format!("flash_attn.{arch}.ptx"));
         std::fs::copy(&ptx, &dest).map_err(|e| format!("copy {}: {e}", ptx.display()))?;
         println!("wrote {}", dest.display());
@@ -64,10 +72,17 @@ pub fn run(args: &[String]) -> Result<(), String> {
         std::fs::write(out_dir.join(fingerprint::file_name(arch)), format!("{before:016x}\n"))
             .map_err(|e| e.to_string())?;
     }
+    let features_file = out_dir.join(FEATURES_FILE);
+    match &features {
+        Some(list) => std::fs::write(&features_file, format!("{list}\n")).map_err(|e| e.to_string())?,
+        None => {
+            let _ = std::fs::remove_file(&features_file);
+        }
+    }
     Ok(())
 }
 
-fn build_one(root: &Path, arch: &str) -> Result<PathBuf, String> {
+fn build_one(root: &Path, arch: &str, features: Option<&str>) -> Result<PathBuf, String> {
     let target_dir = root.join("target/ptx-build").join(arch);
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     // Cargo relinks only when the crate changes, not when our linker (this binary) does: remove
@@ -90,6 +105,7 @@ fn build_one(root: &Path, arch: &str) -> Result<PathBuf, String> {
             "nvptx64-nvidia-cuda",
             "-Zbuild-std=core",
         ])
+        .args(features.into_iter().flat_map(|f| ["--features", f]))
         .arg("--target-dir")
         .arg(&target_dir)
         .args([

@@ -103,6 +103,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
             copy(&root.join("target/ptx").join(&name), bundle.join("ptx").join(&name))?;
         }
     }
+    // A measurement build's features travel with it (the binaries above embed that PTX).
+    let features = root.join("target/ptx").join(crate::build_ptx::FEATURES_FILE);
+    if features.exists() {
+        copy(&features, bundle.join("ptx").join(crate::build_ptx::FEATURES_FILE))?;
+    }
     for script in [
         "torch_anchors.py",
         "report.py",

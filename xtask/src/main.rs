@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         Some("build-ptx") => build_ptx::run(&args[1..]),
         Some("bundle") => bundle::run(&args[1..]),
         _ => Err(format!(
-            "usage: cargo xtask build-ptx [--arch sm_80|sm_90a|all]\n       cargo xtask bundle\n(got {args:?})"
+            "usage: cargo xtask build-ptx [--arch sm_80|sm_90a|all] [--features span-masks]\n       cargo xtask bundle\n(got {args:?})"
         )),
     };
     report(result)
