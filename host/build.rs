@@ -43,8 +43,10 @@ fn main() {
         status += &format!("pub const {}_PROBLEM: Option<&str> = {problem};\n", arch.to_uppercase());
     }
     // A measurement build (`cargo xtask build-ptx --features ...`) embeds as any other; say so.
+    // (Watched through the directory: a missing file named by rerun-if-changed would rerun this
+    // script on every build.)
     let features = ptx_dir.join("flash_attn.features");
-    println!("cargo:rerun-if-changed={}", features.display());
+    println!("cargo:rerun-if-changed={}", ptx_dir.display());
     if let Ok(list) = std::fs::read_to_string(&features) {
         println!("cargo:warning=flash-attn: the embedded PTX was built with --features {}", list.trim());
     }

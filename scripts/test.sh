@@ -15,6 +15,8 @@ source "$ROOT/scripts/setup.sh"
 cargo xtask build-ptx
 # --release: the CPU reference property tests are far too slow unoptimized.
 cargo test --workspace --release "$@"
+# The candidate options of the kernels crate (`span-masks`): their CPU tests and host build.
+cargo test -p flash-attn-kernels --release --features span-masks --lib "$@"
 
 # The Python package: build the wheel (PTX embedded), install it into the venv, run its tests.
 # Without torch and a GPU, the GPU tests report as skipped.
